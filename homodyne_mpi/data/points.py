@@ -1,0 +1,86 @@
+"""Strict-upper-triangle points of the two-time matrices, the unit of all fitting work.
+
+``c2`` is symmetric and its diagonal carries the speckle-noise spike, so fits and
+likelihoods use only the points ``t1 < t2``: ``(angle, i, j)`` with ``i < j``, in
+angle-major, row-major order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+
+@dataclass
+class PointSet:
+    """Columns of a set of points; every column has one entry per point."""
+
+    angle: np.ndarray
+    """Index of the angle (int32) into the data set's ``phi``."""
+    frame_i: np.ndarray
+    """0-based row frame index ``i`` (int32) within the fitted window."""
+    frame_j: np.ndarray
+    """0-based column frame index ``j > i`` (int32)."""
+    value: np.ndarray
+    """Measured ``c2`` (float64)."""
+    weight: np.ndarray
+    """``1 / sigma`` of the point (float64); 0 marks padding that contributes nothing."""
+
+    def __len__(self) -> int:
+        return int(self.value.shape[0])
+
+    @classmethod
+    def column_names(cls) -> tuple[str, ...]:
+        """Names of the columns, in a fixed order (used to scatter them one by one)."""
+        return tuple(f.name for f in fields(cls))
+
+    def take(self, index) -> "PointSet":
+        """The points selected by an index array, slice or boolean mask."""
+        return PointSet(**{name: getattr(self, name)[index] for name in self.column_names()})
+
+    def padded(self, length: int, fill_angle: int = 0) -> "PointSet":
+        """A copy extended to ``length`` points with zero-weight padding (``i=0, j=1``).
+
+        Padding points carry ``fill_angle``; use the last angle to keep the order sorted.
+        """
+        extra = length - len(self)
+        if extra < 0:
+            raise ValueError("padded length is shorter than the point set")
+        pad = {
+            "angle": np.full(extra, fill_angle, np.int32),
+            "frame_i": np.zeros(extra, np.int32),
+            "frame_j": np.ones(extra, np.int32),
+            "value": np.zeros(extra, np.float64),
+            "weight": np.zeros(extra, np.float64),
+        }
+        return PointSet(
+            **{name: np.concatenate([getattr(self, name), pad[name]]) for name in self.column_names()}
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the columns, bytes."""
+        return sum(getattr(self, name).nbytes for name in self.column_names())
+
+
+def upper_triangle_points(c2: np.ndarray, sigma: np.ndarray) -> PointSet:
+    """All points ``i < j`` of ``c2`` (shape ``(n_angles, N, N)``), weighted ``1/sigma[angle]``."""
+    n_angles, n_frames, _ = c2.shape
+    rows, cols = np.triu_indices(n_frames, k=1)
+    per_angle = rows.size
+    rows = rows.astype(np.int32)
+    cols = cols.astype(np.int32)
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_angles,))
+    if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
+        raise ValueError("noise sigma must be finite and positive for every angle")
+    value = np.empty(n_angles * per_angle, dtype=np.float64)
+    for angle in range(n_angles):
+        value[angle * per_angle : (angle + 1) * per_angle] = c2[angle][rows, cols]
+    return PointSet(
+        angle=np.repeat(np.arange(n_angles, dtype=np.int32), per_angle),
+        frame_i=np.tile(rows, n_angles),
+        frame_j=np.tile(cols, n_angles),
+        value=value,
+        weight=np.repeat(1.0 / sigma, per_angle),
+    )

@@ -1,0 +1,38 @@
+"""Exception types that the command line maps to exit codes.
+
+``InputError`` and ``ConfigError`` mean the user gave something the program cannot use
+(exit code 2); their message is one line that names what, where and how to fix it.
+``Interrupted`` means a signal asked the run to stop after checkpointing (exit code 3).
+"""
+
+from __future__ import annotations
+
+
+class HomodyneError(Exception):
+    """Base class of the errors this program raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(HomodyneError):
+    """Bad input data: a missing file or key, a wrong shape, non-finite values."""
+
+    exit_code = 2
+
+
+class ConfigError(HomodyneError):
+    """A config that cannot be used: malformed YAML, unknown key, wrong type or value."""
+
+    exit_code = 2
+
+
+class FitError(HomodyneError):
+    """A fit that cannot produce a result (for example too few good CMC shards)."""
+
+    exit_code = 1
+
+
+class Interrupted(HomodyneError):
+    """The run was asked to stop by a signal; finished work was checkpointed."""
+
+    exit_code = 3

@@ -1,0 +1,25 @@
+"""One place that sets up logging: ``[rank r/n]`` in every line, rank 0 at INFO."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+_FORMAT = "%(asctime)s [rank {rank}/{size}] %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(rank: int = 0, size: int = 1, *, verbose: bool = False) -> None:
+    """Send log lines to stderr, tagged with the rank; other ranks log warnings only.
+
+    Calling it again replaces the previous handler, so a rank learnt after start-up can
+    be filled in.
+    """
+    root = logging.getLogger("homodyne_mpi")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank, size=size), "%H:%M:%S"))
+    root.addHandler(handler)
+    level = logging.DEBUG if verbose else logging.INFO
+    root.setLevel(level if rank == 0 or verbose else logging.WARNING)
+    root.propagate = False

@@ -1,0 +1,237 @@
+"""NLSQ across ranks: scatter point blocks once, then one Allreduce per LM iteration.
+
+Rank 0 builds the problem (starting values, bounds, noise weights) and the points; each
+rank receives a contiguous, balanced block of points and keeps it for the whole fit.
+``DistributedObjective`` turns a parameter vector into the global normal equations:
+local chunk sums, one packed ``allreduce_sum``, assembly. The solver above it is the
+same serial Levenberg-Marquardt on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..data.points import PointSet
+from ..model import ModelSpec, ParameterLayout
+from ..parallel import Comm, balanced_counts
+from .kernels import (
+    KernelSetup,
+    assemble_normal_equations,
+    block_accumulators,
+    pack_accumulators,
+    unpack_accumulators,
+)
+from .solver import Evaluation, LMOptions, LMResult, levenberg_marquardt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NLSQProblem:
+    """Everything every rank needs to fit, apart from the points (small; broadcast)."""
+
+    spec: ModelSpec
+    layout: ParameterLayout
+    phi: np.ndarray
+    """Scattering angles, degrees."""
+    theta0: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    free: np.ndarray
+    """Mask of the fitted parameters; the others stay at ``theta0``."""
+    n_points: int
+    noise_sigma: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    """Per-angle noise estimate used for the weights, c2 units."""
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names in vector order."""
+        return self.layout.names
+
+
+@dataclass
+class NLSQResult:
+    """Fitted parameters with their uncertainty and how the fit went."""
+
+    names: list[str]
+    theta: np.ndarray
+    covariance: np.ndarray
+    """Covariance of all parameters (zeros in rows/columns of fixed ones)."""
+    converged: bool
+    reason: str
+    iterations: int
+    chi2: float
+    n_points: int
+    n_free: int
+    n_ranks: int
+    history: list[dict]
+    timing_s: dict[str, float] = field(default_factory=dict)
+    hessian: np.ndarray | None = None
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        """Points minus free parameters (at least 1)."""
+        return max(self.n_points - self.n_free, 1)
+
+    @property
+    def reduced_chi2(self) -> float:
+        """``chi2 / (n_points - n_free)``."""
+        return self.chi2 / self.degrees_of_freedom
+
+    @property
+    def std(self) -> np.ndarray:
+        """Standard deviation of each parameter from the model covariance."""
+        return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
+
+
+def point_counts(n_points: int, comm: Comm) -> np.ndarray:
+    """Points per rank: contiguous balanced blocks."""
+    return balanced_counts(n_points, comm.size)
+
+
+def distribute_points(points: PointSet | None, n_points: int, comm: Comm) -> PointSet:
+    """Scatter the root's points to every rank in balanced contiguous blocks.
+
+    Each column travels as one ``Scatterv`` of its NumPy buffer.
+    """
+    counts = point_counts(n_points, comm)
+    columns = {}
+    for name in PointSet.column_names():
+        source = getattr(points, name) if comm.is_root else None
+        columns[name] = comm.scatter_rows(source, counts)
+    return PointSet(**columns)
+
+
+def effective_chunk_size(n_local: int, chunk_size: int) -> int:
+    """Chunk length: ``chunk_size``, or the next power of two when a block is smaller."""
+    if n_local >= chunk_size:
+        return chunk_size
+    return max(256, 1 << max(0, int(np.ceil(np.log2(max(n_local, 1))))))
+
+
+def device_block(points: PointSet, chunk_size: int) -> tuple[jnp.ndarray, ...]:
+    """The points as device arrays of shape ``(n_chunks, chunk_size)``, zero-weight padded.
+
+    Padding repeats the last angle so that every chunk stays angle-sorted.
+    """
+    n_chunks = max(1, -(-len(points) // chunk_size))
+    padded = points.padded(n_chunks * chunk_size, fill_angle=int(points.angle[-1]) if len(points) else 0)
+    return tuple(
+        jnp.asarray(getattr(padded, name).reshape(n_chunks, chunk_size)) for name in PointSet.column_names()
+    )
+
+
+class DistributedObjective:
+    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's points."""
+
+    def __init__(self, problem: NLSQProblem, local_points: PointSet, comm: Comm, *, chunk_size: int, loss: str, loss_scale: float):
+        self.comm = comm
+        self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale))
+        self.chunk_size = effective_chunk_size(len(local_points), chunk_size)
+        self.block = device_block(local_points, self.chunk_size)
+        self.phi = jnp.asarray(problem.phi, dtype=jnp.float64)
+        self.pair_of_angle = jnp.asarray(np.maximum(problem.layout.scaling_pair_of_angle(), 0))
+        self.evaluations = 0
+        self.compute_seconds = 0.0
+        self.reduce_seconds = 0.0
+        self._compiled = None
+
+    def compile(self, theta: np.ndarray) -> float:
+        """Compile the block kernel ahead of time; returns the seconds it took."""
+        start = time.perf_counter()
+        self._compiled = block_accumulators.lower(
+            jnp.asarray(theta), self.phi, self.pair_of_angle, self.block, setup=self.setup
+        ).compile()
+        return time.perf_counter() - start
+
+    def local_terms(self, theta: np.ndarray):
+        """This rank's accumulator terms (NumPy) at ``theta``."""
+        if self._compiled is None:
+            self.compile(theta)
+        terms = self._compiled(jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block)
+        return jax.block_until_ready(terms)
+
+    def __call__(self, theta: np.ndarray) -> Evaluation:
+        start = time.perf_counter()
+        packed = pack_accumulators(self.local_terms(theta))
+        middle = time.perf_counter()
+        total = self.comm.allreduce_sum(packed)
+        self.reduce_seconds += time.perf_counter() - middle
+        self.compute_seconds += middle - start
+        self.evaluations += 1
+        terms = unpack_accumulators(total, self.setup)
+        hessian, gradient = assemble_normal_equations(terms, self.setup)
+        return hessian, gradient, terms[2], terms[3]
+
+
+def covariance_from_hessian(hessian: np.ndarray, free: np.ndarray, reduced_chi2: float) -> np.ndarray:
+    """``(J^T J)^-1 * reduced_chi2`` over the free parameters, zero-padded to full size."""
+    free = np.asarray(free, dtype=bool)
+    h_free = hessian[np.ix_(free, free)]
+    scale = np.sqrt(np.maximum(np.diag(h_free), 1e-300))
+    inverse = np.linalg.pinv(h_free / np.outer(scale, scale), rcond=1e-15) / np.outer(scale, scale)
+    covariance = np.zeros_like(hessian)
+    covariance[np.ix_(free, free)] = inverse * reduced_chi2
+    return covariance
+
+
+def fit_nlsq(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, *, theta0: np.ndarray | None = None) -> NLSQResult:
+    """Fit the problem with every rank holding its own points; same result on all ranks.
+
+    ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
+    ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``).
+    """
+    objective = DistributedObjective(
+        problem, local_points, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale
+    )
+    start_theta = problem.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
+    compile_seconds = objective.compile(start_theta)
+    fit_start = time.perf_counter()
+    lm = levenberg_marquardt(
+        objective,
+        start_theta,
+        problem.lower,
+        problem.upper,
+        problem.free,
+        LMOptions(
+            max_iterations=options.max_iterations,
+            xtol=options.xtol,
+            gtol=options.gtol,
+            ftol=options.ftol,
+        ),
+    )
+    fit_seconds = time.perf_counter() - fit_start
+    return result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)
+
+
+def result_from_lm(lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: DistributedObjective, compile_seconds: float, fit_seconds: float) -> NLSQResult:
+    """Package the solver's outcome with the model covariance."""
+    n_free = int(np.count_nonzero(problem.free))
+    result = NLSQResult(
+        names=problem.names,
+        theta=lm.theta,
+        covariance=np.zeros((len(lm.theta), len(lm.theta))),
+        converged=lm.converged,
+        reason=lm.reason,
+        iterations=lm.iterations,
+        chi2=lm.chi2,
+        n_points=problem.n_points,
+        n_free=n_free,
+        n_ranks=n_ranks,
+        history=lm.history,
+        timing_s={
+            "compile": compile_seconds,
+            "fit": fit_seconds,
+            "accumulate": objective.compute_seconds,
+            "allreduce": objective.reduce_seconds,
+        },
+        hessian=lm.hessian,
+    )
+    result.covariance = covariance_from_hessian(lm.hessian, problem.free, result.reduced_chi2)
+    return result

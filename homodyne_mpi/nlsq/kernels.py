@@ -1,0 +1,250 @@
+"""Chunk kernels: ``J^T J``, ``J^T r`` and ``chi2`` of one rank's points, in JAX.
+
+The model's time integrals and their parameter derivatives are per-frame vectors
+(``C``, ``dC/dp``, ``G``, ``dG/dp``), so a point's Jacobian row is a chain rule of three
+scalar derivatives of ``g1**2`` -- with respect to the diffusion integral, the strain
+and ``cos(phi0 - phi)`` -- with two gathered rows of those tables. No autodiff pass over
+the points is needed.
+
+Contrast and offset columns are sparse (a point touches one pair), so their blocks of
+``J^T J`` are accumulated per scaling pair with segment sums instead of a dense matmul.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..model import ModelSpec, ParameterLayout
+from ..model.slopes import g1_squared_and_slopes, paper_shear_g1_squared_and_slopes
+from ..model.transport import diffusion_integral, shear_integral
+from .losses import loss_rho, loss_weight
+
+PHI0_INDEX = 6
+"""Position of ``phi0`` among the laminar-flow physical parameters."""
+
+
+@dataclass(frozen=True)
+class KernelSetup:
+    """Static inputs of the kernels (hashable, so kernels are compiled once per setup)."""
+
+    spec: ModelSpec
+    layout: ParameterLayout
+    loss: str = "linear"
+    loss_scale: float = 1.0
+
+    @property
+    def n_pairs(self) -> int:
+        """Fitted (contrast, offset) pairs."""
+        return self.layout.n_scaling_pairs
+
+    @property
+    def n_physical(self) -> int:
+        """Physical parameters."""
+        return self.layout.n_physical
+
+
+
+def frame_tables(physical: jnp.ndarray, spec: ModelSpec):
+    """Per-frame integrals and their derivatives with respect to the parameters they use.
+
+    Returns ``(C, dC, G, dG)``: ``C`` (Angstrom^2) and ``G`` (strain) of shape ``(N,)``;
+    ``dC`` of shape ``(N, 3)`` (by ``D0, alpha, D_offset``) and ``dG`` of shape ``(N, 3)``
+    (by ``gamma_dot_t0, beta, gamma_dot_t_offset``); ``G``/``dG`` are zeros when static.
+    """
+    diffusion = partial(diffusion_integral, n_frames=spec.n_frames, dt=spec.dt)
+    C, dC = diffusion(physical), jax.jacfwd(diffusion)(physical)[:, :3]
+    if not spec.has_shear:
+        return C, dC, jnp.zeros_like(C), jnp.zeros_like(dC)
+    strain = partial(shear_integral, n_frames=spec.n_frames, dt=spec.dt)
+    return C, dC, strain(physical), jax.jacfwd(strain)(physical)[:, 3:6]
+
+
+def half_phase_trig(G, projections, angle, frame_i, frame_j, spec: ModelSpec):
+    """``sin`` and ``cos`` of ``Phi/2`` at each point by the angle-addition rule.
+
+    ``Phi/2 = k_a (G_j - G_i)`` with ``k_a = q h cos(phi0 - phi_a) / 2``; the tables of
+    ``sin(k_a G_n)`` and ``cos(k_a G_n)`` cost ``n_angles x N`` transcendentals, the
+    points only products.
+    """
+    arguments = (0.5 * spec.q * spec.gap) * projections[:, None] * G[None, :]
+    sin_table, cos_table = jnp.sin(arguments).ravel(), jnp.cos(arguments).ravel()
+    row = angle * spec.n_frames
+    sin_j, cos_j = sin_table[row + frame_j], cos_table[row + frame_j]
+    sin_i, cos_i = sin_table[row + frame_i], cos_table[row + frame_i]
+    return sin_j * cos_i - cos_j * sin_i, cos_j * cos_i + sin_j * sin_i
+
+
+def point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, setup: KernelSetup):
+    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points."""
+    spec, layout = setup.spec, setup.layout
+    contrast, offset, physical = layout.split(theta)
+    C, dC, G, dG = tables
+    diffusion_step = C[frame_j] - C[frame_i]
+    if spec.has_shear:
+        angle_rad = jnp.deg2rad(physical[PHI0_INDEX] - phi_deg)
+        projection = jnp.cos(angle_rad)[angle]
+        strain_step = G[frame_j] - G[frame_i]
+    else:
+        projection = strain_step = diffusion_step
+    if spec.has_shear and spec.shear_form == "paper":
+        sine, cosine = half_phase_trig(G, jnp.cos(angle_rad), angle, frame_i, frame_j, spec)
+        g1_sq, d_diffusion, d_strain, d_projection = paper_shear_g1_squared_and_slopes(
+            diffusion_step, strain_step, projection, sine, cosine, spec
+        )
+    else:
+        g1_sq, d_diffusion, d_strain, d_projection = g1_squared_and_slopes(
+            diffusion_step, strain_step, projection, spec
+        )
+    point_contrast = contrast[angle]
+    columns = [d_diffusion[:, None] * (dC[frame_j] - dC[frame_i])]
+    if spec.has_shear:
+        d_phi0 = d_projection * (-jnp.sin(angle_rad)[angle]) * (jnp.pi / 180.0)
+        columns += [d_strain[:, None] * (dG[frame_j] - dG[frame_i]), d_phi0[:, None]]
+    jacobian = point_contrast[:, None] * jnp.concatenate(columns, axis=1)
+    model = offset[angle] + point_contrast * g1_sq
+    return model, jacobian, g1_sq
+
+
+def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
+    """Most scaling pairs that one chunk of angle-sorted points can touch.
+
+    Points are in angle-major order and every angle has ``N(N-1)/2`` of them, so a chunk
+    of ``chunk_size`` consecutive points spans at most ``ceil((B-1)/P) + 1`` angles.
+    """
+    if setup.n_pairs <= 1:
+        return setup.n_pairs
+    per_angle = setup.spec.n_frames * (setup.spec.n_frames - 1) // 2
+    return int(min(setup.n_pairs, -(-(chunk_size - 1) // per_angle) + 1))
+
+
+def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: KernelSetup):
+    """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
+
+    Returns ``(gram, pair_moments, chi2, robust_cost)``:
+
+    - ``gram = X^T X`` with ``X = sqrt(W) [J_p, r]``, shape ``(n_phys+1, n_phys+1)``: the
+      physical block of ``J^T W J`` and, in its last column, ``J_p^T W r``;
+    - ``pair_moments`` of shape ``(n_pairs + K, 3 + 2 (n_phys+1))``: per scaling pair the
+      sums ``a^2, ab, b^2, a X, b X`` where ``a`` and ``b`` are the contrast and offset
+      columns (rows past ``n_pairs`` are scratch for the last chunk and dropped);
+    - ``chi2 = sum r^2`` and the robust cost ``f^2 sum rho((r/f)^2)``.
+
+    ``W`` holds the loss weights ``rho'((r/f)^2)``; residuals are ``weight*(model - value)``.
+    A chunk touches at most ``K = pairs_per_chunk`` consecutive pairs, so the pair sums
+    are a ``(K, B) @ (B, width)`` product added at the chunk's first pair.
+    """
+    angle, frame_i, frame_j, value, weight = chunk
+    model, jac_phys, g1_sq = point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, setup)
+    residual = weight * (model - value)
+    design = jnp.concatenate([weight[:, None] * jac_phys, residual[:, None]], axis=1)
+    z = (residual / setup.loss_scale) ** 2
+    if setup.loss == "linear":
+        root_weight = jnp.ones_like(residual)
+    else:
+        root_weight = jnp.sqrt(loss_weight(z, setup.loss))
+        design = root_weight[:, None] * design
+    gram = design.T @ design
+    chi2 = jnp.sum(residual * residual)
+    cost = setup.loss_scale**2 * jnp.sum(loss_rho(z, setup.loss))
+    width = 3 + 2 * design.shape[1]
+    span = pairs_per_chunk(setup, chunk[0].shape[0])
+    if setup.n_pairs == 0:
+        return gram, jnp.zeros((0, width)), chi2, cost
+    a = root_weight * weight * g1_sq
+    b = root_weight * weight
+    columns = jnp.concatenate(
+        [jnp.stack([a * a, a * b, b * b], axis=1), a[:, None] * design, b[:, None] * design], axis=1
+    )
+    pair = pair_of_angle[angle]
+    first = pair[0]
+    membership = ((pair - first)[:, None] == jnp.arange(span)[None, :]).astype(columns.dtype)
+    local = membership.T @ columns
+    moments = jnp.zeros((setup.n_pairs + span, width))
+    moments = jax.lax.dynamic_update_slice(moments, local, (first, 0))
+    return gram, moments, chi2, cost
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def block_accumulators(theta, phi_deg, pair_of_angle, block, setup: KernelSetup):
+    """Sum of ``chunk_accumulators`` over a block shaped ``(n_chunks, chunk_size)`` per column.
+
+    The per-frame tables are computed once; a ``fori_loop`` walks the chunks so the
+    working memory is one chunk's, whatever the block size.
+    """
+    tables = frame_tables(setup.layout.split(theta)[2], setup.spec)
+    n_chunks, chunk_size = block[0].shape
+    n_design = setup.n_physical + 1
+    span = pairs_per_chunk(setup, chunk_size)
+    initial = (
+        jnp.zeros((n_design, n_design)),
+        jnp.zeros((setup.n_pairs + span, 3 + 2 * n_design)),
+        jnp.zeros(()),
+        jnp.zeros(()),
+    )
+
+    def add_chunk(k, totals):
+        chunk = tuple(column[k] for column in block)
+        terms = chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup)
+        return tuple(total + term for total, term in zip(totals, terms))
+
+    gram, moments, chi2, cost = jax.lax.fori_loop(0, n_chunks, add_chunk, initial)
+    return gram, moments[: setup.n_pairs], chi2, cost
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def block_model(theta, phi_deg, block, setup: KernelSetup):
+    """Model ``c2`` at every point of a block shaped ``(n_chunks, chunk_size)``."""
+    tables = frame_tables(setup.layout.split(theta)[2], setup.spec)
+    angle, frame_i, frame_j = block[:3]
+
+    def chunk_model(chunk):
+        return point_model_and_jacobian(theta, tables, phi_deg, *chunk, setup)[0]
+
+    return jax.lax.map(chunk_model, (angle, frame_i, frame_j))
+
+
+def pack_accumulators(terms) -> np.ndarray:
+    """One float64 buffer of the accumulator terms, for a single Allreduce."""
+    return np.concatenate([np.asarray(term, dtype=np.float64).ravel() for term in terms])
+
+
+def unpack_accumulators(buffer: np.ndarray, setup: KernelSetup):
+    """Inverse of ``pack_accumulators``: ``(gram, pair_moments, chi2, cost)``."""
+    n_design = setup.n_physical + 1
+    width = 3 + 2 * n_design
+    sizes = [n_design * n_design, setup.n_pairs * width, 1, 1]
+    parts = np.split(np.asarray(buffer), np.cumsum(sizes)[:-1])
+    return (
+        parts[0].reshape(n_design, n_design),
+        parts[1].reshape(setup.n_pairs, width),
+        float(parts[2][0]),
+        float(parts[3][0]),
+    )
+
+
+def assemble_normal_equations(terms, setup: KernelSetup):
+    """Full ``J^T W J`` ``(P, P)`` and ``J^T W r`` ``(P,)`` in parameter-vector order."""
+    gram, moments = terms[0], terms[1]
+    n_pairs, n_phys = setup.n_pairs, setup.n_physical
+    size = 2 * n_pairs + n_phys
+    hessian = np.zeros((size, size))
+    gradient = np.zeros(size)
+    phys = slice(2 * n_pairs, size)
+    hessian[phys, phys] = gram[:n_phys, :n_phys]
+    gradient[phys] = gram[:n_phys, n_phys]
+    n_design = n_phys + 1
+    for k in range(n_pairs):
+        c, o = k, n_pairs + k
+        aa, ab, bb = moments[k, :3]
+        a_design = moments[k, 3 : 3 + n_design]
+        b_design = moments[k, 3 + n_design :]
+        hessian[c, c], hessian[c, o], hessian[o, c], hessian[o, o] = aa, ab, ab, bb
+        hessian[c, phys] = hessian[phys, c] = a_design[:n_phys]
+        hessian[o, phys] = hessian[phys, o] = b_design[:n_phys]
+        gradient[c], gradient[o] = a_design[n_phys], b_design[n_phys]
+    return hessian, gradient

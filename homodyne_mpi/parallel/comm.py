@@ -1,0 +1,233 @@
+"""The communicator the rest of the program talks to: MPI or a one-rank serial stand-in.
+
+Every ``mpi4py`` import of the project lives in this package. ``SerialComm`` implements
+the same methods for one process, so a single-rank run is the same code path as an MPI
+run, not a copy of it. Large arrays travel as NumPy buffers (``Scatterv``/``Gatherv``
+after their counts), never as pickles.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import HomodyneError
+
+
+class Comm:
+    """Interface shared by ``MPIComm`` and ``SerialComm``."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def host(self) -> str:
+        """Name of the machine this rank runs on."""
+        return socket.gethostname()
+
+    @property
+    def is_root(self) -> bool:
+        """True on rank 0, the rank that reads files and writes results."""
+        return self.rank == 0
+
+    def describe(self) -> str:
+        """``rank r of n on host`` for messages."""
+        return f"rank {self.rank} of {self.size} on {self.host}"
+
+    # Collectives every subclass provides.
+    def bcast(self, obj: Any, root: int = 0) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def scatter_rows(self, array: np.ndarray | None, counts: Sequence[int], root: int = 0) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def gather(self, obj: Any, root: int = 0) -> list | None:  # pragma: no cover
+        raise NotImplementedError
+
+    def barrier(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def abort(self, code: int = 1) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def run_on_root(self, fn: Callable[[], Any], root: int = 0) -> Any:
+        """Run ``fn`` on the root only and give its value to every rank.
+
+        A ``HomodyneError`` raised there (bad config, bad input) is re-raised on every
+        rank, marked ``collective``, so all ranks exit with its code together instead of
+        leaving the others blocked in the next collective.
+        """
+        outcome: tuple[bool, Any] | None = None
+        if self.rank == root:
+            try:
+                outcome = (True, fn())
+            except HomodyneError as error:
+                outcome = (False, error)
+        ok, value = self.bcast(outcome, root=root)
+        if not ok:
+            value.collective = True
+            raise value
+        return value
+
+
+class SerialComm(Comm):
+    """One process, no MPI: every collective is the identity."""
+
+    rank = 0
+    size = 1
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, dtype=np.float64, copy=True)
+
+    def scatter_rows(self, array, counts, root: int = 0) -> np.ndarray:
+        if len(counts) != 1 or counts[0] != len(array):
+            raise ValueError("SerialComm.scatter_rows needs counts == [len(array)]")
+        return np.ascontiguousarray(array)
+
+    def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray:
+        return np.ascontiguousarray(array)
+
+    def gather(self, obj: Any, root: int = 0) -> list:
+        return [obj]
+
+    def barrier(self) -> None:
+        return None
+
+    def abort(self, code: int = 1) -> None:
+        os._exit(code)
+
+    def split(self, color: int) -> "SerialComm":
+        """A sub-communicator of the ranks with the same ``color``: itself."""
+        return self
+
+
+class MPIComm(Comm):
+    """Thin wrapper over an ``mpi4py`` communicator (``COMM_WORLD`` by default)."""
+
+    def __init__(self, mpi_comm=None) -> None:
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self._comm = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
+        self.rank = self._comm.Get_rank()
+        self.size = self._comm.Get_size()
+
+    @property
+    def raw(self):
+        """The underlying ``mpi4py`` communicator (for code inside ``parallel/`` only)."""
+        return self._comm
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return self._comm.bcast(obj, root=root)
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        send = np.ascontiguousarray(array, dtype=np.float64)
+        receive = np.empty_like(send)
+        self._comm.Allreduce(send, receive, op=self._MPI.SUM)
+        return receive
+
+    def scatter_rows(self, array, counts, root: int = 0) -> np.ndarray:
+        """Give rank ``r`` the next ``counts[r]`` rows of the root's ``array``.
+
+        Only the root needs ``array``; dtype and trailing shape are broadcast first.
+        """
+        counts = [int(c) for c in counts]
+        if len(counts) != self.size:
+            raise ValueError(f"scatter_rows needs {self.size} counts, got {len(counts)}")
+        meta = None
+        if self.rank == root:
+            array = np.ascontiguousarray(array)
+            if array.shape[0] != sum(counts):
+                raise ValueError("scatter_rows: counts do not add up to the number of rows")
+            meta = (array.dtype.str, array.shape[1:])
+        dtype_str, trailing = self._comm.bcast(meta, root=root)
+        dtype = np.dtype(dtype_str)
+        row_items = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
+        local = np.empty((counts[self.rank], *trailing), dtype=dtype)
+        item_counts = np.array(counts, dtype=np.int64) * row_items
+        displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+        mpi_type = self._MPI._typedict[dtype.char]
+        send = [array, (item_counts, displacements), mpi_type] if self.rank == root else None
+        self._comm.Scatterv(send, [local, mpi_type], root=root)
+        return local
+
+    def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:
+        """Concatenate every rank's rows on the root (``None`` elsewhere)."""
+        array = np.ascontiguousarray(array)
+        counts = self._comm.gather(array.shape[0], root=root)
+        if self.rank != root:
+            self._comm.Gatherv([array, self._MPI._typedict[array.dtype.char]], None, root=root)
+            return None
+        row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
+        item_counts = np.array(counts, dtype=np.int64) * row_items
+        displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+        result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
+        mpi_type = self._MPI._typedict[array.dtype.char]
+        self._comm.Gatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type], root=root)
+        return result
+
+    def gather(self, obj: Any, root: int = 0) -> list | None:
+        return self._comm.gather(obj, root=root)
+
+    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
+        """Point-to-point send of a small picklable object."""
+        self._comm.send(obj, dest=dest, tag=tag)
+
+    def recv(self, source: int | None = None, tag: int | None = None) -> tuple[Any, int, int]:
+        """Receive a small object; returns ``(obj, source, tag)``."""
+        status = self._MPI.Status()
+        obj = self._comm.recv(
+            source=self._MPI.ANY_SOURCE if source is None else source,
+            tag=self._MPI.ANY_TAG if tag is None else tag,
+            status=status,
+        )
+        return obj, status.Get_source(), status.Get_tag()
+
+    def barrier(self) -> None:
+        self._comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        self._comm.Abort(code)
+
+    def split(self, color: int) -> "MPIComm":
+        """A sub-communicator of the ranks that pass the same ``color``."""
+        return MPIComm(self._comm.Split(color, self.rank))
+
+
+def mpi_world_size_hint() -> int:
+    """World size announced by the launcher's environment, without importing MPI (0: none)."""
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(key)
+        if value and value.isdigit():
+            return int(value)
+    return 0
+
+
+def get_comm(*, use_mpi: bool | None = None) -> Comm:
+    """``MPIComm`` when launched by an MPI launcher (or forced), else ``SerialComm``.
+
+    A plain ``python``/``homodyne-mpi`` start, with no launcher environment, never
+    imports MPI, so a laptop without an MPI library still runs the sequential fallback.
+    ``HOMODYNE_MPI=1`` (or ``0``) forces the choice.
+    """
+    if use_mpi is None:
+        forced = os.environ.get("HOMODYNE_MPI", "").strip().lower()
+        if forced in ("0", "1", "true", "false", "yes", "no"):
+            use_mpi = forced in ("1", "true", "yes")
+        else:
+            use_mpi = mpi_world_size_hint() > 0
+    if not use_mpi:
+        return SerialComm()
+    return MPIComm()

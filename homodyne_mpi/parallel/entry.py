@@ -1,0 +1,57 @@
+"""Running the program on every rank so that no failure leaves a rank hanging.
+
+- A ``HomodyneError`` raised on every rank together (``collective``, see
+  ``Comm.run_on_root``) ends every rank with its exit code: bad input gives 2.
+- Any other exception on any rank is logged once with rank, host and traceback, then the
+  whole job is aborted (``MPI_Abort``), because the other ranks may already be waiting in
+  a collective that the failed rank will never join.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Callable
+
+from ..errors import HomodyneError
+from .comm import Comm
+
+log = logging.getLogger(__name__)
+
+
+def failure_message(comm: Comm, error: BaseException) -> str:
+    """One line naming the rank, its host and the error."""
+    return f"{comm.describe()}: {type(error).__name__}: {error}"
+
+
+def run_guarded(main: Callable[[], int], comm: Comm) -> int:
+    """Run ``main`` and turn its outcome into an exit code, aborting the job if needed.
+
+    Returns the exit code for collective outcomes; never returns after an abort.
+    """
+    try:
+        return int(main() or 0)
+    except HomodyneError as error:
+        if comm.size == 1 or getattr(error, "collective", False):
+            if comm.is_root:
+                print(f"error: {error}", file=sys.stderr, flush=True)
+            return error.exit_code
+        print(f"error on {failure_message(comm, error)}", file=sys.stderr, flush=True)
+        comm.abort(error.exit_code)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"interrupted on {comm.describe()}", file=sys.stderr, flush=True)
+        if comm.size > 1:
+            comm.abort(130)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence
+        details = traceback.format_exc()
+        print(
+            f"fatal error on {failure_message(comm, error)}\n{details}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if comm.size > 1:
+            comm.abort(1)
+        return 1
