@@ -1,0 +1,60 @@
+"""Data in: HDF5 readers for both correlator layouts, selection, noise level, simulation.
+
+- :func:`load_xpcs` / :func:`load_config_dataset` -> :class:`XPCSData` (full symmetric
+  float64 ``c2`` per angle at one q, over a frame window).
+- :mod:`~homodyne_mpi.data.layouts`: APS-U and APS legacy keys, detection, bin table.
+- :mod:`~homodyne_mpi.data.selection`: q selection, angle ranges (modulo 360 degrees),
+  frame window, half-matrix rebuild.
+- :func:`estimate_noise_sigma`: robust per-angle noise level.
+- :func:`simulate_dataset` / :func:`simulate_from_config`: synthetic correlator files.
+
+Importing this package does not import JAX: the simulator loads the model on first use.
+"""
+
+from .layouts import (
+    APS_LEGACY,
+    APS_U,
+    LAYOUTS,
+    BinTable,
+    FramePeriod,
+    detect_layout,
+    matrix_dataset,
+    read_bin_table,
+    read_frame_period,
+)
+from .loader import XPCSData, load_config_dataset, load_xpcs
+from .noise import estimate_noise_sigma, estimate_noise_sigmas
+from .selection import (
+    angles_in_ranges,
+    frame_window,
+    full_symmetric,
+    is_triangular_half,
+    select_nearest_q,
+)
+from .simulate import DEFAULT_SIMULATED_PHI, simulate_dataset, simulate_from_config, truth_path
+
+__all__ = [
+    "APS_LEGACY",
+    "APS_U",
+    "DEFAULT_SIMULATED_PHI",
+    "LAYOUTS",
+    "BinTable",
+    "FramePeriod",
+    "XPCSData",
+    "angles_in_ranges",
+    "detect_layout",
+    "estimate_noise_sigma",
+    "estimate_noise_sigmas",
+    "frame_window",
+    "full_symmetric",
+    "is_triangular_half",
+    "load_config_dataset",
+    "load_xpcs",
+    "matrix_dataset",
+    "read_bin_table",
+    "read_frame_period",
+    "select_nearest_q",
+    "simulate_dataset",
+    "simulate_from_config",
+    "truth_path",
+]

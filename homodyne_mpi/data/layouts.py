@@ -1,0 +1,312 @@
+"""The two HDF5 layouts of the APS 8-ID-I correlator, told apart by their keys.
+
+- **APS-U** (``aps-u``, what ``boost_corr`` writes today):
+  ``xpcs/qmap/dynamic_v_list_dim0`` (q values, 1/Angstrom), ``xpcs/qmap/dynamic_v_list_dim1``
+  (phi values, degrees), ``xpcs/twotime/processed_bins`` (1-based, q-major bin labels,
+  ``bin - 1 = q_index * n_phi + phi_index``) and one matrix per processed bin,
+  ``xpcs/twotime/correlation_map/c2_00001``, ``c2_00002``, ... in the order of
+  ``processed_bins`` (the correlator numbers them by position, starting at 1). A processed
+  bin without its matrix is an error, never a shift of the remaining bins.
+- **APS legacy** (``aps-legacy``): ``xpcs/dqlist`` and ``xpcs/dphilist`` of shape
+  ``(1, n_bins)`` (one ``(q, phi)`` pair per bin) and the matrices ``exchange/C2T_all/<key>``,
+  taken in key order (natural order: digit runs compare as numbers, which is plain sorted
+  order for zero-padded names such as ``c2_00001``).
+
+Both may carry the frame period: ``entry/instrument/detector_1/frame_time`` (s) times
+``xpcs/twotime/config/stride_frame`` times ``xpcs/twotime/config/avg_frame`` (each of the
+last two taken as 1 when absent).
+
+Nothing here reads a matrix: :func:`read_bin_table` returns dataset keys, and
+:func:`matrix_dataset` returns the lazy ``h5py.Dataset`` of one of them, so a caller
+reads only the matrices it needs. Every problem raises a one-line
+:class:`~homodyne_mpi.errors.InputError` that names the file, the key and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from homodyne_mpi.errors import InputError
+
+__all__ = [
+    "APS_LEGACY",
+    "APS_U",
+    "LAYOUTS",
+    "BinTable",
+    "FramePeriod",
+    "detect_layout",
+    "matrix_dataset",
+    "read_bin_table",
+    "read_frame_period",
+]
+
+APS_U = "aps-u"
+APS_LEGACY = "aps-legacy"
+LAYOUTS = (APS_U, APS_LEGACY)
+
+APS_U_Q_KEY = "xpcs/qmap/dynamic_v_list_dim0"
+APS_U_PHI_KEY = "xpcs/qmap/dynamic_v_list_dim1"
+APS_U_BINS_KEY = "xpcs/twotime/processed_bins"
+APS_U_MATRIX_GROUP = "xpcs/twotime/correlation_map"
+APS_U_KEYS = (APS_U_Q_KEY, APS_U_PHI_KEY, APS_U_BINS_KEY, APS_U_MATRIX_GROUP)
+
+LEGACY_Q_KEY = "xpcs/dqlist"
+LEGACY_PHI_KEY = "xpcs/dphilist"
+LEGACY_MATRIX_GROUP = "exchange/C2T_all"
+LEGACY_KEYS = (LEGACY_Q_KEY, LEGACY_PHI_KEY, LEGACY_MATRIX_GROUP)
+
+FRAME_TIME_KEY = "entry/instrument/detector_1/frame_time"
+STRIDE_FRAME_KEY = "xpcs/twotime/config/stride_frame"
+AVG_FRAME_KEY = "xpcs/twotime/config/avg_frame"
+
+
+def aps_u_matrix_key(position: int) -> str:
+    """Key of the matrix of the ``position``-th processed bin (0-based) in the APS-U layout."""
+    return f"{APS_U_MATRIX_GROUP}/c2_{position + 1:05d}"
+
+
+@dataclass(frozen=True)
+class BinTable:
+    """The ``(q, phi)`` of every stored matrix and where the matrix lives in the file."""
+
+    layout: str
+    """``aps-u`` or ``aps-legacy``."""
+    q: np.ndarray
+    """Wavevector of each bin, 1/Angstrom (float64, shape ``(n_bins,)``)."""
+    phi: np.ndarray
+    """Azimuthal angle of each bin, degrees, as stored (float64, shape ``(n_bins,)``)."""
+    matrix_keys: tuple[str, ...]
+    """Full HDF5 path of each bin's two-time matrix."""
+
+    @property
+    def n_bins(self) -> int:
+        """Number of stored matrices."""
+        return len(self.matrix_keys)
+
+
+@dataclass(frozen=True)
+class FramePeriod:
+    """The frame period stored by the correlator: ``frame_time * stride_frame * avg_frame``."""
+
+    frame_time: float
+    """Detector frame time, seconds."""
+    stride_frame: int
+    """Frames skipped between correlated frames (1 = every frame)."""
+    avg_frame: int
+    """Frames averaged into one correlated frame."""
+
+    @property
+    def dt(self) -> float:
+        """Time between the frames of the two-time matrices, seconds."""
+        return self.frame_time * self.stride_frame * self.avg_frame
+
+
+def _source_name(h5: h5py.File) -> str:
+    return str(h5.filename)
+
+
+def detect_layout(h5: h5py.File) -> str:
+    """``aps-u`` or ``aps-legacy`` from the keys present; :class:`InputError` if neither.
+
+    A file with every key of one layout is that layout (APS-U wins if both are complete);
+    otherwise the layout with more of its keys present is chosen, so that the missing
+    ones are reported as missing keys rather than as an unknown layout.
+    """
+    aps_u = sum(key in h5 for key in APS_U_KEYS)
+    legacy = sum(key in h5 for key in LEGACY_KEYS)
+    if aps_u == 0 and legacy == 0:
+        raise InputError(
+            f"{_source_name(h5)}: unknown HDF5 layout: found none of the APS-U keys "
+            f"({', '.join(APS_U_KEYS)}) nor the APS legacy keys ({', '.join(LEGACY_KEYS)}); "
+            "point experimental_data.file_path at a two-time correlation result of the "
+            "APS 8-ID-I correlator"
+        )
+    if aps_u == len(APS_U_KEYS):
+        return APS_U
+    if legacy == len(LEGACY_KEYS):
+        return APS_LEGACY
+    return APS_U if aps_u / len(APS_U_KEYS) >= legacy / len(LEGACY_KEYS) else APS_LEGACY
+
+
+def _require(h5: h5py.File, key: str, layout: str, kind=h5py.Dataset):
+    """The object at ``key``, of the given kind, or a one-line :class:`InputError`."""
+    if key not in h5:
+        raise InputError(
+            f"{_source_name(h5)}: missing key '{key}' needed by the {layout} layout; "
+            "the file is incomplete or not a two-time correlation result -- rerun the "
+            "correlator or pick another file"
+        )
+    obj = h5[key]
+    if not isinstance(obj, kind):
+        what = "dataset" if kind is h5py.Dataset else "group"
+        raise InputError(
+            f"{_source_name(h5)}: key '{key}' is not an HDF5 {what} as the {layout} layout "
+            "requires; the file is not a correlator result of that layout"
+        )
+    return obj
+
+
+def _read_vector(h5: h5py.File, key: str, layout: str, *, numeric_kind: str = "fc") -> np.ndarray:
+    """A small 1-D list (q, phi or bins), flattening shapes such as ``(1, n)``."""
+    dataset = _require(h5, key, layout)
+    try:
+        values = np.asarray(dataset[()])
+    except (OSError, ValueError, TypeError) as exc:
+        raise InputError(f"{_source_name(h5)}: cannot read '{key}' ({exc}); the file is damaged") from exc
+    if values.dtype.kind not in numeric_kind + "iu":
+        raise InputError(
+            f"{_source_name(h5)}: '{key}' holds {values.dtype} values, expected numbers; "
+            "the file is not a correlator result"
+        )
+    values = values.reshape(-1)
+    if values.size == 0:
+        raise InputError(f"{_source_name(h5)}: '{key}' is empty; the file holds no processed bins")
+    if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
+        raise InputError(
+            f"{_source_name(h5)}: '{key}' contains NaN or inf; the file is damaged -- "
+            "rerun the correlator"
+        )
+    return values
+
+
+def _natural_key(name: str):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _read_aps_u(h5: h5py.File) -> BinTable:
+    source = _source_name(h5)
+    q_list = _read_vector(h5, APS_U_Q_KEY, APS_U).astype(np.float64)
+    phi_list = _read_vector(h5, APS_U_PHI_KEY, APS_U).astype(np.float64)
+    bins = _read_vector(h5, APS_U_BINS_KEY, APS_U)
+    _require(h5, APS_U_MATRIX_GROUP, APS_U, kind=h5py.Group)
+    if bins.dtype.kind == "f":
+        if not np.all(bins == np.round(bins)):
+            raise InputError(
+                f"{source}: '{APS_U_BINS_KEY}' holds non-integer bin labels; "
+                "the file is not a correlator result"
+            )
+    bins = bins.astype(np.int64)
+    n_q, n_phi = q_list.size, phi_list.size
+    index = bins - 1
+    bad = (index < 0) | (index >= n_q * n_phi)
+    if np.any(bad):
+        raise InputError(
+            f"{source}: '{APS_U_BINS_KEY}' has bin {int(bins[bad][0])} outside 1..{n_q * n_phi} "
+            f"= len('{APS_U_Q_KEY}') {n_q} x len('{APS_U_PHI_KEY}') {n_phi}; the q/phi lists "
+            "do not match the processed bins -- the file is inconsistent"
+        )
+    q_index, phi_index = np.divmod(index, n_phi)
+    keys = tuple(aps_u_matrix_key(position) for position in range(bins.size))
+    return BinTable(APS_U, q_list[q_index], phi_list[phi_index], keys)
+
+
+def _read_legacy(h5: h5py.File) -> BinTable:
+    source = _source_name(h5)
+    q = _read_vector(h5, LEGACY_Q_KEY, APS_LEGACY).astype(np.float64)
+    phi = _read_vector(h5, LEGACY_PHI_KEY, APS_LEGACY).astype(np.float64)
+    group = _require(h5, LEGACY_MATRIX_GROUP, APS_LEGACY, kind=h5py.Group)
+    if q.size != phi.size:
+        raise InputError(
+            f"{source}: '{LEGACY_Q_KEY}' has {q.size} entries but '{LEGACY_PHI_KEY}' has "
+            f"{phi.size}; they must list one (q, phi) per bin -- the file is inconsistent"
+        )
+    names = sorted(group.keys(), key=_natural_key)
+    if len(names) != q.size:
+        raise InputError(
+            f"{source}: '{LEGACY_MATRIX_GROUP}' holds {len(names)} matrices but "
+            f"'{LEGACY_Q_KEY}' lists {q.size} bins; every bin needs exactly one matrix -- "
+            "the file is inconsistent"
+        )
+    keys = tuple(f"{LEGACY_MATRIX_GROUP}/{name}" for name in names)
+    return BinTable(APS_LEGACY, q, phi, keys)
+
+
+def read_bin_table(h5: h5py.File, layout: str | None = None) -> BinTable:
+    """The ``(q, phi)`` and matrix key of every stored bin; reads no matrix.
+
+    ``layout`` defaults to :func:`detect_layout`. Matrix keys are not checked for
+    existence here (that is a metadata lookup per bin); :func:`matrix_dataset` checks the
+    ones a caller actually opens.
+    """
+    layout = layout or detect_layout(h5)
+    if layout == APS_U:
+        return _read_aps_u(h5)
+    if layout == APS_LEGACY:
+        return _read_legacy(h5)
+    raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+
+
+def _scalar(h5: h5py.File, key: str) -> float | None:
+    if key not in h5:
+        return None
+    obj = h5[key]
+    try:
+        values = np.asarray(obj[()]).reshape(-1) if isinstance(obj, h5py.Dataset) else np.empty(0)
+    except (OSError, ValueError, TypeError):
+        values = np.empty(0)
+    if values.size != 1 or values.dtype.kind not in "fiu":
+        raise InputError(
+            f"{_source_name(h5)}: '{key}' is not a single number; set analyzer_parameters.dt "
+            "in the config instead of taking it from the file"
+        )
+    return float(values[0])
+
+
+def read_frame_period(h5: h5py.File) -> FramePeriod | None:
+    """The stored frame period, or ``None`` when ``frame_time`` is absent.
+
+    ``stride_frame`` and ``avg_frame`` default to 1 when absent. A present but unusable
+    value (not one positive finite number) is an :class:`InputError`.
+    """
+    frame_time = _scalar(h5, FRAME_TIME_KEY)
+    if frame_time is None:
+        return None
+    stride = _scalar(h5, STRIDE_FRAME_KEY)
+    avg = _scalar(h5, AVG_FRAME_KEY)
+    stride = 1.0 if stride is None else stride
+    avg = 1.0 if avg is None else avg
+    for key, value in ((FRAME_TIME_KEY, frame_time), (STRIDE_FRAME_KEY, stride), (AVG_FRAME_KEY, avg)):
+        if not (np.isfinite(value) and value > 0):
+            raise InputError(
+                f"{_source_name(h5)}: '{key}' is {value}, not a positive number; set "
+                "analyzer_parameters.dt in the config instead of taking it from the file"
+            )
+    for key, value in ((STRIDE_FRAME_KEY, stride), (AVG_FRAME_KEY, avg)):
+        if value != round(value):
+            raise InputError(
+                f"{_source_name(h5)}: '{key}' is {value}, not a whole number of frames; set "
+                "analyzer_parameters.dt in the config instead of taking it from the file"
+            )
+    return FramePeriod(frame_time, int(round(stride)), int(round(avg)))
+
+
+def matrix_dataset(h5: h5py.File, key: str, layout: str) -> h5py.Dataset:
+    """The lazy dataset of one two-time matrix, checked to be a square 2-D array."""
+    if key not in h5:
+        raise InputError(
+            f"{_source_name(h5)}: missing key '{key}': a processed bin has no two-time "
+            "matrix (bins are never shifted onto the next matrix); rerun the correlator or "
+            "exclude that angle with phi_filtering"
+        )
+    dataset = h5[key]
+    if not isinstance(dataset, h5py.Dataset):
+        raise InputError(
+            f"{_source_name(h5)}: key '{key}' is not a dataset; expected the two-time matrix "
+            f"of the {layout} layout"
+        )
+    shape = dataset.shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise InputError(
+            f"{_source_name(h5)}: dataset '{key}' has shape {shape}, expected a square "
+            "(frames, frames) two-time matrix; the file is damaged or not a correlator result"
+        )
+    if dataset.dtype.kind not in "fiu":
+        raise InputError(
+            f"{_source_name(h5)}: dataset '{key}' holds {dataset.dtype} values, expected "
+            "real numbers; the file is not a correlator result"
+        )
+    return dataset

@@ -1,0 +1,375 @@
+"""Load one data set: the selected angles' two-time matrices at one q, over a frame window.
+
+:func:`load_xpcs` opens an APS-U or APS legacy result file (see
+:mod:`homodyne_mpi.data.layouts`), selects the bins whose q is nearest ``wavevector_q``,
+keeps the angles inside ``phi_ranges`` (see :mod:`homodyne_mpi.data.selection` for the
+angle convention), sorts them by angle, and reads only those matrices, one at a time,
+sliced to the frame window and rebuilt into full symmetric float64 matrices. Peak memory
+is the result plus one stored window being read.
+
+Every problem ends in a one-line :class:`~homodyne_mpi.errors.InputError` naming the
+file, the key and the fix; nothing partial is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from homodyne_mpi.errors import ConfigError, InputError
+
+from .layouts import (
+    AVG_FRAME_KEY,
+    FRAME_TIME_KEY,
+    STRIDE_FRAME_KEY,
+    detect_layout,
+    matrix_dataset,
+    read_bin_table,
+    read_frame_period,
+)
+from .selection import angles_in_ranges, format_ranges, frame_window, full_symmetric, select_nearest_q
+
+__all__ = ["XPCSData", "load_config_dataset", "load_xpcs"]
+
+logger = logging.getLogger(__name__)
+
+_Q_WARN_RELATIVE = 0.05
+"""Warn when the selected q differs from the requested one by more than this fraction."""
+
+_DT_WARN_RELATIVE = 1e-3
+"""Warn when the config's dt and the file's frame period differ by more than this."""
+
+_FINITE_CHECK_ROWS = 1024
+
+
+@dataclass
+class XPCSData:
+    """One data set ready to fit: full symmetric ``c2`` per angle at one q."""
+
+    c2: np.ndarray
+    """Two-time correlation, float64, shape ``(n_angles, n_frames, n_frames)``, symmetric,
+    sliced to the frame window."""
+    phi: np.ndarray
+    """Azimuthal angle of each matrix, degrees, ascending (as stored in the file)."""
+    q: float
+    """Wavevector of the selected bins, 1/Angstrom."""
+    dt: float
+    """Time between frames, seconds."""
+    start_frame: int
+    """First frame of the window, 1-based, inclusive (resolved)."""
+    end_frame: int
+    """Last frame of the window, 1-based, inclusive (resolved)."""
+    source: str
+    """Path of the file the data came from."""
+    layout: str
+    """``aps-u`` or ``aps-legacy``."""
+    dt_source: str
+    """``config`` (given by the caller) or ``file`` (frame_time x stride x avg)."""
+
+    @property
+    def n_angles(self) -> int:
+        """Number of angles (matrices)."""
+        return int(self.c2.shape[0])
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in the window, ``end_frame - start_frame + 1``."""
+        return int(self.c2.shape[-1])
+
+    @property
+    def t(self) -> np.ndarray:
+        """Model times of the window's frames, ``k * dt`` for ``k = 0..n_frames-1`` (s)."""
+        return np.arange(self.n_frames, dtype=np.float64) * self.dt
+
+    @property
+    def n_points(self) -> int:
+        """Points that enter a fit: the strict upper triangles, ``n_angles*N*(N-1)/2``."""
+        n = self.n_frames
+        return self.n_angles * n * (n - 1) // 2
+
+    def model_spec(self, mode: str, shear_form: str = "paper", gap: float | None = None):
+        """The :class:`~homodyne_mpi.model.ModelSpec` of this data set's grid.
+
+        Imports the model (and JAX) only when called.
+        """
+        from homodyne_mpi.model import ModelSpec
+
+        kwargs = {} if gap is None else {"gap": float(gap)}
+        return ModelSpec(mode=mode, shear_form=shear_form, q=self.q, dt=self.dt, n_frames=self.n_frames, **kwargs)
+
+
+def _open(path: Path) -> h5py.File:
+    source = str(path)
+    if not path.exists():
+        raise InputError(
+            f"{source}: file not found; fix experimental_data.file_path (or the dataset path) "
+            "to point at an existing correlator result"
+        )
+    if path.is_dir():
+        raise InputError(
+            f"{source}: is a folder, not a file; set experimental_data.file_path to the HDF5 "
+            "result file inside it"
+        )
+    try:
+        is_hdf5 = h5py.is_hdf5(path)
+    except OSError as exc:
+        raise InputError(f"{source}: cannot read the file ({exc}); check its permissions") from exc
+    if not is_hdf5:
+        raise InputError(
+            f"{source}: not an HDF5 file (no HDF5 signature); experimental_data.file_path must "
+            "name the correlator's .hdf/.h5 result"
+        )
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError(f"{source}: cannot open the HDF5 file ({exc}); the file may be damaged") from exc
+
+
+def _count_nonfinite(array: np.ndarray) -> int:
+    """Number of NaN/inf entries, in row blocks (no N x N boolean temporary)."""
+    if array.dtype.kind in "iu":
+        return 0
+    bad = 0
+    for row in range(0, array.shape[0], _FINITE_CHECK_ROWS):
+        block = array[row : row + _FINITE_CHECK_ROWS]
+        bad += block.size - int(np.count_nonzero(np.isfinite(block)))
+    return bad
+
+
+def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, str]:
+    """``(dt, 'config'|'file')``; the file's period is used (and logged) when ``dt`` is None."""
+    if isinstance(dt, str) and dt.strip().lower() == "auto":
+        dt = None
+    period = read_frame_period(h5) if dt is None else _optional_period(h5)
+    if dt is not None:
+        try:
+            dt = float(dt)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"{source}: analyzer_parameters.dt is {dt!r}; use a positive number of seconds or 'auto'"
+            ) from None
+        if not (np.isfinite(dt) and dt > 0):
+            raise InputError(
+                f"{source}: analyzer_parameters.dt is {dt}; use a positive number of seconds or 'auto'"
+            )
+        if period is not None and abs(period.dt - dt) > _DT_WARN_RELATIVE * dt:
+            logger.warning(
+                "dt from the config (%g s) differs from the file's frame period (%g s = "
+                "frame_time x stride x avg); using the config's",
+                dt,
+                period.dt,
+            )
+        return dt, "config"
+    if period is None:
+        raise InputError(
+            f"{source}: no dt: analyzer_parameters.dt is auto but the file has no "
+            f"'{FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
+        )
+    logger.info(
+        "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s "
+        "(%s, %s, %s)",
+        period.frame_time,
+        period.stride_frame,
+        period.avg_frame,
+        period.dt,
+        FRAME_TIME_KEY,
+        STRIDE_FRAME_KEY,
+        AVG_FRAME_KEY,
+    )
+    return period.dt, "file"
+
+
+def _optional_period(h5: h5py.File):
+    """The file's frame period for a consistency warning; never an error."""
+    try:
+        return read_frame_period(h5)
+    except InputError:
+        return None
+
+
+def load_xpcs(
+    path: str | os.PathLike[str],
+    *,
+    wavevector_q: float,
+    phi_ranges=None,
+    start_frame: int | None = 1,
+    end_frame: int | None = None,
+    dt: float | None = None,
+) -> XPCSData:
+    """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom) from ``path``.
+
+    - ``phi_ranges``: inclusive ``(min, max)`` degree ranges (or ``AngleRange`` objects);
+      ``None`` keeps every angle. Compared modulo 360 degrees.
+    - ``start_frame``, ``end_frame``: 1-based inclusive window; ``None`` means the first /
+      last frame.
+    - ``dt``: seconds per frame; ``None`` (or ``'auto'``) takes
+      ``frame_time * stride_frame * avg_frame`` from the file and logs it.
+
+    Returns an :class:`XPCSData` with angles sorted ascending. Raises :class:`InputError`
+    for a missing or non-HDF5 file, an unknown layout, missing keys, mismatched shapes,
+    NaN or inf in a selected window, no angle left after filtering, frames out of range
+    or no dt.
+    """
+    file_path = Path(os.fspath(path))
+    source = str(file_path)
+    try:
+        target_q = float(wavevector_q)
+    except (TypeError, ValueError):
+        target_q = float("nan")
+    if not (np.isfinite(target_q) and target_q > 0):
+        raise InputError(
+            f"{source}: analyzer_parameters.scattering.wavevector_q is {wavevector_q!r}; "
+            "use a positive number in 1/Angstrom"
+        )
+    with _open(file_path) as h5:
+        layout = detect_layout(h5)
+        table = read_bin_table(h5, layout)
+
+        chosen, q_selected = select_nearest_q(table.q, target_q)
+        if abs(q_selected - target_q) > _Q_WARN_RELATIVE * target_q:
+            logger.warning(
+                "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A "
+                "(stored q: %s)",
+                source,
+                target_q,
+                q_selected,
+                np.array2string(np.unique(table.q), precision=6),
+            )
+        phi_at_q = table.phi[chosen]
+        if phi_ranges is not None:
+            ranges = list(phi_ranges)
+            keep = angles_in_ranges(phi_at_q, ranges)
+            if not np.any(keep):
+                available = ", ".join(f"{a:g}" for a in np.sort(phi_at_q))
+                raise InputError(
+                    f"{source}: no angle left after phi_filtering: the angles at q = "
+                    f"{q_selected:g} 1/A are [{available}] degrees and "
+                    f"phi_filtering.target_ranges is {format_ranges(ranges)}; widen the "
+                    "ranges or disable phi_filtering"
+                )
+            chosen = chosen[keep]
+        order = np.argsort(table.phi[chosen], kind="stable")
+        chosen = chosen[order]
+        phi = table.phi[chosen].astype(np.float64)
+
+        datasets = [(table.matrix_keys[b], matrix_dataset(h5, table.matrix_keys[b], layout)) for b in chosen]
+        first_key, first = datasets[0]
+        for key, dataset in datasets[1:]:
+            if dataset.shape != first.shape:
+                raise InputError(
+                    f"{source}: dataset '{key}' has shape {dataset.shape} but '{first_key}' "
+                    f"has {first.shape}; all matrices at one q must cover the same frames -- "
+                    "the file is inconsistent"
+                )
+        n_file_frames = first.shape[0]
+        start, end = frame_window(start_frame, end_frame, n_file_frames, source=source)
+        dt_value, dt_source = _resolve_dt(h5, dt, source)
+
+        window = slice(start - 1, end)
+        n = end - start + 1
+        c2 = np.empty((len(datasets), n, n), dtype=np.float64)
+        for index, (key, dataset) in enumerate(datasets):
+            try:
+                stored = dataset[window, window]
+            except (OSError, ValueError, TypeError) as exc:
+                raise InputError(
+                    f"{source}: cannot read dataset '{key}' ({exc}); the file is damaged -- "
+                    "rerun the correlator or exclude that angle with phi_filtering"
+                ) from exc
+            bad = _count_nonfinite(stored)
+            if bad:
+                raise InputError(
+                    f"{source}: dataset '{key}' (phi = {phi[index]:g} deg) has {bad} NaN/inf "
+                    f"values in frames {start}..{end}; exclude that angle with phi_filtering "
+                    "or choose a frame window without them"
+                )
+            full_symmetric(stored, out=c2[index])
+            del stored
+
+    logger.info(
+        "%s: %s layout, q = %g 1/A, %d angles, frames %d..%d (%d), dt = %g s (%s)",
+        source,
+        layout,
+        q_selected,
+        len(phi),
+        start,
+        end,
+        n,
+        dt_value,
+        dt_source,
+    )
+    return XPCSData(
+        c2=c2,
+        phi=phi,
+        q=q_selected,
+        dt=dt_value,
+        start_frame=start,
+        end_frame=end,
+        source=source,
+        layout=layout,
+        dt_source=dt_source,
+    )
+
+
+def load_config_dataset(cfg, dataset=None) -> XPCSData:
+    """:func:`load_xpcs` with the arguments of a ``HomodyneConfig``.
+
+    ``dataset`` selects the file:
+
+    - ``None``: the config's only dataset (``cfg.resolved_datasets()``, relative paths
+      read from the config file's folder; ``experimental_data.file_path`` as given for
+      configs without that method). A config listing several datasets raises
+      :class:`ConfigError`: loop over ``cfg.resolved_datasets()`` and pass each.
+    - a ``DatasetConfig``-like object (``file_path``, ``wavevector_q``): that file, at its
+      own q when it has one, else at ``analyzer_parameters.scattering.wavevector_q``.
+    - a path: that file.
+
+    The angle ranges apply only when ``cfg.phi_filtering.enabled``; frames and ``dt``
+    come from ``analyzer_parameters`` (``dt`` ``None`` reads it from the file).
+    """
+    analyzer = cfg.analyzer_parameters
+    wavevector_q = analyzer.scattering.wavevector_q
+    if dataset is None:
+        resolver = getattr(cfg, "resolved_datasets", None)
+        if callable(resolver):
+            entries = resolver()
+            if len(entries) != 1:
+                names = ", ".join(str(getattr(entry, "name", entry)) for entry in entries)
+                raise ConfigError(
+                    f"config: experimental_data lists {len(entries)} datasets ({names}); "
+                    "load them one at a time by passing each of cfg.resolved_datasets()"
+                )
+            dataset = entries[0]
+        else:
+            dataset = cfg.experimental_data.file_path
+            if dataset is None:
+                raise ConfigError("config: experimental_data.file_path is not set; give the correlator result file")
+    if hasattr(dataset, "file_path"):
+        path = dataset.file_path
+        own_q = getattr(dataset, "wavevector_q", None)
+        if own_q:
+            wavevector_q = own_q[0] if isinstance(own_q, (list, tuple)) else own_q
+    else:
+        path = dataset
+    phi_filtering = getattr(cfg, "phi_filtering", None)
+    ranges = None
+    if phi_filtering is not None and getattr(phi_filtering, "enabled", False):
+        ranges = list(getattr(phi_filtering, "target_ranges", None) or [])
+        if not ranges:
+            raise ConfigError(
+                "config: phi_filtering.enabled is true but phi_filtering.target_ranges is "
+                "empty; add ranges such as [{min_angle: -10, max_angle: 10}] or set enabled: false"
+            )
+    return load_xpcs(
+        path,
+        wavevector_q=wavevector_q,
+        phi_ranges=ranges,
+        start_frame=getattr(analyzer, "start_frame", 1),
+        end_frame=getattr(analyzer, "end_frame", None),
+        dt=getattr(analyzer, "dt", None),
+    )

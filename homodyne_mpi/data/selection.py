@@ -1,0 +1,181 @@
+"""Pure selection steps between the stored bins and the fitted data set.
+
+- :func:`select_nearest_q`: the bins whose q is the one nearest the config's
+  ``wavevector_q``.
+- :func:`angles_in_ranges`: angles inside any of a list of inclusive degree ranges.
+- :func:`frame_window`: the 1-based inclusive frame window, checked against the file.
+- :func:`is_triangular_half` / :func:`full_symmetric`: rebuild a full symmetric matrix
+  from the upper-triangular half the correlator stores.
+
+Angle convention
+----------------
+Angles are directions, so an angle and a range are compared modulo 360 degrees: ``phi``
+lies in ``[lo, hi]`` when ``phi + 360 k`` does for some integer ``k``. The stored angles
+and the configured ranges may therefore each use ``[-180, 180]`` or ``[0, 360)``: the range
+``[170, 190]`` holds ``-175`` and ``185``, and ``[-10, 10]`` holds ``355``. A range with
+``hi < lo`` wraps through 360 (``[350, 10]`` is the same as ``[-10, 10]``); a range at
+least 360 degrees wide holds every angle. Bounds are inclusive with a tolerance of 1e-9
+degree. Angles are never rewritten: the data set keeps the stored values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from homodyne_mpi.errors import InputError
+
+__all__ = [
+    "ANGLE_TOLERANCE_DEG",
+    "angles_in_ranges",
+    "format_ranges",
+    "frame_window",
+    "full_symmetric",
+    "is_triangular_half",
+    "range_bounds",
+    "select_nearest_q",
+]
+
+ANGLE_TOLERANCE_DEG = 1e-9
+"""Slack on inclusive angle-range bounds, degrees."""
+
+Q_MATCH_RTOL = 1e-6
+"""Bins whose q lies within this relative distance of the nearest q belong to it."""
+
+
+def select_nearest_q(q_per_bin: np.ndarray, target_q: float) -> tuple[np.ndarray, float]:
+    """Indices of the bins whose q is nearest ``target_q`` (1/Angstrom), and that q.
+
+    Several bins share a q (one per angle): every bin within a relative ``1e-6`` of the
+    nearest value is selected. Ties between two distinct q values equally far from the
+    target go to the smaller q.
+    """
+    q_per_bin = np.asarray(q_per_bin, dtype=np.float64).reshape(-1)
+    if q_per_bin.size == 0:
+        raise ValueError("select_nearest_q needs at least one bin")
+    distance = np.abs(q_per_bin - float(target_q))
+    nearest = float(distance.min())
+    candidates = q_per_bin[distance == nearest]
+    q_selected = float(candidates.min())
+    chosen = np.flatnonzero(np.abs(q_per_bin - q_selected) <= Q_MATCH_RTOL * abs(q_selected))
+    return chosen, q_selected
+
+
+def range_bounds(angle_range) -> tuple[float, float]:
+    """``(min_angle, max_angle)`` of an ``AngleRange``-like object or a 2-sequence."""
+    if hasattr(angle_range, "min_angle") and hasattr(angle_range, "max_angle"):
+        return float(angle_range.min_angle), float(angle_range.max_angle)
+    lo, hi = angle_range
+    return float(lo), float(hi)
+
+
+def angles_in_ranges(phi_deg: np.ndarray, ranges: Iterable) -> np.ndarray:
+    """Boolean mask: which angles (degrees) lie in at least one inclusive range.
+
+    Comparison is modulo 360 degrees (see the module docstring). ``ranges`` holds
+    ``AngleRange`` objects (``min_angle``, ``max_angle``) or ``(min, max)`` pairs.
+    """
+    phi = np.asarray(phi_deg, dtype=np.float64).reshape(-1)
+    mask = np.zeros(phi.shape, dtype=bool)
+    for angle_range in ranges:
+        lo, hi = range_bounds(angle_range)
+        width = hi - lo
+        if width < 0:
+            width += 360.0
+        if width >= 360.0 - ANGLE_TOLERANCE_DEG:
+            mask[:] = True
+            continue
+        # Distance from the range start going counter-clockwise, in [0, 360).
+        along = np.mod(phi - lo, 360.0)
+        # An angle just below ``lo`` (within tolerance) maps near 360: count it in.
+        mask |= (along <= width + ANGLE_TOLERANCE_DEG) | (along >= 360.0 - ANGLE_TOLERANCE_DEG)
+    return mask
+
+
+def format_ranges(ranges: Iterable) -> str:
+    """``[-10, 10], [170, 190]`` for messages."""
+    parts = []
+    for angle_range in ranges:
+        lo, hi = range_bounds(angle_range)
+        parts.append(f"[{lo:g}, {hi:g}]")
+    return ", ".join(parts) if parts else "(none)"
+
+
+def frame_window(
+    start_frame: int | None,
+    end_frame: int | None,
+    n_frames: int,
+    *,
+    source: str = "the data file",
+) -> tuple[int, int]:
+    """Resolved 1-based inclusive ``(start_frame, end_frame)`` within ``1..n_frames``.
+
+    ``start_frame`` ``None`` means 1 and ``end_frame`` ``None`` the last frame. The window
+    must hold at least two frames. The matching 0-based slice is
+    ``slice(start_frame - 1, end_frame)``. Raises :class:`InputError` naming the valid range.
+    """
+    start = 1 if start_frame is None else start_frame
+    end = n_frames if end_frame is None else end_frame
+    for name, value in (("start_frame", start), ("end_frame", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise InputError(
+                f"{source}: analyzer_parameters.{name} is {value!r}, not a whole frame number; "
+                f"use an integer in 1..{n_frames}"
+            )
+    start, end = int(start), int(end)
+    if not (1 <= start < end <= n_frames):
+        raise InputError(
+            f"{source}: frames out of range: analyzer_parameters.start_frame={start}, "
+            f"end_frame={end}, but the matrices hold {n_frames} frames; use "
+            f"1 <= start_frame < end_frame <= {n_frames} (frames are 1-based, inclusive)"
+        )
+    return start, end
+
+
+def _strict_triangle_is_zero(matrix: np.ndarray, *, lower: bool) -> bool:
+    """True when every entry strictly below (or above) the diagonal is 0; row by row."""
+    n = matrix.shape[0]
+    for row in range(n):
+        part = matrix[row, :row] if lower else matrix[row, row + 1 :]
+        if part.size and np.any(part != 0):
+            return False
+    return True
+
+
+def is_triangular_half(matrix: np.ndarray) -> bool:
+    """True when one strict triangle is all zero: a stored half (upper or lower).
+
+    The correlator stores the upper triangle including the diagonal, the strict lower
+    triangle left at 0. A measured ``c2`` is close to 1 off the diagonal, so a full matrix
+    never has a zero triangle. Runs row by row (no N x N temporaries) and stops at the
+    first non-zero entry, so a full matrix is recognised after one row.
+    """
+    if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"expected a square matrix, got shape {matrix.shape}")
+    return _strict_triangle_is_zero(matrix, lower=True) or _strict_triangle_is_zero(matrix, lower=False)
+
+
+def full_symmetric(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Full symmetric float64 matrix from a stored one (half or full).
+
+    A half ``H`` (see :func:`is_triangular_half`) becomes ``C = H + H^T`` with the diagonal
+    halved, so ``C[i, i] = H[i, i]`` (the correlator's half includes the diagonal value once)
+    and ``C[i, j] = C[j, i] = H[i, j]`` off it; both are exact in float64. A full matrix is
+    copied as it is. ``out`` (float64, same shape) receives the result without any other
+    N x N temporary.
+    """
+    stored = np.asarray(stored)
+    if out is None:
+        out = np.empty(stored.shape, dtype=np.float64)
+    if is_triangular_half(stored):
+        np.add(stored, stored.T, out=out, dtype=np.float64)
+        n = out.shape[0]
+        flat_diagonal = out.reshape(-1)[:: n + 1] if out.flags.c_contiguous else None
+        if flat_diagonal is not None:
+            flat_diagonal *= 0.5
+        else:
+            np.fill_diagonal(out, 0.5 * np.diagonal(out))
+    else:
+        out[...] = stored
+    return out

@@ -1,0 +1,548 @@
+"""Synthetic correlator files from the model, for tests, demos and benchmarks.
+
+:func:`simulate_dataset` writes an HDF5 file in the APS-U or APS legacy layout that
+:func:`~homodyne_mpi.data.load_xpcs` reads back, and the truth beside it in
+``<output>.truth.json``. Each matrix is stored like the correlator stores it: the upper
+triangle including the diagonal, the strict lower triangle 0 (the loader rebuilds
+``C = H + H^T`` with the diagonal halved, so the stored diagonal is the model's diagonal,
+stored once). With ``noise_sigma = 0`` and float64 the loader gives back the model
+exactly (to rounding of the last bit).
+
+Memory: one angle at a time, computed in blocks of rows (about 4 million entries, 32 MiB
+per block in float64), noise added, converted, written and freed; no full N x N matrix is
+ever held, so 1e8-point files (10 angles x 4,472 frames) take a few hundred MiB.
+
+Noise: independent Gaussian noise of standard deviation ``noise_sigma`` on every stored
+entry (upper triangle and diagonal), seeded by ``(seed, q index, angle index)``; the
+rebuilt matrix mirrors it, so it stays symmetric. ``noise_model`` only accepts
+``gaussian`` for now.
+
+Frame window (``start_frame``): the model's time origin is the first frame of the fitted
+window (DESIGN: ``t_k = k*dt`` over the selected frames). A file of ``n_frames`` frames
+simulated with ``start_frame = s`` holds, in frames ``s..n_frames``, exactly
+``c2_grid`` on a grid of ``n_frames - s + 1`` frames; the earlier frames (rows and
+columns before ``s``) hold the model on the whole file's grid, with its origin at frame 1.
+Loading the window ``s..n_frames`` therefore gives exactly the model the fit uses, and
+the truth is recovered; the block before the window is only there so that the file has
+the frames the config's window refers to. For ``s = 1`` the whole file is the model.
+
+JAX (through :mod:`homodyne_mpi.model`) is imported only when a function here runs, so
+importing :mod:`homodyne_mpi.data` leaves the XLA device setup free.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from homodyne_mpi.errors import ConfigError, InputError
+
+from .layouts import (
+    APS_U,
+    APS_U_BINS_KEY,
+    APS_U_PHI_KEY,
+    APS_U_Q_KEY,
+    AVG_FRAME_KEY,
+    FRAME_TIME_KEY,
+    LAYOUTS,
+    LEGACY_MATRIX_GROUP,
+    LEGACY_PHI_KEY,
+    LEGACY_Q_KEY,
+    STRIDE_FRAME_KEY,
+    aps_u_matrix_key,
+)
+from .selection import angles_in_ranges, format_ranges
+
+__all__ = [
+    "DEFAULT_SIMULATED_PHI",
+    "NOISE_MODELS",
+    "simulate_dataset",
+    "simulate_from_config",
+    "truth_path",
+]
+
+logger = logging.getLogger(__name__)
+
+NOISE_MODELS = ("gaussian",)
+DTYPES = ("float32", "float64")
+COMPRESSIONS = ("auto", "lzf", "gzip", None)
+DEFAULT_SIMULATED_PHI = tuple(float(a) for a in np.linspace(-90.0, 75.0, 6))
+"""Angles (degrees) that ``simulate`` uses when none are given: -90, -57, ..., 75."""
+
+_BLOCK_ENTRIES = 1 << 22
+"""Entries per block of rows computed at once (32 MiB in float64)."""
+_CHUNK_ENTRIES = 1 << 16
+"""Entries per HDF5 chunk of whole rows (256 KiB float32, 512 KiB float64)."""
+
+
+def truth_path(output: str | os.PathLike[str]) -> Path:
+    """Where the truth of a simulated file goes: ``<output>.truth.json``."""
+    output = Path(os.fspath(output))
+    return output.with_name(output.name + ".truth.json")
+
+
+@lru_cache(maxsize=1)
+def _c2_rows_function():
+    """The jitted block evaluator (built on first use, so JAX loads lazily)."""
+    import jax
+
+    from homodyne_mpi.model import g1_squared_from_integrals, interval
+
+    def c2_rows(diffusion_rows, diffusion_cols, strain_rows, strain_cols, projection, contrast, offset, spec):
+        diffusion_ij = interval(diffusion_cols[None, :], diffusion_rows[:, None], spec)
+        if spec.has_shear:
+            strain_ij = interval(strain_cols[None, :], strain_rows[:, None], spec)
+        else:
+            strain_ij = None
+        g1_sq = g1_squared_from_integrals(diffusion_ij, strain_ij, projection, spec)
+        return offset + contrast * g1_sq
+
+    return jax.jit(c2_rows, static_argnames=("spec",))
+
+
+class _Integrals:
+    """Running integrals of one grid (file or window) as NumPy arrays."""
+
+    def __init__(self, physical, spec):
+        from homodyne_mpi.model import transport_integrals
+
+        diffusion, strain = transport_integrals(physical, spec)
+        self.spec = spec
+        self.diffusion = np.asarray(diffusion)
+        self.strain = None if strain is None else np.asarray(strain)
+
+    def rows(self, physical_projection, contrast, offset, row_start, row_stop, col_start):
+        """Model block for rows ``row_start:row_stop`` and columns ``col_start:`` of this grid."""
+        strain = self.strain
+        block = _c2_rows_function()(
+            self.diffusion[row_start:row_stop],
+            self.diffusion[col_start:],
+            None if strain is None else strain[row_start:row_stop],
+            None if strain is None else strain[col_start:],
+            physical_projection,
+            contrast,
+            offset,
+            self.spec,
+        )
+        return np.asarray(block)
+
+
+def _per_angle(name: str, values, n_phi: int) -> np.ndarray:
+    array = np.atleast_1d(np.asarray(values, dtype=np.float64)).reshape(-1)
+    if array.size == 1:
+        array = np.full(n_phi, array[0])
+    if array.size != n_phi:
+        raise InputError(
+            f"simulate: {name} has {array.size} values for {n_phi} angles; give one value, "
+            f"or one per angle (initial_parameters.per_angle_scaling.{name})"
+        )
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"simulate: {name} contains NaN or inf; give finite values")
+    return array
+
+
+def _check_arguments(
+    mode, physical, phi, n_frames, start_frame, noise_sigma, layout, dtype, noise_model, decoy_q, compression, seed
+):
+    from homodyne_mpi.model import PHYSICAL_PARAMETERS
+
+    if mode not in PHYSICAL_PARAMETERS:
+        raise InputError(f"simulate: analysis_mode {mode!r} is unknown; use one of {tuple(PHYSICAL_PARAMETERS)}")
+    names = PHYSICAL_PARAMETERS[mode]
+    physical = np.asarray(physical, dtype=np.float64).reshape(-1)
+    if physical.size != len(names):
+        raise InputError(
+            f"simulate: {mode} needs {len(names)} physical parameters {names}, got {physical.size}"
+        )
+    if not np.all(np.isfinite(physical)):
+        raise InputError("simulate: physical parameters contain NaN or inf")
+    phi = np.asarray(phi, dtype=np.float64).reshape(-1)
+    if phi.size == 0 or not np.all(np.isfinite(phi)):
+        raise InputError("simulate: give at least one finite angle phi (degrees)")
+    if isinstance(n_frames, bool) or int(n_frames) != n_frames or n_frames < 2:
+        raise InputError(f"simulate: n_frames is {n_frames!r}; use a whole number >= 2")
+    if isinstance(start_frame, bool) or int(start_frame) != start_frame or not 1 <= start_frame < n_frames:
+        raise InputError(
+            f"simulate: start_frame is {start_frame!r}; use a whole number in 1..{int(n_frames) - 1} "
+            "(the window needs at least 2 frames)"
+        )
+    if not (math.isfinite(noise_sigma) and noise_sigma >= 0):
+        raise InputError(f"simulate: noise sigma is {noise_sigma!r}; use a number >= 0")
+    if layout not in LAYOUTS:
+        raise InputError(f"simulate: layout {layout!r} is unknown; use one of {LAYOUTS}")
+    if dtype not in DTYPES:
+        raise InputError(f"simulate: dtype {dtype!r} is unsupported; use one of {DTYPES}")
+    if noise_model not in NOISE_MODELS:
+        raise InputError(f"simulate: noise_model {noise_model!r} is unsupported; use one of {NOISE_MODELS}")
+    for value in decoy_q:
+        if not (math.isfinite(value) and value > 0):
+            raise InputError(f"simulate: decoy q {value!r} must be a positive number (1/Angstrom)")
+    if compression not in COMPRESSIONS:
+        raise InputError(f"simulate: compression {compression!r} is unsupported; use one of {COMPRESSIONS}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise InputError(f"simulate: seed is {seed!r}; use a whole number >= 0")
+    return names, physical, phi
+
+
+def _write_matrix(
+    dataset: h5py.Dataset,
+    projection,
+    contrast: float,
+    offset: float,
+    file_grid: _Integrals,
+    window_grid: _Integrals | None,
+    window_start: int,
+    noise_sigma: float,
+    rng: np.random.Generator,
+    block_rows: int,
+) -> None:
+    """Compute, perturb and store one angle's upper half, one block of rows at a time.
+
+    A block of rows ``r0:r1`` covers only the columns ``r0:`` (the rest of those rows is
+    lower triangle, left at the dataset's fill value 0), so the model and the noise are
+    computed for about half the matrix.
+    """
+    n = dataset.shape[0]
+    for row_start in range(0, n, block_rows):
+        row_stop = min(n, row_start + block_rows)
+        rows = row_stop - row_start
+        block = np.zeros((rows, n - row_start), dtype=np.float64)
+        split = row_stop if window_grid is None else min(row_stop, max(row_start, window_start))
+        if split > row_start:  # rows on the file's grid (all rows when there is no window)
+            block[: split - row_start] = file_grid.rows(projection, contrast, offset, row_start, split, row_start)
+        if split < row_stop:  # rows inside the window, on the window's grid, columns >= split
+            local = split - window_start
+            block[split - row_start :, split - row_start :] = window_grid.rows(
+                projection, contrast, offset, local, row_stop - window_start, local
+            )
+        if noise_sigma > 0:
+            noise = rng.standard_normal(block.shape)
+            noise *= noise_sigma
+            block += noise
+            del noise
+        square = block[:, :rows]
+        square[...] = np.triu(square)  # zero the strict lower triangle of the block
+        dataset[row_start:row_stop, row_start:] = block.astype(dataset.dtype, copy=False)
+        del block
+
+
+def simulate_dataset(
+    output: str | os.PathLike[str],
+    *,
+    mode: str,
+    shear_form: str,
+    q: float,
+    dt: float,
+    n_frames: int,
+    gap: float,
+    physical: Sequence[float],
+    contrast,
+    offset,
+    phi: Sequence[float],
+    noise_sigma: float = 0.0,
+    seed: int = 0,
+    layout: str = APS_U,
+    dtype: str = "float64",
+    noise_model: str = "gaussian",
+    start_frame: int = 1,
+    decoy_q: Sequence[float] = (),
+    compression: str | None = "auto",
+) -> dict:
+    """Write a synthetic correlator file at ``output`` and its truth; return the truth.
+
+    - ``mode`` (``static``/``laminar_flow``), ``shear_form``, ``q`` (1/Angstrom), ``dt``
+      (s), ``gap`` (Angstrom) and ``physical`` (canonical order, DESIGN section 2) define
+      the model; ``contrast`` and ``offset`` hold one value or one per angle; ``phi`` in
+      degrees, stored in the given order.
+    - ``n_frames``: frames in the file. ``start_frame``: first frame of the fitted window,
+      the model's time origin (see the module docstring); 1 by default.
+    - ``noise_sigma``, ``seed``, ``noise_model``: seeded Gaussian noise (0 = exact model).
+    - ``layout``: ``aps-u`` or ``aps-legacy``; ``dtype``: ``float64`` or ``float32``.
+    - ``decoy_q``: further q values written with the same angles (the model at that q),
+      to exercise q selection. The file's q list is sorted ascending.
+    - ``compression``: ``auto`` (lzf for float32, as the correlator; none for float64),
+      ``lzf``, ``gzip`` or ``None``.
+
+    The frame period is stored as ``frame_time = dt``, ``stride_frame = avg_frame = 1``, so
+    ``dt: auto`` recovers ``dt`` exactly. The file and ``<output>.truth.json`` are written
+    atomically. Raises :class:`InputError` for unusable arguments.
+    """
+    from homodyne_mpi.io.atomic import atomic_write_call, atomic_write_json
+    from homodyne_mpi.model import ModelSpec, shear_projection
+
+    decoy_q = tuple(float(v) for v in decoy_q)
+    try:
+        dtype = np.dtype(dtype).name
+    except TypeError:
+        pass  # reported by _check_arguments
+    names, physical, phi = _check_arguments(
+        mode,
+        physical,
+        phi,
+        n_frames,
+        start_frame,
+        float(noise_sigma),
+        layout,
+        dtype,
+        noise_model,
+        decoy_q,
+        compression,
+        seed,
+    )
+    n_frames, start_frame, noise_sigma = int(n_frames), int(start_frame), float(noise_sigma)
+    n_phi = phi.size
+    contrast = _per_angle("contrast", contrast, n_phi)
+    offset = _per_angle("offset", offset, n_phi)
+    try:
+        q, dt, gap = float(q), float(dt), float(gap)
+        spec_main = ModelSpec(mode=mode, shear_form=shear_form, q=q, dt=dt, n_frames=n_frames, gap=gap)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"simulate: {exc}") from None
+    if q in decoy_q:
+        raise InputError(f"simulate: decoy q {q} equals the data set's q; use a different value")
+    q_values = sorted((q, *decoy_q))
+    if compression == "auto":
+        compression = "lzf" if dtype == "float32" else None
+
+    truth = {
+        "analysis_mode": mode,
+        "shear_form": shear_form,
+        "parameters": {name: float(value) for name, value in zip(names, physical)},
+        "contrast": contrast.tolist(),
+        "offset": offset.tolist(),
+        "phi": phi.tolist(),
+        "q": q,
+        "dt": dt,
+        "n_frames": n_frames,
+        "start_frame": start_frame,
+        "end_frame": n_frames,
+        "gap": gap,
+        "noise_sigma": noise_sigma,
+        "noise_model": noise_model,
+        "seed": int(seed),
+        "layout": layout,
+        "dtype": dtype,
+        "decoy_q": list(decoy_q),
+    }
+
+    chunk_rows = max(1, min(n_frames, _CHUNK_ENTRIES // n_frames))
+    block_rows = chunk_rows * max(1, (_BLOCK_ENTRIES // n_frames) // chunk_rows)
+
+    def write(temp: Path) -> None:
+        with h5py.File(temp, "w") as h5:
+            h5.attrs["homodyne_mpi_simulated"] = json.dumps(truth)
+            n_bins = len(q_values) * n_phi
+            bin_q = np.repeat(np.asarray(q_values), n_phi)
+            bin_phi = np.tile(phi, len(q_values))
+            if layout == APS_U:
+                h5.create_dataset(APS_U_Q_KEY, data=np.asarray(q_values, dtype=np.float64))
+                h5.create_dataset(APS_U_PHI_KEY, data=phi)
+                h5.create_dataset(APS_U_BINS_KEY, data=np.arange(1, n_bins + 1, dtype=np.int64))
+                keys = [aps_u_matrix_key(position) for position in range(n_bins)]
+            else:
+                h5.create_dataset(LEGACY_Q_KEY, data=bin_q[None, :])
+                h5.create_dataset(LEGACY_PHI_KEY, data=bin_phi[None, :])
+                keys = [f"{LEGACY_MATRIX_GROUP}/c2_{position + 1:05d}" for position in range(n_bins)]
+            h5.create_dataset(FRAME_TIME_KEY, data=dt)
+            h5.create_dataset(STRIDE_FRAME_KEY, data=1)
+            h5.create_dataset(AVG_FRAME_KEY, data=1)
+
+            position = 0
+            for q_index, q_value in enumerate(q_values):
+                spec_file = spec_main if q_value == q else ModelSpec(
+                    mode=mode, shear_form=shear_form, q=q_value, dt=dt, n_frames=n_frames, gap=gap
+                )
+                file_grid = _Integrals(physical, spec_file)
+                window_grid = None
+                if start_frame > 1:
+                    spec_window = ModelSpec(
+                        mode=mode,
+                        shear_form=shear_form,
+                        q=q_value,
+                        dt=dt,
+                        n_frames=n_frames - start_frame + 1,
+                        gap=gap,
+                    )
+                    window_grid = _Integrals(physical, spec_window)
+                projections = np.asarray(shear_projection(physical, phi)) if spec_file.has_shear else None
+                for angle_index in range(n_phi):
+                    started = time.perf_counter()
+                    dataset = h5.create_dataset(
+                        keys[position],
+                        shape=(n_frames, n_frames),
+                        dtype=dtype,
+                        chunks=(chunk_rows, n_frames) if compression else None,
+                        compression=compression,
+                    )
+                    _write_matrix(
+                        dataset,
+                        None if projections is None else float(projections[angle_index]),
+                        float(contrast[angle_index]),
+                        float(offset[angle_index]),
+                        file_grid,
+                        window_grid,
+                        start_frame - 1,
+                        noise_sigma,
+                        np.random.default_rng([int(seed), q_index, angle_index]),
+                        block_rows,
+                    )
+                    logger.debug(
+                        "simulated %s (q = %g, phi = %g) in %.2f s",
+                        keys[position],
+                        q_value,
+                        phi[angle_index],
+                        time.perf_counter() - started,
+                    )
+                    position += 1
+
+    started = time.perf_counter()
+    try:
+        target = atomic_write_call(output, write)
+        atomic_write_json(truth_path(target), truth)
+    except OSError as exc:
+        raise InputError(f"{output}: cannot write the simulated file ({exc}); choose a writable --output path") from exc
+    logger.info(
+        "simulated %s: %s layout, %s, %d angles x %d frames%s in %.1f s; truth in %s",
+        target,
+        layout,
+        dtype,
+        n_phi,
+        n_frames,
+        f" (+{len(decoy_q)} decoy q)" if decoy_q else "",
+        time.perf_counter() - started,
+        truth_path(target),
+    )
+    return truth
+
+
+def _config_physical_values(cfg, mode: str) -> np.ndarray:
+    """The config's initial values in canonical physical order, matched by name."""
+    from homodyne_mpi.model import PHYSICAL_PARAMETERS
+
+    initial = cfg.initial_parameters
+    wanted = PHYSICAL_PARAMETERS[mode]
+    names = list(getattr(initial, "parameter_names", None) or wanted)  # empty: canonical order
+    values = getattr(initial, "values", None)
+    if values is None:
+        raise ConfigError(
+            "config: simulate needs initial_parameters.values (the truth to simulate); "
+            f"give one value per name in the order {', '.join(names)}"
+        )
+    values = list(values)
+    if len(names) != len(values):
+        raise ConfigError(
+            f"config: initial_parameters.parameter_names has {len(names)} names but "
+            f"initial_parameters.values has {len(values)} values; give one value per name"
+        )
+    by_name = dict(zip(names, values))
+    missing = [name for name in wanted if name not in by_name]
+    if missing:
+        raise ConfigError(
+            f"config: initial_parameters.parameter_names lacks {missing} needed by {mode}; "
+            f"list {list(wanted)} with their values"
+        )
+    try:
+        return np.array([float(by_name[name]) for name in wanted], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError("config: initial_parameters.values must all be numbers") from None
+
+
+def simulate_from_config(
+    cfg,
+    output: str | os.PathLike[str],
+    *,
+    layout: str = APS_U,
+    phi: Sequence[float] | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+    dtype: str = "float64",
+) -> dict:
+    """``homodyne-mpi simulate``: a synthetic file whose truth is the config's start point.
+
+    - Truth: ``initial_parameters.values`` matched to ``parameter_names`` and put in the
+      canonical physical order; contrast and offset from
+      ``initial_parameters.per_angle_scaling`` (one value or one per angle).
+    - Grid: ``analyzer_parameters.dt`` (a number: ``auto`` is an error here),
+      ``scattering.wavevector_q``, ``geometry.stator_rotor_gap`` and ``shear_form``.
+    - Frames: the file holds ``end_frame`` frames (``end_frame`` must be set) and frames
+      ``start_frame..end_frame`` hold exactly the model on that window, its time origin at
+      ``start_frame`` (see the module docstring). Loading the file with the same config
+      therefore gives exactly the model (plus noise) that the fit evaluates.
+    - Angles: ``phi`` (degrees), default :data:`DEFAULT_SIMULATED_PHI`. A warning lists
+      the angles the config's ``phi_filtering`` would drop.
+    """
+    mode = cfg.analysis_mode
+    analyzer = cfg.analyzer_parameters
+    dt = getattr(analyzer, "dt", None)
+    if dt is None or isinstance(dt, str) or isinstance(dt, bool):
+        raise InputError(
+            f"config: simulate needs analyzer_parameters.dt as a number of seconds, got {dt!r}; "
+            "'auto' has no file to read it from -- set e.g. dt: 0.1"
+        )
+    start_frame = getattr(analyzer, "start_frame", 1) or 1
+    end_frame = getattr(analyzer, "end_frame", None)
+    if end_frame is None:
+        raise InputError(
+            "config: simulate needs analyzer_parameters.end_frame (the number of frames to "
+            "write); set it, e.g. end_frame: 1000"
+        )
+    if isinstance(start_frame, bool) or isinstance(end_frame, bool) or not (1 <= int(start_frame) < int(end_frame)):
+        raise InputError(
+            f"config: analyzer_parameters.start_frame={start_frame}, end_frame={end_frame}; "
+            "simulate needs 1 <= start_frame < end_frame"
+        )
+    from homodyne_mpi.model import PHYSICAL_PARAMETERS, ModelSpec
+
+    if mode not in PHYSICAL_PARAMETERS:
+        raise ConfigError(f"config: analysis_mode {mode!r} is unknown; use one of {tuple(PHYSICAL_PARAMETERS)}")
+    physical = _config_physical_values(cfg, mode)
+    angles = np.asarray(DEFAULT_SIMULATED_PHI if phi is None else phi, dtype=np.float64).reshape(-1)
+    scaling = cfg.initial_parameters.per_angle_scaling
+    contrast = _per_angle("contrast", scaling.contrast, angles.size)
+    offset = _per_angle("offset", scaling.offset, angles.size)
+
+    phi_filtering = getattr(cfg, "phi_filtering", None)
+    if phi_filtering is not None and getattr(phi_filtering, "enabled", False):
+        ranges = list(getattr(phi_filtering, "target_ranges", None) or [])
+        kept = angles_in_ranges(angles, ranges)
+        if not np.all(kept):
+            logger.warning(
+                "simulate: phi_filtering.target_ranges %s keeps %d of the %d simulated angles "
+                "(%s); pass --phi with angles inside the ranges to fit them all",
+                format_ranges(ranges),
+                int(kept.sum()),
+                angles.size,
+                ", ".join(f"{a:g}" for a in angles[kept]) or "none",
+            )
+
+    geometry = getattr(analyzer, "geometry", None)
+    gap = getattr(geometry, "stator_rotor_gap", None)
+    if gap is None:  # static configs may leave the geometry out
+        gap = ModelSpec.__dataclass_fields__["gap"].default
+    return simulate_dataset(
+        output,
+        mode=mode,
+        shear_form=getattr(cfg, "shear_form", "paper") or "paper",
+        q=analyzer.scattering.wavevector_q,
+        dt=dt,
+        n_frames=int(end_frame),
+        physical=physical,
+        contrast=contrast,
+        offset=offset,
+        phi=angles,
+        noise_sigma=float(noise),
+        seed=int(seed),
+        layout=layout,
+        dtype=dtype,
+        start_frame=int(start_frame),
+        gap=gap,
+    )
