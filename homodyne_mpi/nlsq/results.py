@@ -1,0 +1,80 @@
+"""What an NLSQ fit writes: ``nlsq/result.json`` and the arrays of ``nlsq/fit.h5``."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..data.loader import XPCSData
+from ..model import c2_grid
+from .fit import NLSQProblem, NLSQResult
+
+
+def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSData, *, dataset: str, timing_s: dict) -> dict:
+    """The ``nlsq/result.json`` mapping of DESIGN section 6."""
+    std_model = result.std
+    std_jackknife = getattr(result, "std_jackknife", None)
+    use_jackknife = cfg.optimization.nlsq.uncertainty == "jackknife" and std_jackknife is not None
+    std = std_jackknife if use_jackknife else std_model
+    parameters = {}
+    for k, name in enumerate(result.names):
+        parameters[name] = {
+            "value": float(result.theta[k]),
+            "std": float(std[k]),
+            "std_model": float(std_model[k]),
+            "std_jackknife": None if std_jackknife is None else float(std_jackknife[k]),
+            "fixed": not bool(problem.free[k]),
+        }
+    return {
+        "method": "nlsq",
+        "dataset": dataset,
+        "analysis_mode": cfg.analysis_mode,
+        "shear_form": cfg.shear_form,
+        "per_angle_scaling": problem.layout.scaling,
+        "converged": bool(result.converged),
+        "reason": result.reason,
+        "iterations": int(result.iterations),
+        "chi2": float(result.chi2),
+        "reduced_chi2": float(result.reduced_chi2),
+        "n_points": int(result.n_points),
+        "n_free_parameters": int(result.n_free),
+        "n_ranks": int(result.n_ranks),
+        "uncertainty": "jackknife" if use_jackknife else "model",
+        "parameters": parameters,
+        "data": {
+            "source": data.source,
+            "layout": data.layout,
+            "q": float(data.q),
+            "dt": float(data.dt),
+            "dt_source": data.dt_source,
+            "start_frame": int(data.start_frame),
+            "end_frame": int(data.end_frame),
+            "phi": [float(x) for x in data.phi],
+            "noise_sigma": [float(x) for x in problem.noise_sigma],
+        },
+        "timing_s": {key: float(value) for key, value in timing_s.items()},
+        "history": result.history,
+    }
+
+
+def fitted_matrices(result: NLSQResult, problem: NLSQProblem) -> np.ndarray:
+    """Model ``c2`` on the full grid at the fitted parameters, ``(n_angles, N, N)``."""
+    contrast, offset, physical = problem.layout.split(jnp.asarray(result.theta))
+    return np.asarray(c2_grid(physical, contrast, offset, jnp.asarray(problem.phi), problem.spec))
+
+
+def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict[str, np.ndarray]:
+    """Datasets of ``nlsq/fit.h5``: measured and fitted ``c2``, residual, grid, covariance."""
+    c2_fit = fitted_matrices(result, problem)
+    return {
+        "c2_exp": data.c2,
+        "c2_fit": c2_fit,
+        "residual": data.c2 - c2_fit,
+        "t": data.t,
+        "phi": np.asarray(data.phi, dtype=float),
+        "covariance": result.covariance,
+        "parameters/names": np.asarray(result.names, dtype="S"),
+        "parameters/values": result.theta,
+        "parameters/std_model": result.std,
+        "noise_sigma": problem.noise_sigma,
+    }

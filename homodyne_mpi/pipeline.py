@@ -1,0 +1,246 @@
+"""Load -> distribute -> NLSQ -> CMC -> write, for each data set of a batch.
+
+Every rank runs ``run_batch``; only rank 0 touches files. Rank 0 prefetches data set
+``k+1`` in a background thread while all ranks fit data set ``k``, and hands results to
+a background writer, so neither reading nor writing sits on the critical path. A data set
+that fails (bad file, fit error) is recorded in ``batch_summary.json`` and the batch goes
+on; the exit code says whether everything succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .data.loader import XPCSData, load_config_dataset
+from .data.points import PointSet, upper_triangle_points
+from .errors import ConfigError, HomodyneError, InputError
+from .io import AsyncWriter, PrefetchLoader
+from .nlsq import NLSQProblem, NLSQResult, build_problem, distribute_points, fit_nlsq
+from .nlsq.results import fit_arrays, result_document
+from .parallel import Comm
+
+log = logging.getLogger(__name__)
+
+METHODS = ("nlsq", "cmc", "both")
+
+
+@dataclass
+class DatasetOutcome:
+    """One line of ``batch_summary.json``."""
+
+    name: str
+    source: str
+    status: str = "ok"
+    error: str | None = None
+    error_type: str | None = None
+    paths: dict[str, str] = field(default_factory=dict)
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "status": self.status,
+            "error": self.error,
+            "error_type": self.error_type,
+            "paths": self.paths,
+            "timing_s": self.timing_s,
+        }
+
+
+@dataclass
+class PreparedDataset:
+    """What rank 0 builds from a loaded data set before the fits start."""
+
+    data: XPCSData
+    problem: NLSQProblem
+    points: PointSet
+
+
+def prepare_dataset(cfg, dataset) -> PreparedDataset:
+    """Rank 0, background thread: read the file, build the problem and its points."""
+    data = load_config_dataset(cfg, dataset)
+    problem = build_problem(cfg, data)
+    points = upper_triangle_points(data.c2, problem.noise_sigma)
+    return PreparedDataset(data, problem, points)
+
+
+def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> None:
+    """Writer thread: compute the fitted matrices and write ``nlsq/fit.h5`` at ``temp_path``."""
+    arrays = fit_arrays(result, problem, data)
+    with h5py.File(temp_path, "w") as handle:
+        for name, array in arrays.items():
+            handle.create_dataset(name, data=np.asarray(array))
+        handle.attrs["analysis_mode"] = problem.spec.mode
+        handle.attrs["shear_form"] = problem.spec.shear_form
+        handle.attrs["q"] = problem.spec.q
+        handle.attrs["dt"] = problem.spec.dt
+
+
+class BatchRunner:
+    """Runs every data set of a config on every rank (rank 0 does all file I/O)."""
+
+    def __init__(self, cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True):
+        if method not in METHODS:
+            raise ConfigError(f"unknown method '{method}' -- choose one of {', '.join(METHODS)}")
+        self.cfg = cfg
+        self.comm = comm
+        self.method = method
+        self.output_dir = Path(output_dir)
+        self.nlsq_warm_start = nlsq_warm_start
+        self.writer: AsyncWriter | None = None
+
+    # -- the batch ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise)."""
+        datasets = self.comm.run_on_root(self.cfg.resolved_datasets)
+        outcomes: list[DatasetOutcome] = []
+        batch_start = time.perf_counter()
+        loader = None
+        if self.comm.is_root:
+            self.writer = AsyncWriter(max_workers=2)
+            loader = iter(PrefetchLoader(datasets, lambda entry: prepare_dataset(self.cfg, entry)))
+            log.info("batch of %d data set(s), method %s, %d rank(s)", len(datasets), self.method, self.comm.size)
+        try:
+            for index, dataset in enumerate(datasets):
+                record = next(loader) if loader is not None else None
+                log.info("data set %d/%d: %s", index + 1, len(datasets), dataset.name)
+                outcomes.append(self.run_dataset(dataset, record))
+        finally:
+            if loader is not None:
+                loader.close()
+        return self.finish(outcomes, time.perf_counter() - batch_start)
+
+    def finish(self, outcomes: list[DatasetOutcome], seconds: float) -> int:
+        """Write ``batch_summary.json``, wait for every write, report failures."""
+        code = 0
+        if self.comm.is_root:
+            failed = [o for o in outcomes if o.status != "ok"]
+            summary = {
+                "n_datasets": len(outcomes),
+                "n_failed": len(failed),
+                "method": self.method,
+                "n_ranks": self.comm.size,
+                "wall_s": seconds,
+                "datasets": [o.to_dict() for o in outcomes],
+            }
+            self.writer.submit_json(self.output_dir / "batch_summary.json", summary)
+            failures = self.writer.wait_all()
+            self.writer.shutdown()
+            for outcome in failed:
+                print(f"error: data set '{outcome.name}': {outcome.error}", flush=True)
+            if failures:
+                for failure in failures:
+                    print(f"error: could not write {failure.describe()}", flush=True)
+                code = 1
+            elif failed:
+                input_only = all(o.error_type in ("InputError", "ConfigError") for o in failed)
+                code = 2 if input_only else 1
+            log.info("batch done in %.1f s: %d ok, %d failed", seconds, len(outcomes) - len(failed), len(failed))
+        return int(self.comm.bcast(code))
+
+    # -- one data set ---------------------------------------------------------------------
+
+    def run_dataset(self, dataset, record) -> DatasetOutcome:
+        """Fit one data set on every rank; rank 0 returns its outcome (others a stub)."""
+        outcome = DatasetOutcome(name=dataset.name, source=str(dataset.file_path))
+        status = None
+        if self.comm.is_root:
+            if record.ok:
+                prepared = record.value
+                outcome.timing_s["load"] = record.load_s
+                status = ("ok", prepared.problem)
+            else:
+                status = ("failed", record.error)
+        kind, payload = self.comm.bcast(status if self.comm.is_root else None)
+        if kind == "failed":
+            if self.comm.is_root:
+                self.record_failure(outcome, payload)
+            return outcome
+        problem: NLSQProblem = payload
+        prepared = record.value if self.comm.is_root else None
+        out = self.output_dir / dataset.name
+        start = time.perf_counter()
+        local = distribute_points(prepared.points if prepared else None, problem.n_points, self.comm)
+        outcome.timing_s["distribute"] = time.perf_counter() - start
+        nlsq_result = None
+        if self.method in ("nlsq", "both") or self.nlsq_warm_start:
+            nlsq_result = fit_nlsq(problem, local, self.comm, self.cfg.optimization.nlsq)
+            del local
+            if self.comm.is_root:
+                self.write_nlsq(out, dataset.name, nlsq_result, problem, prepared.data, outcome)
+        if self.method in ("cmc", "both"):
+            self.run_cmc_stage(out, problem, prepared, nlsq_result, outcome)
+        return outcome
+
+    def run_cmc_stage(self, out: Path, problem, prepared, nlsq_result, outcome: DatasetOutcome) -> None:
+        """CMC on every rank; rank 0 writes its result (a too-few-shards error is recorded)."""
+        from .cmc import run_cmc
+
+        start = time.perf_counter()
+        try:
+            cmc_result = run_cmc(
+                self.cfg,
+                problem,
+                prepared.points if prepared else None,
+                self.comm,
+                warm_start=nlsq_result,
+                output_dir=out if self.comm.is_root else None,
+            )
+        except HomodyneError as error:
+            if self.comm.is_root:
+                self.record_failure(outcome, error)
+            return
+        outcome.timing_s["cmc"] = time.perf_counter() - start
+        if self.comm.is_root and cmc_result is not None:
+            document = cmc_result.to_json_dict()
+            document.setdefault("timing_s", {})
+            self.writer.submit_json(out / "cmc" / "result.json", document)
+            self.writer.submit_hdf5(out / "cmc" / "posterior.h5", cmc_result.posterior_arrays())
+            outcome.paths["cmc_result"] = str(out / "cmc" / "result.json")
+            outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
+
+    def write_nlsq(self, out: Path, name: str, result: NLSQResult, problem, data: XPCSData, outcome: DatasetOutcome) -> None:
+        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer."""
+        start = time.perf_counter()
+        timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
+        self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data)
+        timing["write"] = time.perf_counter() - start
+        document = result_document(result, problem, self.cfg, data, dataset=name, timing_s=timing)
+        self.writer.submit_json(out / "nlsq" / "result.json", document)
+        outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
+        outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
+        outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")
+        self.log_nlsq(result)
+
+    @staticmethod
+    def log_nlsq(result: NLSQResult) -> None:
+        """Rank 0: the fitted values in the log."""
+        state = "converged" if result.converged else "NOT converged"
+        log.info("NLSQ %s after %d iterations (%s); reduced chi2 %.4f", state, result.iterations, result.reason, result.reduced_chi2)
+        for name, value, std in zip(result.names, result.theta, result.std):
+            log.info("  %-20s %14.6g +- %.3g", name, value, std)
+
+    @staticmethod
+    def record_failure(outcome: DatasetOutcome, error: BaseException) -> None:
+        """Mark a data set failed, keeping its one-line message."""
+        outcome.status = "failed"
+        outcome.error = str(error)
+        outcome.error_type = type(error).__name__
+        if not isinstance(error, (InputError, ConfigError)):
+            log.error("data set %s failed:\n%s", outcome.name, "".join(traceback.format_exception(error)))
+        else:
+            log.error("data set %s failed: %s", outcome.name, error)
+
+
+def run_batch(cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True) -> int:
+    """Fit every data set of ``cfg``; returns the exit code (same on every rank)."""
+    return BatchRunner(cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=nlsq_warm_start).run()
