@@ -537,8 +537,12 @@ class NLSQConfig:
     """linear | soft_l1 | huber | cauchy."""
     loss_scale: float = _opt(1.0, gt=0)
     """f_scale of the robust loss, in units of the weighted residual."""
-    chunk_size: int = _opt(65536, ge=1)
+    chunk_size: int = _opt(8192, ge=1)
     """Points per jitted chunk; bounds memory per rank."""
+    start_search: bool = True
+    """Scan a coarse grid of physical starting values on a subsample before the fit."""
+    search_points: int = _opt(50000, ge=1000)
+    """Points of the subsample used by the start search."""
     uncertainty: str = _opt("jackknife", choices=("jackknife", "model"))
     """Which standard error is ``std`` in result.json: jackknife | model."""
     jackknife_blocks: int = _opt(20, ge=2)

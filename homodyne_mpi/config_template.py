@@ -153,7 +153,12 @@ optimization:
     # residual, > 0 (unused by linear).
     loss_scale: 1.0
     # Points per jitted chunk, integer >= 1; bounds the memory per rank.
-    chunk_size: 65536
+    chunk_size: 8192
+    # Before the fit, scan a coarse grid of physical starting values (D0, alpha,
+    # gamma_dot_t0, phi0) on a subsample and start from the best: true | false.
+    start_search: true
+    # Points of that subsample (the same points on any number of ranks), integer >= 1000.
+    search_points: 50000
     # Which standard error result.json reports as `std`: jackknife | model
     #   jackknife: delete-one-block jackknife over the points
     #   model:     from the covariance (J^T J)^-1 scaled by the reduced chi2

@@ -272,6 +272,8 @@ def every_field_non_default() -> dict:
                 "loss": "huber",
                 "loss_scale": 2.5,
                 "chunk_size": 4096,
+                "start_search": False,
+                "search_points": 20000,
                 "uncertainty": "model",
                 "jackknife_blocks": 7,
                 "jackknife_iterations": 3,

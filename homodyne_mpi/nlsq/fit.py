@@ -27,6 +27,7 @@ from .kernels import (
     pack_accumulators,
     unpack_accumulators,
 )
+from .search import search_start, subsample_mask
 from .solver import Evaluation, LMOptions, LMResult, levenberg_marquardt
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,11 @@ def fit_nlsq(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, 
     )
     start_theta = problem.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
     compile_seconds = objective.compile(start_theta)
+    search_seconds = 0.0
+    if getattr(options, "start_search", False) and theta0 is None:
+        search_start_time = time.perf_counter()
+        start_theta = searched_start(problem, local_points, comm, options)
+        search_seconds = time.perf_counter() - search_start_time
     fit_start = time.perf_counter()
     lm = levenberg_marquardt(
         objective,
@@ -207,7 +213,25 @@ def fit_nlsq(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, 
         ),
     )
     fit_seconds = time.perf_counter() - fit_start
-    return result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)
+    result = result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)
+    result.timing_s["start_search"] = search_seconds
+    return result
+
+
+def local_offset(n_points: int, comm: Comm) -> int:
+    """Global index of this rank's first point."""
+    return int(point_counts(n_points, comm)[: comm.rank].sum())
+
+
+def searched_start(problem: NLSQProblem, local_points: PointSet, comm: Comm, options) -> np.ndarray:
+    """Starting point from the coarse grid search on a rank-independent subsample."""
+    stride = max(1, problem.n_points // int(options.search_points))
+    mask = subsample_mask(len(local_points), local_offset(problem.n_points, comm), stride)
+    subsample = local_points.take(mask)
+    objective = DistributedObjective(
+        problem, subsample, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale
+    )
+    return search_start(objective, problem.theta0, problem.lower, problem.upper, problem.free, problem.layout)
 
 
 def result_from_lm(lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: DistributedObjective, compile_seconds: float, fit_seconds: float) -> NLSQResult:

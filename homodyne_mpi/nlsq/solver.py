@@ -84,11 +84,13 @@ def levenberg_marquardt(
     free: np.ndarray,
     options: LMOptions = LMOptions(),
     initial: Evaluation | None = None,
+    quiet: bool = False,
 ) -> LMResult:
     """Minimise the robust cost from ``theta0`` within ``[lower, upper]``.
 
     ``free`` (bool mask) selects the fitted parameters; the others stay at ``theta0``.
-    ``initial`` may carry the evaluation at ``theta0`` if the caller already has it.
+    ``initial`` may carry the evaluation at ``theta0`` if the caller already has it;
+    ``quiet`` logs the iterations at DEBUG instead of INFO.
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
@@ -132,7 +134,8 @@ def levenberg_marquardt(
                 "seconds": time.perf_counter() - start,
             }
         )
-        log.info(
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
             "LM %3d  chi2 %.6e  step %.3e  damping %.1e  %s  %.2fs",
             iteration,
             t_chi2 if accepted else chi2,
