@@ -541,7 +541,7 @@ class NLSQConfig:
     """Points per jitted chunk; bounds memory per rank."""
     start_search: bool = True
     """Scan a coarse grid of physical starting values on a subsample before the fit."""
-    search_points: int = _opt(50000, ge=1000)
+    search_points: int = _opt(20000, ge=1000)
     """Points of the subsample used by the start search."""
     uncertainty: str = _opt("jackknife", choices=("jackknife", "model"))
     """Which standard error is ``std`` in result.json: jackknife | model."""

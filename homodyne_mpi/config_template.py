@@ -158,7 +158,7 @@ optimization:
     # gamma_dot_t0, phi0) on a subsample and start from the best: true | false.
     start_search: true
     # Points of that subsample (the same points on any number of ranks), integer >= 1000.
-    search_points: 50000
+    search_points: 20000
     # Which standard error result.json reports as `std`: jackknife | model
     #   jackknife: delete-one-block jackknife over the points
     #   model:     from the covariance (J^T J)^-1 scaled by the reduced chi2

@@ -24,7 +24,7 @@ from .solver import Evaluation, LMOptions, levenberg_marquardt
 
 log = logging.getLogger(__name__)
 
-GRID_SIZES = {"D0": 5, "alpha": 3, "gamma_dot_t0": 8, "phi0": 3}
+GRID_SIZES = {"D0": 5, "alpha": 3, "gamma_dot_t0": 8}
 """Grid points per searched parameter; the others keep their starting value."""
 
 REFINED_CANDIDATES = 3
