@@ -71,3 +71,32 @@ def run_cli(*args: str, ranks: int = 0, timeout: float = 600, cwd: str | Path | 
 def cli():
     """The ``run_cli`` helper as a fixture."""
     return run_cli
+
+
+def template_config(mode: str, **changes) -> dict:
+    """The ``init-config`` template of ``mode`` as a dict, with dotted-key changes applied.
+
+    Example: ``template_config("static", **{"analyzer_parameters.dt": 0.1})``.
+    """
+    import yaml
+
+    from homodyne_mpi.config import render_template
+
+    config = yaml.safe_load(render_template(mode))
+    config["phi_filtering"]["enabled"] = False
+    config["compute"]["compilation_cache_dir"] = None
+    for dotted, value in changes.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return config
+
+
+def write_config(path: Path, mode: str, **changes) -> Path:
+    """Write ``template_config(mode, **changes)`` as YAML to ``path``."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(template_config(mode, **changes), sort_keys=False))
+    return path

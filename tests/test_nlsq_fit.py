@@ -1,0 +1,156 @@
+"""NLSQ fits of simulated data: the truth is recovered within the reported errors.
+
+The fits start from the ``init-config`` template's defaults, as a user's first run would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import write_config
+
+from homodyne_mpi.config import load_config
+from homodyne_mpi.data.loader import load_config_dataset
+from homodyne_mpi.data.points import upper_triangle_points
+from homodyne_mpi.data.simulate import simulate_dataset
+from homodyne_mpi.nlsq import build_problem, fit_nlsq
+from homodyne_mpi.parallel import SerialComm
+
+LAMINAR_TRUTH = [10000.0, -0.5, 5.0, 1.0e-4, 0.2, 1.0e-5, 4.0]
+STATIC_TRUTH = [8000.0, -0.3, 30.0]
+PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
+CONTRAST = [0.28, 0.3, 0.32, 0.3, 0.29, 0.31]
+OFFSET = [1.0, 1.002, 0.998, 1.001, 0.999, 1.0]
+
+
+def simulate(tmp_path, mode, truth, n_frames, noise=0.01, seed=5, phi=PHI, **config_changes):
+    """Simulated file plus a template config (template start values) pointing at it."""
+    data = tmp_path / f"{mode}.h5"
+    simulate_dataset(
+        data,
+        mode=mode,
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=n_frames,
+        gap=2.0e6,
+        physical=truth,
+        contrast=CONTRAST[: len(phi)],
+        offset=OFFSET[: len(phi)],
+        phi=phi,
+        noise_sigma=noise,
+        seed=seed,
+    )
+    config = write_config(
+        tmp_path / f"{mode}.yaml",
+        mode,
+        **{
+            "analyzer_parameters.dt": 0.1,
+            "analyzer_parameters.end_frame": n_frames,
+            "experimental_data.file_path": str(data),
+            **config_changes,
+        },
+    )
+    return load_config(config)
+
+
+def fit(cfg):
+    data = load_config_dataset(cfg)
+    problem = build_problem(cfg, data)
+    points = upper_triangle_points(data.c2, problem.noise_sigma)
+    return problem, fit_nlsq(problem, points, SerialComm(), cfg.optimization.nlsq)
+
+
+def assert_truth_within(result, names, truth, n_std=3.0):
+    for name, value in zip(names, truth):
+        k = result.names.index(name)
+        deviation = abs(result.theta[k] - value) / result.std[k]
+        assert deviation < n_std, f"{name}: {result.theta[k]:.6g} +- {result.std[k]:.3g}, truth {value:g}"
+
+
+@pytest.mark.timeout(300)
+def test_laminar_fit_from_template_defaults_recovers_truth(tmp_path):
+    cfg = simulate(tmp_path, "laminar_flow", LAMINAR_TRUTH, n_frames=300)
+    problem, result = fit(cfg)
+    assert result.converged, result.reason
+    physical = ["D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"]
+    assert_truth_within(result, physical, LAMINAR_TRUTH)
+    assert_truth_within(result, [f"contrast[{a}]" for a in range(6)], CONTRAST)
+    assert_truth_within(result, [f"offset[{a}]" for a in range(6)], OFFSET)
+    assert 0.9 < result.reduced_chi2 < 1.1
+
+
+@pytest.mark.timeout(300)
+def test_static_fit_from_template_defaults_recovers_truth(tmp_path):
+    cfg = simulate(tmp_path, "static", STATIC_TRUTH, n_frames=300)
+    problem, result = fit(cfg)
+    assert result.converged, result.reason
+    assert_truth_within(result, ["D0", "alpha", "D_offset"], STATIC_TRUTH)
+    assert 0.9 < result.reduced_chi2 < 1.1
+
+
+@pytest.mark.timeout(300)
+def test_averaged_scaling_and_fixed_parameter(tmp_path):
+    cfg = simulate(
+        tmp_path,
+        "static",
+        STATIC_TRUTH,
+        n_frames=120,
+        **{
+            "initial_parameters.per_angle_scaling.mode": "averaged",
+            "initial_parameters.values": [1000.0, -0.3, 0.0],
+            "initial_parameters.fixed_parameters": ["alpha"],
+        },
+    )
+    problem, result = fit(cfg)
+    assert result.names[:2] == ["contrast", "offset"]
+    assert result.theta[result.names.index("alpha")] == -0.3
+    assert result.std[result.names.index("alpha")] == 0.0
+    assert result.converged, result.reason
+
+
+@pytest.mark.timeout(600)
+def test_million_points_moves_every_free_parameter_and_converges(tmp_path):
+    n_frames = 578  # 6 angles x 578*577/2 = 1,000,506 points
+    cfg = simulate(tmp_path, "laminar_flow", LAMINAR_TRUTH, n_frames=n_frames, noise=0.02)
+    problem, result = fit(cfg)
+    assert result.n_points > 1_000_000
+    assert result.converged, result.reason
+    assert result.iterations > 0
+    moved = np.abs(result.theta - problem.theta0) > 1e-6 * np.maximum(np.abs(problem.theta0), 1e-12)
+    assert np.all(moved[problem.free]), [n for n, m in zip(result.names, moved) if not m]
+    assert_truth_within(result, ["D0", "alpha", "gamma_dot_t0", "phi0"], [LAMINAR_TRUTH[k] for k in (0, 1, 3, 6)], n_std=4)
+
+
+@pytest.mark.timeout(300)
+def test_max_iterations_reported_as_not_converged(tmp_path):
+    cfg = simulate(
+        tmp_path,
+        "static",
+        STATIC_TRUTH,
+        n_frames=80,
+        **{"optimization.nlsq.max_iterations": 1, "optimization.nlsq.start_search": False},
+    )
+    _, result = fit(cfg)
+    assert not result.converged
+    assert "max_iterations" in result.reason
+
+
+@pytest.mark.timeout(300)
+def test_soft_l1_resists_outliers(tmp_path):
+    cfg = simulate(tmp_path, "static", STATIC_TRUTH, n_frames=100, **{"optimization.nlsq.loss": "soft_l1"})
+    data = load_config_dataset(cfg)
+    rng = np.random.default_rng(0)
+    spoiled = data.c2.copy()
+    rows = rng.integers(0, 100, 60)
+    cols = rng.integers(0, 100, 60)
+    spoiled[:, rows, cols] += 0.5
+    spoiled[:, cols, rows] += 0.5
+    data.c2 = spoiled
+    robust_problem = build_problem(cfg, data)
+    points = upper_triangle_points(data.c2, robust_problem.noise_sigma)
+    robust = fit_nlsq(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
+    cfg.optimization.nlsq.loss = "linear"
+    plain = fit_nlsq(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
+    k = robust.names.index("D0")
+    assert abs(robust.theta[k] - STATIC_TRUTH[0]) < abs(plain.theta[k] - STATIC_TRUTH[0])

@@ -1,0 +1,66 @@
+"""The NLSQ fit does not depend on the number of ranks (mpiexec -n 1, 2, 4)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli, write_config
+
+from homodyne_mpi.data.simulate import simulate_dataset
+
+TRUTH = [10000.0, -0.5, 5.0, 1.0e-4, 0.2, 1.0e-5, 4.0]
+
+
+@pytest.fixture(scope="module")
+def laminar_config(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ranks")
+    data = folder / "flow.h5"
+    simulate_dataset(
+        data,
+        mode="laminar_flow",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=100,
+        gap=2.0e6,
+        physical=TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=[-45.0, 0.0, 45.0, 90.0],
+        noise_sigma=0.01,
+        seed=2,
+    )
+    return write_config(
+        folder / "flow.yaml",
+        "laminar_flow",
+        **{
+            "analyzer_parameters.dt": 0.1,
+            "analyzer_parameters.end_frame": 100,
+            "experimental_data.file_path": str(data),
+            "optimization.nlsq.chunk_size": 1024,
+        },
+    )
+
+
+def fitted(folder):
+    return json.loads((folder / "flow" / "nlsq" / "result.json").read_text())
+
+
+@pytest.mark.timeout(600)
+def test_fit_agrees_across_rank_counts(laminar_config, tmp_path):
+    results = {}
+    for ranks in (1, 2, 4):
+        out = tmp_path / f"n{ranks}"
+        completed = run_cli("run", str(laminar_config), "--output-dir", str(out), ranks=ranks, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        results[ranks] = fitted(out)
+        assert results[ranks]["n_ranks"] == ranks
+        assert results[ranks]["converged"], results[ranks]["reason"]
+    names = list(results[1]["parameters"])
+    reference = np.array([results[1]["parameters"][n]["value"] for n in names])
+    for ranks in (2, 4):
+        values = np.array([results[ranks]["parameters"][n]["value"] for n in names])
+        np.testing.assert_allclose(values, reference, rtol=1e-10, atol=0)
+        assert results[ranks]["chi2"] == pytest.approx(results[1]["chi2"], rel=1e-10)
