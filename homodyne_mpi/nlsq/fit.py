@@ -74,6 +74,8 @@ class NLSQResult:
     history: list[dict]
     timing_s: dict[str, float] = field(default_factory=dict)
     hessian: np.ndarray | None = None
+    memory: dict = field(default_factory=dict)
+    """Peak memory and point-block size per rank (root only)."""
 
     @property
     def degrees_of_freedom(self) -> int:
@@ -215,7 +217,28 @@ def fit_nlsq(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, 
     fit_seconds = time.perf_counter() - fit_start
     result = result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)
     result.timing_s["start_search"] = search_seconds
+    result.memory = memory_report(comm, local_points, objective.chunk_size)
     return result
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far, bytes (Linux ``ru_maxrss`` is KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
+    """Per-rank peak memory next to the size of each rank's points (gathered on root)."""
+    mine = (peak_rss_bytes(), local_points.nbytes)
+    everyone = comm.gather(mine)
+    if not comm.is_root:
+        return {}
+    return {
+        "chunk_size": int(chunk_size),
+        "peak_rss_bytes_per_rank": [int(rss) for rss, _ in everyone],
+        "local_points_bytes_per_rank": [int(size) for _, size in everyone],
+    }
 
 
 def local_offset(n_points: int, comm: Comm) -> int:

@@ -53,6 +53,7 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             "noise_sigma": [float(x) for x in problem.noise_sigma],
         },
         "timing_s": {key: float(value) for key, value in timing_s.items()},
+        "memory": result.memory,
         "history": result.history,
     }
 
