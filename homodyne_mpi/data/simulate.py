@@ -465,6 +465,7 @@ def simulate_from_config(
     noise: float = 0.0,
     seed: int = 0,
     dtype: str = "float64",
+    noise_model: str = "gaussian",
 ) -> dict:
     """``homodyne-mpi simulate``: a synthetic file whose truth is the config's start point.
 
@@ -479,6 +480,8 @@ def simulate_from_config(
       therefore gives exactly the model (plus noise) that the fit evaluates.
     - Angles: ``phi`` (degrees), default :data:`DEFAULT_SIMULATED_PHI`. A warning lists
       the angles the config's ``phi_filtering`` would drop.
+    - ``noise``, ``seed``, ``dtype``, ``noise_model``: as :func:`simulate_dataset`'s
+      ``noise_sigma``, ``seed``, ``dtype`` and ``noise_model``.
     """
     mode = cfg.analysis_mode
     analyzer = cfg.analyzer_parameters
@@ -543,6 +546,7 @@ def simulate_from_config(
         seed=int(seed),
         layout=layout,
         dtype=dtype,
+        noise_model=noise_model,
         start_frame=int(start_frame),
         gap=gap,
     )
