@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", choices=("nlsq", "cmc", "both"), help="fit method (default: optimization.method of the config)")
     run.add_argument("--output-dir", help=f"results folder (default: output.output_dir of the config, else {DEFAULT_OUTPUT_DIR})")
     run.add_argument("--no-nlsq-warmstart", action="store_true", help="CMC without an NLSQ fit first (priors from the config bounds)")
+    run.add_argument("--fresh", action="store_true", help="ignore checkpoints and finished results in the output folder; refit everything")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging, and log lines from every rank")
 
     simulate = sub.add_parser("simulate", help="write a synthetic data set from a config", description="Write synthetic two-time data from the model; the truth is the config's initial_parameters.")
@@ -81,7 +82,11 @@ def parse_phi(text: str | None) -> list[float] | None:
 def command_run(args, comm) -> int:
     from .config import load_config
     from .parallel.devices import configure_host_devices, enable_compilation_cache
+    from .parallel.launch_check import check_launch
+    from .parallel.signals import install_stop_handlers
 
+    check_launch(comm)
+    install_stop_handlers()
     cfg = comm.run_on_root(lambda: load_config(args.config))
     configure_host_devices(cfg.optimization.cmc.per_shard_mcmc.num_chains)
     cache = enable_compilation_cache(cfg.compute.compilation_cache_dir)
@@ -91,7 +96,9 @@ def command_run(args, comm) -> int:
 
     method = args.method or cfg.optimization.method
     output_dir = Path(args.output_dir or cfg.output.output_dir or DEFAULT_OUTPUT_DIR)
-    return run_batch(cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=not args.no_nlsq_warmstart)
+    return run_batch(
+        cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=not args.no_nlsq_warmstart, fresh=args.fresh
+    )
 
 
 def command_simulate(args, comm) -> int:

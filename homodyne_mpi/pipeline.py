@@ -9,9 +9,14 @@ on; the exit code says whether everything succeeded.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import sys
 import time
 import traceback
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,15 +25,21 @@ import numpy as np
 
 from .data.loader import XPCSData, load_config_dataset
 from .data.points import PointSet, upper_triangle_points
-from .errors import ConfigError, HomodyneError, InputError
+from .errors import ConfigError, HomodyneError, InputError, Interrupted
+from .fingerprint import run_fingerprint
 from .io import AsyncWriter, PrefetchLoader
 from .nlsq import NLSQProblem, NLSQResult, build_problem, distribute_points, fit_nlsq
+from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import fit_arrays, result_document
 from .parallel import Comm
+from .parallel.signals import stop_requested
 
 log = logging.getLogger(__name__)
 
 METHODS = ("nlsq", "cmc", "both")
+
+COMPLETE_MARKER = "complete.json"
+"""Written last in a data set's folder: its results are whole (used to skip on rerun)."""
 
 
 @dataclass
@@ -87,7 +98,7 @@ def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, da
 class BatchRunner:
     """Runs every data set of a config on every rank (rank 0 does all file I/O)."""
 
-    def __init__(self, cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True):
+    def __init__(self, cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False):
         if method not in METHODS:
             raise ConfigError(f"unknown method '{method}' -- choose one of {', '.join(METHODS)}")
         self.cfg = cfg
@@ -95,13 +106,18 @@ class BatchRunner:
         self.method = method
         self.output_dir = Path(output_dir)
         self.nlsq_warm_start = nlsq_warm_start
+        self.fresh = fresh
         self.writer: AsyncWriter | None = None
 
     # -- the batch ------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise)."""
-        datasets = self.comm.run_on_root(self.cfg.resolved_datasets)
+        """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise).
+
+        A signal (SIGTERM/SIGUSR1) ends the batch with ``Interrupted`` after the finished
+        work is saved; the same command then resumes.
+        """
+        datasets = self.comm.run_on_root(self.prepare_output)
         outcomes: list[DatasetOutcome] = []
         batch_start = time.perf_counter()
         loader = None
@@ -111,19 +127,40 @@ class BatchRunner:
             log.info("batch of %d data set(s), method %s, %d rank(s)", len(datasets), self.method, self.comm.size)
         try:
             for index, dataset in enumerate(datasets):
+                raise_if_stop_requested(self.comm, "between data sets")
                 record = next(loader) if loader is not None else None
                 log.info("data set %d/%d: %s", index + 1, len(datasets), dataset.name)
                 outcomes.append(self.run_dataset(dataset, record))
+        except Interrupted:
+            if self.comm.is_root:
+                self.writer.wait_all()
+                self.writer.shutdown()
+            raise
         finally:
             if loader is not None:
                 loader.close()
         return self.finish(outcomes, time.perf_counter() - batch_start)
 
+    def prepare_output(self) -> list:
+        """Rank 0: the data sets to fit, after checking the results folder can be written."""
+        datasets = self.cfg.resolved_datasets()
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.output_dir / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as error:
+            raise InputError(
+                f"cannot write results to '{self.output_dir}': {error.strerror or error} -- "
+                "choose a writable folder with --output-dir or output.output_dir"
+            ) from None
+        return datasets
+
     def finish(self, outcomes: list[DatasetOutcome], seconds: float) -> int:
         """Write ``batch_summary.json``, wait for every write, report failures."""
         code = 0
         if self.comm.is_root:
-            failed = [o for o in outcomes if o.status != "ok"]
+            failed = [o for o in outcomes if o.status == "failed"]
             summary = {
                 "n_datasets": len(outcomes),
                 "n_failed": len(failed),
@@ -136,10 +173,10 @@ class BatchRunner:
             failures = self.writer.wait_all()
             self.writer.shutdown()
             for outcome in failed:
-                print(f"error: data set '{outcome.name}': {outcome.error}", flush=True)
+                print(f"error: data set '{outcome.name}': {outcome.error}", file=sys.stderr, flush=True)
             if failures:
                 for failure in failures:
-                    print(f"error: could not write {failure.describe()}", flush=True)
+                    print(f"error: could not write {failure.describe()}", file=sys.stderr, flush=True)
                 code = 1
             elif failed:
                 input_only = all(o.error_type in ("InputError", "ConfigError") for o in failed)
@@ -152,36 +189,66 @@ class BatchRunner:
     def run_dataset(self, dataset, record) -> DatasetOutcome:
         """Fit one data set on every rank; rank 0 returns its outcome (others a stub)."""
         outcome = DatasetOutcome(name=dataset.name, source=str(dataset.file_path))
+        out = self.output_dir / dataset.name
         status = None
         if self.comm.is_root:
-            if record.ok:
-                prepared = record.value
-                outcome.timing_s["load"] = record.load_s
-                status = ("ok", prepared.problem)
-            else:
-                status = ("failed", record.error)
-        kind, payload = self.comm.bcast(status if self.comm.is_root else None)
+            status = self.root_status(record, out, outcome)
+        kind, payload, fingerprint, resume_theta = self.comm.bcast(status if self.comm.is_root else None)
         if kind == "failed":
             if self.comm.is_root:
                 self.record_failure(outcome, payload)
             return outcome
+        if kind == "complete":
+            outcome.status = "complete"
+            log.info("data set %s: finished results of this config and data exist in %s; skipped (use --fresh to refit)", dataset.name, out)
+            return outcome
         problem: NLSQProblem = payload
         prepared = record.value if self.comm.is_root else None
-        out = self.output_dir / dataset.name
         start = time.perf_counter()
         local = distribute_points(prepared.points if prepared else None, problem.n_points, self.comm)
         outcome.timing_s["distribute"] = time.perf_counter() - start
         nlsq_result = None
+        futures = []
         if self.method in ("nlsq", "both") or self.nlsq_warm_start:
-            nlsq_result = fit_nlsq(problem, local, self.comm, self.cfg.optimization.nlsq)
+            latest = LatestState()
+            try:
+                nlsq_result = fit_nlsq(
+                    problem, local, self.comm, self.cfg.optimization.nlsq, theta0=resume_theta, on_accept=latest.update
+                )
+            except Interrupted:
+                if self.comm.is_root and (latest.theta is not None or resume_theta is not None):
+                    theta = latest.theta if latest.theta is not None else resume_theta
+                    save_checkpoint(out / "nlsq", theta, latest.iteration, problem.names, fingerprint)
+                raise
             del local
             if self.comm.is_root:
-                self.write_nlsq(out, dataset.name, nlsq_result, problem, prepared.data, outcome)
+                futures += self.write_nlsq(out, dataset.name, nlsq_result, problem, prepared.data, outcome)
         if self.method in ("cmc", "both"):
-            self.run_cmc_stage(out, problem, prepared, nlsq_result, outcome)
+            futures += self.run_cmc_stage(out, problem, prepared, nlsq_result, outcome)
+        if self.comm.is_root and outcome.status == "ok":
+            marker = {"fingerprint": fingerprint, "method": self.method, "paths": outcome.paths}
+            self.writer.submit_call(out / COMPLETE_MARKER, write_marker_after, futures, marker)
+            remove_checkpoint(out / "nlsq")
         return outcome
 
-    def run_cmc_stage(self, out: Path, problem, prepared, nlsq_result, outcome: DatasetOutcome) -> None:
+    def root_status(self, record, out: Path, outcome: DatasetOutcome) -> tuple:
+        """Rank 0: ``(kind, payload, fingerprint, resume theta)`` to broadcast for a data set."""
+        if not record.ok:
+            return ("failed", record.error, None, None)
+        prepared = record.value
+        outcome.timing_s["load"] = record.load_s
+        problem = prepared.problem
+        fingerprint = run_fingerprint(self.cfg.to_dict(), prepared.data.source, problem.n_points, problem.names)
+        if self.fresh:
+            remove_checkpoint(out / "nlsq")
+            shutil.rmtree(out / "cmc" / "shards", ignore_errors=True)
+            (out / COMPLETE_MARKER).unlink(missing_ok=True)
+        elif is_complete(out, fingerprint, self.method):
+            return ("complete", None, fingerprint, None)
+        resume = None if self.fresh else load_checkpoint(out / "nlsq", problem.names, fingerprint)
+        return ("ok", problem, fingerprint, resume)
+
+    def run_cmc_stage(self, out: Path, problem, prepared, nlsq_result, outcome: DatasetOutcome) -> list:
         """CMC on every rank; rank 0 writes its result (a too-few-shards error is recorded)."""
         from .cmc import run_cmc
 
@@ -195,31 +262,39 @@ class BatchRunner:
                 warm_start=nlsq_result,
                 output_dir=out if self.comm.is_root else None,
             )
+        except Interrupted:
+            raise
         except HomodyneError as error:
             if self.comm.is_root:
                 self.record_failure(outcome, error)
-            return
+            return []
         outcome.timing_s["cmc"] = time.perf_counter() - start
+        futures = []
         if self.comm.is_root and cmc_result is not None:
             document = cmc_result.to_json_dict()
             document.setdefault("timing_s", {})
-            self.writer.submit_json(out / "cmc" / "result.json", document)
-            self.writer.submit_hdf5(out / "cmc" / "posterior.h5", cmc_result.posterior_arrays())
+            futures.append(self.writer.submit_json(out / "cmc" / "result.json", document))
+            futures.append(self.writer.submit_hdf5(out / "cmc" / "posterior.h5", cmc_result.posterior_arrays()))
             outcome.paths["cmc_result"] = str(out / "cmc" / "result.json")
             outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
+        return futures
 
-    def write_nlsq(self, out: Path, name: str, result: NLSQResult, problem, data: XPCSData, outcome: DatasetOutcome) -> None:
-        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer."""
+    def write_nlsq(self, out: Path, name: str, result: NLSQResult, problem, data: XPCSData, outcome: DatasetOutcome) -> list:
+        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer.
+
+        Returns the futures of the writes.
+        """
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
-        self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data)
+        futures = [self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data)]
         timing["write"] = time.perf_counter() - start
         document = result_document(result, problem, self.cfg, data, dataset=name, timing_s=timing)
-        self.writer.submit_json(out / "nlsq" / "result.json", document)
+        futures.append(self.writer.submit_json(out / "nlsq" / "result.json", document))
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
         outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")
         self.log_nlsq(result)
+        return futures
 
     @staticmethod
     def log_nlsq(result: NLSQResult) -> None:
@@ -241,6 +316,36 @@ class BatchRunner:
             log.error("data set %s failed: %s", outcome.name, error)
 
 
-def run_batch(cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True) -> int:
+def raise_if_stop_requested(comm: Comm, where: str) -> None:
+    """Collective check of the ranks' stop flags; every rank raises ``Interrupted`` together."""
+    flag = comm.allreduce_sum(np.array([1.0 if stop_requested() else 0.0]))[0]
+    if flag > 0:
+        error = Interrupted(f"stopped by a signal {where}; finished work was saved -- run the same command to resume")
+        error.collective = True
+        raise error
+
+
+def is_complete(out: Path, fingerprint: str, method: str) -> bool:
+    """True if ``out`` holds finished results of this config, data and method."""
+    marker = out / COMPLETE_MARKER
+    if not marker.exists():
+        return False
+    try:
+        document = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return document.get("fingerprint") == fingerprint and document.get("method") == method
+
+
+def write_marker_after(temp_path: Path, futures: list, document: dict) -> None:
+    """Writer thread: wait for a data set's result files, then write its completion marker."""
+    wait_futures(futures)
+    for future in futures:
+        future.result()
+    temp_path.write_text(json.dumps(document, indent=2))
+
+
+def run_batch(cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False) -> int:
     """Fit every data set of ``cfg``; returns the exit code (same on every rank)."""
-    return BatchRunner(cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=nlsq_warm_start).run()
+    runner = BatchRunner(cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=nlsq_warm_start, fresh=fresh)
+    return runner.run()

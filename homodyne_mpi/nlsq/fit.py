@@ -18,8 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.points import PointSet
+from ..errors import Interrupted
 from ..model import ModelSpec, ParameterLayout
 from ..parallel import Comm, balanced_counts
+from ..parallel.signals import stop_requested
 from .kernels import (
     KernelSetup,
     assemble_normal_equations,
@@ -161,14 +163,24 @@ class DistributedObjective:
         return jax.block_until_ready(terms)
 
     def __call__(self, theta: np.ndarray) -> Evaluation:
+        """The global normal equations at ``theta``.
+
+        The buffer carries one extra number, this rank's stop flag (SIGTERM/SIGUSR1), so
+        every rank learns of a signal on any rank in the same Allreduce and all raise
+        ``Interrupted`` together.
+        """
         start = time.perf_counter()
-        packed = pack_accumulators(self.local_terms(theta))
+        packed = np.append(pack_accumulators(self.local_terms(theta)), 1.0 if stop_requested() else 0.0)
         middle = time.perf_counter()
         total = self.comm.allreduce_sum(packed)
         self.reduce_seconds += time.perf_counter() - middle
         self.compute_seconds += middle - start
         self.evaluations += 1
-        terms = unpack_accumulators(total, self.setup)
+        if total[-1] > 0:
+            interrupted = Interrupted("stopped by a signal during the NLSQ fit; finished work was saved")
+            interrupted.collective = True
+            raise interrupted
+        terms = unpack_accumulators(total[:-1], self.setup)
         hessian, gradient = assemble_normal_equations(terms, self.setup)
         return hessian, gradient, terms[2], terms[3]
 
@@ -184,11 +196,21 @@ def covariance_from_hessian(hessian: np.ndarray, free: np.ndarray, reduced_chi2:
     return covariance
 
 
-def fit_nlsq(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, *, theta0: np.ndarray | None = None) -> NLSQResult:
+def fit_nlsq(
+    problem: NLSQProblem,
+    local_points: PointSet,
+    comm: Comm,
+    options,
+    *,
+    theta0: np.ndarray | None = None,
+    on_accept=None,
+) -> NLSQResult:
     """Fit the problem with every rank holding its own points; same result on all ranks.
 
     ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
-    ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``).
+    ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
+    ``start_search``, ``search_points``). A given ``theta0`` (a resumed state) skips the
+    start search; ``on_accept(theta, iteration)`` sees every accepted step.
     """
     objective = DistributedObjective(
         problem, local_points, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale
@@ -213,6 +235,7 @@ def fit_nlsq(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, 
             gtol=options.gtol,
             ftol=options.ftol,
         ),
+        on_accept=on_accept,
     )
     fit_seconds = time.perf_counter() - fit_start
     result = result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)

@@ -85,12 +85,14 @@ def levenberg_marquardt(
     options: LMOptions = LMOptions(),
     initial: Evaluation | None = None,
     quiet: bool = False,
+    on_accept: Callable[[np.ndarray, int], None] | None = None,
 ) -> LMResult:
     """Minimise the robust cost from ``theta0`` within ``[lower, upper]``.
 
     ``free`` (bool mask) selects the fitted parameters; the others stay at ``theta0``.
     ``initial`` may carry the evaluation at ``theta0`` if the caller already has it;
-    ``quiet`` logs the iterations at DEBUG instead of INFO.
+    ``quiet`` logs the iterations at DEBUG instead of INFO; ``on_accept(theta,
+    iteration)`` is called after every accepted step (for checkpoints).
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
@@ -153,6 +155,8 @@ def levenberg_marquardt(
             relative_actual = actual / cost if cost > 0 else 0.0
             relative_predicted = predicted / cost if cost > 0 else 0.0
             theta, hessian, gradient, chi2, cost = trial, t_hessian, t_gradient, t_chi2, t_cost
+            if on_accept is not None:
+                on_accept(theta, iteration)
             if relative_actual <= options.ftol and relative_predicted <= options.ftol:
                 converged, reason = True, f"ftol: relative cost reduction {relative_actual:.2e} <= {options.ftol:g}"
                 break

@@ -1,0 +1,68 @@
+"""The NLSQ state saved when a run is stopped by a signal, and read back to resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.json"
+
+
+@dataclass
+class LatestState:
+    """The last accepted point of the LM loop (updated by its ``on_accept`` callback)."""
+
+    theta: np.ndarray | None = None
+    iteration: int = 0
+
+    def update(self, theta: np.ndarray, iteration: int) -> None:
+        self.theta = np.array(theta, dtype=float)
+        self.iteration = int(iteration)
+
+
+def checkpoint_path(nlsq_dir: Path) -> Path:
+    """``<dataset>/nlsq/checkpoint.json``."""
+    return Path(nlsq_dir) / CHECKPOINT_NAME
+
+
+def save_checkpoint(nlsq_dir: Path, theta: np.ndarray, iteration: int, names: list[str], fingerprint: str) -> Path:
+    """Write the state atomically (rank 0)."""
+    document = {
+        "fingerprint": fingerprint,
+        "iteration": int(iteration),
+        "names": list(names),
+        "theta": [float(x) for x in theta],
+    }
+    path = atomic_write_json(checkpoint_path(nlsq_dir), document)
+    log.warning("NLSQ state saved to %s (iteration %d); run the same command to resume", path, iteration)
+    return path
+
+
+def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> np.ndarray | None:
+    """The saved parameters if a checkpoint of the same config and data exists, else None."""
+    path = checkpoint_path(nlsq_dir)
+    if not path.exists():
+        return None
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable NLSQ checkpoint %s: %s", path, error)
+        return None
+    if document.get("fingerprint") != fingerprint or document.get("names") != list(names):
+        log.warning("ignoring NLSQ checkpoint %s: it belongs to another config or data set", path)
+        return None
+    log.info("resuming NLSQ from %s (iteration %d)", path, document.get("iteration", 0))
+    return np.asarray(document["theta"], dtype=float)
+
+
+def remove_checkpoint(nlsq_dir: Path) -> None:
+    """Delete the checkpoint after a completed fit."""
+    checkpoint_path(nlsq_dir).unlink(missing_ok=True)
