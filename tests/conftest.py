@@ -76,6 +76,10 @@ def cli():
 def template_config(mode: str, **changes) -> dict:
     """The ``init-config`` template of ``mode`` as a dict, with dotted-key changes applied.
 
+    Angle filtering and the compilation cache are off, and NLSQ reports the model
+    uncertainty (fast); pass ``**{"optimization.nlsq.uncertainty": "jackknife"}`` to test
+    the jackknife.
+
     Example: ``template_config("static", **{"analyzer_parameters.dt": 0.1})``.
     """
     import yaml
@@ -85,6 +89,7 @@ def template_config(mode: str, **changes) -> dict:
     config = yaml.safe_load(render_template(mode))
     config["phi_filtering"]["enabled"] = False
     config["compute"]["compilation_cache_dir"] = None
+    config["optimization"]["nlsq"]["uncertainty"] = "model"  # the jackknife has its own tests
     for dotted, value in changes.items():
         node = config
         *parents, leaf = dotted.split(".")

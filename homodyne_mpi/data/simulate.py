@@ -14,8 +14,19 @@ ever held, so 1e8-point files (10 angles x 4,472 frames) take a few hundred MiB.
 
 Noise: independent Gaussian noise of standard deviation ``noise_sigma`` on every stored
 entry (upper triangle and diagonal), seeded by ``(seed, q index, angle index)``; the
-rebuilt matrix mirrors it, so it stays symmetric. ``noise_model`` only accepts
-``gaussian`` for now.
+rebuilt matrix mirrors it, so it stays symmetric.
+
+``noise_model='speckle'`` adds noise correlated along rows and columns, as in two-time
+data from a correlator, where every entry of row ``i`` shares frame ``i``'s speckle
+pattern and intensity normalisation::
+
+    c2[i, j] + frame_sigma * (u_i + u_j) + noise_sigma * e_ij,   u_i, e_ij ~ N(0, 1)
+
+with one ``u`` per frame and angle (seeded like the rest) and ``frame_sigma`` equal to
+``noise_sigma`` unless given. Each entry then has a standard deviation of
+``sqrt(2 frame_sigma^2 + noise_sigma^2)``, and entries that share a frame are
+correlated, so least squares that treats points as independent underestimates its
+errors (the frame-block jackknife does not).
 
 Frame window (``start_frame``): the model's time origin is the first frame of the fitted
 window (DESIGN: ``t_k = k*dt`` over the selected frames). A file of ``n_frames`` frames
@@ -72,7 +83,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-NOISE_MODELS = ("gaussian",)
+NOISE_MODELS = ("gaussian", "speckle")
 DTYPES = ("float32", "float64")
 COMPRESSIONS = ("auto", "lzf", "gzip", None)
 DEFAULT_SIMULATED_PHI = tuple(float(a) for a in np.linspace(-90.0, 75.0, 6))
@@ -193,6 +204,13 @@ def _check_arguments(
     return names, physical, phi
 
 
+def _frame_noise(noise_model: str, frame_sigma: float, n_frames: int, seed: int, q_index: int, angle_index: int):
+    """Per-frame terms ``frame_sigma * u_i`` of the speckle noise model (None otherwise)."""
+    if noise_model != "speckle" or frame_sigma <= 0:
+        return None
+    return frame_sigma * np.random.default_rng([int(seed), q_index, angle_index, 1]).standard_normal(n_frames)
+
+
 def _write_matrix(
     dataset: h5py.Dataset,
     projection,
@@ -204,6 +222,7 @@ def _write_matrix(
     noise_sigma: float,
     rng: np.random.Generator,
     block_rows: int,
+    frame_noise: np.ndarray | None = None,
 ) -> None:
     """Compute, perturb and store one angle's upper half, one block of rows at a time.
 
@@ -229,6 +248,8 @@ def _write_matrix(
             noise *= noise_sigma
             block += noise
             del noise
+        if frame_noise is not None:
+            block += frame_noise[row_start:row_stop, None] + frame_noise[None, row_start:]
         square = block[:, :rows]
         square[...] = np.triu(square)  # zero the strict lower triangle of the block
         dataset[row_start:row_stop, row_start:] = block.astype(dataset.dtype, copy=False)
@@ -253,6 +274,7 @@ def simulate_dataset(
     layout: str = APS_U,
     dtype: str = "float64",
     noise_model: str = "gaussian",
+    frame_noise_sigma: float | None = None,
     start_frame: int = 1,
     decoy_q: Sequence[float] = (),
     compression: str | None = "auto",
@@ -265,7 +287,9 @@ def simulate_dataset(
       degrees, stored in the given order.
     - ``n_frames``: frames in the file. ``start_frame``: first frame of the fitted window,
       the model's time origin (see the module docstring); 1 by default.
-    - ``noise_sigma``, ``seed``, ``noise_model``: seeded Gaussian noise (0 = exact model).
+    - ``noise_sigma``, ``seed``, ``noise_model``: seeded Gaussian noise (0 = exact model);
+      ``speckle`` adds per-frame terms of ``frame_noise_sigma`` (default ``noise_sigma``)
+      shared along rows and columns (module docstring).
     - ``layout``: ``aps-u`` or ``aps-legacy``; ``dtype``: ``float64`` or ``float32``.
     - ``decoy_q``: further q values written with the same angles (the model at that q),
       to exercise q selection. The file's q list is sorted ascending.
@@ -299,6 +323,9 @@ def simulate_dataset(
         seed,
     )
     n_frames, start_frame, noise_sigma = int(n_frames), int(start_frame), float(noise_sigma)
+    frame_sigma = noise_sigma if frame_noise_sigma is None else float(frame_noise_sigma)
+    if noise_model == "speckle" and not (math.isfinite(frame_sigma) and frame_sigma >= 0):
+        raise InputError(f"simulate: frame noise sigma is {frame_sigma!r}; use a number >= 0")
     n_phi = phi.size
     contrast = _per_angle("contrast", contrast, n_phi)
     offset = _per_angle("offset", offset, n_phi)
@@ -328,6 +355,7 @@ def simulate_dataset(
         "gap": gap,
         "noise_sigma": noise_sigma,
         "noise_model": noise_model,
+        "frame_noise_sigma": frame_sigma if noise_model == "speckle" else 0.0,
         "seed": int(seed),
         "layout": layout,
         "dtype": dtype,
@@ -394,6 +422,7 @@ def simulate_dataset(
                         noise_sigma,
                         np.random.default_rng([int(seed), q_index, angle_index]),
                         block_rows,
+                        frame_noise=_frame_noise(noise_model, frame_sigma, n_frames, seed, q_index, angle_index),
                     )
                     logger.debug(
                         "simulated %s (q = %g, phi = %g) in %.2f s",

@@ -78,6 +78,8 @@ class NLSQResult:
     hessian: np.ndarray | None = None
     memory: dict = field(default_factory=dict)
     """Peak memory and point-block size per rank (root only)."""
+    jackknife: object | None = None
+    """``JackknifeResult`` when ``uncertainty: jackknife`` (else None)."""
 
     @property
     def degrees_of_freedom(self) -> int:
@@ -93,6 +95,11 @@ class NLSQResult:
     def std(self) -> np.ndarray:
         """Standard deviation of each parameter from the model covariance."""
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
+
+    @property
+    def std_jackknife(self) -> np.ndarray | None:
+        """Frame-block jackknife standard deviation (None when not computed)."""
+        return None if self.jackknife is None else self.jackknife.std
 
 
 def point_counts(n_points: int, comm: Comm) -> np.ndarray:
@@ -132,8 +139,16 @@ def device_block(points: PointSet, chunk_size: int) -> tuple[jnp.ndarray, ...]:
     )
 
 
+NO_EXCLUSION = np.array([-1, -1], dtype=np.int32)
+"""``excluded_frames`` value that keeps every point."""
+
+
 class DistributedObjective:
-    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's points."""
+    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's points.
+
+    Setting ``excluded_frames = [start, stop)`` leaves out the points that touch those
+    frames (a jackknife replicate) without recompiling.
+    """
 
     def __init__(self, problem: NLSQProblem, local_points: PointSet, comm: Comm, *, chunk_size: int, loss: str, loss_scale: float):
         self.comm = comm
@@ -142,6 +157,7 @@ class DistributedObjective:
         self.block = device_block(local_points, self.chunk_size)
         self.phi = jnp.asarray(problem.phi, dtype=jnp.float64)
         self.pair_of_angle = jnp.asarray(np.maximum(problem.layout.scaling_pair_of_angle(), 0))
+        self.excluded_frames = NO_EXCLUSION
         self.evaluations = 0
         self.compute_seconds = 0.0
         self.reduce_seconds = 0.0
@@ -151,7 +167,7 @@ class DistributedObjective:
         """Compile the block kernel ahead of time; returns the seconds it took."""
         start = time.perf_counter()
         self._compiled = block_accumulators.lower(
-            jnp.asarray(theta), self.phi, self.pair_of_angle, self.block, setup=self.setup
+            jnp.asarray(theta), self.phi, self.pair_of_angle, self.block, jnp.asarray(self.excluded_frames), setup=self.setup
         ).compile()
         return time.perf_counter() - start
 
@@ -159,7 +175,13 @@ class DistributedObjective:
         """This rank's accumulator terms (NumPy) at ``theta``."""
         if self._compiled is None:
             self.compile(theta)
-        terms = self._compiled(jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block)
+        terms = self._compiled(
+            jnp.asarray(theta, dtype=jnp.float64),
+            self.phi,
+            self.pair_of_angle,
+            self.block,
+            jnp.asarray(self.excluded_frames, dtype=jnp.int32),
+        )
         return jax.block_until_ready(terms)
 
     def __call__(self, theta: np.ndarray) -> Evaluation:
@@ -187,10 +209,10 @@ class DistributedObjective:
 
 def covariance_from_hessian(hessian: np.ndarray, free: np.ndarray, reduced_chi2: float) -> np.ndarray:
     """``(J^T J)^-1 * reduced_chi2`` over the free parameters, zero-padded to full size."""
+    from .jackknife import scaled_inverse
+
     free = np.asarray(free, dtype=bool)
-    h_free = hessian[np.ix_(free, free)]
-    scale = np.sqrt(np.maximum(np.diag(h_free), 1e-300))
-    inverse = np.linalg.pinv(h_free / np.outer(scale, scale), rcond=1e-15) / np.outer(scale, scale)
+    inverse = scaled_inverse(hessian[np.ix_(free, free)])
     covariance = np.zeros_like(hessian)
     covariance[np.ix_(free, free)] = inverse * reduced_chi2
     return covariance
@@ -240,6 +262,11 @@ def fit_nlsq(
     fit_seconds = time.perf_counter() - fit_start
     result = result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)
     result.timing_s["start_search"] = search_seconds
+    if getattr(options, "uncertainty", "model") == "jackknife":
+        from .jackknife import run_jackknife
+
+        result.jackknife = run_jackknife(objective, problem, lm.theta, options)
+        result.timing_s["jackknife"] = result.jackknife.seconds
     result.memory = memory_report(comm, local_points, objective.chunk_size)
     return result
 

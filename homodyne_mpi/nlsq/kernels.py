@@ -122,7 +122,7 @@ def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
     return int(min(setup.n_pairs, -(-(chunk_size - 1) // per_angle) + 1))
 
 
-def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: KernelSetup):
+def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None):
     """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
 
     Returns ``(gram, pair_moments, chi2, robust_cost)``:
@@ -137,8 +137,15 @@ def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: Kern
     ``W`` holds the loss weights ``rho'((r/f)^2)``; residuals are ``weight*(model - value)``.
     A chunk touches at most ``K = pairs_per_chunk`` consecutive pairs, so the pair sums
     are a ``(K, B) @ (B, width)`` product added at the chunk's first pair.
+
+    ``excluded_frames = [start, stop)`` (optional) drops every point whose ``i`` or ``j``
+    lies in that frame range, as a frame-block jackknife replicate needs.
     """
     angle, frame_i, frame_j, value, weight = chunk
+    if excluded_frames is not None:
+        start, stop = excluded_frames[0], excluded_frames[1]
+        touches = ((frame_i >= start) & (frame_i < stop)) | ((frame_j >= start) & (frame_j < stop))
+        weight = jnp.where(touches, 0.0, weight)
     model, jac_phys, g1_sq = point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, setup)
     residual = weight * (model - value)
     design = jnp.concatenate([weight[:, None] * jac_phys, residual[:, None]], axis=1)
@@ -170,11 +177,12 @@ def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: Kern
 
 
 @partial(jax.jit, static_argnames=("setup",))
-def block_accumulators(theta, phi_deg, pair_of_angle, block, setup: KernelSetup):
+def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=None, *, setup: KernelSetup):
     """Sum of ``chunk_accumulators`` over a block shaped ``(n_chunks, chunk_size)`` per column.
 
     The per-frame tables are computed once; a ``fori_loop`` walks the chunks so the
-    working memory is one chunk's, whatever the block size.
+    working memory is one chunk's, whatever the block size. ``excluded_frames`` (int
+    array ``[start, stop)``, or None) drops the points touching those frames.
     """
     tables = frame_tables(setup.layout.split(theta)[2], setup.spec)
     n_chunks, chunk_size = block[0].shape
@@ -189,7 +197,7 @@ def block_accumulators(theta, phi_deg, pair_of_angle, block, setup: KernelSetup)
 
     def add_chunk(k, totals):
         chunk = tuple(column[k] for column in block)
-        terms = chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup)
+        terms = chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup, excluded_frames)
         return tuple(total + term for total, term in zip(totals, terms))
 
     gram, moments, chi2, cost = jax.lax.fori_loop(0, n_chunks, add_chunk, initial)
@@ -248,3 +256,4 @@ def assemble_normal_equations(terms, setup: KernelSetup):
         hessian[o, phys] = hessian[phys, o] = b_design[:n_phys]
         gradient[c], gradient[o] = a_design[n_phys], b_design[n_phys]
     return hessian, gradient
+

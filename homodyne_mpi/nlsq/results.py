@@ -7,13 +7,14 @@ import numpy as np
 
 from ..data.loader import XPCSData
 from ..model import c2_grid
+from .bands import band_arrays
 from .fit import NLSQProblem, NLSQResult
 
 
 def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSData, *, dataset: str, timing_s: dict) -> dict:
     """The ``nlsq/result.json`` mapping of DESIGN section 6."""
     std_model = result.std
-    std_jackknife = getattr(result, "std_jackknife", None)
+    std_jackknife = result.std_jackknife
     use_jackknife = cfg.optimization.nlsq.uncertainty == "jackknife" and std_jackknife is not None
     std = std_jackknife if use_jackknife else std_model
     parameters = {}
@@ -23,6 +24,9 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             "std": float(std[k]),
             "std_model": float(std_model[k]),
             "std_jackknife": None if std_jackknife is None else float(std_jackknife[k]),
+            "std_ratio_jackknife_to_model": None
+            if std_jackknife is None or std_model[k] == 0
+            else float(std_jackknife[k] / std_model[k]),
             "fixed": not bool(problem.free[k]),
         }
     return {
@@ -40,6 +44,13 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         "n_free_parameters": int(result.n_free),
         "n_ranks": int(result.n_ranks),
         "uncertainty": "jackknife" if use_jackknife else "model",
+        "jackknife": None
+        if result.jackknife is None
+        else {
+            "blocks": int(len(result.jackknife.blocks)),
+            "refits_converged": int(np.count_nonzero(result.jackknife.converged)),
+            "seconds": float(result.jackknife.seconds),
+        },
         "parameters": parameters,
         "data": {
             "source": data.source,
@@ -67,13 +78,21 @@ def fitted_matrices(result: NLSQResult, problem: NLSQProblem) -> np.ndarray:
 def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict[str, np.ndarray]:
     """Datasets of ``nlsq/fit.h5``: measured and fitted ``c2``, residual, grid, covariance."""
     c2_fit = fitted_matrices(result, problem)
+    jackknife = result.jackknife
+    covariance = jackknife.covariance if jackknife is not None else result.covariance
+    bands = band_arrays(result.theta, result.covariance, jackknife, problem.layout, problem.spec)
+    extra = {"covariance_jackknife": jackknife.covariance, "jackknife/replicates": jackknife.replicates,
+             "jackknife/blocks": jackknife.blocks} if jackknife is not None else {}
     return {
+        **bands,
+        **extra,
+        "covariance_model": result.covariance,
         "c2_exp": data.c2,
         "c2_fit": c2_fit,
         "residual": data.c2 - c2_fit,
         "t": data.t,
         "phi": np.asarray(data.phi, dtype=float),
-        "covariance": result.covariance,
+        "covariance": covariance,
         "parameters/names": np.asarray(result.names, dtype="S"),
         "parameters/values": result.theta,
         "parameters/std_model": result.std,
