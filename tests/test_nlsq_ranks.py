@@ -40,6 +40,8 @@ def laminar_config(tmp_path_factory):
             "analyzer_parameters.end_frame": 100,
             "experimental_data.file_path": str(data),
             "optimization.nlsq.chunk_size": 1024,
+            "optimization.nlsq.uncertainty": "jackknife",
+            "optimization.nlsq.jackknife_blocks": 8,
         },
     )
 
@@ -64,3 +66,6 @@ def test_fit_agrees_across_rank_counts(laminar_config, tmp_path):
         values = np.array([results[ranks]["parameters"][n]["value"] for n in names])
         np.testing.assert_allclose(values, reference, rtol=1e-10, atol=0)
         assert results[ranks]["chi2"] == pytest.approx(results[1]["chi2"], rel=1e-10)
+        jackknife = np.array([results[ranks]["parameters"][n]["std_jackknife"] for n in names])
+        reference_jackknife = np.array([results[1]["parameters"][n]["std_jackknife"] for n in names])
+        np.testing.assert_allclose(jackknife, reference_jackknife, rtol=1e-6)

@@ -1,0 +1,86 @@
+"""The frame-block jackknife: block layout, covariance formula, and its behaviour on data."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+from test_nlsq_fit import STATIC_TRUTH, fit, simulate
+
+from homodyne_mpi.nlsq.jackknife import frame_blocks, jackknife_covariance
+
+
+@pytest.mark.parametrize("n_frames, n_blocks", [(100, 20), (101, 7), (5, 20)])
+def test_frame_blocks_are_contiguous_and_even(n_frames, n_blocks):
+    blocks = frame_blocks(n_frames, n_blocks)
+    assert blocks[0, 0] == 0 and blocks[-1, 1] == n_frames
+    np.testing.assert_array_equal(blocks[1:, 0], blocks[:-1, 1])
+    sizes = blocks[:, 1] - blocks[:, 0]
+    assert sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
+    assert len(blocks) == min(n_blocks, n_frames)
+
+
+def test_jackknife_covariance_of_a_mean_is_its_variance():
+    """Delete-one-block means of K blocks of iid data: the jackknife gives var(mean)."""
+    rng = np.random.default_rng(4)
+    data = rng.standard_normal((2000, 2)) @ np.array([[1.0, 0.0], [0.6, 0.8]])
+    blocks = np.array_split(np.arange(len(data)), 40)
+    replicates = np.array([np.delete(data, block, axis=0).mean(axis=0) for block in blocks])
+    covariance = jackknife_covariance(replicates)
+    expected = np.cov(data.T) / len(data)
+    np.testing.assert_allclose(covariance, expected, rtol=0.35, atol=2e-5)
+
+
+@pytest.mark.timeout(300)
+def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
+    jackknife = {"optimization.nlsq.uncertainty": "jackknife", "optimization.nlsq.jackknife_blocks": 10}
+    cfg = simulate(tmp_path, "static", STATIC_TRUTH, n_frames=120, **jackknife)
+    _, plain = fit(cfg)
+    speckle_dir = tmp_path / "speckle"
+    speckle_dir.mkdir()
+    from homodyne_mpi.data.simulate import simulate_dataset
+
+    simulate_dataset(
+        cfg.experimental_data.file_path, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=120,
+        gap=2e6, physical=STATIC_TRUTH, contrast=[0.28, 0.3, 0.32, 0.3, 0.29, 0.31],
+        offset=[1.0, 1.002, 0.998, 1.001, 0.999, 1.0], phi=[-60.0, -30.0, 0.0, 30.0, 60.0, 90.0],
+        noise_sigma=0.01, seed=5, noise_model="speckle",
+    )
+    _, speckled = fit(cfg)
+    physical = slice(12, 15)
+    plain_ratio = plain.std_jackknife[physical] / plain.std[physical]
+    speckle_ratio = speckled.std_jackknife[physical] / speckled.std[physical]
+    assert np.all(plain_ratio < 3.0), plain_ratio
+    assert np.all(speckle_ratio > 2.0), speckle_ratio
+    assert np.all(speckle_ratio > plain_ratio)
+    assert plain.jackknife.converged.mean() > 0.7
+
+
+@pytest.mark.timeout(300)
+def test_fit_file_holds_rate_bands(tmp_path):
+    from conftest import run_cli, write_config
+
+    from homodyne_mpi.data.simulate import simulate_dataset
+
+    data = tmp_path / "flow.h5"
+    simulate_dataset(
+        data, mode="laminar_flow", shear_form="paper", q=0.0054, dt=0.1, n_frames=60, gap=2e6,
+        physical=[10000.0, -0.5, 5.0, 1e-4, 0.2, 1e-5, 4.0], contrast=0.3, offset=1.0,
+        phi=[0.0, 45.0, 90.0], noise_sigma=0.01, seed=1,
+    )
+    config = write_config(
+        tmp_path / "flow.yaml", "laminar_flow",
+        **{"analyzer_parameters.dt": 0.1, "analyzer_parameters.end_frame": 60, "experimental_data.file_path": str(data),
+           "optimization.nlsq.uncertainty": "jackknife", "optimization.nlsq.jackknife_blocks": 6},
+    )
+    completed = run_cli("run", str(config), "--output-dir", str(tmp_path / "out"), timeout=240)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    with h5py.File(tmp_path / "out" / "flow" / "nlsq" / "fit.h5") as handle:
+        t = handle["bands/t"][:]
+        diffusion = handle["bands/D"][:]
+        assert t.shape == diffusion.shape == (60,)
+        assert np.all(handle["bands/D_std"][:] > 0) and np.all(handle["bands/gamma_dot_std"][:] > 0)
+        np.testing.assert_allclose(handle["bands/D_std"][:], handle["bands/D_std_jackknife"][:])
+        assert handle["jackknife/replicates"].shape == (6, 13)
+        np.testing.assert_allclose(handle["covariance"][:], handle["covariance_jackknife"][:])
+        assert diffusion[5] == pytest.approx(10000.0 * (5 * 0.1) ** -0.5 + 5.0, rel=0.05)
