@@ -1,0 +1,98 @@
+"""Calibration of the NLSQ errors: how often the truth lies within 2 reported std.
+
+Usage: python scripts/bench_uncertainty.py [--seeds 20] [--frames 150] [--output FILE]
+
+For each mode (static, laminar_flow) and noise model (gaussian, speckle) it simulates
+``--seeds`` data sets (6 angles, sigma 0.01; speckle adds per-frame terms of the same
+size, see ``homodyne-mpi simulate --help``), fits each from the template defaults with
+``uncertainty: jackknife`` and records, over (seed, physical parameter) pairs, the
+fraction with ``|fit - truth| < 2 std`` for the model and the jackknife errors, and the
+median ratio ``std_jackknife / std_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import machine, write_json  # noqa: E402
+
+from homodyne_mpi.parallel.devices import configure_host_devices  # noqa: E402
+
+configure_host_devices(1)
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from homodyne_mpi.config import load_config, render_template  # noqa: E402
+from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
+from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
+from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
+from homodyne_mpi.nlsq import build_problem, fit_nlsq  # noqa: E402
+from homodyne_mpi.parallel import SerialComm  # noqa: E402
+
+TRUTH = {"static": [8000.0, -0.3, 30.0], "laminar_flow": [10000.0, -0.5, 5.0, 1.0e-4, 0.2, 1.0e-5, 4.0]}
+PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
+
+
+def study(mode: str, noise_model: str, seeds: int, n_frames: int, workdir: Path) -> dict:
+    config = yaml.safe_load(render_template(mode))
+    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
+    config["phi_filtering"]["enabled"] = False
+    config["experimental_data"]["file_path"] = str(workdir / "data.h5")
+    config["compute"]["compilation_cache_dir"] = str(workdir / "jax_cache")
+    config["optimization"]["nlsq"]["uncertainty"] = "jackknife"
+    path = workdir / f"{mode}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    truth = np.array(TRUTH[mode])
+    inside_model, inside_jackknife, ratios, converged = [], [], [], 0
+    start = time.perf_counter()
+    for seed in range(seeds):
+        simulate_dataset(workdir / "data.h5", mode=mode, shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames,
+                         gap=2e6, physical=truth, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.01, seed=seed,
+                         noise_model=noise_model)
+        cfg = load_config(path)
+        data = load_config_dataset(cfg)
+        problem = build_problem(cfg, data)
+        result = fit_nlsq(problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq)
+        physical = problem.layout.physical_slice
+        error = np.abs(result.theta[physical] - truth)
+        inside_model += list(error < 2 * result.std[physical])
+        inside_jackknife += list(error < 2 * result.std_jackknife[physical])
+        ratios.append(result.std_jackknife[physical] / result.std[physical])
+        converged += int(result.converged)
+    return {
+        "pairs": len(inside_model),
+        "coverage_2std_model": float(np.mean(inside_model)),
+        "coverage_2std_jackknife": float(np.mean(inside_jackknife)),
+        "median_ratio_jackknife_to_model": dict(zip(problem.layout.physical_names, np.median(ratios, axis=0).round(3).tolist())),
+        "fits_converged": converged,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--modes", default="static,laminar_flow")
+    parser.add_argument("--noise", default="gaussian,speckle")
+    parser.add_argument("--output", default="bench_results/bench_uncertainty.json")
+    args = parser.parse_args()
+    document = {"benchmark": "uncertainty calibration", "command": " ".join(["python", *sys.argv]), "machine": machine(),
+                "seeds": args.seeds, "frames": args.frames, "angles": len(PHI), "results": {}}
+    with tempfile.TemporaryDirectory() as folder:
+        for mode in args.modes.split(","):
+            for noise_model in args.noise.split(","):
+                document["results"][f"{mode}/{noise_model}"] = study(mode, noise_model, args.seeds, args.frames, Path(folder))
+                print(mode, noise_model, document["results"][f"{mode}/{noise_model}"], flush=True)
+    write_json(args.output, document)
+
+
+if __name__ == "__main__":
+    main()
