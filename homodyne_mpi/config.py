@@ -629,6 +629,8 @@ class CMCConfig:
     """Shard filtering and consensus."""
     prior: PriorConfig = _opt(factory=PriorConfig)
     """Priors."""
+    calibrate: bool = True
+    """Temper the likelihood by the NLSQ jackknife-to-model variance ratio (correlated points)."""
 
 
 @dataclass(kw_only=True)

@@ -221,6 +221,11 @@ optimization:
       width_factor: 10.0
       # true: build priors from the NLSQ fit; false: use parameter_space priors as given.
       calibrate: true
+    # Points of a two-time matrix share frames, so they carry less information than
+    # their number says. true: divide the log-likelihood by the ratio of the NLSQ
+    # jackknife to model variance (median over the physical parameters, at least 1),
+    # so posterior widths match the data's real information; false: no tempering.
+    calibrate: true
 
 output:
   # Results root (relative to the working directory): one folder per dataset with

@@ -253,14 +253,18 @@ class BatchRunner:
         from .cmc import run_cmc
 
         start = time.perf_counter()
+        calibration = likelihood_calibration(nlsq_result, problem) if self.cfg.optimization.cmc.calibrate else 1.0
+        if calibration > 1.0:
+            log.info("CMC likelihood tempered by %.3g (NLSQ jackknife / model variance)", calibration)
         try:
             cmc_result = run_cmc(
                 self.cfg,
                 problem,
                 prepared.points if prepared else None,
                 self.comm,
-                warm_start=nlsq_result,
+                warm_start=nlsq_result if self.nlsq_warm_start else None,
                 output_dir=out if self.comm.is_root else None,
+                calibration=calibration,
             )
         except Interrupted:
             raise
@@ -314,6 +318,23 @@ class BatchRunner:
             log.error("data set %s failed:\n%s", outcome.name, "".join(traceback.format_exception(error)))
         else:
             log.error("data set %s failed: %s", outcome.name, error)
+
+
+def likelihood_calibration(nlsq_result: NLSQResult | None, problem: NLSQProblem) -> float:
+    """Median over free physical parameters of ``(std_jackknife / std_model)^2``, at least 1.
+
+    Points that share frames carry less information than independent ones; dividing the
+    CMC log-likelihood by this ratio widens the posterior to match (1 when no jackknife).
+    """
+    if nlsq_result is None or nlsq_result.std_jackknife is None:
+        return 1.0
+    physical = np.zeros(len(problem.free), dtype=bool)
+    physical[problem.layout.physical_slice] = True
+    chosen = physical & problem.free & (nlsq_result.std > 0)
+    if not np.any(chosen):
+        return 1.0
+    ratio = (nlsq_result.std_jackknife[chosen] / nlsq_result.std[chosen]) ** 2
+    return float(max(1.0, np.median(ratio)))
 
 
 def raise_if_stop_requested(comm: Comm, where: str) -> None:

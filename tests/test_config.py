@@ -280,6 +280,7 @@ def every_field_non_default() -> dict:
             },
             "cmc": {
                 "seed": 123,
+                "calibrate": False,
                 "sharding": {
                     "strategy": "random",
                     "num_shards": 6,
