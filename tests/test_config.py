@@ -273,7 +273,7 @@ def every_field_non_default() -> dict:
                 "loss_scale": 2.5,
                 "chunk_size": 4096,
                 "start_search": False,
-                "search_points": 20000,
+                "search_points": 30000,
                 "uncertainty": "model",
                 "jackknife_blocks": 7,
                 "jackknife_iterations": 3,
