@@ -1,0 +1,564 @@
+"""CMC figures: posterior marginals, a pairwise plot, and per-shard health.
+
+- ``cmc/plots/marginals.png``: one panel per physical parameter -- a histogram of the
+  combined posterior draws and, for each retained shard, its Gaussian summary (or its own
+  draws when saved), with the NLSQ estimate when one is known.
+- ``cmc/plots/pairs.png``: the physical parameters pairwise: 2-D histograms of the
+  combined draws below the diagonal, marginals on it, correlation coefficients above.
+- ``cmc/plots/shard_health.png``: per shard, R-hat (max over parameters), the smallest
+  effective sample size and the number of divergent transitions; excluded shards are
+  red and hatched, failed shards grey, with the reasons listed.
+
+The inputs are ``cmc/result.json`` and the arrays of ``cmc/posterior.h5``: ``draws``
+(n_draws, P) and ``names`` (P,) of the combined posterior, and, when saved, per-shard
+``shards/mean`` (S, P), ``shards/covariance`` (S, P, P) and ``shards/index`` (S,) of the
+shards that entered the combination (also read under the names ``shard_means``,
+``shard_covariances``, ``shard_indices``), or ``shards/draws`` (S, n, P); ``fixed`` (P,)
+marks parameters held fixed, which have no posterior and are not drawn. A missing array
+skips its panel with one warning, never the whole figure set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CMCFigureInfo",
+    "PHYSICAL_ORDER",
+    "cmc_figure_info",
+    "cmc_plot_paths",
+    "draw_marginals",
+    "draw_pairs",
+    "draw_shard_health",
+    "shard_reason",
+    "shard_status",
+    "submit_cmc_figures",
+]
+
+log = logging.getLogger(__name__)
+
+PHYSICAL_ORDER = ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
+"""Physical parameters in the model's order; the figures show those the posterior holds."""
+
+UNITS = {
+    "D0": "\u00c5$^2$ s$^{-(1+\\alpha)}$",
+    "alpha": "",
+    "D_offset": "\u00c5$^2$/s",
+    "gamma_dot_t0": "s$^{-(1+\\beta)}$",
+    "beta": "",
+    "gamma_dot_t_offset": "1/s",
+    "phi0": "deg",
+}
+
+FIGURE_NAMES = ("marginals.png", "pairs.png", "shard_health.png")
+
+RHAT_CLIP = 2.0
+"""R-hat bars are cut here (their value written on top), so a diverged shard does not
+flatten the others and the limit line stays readable."""
+
+
+def _label(name: str, exponent: int = 0) -> str:
+    """Axis label: ``name (unit)``, with ``x1e<exponent>`` when the values are scaled."""
+    unit = UNITS.get(name, "")
+    scale = f"$\\times 10^{{{exponent}}}$" if exponent else ""
+    inside = " ".join(part for part in (scale, unit) if part)
+    return f"{name} ({inside})" if inside else name
+
+
+def _exponent(low: float, high: float) -> int:
+    """Power of ten to divide an axis by so its tick labels stay short (0 if not needed)."""
+    size = max(abs(low), abs(high))
+    if not np.isfinite(size) or size == 0:
+        return 0
+    exponent = int(math.floor(math.log10(size)))
+    return 3 * (exponent // 3) if exponent >= 4 or exponent <= -3 else 0
+
+
+@dataclass
+class CMCFigureInfo:
+    """What the CMC figures draw, gathered from ``result.json`` and ``posterior.h5``."""
+
+    dataset: str
+    """Data set name."""
+    names: tuple[str, ...]
+    """Names of the posterior's columns."""
+    physical: tuple[str, ...]
+    """The physical parameters among ``names``, in model order."""
+    draws: np.ndarray | None
+    """Combined posterior draws (n_draws, P), or None if not saved."""
+    shard_index: np.ndarray | None = None
+    """Shard index of each row of the per-shard arrays."""
+    shard_means: np.ndarray | None = None
+    """Per-shard posterior means (S, P)."""
+    shard_stds: np.ndarray | None = None
+    """Per-shard posterior standard deviations (S, P), from the covariance diagonals."""
+    shard_draws: np.ndarray | None = None
+    """Per-shard draws (S, n, P), when saved."""
+    retained: set[int] = field(default_factory=set)
+    """Indices of the shards the combination used."""
+    shards: list[dict] = field(default_factory=list)
+    """``result.json`` ``shards`` records."""
+    combination: dict = field(default_factory=dict)
+    """``result.json`` ``combination`` mapping."""
+    summary: dict = field(default_factory=dict)
+    """``result.json`` ``parameters`` mapping (mean, std, q05, q50, q95 per name)."""
+    nlsq: dict[str, float] = field(default_factory=dict)
+    """NLSQ estimates by name, drawn as reference lines when known."""
+    analysis_mode: str = ""
+    """``static`` or ``laminar_flow``."""
+    error: str = ""
+    """The run's error when CMC failed as a whole (``result.json`` ``error``)."""
+
+    def column(self, name: str) -> int:
+        return self.names.index(name)
+
+
+def _decode(raw: Any) -> tuple[str, ...]:
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(raw).ravel().tolist())
+
+
+def _array(posterior: Mapping[str, Any], *keys: str) -> np.ndarray | None:
+    """A copy of the first of ``keys`` that ``posterior`` holds (``a/b`` or nested), else None."""
+    for key in keys:
+        value = None
+        try:
+            if key in posterior:
+                value = posterior[key]
+            elif "/" in key:
+                group, _, leaf = key.partition("/")
+                nested = posterior[group] if group in posterior else None
+                value = nested[leaf] if nested is not None and leaf in nested else None
+        except (KeyError, TypeError, ValueError):
+            value = None
+        if value is not None and not isinstance(value, Mapping):
+            return np.array(value)
+    return None
+
+
+SHARD_INDEX_KEYS = ("shards/index", "shard_indices")
+SHARD_MEAN_KEYS = ("shards/mean", "shard_means")
+SHARD_COVARIANCE_KEYS = ("shards/covariance", "shard_covariances")
+SHARD_DRAW_KEYS = ("shards/draws", "shard_draws")
+
+
+def cmc_figure_info(
+    cmc_doc: Mapping[str, Any],
+    posterior: Mapping[str, Any],
+    *,
+    dataset: str | None = None,
+    nlsq_doc: Mapping[str, Any] | None = None,
+) -> CMCFigureInfo:
+    """Gather the figures' inputs; arrays are copied, missing ones left as None (with a warning)."""
+    dataset = str(dataset or cmc_doc.get("dataset") or "")
+    summary = dict(cmc_doc.get("parameters") or {})
+    draws = _array(posterior, "draws")
+    names_raw = _array(posterior, "names")
+    if names_raw is not None:
+        names = _decode(names_raw)
+    else:
+        names = tuple(summary)
+        if draws is not None:
+            log.warning("%s: posterior has no 'names'; taking the columns in result.json order", dataset or "cmc")
+    if draws is not None and (draws.ndim != 2 or draws.shape[1] != len(names)):
+        log.warning("%s: posterior 'draws' has shape %s, not (n_draws, %d); no draws drawn", dataset or "cmc", draws.shape, len(names))
+        draws = None
+    fixed = _array(posterior, "fixed")
+    if fixed is not None and fixed.shape == (len(names),):
+        fixed_names = {n for n, f in zip(names, fixed.astype(bool)) if f}
+    else:
+        fixed_names = {n for n, entry in summary.items() if isinstance(entry, Mapping) and entry.get("fixed")}
+    physical = tuple(n for n in PHYSICAL_ORDER if n in names and n not in fixed_names)
+    shards = [dict(s) for s in cmc_doc.get("shards") or []]
+    combination = dict(cmc_doc.get("combination") or {})
+    if isinstance(combination.get("used"), list):
+        retained = {int(i) for i in combination["used"]}
+    else:
+        retained = {int(s.get("index", i)) for i, s in enumerate(shards) if shard_status(s) == "retained"}
+    info = CMCFigureInfo(
+        dataset=dataset,
+        names=names,
+        physical=physical,
+        draws=draws,
+        retained=retained,
+        shards=shards,
+        combination=combination,
+        summary=summary,
+        analysis_mode=str(cmc_doc.get("analysis_mode", "")),
+        error=str(cmc_doc.get("error") or ""),
+    )
+    means = _array(posterior, *SHARD_MEAN_KEYS)
+    covariances = _array(posterior, *SHARD_COVARIANCE_KEYS)
+    shard_draws = _array(posterior, *SHARD_DRAW_KEYS)
+    n_rows = next((a.shape[0] for a in (means, covariances, shard_draws) if a is not None), 0)
+    index = _array(posterior, *SHARD_INDEX_KEYS)
+    if index is None or index.shape != (n_rows,):
+        index = np.array(sorted(retained))[:n_rows] if len(retained) == n_rows else np.arange(n_rows)
+    info.shard_index = index.astype(int)
+    if means is not None and means.shape == (n_rows, len(names)):
+        info.shard_means = means
+    if covariances is not None and covariances.shape == (n_rows, len(names), len(names)):
+        info.shard_stds = np.sqrt(np.maximum(np.diagonal(covariances, axis1=1, axis2=2), 0.0))
+    if shard_draws is not None and shard_draws.ndim == 3 and shard_draws.shape[0] == n_rows and shard_draws.shape[2] == len(names):
+        info.shard_draws = shard_draws
+    if draws is not None and info.shard_draws is None and (info.shard_means is None or info.shard_stds is None):
+        log.warning("%s: posterior has no per-shard summaries (shards/mean, shards/covariance); marginals show the combined posterior only", dataset or "cmc")
+    if nlsq_doc:
+        for name, entry in (nlsq_doc.get("parameters") or {}).items():
+            if isinstance(entry, Mapping) and entry.get("value") is not None:
+                info.nlsq[name] = float(entry["value"])
+    if not info.analysis_mode and nlsq_doc:
+        info.analysis_mode = str(nlsq_doc.get("analysis_mode", ""))
+    if not info.analysis_mode and info.physical:
+        info.analysis_mode = "laminar_flow" if "gamma_dot_t0" in names else "static"
+    return info
+
+
+def cmc_plot_paths(dataset_dir: Path) -> list[Path]:
+    """The three CMC figure paths of a data set folder."""
+    folder = Path(dataset_dir) / "cmc" / "plots"
+    return [folder / name for name in FIGURE_NAMES]
+
+
+def _retained_rows(info: CMCFigureInfo) -> list[int]:
+    """Rows of the per-shard arrays that belong to retained shards (all rows if unknown)."""
+    if info.shard_index is None:
+        return []
+    if not info.shards:
+        return list(range(info.shard_index.size))
+    return [row for row, index in enumerate(info.shard_index.tolist()) if index in info.retained]
+
+
+def _grid(n: int) -> tuple[int, int]:
+    cols = min(n, 4) if n != 4 else 2
+    cols = max(cols, 1)
+    return math.ceil(n / cols), cols
+
+
+def _title(info: CMCFigureInfo, what: str) -> str:
+    head = f"{info.dataset}: " if info.dataset else ""
+    method = info.combination.get("method")
+    return f"{head}CMC {what}" + (f" ({method})" if method else "")
+
+
+# -- marginals ---------------------------------------------------------------------------
+
+
+def _marginal_sources(info: CMCFigureInfo, j: int, shard_rows: list[int]) -> tuple[list[tuple[str, Any]], list[tuple[float, float]]]:
+    """Per retained shard, its draws or its Gaussian (mean, std) for column ``j``; and x spans."""
+    curves: list[tuple[str, Any]] = []
+    spans: list[tuple[float, float]] = []
+    if info.draws is not None:
+        column = info.draws[:, j]
+        column = column[np.isfinite(column)]
+        if column.size:
+            low, high = np.percentile(column, [0.1, 99.9])
+            spans.append((float(low), float(high)))
+    for row in shard_rows:
+        if info.shard_draws is not None:
+            values = info.shard_draws[row, :, j]
+            values = values[np.isfinite(values)]
+            if values.size:
+                curves.append(("draws", values))
+                low, high = np.percentile(values, [0.5, 99.5])
+                spans.append((float(low), float(high)))
+        elif info.shard_means is not None and info.shard_stds is not None:
+            mean, std = float(info.shard_means[row, j]), float(info.shard_stds[row, j])
+            if np.isfinite(mean) and np.isfinite(std) and std > 0:
+                curves.append(("gauss", (mean, std)))
+                spans.append((mean - 3.5 * std, mean + 3.5 * std))
+    return curves, spans
+
+
+def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
+    """Histogram of the combined draws per physical parameter, with each retained shard's posterior."""
+    from . import new_figure, save_png
+
+    names = info.physical or info.names
+    rows, cols = _grid(len(names))
+    width, height = 4.2 * cols, 3.4 * rows + 0.9
+    figure = new_figure(width, height, layout=None)
+    spacing = {"left": 0.7 / width, "right": 1 - 0.25 / width, "bottom": 1.15 / height, "top": 1 - 0.75 / height, "wspace": 0.32, "hspace": 0.55}
+    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False, gridspec_kw=spacing)).ravel()
+    shard_rows = _retained_rows(info)
+    for ax, name in zip(axes, names):
+        j = info.column(name)
+        curves, spans = _marginal_sources(info, j, shard_rows)
+        if not spans:
+            ax.text(0.5, 0.5, "no draws saved", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(name)
+            continue
+        low = min(s[0] for s in spans)
+        high = max(s[1] for s in spans)
+        if not high > low:
+            low, high = low - 0.5 * (abs(low) + 1e-12), high + 0.5 * (abs(high) + 1e-12)
+        exponent = _exponent(low, high)
+        unit = 10.0**exponent
+        grid = np.linspace(low, high, 300)
+        for n_curve, (kind, payload) in enumerate(curves):
+            label = "retained shards" if n_curve == 0 else None
+            if kind == "gauss":
+                mean, std = payload
+                density = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std / unit * math.sqrt(2.0 * math.pi))
+                ax.plot(grid / unit, density, color="tab:orange", lw=0.9, alpha=0.75, label=label)
+            else:
+                ax.hist(payload / unit, bins=40, range=(low / unit, high / unit), density=True, histtype="step",
+                        color="tab:orange", lw=0.9, alpha=0.75, label=label)
+        if info.draws is not None:
+            column = info.draws[:, j]
+            ax.hist(column[np.isfinite(column)] / unit, bins=50, range=(low / unit, high / unit), density=True,
+                    color="tab:blue", alpha=0.55, label="combined")
+        entry = info.summary.get(name) or {}
+        if entry.get("q05") is not None and entry.get("q95") is not None:
+            ax.axvspan(float(entry["q05"]) / unit, float(entry["q95"]) / unit, color="tab:blue", alpha=0.08, lw=0,
+                       label="combined 5-95%")
+        if name in info.nlsq:
+            ax.axvline(info.nlsq[name] / unit, color="k", ls="--", lw=1.0, label="NLSQ")
+        title = name
+        if entry.get("mean") is not None and entry.get("std") is not None:
+            title += f" = {float(entry['mean']):.5g} \u00b1 {float(entry['std']):.2g}"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(_label(name, exponent))
+        ax.set_ylabel("density")
+        ax.set_xlim(low / unit, high / unit)
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    handles, labels = [], []
+    for ax in axes[: len(names)]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    if handles:
+        figure.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=len(labels), fontsize=9)
+    kept = len(shard_rows) if info.shard_index is not None and info.shard_index.size else len(info.retained)
+    figure.suptitle(_title(info, f"posterior marginals: combined and {kept} retained shard(s) of {len(info.shards) or '?'}"), fontsize=12, y=1 - 0.12 / height)
+    save_png(figure, path)
+
+
+# -- pairs -------------------------------------------------------------------------------
+
+
+def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
+    """Pairwise plot of the physical parameters from the combined draws."""
+    from . import new_figure, save_png
+
+    names = info.physical or info.names
+    n = len(names)
+    draws = info.draws[:, [info.column(name) for name in names]]
+    draws = draws[np.all(np.isfinite(draws), axis=1)]
+    size = max(2.0 * n, 5.0)
+    figure = new_figure(size + 0.3, size + 0.4, layout=None)
+    spacing = {"left": 1.0 / (size + 0.3), "right": 1 - 0.15 / (size + 0.3), "bottom": 0.8 / (size + 0.4), "top": 1 - 0.45 / (size + 0.4), "wspace": 0.1, "hspace": 0.1}
+    axes = figure.subplots(n, n, squeeze=False, gridspec_kw=spacing)
+    ranges, units, exponents = [], [], []
+    for j in range(n):
+        low, high = np.percentile(draws[:, j], [0.5, 99.5]) if draws.shape[0] else (0.0, 1.0)
+        if not high > low:
+            low, high = low - 0.5 * (abs(low) + 1e-12), high + 0.5 * (abs(high) + 1e-12)
+        exponent = _exponent(float(low), float(high))
+        exponents.append(exponent)
+        units.append(10.0**exponent)
+        ranges.append((float(low) / units[j], float(high) / units[j]))
+    scaled = draws / np.array(units)
+    nlsq = [info.nlsq.get(name, np.nan) / units[j] for j, name in enumerate(names)]
+    correlation = np.atleast_2d(np.corrcoef(draws, rowvar=False)) if draws.shape[0] > 2 else np.full((n, n), np.nan)
+    for i in range(n):
+        for j in range(n):
+            ax = axes[i, j]
+            if j > i:
+                ax.set_axis_off()
+                value = correlation[i, j]
+                if np.isfinite(value):
+                    ax.text(0.5, 0.5, f"\u03c1 = {value:+.2f}", ha="center", va="center", transform=ax.transAxes,
+                            fontsize=10, color="tab:red" if abs(value) > 0.7 else "0.2")
+                continue
+            if i == j:
+                ax.hist(scaled[:, j], bins=bins, range=ranges[j], color="tab:blue", alpha=0.7)
+                if np.isfinite(nlsq[j]):
+                    ax.axvline(nlsq[j], color="k", ls="--", lw=0.9)
+                ax.set_yticks([])
+                ax.set_xlim(*ranges[j])
+            else:
+                counts, _, _ = np.histogram2d(scaled[:, j], scaled[:, i], bins=bins, range=[ranges[j], ranges[i]])
+                ax.imshow(np.ma.masked_equal(counts.T, 0), origin="lower", extent=(*ranges[j], *ranges[i]),
+                          aspect="auto", cmap="Blues", interpolation="nearest")
+                if np.isfinite(nlsq[j]) and np.isfinite(nlsq[i]):
+                    ax.plot(nlsq[j], nlsq[i], marker="+", color="k", ms=8)
+            ax.tick_params(labelsize=7)
+            if i == n - 1:
+                ax.set_xlabel(_label(names[j], exponents[j]), fontsize=8)
+            else:
+                ax.set_xticklabels([])
+            if j == 0 and i > 0:
+                ax.set_ylabel(_label(names[i], exponents[i]), fontsize=8)
+            elif j > 0 or i == 0:
+                ax.set_yticklabels([])
+    nlsq_note = "; dashed line and + mark the NLSQ fit" if info.nlsq else ""
+    figure.suptitle(_title(info, f"pairwise posterior, {draws.shape[0]} combined draws{nlsq_note}"), fontsize=12, y=1 - 0.1 / (size + 0.4))
+    save_png(figure, path)
+
+
+# -- shard health ------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value) if value is not None else np.nan
+    except (TypeError, ValueError):
+        return np.nan
+
+
+def shard_status(shard: Mapping[str, Any]) -> str:
+    """``retained``, ``excluded`` (passed sampling, left out by a check) or ``failed`` (raised)."""
+    if shard.get("error"):
+        return "failed"
+    if shard.get("excluded_reason"):
+        return "excluded"
+    return "retained" if shard.get("ok", True) else "failed"
+
+
+def shard_reason(shard: Mapping[str, Any], state: str) -> str:
+    """Why a shard was left out, in one line (the error's first line for a failed shard)."""
+    if state == "failed" and shard.get("error"):
+        return (str(shard["error"]).strip().splitlines() or ["error"])[0]
+    return str(shard.get("excluded_reason") or "no reason recorded").splitlines()[0]
+
+
+def draw_shard_health(path: str | Path, info: CMCFigureInfo) -> None:
+    """Bars of R-hat, ESS and divergences per shard; excluded shards red and hatched."""
+    from matplotlib.patches import Patch
+
+    from . import new_figure, save_png
+
+    shards = info.shards
+    index = np.array([int(s.get("index", i)) for i, s in enumerate(shards)])
+    status = [shard_status(s) for s in shards]
+    style = {"retained": ("tab:blue", ""), "excluded": ("tab:red", "//"), "failed": ("0.6", "xx")}
+    rates = [s.get("divergence_rate") for s, state in zip(shards, status) if state != "failed"]
+    if rates and all(isinstance(rate, (int, float)) for rate in rates):
+        divergence = ("divergence_rate", "divergent transitions\n(fraction of draws)", info.combination.get("max_divergence_rate"))
+    else:
+        divergence = ("divergences", "divergent transitions", None)
+    metrics = [
+        ("rhat_max", "R-hat (max over parameters)", info.combination.get("max_rhat")),
+        ("ess_min", "ESS (min over parameters)", info.combination.get("min_ess")),
+        divergence,
+    ]
+    reasons = [f"shard {int(s.get('index', i))} {state}: {shard_reason(s, state)}" for i, (s, state) in enumerate(zip(shards, status)) if state != "retained"]
+    if info.error:
+        reasons.insert(0, f"CMC failed: {info.error}")
+    width = min(max(8.0, 0.28 * len(shards) + 3.0), 24.0)
+    wrapped = [line for reason in reasons for line in textwrap.wrap(reason, width=int(width * 15), subsequent_indent="    ")]
+    shown_reasons = wrapped[:10] + ([f"... and {len(wrapped) - 10} more lines (see cmc/result.json)"] if len(wrapped) > 10 else [])
+    figure = new_figure(width, 7.5 + 0.18 * len(shown_reasons))
+    grid = figure.add_gridspec(4 if shown_reasons else 3, 1, height_ratios=[1, 1, 1] + ([0.05 + 0.07 * len(shown_reasons)] if shown_reasons else []))
+    axes = [figure.add_subplot(grid[0])]
+    axes += [figure.add_subplot(grid[k], sharex=axes[0]) for k in (1, 2)]
+    for ax, (key, label, threshold) in zip(axes, metrics):
+        values = np.array([_number(s.get(key)) for s in shards])
+        finite = values[np.isfinite(values)]
+        base = 0.0
+        clip = None
+        if key == "rhat_max":
+            base = min(1.0, float(finite.min()) if finite.size else 1.0) - 0.005
+            clip = max(RHAT_CLIP, 1.5 * float(threshold or 1.0))
+        shown_values = np.minimum(values, clip) if clip is not None else values
+        heights = np.where(np.isfinite(values), shown_values - base, 0.0)
+        for state in ("retained", "excluded", "failed"):
+            chosen = np.array([st == state for st in status], dtype=bool)
+            if chosen.any():
+                color, hatch = style[state]
+                ax.bar(index[chosen], heights[chosen], bottom=base, color=color, hatch=hatch, edgecolor="k", linewidth=0.4)
+        for x in index[~np.isfinite(values)]:
+            ax.text(x, 0.03, "n/a", ha="center", va="bottom", fontsize=7, color="0.3", transform=ax.get_xaxis_transform())
+        if key == "rhat_max":
+            top = min(max(float(finite.max()) if finite.size else 1.0, float(threshold or 1.0)), clip)
+            ax.set_ylim(base, top + 0.35 * (top - base) + 0.005)  # head room for the legend
+            for x, value in zip(index, values):
+                if np.isfinite(value) and value > clip:  # off the scale: bar cut at the top, value written
+                    ax.text(x, clip, f"{value:.4g}", ha="center", va="bottom", fontsize=7, color="k")
+        if threshold is not None:
+            ax.axhline(float(threshold), color="k", ls="--", lw=1.0, label=f"limit {float(threshold):g}")
+        ax.set_ylabel(label, fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+        if ax is not axes[-1]:
+            ax.tick_params(labelbottom=False)
+    axes[-1].set_xlabel("shard index")
+    if index.size and index.size <= 40:
+        axes[-1].set_xticks(index)
+    counts = {state: status.count(state) for state in style}
+    handles = [
+        Patch(facecolor=style[state][0], edgecolor="k", hatch=style[state][1], label=f"{state} ({counts[state]})")
+        for state in style
+    ]
+    threshold_handles, threshold_labels = axes[0].get_legend_handles_labels()
+    axes[0].legend(handles=handles + threshold_handles, loc="upper left", ncols=len(handles) + len(threshold_handles),
+                   fontsize=8, framealpha=0.9)
+    if shown_reasons:
+        text_ax = figure.add_subplot(grid[3])
+        text_ax.set_axis_off()
+        reason_text = text_ax.text(0.0, 1.0, "\n".join(shown_reasons), ha="left", va="top", fontsize=8, color="0.2",
+                                   transform=text_ax.transAxes)
+        reason_text.set_in_layout(False)
+    figure.suptitle(_title(info, f"shard health, {len(shards)} shard(s)"), fontsize=12)
+    save_png(figure, path)
+
+
+# -- the hook the pipeline calls -----------------------------------------------------------
+
+
+def submit_cmc_figures(writer, out_dir: Path, cmc_doc: dict, posterior: Mapping[str, Any], *, nlsq_doc: Mapping[str, Any] | None = None) -> list[Path]:
+    """Queue the CMC figures of one data set on ``writer``; return the paths queued.
+
+    Parameters
+    ----------
+    writer:
+        The :class:`homodyne_mpi.io.AsyncWriter`; each figure is one ``submit_call``.
+    out_dir:
+        The data set's results folder (the one holding ``cmc/``); figures go to
+        ``out_dir/cmc/plots/``.
+    cmc_doc:
+        The ``cmc/result.json`` mapping.
+    posterior:
+        The arrays of ``cmc/posterior.h5`` by name (copied here).
+    nlsq_doc:
+        Optional ``nlsq/result.json`` mapping: its values are drawn as reference lines.
+
+    A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
+    once) when matplotlib is not installed.
+    """
+    from . import plotting_available
+
+    if not plotting_available():
+        return []
+    out_dir = Path(out_dir)
+    info = cmc_figure_info(cmc_doc, posterior, dataset=cmc_doc.get("dataset") or out_dir.name, nlsq_doc=nlsq_doc)
+    marginals, pairs, health = cmc_plot_paths(out_dir)
+    queued = []
+    can_marginals = bool(info.names) and (info.draws is not None or info.shard_draws is not None or info.shard_means is not None)
+    can_pairs = bool(info.names) and info.draws is not None and info.draws.shape[0] > 1
+    if not can_marginals and not can_pairs:
+        log.warning("%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s", info.dataset, marginals.name, pairs.name)
+    else:
+        if can_marginals:
+            writer.submit_call(marginals, draw_marginals, info)
+            queued.append(marginals)
+        if can_pairs:
+            writer.submit_call(pairs, draw_pairs, info)
+            queued.append(pairs)
+        else:
+            log.warning("%s: posterior.h5 has no combined 'draws'; skipping %s", info.dataset, pairs.name)
+    if info.shards:
+        writer.submit_call(health, draw_shard_health, info)
+        queued.append(health)
+    else:
+        log.warning("%s: result.json lists no shards; skipping %s", info.dataset, health.name)
+    return queued

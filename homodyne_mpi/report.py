@@ -1,0 +1,303 @@
+"""``homodyne-mpi report RESULT_DIR``: a plain-text summary of saved results.
+
+For each data set folder under ``RESULT_DIR`` (an output root or one data set folder): the
+NLSQ fit (convergence, chi2 and reduced chi2, parameters with uncertainties, per-angle
+scaling, timings, ranks) and the CMC posterior (parameter summaries, shard health with the
+excluded and failed shards and why, the combination, timings, ranks). The batch summary
+of an output root adds the data sets that failed. Reads only the JSON result files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["format_report", "print_report"]
+
+PHYSICAL_ORDER = ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
+UNITS = {
+    "D0": "Angstrom^2 s^-(1+alpha)",
+    "alpha": "",
+    "D_offset": "Angstrom^2/s",
+    "gamma_dot_t0": "s^-(1+beta)",
+    "beta": "",
+    "gamma_dot_t_offset": "1/s",
+    "phi0": "degrees",
+    "contrast": "",
+    "offset": "",
+}
+_SCALING = re.compile(r"^(contrast|offset)(?:\[(\d+)\])?$")
+
+
+# -- number formatting ---------------------------------------------------------------------
+
+
+def _num(value: Any, spec: str = ".6g") -> str:
+    """A number for a table: ``format(value, spec)``, ``-`` for None, ``nan`` kept."""
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if math.isnan(number):
+        return "nan"
+    return format(number, spec)
+
+
+def _seconds(value: Any) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if number >= 100:
+        return f"{number:.0f}"
+    if number >= 1:
+        return f"{number:.2f}"
+    return f"{number:.3g}"
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "    ", left: tuple[int, ...] = (0,)) -> list[str]:
+    """Columns padded to their widest cell; columns in ``left`` left-aligned, the rest right."""
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        parts = [str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return (indent + "  ".join(parts)).rstrip()
+
+    return [line(header)] + [line(row) for row in rows]
+
+
+def _timings(timing: Any) -> str:
+    if not isinstance(timing, dict) or not timing:
+        return "-"
+    return ", ".join(f"{key} {_seconds(value)}" for key, value in timing.items())
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: missing -- rerun `homodyne-mpi run` to write it again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{path}: not a readable result file ({type(error).__name__}: {error}) -- rerun `homodyne-mpi run` to write it again") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: holds a {type(document).__name__}, not a result mapping -- rerun `homodyne-mpi run` to write it again")
+    return document
+
+
+def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
+    """Data set folders to report and the batch summary (None if ``root`` has none)."""
+    from .plots.redraw import find_dataset_dirs
+
+    summary_path = root / "batch_summary.json"
+    summary = _read_json(summary_path) if summary_path.is_file() else None
+    try:
+        folders = find_dataset_dirs(root)
+    except InputError:
+        if summary is None:
+            raise
+        folders = []
+    return folders, summary
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+
+def _parameter_order(names: list[str]) -> tuple[list[str], list[str]]:
+    physical = [n for n in PHYSICAL_ORDER if n in names]
+    physical += [n for n in names if n not in physical and not _SCALING.match(n)]
+    scaling = [n for n in names if _SCALING.match(n)]
+    return physical, scaling
+
+
+def _nlsq_section(doc: dict) -> list[str]:
+    lines = [f"  NLSQ ({doc.get('analysis_mode', '?')}, shear_form {doc.get('shear_form', '?')}, per-angle scaling {doc.get('per_angle_scaling', '?')})"]
+    converged = doc.get("converged")
+    state = "converged" if converged else "NOT CONVERGED"
+    lines.append(f"    status        {state} after {doc.get('iterations', '?')} iterations ({doc.get('reason', 'no reason recorded')})")
+    lines.append(
+        f"    fit quality   reduced chi2 {_num(doc.get('reduced_chi2'), '.4f')} "
+        f"(chi2 {_num(doc.get('chi2'), '.6g')} over {doc.get('n_points', '?')} points, {doc.get('n_free_parameters', '?')} free parameters)"
+    )
+    data = doc.get("data") or {}
+    if data:
+        phi = data.get("phi") or []
+        frames = f"frames {data.get('start_frame', '?')}..{data.get('end_frame', '?')}"
+        lines.append(
+            f"    data          {data.get('source', '?')} ({data.get('layout', '?')}); q {_num(data.get('q'))} 1/Angstrom; "
+            f"dt {_num(data.get('dt'))} s ({data.get('dt_source', '?')}); {frames}; {len(phi)} angle(s)"
+        )
+    uncertainty = doc.get("uncertainty", "model")
+    lines.append(f"    uncertainty   std = {uncertainty} standard error")
+    parameters = doc.get("parameters") or {}
+    physical, scaling = _parameter_order(list(parameters))
+    show_jk = any((parameters[n] or {}).get("std_jackknife") is not None for n in parameters)
+    header = ["parameter", "value", "std", "std_model"] + (["std_jackknife"] if show_jk else []) + ["unit"]
+    rows = []
+    for name in physical:
+        entry = parameters[name] or {}
+        row = [name + (" (fixed)" if entry.get("fixed") else ""), _num(entry.get("value")), _num(entry.get("std"), ".3g"), _num(entry.get("std_model"), ".3g")]
+        if show_jk:
+            row.append(_num(entry.get("std_jackknife"), ".3g"))
+        rows.append(row + [UNITS.get(name, "")])
+    if rows:
+        lines += _table(header, rows, left=(0, len(header) - 1))
+    if scaling:
+        lines += _scaling_table(parameters, scaling, data.get("phi") or [])
+    lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
+    lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
+    return lines
+
+
+def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
+    """Contrast and offset per angle in one table (or the shared pair)."""
+    per_angle: dict[int | None, dict[str, dict]] = {}
+    for name in names:
+        match = _SCALING.match(name)
+        index = None if match.group(2) is None else int(match.group(2))
+        per_angle.setdefault(index, {})[match.group(1)] = parameters[name] or {}
+    rows = []
+    for index in sorted(per_angle, key=lambda i: -1 if i is None else i):
+        entry = per_angle[index]
+        angle = "all" if index is None else str(index)
+        angle_phi = "-" if index is None or index >= len(phi) else _num(phi[index], "g")
+        contrast, offset = entry.get("contrast", {}), entry.get("offset", {})
+        rows.append(
+            [
+                angle,
+                angle_phi,
+                _num(contrast.get("value"), ".5g") + (" (fixed)" if contrast.get("fixed") else ""),
+                _num(contrast.get("std"), ".2g"),
+                _num(offset.get("value"), ".5g") + (" (fixed)" if offset.get("fixed") else ""),
+                _num(offset.get("std"), ".2g"),
+            ]
+        )
+    return ["    per-angle scaling"] + _table(["angle", "phi (deg)", "contrast", "std", "offset", "std"], rows, indent="      ")
+
+
+def shard_state(shard: dict) -> str:
+    """``retained``, ``excluded`` (sampled, left out by a check) or ``failed`` (raised)."""
+    if shard.get("error"):
+        return "failed"
+    if shard.get("excluded_reason"):
+        return "excluded"
+    return "retained" if shard.get("ok", True) else "failed"
+
+
+def shard_reason(shard: dict, state: str) -> str:
+    """Why a shard was left out, in one line (the error's first line for a failed shard)."""
+    if state == "failed" and shard.get("error"):
+        return (str(shard["error"]).strip().splitlines() or ["error"])[0]
+    return str(shard.get("excluded_reason") or "no reason recorded").splitlines()[0]
+
+
+def _cmc_section(doc: dict) -> list[str]:
+    lines = ["  CMC" + (f" ({doc['analysis_mode']})" if doc.get("analysis_mode") else "")]
+    if doc.get("error"):
+        lines.append(f"    status        FAILED: {str(doc['error']).strip().splitlines()[0]}")
+    parameters = doc.get("parameters") or {}
+    physical, scaling = _parameter_order(list(parameters))
+    rows = []
+    for name in physical + scaling:
+        entry = parameters[name] or {}
+        label = name + (" (fixed)" if entry.get("fixed") else "")
+        rows.append([label] + [_num(entry.get(key), ".6g" if key != "std" else ".3g") for key in ("mean", "std", "q05", "q50", "q95")] + [UNITS.get(_SCALING.sub(r"\1", name), "")])
+    if rows:
+        lines += _table(["parameter", "mean", "std", "q05", "q50", "q95", "unit"], rows, left=(0, 6))
+    shards = doc.get("shards") or []
+    states = [shard_state(s) for s in shards]
+    counts = {state: states.count(state) for state in ("retained", "excluded", "failed")}
+    lines.append(
+        f"    shards        {len(shards)} total: {counts['retained']} retained, {counts['excluded']} excluded, {counts['failed']} failed"
+    )
+    finite = lambda key: [float(s[key]) for s in shards if isinstance(s.get(key), (int, float)) and not math.isnan(float(s[key]))]  # noqa: E731
+    rhat, ess, div = finite("rhat_max"), finite("ess_min"), finite("divergences")
+    if rhat or ess or div:
+        lines.append(
+            f"    health        worst R-hat {_num(max(rhat) if rhat else None, '.4f')}, smallest ESS {_num(min(ess) if ess else None, '.0f')}, "
+            f"divergences {_num(sum(div) if div else None, '.0f')} in all"
+        )
+    if shards:
+        rows = []
+        for shard, state in zip(shards, states):
+            why = shard_reason(shard, state) if state != "retained" else ""
+            rows.append(
+                [
+                    str(shard.get("index", "?")),
+                    str(shard.get("rank", "-")),
+                    str(shard.get("n_points", "-")),
+                    _num(shard.get("rhat_max"), ".4f"),
+                    _num(shard.get("ess_min"), ".0f"),
+                    _num(shard.get("divergences"), ".0f"),
+                    _num(shard.get("seconds"), ".1f"),
+                    state + (f": {why[:100]}" if why else ""),
+                ]
+            )
+        header = ["shard", "rank", "points", "R-hat max", "ESS min", "divergences", "seconds", "status"]
+        lines += _table(header, rows, indent="      ", left=(0, len(header) - 1))
+    combination = doc.get("combination") or {}
+    if combination:
+        scalars = [f"{key} {value}" for key, value in combination.items() if isinstance(value, (str, int, float, bool)) or value is None]
+        others = [f"{key} ({len(value)} entries)" for key, value in combination.items() if isinstance(value, (list, dict))]
+        lines.append(f"    combination   {'; '.join(scalars + others)}")
+    lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
+    lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
+    return lines
+
+
+def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
+    lines = [f"== data set {folder.name} ({folder}) =="]
+    if outcome and outcome.get("status") not in (None, "ok"):
+        lines.append(f"  FAILED: {outcome.get('error')}")
+    found = False
+    for method, section in (("nlsq", _nlsq_section), ("cmc", _cmc_section)):
+        path = folder / method / "result.json"
+        if path.is_file():
+            found = True
+            lines += section(_read_json(path))
+            plots = folder / method / "plots"
+            if plots.is_dir():
+                count = len(list(plots.glob("*.png")))
+                lines.append(f"    figures       {count} PNG in {plots}")
+    if not found:
+        lines.append("  no results")
+    return lines
+
+
+def format_report(result_dir: Path) -> str:
+    """The report of ``result_dir`` as text (what ``homodyne-mpi report`` prints)."""
+    root = Path(result_dir)
+    folders, summary = _dataset_dirs(root)
+    lines = [f"homodyne-mpi report: {root}"]
+    outcomes: dict[str, dict] = {}
+    if summary is not None:
+        datasets = summary.get("datasets") or []
+        outcomes = {str(d.get("name")): d for d in datasets if isinstance(d, dict)}
+        lines.append(
+            f"batch: {summary.get('n_datasets', len(datasets))} data set(s), {summary.get('n_failed', 0)} failed; "
+            f"method {summary.get('method', '?')}; {summary.get('n_ranks', '?')} rank(s); wall {_seconds(summary.get('wall_s', '?'))} s"
+        )
+    reported = set()
+    for folder in folders:
+        lines.append("")
+        lines += _dataset_section(folder, outcomes.get(folder.name))
+        reported.add(folder.name)
+    for name, outcome in outcomes.items():
+        if name not in reported and outcome.get("status") != "ok":
+            lines += ["", f"== data set {name} ({outcome.get('source', '?')}) ==", f"  FAILED ({outcome.get('error_type', 'error')}): {outcome.get('error')}"]
+    return "\n".join(lines)
+
+
+def print_report(result_dir: Path) -> int:
+    """Print the report of ``result_dir``; returns 0. Missing or corrupt results: InputError."""
+    print(format_report(result_dir))
+    return 0
