@@ -83,9 +83,14 @@ def prepare_dataset(cfg, dataset) -> PreparedDataset:
     return PreparedDataset(data, problem, points)
 
 
-def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> None:
-    """Writer thread: compute the fitted matrices and write ``nlsq/fit.h5`` at ``temp_path``."""
+def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, data: XPCSData, figures=None) -> None:
+    """Writer thread: compute the fitted matrices and write ``nlsq/fit.h5`` at ``temp_path``.
+
+    ``figures(arrays)``, when given, queues the figures drawn from the same arrays.
+    """
     arrays = fit_arrays(result, problem, data)
+    if figures is not None:
+        figures(arrays)
     with h5py.File(temp_path, "w") as handle:
         for name, array in arrays.items():
             handle.create_dataset(name, data=np.asarray(array))
@@ -277,8 +282,13 @@ class BatchRunner:
         if self.comm.is_root and cmc_result is not None:
             document = cmc_result.to_json_dict()
             document.setdefault("timing_s", {})
+            posterior = cmc_result.posterior_arrays()
             futures.append(self.writer.submit_json(out / "cmc" / "result.json", document))
-            futures.append(self.writer.submit_hdf5(out / "cmc" / "posterior.h5", cmc_result.posterior_arrays()))
+            futures.append(self.writer.submit_hdf5(out / "cmc" / "posterior.h5", posterior))
+            if self.cfg.output.plots:
+                from .plots import submit_cmc_figures
+
+                submit_cmc_figures(self.writer, out, document, posterior)
             outcome.paths["cmc_result"] = str(out / "cmc" / "result.json")
             outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
         return futures
@@ -290,9 +300,16 @@ class BatchRunner:
         """
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
-        futures = [self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data)]
-        timing["write"] = time.perf_counter() - start
         document = result_document(result, problem, self.cfg, data, dataset=name, timing_s=timing)
+        figures = None
+        if self.cfg.output.plots:
+            from .plots import submit_nlsq_figures
+
+            def figures(arrays, document=document):
+                submit_nlsq_figures(self.writer, out, document, arrays)
+
+        futures = [self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data, figures)]
+        document["timing_s"]["write"] = time.perf_counter() - start
         futures.append(self.writer.submit_json(out / "nlsq" / "result.json", document))
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
