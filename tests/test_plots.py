@@ -223,7 +223,7 @@ def test_nlsq_figures_from_the_pipeline_hook(nlsq_runs, mode):
     assert [p.resolve() for p in paths] == [p.resolve() for p in expected]
     for path in expected[:-1]:
         rgb = assert_drawn(path, min_colours=200)
-        assert rgb.shape[:2] == (540, 1550)
+        assert rgb.shape[:2] == (560, 1550)
         # three image panels: the measured one and the fitted one are drawn in colour
         middle = rgb[250]
         assert np.ptp(middle[100:400].astype(int), axis=0).max() > 50
@@ -313,7 +313,7 @@ def test_large_matrix_drawn_from_block_means(tmp_path):
     path = tmp_path / nlsq_figures.c2_plot_name(0, 12.345)
     assert path.name == "c2_phi_0_12.35deg.png"
     nlsq_figures.draw_c2_angle(path, arrays, 0, info)
-    assert pixels(path).shape[:2] == (540, 1550)
+    assert pixels(path).shape[:2] == (560, 1550)
     assert_drawn(path, min_colours=200)
 
 

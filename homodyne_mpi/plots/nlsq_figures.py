@@ -247,8 +247,8 @@ class C2Figure:
     the ``t2`` axis, labelled once.
     """
 
-    WIDTH, HEIGHT = 15.5, 5.4
-    """Figure size, inches (1550 x 540 pixels)."""
+    WIDTH, HEIGHT = 15.5, 5.6
+    """Figure size, inches (1550 x 560 pixels)."""
     SIDE = 3.75
     """Side of each image panel, inches."""
 
@@ -257,7 +257,7 @@ class C2Figure:
 
         self.figure = new_figure(self.WIDTH, self.HEIGHT, layout=None)
         self.canvas = self.figure.canvas
-        bottom = 0.75 / self.HEIGHT
+        bottom = 0.95 / self.HEIGHT
         height = self.SIDE / self.HEIGHT
         lefts = (0.8, 4.7, 10.0)  # inches: measured, fitted | colour bar | residual | colour bar
         placeholder = np.zeros((2, 2))
@@ -278,13 +278,16 @@ class C2Figure:
         self.c2_colorbar.set_label("c\u2082, measured and fitted (dimensionless)")
         self.residual_colorbar = self.figure.colorbar(self.images[2], cax=residual_bar)
         self.title = self.figure.suptitle("", fontsize=13, y=1 - 0.12 / self.HEIGHT, va="top")
-        self.notes = self.figure.text(0.5, 0.012, "", ha="center", va="bottom", fontsize=9, color="0.25")
+        # notes: this angle's (drawn per angle) above the data set's (in the background)
+        self.notes = self.figure.text(0.5, 0.23 / self.HEIGHT, "", ha="center", va="bottom", fontsize=9, color="0.25")
+        self.shared_notes = self.figure.text(0.5, 0.05 / self.HEIGHT, "", ha="center", va="bottom", fontsize=9, color="0.25")
         self.changing = [*self.images, c2_bar, residual_bar, self.title, self.notes]
         self.background = None
         self.background_key: tuple | None = None
 
-    def _render_background(self, limits: tuple[float, float]) -> None:
-        """Render everything that does not change between angles, for these axis limits."""
+    def _render_background(self, limits: tuple[float, float], shared_notes: str) -> None:
+        """Render everything that does not change between the angles of a data set."""
+        self.shared_notes.set_text(shared_notes)
         for ax in self.axes:
             ax.set_xlim(*limits)
             ax.set_ylim(*limits)
@@ -296,7 +299,7 @@ class C2Figure:
             for artist in self.changing:
                 artist.set_visible(True)
         self.background = self.canvas.copy_from_bbox(self.figure.bbox)
-        self.background_key = limits
+        self.background_key = (limits, shared_notes)
 
     def draw(self, path: str | Path, panels: dict[str, Any], info: NLSQFigureInfo, k: int) -> None:
         """Show angle ``k``'s ``panels`` (from :func:`c2_panels`) and save the PNG at ``path``."""
@@ -304,8 +307,14 @@ class C2Figure:
 
         factor = panels["factor"]
         start, blocks_end, data_end = block_edges(info.t, factor)
-        if self.background_key != (start, data_end):
-            self._render_background((start, data_end))
+        n_frames = info.t.size
+        shared = [f"reduced \u03c7\u00b2 of the fit = {info.reduced_chi2:.4g}"]
+        if factor > 1:
+            shared.append(f"drawn as {factor}\u00d7{factor}-frame block means ({n_frames} \u2192 {int(np.ceil(n_frames / factor))} px)")
+        shared.append("diagonal t\u2081 = t\u2082 not fitted: measured shows the mean of its neighbours, residual leaves it blank")
+        shared_notes = "; ".join(shared)
+        if self.background_key != ((start, data_end), shared_notes):
+            self._render_background((start, data_end), shared_notes)
         vmin, vmax = panels["c2_limits"]
         limit = panels["residual_limit"]
         shown = ((panels["measured"], vmin, vmax), (panels["fitted"], vmin, vmax), (panels["residual"], -limit, limit))
@@ -316,14 +325,10 @@ class C2Figure:
         self.residual_colorbar.set_label("(c\u2082 measured \u2212 c\u2082 fitted) / \u03c3" + (", block mean" if factor > 1 else ""))
         head = f"{info.dataset}: " if info.dataset else ""
         self.title.set_text(f"{head}\u03c6 = {float(info.phi[k]):g}\u00b0 (angle {k + 1} of {info.phi.size}), q = {info.q:g} \u00c5\u207b\u00b9")
-        notes = [f"noise \u03c3 of this angle = {info.noise_sigma[k]:.3g}", f"reduced \u03c7\u00b2 = {info.reduced_chi2:.4g}"]
+        notes = [f"noise \u03c3 of this angle = {info.noise_sigma[k]:.3g}"]
         scaling = info.scaling_text(k)
         if scaling:
             notes.append(scaling)
-        n_frames = info.t.size
-        if factor > 1:
-            notes.append(f"drawn as {factor}\u00d7{factor}-frame block means ({n_frames} \u2192 {int(np.ceil(n_frames / factor))} px)")
-        notes.append("diagonal not fitted: measured shows neighbour mean, residual blank")
         self.notes.set_text("; ".join(notes))
 
         self.canvas.restore_region(self.background)
