@@ -609,3 +609,13 @@ def test_importing_never_loads_matplotlib_and_works_without_it():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
     assert "matplotlib is not installed" in done.stderr
+
+
+def test_png_writer_round_trips(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    path.write_bytes(plots.png_bytes(rgb))
+    np.testing.assert_array_equal(pixels(path), rgb)
+    with pytest.raises(ValueError, match="RGB"):
+        plots.png_bytes(rng.integers(0, 256, size=(4, 4, 4), dtype=np.uint8))

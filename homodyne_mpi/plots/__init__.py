@@ -29,6 +29,7 @@ __all__ = [
     "matplotlib_available",
     "new_figure",
     "plotting_available",
+    "png_bytes",
     "redraw_results",
     "save_png",
     "write_png",
@@ -78,22 +79,48 @@ def new_figure(width: float, height: float, *, layout: str | None = "constrained
 
 
 PNG_COMPRESS_LEVEL = 1
-"""zlib level of the PNGs: 1 encodes several times faster than the default 6, and noisy
-images (measured c2, residuals) hardly compress better at 6."""
+"""zlib level of the PNGs: 1 encodes several times faster than 6, and noisy images
+(measured c2, residuals) hardly compress better at 6."""
 
 
 def save_png(figure: Any, path: str | Path) -> None:
-    """Render ``figure`` to a PNG file at ``path`` (the writer's temporary path)."""
-    figure.savefig(path, format="png", dpi=DPI, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    """Render ``figure`` (on its Agg canvas) to a PNG file at ``path`` (the writer's temporary path)."""
+    figure.canvas.draw()
+    write_png(figure.canvas, path)
+
+
+def png_bytes(rgb: Any, level: int = PNG_COMPRESS_LEVEL) -> bytes:
+    """A PNG file holding the ``(height, width, 3)`` uint8 image ``rgb``.
+
+    No row filter and zlib level ``level``: about twice as fast as Pillow's encoder on a
+    figure of noisy matrices, with files no larger, and zlib lets other threads run
+    while it compresses.
+    """
+    import struct
+    import zlib
+
+    import numpy as np
+
+    image = np.asarray(rgb, dtype=np.uint8)
+    height, width, channels = image.shape
+    if channels != 3:
+        raise ValueError(f"png_bytes needs an RGB image, got {channels} channels")
+    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # a leading 0 per row: no filter
+    rows[:, 1:] = image.reshape(height, 3 * width)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b"")
 
 
 def write_png(canvas: Any, path: str | Path) -> None:
     """Write what an Agg ``canvas`` holds now as an RGB PNG at ``path``, without redrawing it."""
     import numpy as np
-    from PIL import Image
 
     rgba = np.asarray(canvas.buffer_rgba())
-    Image.fromarray(np.ascontiguousarray(rgba[..., :3])).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    Path(path).write_bytes(png_bytes(rgba[..., :3]))
 
 
 def __getattr__(name: str) -> Any:

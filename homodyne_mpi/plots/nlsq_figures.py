@@ -482,8 +482,10 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
     from . import new_figure, save_png
 
     laminar = curves.gamma_dot is not None
-    figure = new_figure(12.0 if laminar else 6.5, 4.8)
-    axes = figure.subplots(1, 2 if laminar else 1, squeeze=False)[0]
+    width, height = (12.0 if laminar else 6.5), 4.8
+    figure = new_figure(width, height, layout=None)  # placed by hand: constrained layout doubles the time
+    spacing = {"left": 0.95 / width, "right": 1 - 0.2 / width, "bottom": 0.6 / height, "top": 1 - 0.75 / height, "wspace": 0.28}
+    axes = figure.subplots(1, 2 if laminar else 1, squeeze=False, gridspec_kw=spacing)[0]
 
     def fitted(names: tuple[str, ...]) -> str:
         parts = []
@@ -516,7 +518,7 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
         "saved (covariance)": "bands saved with the fit (parameter covariance)",
         "covariance": "bands from the parameter covariance",
     }.get(curves.band_source, f"no band ({curves.band_source.removeprefix('none: ')})")
-    figure.suptitle(f"{head}NLSQ, {info.analysis_mode}, q = {info.q:g} \u00c5$^{{-1}}$; 1$\\sigma$ {band}", fontsize=12)
+    figure.suptitle(f"{head}NLSQ, {info.analysis_mode}, q = {info.q:g} \u00c5$^{{-1}}$; 1$\\sigma$ {band}", fontsize=12, y=1 - 0.1 / height, va="top")
     save_png(figure, path)
 
 
