@@ -187,7 +187,7 @@ def test_many_small_row_blocks_give_the_same_file(tmp_path, monkeypatch, dtype, 
 @pytest.mark.parametrize(
     "kwargs, needle",
     [
-        ({"noise_model": "speckle"}, "noise_model"),
+        ({"noise_model": "pink"}, "noise_model"),
         ({"layout": "nexus"}, "layout"),
         ({"dtype": "float16"}, "dtype"),
         ({"contrast": [0.5, 0.5]}, "contrast"),
