@@ -1,0 +1,183 @@
+"""Combining shard posteriors into one: pure NumPy.
+
+Each shard ``k`` gives draws ``theta_k[g]`` (``g = 1..G``) of its sub-posterior (prior
+tempered to ``1/K``), with sample mean ``m_k`` and covariance ``S_k``; ``W_k = S_k^-1``.
+
+- ``consensus_mc`` (Scott et al. 2016): the ``g``-th combined draw is
+  ``(sum_k W_k)^-1 sum_k W_k theta_k[g]``. Exact when every sub-posterior is Gaussian.
+- ``gaussian_product``: the product of the Gaussian approximations,
+  ``N((sum W_k)^-1 sum W_k m_k, (sum W_k)^-1)``; its draws are sampled from it with a
+  seeded generator.
+- ``robust_consensus_mc`` (default): shards whose mean is an outlier in any parameter
+  are left out first, then ``consensus_mc``. Outliers: the modified z-score
+  ``0.6745 (m_k - median) / MAD`` above ``outlier_zscore`` (3.5, Iglewicz and Hoaglin),
+  with the MAD of the shard means floored at ``0.6745`` times the median shard posterior
+  standard deviation (the spread the shard means have when the shards agree), so that
+  shards that happen to agree closely do not make an ordinary shard look like an outlier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+METHODS = ("consensus_mc", "robust_consensus_mc", "gaussian_product")
+
+MAD_TO_Z = 0.6745
+"""Modified z-score factor: the MAD of a normal law is 0.6745 standard deviations."""
+
+COVARIANCE_JITTER = 1e-12
+"""Relative ridge added to a shard covariance whose inverse would not exist."""
+
+
+@dataclass
+class Combined:
+    """The combined posterior."""
+
+    draws: np.ndarray
+    """``(G, d)`` combined draws."""
+    mean: np.ndarray
+    covariance: np.ndarray
+    used: list[int]
+    """Positions (in the input list) of the shards that entered."""
+    outliers: list[int] = field(default_factory=list)
+    """Positions of the shards left out as outliers."""
+    zscores: np.ndarray | None = None
+    """``(K, d)`` modified z-scores of the shard means (robust method only)."""
+
+
+def shard_moments(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sample mean ``(d,)`` and covariance ``(d, d)`` of ``(G, d)`` draws."""
+    draws = np.asarray(draws, dtype=np.float64)
+    mean = draws.mean(axis=0)
+    centred = draws - mean
+    covariance = centred.T @ centred / max(draws.shape[0] - 1, 1)
+    return mean, 0.5 * (covariance + covariance.T)
+
+
+def precision(covariance: np.ndarray) -> np.ndarray:
+    """Inverse of a covariance; entries with no spread (fixed values) get zero precision.
+
+    A (near-)singular covariance gets a small relative ridge before inversion.
+    """
+    covariance = np.asarray(covariance, dtype=np.float64)
+    variance = np.diag(covariance)
+    active = variance > 0
+    out = np.zeros_like(covariance)
+    if not active.any():
+        return out
+    block = covariance[np.ix_(active, active)]
+    try:
+        inverse = np.linalg.inv(np.linalg.cholesky(block))
+        inverse = inverse.T @ inverse
+    except np.linalg.LinAlgError:
+        ridge = COVARIANCE_JITTER * np.diag(np.diag(block))
+        inverse = np.linalg.pinv(block + ridge, hermitian=True)
+    out[np.ix_(active, active)] = 0.5 * (inverse + inverse.T)
+    return out
+
+
+def _covariance_of_precision(total_precision: np.ndarray) -> np.ndarray:
+    active = np.diag(total_precision) > 0
+    out = np.zeros_like(total_precision)
+    if active.any():
+        block = total_precision[np.ix_(active, active)]
+        out[np.ix_(active, active)] = np.linalg.inv(block)
+    return 0.5 * (out + out.T)
+
+
+def consensus_draws(shard_draws: list[np.ndarray]) -> np.ndarray:
+    """Scott et al. (2016) consensus draws from equally long shard draw arrays ``(G, d)``.
+
+    Parameters with no spread in any shard (fixed values) are passed through from the
+    first shard.
+    """
+    if not shard_draws:
+        raise ValueError("consensus needs at least one shard")
+    n_draws = min(d.shape[0] for d in shard_draws)
+    arrays = [np.asarray(d[:n_draws], dtype=np.float64) for d in shard_draws]
+    weights = [precision(shard_moments(d)[1]) for d in arrays]
+    total = np.sum(weights, axis=0)
+    weighted = np.sum([d @ w for d, w in zip(arrays, weights)], axis=0)  # (G, d): sum_k W_k theta_k[g]
+    covariance = _covariance_of_precision(total)
+    combined = weighted @ covariance  # covariance is symmetric
+    fixed = np.diag(total) <= 0
+    combined[:, fixed] = arrays[0][:, fixed]
+    return combined
+
+
+def gaussian_product(shard_draws: list[np.ndarray], *, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, covariance, draws)`` of the product of the shards' Gaussian approximations."""
+    if not shard_draws:
+        raise ValueError("gaussian_product needs at least one shard")
+    moments = [shard_moments(d) for d in shard_draws]
+    weights = [precision(cov) for _, cov in moments]
+    total = np.sum(weights, axis=0)
+    covariance = _covariance_of_precision(total)
+    mean = covariance @ np.sum([w @ m for (m, _), w in zip(moments, weights)], axis=0)
+    fixed = np.diag(total) <= 0
+    mean[fixed] = moments[0][0][fixed]
+    n_draws = min(d.shape[0] for d in shard_draws)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x434D43]))
+    draws = rng.multivariate_normal(mean, covariance, size=n_draws, method="eigh")
+    draws[:, fixed] = mean[fixed]
+    return mean, covariance, draws
+
+
+def modified_zscores(means: np.ndarray, stds: np.ndarray | None = None) -> np.ndarray:
+    """``0.6745 (m_k - median) / MAD`` per shard and parameter, ``(K, d)``.
+
+    ``stds`` (``(K, d)`` shard posterior standard deviations) floors the MAD at
+    ``0.6745 * median_k std``. Where the MAD is still 0 the mean absolute deviation
+    (times 1.2533) is used, and where that is 0 too the score is 0.
+    """
+    means = np.atleast_2d(np.asarray(means, dtype=np.float64))
+    median = np.median(means, axis=0)
+    deviation = np.abs(means - median)
+    mad = np.median(deviation, axis=0)
+    if stds is not None:
+        mad = np.maximum(mad, MAD_TO_Z * np.median(np.atleast_2d(stds), axis=0))
+    scores = np.zeros_like(means)
+    positive = mad > 0
+    scores[:, positive] = MAD_TO_Z * (means[:, positive] - median[positive]) / mad[positive]
+    mean_ad = np.mean(deviation, axis=0)
+    fallback = ~positive & (mean_ad > 0)
+    scores[:, fallback] = (means[:, fallback] - median[fallback]) / (1.253314 * mean_ad[fallback])
+    return scores
+
+
+def robust_outliers(means: np.ndarray, stds: np.ndarray | None = None, *, threshold: float = 3.5) -> tuple[list[int], np.ndarray]:
+    """Positions of shards with ``|modified z| > threshold`` in any parameter, and the scores.
+
+    Fewer than 3 shards: no outliers (a median of two says nothing).
+    """
+    means = np.atleast_2d(np.asarray(means, dtype=np.float64))
+    if means.shape[0] < 3:
+        return [], np.zeros_like(means)
+    scores = modified_zscores(means, stds)
+    return [int(k) for k in np.flatnonzero(np.any(np.abs(scores) > threshold, axis=1))], scores
+
+
+def combine(shard_draws: list[np.ndarray], *, method: str = "robust_consensus_mc", outlier_zscore: float = 3.5, seed: int = 0) -> Combined:
+    """Combine shard draws ``[(G, d), ...]`` with ``method`` (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"combination method must be one of {METHODS}, got {method!r}")
+    if not shard_draws:
+        raise ValueError("no shard to combine")
+    used = list(range(len(shard_draws)))
+    outliers: list[int] = []
+    scores = None
+    if method == "robust_consensus_mc":
+        moments = [shard_moments(d) for d in shard_draws]
+        means = np.array([m for m, _ in moments])
+        stds = np.array([np.sqrt(np.clip(np.diag(c), 0, None)) for _, c in moments])
+        outliers, scores = robust_outliers(means, stds, threshold=outlier_zscore)
+        used = [k for k in used if k not in outliers]
+    chosen = [shard_draws[k] for k in used]
+    if method == "gaussian_product":
+        mean, covariance, draws = gaussian_product(chosen, seed=seed)
+    else:
+        draws = consensus_draws(chosen)
+        mean, covariance = shard_moments(draws)
+    return Combined(draws=draws, mean=mean, covariance=covariance, used=used, outliers=outliers, zscores=scores)

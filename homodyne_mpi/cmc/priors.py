@@ -1,0 +1,238 @@
+"""Priors of the CMC shards, their tempering, and the unit-scale reparametrisation.
+
+Rules (also in ``docs/cmc.md``):
+
+- Every sampled parameter has a bounded prior on its ``[min, max]`` from
+  ``parameter_space.bounds`` (DESIGN defaults for unlisted ones):
+  ``TruncatedNormal(mu, sigma)`` confined to the bounds, or ``Uniform(min, max)``
+  (``type: Uniform``). ``type: Normal`` is read as ``TruncatedNormal``.
+- Without a warm start (or with ``prior.calibrate: false``) ``mu``/``sigma`` are the
+  bound's ``prior_mu``/``prior_sigma``, defaulting to the starting value and half the
+  bound width.
+- With an NLSQ warm start and ``prior.calibrate: true`` every prior is
+  ``TruncatedNormal(NLSQ value, width_factor * NLSQ std)`` on the bounds; a parameter
+  whose NLSQ std is not finite and positive keeps its config prior.
+- Tempering: a shard's prior is the full prior to the power ``1/K`` (``K`` shards), so
+  the product of the shard priors is the full prior. For the Gaussian families this is
+  exact and closed-form: the same family with ``sigma * sqrt(K)`` (the truncation and a
+  uniform density are unchanged by the power).
+- Noise: ``sigma`` (c2 units) is sampled as ``sigma = noise_scale * u`` with
+  ``u ~ HalfNormal(NOISE_PRIOR_SCALE)`` (tempered like the others), ``noise_scale`` the
+  median per-angle noise estimate of the data. A point of angle ``a`` has standard
+  deviation ``u * sigma_a`` (``sigma_a = 1/weight``): ``sigma`` is the noise of an angle
+  at the median estimate, and the angles keep the ratios of their estimates.
+- Reparametrisation: NUTS samples ``z`` with ``theta = loc + scale * z``; ``loc`` is the
+  NLSQ value (else the prior centre) and ``scale`` is ``sqrt(K)`` times the NLSQ std
+  (the expected width of a shard posterior; else the tempered prior width, capped at
+  half the bound width). The prior is transformed exactly, so this changes nothing but
+  the geometry NUTS adapts to.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+NOISE_PRIOR_SCALE = 3.0
+"""Scale of the half-normal prior of ``sigma / noise_scale`` before tempering."""
+
+INIT_JITTER = 0.5
+"""Spread (in shard-posterior widths) of the chains' starting points around the NLSQ value."""
+
+FAMILIES = ("truncated_normal", "uniform")
+
+
+@dataclass(frozen=True)
+class PriorSpec:
+    """Priors of the sampled parameters (full-data, untempered) and the reparametrisation."""
+
+    names: tuple[str, ...]
+    """Names of the sampled model parameters, in parameter-vector order."""
+    index: np.ndarray
+    """Position of each sampled parameter in the full parameter vector."""
+    family: tuple[str, ...]
+    """``truncated_normal`` or ``uniform`` per sampled parameter."""
+    mu: np.ndarray
+    """Prior centre (truncated normal; unused for uniform)."""
+    sigma: np.ndarray
+    """Prior width before tempering (truncated normal; unused for uniform)."""
+    low: np.ndarray
+    """Lower bound."""
+    high: np.ndarray
+    """Upper bound."""
+    loc: np.ndarray
+    """Centre of the unit-scale variable: ``theta = loc + scale * z``."""
+    scale: np.ndarray
+    """Width of the unit-scale variable."""
+    base_theta: np.ndarray
+    """Full parameter vector; its fixed entries are used as they are."""
+    noise_scale: float
+    """Median per-angle noise estimate of the data, c2 units."""
+    n_shards: int
+    """Tempering power ``K``: each shard's prior is the full prior to ``1/K``."""
+    init_jitter: float
+    """Spread of the chains' starting ``z`` around 0."""
+    source: str
+    """``nlsq`` (warm-start priors) or ``config``."""
+    correlation: np.ndarray | None = None
+    """NLSQ correlation of the sampled parameters (the expected shape of a shard
+    posterior in ``z``), or ``None`` without a usable warm-start covariance."""
+
+    @property
+    def n_sampled(self) -> int:
+        """Sampled model parameters (the noise scale not counted)."""
+        return len(self.names)
+
+    @property
+    def temper(self) -> float:
+        """Factor on every Gaussian width from tempering: ``sqrt(K)``."""
+        return math.sqrt(self.n_shards)
+
+    def family_index(self, family: str) -> np.ndarray:
+        """Positions (within the sampled parameters) of one family."""
+        return np.asarray([k for k, f in enumerate(self.family) if f == family], dtype=np.int64)
+
+    def to_dict(self) -> dict:
+        """JSON-ready description for ``cmc/result.json``."""
+        out = {}
+        for k, name in enumerate(self.names):
+            entry = {"family": self.family[k], "low": float(self.low[k]), "high": float(self.high[k])}
+            if self.family[k] == "truncated_normal":
+                entry.update(mu=float(self.mu[k]), sigma=float(self.sigma[k]), sigma_shard=float(self.sigma[k] * self.temper))
+            out[name] = entry
+        out["sigma"] = {
+            "family": "half_normal",
+            "scale": float(NOISE_PRIOR_SCALE * self.noise_scale),
+            "scale_shard": float(NOISE_PRIOR_SCALE * self.noise_scale * self.temper),
+        }
+        return {"source": self.source, "tempering_power": 1.0 / self.n_shards, "parameters": out}
+
+
+def bound_name(parameter: str) -> str:
+    """The ``parameter_space`` entry of a parameter: ``contrast[3]`` -> ``contrast``."""
+    return parameter.split("[", 1)[0]
+
+
+def warm_start_std(cfg, warm_start) -> np.ndarray | None:
+    """The NLSQ standard errors used for priors: the configured kind when available."""
+    if warm_start is None:
+        return None
+    jackknife = getattr(warm_start, "std_jackknife", None)
+    if jackknife is not None and cfg.optimization.nlsq.uncertainty == "jackknife":
+        return np.asarray(jackknife, dtype=float)
+    return np.asarray(warm_start.std, dtype=float)
+
+
+def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float) -> PriorSpec:
+    """The shards' priors for ``problem`` (see the module docstring for the rules)."""
+    if n_shards < 1:
+        raise ValueError("build_priors needs n_shards >= 1")
+    if not (noise_scale > 0 and math.isfinite(noise_scale)):
+        raise ValueError(f"noise_scale must be finite and positive, got {noise_scale}")
+    prior_cfg = cfg.optimization.cmc.prior
+    names = list(problem.names)
+    index = np.flatnonzero(np.asarray(problem.free, dtype=bool))
+    temper = math.sqrt(n_shards)
+    base = np.asarray(problem.theta0, dtype=float).copy()
+    nlsq_theta = nlsq_std = None
+    if warm_start is not None:
+        nlsq_theta = np.asarray(warm_start.theta, dtype=float)
+        nlsq_std = warm_start_std(cfg, warm_start)
+        base = np.clip(nlsq_theta, problem.lower, problem.upper)
+    family, mu, sigma, loc, scale = [], [], [], [], []
+    used_nlsq = False
+    for k in index:
+        name = names[k]
+        bound = cfg.parameter_space.bound(bound_name(name))
+        low, high = float(problem.lower[k]), float(problem.upper[k])
+        width = high - low
+        have_nlsq = nlsq_std is not None and math.isfinite(nlsq_std[k]) and nlsq_std[k] > 0
+        centre = float(np.clip(base[k], low, high))
+        if have_nlsq and prior_cfg.calibrate:
+            fam = "truncated_normal"
+            m = centre
+            s = prior_cfg.width_factor * float(nlsq_std[k])
+            used_nlsq = True
+        else:
+            fam = "uniform" if bound.type == "Uniform" else "truncated_normal"
+            m = float(bound.prior_mu) if bound.prior_mu is not None else float(np.clip(problem.theta0[k], low, high))
+            s = float(bound.prior_sigma) if bound.prior_sigma is not None else 0.5 * width
+            if warm_start is None:
+                centre = m if fam == "truncated_normal" else float(np.clip(problem.theta0[k], low, high))
+        if have_nlsq:
+            sc = temper * float(nlsq_std[k])
+        elif fam == "truncated_normal":
+            sc = min(temper * s, 0.5 * width)
+        else:
+            sc = 0.5 * width
+        family.append(fam)
+        mu.append(m)
+        sigma.append(s)
+        loc.append(min(max(centre, low), high))
+        scale.append(max(sc, 1e-12 * max(width, 1e-300)))
+    correlation = None
+    if nlsq_std is not None and index.size and warm_start.covariance is not None:
+        correlation = nlsq_correlation(np.asarray(warm_start.covariance, dtype=float), index)
+    spec = PriorSpec(
+        names=tuple(names[k] for k in index),
+        index=index,
+        family=tuple(family),
+        mu=np.asarray(mu, dtype=float),
+        sigma=np.asarray(sigma, dtype=float),
+        low=np.asarray(problem.lower, dtype=float)[index],
+        high=np.asarray(problem.upper, dtype=float)[index],
+        loc=np.asarray(loc, dtype=float),
+        scale=np.asarray(scale, dtype=float),
+        base_theta=base,
+        noise_scale=float(noise_scale),
+        n_shards=int(n_shards),
+        init_jitter=INIT_JITTER if nlsq_std is not None else 0.0,
+        source="nlsq" if used_nlsq else "config",
+        correlation=correlation,
+    )
+    log.info(
+        "CMC priors from %s, tempered by 1/%d (widths x %.3g); noise scale %.4g",
+        spec.source,
+        n_shards,
+        temper,
+        noise_scale,
+    )
+    return spec
+
+
+def noise_scale_of(weight: np.ndarray, *, max_samples: int = 1_000_000) -> float:
+    """Median noise level ``1/weight`` over the points with a positive weight.
+
+    Above ``max_samples`` points an even stride of them is used (weights are constant
+    per angle, so the median barely moves).
+    """
+    weight = np.asarray(weight, dtype=float)
+    weight = weight[:: max(1, weight.size // max_samples)]
+    positive = weight[weight > 0]
+    if positive.size == 0:
+        raise ValueError("no point has a positive weight")
+    return float(np.median(1.0 / positive))
+
+
+def nlsq_correlation(covariance: np.ndarray, index: np.ndarray, *, floor: float = 1e-12) -> np.ndarray | None:
+    """Correlation matrix of the parameters ``index`` from an NLSQ covariance.
+
+    ``None`` when a variance is not finite and positive. Eigenvalues are floored at
+    ``floor`` (then the diagonal is renormalised to 1) so the matrix is positive definite.
+    """
+    block = covariance[np.ix_(index, index)]
+    variance = np.diag(block)
+    if not np.all(np.isfinite(block)) or np.any(variance <= 0):
+        return None
+    std = np.sqrt(variance)
+    correlation = block / np.outer(std, std)
+    correlation = 0.5 * (correlation + correlation.T)
+    values, vectors = np.linalg.eigh(correlation)
+    correlation = (vectors * np.maximum(values, floor)) @ vectors.T
+    norm = np.sqrt(np.diag(correlation))
+    return correlation / np.outer(norm, norm)

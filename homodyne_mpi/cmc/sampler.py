@@ -1,0 +1,279 @@
+"""NUTS on one shard: one per-chain function, run in parallel or one chain after another.
+
+``ShardSampler`` builds a single per-chain function (NumPyro's NUTS kernel: init, a
+warm-up scan, a sampling scan that collects the parameters, divergences and tree sizes)
+and runs it for ``num_chains`` chains either
+
+- ``parallel``: ``jax.pmap`` over the chains, one host device per chain (the device count
+  is set to ``num_chains`` before JAX is imported), or
+- ``sequential``: the same function, jitted, once per chain.
+
+Both are compiled once per process and reused for every shard of a run (all shards are
+padded to the same length), and chain ``c`` of a shard always uses key
+``split(fold_in(PRNGKey(seed), shard_index), num_chains)[c]``, so a shard's draws depend
+only on (seed, shard index, shard contents), not on which rank runs it or on what ran
+before. R-hat and ESS come from ``numpyro.diagnostics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from numpyro.infer import NUTS
+from numpyro.infer.initialization import init_to_value
+
+from .shard_model import ShardData, ShardModel
+
+log = logging.getLogger(__name__)
+
+CHAIN_METHODS = ("parallel", "sequential")
+
+MIN_POINTS_FOR_PARALLEL = 500
+"""Shards with fewer points run their chains sequentially (parallel overhead dominates)."""
+
+DENSE_MASS = False
+"""Adapt a diagonal mass matrix: the model's coordinates are already whitened with the
+NLSQ correlation (``shard_model.ShardModel``), and a diagonal estimate needs far fewer
+warm-up draws than a dense one."""
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What NUTS does on every shard of a run (identical on every rank)."""
+
+    num_warmup: int
+    num_samples: int
+    num_chains: int
+    chain_method: str
+    target_accept_prob: float = 0.8
+    max_tree_depth: int = 10
+    dense_mass: bool = DENSE_MASS
+
+    def __post_init__(self) -> None:
+        if self.chain_method not in CHAIN_METHODS:
+            raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {self.chain_method!r}")
+        if self.num_samples < 1 or self.num_chains < 1 or self.num_warmup < 0:
+            raise ValueError("SamplerSettings needs num_samples >= 1, num_chains >= 1, num_warmup >= 0")
+
+
+def chain_method_for(requested: str, num_chains: int, shard_points: int, n_devices: int) -> tuple[str, str | None]:
+    """The chain method to use and, when it differs from ``requested``, why.
+
+    ``parallel`` falls back to ``sequential`` below ``MIN_POINTS_FOR_PARALLEL`` points or
+    when there are fewer host devices than chains; one chain is always ``sequential``.
+    """
+    if requested not in CHAIN_METHODS:
+        raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {requested!r}")
+    if requested == "sequential" or num_chains == 1:
+        return "sequential", None
+    if shard_points < MIN_POINTS_FOR_PARALLEL:
+        return "sequential", f"shards of {shard_points} points are below {MIN_POINTS_FOR_PARALLEL}"
+    if n_devices < num_chains:
+        return "sequential", (
+            f"{n_devices} host device(s) for {num_chains} chains (set the device count before JAX is imported)"
+        )
+    return "parallel", None
+
+
+def shard_key(seed: int, shard_index: int) -> jax.Array:
+    """The PRNG key of a shard: ``fold_in(PRNGKey(seed), shard_index)``."""
+    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(shard_index))
+
+
+def chain_keys(seed: int, shard_index: int, num_chains: int) -> jax.Array:
+    """One key per chain of a shard."""
+    return jax.random.split(shard_key(seed, shard_index), num_chains)
+
+
+@dataclass
+class ShardDraws:
+    """What NUTS returns for one shard."""
+
+    draws: np.ndarray
+    """``(num_chains, num_samples, d)``: sampled parameters then ``sigma``."""
+    diverging: np.ndarray
+    """``(num_chains, num_samples)`` bool."""
+    num_steps: np.ndarray
+    """``(num_chains, num_samples)`` leapfrog steps per draw."""
+    chain_method: str
+    seconds: float
+
+
+def diagnostics(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split R-hat and effective sample size per parameter of ``(chains, samples, d)`` draws.
+
+    Parameters with no spread at all (constant draws) get R-hat 1 and ESS equal to the
+    number of draws rather than NaN.
+    """
+    draws = np.asarray(draws, dtype=np.float64)
+    rhat = np.asarray(split_gelman_rubin(draws), dtype=np.float64).reshape(-1)
+    ess = np.asarray(effective_sample_size(draws), dtype=np.float64).reshape(-1)
+    constant = np.ptp(draws.reshape(-1, draws.shape[-1]), axis=0) == 0
+    rhat[constant] = 1.0
+    ess[constant] = draws.shape[0] * draws.shape[1]
+    return rhat, ess
+
+
+class ShardSampler:
+    """Runs NUTS on shards of one padded length with fixed settings; compiled once."""
+
+    def __init__(self, model: ShardModel, settings: SamplerSettings, *, seed: int) -> None:
+        self.model = model
+        self.settings = settings
+        self.seed = int(seed)
+        method = settings.chain_method
+        if method == "parallel" and jax.local_device_count() < settings.num_chains:
+            log.warning(
+                "CMC: running chains sequentially: %d host device(s) for %d chains "
+                "(set the device count before JAX is imported)",
+                jax.local_device_count(),
+                settings.num_chains,
+            )
+            method = "sequential"
+        self.chain_method = method
+        self._parallel = None
+        self._sequential = None
+
+    def _chain(self, rng_key, angle, frame_i, frame_j, value, weight):
+        """One chain: NUTS init, warm-up, sampling; returns (draws, diverging, num_steps)."""
+        settings = self.settings
+        model = self.model
+        init_key, run_key = jax.random.split(rng_key)
+        kernel = NUTS(
+            model,
+            target_accept_prob=settings.target_accept_prob,
+            max_tree_depth=settings.max_tree_depth,
+            dense_mass=settings.dense_mass,
+            init_strategy=init_to_value(values=model.init_values(init_key)),
+        )
+        args = (angle, frame_i, frame_j, value, weight)
+        state = kernel.init(run_key, settings.num_warmup, model_args=args, model_kwargs={})
+        constrain = kernel.postprocess_fn(args, {})
+
+        def step(carry, _):
+            carry = kernel.sample(carry, args, {})
+            return carry, (model.sampled_vector(constrain(carry.z)), carry.diverging, carry.num_steps)
+
+        # One scan over warm-up and sampling (the kernel adapts while its step counter is
+        # below num_warmup): the NUTS step is traced and compiled once, not twice.
+        total = settings.num_warmup + settings.num_samples
+        _, collected = jax.lax.scan(step, state, None, length=total)
+        return tuple(x[settings.num_warmup :] for x in collected)
+
+    def run(self, shard_index: int, data: ShardData) -> ShardDraws:
+        """Sample one shard (arrays already padded to the run's length)."""
+        start = time.perf_counter()
+        keys = chain_keys(self.seed, shard_index, self.settings.num_chains)
+        arrays = tuple(np.asarray(a) for a in data)
+        if self.chain_method == "parallel":
+            if self._parallel is None:
+                self._parallel = jax.pmap(self._chain, in_axes=(0, None, None, None, None, None))
+            draws, diverging, steps = self._parallel(keys, *arrays)
+        else:
+            if self._sequential is None:
+                self._sequential = jax.jit(self._chain)
+            per_chain = [self._sequential(keys[c], *arrays) for c in range(self.settings.num_chains)]
+            draws, diverging, steps = (jnp.stack(parts) for parts in zip(*per_chain))
+        draws = np.asarray(draws, dtype=np.float64)
+        return ShardDraws(
+            draws=draws,
+            diverging=np.asarray(diverging, dtype=bool),
+            num_steps=np.asarray(steps, dtype=np.int64),
+            chain_method=self.chain_method,
+            seconds=time.perf_counter() - start,
+        )
+
+
+ARRAY_FIELDS = ("draws", "diverging", "num_steps", "rhat", "ess")
+"""Array fields of ``ShardResult``; they travel as NumPy buffers and into checkpoints."""
+
+
+@dataclass
+class ShardResult:
+    """Everything known about one shard after it ran (or failed)."""
+
+    index: int
+    n_points: int
+    rank: int = 0
+    host: str = ""
+    seconds: float = 0.0
+    """Wall time of the shard on its rank (NUTS, compilation included on a rank's first)."""
+    chain_method: str = ""
+    num_warmup: int = 0
+    num_samples: int = 0
+    draws: np.ndarray | None = None
+    """``(chains, samples, d)``: sampled parameters then ``sigma``."""
+    diverging: np.ndarray | None = None
+    num_steps: np.ndarray | None = None
+    rhat: np.ndarray | None = None
+    ess: np.ndarray | None = None
+    error: str | None = None
+    traceback: str | None = None
+    reused: bool = False
+    """True when read back from a checkpoint instead of run."""
+
+    @property
+    def failed(self) -> bool:
+        """True when the shard raised instead of returning draws."""
+        return self.error is not None or self.draws is None
+
+    @property
+    def rhat_max(self) -> float | None:
+        return None if self.rhat is None else float(np.max(self.rhat))
+
+    @property
+    def ess_min(self) -> float | None:
+        return None if self.ess is None else float(np.min(self.ess))
+
+    @property
+    def divergences(self) -> int | None:
+        return None if self.diverging is None else int(np.sum(self.diverging))
+
+    @property
+    def divergence_rate(self) -> float | None:
+        return None if self.diverging is None else float(np.mean(self.diverging))
+
+    def flat_draws(self) -> np.ndarray:
+        """Draws with the chains concatenated, ``(chains * samples, d)``."""
+        return self.draws.reshape(-1, self.draws.shape[-1])
+
+    def meta(self) -> dict:
+        """The scalar fields (JSON-ready)."""
+        return {
+            "index": int(self.index),
+            "n_points": int(self.n_points),
+            "rank": int(self.rank),
+            "host": self.host,
+            "seconds": float(self.seconds),
+            "chain_method": self.chain_method,
+            "num_warmup": int(self.num_warmup),
+            "num_samples": int(self.num_samples),
+            "error": self.error,
+            "traceback": self.traceback,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array fields that are set (booleans as uint8, for MPI buffers and npz)."""
+        out = {}
+        for name in ARRAY_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                value = np.ascontiguousarray(value)
+                out[name] = value.astype(np.uint8) if value.dtype == bool else value
+        return out
+
+    @classmethod
+    def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "ShardResult":
+        """Inverse of ``meta()`` + ``arrays()``."""
+        fields = {key: meta[key] for key in ("index", "n_points", "rank", "host", "seconds", "chain_method", "num_warmup", "num_samples", "error", "traceback") if key in meta}
+        for name in ARRAY_FIELDS:
+            if name in arrays:
+                value = np.asarray(arrays[name])
+                fields[name] = value.astype(bool) if name == "diverging" else value
+        return cls(**fields)

@@ -1,0 +1,184 @@
+"""Who gets which points, and in which order shards are handed out: pure NumPy, no MPI.
+
+Rules (also in ``docs/cmc.md``):
+
+- **Shard count.** ``sharding.num_shards`` when given. Otherwise the shards are cut so
+  that none holds more than ``max_points_per_shard`` points (``auto``:
+  ``AUTO_MAX_POINTS_PER_SHARD`` = 20,000, raised to the minimum below when that is
+  larger): ``num_shards = ceil(n_points / max_points_per_shard)``. An automatic count is
+  then lowered until every shard holds at least ``min_points_per_parameter`` points per
+  sampled parameter (the free model parameters plus the noise scale). The rank count
+  never enters, so shard contents, and therefore results, do not depend on it.
+- **Assignment.** ``stratified`` (default): the points of each angle are shuffled with a
+  seeded generator and dealt out in near-equal runs, the shard that receives an angle's
+  spare point rotating from angle to angle, so every shard holds every angle in
+  proportion and shard sizes differ by at most one point. ``random``: one seeded shuffle
+  of all points cut into near-equal runs; if a shard then lacks an angle, the stratified
+  split is used instead (with a warning), since every shard must hold every angle.
+  Within a shard the points keep their original (angle-major) order.
+- **Dispatch order.** Largest shard first, ties by index (longest-processing-time first):
+  ranks that ask for work get the next shard of this list.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+AUTO_MAX_POINTS_PER_SHARD = 20_000
+"""Largest shard of the ``auto`` rule, points (raised to the per-parameter minimum)."""
+
+SHARDING_STREAM = 0x5348_4152
+"""Second word of the sharding seed sequence, so the split is independent of NUTS keys."""
+
+
+def minimum_shard_points(n_sampled_params: int, min_points_per_parameter: int) -> int:
+    """Smallest shard the automatic rule allows: points per parameter times parameters."""
+    if n_sampled_params < 1 or min_points_per_parameter < 1:
+        raise ValueError("minimum_shard_points needs at least one parameter and one point per parameter")
+    return int(n_sampled_params) * int(min_points_per_parameter)
+
+
+def shard_count(
+    n_points: int,
+    n_sampled_params: int,
+    *,
+    num_shards: int | str = "auto",
+    max_points_per_shard: int | str = "auto",
+    min_points_per_parameter: int = 200,
+) -> int:
+    """Number of shards for ``n_points`` points (see the module docstring for the rule).
+
+    ``num_shards``/``max_points_per_shard`` are the config values (an int or ``'auto'``;
+    ``None`` means ``'auto'``). A configured ``num_shards`` is used as given (capped at
+    ``n_points``), with a warning when its shards fall below the per-parameter minimum.
+    """
+    if n_points < 1:
+        raise ValueError("shard_count needs at least one point")
+    smallest = minimum_shard_points(n_sampled_params, min_points_per_parameter)
+    if num_shards not in (None, "auto"):
+        count = min(int(num_shards), n_points)
+        if count < 1:
+            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
+        if n_points // count < smallest:
+            log.warning(
+                "sharding.num_shards = %d gives shards of ~%d points, below the minimum of %d "
+                "(%d points x %d parameters); the shard posteriors may be far from Gaussian",
+                count,
+                n_points // count,
+                smallest,
+                min_points_per_parameter,
+                n_sampled_params,
+            )
+        return count
+    if max_points_per_shard in (None, "auto"):
+        largest = max(AUTO_MAX_POINTS_PER_SHARD, smallest)
+    else:
+        largest = int(max_points_per_shard)
+        if largest < 1:
+            raise ValueError(f"max_points_per_shard must be >= 1, got {max_points_per_shard}")
+    count = math.ceil(n_points / largest)
+    most = max(1, n_points // smallest)
+    if count > most:
+        log.info(
+            "CMC: %d shards of <= %d points would hold fewer than %d points each; using %d shards",
+            count,
+            largest,
+            smallest,
+            most,
+        )
+        count = most
+    return max(1, count)
+
+
+def _deal(n_items: int, n_shards: int, first_extra: int) -> np.ndarray:
+    """Run lengths of ``n_items`` over ``n_shards``; the spare items go to consecutive
+    shards starting at ``first_extra`` (cyclically)."""
+    base, extra = divmod(n_items, n_shards)
+    counts = np.full(n_shards, base, dtype=np.int64)
+    counts[(first_extra + np.arange(extra)) % n_shards] += 1
+    return counts
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SHARDING_STREAM]))
+
+
+def stratified_shards(angle: np.ndarray, n_shards: int, seed: int) -> list[np.ndarray]:
+    """Point indices of each shard, every angle split in proportion (sorted indices)."""
+    angle = np.asarray(angle)
+    rng = _rng(seed)
+    order = np.argsort(angle, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(angle[order])) + 1) if angle.size else []
+    pieces: list[list[np.ndarray]] = [[] for _ in range(n_shards)]
+    first_extra = 0
+    for group in groups:
+        shuffled = group[rng.permutation(group.size)]
+        counts = _deal(group.size, n_shards, first_extra)
+        first_extra = (first_extra + group.size % n_shards) % n_shards
+        for shard, run in enumerate(np.split(shuffled, np.cumsum(counts)[:-1])):
+            pieces[shard].append(run)
+    return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in pieces]
+
+
+def random_shards(angle: np.ndarray, n_shards: int, seed: int) -> list[np.ndarray]:
+    """Point indices of each shard from one seeded shuffle (falls back to stratified when
+    a shard would miss an angle)."""
+    angle = np.asarray(angle)
+    shuffled = _rng(seed).permutation(angle.size)
+    counts = _deal(angle.size, n_shards, 0)
+    shards = [np.sort(run) for run in np.split(shuffled, np.cumsum(counts)[:-1])]
+    n_angles = np.unique(angle).size
+    if any(np.unique(angle[s]).size < n_angles for s in shards):
+        log.warning("CMC: a random shard lacks an angle; using the stratified split instead")
+        return stratified_shards(angle, n_shards, seed)
+    return shards
+
+
+def assign_shards(angle: np.ndarray, n_shards: int, *, strategy: str = "stratified", seed: int = 0) -> list[np.ndarray]:
+    """Sorted point indices of each of ``n_shards`` shards (a partition of all points)."""
+    if n_shards < 1:
+        raise ValueError(f"n_shards must be >= 1, got {n_shards}")
+    if strategy == "stratified":
+        return stratified_shards(angle, n_shards, seed)
+    if strategy == "random":
+        return random_shards(angle, n_shards, seed)
+    raise ValueError(f"unknown sharding strategy {strategy!r} (stratified | random)")
+
+
+def dispatch_order(sizes: Sequence[int]) -> list[int]:
+    """Order in which shards are handed out: largest first, ties by shard index."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    return [int(i) for i in np.lexsort((np.arange(sizes.size), -sizes))]
+
+
+def adapted_counts(
+    shard_points: int,
+    *,
+    num_warmup: int,
+    num_samples: int,
+    min_warmup: int,
+    min_samples: int,
+    reference_points: int | None = None,
+) -> tuple[int, int]:
+    """Warm-up and kept samples per chain for a shard of ``shard_points`` points.
+
+    The configured counts hold for shards of ``REFERENCE_SHARD_POINTS`` points or more;
+    smaller shards scale both by ``shard_points / REFERENCE_SHARD_POINTS``, rounded up,
+    but never below ``min_warmup``/``min_samples`` (and never above the configured
+    counts, so a minimum larger than the configured count does not raise it).
+    """
+    reference = REFERENCE_SHARD_POINTS if reference_points is None else int(reference_points)
+    fraction = min(1.0, shard_points / reference)
+    warmup = min(num_warmup, max(min(min_warmup, num_warmup), math.ceil(num_warmup * fraction)))
+    samples = min(num_samples, max(min(min_samples, num_samples), math.ceil(num_samples * fraction)))
+    return int(warmup), int(samples)
+
+
+REFERENCE_SHARD_POINTS = 10_000
+"""Shard size from which the configured warm-up and sample counts apply unscaled."""

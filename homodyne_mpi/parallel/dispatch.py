@@ -1,0 +1,312 @@
+"""A dynamic task farm: rank 0 hands out tasks one at a time to whichever rank is free.
+
+Used by CMC to run shards. Every rank, rank 0 included, works on tasks:
+
+- Rank 0's **main thread** is the manager. It owns the queue of tasks, answers the
+  other ranks' requests and receives their results, and calls ``on_result`` for every
+  finished task as soon as it arrives (CMC checkpoints the shard there). It is the only
+  thread of the process that calls MPI, so ``MPI_THREAD_FUNNELED`` is enough.
+- Rank 0's own share of the work runs in a **worker thread** fed from the same queue
+  (JAX releases the GIL while it computes, so the manager stays responsive).
+- Every other rank loops: send ``READY`` (with the result of its previous task), receive
+  the next task or ``STOP``.
+
+So no rank waits for work while tasks remain, apart from the round trip of one request.
+With one rank (``SerialComm`` or ``size == 1``) there are no messages at all: the worker
+thread runs every task in this process. Task and result arrays travel as NumPy buffers
+(``Send``/``Recv`` after a small pickled header listing their dtypes and shapes), never
+pickled.
+
+A task's ``work`` may raise an ``Exception``: the farm turns it into a result header with
+``farm_error`` and ``traceback`` so nothing hangs and the manager can record it. The
+exception types named in ``passthrough``, and any other ``BaseException``
+(``KeyboardInterrupt``), are not recorded: on rank 0's worker thread they are re-raised
+in the main thread; on another rank they propagate out of ``run_task_farm`` (the
+caller's guard then aborts the job).
+
+``should_stop`` (checked by the manager between tasks, and on every rank with each
+request) stops handing out new tasks: tasks already running finish and are delivered,
+then ``FarmStats.stopped`` is True.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .comm import Comm
+
+TAG_READY = 7101
+"""Worker -> manager: a request for work, carrying the previous result (header)."""
+TAG_TASK = 7102
+"""Manager -> worker: a task header, or ``None`` to stop."""
+TAG_ARRAY = 7103
+"""The arrays that follow a header, in the order the header lists them."""
+
+WorkFn = Callable[[dict, dict], tuple[dict, dict]]
+
+
+@dataclass
+class Task:
+    """One unit of work: a small header and a loader for its arrays (called on rank 0)."""
+
+    header: dict
+    load: Callable[[], dict[str, np.ndarray]] = field(default=lambda: {})
+
+
+@dataclass
+class FarmResult:
+    """A finished task as the manager sees it."""
+
+    task: dict
+    """The task's header."""
+    header: dict
+    """The header ``work`` returned (``farm_error``/``traceback`` if it raised)."""
+    arrays: dict[str, np.ndarray]
+    rank: int
+    seconds: float
+    """Time ``work`` took on that rank."""
+
+
+@dataclass
+class RankLoad:
+    """How one rank spent the farm's time."""
+
+    rank: int
+    tasks: int = 0
+    busy_s: float = 0.0
+    """Time inside ``work``."""
+    idle_pending_s: float = 0.0
+    """Time spent waiting for a task that it then received (tasks were still queued)."""
+
+
+@dataclass
+class FarmStats:
+    """What the manager measured (rank 0 only)."""
+
+    wall_s: float
+    ranks: list[RankLoad]
+    stopped: bool = False
+
+    @property
+    def busy_s(self) -> float:
+        return sum(r.busy_s for r in self.ranks)
+
+    @property
+    def efficiency(self) -> float:
+        """``sum of work time / (ranks x wall time)``."""
+        return self.busy_s / (len(self.ranks) * self.wall_s) if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "wall_s": self.wall_s,
+            "busy_s": self.busy_s,
+            "parallel_efficiency": self.efficiency,
+            "stopped": self.stopped,
+            "ranks": [vars(r).copy() for r in self.ranks],
+        }
+
+
+def _guarded_work(work: WorkFn, header: dict, arrays: dict, passthrough: tuple = ()) -> tuple[dict, dict, float]:
+    start = time.perf_counter()
+    try:
+        out_header, out_arrays = work(header, arrays)
+    except passthrough:
+        raise
+    except Exception as error:  # noqa: BLE001 - recorded, never lost
+        out_header = {"farm_error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+        out_arrays = {}
+    return out_header, out_arrays, time.perf_counter() - start
+
+
+# -- messages (MPI only) ----------------------------------------------------------------
+
+
+def _send(raw, header, arrays: dict[str, np.ndarray], dest: int, tag: int) -> None:
+    arrays = {name: np.ascontiguousarray(a) for name, a in (arrays or {}).items()}
+    spec = [(name, a.dtype.str, a.shape) for name, a in arrays.items()]
+    raw.send((header, spec), dest=dest, tag=tag)
+    for array in arrays.values():
+        raw.Send(array, dest=dest, tag=TAG_ARRAY)
+
+
+def _recv_arrays(raw, spec, source: int) -> dict[str, np.ndarray]:
+    out = {}
+    for name, dtype, shape in spec:
+        buffer = np.empty(shape, dtype=np.dtype(dtype))
+        raw.Recv(buffer, source=source, tag=TAG_ARRAY)
+        out[name] = buffer
+    return out
+
+
+def _recv(raw, source: int, tag: int):
+    header, spec = raw.recv(source=source, tag=tag)
+    return header, _recv_arrays(raw, spec, source)
+
+
+# -- worker ranks -----------------------------------------------------------------------
+
+
+def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | None, passthrough: tuple) -> None:
+    raw = comm.raw
+    load = RankLoad(rank=comm.rank)
+    finished = None  # (task header, result header, arrays, seconds) of the previous task
+    while True:
+        ready = {
+            "load": vars(load).copy(),
+            "stop": bool(should_stop()) if should_stop else False,
+            "task": finished[0] if finished else None,
+            "result": finished[1] if finished else None,
+            "seconds": finished[3] if finished else 0.0,
+        }
+        _send(raw, ready, finished[2] if finished else {}, dest=0, tag=TAG_READY)
+        waited = time.perf_counter()
+        task, arrays = _recv(raw, source=0, tag=TAG_TASK)
+        if task is None:
+            return
+        load.idle_pending_s += time.perf_counter() - waited
+        out_header, out_arrays, seconds = _guarded_work(work, task, arrays, passthrough)
+        load.tasks += 1
+        load.busy_s += seconds
+        finished = (task, out_header, out_arrays, seconds)
+
+
+# -- rank 0 -----------------------------------------------------------------------------
+
+
+class _LocalWorker:
+    """Rank 0's worker thread."""
+
+    def __init__(self, work: WorkFn, passthrough: tuple = ()) -> None:
+        self.work = work
+        self.passthrough = passthrough
+        self.inbox: queue.Queue = queue.Queue()
+        self.outbox: queue.Queue = queue.Queue()
+        self.load = RankLoad(rank=0)
+        self.busy = False
+        self._waiting_since = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, name="farm-worker-0", daemon=True)
+        self.thread.start()
+
+    def give(self, task: dict, arrays: dict) -> None:
+        self.busy = True
+        self.inbox.put((task, arrays))
+
+    def close(self) -> None:
+        self.inbox.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while True:
+            waited = time.perf_counter()
+            item = self.inbox.get()
+            if item is None:
+                return
+            self.load.idle_pending_s += time.perf_counter() - waited
+            task, arrays = item
+            try:
+                header, out_arrays, seconds = _guarded_work(self.work, task, arrays, self.passthrough)
+            except BaseException as error:  # noqa: BLE001 - handed to the main thread
+                self.outbox.put(("fatal", error, None, 0.0))
+                return
+            self.load.tasks += 1
+            self.load.busy_s += seconds
+            self.outbox.put(("done", task, (header, out_arrays), seconds))
+
+
+def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callable[[FarmResult], None], should_stop, poll_interval: float, passthrough: tuple) -> FarmStats:
+    start = time.perf_counter()
+    pending = deque(tasks)
+    stopped = False
+    loads = {rank: RankLoad(rank=rank) for rank in range(comm.size)}
+    active_remote = comm.size - 1
+    raw = comm.raw if comm.size > 1 else None
+    if raw is not None:
+        from mpi4py import MPI
+    local = _LocalWorker(work, passthrough)
+
+    def stop_now() -> bool:
+        nonlocal stopped
+        if not stopped and should_stop is not None and should_stop():
+            stopped = True
+        return stopped
+
+    def next_task():
+        if pending and not stop_now():
+            task = pending.popleft()
+            return task.header, task.load()
+        return None, {}
+
+    try:
+        task, arrays = next_task()
+        if task is not None:
+            local.give(task, arrays)
+        while local.busy or active_remote > 0:
+            progressed = False
+            if raw is not None and raw.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_READY):
+                status = MPI.Status()
+                header, spec = raw.recv(source=MPI.ANY_SOURCE, tag=TAG_READY, status=status)
+                source = status.Get_source()
+                arrays = _recv_arrays(raw, spec, source)
+                loads[source] = RankLoad(**header["load"])
+                stopped = stopped or bool(header["stop"])
+                if header["task"] is not None:
+                    on_result(FarmResult(header["task"], header["result"], arrays, source, header["seconds"]))
+                task, task_arrays = next_task()
+                _send(raw, task, task_arrays, dest=source, tag=TAG_TASK)
+                if task is None:
+                    active_remote -= 1
+                progressed = True
+            if local.busy:
+                try:
+                    # With other ranks, poll; alone, block (in slices, so Ctrl-C gets through).
+                    item = local.outbox.get(timeout=0.5) if raw is None else local.outbox.get_nowait()
+                    kind, task_done, payload, seconds = item
+                except queue.Empty:
+                    pass
+                else:
+                    if kind == "fatal":
+                        raise task_done
+                    local.busy = False
+                    on_result(FarmResult(task_done, payload[0], payload[1], 0, seconds))
+                    task, arrays = next_task()
+                    if task is not None:
+                        local.give(task, arrays)
+                    progressed = True
+            if not progressed and raw is not None:
+                time.sleep(poll_interval)
+    finally:
+        if local.thread.is_alive() and not local.busy:
+            local.close()
+    loads[0] = local.load
+    return FarmStats(wall_s=time.perf_counter() - start, ranks=[loads[r] for r in range(comm.size)], stopped=stopped)
+
+
+def run_task_farm(
+    comm: Comm,
+    tasks: Sequence[Task] | None,
+    work: WorkFn,
+    on_result: Callable[[FarmResult], None] | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    poll_interval: float = 0.002,
+    passthrough: tuple[type[BaseException], ...] = (),
+) -> FarmStats | None:
+    """Run ``work`` on every task, spread over all ranks; rank 0 returns the stats.
+
+    Call on every rank. ``tasks`` is only read on rank 0 (in order); ``on_result`` runs
+    on rank 0's main thread for each finished task, in completion order. Exceptions of
+    the ``passthrough`` types raised by ``work`` are not recorded but re-raised (on rank 0
+    in the main thread). Other ranks return None.
+    """
+    if comm.is_root:
+        return _manager(comm, list(tasks or []), work, on_result or (lambda result: None), should_stop, poll_interval, tuple(passthrough))
+    _worker_loop(comm, work, should_stop, tuple(passthrough))
+    return None

@@ -1,0 +1,288 @@
+"""End-to-end CMC on one process (SerialComm) with data made directly from the model.
+
+The warm start is the exact weighted least-squares optimum (Gauss-Newton from the truth)
+with its covariance, i.e. what NLSQ returns, so these tests do not depend on the NLSQ
+code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from homodyne_mpi.config import DEFAULT_BOUNDS, HomodyneConfig
+from homodyne_mpi.data.points import PointSet
+from homodyne_mpi.errors import FitError, Interrupted
+from homodyne_mpi.model import ModelSpec, ParameterLayout, c2_points
+from homodyne_mpi.nlsq.fit import NLSQProblem, NLSQResult
+from homodyne_mpi.parallel import SerialComm
+
+STATIC_TRUTH = {"D0": 2.0e3, "alpha": -0.5, "D_offset": 5.0e2}
+LAMINAR_TRUTH = {
+    "D0": 2.0e3,
+    "alpha": -0.5,
+    "D_offset": 5.0e2,
+    "gamma_dot_t0": 8.0e-4,
+    "beta": -0.5,
+    "gamma_dot_t_offset": 3.0e-4,
+    "phi0": 5.0,
+}
+
+
+@dataclass
+class Simulated:
+    cfg: HomodyneConfig
+    problem: NLSQProblem
+    points: PointSet
+    truth: np.ndarray
+    warm_start: NLSQResult
+
+
+def make_config(mode: str, cmc: dict | None = None, scaling: str = "individual") -> HomodyneConfig:
+    return HomodyneConfig.from_dict(
+        {
+            "analysis_mode": mode,
+            "analyzer_parameters": {"dt": 0.1, "scattering": {"wavevector_q": 0.01}, "geometry": {"stator_rotor_gap": 2.0e5}},
+            "initial_parameters": {"per_angle_scaling": {"mode": scaling}},
+            "optimization": {"method": "cmc", "cmc": cmc or {}},
+        }
+    )
+
+
+def simulate(mode="static", *, n_frames=60, phi=(0.0, 60.0), noise=0.003, seed=0, cmc=None, scaling="individual") -> Simulated:
+    """Points of ``c2`` from the model plus Gaussian noise, and an exact NLSQ warm start."""
+    cfg = make_config(mode, cmc, scaling)
+    truth_physical = STATIC_TRUTH if mode == "static" else LAMINAR_TRUTH
+    spec = ModelSpec(mode, "paper", 0.01, 0.1, n_frames, gap=2.0e5)
+    n_angles = len(phi)
+    layout = ParameterLayout(mode, n_angles, scaling)
+    phi = np.asarray(phi, dtype=float)
+    contrast = np.linspace(0.30, 0.36, n_angles) if scaling == "individual" else np.full(n_angles, 0.33)
+    offset = np.linspace(1.00, 1.02, n_angles) if scaling == "individual" else np.full(n_angles, 1.01)
+    truth = layout.join(contrast, offset, [truth_physical[n] for n in spec.physical_names])
+    rows, cols = np.triu_indices(n_frames, k=1)
+    angle = np.repeat(np.arange(n_angles, dtype=np.int32), rows.size)
+    frame_i = np.tile(rows.astype(np.int32), n_angles)
+    frame_j = np.tile(cols.astype(np.int32), n_angles)
+
+    def model(theta):
+        c, o, p = layout.split(theta)
+        return c2_points(p, c, o, jnp.asarray(phi), angle, frame_i, frame_j, spec)
+
+    exact = np.asarray(model(jnp.asarray(truth)))
+    value = exact + noise * np.random.default_rng(seed).standard_normal(exact.size)
+    points = PointSet(angle, frame_i, frame_j, value, np.full(exact.size, 1.0 / noise))
+    names = layout.names
+    lower = np.array([DEFAULT_BOUNDS[n.split("[")[0]][0] for n in names])
+    upper = np.array([DEFAULT_BOUNDS[n.split("[")[0]][1] for n in names])
+    problem = NLSQProblem(
+        spec=spec,
+        layout=layout,
+        phi=phi,
+        theta0=truth.copy(),
+        lower=lower,
+        upper=upper,
+        free=np.ones(len(names), dtype=bool),
+        n_points=len(points),
+        noise_sigma=np.full(n_angles, noise),
+    )
+    residual = jax.jit(lambda theta: (jnp.asarray(value) - model(theta)) / noise)
+    jacobian = jax.jit(jax.jacfwd(residual))
+    theta = np.asarray(truth, dtype=float)
+    chi2 = float(np.sum(np.asarray(residual(theta)) ** 2))
+    damping = 1e-3
+    for _ in range(30):  # Levenberg-Marquardt from the truth, in unit-scaled columns
+        J, r = np.asarray(jacobian(theta)), np.asarray(residual(theta))
+        unit = 1.0 / np.linalg.norm(J, axis=0)
+        hessian = (J * unit).T @ (J * unit)
+        step = unit * np.linalg.solve(hessian + damping * np.eye(len(unit)), (J * unit).T @ r)
+        trial = theta + step
+        trial_chi2 = float(np.sum(np.asarray(residual(trial)) ** 2))
+        if trial_chi2 < chi2:
+            converged = chi2 - trial_chi2 < 1e-10 * chi2
+            theta, chi2, damping = trial, trial_chi2, damping / 10
+            if converged:
+                break
+        else:
+            damping *= 10
+    J = np.asarray(jacobian(theta))
+    unit = 1.0 / np.linalg.norm(J, axis=0)
+    covariance = unit[:, None] * np.linalg.inv((J * unit).T @ (J * unit)) * unit[None, :]
+    warm = NLSQResult(
+        names=names,
+        theta=np.asarray(theta),
+        covariance=covariance,
+        converged=True,
+        reason="test",
+        iterations=30,
+        chi2=chi2,
+        n_points=len(points),
+        n_free=len(names),
+        n_ranks=1,
+        history=[],
+    )
+    return Simulated(cfg, problem, points, truth, warm)
+
+
+FAST_MCMC = {"num_warmup": 150, "num_samples": 150, "num_chains": 2, "min_warmup": 50, "min_samples": 50}
+LENIENT = {"max_rhat": 1.3, "max_divergence_rate": 0.3}
+"""Short chains on small shards: these tests check the bookkeeping, not convergence."""
+
+
+def run(sim: Simulated, comm=None, **kwargs):
+    from homodyne_mpi.cmc import run_cmc
+
+    return run_cmc(sim.cfg, sim.problem, sim.points, comm or SerialComm(), warm_start=sim.warm_start, **kwargs)
+
+
+def check_recovers_truth(result, sim: Simulated, max_rhat: float = 1.05):
+    names = sim.problem.names
+    params = result.to_json_dict()["parameters"]
+    for k, name in enumerate(names):
+        mean, std = params[name]["mean"], params[name]["std"]
+        assert abs(mean - sim.truth[k]) < 3 * std, f"{name}: {mean} +- {std}, truth {sim.truth[k]}"
+    retained = [s for s in result.shards if result.status[s.index] is None]
+    assert [s.index for s in retained] == result.used
+    assert len(retained) >= len(result.shards) // 2
+    assert max(s.rhat_max for s in retained) < max_rhat
+
+
+def test_static_default_settings_recover_the_truth(tmp_path):
+    sim = simulate("static", n_frames=115, cmc={"sharding": {"num_shards": 8}})
+    result = run(sim, output_dir=tmp_path)
+    assert len(result.shards) == 8
+    check_recovers_truth(result, sim)
+    doc = result.to_json_dict()
+    assert doc["method"] == "cmc" and doc["n_ranks"] == 1
+    assert doc["combination"]["method"] == "robust_consensus_mc"
+    assert set(doc["parameters"]) == {*sim.problem.names, "sigma"}
+    assert doc["parameters"]["sigma"]["mean"] == pytest.approx(0.003, rel=0.05)
+    assert doc["sampler"]["num_chains"] == 4 and doc["sampler"]["chain_method"] == "parallel"
+    for shard in doc["shards"]:
+        assert {"index", "n_points", "rank", "rhat_max", "ess_min", "divergences", "ok", "error"} <= set(shard)
+    json.dumps(doc)  # JSON-ready
+    arrays = result.posterior_arrays()
+    assert arrays["draws"].shape[1] == len(sim.problem.names) + 1
+    assert [n.decode() for n in arrays["names"]] == [*sim.problem.names, "sigma"]
+    assert arrays["shards/mean"].shape[0] == len(result.used)
+    assert len(list((tmp_path / "cmc" / "shards").glob("shard_*.npz"))) == 8
+
+
+@pytest.mark.slow
+def test_laminar_flow_default_settings_recover_the_truth():
+    sim = simulate("laminar_flow", n_frames=100, phi=(-30.0, 30.0, 75.0), cmc={"sharding": {"num_shards": 8}})
+    result = run(sim)
+    assert len(result.shards) == 8
+    check_recovers_truth(result, sim)
+
+
+def test_a_failing_shard_is_recorded_and_the_rest_combined(monkeypatch, tmp_path):
+    import homodyne_mpi.cmc.runner as runner
+
+    original = runner.sample_shard
+
+    def flaky(worker, index, data):
+        if index == 2:
+            raise RuntimeError("injected failure in shard 2")
+        return original(worker, index, data)
+
+    monkeypatch.setattr(runner, "sample_shard", flaky)
+    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 0.8}})
+    result = run(sim, output_dir=tmp_path)
+    doc = result.to_json_dict()
+    failed = [s for s in doc["shards"] if s["index"] == 2][0]
+    assert failed["ok"] is False and "injected failure" in failed["error"]
+    assert "RuntimeError" in failed["traceback"] and failed["rank"] == 0
+    assert doc["combination"]["failed"][0]["index"] == 2
+    assert 2 not in result.used and len(result.used) >= 3
+    assert not (tmp_path / "cmc" / "shards" / "shard_00002.npz").exists()
+    # with a stricter success rate the same failure is an error naming the shard
+    strict = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 1.0}})
+    with pytest.raises(FitError, match="shard 2 failed"):
+        run(strict, output_dir=tmp_path / "strict")
+    record = json.loads((tmp_path / "strict" / "cmc" / "result.json").read_text())
+    assert any(s["index"] == 2 and "injected" in s["error"] for s in record["shards"])
+
+
+def test_interrupted_run_resumes_from_finished_shards(monkeypatch, tmp_path):
+    import homodyne_mpi.cmc.runner as runner
+
+    cmc = {"sharding": {"num_shards": 4}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    sim = simulate("static", n_frames=80, cmc=cmc)
+    reference = run(sim, output_dir=tmp_path / "reference")
+
+    original = runner.sample_shard
+    calls = []
+
+    def interrupt_third(worker, index, data):
+        calls.append(index)
+        if len(calls) == 3:
+            raise Interrupted("test interrupt")
+        return original(worker, index, data)
+
+    monkeypatch.setattr(runner, "sample_shard", interrupt_third)
+    out = tmp_path / "interrupted"
+    with pytest.raises(Interrupted):
+        run(sim, output_dir=out)
+    saved = sorted(p.name for p in (out / "cmc" / "shards").glob("shard_*.npz"))
+    assert len(saved) == 2
+    monkeypatch.setattr(runner, "sample_shard", original)
+    resumed = run(sim, output_dir=out)
+    reused = sorted(s.index for s in resumed.shards if s.reused)
+    assert [f"shard_{k:05d}.npz" for k in reused] == saved
+    assert resumed.dispatch["shards_reused"] == 2 and resumed.dispatch["shards_run"] == 2
+    np.testing.assert_array_equal(resumed.draws, reference.draws)
+    # a changed config does not reuse the stale shards
+    changed = simulate("static", n_frames=80, cmc={**cmc, "seed": 7})
+    again = run(changed, output_dir=out)
+    assert not any(s.reused for s in again.shards)
+
+
+def test_gaussian_product_and_config_priors_without_warm_start():
+    sim = simulate(
+        "static",
+        n_frames=80,
+        cmc={"sharding": {"num_shards": 3}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "method": "gaussian_product"}},
+        scaling="averaged",
+    )
+    from homodyne_mpi.cmc import run_cmc
+
+    result = run_cmc(sim.cfg, sim.problem, sim.points, SerialComm(), warm_start=sim.warm_start, output_dir=None)
+    doc = result.to_json_dict()
+    assert doc["combination"]["method"] == "gaussian_product"
+    assert doc["priors"]["source"] == "nlsq"
+    assert set(doc["parameters"]) == {"contrast", "offset", "D0", "alpha", "D_offset", "sigma"}
+
+
+def test_fixed_parameters_and_calibration():
+    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 2}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
+    sim.problem.free[-1] = False  # hold D_offset at its value
+    sim.problem.theta0[-1] = sim.truth[-1]
+    base = run(sim)
+    tempered = run(sim, calibration=4.0)
+    d_offset = sim.problem.names.index("D_offset")
+    assert np.all(base.draws[:, d_offset] == sim.warm_start.theta[d_offset])
+    assert base.to_json_dict()["parameters"]["D_offset"]["fixed"] is True
+    assert base.to_json_dict()["parameters"]["D_offset"]["std"] == 0.0
+    # dividing the log-likelihood by 4 doubles the posterior width
+    d0 = sim.problem.names.index("D0")
+    ratio = tempered.std[d0] / base.std[d0]
+    assert 1.5 < ratio < 2.7
+
+
+def test_task_farm_on_one_rank_runs_everything_in_order():
+    from homodyne_mpi.parallel.dispatch import Task, run_task_farm
+
+    tasks = [Task({"k": k}, (lambda k=k: {"x": np.full(3, float(k))})) for k in range(5)]
+    seen = []
+    stats = run_task_farm(SerialComm(), tasks, lambda h, a: ({"k": h["k"]}, {"y": a["x"] + 1}), seen.append)
+    assert [r.task["k"] for r in seen] == list(range(5))
+    assert [float(r.arrays["y"][0]) for r in seen] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert stats.ranks[0].tasks == 5 and not stats.stopped
+    stopped = run_task_farm(SerialComm(), tasks, lambda h, a: ({}, {}), should_stop=lambda: True)
+    assert stopped.stopped and stopped.ranks[0].tasks == 0
