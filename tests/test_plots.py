@@ -102,7 +102,7 @@ def make_config(folder: Path, mode: str) -> Path:
     document["experimental_data"]["file_path"] = "sim.h5"
     document["phi_filtering"]["enabled"] = False
     document["initial_parameters"]["values"] = TRUTH[mode]
-    document["output"]["plots"] = False
+    document["output"]["plots"] = True
     document["compute"]["compilation_cache_dir"] = None
     document["optimization"]["nlsq"]["uncertainty"] = "model"
     path = folder / "config.yaml"
@@ -196,7 +196,11 @@ def read_posterior(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def nlsq_runs(tmp_path_factory):
-    """One real NLSQ result per mode: ``out/sim/nlsq/{result.json,fit.h5}``."""
+    """One real NLSQ run per mode with ``output.plots: true``: ``out/sim/nlsq/{result.json,fit.h5,plots/}``.
+
+    The figures the run drew are kept aside in ``pipeline_plots/`` (tests redraw into the
+    results folder).
+    """
     runs = {}
     for mode in MODES:
         folder = tmp_path_factory.mktemp(f"plots_{mode}")
@@ -204,8 +208,28 @@ def nlsq_runs(tmp_path_factory):
         phi = ",".join(f"{p:g}" for p in PHI)
         check(run_cli("simulate", str(config), "--output", str(folder / "sim.h5"), f"--phi={phi}", "--noise", "0.01", timeout=TIMEOUT, cwd=folder))
         check(run_cli("run", str(config), "--method", "nlsq", "--output-dir", str(folder / "out"), timeout=TIMEOUT, cwd=folder))
+        drawn = folder / "out" / "sim" / "nlsq" / "plots"
+        assert drawn.is_dir(), "the run drew no figures with output.plots: true"
+        shutil.copytree(drawn, folder / "pipeline_plots")
+        shutil.rmtree(drawn)
         runs[mode] = folder / "out"
     return runs
+
+
+def pipeline_plots(nlsq_runs, mode) -> Path:
+    return nlsq_runs[mode].parent / "pipeline_plots"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_run_draws_the_nlsq_figures(nlsq_runs, mode):
+    """``homodyne-mpi run`` with ``output.plots: true``: one figure per angle and J(t), readable PNGs."""
+    drawn = pipeline_plots(nlsq_runs, mode)
+    names = sorted(p.name for p in drawn.glob("*.png"))
+    assert names == sorted([f"c2_phi_{k}_{p:g}deg.png" for k, p in enumerate(PHI)] + ["transport.png"])
+    for k, p in enumerate(PHI):
+        rgb = assert_drawn(drawn / f"c2_phi_{k}_{p:g}deg.png", min_colours=200)
+        assert rgb.shape[:2] == (560, 1550)
+    assert_drawn(drawn / "transport.png", min_size=(600, 450), min_colours=20)
 
 
 # -- NLSQ figures ------------------------------------------------------------------------------
@@ -229,6 +253,9 @@ def test_nlsq_figures_from_the_pipeline_hook(nlsq_runs, mode):
         assert np.ptp(middle[100:400].astype(int), axis=0).max() > 50
     transport = assert_drawn(expected[-1], min_size=(600, 450), min_colours=20)
     assert transport.shape[1] == (1200 if mode == "laminar_flow" else 650)
+    # the pipeline's figures are these, pixel for pixel
+    for path in expected:
+        np.testing.assert_array_equal(pixels(path), pixels(pipeline_plots(nlsq_runs, mode) / path.name), err_msg=path.name)
     # the same arrays untouched by drawing
     again = read_fit_arrays(dataset / "nlsq" / "fit.h5")
     for key in ("c2_exp", "c2_fit"):
