@@ -286,3 +286,25 @@ def test_task_farm_on_one_rank_runs_everything_in_order():
     assert stats.ranks[0].tasks == 5 and not stats.stopped
     stopped = run_task_farm(SerialComm(), tasks, lambda h, a: ({}, {}), should_stop=lambda: True)
     assert stopped.stopped and stopped.ranks[0].tasks == 0
+
+
+def test_a_stop_request_ends_between_shards_and_keeps_the_finished_ones(monkeypatch, tmp_path):
+    import homodyne_mpi.cmc.runner as runner
+
+    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 3}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
+    original = runner.sample_shard
+    done = []
+
+    def count(worker, index, data):
+        out = original(worker, index, data)
+        done.append(index)
+        return out
+
+    monkeypatch.setattr(runner, "sample_shard", count)
+    monkeypatch.setattr(runner, "_stop_requested", lambda: len(done) >= 1)
+    with pytest.raises(Interrupted, match="rerun the same command"):
+        run(sim, output_dir=tmp_path)
+    assert len(list((tmp_path / "cmc" / "shards").glob("shard_*.npz"))) == 1
+    monkeypatch.setattr(runner, "_stop_requested", lambda: False)
+    resumed = run(sim, output_dir=tmp_path)
+    assert resumed.dispatch["shards_reused"] == 1 and resumed.dispatch["shards_run"] == 2
