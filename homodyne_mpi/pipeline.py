@@ -113,6 +113,8 @@ class BatchRunner:
         self.nlsq_warm_start = nlsq_warm_start
         self.fresh = fresh
         self.writer: AsyncWriter | None = None
+        self.nlsq_documents: dict[Path, dict] = {}
+        """Rank 0: each data set's NLSQ result document (reference lines in CMC figures)."""
 
     # -- the batch ------------------------------------------------------------------------
 
@@ -198,7 +200,7 @@ class BatchRunner:
         status = None
         if self.comm.is_root:
             status = self.root_status(record, out, outcome)
-        kind, payload, fingerprint, resume_theta = self.comm.bcast(status if self.comm.is_root else None)
+        kind, payload, fingerprint, resume_state = self.comm.bcast(status if self.comm.is_root else None)
         if kind == "failed":
             if self.comm.is_root:
                 self.record_failure(outcome, payload)
@@ -218,12 +220,12 @@ class BatchRunner:
             latest = LatestState()
             try:
                 nlsq_result = fit_nlsq(
-                    problem, local, self.comm, self.cfg.optimization.nlsq, theta0=resume_theta, on_accept=latest.update
+                    problem, local, self.comm, self.cfg.optimization.nlsq, resume=resume_state, on_accept=latest.update
                 )
             except Interrupted:
-                if self.comm.is_root and (latest.theta is not None or resume_theta is not None):
-                    theta = latest.theta if latest.theta is not None else resume_theta
-                    save_checkpoint(out / "nlsq", theta, latest.iteration, problem.names, fingerprint)
+                state = latest if latest.theta is not None else resume_state
+                if self.comm.is_root and state is not None:
+                    save_checkpoint(out / "nlsq", state, problem.names, fingerprint)
                 raise
             del local
             if self.comm.is_root:
@@ -288,7 +290,7 @@ class BatchRunner:
             if self.cfg.output.plots:
                 from .plots import submit_cmc_figures
 
-                submit_cmc_figures(self.writer, out, document, posterior)
+                submit_cmc_figures(self.writer, out, document, posterior, nlsq_doc=self.nlsq_documents.get(out))
             outcome.paths["cmc_result"] = str(out / "cmc" / "result.json")
             outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
         return futures
@@ -311,6 +313,7 @@ class BatchRunner:
         futures = [self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data, figures)]
         document["timing_s"]["write"] = time.perf_counter() - start
         futures.append(self.writer.submit_json(out / "nlsq" / "result.json", document))
+        self.nlsq_documents[out] = document
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
         outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")

@@ -46,11 +46,14 @@ def jackknife_std(replicates: np.ndarray, layout: ParameterLayout, spec: ModelSp
 
 
 def band_arrays(theta, covariance_model, jackknife, layout: ParameterLayout, spec: ModelSpec) -> dict[str, np.ndarray]:
-    """``bands/...`` datasets of ``fit.h5``; ``*_std`` follow the jackknife when present."""
+    """``bands/...`` datasets of ``fit.h5``; ``*_std`` follow the jackknife when present.
+
+    ``bands/t`` holds the times the rates are evaluated at (``dt/2`` for frame 0).
+    """
     curves = np.asarray(rate_curves(jnp.asarray(theta[layout.physical_slice]), spec))
     model_std = delta_method_std(theta, covariance_model, layout, spec)
     arrays = {
-        "bands/t": np.arange(spec.n_frames) * spec.dt,
+        "bands/t": np.asarray(rate_times(spec.n_frames, spec.dt)),
         "bands/D": curves[0],
         "bands/D_std_model": model_std[0],
     }

@@ -22,10 +22,12 @@ class LatestState:
 
     theta: np.ndarray | None = None
     iteration: int = 0
+    damping: float = 1e-3
 
-    def update(self, theta: np.ndarray, iteration: int) -> None:
+    def update(self, theta: np.ndarray, iteration: int, damping: float) -> None:
         self.theta = np.array(theta, dtype=float)
         self.iteration = int(iteration)
+        self.damping = float(damping)
 
 
 def checkpoint_path(nlsq_dir: Path) -> Path:
@@ -33,11 +35,13 @@ def checkpoint_path(nlsq_dir: Path) -> Path:
     return Path(nlsq_dir) / CHECKPOINT_NAME
 
 
-def save_checkpoint(nlsq_dir: Path, theta: np.ndarray, iteration: int, names: list[str], fingerprint: str) -> Path:
-    """Write the state atomically (rank 0)."""
+def save_checkpoint(nlsq_dir: Path, state: LatestState, names: list[str], fingerprint: str) -> Path:
+    """Write the LM state atomically (rank 0): resuming from it continues the same path."""
+    theta, iteration = state.theta, state.iteration
     document = {
         "fingerprint": fingerprint,
         "iteration": int(iteration),
+        "damping": float(state.damping),
         "names": list(names),
         "theta": [float(x) for x in theta],
     }
@@ -46,8 +50,8 @@ def save_checkpoint(nlsq_dir: Path, theta: np.ndarray, iteration: int, names: li
     return path
 
 
-def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> np.ndarray | None:
-    """The saved parameters if a checkpoint of the same config and data exists, else None."""
+def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> LatestState | None:
+    """The saved LM state if a checkpoint of the same config and data exists, else None."""
     path = checkpoint_path(nlsq_dir)
     if not path.exists():
         return None
@@ -60,7 +64,9 @@ def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> np.nd
         log.warning("ignoring NLSQ checkpoint %s: it belongs to another config or data set", path)
         return None
     log.info("resuming NLSQ from %s (iteration %d)", path, document.get("iteration", 0))
-    return np.asarray(document["theta"], dtype=float)
+    return LatestState(
+        np.asarray(document["theta"], dtype=float), int(document.get("iteration", 0)), float(document.get("damping", 1e-3))
+    )
 
 
 def remove_checkpoint(nlsq_dir: Path) -> None:

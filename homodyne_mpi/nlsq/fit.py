@@ -226,17 +226,22 @@ def fit_nlsq(
     *,
     theta0: np.ndarray | None = None,
     on_accept=None,
+    resume=None,
 ) -> NLSQResult:
     """Fit the problem with every rank holding its own points; same result on all ranks.
 
     ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
     ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
     ``start_search``, ``search_points``). A given ``theta0`` (a resumed state) skips the
-    start search; ``on_accept(theta, iteration)`` sees every accepted step.
+    start search; ``on_accept(theta, iteration, damping)`` sees every accepted step.
+    ``resume`` (a ``LatestState`` from a checkpoint) continues an interrupted fit on the
+    same path: its parameters, damping and iteration count.
     """
     objective = DistributedObjective(
         problem, local_points, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale
     )
+    if resume is not None:
+        theta0 = resume.theta
     start_theta = problem.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
     compile_seconds = objective.compile(start_theta)
     search_seconds = 0.0
@@ -256,8 +261,10 @@ def fit_nlsq(
             xtol=options.xtol,
             gtol=options.gtol,
             ftol=options.ftol,
+            initial_damping=resume.damping if resume is not None else LMOptions.initial_damping,
         ),
         on_accept=on_accept,
+        first_iteration=resume.iteration + 1 if resume is not None else 1,
     )
     fit_seconds = time.perf_counter() - fit_start
     result = result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)

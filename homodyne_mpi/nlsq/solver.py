@@ -85,14 +85,17 @@ def levenberg_marquardt(
     options: LMOptions = LMOptions(),
     initial: Evaluation | None = None,
     quiet: bool = False,
-    on_accept: Callable[[np.ndarray, int], None] | None = None,
+    on_accept: Callable[[np.ndarray, int, float], None] | None = None,
+    first_iteration: int = 1,
 ) -> LMResult:
     """Minimise the robust cost from ``theta0`` within ``[lower, upper]``.
 
     ``free`` (bool mask) selects the fitted parameters; the others stay at ``theta0``.
     ``initial`` may carry the evaluation at ``theta0`` if the caller already has it;
     ``quiet`` logs the iterations at DEBUG instead of INFO; ``on_accept(theta,
-    iteration)`` is called after every accepted step (for checkpoints).
+    iteration, damping)`` is called after every accepted step with the state a resumed
+    fit needs (``theta0=theta``, ``initial_damping=damping``,
+    ``first_iteration=iteration + 1`` continue the same path).
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
@@ -101,7 +104,7 @@ def levenberg_marquardt(
     history: list[dict] = []
     reason, converged = f"reached max_iterations={options.max_iterations}", False
     iteration = 0
-    for iteration in range(1, options.max_iterations + 1):
+    for iteration in range(first_iteration, options.max_iterations + 1):
         start = time.perf_counter()
         h_free = hessian[np.ix_(free, free)]
         g_free = gradient[free]
@@ -150,13 +153,13 @@ def levenberg_marquardt(
             ratio = actual / predicted if predicted > 0 else 0.0
             damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
             growth = 2.0
+            if on_accept is not None:
+                on_accept(trial, iteration, damping)
             step_norm = np.linalg.norm(scale * step)
             theta_norm = np.linalg.norm(scale * theta[free])
             relative_actual = actual / cost if cost > 0 else 0.0
             relative_predicted = predicted / cost if cost > 0 else 0.0
             theta, hessian, gradient, chi2, cost = trial, t_hessian, t_gradient, t_chi2, t_cost
-            if on_accept is not None:
-                on_accept(theta, iteration)
             if relative_actual <= options.ftol and relative_predicted <= options.ftol:
                 converged, reason = True, f"ftol: relative cost reduction {relative_actual:.2e} <= {options.ftol:g}"
                 break
