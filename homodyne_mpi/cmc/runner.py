@@ -586,10 +586,12 @@ def run_cmc(cfg, problem, points: PointSet | None, comm, *, warm_start=None, out
     stopped = comm.bcast(stats.stopped if comm.is_root else None)
     if stopped:
         done = len(progress.results) if progress else 0
-        raise Interrupted(
+        interrupted = Interrupted(
             f"CMC stopped on request after {done} of {plan.n_shards} shards; finished shards are in "
             f"{checkpoint.shard_folder(output_dir) if output_dir else '(no output folder)'} -- rerun the same command to resume"
         )
+        interrupted.collective = True  # raised on every rank together: exit 3, no abort
+        raise interrupted
     holder: dict = {}
 
     def finish() -> None:
