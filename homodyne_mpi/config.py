@@ -93,6 +93,7 @@ import numpy as np
 import yaml
 
 from .errors import ConfigError
+from .vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS, SCALING_MODES, SHEAR_FORMS
 
 logger = logging.getLogger("homodyne_mpi.config")
 
@@ -131,14 +132,7 @@ __all__ = [
     "render_template",
 ]
 
-ANALYSIS_MODES = ("static", "laminar_flow")
-SHEAR_FORMS = ("paper", "homodyne-v2")
-SCALING_MODES = ("individual", "averaged", "fixed")
 SCALING_PARAMETERS = ("contrast", "offset")
-PHYSICAL_PARAMETERS = {
-    "static": ["D0", "alpha", "D_offset"],
-    "laminar_flow": ["D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"],
-}
 DEFAULT_BOUNDS = {
     "D0": (1e2, 1e5),
     "alpha": (-2.0, 2.0),

@@ -115,8 +115,8 @@ def has_path(d, path: str) -> bool:
 def test_template_loads_and_validates(tmp_path, mode):
     cfg = load_config(write(tmp_path, render_template(mode)))
     assert cfg.analysis_mode == mode
-    assert cfg.physical_parameter_names() == PHYSICAL_PARAMETERS[mode]
-    assert cfg.initial_parameters.parameter_names == PHYSICAL_PARAMETERS[mode]
+    assert cfg.physical_parameter_names() == list(PHYSICAL_PARAMETERS[mode])
+    assert cfg.initial_parameters.parameter_names == list(PHYSICAL_PARAMETERS[mode])
     assert cfg.ignored_keys == []
     assert cfg.source_path == str(tmp_path / "config.yaml")
     assert cfg.analyzer_parameters.dt is None  # 'auto'
@@ -685,7 +685,7 @@ def test_reference_laminar_loads(caplog):
     assert cfg.analyzer_parameters.geometry.stator_rotor_gap == 2e6
     assert cfg.experimental_data.file_path == "./data/shear_run.hdf"
     # old parameter spellings are mapped; {name: value} fixed parameters go into values
-    assert cfg.initial_parameters.parameter_names == PHYSICAL_PARAMETERS["laminar_flow"]
+    assert cfg.initial_parameters.parameter_names == list(PHYSICAL_PARAMETERS["laminar_flow"])
     assert cfg.initial_parameters.fixed_parameters == ["beta"]
     np.testing.assert_array_equal(cfg.physical_initial_values(), [1500.0, -0.5, 5.0, 0.02, 0.0, 0.0, 1.0])
     assert cfg.fixed_mask().tolist() == [False, False, False, False, True, False, False]
@@ -896,7 +896,7 @@ def test_programmatic_construction():
         analyzer_parameters=AnalyzerConfig(scattering=ScatteringConfig(wavevector_q=0.01)),
     )
     cfg.validate()
-    assert cfg.initial_parameters.parameter_names == PHYSICAL_PARAMETERS["static"]
+    assert cfg.initial_parameters.parameter_names == list(PHYSICAL_PARAMETERS["static"])
     assert HomodyneConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(TypeError):
         AnalyzerConfig(0.1)  # keyword-only
@@ -946,7 +946,7 @@ def test_parameter_names_default_to_mode():
     d = template_dict("laminar_flow")
     del d["initial_parameters"]["parameter_names"]
     cfg = HomodyneConfig.from_dict(d)
-    assert cfg.initial_parameters.parameter_names == PHYSICAL_PARAMETERS["laminar_flow"]
+    assert cfg.initial_parameters.parameter_names == list(PHYSICAL_PARAMETERS["laminar_flow"])
 
 
 def test_resolved_datasets(tmp_path):

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from .spec import PHYSICAL_PARAMETERS
-
-SCALING_MODES = ("individual", "averaged", "fixed")
+from ..vocabulary import PHYSICAL_PARAMETERS, SCALING_MODES
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ANALYSIS_MODES = ("static", "laminar_flow")
-SHEAR_FORMS = ("paper", "homodyne-v2")
-PHYSICAL_PARAMETERS = {
-    "static": ("D0", "alpha", "D_offset"),
-    "laminar_flow": (
-        "D0",
-        "alpha",
-        "D_offset",
-        "gamma_dot_t0",
-        "beta",
-        "gamma_dot_t_offset",
-        "phi0",
-    ),
-}
+from ..vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS, SHEAR_FORMS
 
 
 @dataclass(frozen=True)

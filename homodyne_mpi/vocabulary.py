@@ -1,0 +1,12 @@
+"""Names shared by the config and the model: modes, forms, parameters (no JAX import)."""
+
+from __future__ import annotations
+
+ANALYSIS_MODES = ("static", "laminar_flow")
+SHEAR_FORMS = ("paper", "homodyne-v2")
+SCALING_MODES = ("individual", "averaged", "fixed")
+PHYSICAL_PARAMETERS = {
+    "static": ("D0", "alpha", "D_offset"),
+    "laminar_flow": ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"),
+}
+"""Physical parameters of each mode, in the canonical order of DESIGN section 2."""
