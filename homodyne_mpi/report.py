@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .plots.redraw import read_result_json
+from .vocabulary import PHYSICAL_PARAMETERS
 
 __all__ = ["format_report", "print_report"]
 
-PHYSICAL_ORDER = ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
+PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
 UNITS = {
     "D0": "Angstrom^2 s^-(1+alpha)",
     "alpha": "",
@@ -82,24 +84,12 @@ def _timings(timing: Any) -> str:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        document = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: missing -- rerun `homodyne-mpi run` to write it again") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{path}: not a readable result file ({type(error).__name__}: {error}) -- rerun `homodyne-mpi run` to write it again") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: holds a {type(document).__name__}, not a result mapping -- rerun `homodyne-mpi run` to write it again")
-    return document
-
-
 def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
     """Data set folders to report and the batch summary (None if ``root`` has none)."""
     from .plots.redraw import find_dataset_dirs
 
     summary_path = root / "batch_summary.json"
-    summary = _read_json(summary_path) if summary_path.is_file() else None
+    summary = read_result_json(summary_path) if summary_path.is_file() else None
     try:
         folders = find_dataset_dirs(root)
     except InputError:
@@ -263,7 +253,7 @@ def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
         path = folder / method / "result.json"
         if path.is_file():
             found = True
-            lines += section(_read_json(path))
+            lines += section(read_result_json(path))
             plots = folder / method / "plots"
             if plots.is_dir():
                 count = len(list(plots.glob("*.png")))

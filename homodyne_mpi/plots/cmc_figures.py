@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..vocabulary import PHYSICAL_PARAMETERS
+
 __all__ = [
     "CMCFigureInfo",
     "PHYSICAL_ORDER",
@@ -45,7 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PHYSICAL_ORDER = ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
+PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
 """Physical parameters in the model's order; the figures show those the posterior holds."""
 
 UNITS = {
