@@ -2,7 +2,8 @@
 
 The derived rates are often far better determined than ``D0`` and ``alpha`` separately
 (their errors are strongly correlated), so the bands are propagated from the full
-covariance (delta method) or, for the jackknife, taken from the replicates' own curves.
+covariance (delta method) or, for the jackknife, taken from the replicates' own curves
+with the same correction for independent noise as the parameters (``jackknife.py``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,19 @@ def delta_method_std(theta: np.ndarray, covariance: np.ndarray, layout: Paramete
     return np.sqrt(np.clip(variance, 0.0, None))
 
 
-def jackknife_std(replicates: np.ndarray, layout: ParameterLayout, spec: ModelSpec) -> np.ndarray:
-    """1-sigma of both curves, ``(2, N)``, from the jackknife replicates' curves."""
-    curves = np.stack([np.asarray(rate_curves(jnp.asarray(r[layout.physical_slice]), spec)) for r in replicates])
+def jackknife_std(theta: np.ndarray, jackknife, model_std: np.ndarray, layout: ParameterLayout, spec: ModelSpec) -> np.ndarray:
+    """1-sigma of both curves, ``(2, N)``, from the jackknife replicates' curves.
+
+    Pointwise ``var_model + max(0, var_replicates - var_independent)``, where
+    ``var_independent`` propagates ``jackknife.covariance_independent``: what the
+    replicates' spread would be from independent noise alone (``jackknife.py``).
+    """
+    curves = np.stack([np.asarray(rate_curves(jnp.asarray(r[layout.physical_slice]), spec)) for r in jackknife.replicates])
     deviations = curves - curves.mean(axis=0)
     k = curves.shape[0]
-    return np.sqrt((k - 1) / k * np.sum(deviations**2, axis=0))
+    replicate_variance = (k - 1) / k * np.sum(deviations**2, axis=0)
+    independent_variance = delta_method_std(theta, jackknife.covariance_independent, layout, spec) ** 2
+    return np.sqrt(model_std**2 + np.clip(replicate_variance - independent_variance, 0.0, None))
 
 
 def band_arrays(theta, covariance_model, jackknife, layout: ParameterLayout, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -59,7 +67,7 @@ def band_arrays(theta, covariance_model, jackknife, layout: ParameterLayout, spe
     }
     chosen = model_std
     if jackknife is not None:
-        chosen = jackknife_std(jackknife.replicates, layout, spec)
+        chosen = jackknife_std(theta, jackknife, model_std, layout, spec)
         arrays["bands/D_std_jackknife"] = chosen[0]
     arrays["bands/D_std"] = chosen[0]
     if spec.has_shear:

@@ -272,7 +272,7 @@ def fit_nlsq(
     if getattr(options, "uncertainty", "model") == "jackknife":
         from .jackknife import run_jackknife
 
-        result.jackknife = run_jackknife(objective, problem, lm.theta, options)
+        result.jackknife = run_jackknife(objective, problem, lm.theta, result.covariance, result.reduced_chi2, options)
         result.timing_s["jackknife"] = result.jackknife.seconds
     result.memory = memory_report(comm, local_points, objective.chunk_size)
     return result

@@ -8,13 +8,34 @@ too small. The delete-a-block jackknife resamples whole frames instead:
 1. split the frames ``0..N-1`` into ``K`` contiguous blocks (``jackknife_blocks``);
 2. for each block ``b``, drop every point whose ``t1`` or ``t2`` lies in it and refit,
    starting from the full-data optimum, for at most ``jackknife_iterations`` steps;
-3. ``cov = (K-1)/K * sum_b (theta_b - mean)(theta_b - mean)^T``.
+3. ``cov_replicates = (K-1)/K * sum_b (theta_b - mean)(theta_b - mean)^T``.
 
 The unit being resampled is the frame, as in the jackknife of a U-statistic: for noise
-shared along a frame's row and column this is the consistent estimate. For independent
-noise it is conservative (a point off the block diagonal is left out by two replicates,
-which about doubles the variance: measured ratios to the model error are in
-docs/uncertainty.md).
+shared along a frame's row and column, ``cov_replicates`` is the consistent estimate.
+Noise that is independent from point to point, which two-time data always also carry,
+it over-counts: a point off the block diagonal is left out by two replicates (its row's
+block and its column's block), and a block of early frames carries more than its share
+of the information on ``D(t)`` at short times. Both effects are known exactly for
+independent noise: linearised at the optimum, a least-squares refit without the points
+of block ``b`` moves by ``-H_b'^-1 J_b^T r_b`` (``H_b'`` the Gauss-Newton matrix of the
+kept points, ``r_b`` the residuals of the left-out ones), whose covariance for
+independent noise of variance ``s^2`` is ``s^2 (H_b'^-1 - H^-1) = C_b - C``. So the
+replicates hold
+
+    cov_independent = (K-1)/K * sum_b (C_b - C)
+
+of independent noise (``C`` the model covariance ``(J^T J)^-1 chi2_red``, ``C_b`` the same
+with block ``b`` left out and the full fit's ``chi2_red``; about ``2.05 C`` for 20 blocks),
+and the frame-shared noise once. The reported covariance is
+
+    cov = C + psd(cov_replicates - cov_independent),
+
+the independent part once plus the frame-shared excess, clipped to a positive
+semi-definite matrix (in the parameters' own scale) so that it is never below the model
+error. ``C`` estimates the independent part from above (its ``chi2_red`` also holds the
+frame-shared variance, which there is spread over ``N^2/2`` points). With independent
+noise the result is the model error within the jackknife's own scatter; with frame-shared
+noise, where the excess dominates, it is ``cov_replicates`` less about two ``C``.
 
 The refits start at the optimum, where Gauss-Newton converges in a few steps, so they
 start with a tiny damping (``REFIT_DAMPING``); the strongly correlated physical
@@ -35,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem
+from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, covariance_from_hessian
 from .solver import LMOptions, levenberg_marquardt
 
 log = logging.getLogger(__name__)
@@ -49,8 +70,12 @@ class JackknifeResult:
     """``(K, 2)`` frame ranges ``[start, stop)`` that were left out."""
     replicates: np.ndarray
     """``(K, P)`` refitted parameters, one row per left-out block."""
+    covariance_replicates: np.ndarray
+    """``(P, P)`` ``(K-1)/K * sum (theta_b - mean)(theta_b - mean)^T`` of the replicates."""
+    covariance_independent: np.ndarray
+    """``(P, P)`` what independent noise alone would give ``covariance_replicates``."""
     covariance: np.ndarray
-    """``(P, P)`` delete-a-block jackknife covariance."""
+    """``(P, P)`` reported covariance: model part once plus the frame-shared excess."""
     converged: np.ndarray
     """``(K,)`` whether each refit met a tolerance within its iteration budget."""
     seconds: float
@@ -78,6 +103,39 @@ def scaled_inverse(hessian: np.ndarray) -> np.ndarray:
     return np.linalg.pinv(hessian / np.outer(scale, scale), rcond=1e-15, hermitian=True) / np.outer(scale, scale)
 
 
+def independent_noise_covariance(covariance_model: np.ndarray, covariances_left_out: np.ndarray) -> np.ndarray:
+    """``(K-1)/K sum_b (C_b - C)``: the replicates' covariance if all noise were independent.
+
+    ``covariances_left_out`` is ``(K, P, P)``, the model covariance of each refit's kept
+    points with the full fit's ``chi2_red``.
+    """
+    n_blocks = len(covariances_left_out)
+    return (n_blocks - 1) / n_blocks * np.sum(covariances_left_out - covariance_model, axis=0)
+
+
+def psd_part(matrix: np.ndarray) -> np.ndarray:
+    """The positive semi-definite part of a symmetric matrix (negative eigenvalues set to 0)."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.clip(values, 0.0, None)) @ vectors.T
+
+
+def frame_corrected_covariance(
+    covariance_replicates: np.ndarray, covariance_model: np.ndarray, covariance_independent: np.ndarray
+) -> np.ndarray:
+    """``C + psd(cov_replicates - cov_independent)``, clipped in the parameters' scale.
+
+    Parameters with zero model variance (fixed ones) keep the replicates' (zero) values.
+    """
+    scale = np.sqrt(np.clip(np.diag(covariance_model), 0.0, None))
+    free = scale > 0
+    corrected = covariance_replicates.copy()
+    index = np.ix_(free, free)
+    outer = np.outer(scale[free], scale[free])
+    excess = psd_part((covariance_replicates[index] - covariance_independent[index]) / outer)
+    corrected[index] = covariance_model[index] + excess * outer
+    return corrected
+
+
 def jackknife_covariance(replicates: np.ndarray) -> np.ndarray:
     """``(K-1)/K * sum (theta_b - mean)(theta_b - mean)^T`` of ``(K, P)`` replicates."""
     n_blocks = replicates.shape[0]
@@ -85,8 +143,21 @@ def jackknife_covariance(replicates: np.ndarray) -> np.ndarray:
     return (n_blocks - 1) / n_blocks * deviations.T @ deviations
 
 
-def run_jackknife(objective: DistributedObjective, problem: NLSQProblem, theta_hat: np.ndarray, options) -> JackknifeResult:
-    """Refit with each frame block left out and build the covariance (collective)."""
+def run_jackknife(
+    objective: DistributedObjective,
+    problem: NLSQProblem,
+    theta_hat: np.ndarray,
+    covariance_model: np.ndarray,
+    reduced_chi2: float,
+    options,
+) -> JackknifeResult:
+    """Refit with each frame block left out and build the covariance (collective).
+
+    ``covariance_model`` is the full fit's ``(J^T J)^-1 chi2_red`` and ``reduced_chi2`` its
+    ``chi2_red``: with each refit's Gauss-Newton matrix they give the replicates'
+    independent-noise part (module docstring).
+    """
+
     start = time.perf_counter()
     blocks = frame_blocks(problem.spec.n_frames, options.jackknife_blocks)
     lm_options = LMOptions(
@@ -97,13 +168,14 @@ def run_jackknife(objective: DistributedObjective, problem: NLSQProblem, theta_h
         initial_damping=REFIT_DAMPING,
     )
     free = problem.free
-    replicates, converged = [], []
+    replicates, converged, covariances_left_out = [], [], []
     try:
         for index, (first, stop) in enumerate(blocks):
             objective.excluded_frames = np.array([first, stop], dtype=np.int32)
             refit = levenberg_marquardt(objective, theta_hat, problem.lower, problem.upper, free, lm_options, quiet=True)
             replicates.append(refit.theta)
             converged.append(refit.converged)
+            covariances_left_out.append(covariance_from_hessian(refit.hessian, free, reduced_chi2))
             log.info(
                 "jackknife %d/%d (frames %d..%d left out): %d iterations, %s",
                 index + 1,
@@ -116,10 +188,14 @@ def run_jackknife(objective: DistributedObjective, problem: NLSQProblem, theta_h
     finally:
         objective.excluded_frames = NO_EXCLUSION
     replicates = np.asarray(replicates)
+    covariance_replicates = jackknife_covariance(replicates)
+    covariance_independent = independent_noise_covariance(covariance_model, np.asarray(covariances_left_out))
     return JackknifeResult(
         blocks=blocks,
         replicates=replicates,
-        covariance=jackknife_covariance(replicates),
+        covariance_replicates=covariance_replicates,
+        covariance_independent=covariance_independent,
+        covariance=frame_corrected_covariance(covariance_replicates, covariance_model, covariance_independent),
         converged=np.asarray(converged),
         seconds=time.perf_counter() - start,
     )

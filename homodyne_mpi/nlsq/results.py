@@ -82,6 +82,8 @@ def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict
     covariance = jackknife.covariance if jackknife is not None else result.covariance
     bands = band_arrays(result.theta, result.covariance, jackknife, problem.layout, problem.spec)
     extra = {"covariance_jackknife": jackknife.covariance, "jackknife/replicates": jackknife.replicates,
+             "jackknife/covariance_replicates": jackknife.covariance_replicates,
+             "jackknife/covariance_independent": jackknife.covariance_independent,
              "jackknife/blocks": jackknife.blocks} if jackknife is not None else {}
     return {
         **bands,
