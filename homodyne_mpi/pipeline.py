@@ -212,7 +212,9 @@ class BatchRunner:
         problem: NLSQProblem = payload
         prepared = record.value if self.comm.is_root else None
         start = time.perf_counter()
-        local = distribute_points(prepared.points if prepared else None, problem.n_points, self.comm)
+        local = distribute_points(
+            prepared.points if prepared else None, problem.n_points, self.comm, self.cfg.optimization.nlsq.chunk_size
+        )
         outcome.timing_s["distribute"] = time.perf_counter() - start
         nlsq_result = None
         futures = []

@@ -1,6 +1,6 @@
 """Calibration of the NLSQ errors: how often the truth lies within 2 reported std.
 
-Usage: python scripts/bench_uncertainty.py [--seeds 20] [--frames 150] [--output FILE]
+Usage: python scripts/bench_uncertainty.py [--seeds 20] [--frames 150] [--blocks 20] [--output FILE]
 
 For each mode (static, laminar_flow) and noise model (gaussian, speckle) it simulates
 ``--seeds`` data sets (6 angles, sigma 0.01; speckle adds per-frame terms of the same
@@ -40,13 +40,14 @@ TRUTH = {"static": [8000.0, -0.3, 30.0], "laminar_flow": [10000.0, -0.5, 5.0, 1.
 PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
 
 
-def study(mode: str, noise_model: str, seeds: int, n_frames: int, workdir: Path) -> dict:
+def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int, workdir: Path) -> dict:
     config = yaml.safe_load(render_template(mode))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
     config["phi_filtering"]["enabled"] = False
     config["experimental_data"]["file_path"] = str(workdir / "data.h5")
     config["compute"]["compilation_cache_dir"] = str(workdir / "jax_cache")
     config["optimization"]["nlsq"]["uncertainty"] = "jackknife"
+    config["optimization"]["nlsq"]["jackknife_blocks"] = n_blocks
     path = workdir / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(config))
     truth = np.array(TRUTH[mode])
@@ -80,16 +81,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--frames", type=int, default=150)
+    parser.add_argument("--blocks", type=int, default=20, help="jackknife_blocks")
     parser.add_argument("--modes", default="static,laminar_flow")
     parser.add_argument("--noise", default="gaussian,speckle")
     parser.add_argument("--output", default="bench_results/bench_uncertainty.json")
     args = parser.parse_args()
     document = {"benchmark": "uncertainty calibration", "command": " ".join(["python", *sys.argv]), "machine": machine(),
-                "seeds": args.seeds, "frames": args.frames, "angles": len(PHI), "results": {}}
+                "seeds": args.seeds, "frames": args.frames, "jackknife_blocks": args.blocks, "angles": len(PHI), "results": {}}
     with tempfile.TemporaryDirectory() as folder:
         for mode in args.modes.split(","):
             for noise_model in args.noise.split(","):
-                document["results"][f"{mode}/{noise_model}"] = study(mode, noise_model, args.seeds, args.frames, Path(folder))
+                document["results"][f"{mode}/{noise_model}"] = study(mode, noise_model, args.seeds, args.frames, args.blocks, Path(folder))
                 print(mode, noise_model, document["results"][f"{mode}/{noise_model}"], flush=True)
     write_json(args.output, document)
 

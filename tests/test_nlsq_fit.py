@@ -154,3 +154,28 @@ def test_soft_l1_resists_outliers(tmp_path):
     plain = fit_nlsq(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
     k = robust.names.index("D0")
     assert abs(robust.theta[k] - STATIC_TRUTH[0]) < abs(plain.theta[k] - STATIC_TRUTH[0])
+
+
+def test_distributed_block_is_whole_chunks_and_the_device_block_shares_its_memory():
+    """A rank holds its points once: the padded receive buffer is the device block's memory."""
+    from homodyne_mpi.data.points import PointSet
+    from homodyne_mpi.nlsq.fit import device_block, distribute_points, padded_length
+    from homodyne_mpi.parallel import SerialComm
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame_i = rng.integers(0, 50, n).astype(np.int32)
+    points = PointSet(
+        angle=np.sort(rng.integers(0, 3, n)).astype(np.int32), frame_i=frame_i, frame_j=(frame_i + 1).astype(np.int32),
+        value=rng.random(n), weight=np.full(n, 100.0),
+    )
+    local = distribute_points(points, n, SerialComm(), chunk_size=1024)
+    assert len(local) == padded_length(n, 1024) == 3072
+    np.testing.assert_array_equal(local.value[:n], points.value)
+    assert np.all(local.weight[n:] == 0.0) and np.all(local.angle[n:] == points.angle[-1])
+    assert np.all(local.frame_i[n:] < local.frame_j[n:])
+    block = device_block(local, 1024)
+    names = PointSet.column_names()
+    for name, column in zip(names, block):
+        assert column.shape == (3, 1024)
+        assert column.unsafe_buffer_pointer() == getattr(local, name).ctypes.data, name

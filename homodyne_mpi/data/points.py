@@ -40,13 +40,15 @@ class PointSet:
         return PointSet(**{name: getattr(self, name)[index] for name in self.column_names()})
 
     def padded(self, length: int, fill_angle: int = 0) -> "PointSet":
-        """A copy extended to ``length`` points with zero-weight padding (``i=0, j=1``).
+        """A copy extended to ``length`` points with zero-weight padding (``i=0, j=1``); itself if long enough.
 
         Padding points carry ``fill_angle``; use the last angle to keep the order sorted.
         """
         extra = length - len(self)
         if extra < 0:
             raise ValueError("padded length is shorter than the point set")
+        if extra == 0:
+            return self
         pad = {
             "angle": np.full(extra, fill_angle, np.int32),
             "frame_i": np.zeros(extra, np.int32),

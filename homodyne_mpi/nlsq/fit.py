@@ -107,17 +107,31 @@ def point_counts(n_points: int, comm: Comm) -> np.ndarray:
     return balanced_counts(n_points, comm.size)
 
 
-def distribute_points(points: PointSet | None, n_points: int, comm: Comm) -> PointSet:
+def distribute_points(points: PointSet | None, n_points: int, comm: Comm, chunk_size: int | None = None) -> PointSet:
     """Scatter the root's points to every rank in balanced contiguous blocks.
 
-    Each column travels as one ``Scatterv`` of its NumPy buffer.
+    Each column travels as one ``Scatterv`` of its NumPy buffer. With ``chunk_size`` each
+    rank's block arrives already padded to whole chunks (``padded_length``) with
+    zero-weight points of its last angle, so that the fit's device block can use the same
+    memory: a rank then holds its points once, plus per-chunk work space.
     """
     counts = point_counts(n_points, comm)
+    mine = int(counts[comm.rank])
+    capacity = None if chunk_size is None else padded_length(mine, chunk_size)
     columns = {}
     for name in PointSet.column_names():
         source = getattr(points, name) if comm.is_root else None
-        columns[name] = comm.scatter_rows(source, counts)
+        columns[name] = comm.scatter_rows(source, counts, capacity=capacity)
+    if capacity is not None and capacity > mine:
+        columns["angle"][mine:] = columns["angle"][mine - 1] if mine else 0
+        columns["frame_j"][mine:] = 1  # i = 0 < j = 1, weight 0: contributes nothing
     return PointSet(**columns)
+
+
+def padded_length(n_local: int, chunk_size: int) -> int:
+    """Points of a block of ``n_local`` once padded to whole chunks of ``effective_chunk_size``."""
+    chunk = effective_chunk_size(n_local, chunk_size)
+    return max(1, -(-n_local // chunk)) * chunk
 
 
 def effective_chunk_size(n_local: int, chunk_size: int) -> int:
@@ -130,12 +144,14 @@ def effective_chunk_size(n_local: int, chunk_size: int) -> int:
 def device_block(points: PointSet, chunk_size: int) -> tuple[jnp.ndarray, ...]:
     """The points as device arrays of shape ``(n_chunks, chunk_size)``, zero-weight padded.
 
-    Padding repeats the last angle so that every chunk stays angle-sorted.
+    Padding repeats the last angle so that every chunk stays angle-sorted. A block that
+    is already whole chunks is not copied: on the CPU the device arrays share its memory
+    when it is 64-byte aligned, as ``distribute_points`` leaves it.
     """
     n_chunks = max(1, -(-len(points) // chunk_size))
     padded = points.padded(n_chunks * chunk_size, fill_angle=int(points.angle[-1]) if len(points) else 0)
     return tuple(
-        jnp.asarray(getattr(padded, name).reshape(n_chunks, chunk_size)) for name in PointSet.column_names()
+        jax.device_put(getattr(padded, name).reshape(n_chunks, chunk_size)) for name in PointSet.column_names()
     )
 
 

@@ -69,28 +69,39 @@ def half_phase_trig(G, projections, angle, frame_i, frame_j, spec: ModelSpec):
 
     ``Phi/2 = k_a (G_j - G_i)`` with ``k_a = q h cos(phi0 - phi_a) / 2``; the tables of
     ``sin(k_a G_n)`` and ``cos(k_a G_n)`` cost ``n_angles x N`` transcendentals, the
-    points only products.
+    points only products. Both tables sit in one ``(n_angles N, 2)`` array, so a point
+    gathers two rows instead of four numbers.
     """
-    arguments = (0.5 * spec.q * spec.gap) * projections[:, None] * G[None, :]
-    sin_table, cos_table = jnp.sin(arguments).ravel(), jnp.cos(arguments).ravel()
+    arguments = ((0.5 * spec.q * spec.gap) * projections[:, None] * G[None, :]).ravel()
+    table = jnp.stack([jnp.sin(arguments), jnp.cos(arguments)], axis=1)
     row = angle * spec.n_frames
-    sin_j, cos_j = sin_table[row + frame_j], cos_table[row + frame_j]
-    sin_i, cos_i = sin_table[row + frame_i], cos_table[row + frame_i]
+    sin_j, cos_j = table[row + frame_j].T
+    sin_i, cos_i = table[row + frame_i].T
     return sin_j * cos_i - cos_j * sin_i, cos_j * cos_i + sin_j * sin_i
 
 
 def point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, setup: KernelSetup):
-    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points."""
+    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points.
+
+    The per-frame tables are stacked into one ``(N, 8)`` array ``[C, dC, G, dG]`` and the
+    per-angle numbers into one ``(n_angles, 4)`` array, so a point gathers three rows
+    (frame ``j``, frame ``i``, its angle) rather than some twenty single numbers.
+    """
     spec, layout = setup.spec, setup.layout
     contrast, offset, physical = layout.split(theta)
     C, dC, G, dG = tables
-    diffusion_step = C[frame_j] - C[frame_i]
+    frame_table = jnp.concatenate([C[:, None], dC, G[:, None], dG], axis=1)
+    steps = frame_table[frame_j] - frame_table[frame_i]
+    diffusion_step, diffusion_slopes = steps[:, 0], steps[:, 1:4]
     if spec.has_shear:
         angle_rad = jnp.deg2rad(physical[PHI0_INDEX] - phi_deg)
-        projection = jnp.cos(angle_rad)[angle]
-        strain_step = G[frame_j] - G[frame_i]
+        per_angle = jnp.stack([contrast, offset, jnp.cos(angle_rad), -jnp.sin(angle_rad)], axis=1)[angle]
+        projection, minus_sine = per_angle[:, 2], per_angle[:, 3]
+        strain_step, strain_slopes = steps[:, 4], steps[:, 5:8]
     else:
+        per_angle = jnp.stack([contrast, offset], axis=1)[angle]
         projection = strain_step = diffusion_step
+    point_contrast, point_offset = per_angle[:, 0], per_angle[:, 1]
     if spec.has_shear and spec.shear_form == "paper":
         sine, cosine = half_phase_trig(G, jnp.cos(angle_rad), angle, frame_i, frame_j, spec)
         g1_sq, d_diffusion, d_strain, d_projection = paper_shear_g1_squared_and_slopes(
@@ -100,13 +111,12 @@ def point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, se
         g1_sq, d_diffusion, d_strain, d_projection = g1_squared_and_slopes(
             diffusion_step, strain_step, projection, spec
         )
-    point_contrast = contrast[angle]
-    columns = [d_diffusion[:, None] * (dC[frame_j] - dC[frame_i])]
+    columns = [d_diffusion[:, None] * diffusion_slopes]
     if spec.has_shear:
-        d_phi0 = d_projection * (-jnp.sin(angle_rad)[angle]) * (jnp.pi / 180.0)
-        columns += [d_strain[:, None] * (dG[frame_j] - dG[frame_i]), d_phi0[:, None]]
+        d_phi0 = d_projection * minus_sine * (jnp.pi / 180.0)
+        columns += [d_strain[:, None] * strain_slopes, d_phi0[:, None]]
     jacobian = point_contrast[:, None] * jnp.concatenate(columns, axis=1)
-    model = offset[angle] + point_contrast * g1_sq
+    model = point_offset + point_contrast * g1_sq
     return model, jacobian, g1_sq
 
 

@@ -17,6 +17,22 @@ import numpy as np
 from ..errors import HomodyneError
 
 
+XLA_ALIGNMENT = 64
+"""Bytes: XLA's CPU client shares (does not copy) host buffers aligned to this."""
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype, alignment: int = XLA_ALIGNMENT) -> np.ndarray:
+    """A zero-filled array whose data starts on an ``alignment``-byte boundary.
+
+    ``jax.device_put`` of such an array on the CPU uses its memory instead of a copy.
+    """
+    dtype = np.dtype(dtype)
+    n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.zeros(n_bytes + alignment, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % alignment
+    return raw[offset : offset + n_bytes].view(dtype).reshape(shape)
+
+
 class Comm:
     """Interface shared by ``MPIComm`` and ``SerialComm``."""
 
@@ -44,7 +60,15 @@ class Comm:
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
-    def scatter_rows(self, array: np.ndarray | None, counts: Sequence[int], root: int = 0) -> np.ndarray:  # pragma: no cover
+    def scatter_rows(
+        self, array: np.ndarray | None, counts: Sequence[int], root: int = 0, capacity: int | None = None
+    ) -> np.ndarray:  # pragma: no cover
+        """Rank ``r`` gets the next ``counts[r]`` rows of the root's ``array``.
+
+        With ``capacity`` the result has ``max(capacity, counts[r])`` rows: the received
+        ones first, zeros after (room for padding without a second copy), in a buffer
+        that JAX can use without copying (``aligned_zeros``).
+        """
         raise NotImplementedError
 
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:  # pragma: no cover
@@ -91,10 +115,14 @@ class SerialComm(Comm):
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
         return np.array(array, dtype=np.float64, copy=True)
 
-    def scatter_rows(self, array, counts, root: int = 0) -> np.ndarray:
+    def scatter_rows(self, array, counts, root: int = 0, capacity: int | None = None) -> np.ndarray:
         if len(counts) != 1 or counts[0] != len(array):
             raise ValueError("SerialComm.scatter_rows needs counts == [len(array)]")
-        return np.ascontiguousarray(array)
+        if capacity is None or capacity <= len(array):
+            return np.ascontiguousarray(array)
+        local = aligned_zeros((capacity, *np.shape(array)[1:]), np.asarray(array).dtype)
+        local[: len(array)] = array
+        return local
 
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray:
         return np.ascontiguousarray(array)
@@ -138,10 +166,12 @@ class MPIComm(Comm):
         self._comm.Allreduce(send, receive, op=self._MPI.SUM)
         return receive
 
-    def scatter_rows(self, array, counts, root: int = 0) -> np.ndarray:
+    def scatter_rows(self, array, counts, root: int = 0, capacity: int | None = None) -> np.ndarray:
         """Give rank ``r`` the next ``counts[r]`` rows of the root's ``array``.
 
-        Only the root needs ``array``; dtype and trailing shape are broadcast first.
+        Only the root needs ``array``; dtype and trailing shape are broadcast first. With
+        ``capacity`` the receive buffer has ``max(capacity, counts[r])`` rows, zeros after
+        the received ones.
         """
         counts = [int(c) for c in counts]
         if len(counts) != self.size:
@@ -155,12 +185,13 @@ class MPIComm(Comm):
         dtype_str, trailing = self._comm.bcast(meta, root=root)
         dtype = np.dtype(dtype_str)
         row_items = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
-        local = np.empty((counts[self.rank], *trailing), dtype=dtype)
+        rows = max(counts[self.rank], int(capacity or 0))
+        local = aligned_zeros((rows, *trailing), dtype)
         item_counts = np.array(counts, dtype=np.int64) * row_items
         displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
         mpi_type = self._MPI._typedict[dtype.char]
         send = [array, (item_counts, displacements), mpi_type] if self.rank == root else None
-        self._comm.Scatterv(send, [local, mpi_type], root=root)
+        self._comm.Scatterv(send, [local[: counts[self.rank]], mpi_type], root=root)
         return local
 
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:

@@ -1,0 +1,117 @@
+"""CMC on speckle-noise data: how often the 90% credible interval holds the truth.
+
+Usage: python scripts/bench_cmc_coverage.py [--seeds 20] [--frames 100] [--output FILE]
+
+For each seed it simulates static data with ``noise_model: speckle`` (6 angles, sigma
+0.01, per-frame terms of the same size), fits NLSQ from the template defaults with the
+frame-block jackknife, and runs CMC twice from that warm start: with the likelihood
+untempered (``calibrate: false``) and tempered by the NLSQ jackknife-to-model variance
+ratio (``calibrate: true``, the default). It records, over (seed, physical parameter)
+pairs, the fraction with ``q05 <= truth <= q95``, and the tempering factors used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import machine, write_json  # noqa: E402
+
+from homodyne_mpi.parallel.devices import configure_host_devices  # noqa: E402
+
+CHAINS = 2
+configure_host_devices(CHAINS)
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from homodyne_mpi.cmc import run_cmc  # noqa: E402
+from homodyne_mpi.config import load_config, render_template  # noqa: E402
+from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
+from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
+from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
+from homodyne_mpi.nlsq import build_problem, fit_nlsq  # noqa: E402
+from homodyne_mpi.parallel import SerialComm  # noqa: E402
+from homodyne_mpi.pipeline import likelihood_calibration  # noqa: E402
+
+TRUTH = [8000.0, -0.3, 30.0]
+PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
+
+
+def write_config(workdir: Path, n_frames: int, warmup: int, samples: int) -> Path:
+    config = yaml.safe_load(render_template("static"))
+    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
+    config["phi_filtering"]["enabled"] = False
+    config["experimental_data"]["file_path"] = str(workdir / "data.h5")
+    config["compute"]["compilation_cache_dir"] = str(workdir / "jax_cache")
+    config["optimization"]["nlsq"]["uncertainty"] = "jackknife"
+    cmc = config["optimization"]["cmc"]
+    cmc["sharding"]["num_shards"] = 1
+    cmc["per_shard_mcmc"].update(
+        {"num_warmup": warmup, "num_samples": samples, "num_chains": CHAINS, "min_warmup": warmup, "min_samples": samples}
+    )
+    path = workdir / "static.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def inside_interval(result, names: list[str], truth: np.ndarray) -> list[bool]:
+    summary = result.parameters()
+    return [bool(summary[name]["q05"] <= value <= summary[name]["q95"]) for name, value in zip(names, truth)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--output", default="bench_results/bench_cmc_coverage.json")
+    args = parser.parse_args()
+    truth = np.array(TRUTH)
+    coverage = {"untempered": [], "tempered": []}
+    factors, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        workdir = Path(folder)
+        path = write_config(workdir, args.frames, args.warmup, args.samples)
+        for seed in range(args.seeds):
+            simulate_dataset(workdir / "data.h5", mode="static", shear_form="paper", q=0.0054, dt=0.1,
+                             n_frames=args.frames, gap=2e6, physical=truth, contrast=0.3, offset=1.0, phi=PHI,
+                             noise_sigma=0.01, seed=seed, noise_model="speckle")
+            cfg = load_config(path)
+            data = load_config_dataset(cfg)
+            problem = build_problem(cfg, data)
+            points = upper_triangle_points(data.c2, problem.noise_sigma)
+            nlsq = fit_nlsq(problem, points, SerialComm(), cfg.optimization.nlsq)
+            factor = likelihood_calibration(nlsq, problem)
+            factors.append(factor)
+            names = problem.layout.physical_names
+            for label, calibration in (("untempered", 1.0), ("tempered", factor)):
+                result = run_cmc(cfg, problem, points, SerialComm(), warm_start=nlsq, output_dir=None, calibration=calibration)
+                coverage[label] += inside_interval(result, names, truth)
+            print(f"seed {seed}: tempering {factor:.2f}, covered so far {np.mean(coverage['untempered']):.2f} "
+                  f"untempered, {np.mean(coverage['tempered']):.2f} tempered", flush=True)
+    document = {
+        "benchmark": "CMC 90% credible-interval coverage on speckle-noise data",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "seeds": args.seeds, "frames": args.frames, "angles": len(PHI), "chains": CHAINS,
+        "warmup": args.warmup, "samples": args.samples, "shards": 1,
+        "pairs": len(coverage["tempered"]),
+        "coverage_90_untempered": float(np.mean(coverage["untempered"])),
+        "coverage_90_tempered": float(np.mean(coverage["tempered"])),
+        "tempering_factor_median": float(np.median(factors)),
+        "tempering_factor_range": [float(np.min(factors)), float(np.max(factors))],
+        "seconds": time.perf_counter() - start,
+    }
+    print(document, flush=True)
+    write_json(args.output, document)
+
+
+if __name__ == "__main__":
+    main()
