@@ -145,8 +145,9 @@ def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: Kern
     - ``chi2 = sum r^2`` and the robust cost ``f^2 sum rho((r/f)^2)``.
 
     ``W`` holds the loss weights ``rho'((r/f)^2)``; residuals are ``weight*(model - value)``.
-    A chunk touches at most ``K = pairs_per_chunk`` consecutive pairs, so the pair sums
-    are a ``(K, B) @ (B, width)`` product added at the chunk's first pair.
+    A chunk touches at most ``K = pairs_per_chunk`` consecutive pairs; all these sums
+    come from one Gram matrix of ``[X, a M, b M]`` (``M`` the ``(B, K)`` one-hot pair
+    membership), added at the chunk's first pair.
 
     ``excluded_frames = [start, stop)`` (optional) drops every point whose ``i`` or ``j``
     lies in that frame range, as a frame-block jackknife replicate needs.
@@ -165,22 +166,33 @@ def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: Kern
     else:
         root_weight = jnp.sqrt(loss_weight(z, setup.loss))
         design = root_weight[:, None] * design
-    gram = design.T @ design
     chi2 = jnp.sum(residual * residual)
     cost = setup.loss_scale**2 * jnp.sum(loss_rho(z, setup.loss))
     width = 3 + 2 * design.shape[1]
     span = pairs_per_chunk(setup, chunk[0].shape[0])
     if setup.n_pairs == 0:
-        return gram, jnp.zeros((0, width)), chi2, cost
-    a = root_weight * weight * g1_sq
-    b = root_weight * weight
-    columns = jnp.concatenate(
-        [jnp.stack([a * a, a * b, b * b], axis=1), a[:, None] * design, b[:, None] * design], axis=1
-    )
+        return design.T @ design, jnp.zeros((0, width)), chi2, cost
     pair = pair_of_angle[angle]
     first = pair[0]
-    membership = ((pair - first)[:, None] == jnp.arange(span)[None, :]).astype(columns.dtype)
-    local = membership.T @ columns
+    membership = ((pair - first)[:, None] == jnp.arange(span)[None, :]).astype(design.dtype)
+    a = root_weight * weight * g1_sq
+    b = root_weight * weight
+    # One Gram matrix of [X, a M, b M] (M: the chunk's one-hot pair membership) holds
+    # X^T X and, per pair, a^2, ab, b^2, a X, b X: a single dense product per chunk.
+    stacked = jnp.concatenate([design, a[:, None] * membership, b[:, None] * membership], axis=1)
+    full = stacked.T @ stacked
+    n_design = design.shape[1]
+    gram = full[:n_design, :n_design]
+    a_rows = jnp.arange(span) + n_design
+    b_rows = a_rows + span
+    local = jnp.concatenate(
+        [
+            jnp.stack([full[a_rows, a_rows], full[a_rows, b_rows], full[b_rows, b_rows]], axis=1),
+            full[a_rows, :n_design],
+            full[b_rows, :n_design],
+        ],
+        axis=1,
+    )
     moments = jnp.zeros((setup.n_pairs + span, width))
     moments = jax.lax.dynamic_update_slice(moments, local, (first, 0))
     return gram, moments, chi2, cost

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -18,6 +19,23 @@ from ..errors import HomodyneError
 from .comm import Comm
 
 log = logging.getLogger(__name__)
+
+
+ABORT_GRACE_S = 1.0
+"""Seconds between printing a rank's fatal error and ``MPI_Abort``.
+
+The launcher forwards each rank's output through its own processes and kills them all on
+an abort; without a pause, a message still on its way can be lost (seen under load with
+MPICH's hydra), and it is the one line the user needs.
+"""
+
+
+def abort_job(comm: Comm, code: int) -> None:
+    """Flush this rank's output, give the launcher time to forward it, then abort every rank."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    time.sleep(ABORT_GRACE_S)
+    comm.abort(code)
 
 
 def failure_message(comm: Comm, error: BaseException) -> str:
@@ -38,12 +56,12 @@ def run_guarded(main: Callable[[], int], comm: Comm) -> int:
                 print(f"error: {error}", file=sys.stderr, flush=True)
             return error.exit_code
         print(f"error on {failure_message(comm, error)}", file=sys.stderr, flush=True)
-        comm.abort(error.exit_code)
+        abort_job(comm, error.exit_code)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"interrupted on {comm.describe()}", file=sys.stderr, flush=True)
         if comm.size > 1:
-            comm.abort(130)
+            abort_job(comm, 130)
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence
         details = traceback.format_exc()
@@ -53,5 +71,5 @@ def run_guarded(main: Callable[[], int], comm: Comm) -> int:
             flush=True,
         )
         if comm.size > 1:
-            comm.abort(1)
+            abort_job(comm, 1)
         return 1
