@@ -100,7 +100,7 @@ def run_fit(config: Path, ranks: int, out: Path, chunk_size: int | None = None, 
         document["optimization"]["nlsq"]["chunk_size"] = chunk_size
     config = config.with_name(f"{config.stem}_chunk{chunk_size or 'default'}_{uncertainty}.yaml")
     config.write_text(yaml.safe_dump(document, sort_keys=False))
-    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out)]
+    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), "--fresh"]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
     wall = time.perf_counter() - start
