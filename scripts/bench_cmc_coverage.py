@@ -103,12 +103,18 @@ def main() -> None:
                 coverage[label] += inside_interval(result, names, truth)
             print(f"seed {seed}: tempering {factor:.2f}, covered so far {np.mean(coverage['untempered']):.2f} "
                   f"untempered, {np.mean(coverage['tempered']):.2f} tempered", flush=True)
-    document = {
+            # written after every seed, so a long run stopped early keeps what it measured
+            write_json(args.output, summary(args, seed + 1, coverage, failed, factors, time.perf_counter() - start))
+
+
+def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, seconds: float) -> dict:
+    """The JSON document of the seeds finished so far."""
+    return {
         "benchmark": "CMC 90% credible-interval coverage on speckle-noise data",
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
-        "seeds": args.seeds, "frames": args.frames, "angles": len(PHI), "chains": CHAINS,
-        "warmup": args.warmup, "samples": args.samples, "shards": 1,
+        "seeds_requested": args.seeds, "seeds_done": seeds_done, "frames": args.frames, "angles": len(PHI),
+        "chains": CHAINS, "warmup": args.warmup, "samples": args.samples, "shards": 1,
         "pairs_untempered": len(coverage["untempered"]),
         "pairs_tempered": len(coverage["tempered"]),
         "failed_runs": failed,
@@ -116,10 +122,8 @@ def main() -> None:
         "coverage_90_tempered": float(np.mean(coverage["tempered"])),
         "tempering_factor_median": float(np.median(factors)),
         "tempering_factor_range": [float(np.min(factors)), float(np.max(factors))],
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
     }
-    print(document, flush=True)
-    write_json(args.output, document)
 
 
 if __name__ == "__main__":
