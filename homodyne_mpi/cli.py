@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, HomodyneError
+from .errors import ConfigError
 
 log = logging.getLogger("homodyne_mpi.cli")
 

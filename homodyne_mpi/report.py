@@ -9,7 +9,6 @@ of an output root adds the data sets that failed. Reads only the JSON result fil
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import SINGLE_CORE_XLA_FLAGS, best_of, machine, single_core_environment, write_json  # noqa: E402
+from bench_common import SINGLE_CORE_XLA_FLAGS, machine, single_core_environment, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -352,21 +352,25 @@ def test_exception_on_one_rank_aborts_every_rank_naming_rank_host_and_error(rank
 # -- SIGTERM, then the same command resumes ----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def uninterrupted_nlsq(laminar_data, tmp_path_factory):
-    """``ranks -> result.json`` of the long fit run without interruption (made on demand)."""
+def reference_runs(tmp_path_factory, prefix: str, write_config, result: str):
+    """``ranks -> results/<result>`` of an uninterrupted run of ``write_config(folder)``, run once per rank count."""
     made: dict[int, Path] = {}
 
     def reference(ranks: int) -> Path:
         if ranks not in made:
-            folder = tmp_path_factory.mktemp(f"reference{ranks}")
-            config = long_fit_config(folder / "fit.yaml", laminar_data)
-            result = run_command(ranks, config, folder / "results")
-            assert result.returncode == 0, result.stderr[-3000:]
-            made[ranks] = folder / "results" / "laminar" / "nlsq" / "result.json"
+            folder = tmp_path_factory.mktemp(f"{prefix}{ranks}")
+            completed = run_command(ranks, write_config(folder), folder / "results")
+            assert completed.returncode == 0, completed.stderr[-3000:]
+            made[ranks] = folder / "results" / result
         return made[ranks]
 
     return reference
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_nlsq(laminar_data, tmp_path_factory):
+    """``ranks -> result.json`` of the long fit run without interruption (made on demand)."""
+    return reference_runs(tmp_path_factory, "reference", lambda folder: long_fit_config(folder / "fit.yaml", laminar_data), "laminar/nlsq/result.json")
 
 
 @pytest.mark.timeout(900)
@@ -458,18 +462,7 @@ def uninterrupted_cmc(static_data, tmp_path_factory):
     Same rank count as the interrupted run: the NLSQ warm start, and so the priors, carry
     the rank count's summation order, and NUTS amplifies a last-bit difference.
     """
-    made: dict[int, Path] = {}
-
-    def reference(ranks: int) -> Path:
-        if ranks not in made:
-            folder = tmp_path_factory.mktemp(f"reference_cmc{ranks}")
-            config = cmc_config(folder / "cmc.yaml", static_data)
-            result = run_command(ranks, config, folder / "results")
-            assert result.returncode == 0, result.stderr[-3000:]
-            made[ranks] = folder / "results" / "static" / "cmc" / "result.json"
-        return made[ranks]
-
-    return reference
+    return reference_runs(tmp_path_factory, "reference_cmc", lambda folder: cmc_config(folder / "cmc.yaml", static_data), "static/cmc/result.json")
 
 
 @pytest.mark.timeout(900)

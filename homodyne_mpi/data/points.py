@@ -39,6 +39,17 @@ class PointSet:
         """The points selected by an index array, slice or boolean mask."""
         return PointSet(**{name: getattr(self, name)[index] for name in self.column_names()})
 
+    @staticmethod
+    def padding_columns(length: int, fill_angle: int = 0) -> dict[str, np.ndarray]:
+        """Columns of ``length`` padding points: ``i=0, j=1``, weight 0, angle ``fill_angle``."""
+        return {
+            "angle": np.full(length, fill_angle, np.int32),
+            "frame_i": np.zeros(length, np.int32),
+            "frame_j": np.ones(length, np.int32),
+            "value": np.zeros(length, np.float64),
+            "weight": np.zeros(length, np.float64),
+        }
+
     def padded(self, length: int, fill_angle: int = 0) -> "PointSet":
         """A copy extended to ``length`` points with zero-weight padding (``i=0, j=1``); itself if long enough.
 
@@ -49,13 +60,7 @@ class PointSet:
             raise ValueError("padded length is shorter than the point set")
         if extra == 0:
             return self
-        pad = {
-            "angle": np.full(extra, fill_angle, np.int32),
-            "frame_i": np.zeros(extra, np.int32),
-            "frame_j": np.ones(extra, np.int32),
-            "value": np.zeros(extra, np.float64),
-            "weight": np.zeros(extra, np.float64),
-        }
+        pad = self.padding_columns(extra, fill_angle)
         return PointSet(
             **{name: np.concatenate([getattr(self, name), pad[name]]) for name in self.column_names()}
         )

@@ -123,8 +123,9 @@ def distribute_points(points: PointSet | None, n_points: int, comm: Comm, chunk_
         source = getattr(points, name) if comm.is_root else None
         columns[name] = comm.scatter_rows(source, counts, capacity=capacity)
     if capacity is not None and capacity > mine:
-        columns["angle"][mine:] = columns["angle"][mine - 1] if mine else 0
-        columns["frame_j"][mine:] = 1  # i = 0 < j = 1, weight 0: contributes nothing
+        fill_angle = int(columns["angle"][mine - 1]) if mine else 0
+        for name, padding in PointSet.padding_columns(capacity - mine, fill_angle).items():
+            columns[name][mine:] = padding
     return PointSet(**columns)
 
 

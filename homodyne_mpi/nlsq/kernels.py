@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -64,46 +65,66 @@ def frame_tables(physical: jnp.ndarray, spec: ModelSpec):
     return C, dC, strain(physical), jax.jacfwd(strain)(physical)[:, 3:6]
 
 
-def half_phase_trig(G, projections, angle, frame_i, frame_j, spec: ModelSpec):
-    """``sin`` and ``cos`` of ``Phi/2`` at each point by the angle-addition rule.
+class PointTables(NamedTuple):
+    """Everything a point's model and Jacobian row gather from, built once per evaluation."""
 
-    ``Phi/2 = k_a (G_j - G_i)`` with ``k_a = q h cos(phi0 - phi_a) / 2``; the tables of
-    ``sin(k_a G_n)`` and ``cos(k_a G_n)`` cost ``n_angles x N`` transcendentals, the
-    points only products. Both tables sit in one ``(n_angles N, 2)`` array, so a point
-    gathers two rows instead of four numbers.
-    """
-    arguments = ((0.5 * spec.q * spec.gap) * projections[:, None] * G[None, :]).ravel()
-    table = jnp.stack([jnp.sin(arguments), jnp.cos(arguments)], axis=1)
-    row = angle * spec.n_frames
-    sin_j, cos_j = table[row + frame_j].T
-    sin_i, cos_i = table[row + frame_i].T
-    return sin_j * cos_i - cos_j * sin_i, cos_j * cos_i + sin_j * sin_i
+    frames: jnp.ndarray
+    """``(N, 8)`` rows ``[C, dC (3), G, dG (3)]`` (see ``frame_tables``)."""
+    angles: jnp.ndarray
+    """``(n_angles, 4)`` rows ``[contrast, offset, cos(phi0 - phi), -sin(phi0 - phi)]``
+    (``(n_angles, 2)`` without shear)."""
+    half_phase: jnp.ndarray | None
+    """``(n_angles N, 2)`` rows ``[sin, cos](k_a G_n)`` for the ``paper`` shear form, else None."""
 
 
-def point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, setup: KernelSetup):
-    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points.
+def point_tables(theta, phi_deg, setup: KernelSetup) -> PointTables:
+    """The tables of ``point_model_and_jacobian`` at ``theta``.
 
-    The per-frame tables are stacked into one ``(N, 8)`` array ``[C, dC, G, dG]`` and the
-    per-angle numbers into one ``(n_angles, 4)`` array, so a point gathers three rows
-    (frame ``j``, frame ``i``, its angle) rather than some twenty single numbers.
+    ``n_angles x N`` transcendentals for the half phase ``Phi/2 = k_a (G_j - G_i)``,
+    ``k_a = q h cos(phi0 - phi_a) / 2``: the points then need only products (the
+    angle-addition rule).
     """
     spec, layout = setup.spec, setup.layout
     contrast, offset, physical = layout.split(theta)
-    C, dC, G, dG = tables
-    frame_table = jnp.concatenate([C[:, None], dC, G[:, None], dG], axis=1)
-    steps = frame_table[frame_j] - frame_table[frame_i]
+    C, dC, G, dG = frame_tables(physical, spec)
+    frames = jnp.concatenate([C[:, None], dC, G[:, None], dG], axis=1)
+    if not spec.has_shear:
+        return PointTables(frames, jnp.stack([contrast, offset], axis=1), None)
+    angle_rad = jnp.deg2rad(physical[PHI0_INDEX] - phi_deg)
+    projections = jnp.cos(angle_rad)
+    angles = jnp.stack([contrast, offset, projections, -jnp.sin(angle_rad)], axis=1)
+    if spec.shear_form != "paper":
+        return PointTables(frames, angles, None)
+    arguments = ((0.5 * spec.q * spec.gap) * projections[:, None] * G[None, :]).ravel()
+    return PointTables(frames, angles, jnp.stack([jnp.sin(arguments), jnp.cos(arguments)], axis=1))
+
+
+def half_phase_trig(half_phase, angle, frame_i, frame_j, n_frames: int):
+    """``sin`` and ``cos`` of ``Phi/2`` at each point by the angle-addition rule."""
+    row = angle * n_frames
+    sin_j, cos_j = half_phase[row + frame_j].T
+    sin_i, cos_i = half_phase[row + frame_i].T
+    return sin_j * cos_i - cos_j * sin_i, cos_j * cos_i + sin_j * sin_i
+
+
+def point_model_and_jacobian(tables: PointTables, angle, frame_i, frame_j, setup: KernelSetup):
+    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points.
+
+    A point gathers rows of the stacked tables (frame ``j``, frame ``i``, its angle, and
+    for the ``paper`` form two half-phase rows) rather than some twenty single numbers.
+    """
+    spec = setup.spec
+    steps = tables.frames[frame_j] - tables.frames[frame_i]
     diffusion_step, diffusion_slopes = steps[:, 0], steps[:, 1:4]
+    per_angle = tables.angles[angle]
+    point_contrast, point_offset = per_angle[:, 0], per_angle[:, 1]
     if spec.has_shear:
-        angle_rad = jnp.deg2rad(physical[PHI0_INDEX] - phi_deg)
-        per_angle = jnp.stack([contrast, offset, jnp.cos(angle_rad), -jnp.sin(angle_rad)], axis=1)[angle]
         projection, minus_sine = per_angle[:, 2], per_angle[:, 3]
         strain_step, strain_slopes = steps[:, 4], steps[:, 5:8]
     else:
-        per_angle = jnp.stack([contrast, offset], axis=1)[angle]
         projection = strain_step = diffusion_step
-    point_contrast, point_offset = per_angle[:, 0], per_angle[:, 1]
-    if spec.has_shear and spec.shear_form == "paper":
-        sine, cosine = half_phase_trig(G, jnp.cos(angle_rad), angle, frame_i, frame_j, spec)
+    if tables.half_phase is not None:
+        sine, cosine = half_phase_trig(tables.half_phase, angle, frame_i, frame_j, spec.n_frames)
         g1_sq, d_diffusion, d_strain, d_projection = paper_shear_g1_squared_and_slopes(
             diffusion_step, strain_step, projection, sine, cosine, spec
         )
@@ -132,7 +153,7 @@ def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
     return int(min(setup.n_pairs, -(-(chunk_size - 1) // per_angle) + 1))
 
 
-def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None):
+def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None):
     """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
 
     Returns ``(gram, pair_moments, chi2, robust_cost)``:
@@ -157,7 +178,7 @@ def chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup: Kern
         start, stop = excluded_frames[0], excluded_frames[1]
         touches = ((frame_i >= start) & (frame_i < stop)) | ((frame_j >= start) & (frame_j < stop))
         weight = jnp.where(touches, 0.0, weight)
-    model, jac_phys, g1_sq = point_model_and_jacobian(theta, tables, phi_deg, angle, frame_i, frame_j, setup)
+    model, jac_phys, g1_sq = point_model_and_jacobian(tables, angle, frame_i, frame_j, setup)
     residual = weight * (model - value)
     design = jnp.concatenate([weight[:, None] * jac_phys, residual[:, None]], axis=1)
     z = (residual / setup.loss_scale) ** 2
@@ -206,7 +227,7 @@ def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=Non
     working memory is one chunk's, whatever the block size. ``excluded_frames`` (int
     array ``[start, stop)``, or None) drops the points touching those frames.
     """
-    tables = frame_tables(setup.layout.split(theta)[2], setup.spec)
+    tables = point_tables(theta, phi_deg, setup)
     n_chunks, chunk_size = block[0].shape
     n_design = setup.n_physical + 1
     span = pairs_per_chunk(setup, chunk_size)
@@ -219,7 +240,7 @@ def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=Non
 
     def add_chunk(k, totals):
         chunk = tuple(column[k] for column in block)
-        terms = chunk_accumulators(theta, tables, phi_deg, pair_of_angle, chunk, setup, excluded_frames)
+        terms = chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames)
         return tuple(total + term for total, term in zip(totals, terms))
 
     gram, moments, chi2, cost = jax.lax.fori_loop(0, n_chunks, add_chunk, initial)
@@ -229,11 +250,11 @@ def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=Non
 @partial(jax.jit, static_argnames=("setup",))
 def block_model(theta, phi_deg, block, setup: KernelSetup):
     """Model ``c2`` at every point of a block shaped ``(n_chunks, chunk_size)``."""
-    tables = frame_tables(setup.layout.split(theta)[2], setup.spec)
+    tables = point_tables(theta, phi_deg, setup)
     angle, frame_i, frame_j = block[:3]
 
     def chunk_model(chunk):
-        return point_model_and_jacobian(theta, tables, phi_deg, *chunk, setup)[0]
+        return point_model_and_jacobian(tables, *chunk, setup)[0]
 
     return jax.lax.map(chunk_model, (angle, frame_i, frame_j))
 
