@@ -541,7 +541,9 @@ class NLSQConfig:
     """Which standard error is ``std`` in result.json: jackknife | model."""
     jackknife_blocks: int = _opt(20, ge=2)
     """Blocks of the delete-one-block jackknife."""
-    jackknife_iterations: int = _opt(8, ge=1)
+    jackknife_blocking: str = _opt("influence", choices=("influence", "equal"))
+    """influence (contiguous blocks of equal influence on the fit) | equal (equal frame counts)."""
+    jackknife_iterations: int = _opt(20, ge=1)
     """Iterations of each jackknife refit, started from the full fit."""
 
 

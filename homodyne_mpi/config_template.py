@@ -165,8 +165,13 @@ optimization:
     uncertainty: jackknife
     # Blocks of the jackknife, integer >= 2.
     jackknife_blocks: 20
+    # How the frames are cut into blocks: influence | equal
+    #   influence: contiguous blocks that each carry about 1/K of the frames' lever on
+    #              the physical parameters (short blocks where single frames weigh most)
+    #   equal:     contiguous blocks of equal frame counts
+    jackknife_blocking: influence
     # Iterations of each jackknife refit (started from the full fit), integer >= 1.
-    jackknife_iterations: 8
+    jackknife_iterations: 20
   cmc:
     # Consensus Monte Carlo: NUTS on each shard of the data, then the shard posteriors
     # are combined. Global seed, integer in [0, 2^32); a shard's seed comes from

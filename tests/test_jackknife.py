@@ -10,7 +10,9 @@ from test_nlsq_fit import STATIC_TRUTH, fit, simulate
 from homodyne_mpi.nlsq.jackknife import (
     frame_blocks,
     frame_corrected_covariance,
+    frame_influence,
     independent_noise_covariance,
+    influence_blocks,
     jackknife_covariance,
 )
 
@@ -23,6 +25,54 @@ def test_frame_blocks_are_contiguous_and_even(n_frames, n_blocks):
     sizes = blocks[:, 1] - blocks[:, 0]
     assert sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
     assert len(blocks) == min(n_blocks, n_frames)
+
+
+def assert_partition(blocks, n_frames, n_blocks):
+    assert len(blocks) == min(n_blocks, n_frames)
+    assert blocks[0, 0] == 0 and blocks[-1, 1] == n_frames
+    np.testing.assert_array_equal(blocks[1:, 0], blocks[:-1, 1])
+    assert np.all(blocks[:, 1] > blocks[:, 0])
+
+
+def test_influence_blocks_give_each_block_an_equal_share():
+    influence = np.r_[np.full(4, 0.1), np.full(96, 0.6 / 96)]  # four heavy first frames
+    blocks = influence_blocks(influence, 10)
+    assert_partition(blocks, 100, 10)
+    np.testing.assert_array_equal(blocks[:4], [[0, 1], [1, 2], [2, 3], [3, 4]])
+    shares = np.array([influence[a:b].sum() for a, b in blocks])
+    np.testing.assert_allclose(shares, 0.1, atol=0.6 / 96 + 1e-12)
+
+
+@pytest.mark.parametrize("n_frames, n_blocks", [(100, 20), (101, 7), (5, 20)])
+def test_influence_blocks_of_uniform_influence_are_the_even_blocks(n_frames, n_blocks):
+    blocks = influence_blocks(np.ones(n_frames), n_blocks)
+    assert_partition(blocks, n_frames, n_blocks)
+    assert np.ptp(blocks[:, 1] - blocks[:, 0]) <= 1
+
+
+def test_a_frame_heavier_than_one_block_is_a_block_of_its_own_and_none_is_empty():
+    influence = np.r_[np.zeros(10), 1.0, np.zeros(39)]
+    blocks = influence_blocks(influence, 8)
+    assert_partition(blocks, 50, 8)
+    assert [10, 11] in blocks.tolist()
+    assert_partition(influence_blocks(np.zeros(50), 8), 50, 8)  # no influence: even blocks
+
+
+def test_frame_influence_is_each_frames_share_of_the_physical_variance():
+    rng = np.random.default_rng(3)
+    n_frames, n_params = 30, 5  # two scaling parameters, three physical
+    sensitivity = rng.standard_normal((n_frames, n_params))
+    sensitivity[0, 2:] *= 20.0  # frame 0 moves the physical parameters most
+    a = rng.standard_normal((n_params, n_params))
+    covariance = a @ a.T + np.eye(n_params)
+    free = np.array([True, True, True, False, True])
+    influence = frame_influence(sensitivity, 7.0 * covariance, free, slice(2, 5))
+    moves = sensitivity[:, free] @ covariance[np.ix_(free, free)]
+    squared = moves[:, [2, 3]] ** 2  # free physical parameters: 2 and 4
+    np.testing.assert_allclose(influence, (squared / squared.sum(axis=0)).mean(axis=1), rtol=1e-12)
+    assert influence.sum() == pytest.approx(1.0) and np.argmax(influence) == 0
+    none_free = frame_influence(sensitivity, covariance, np.array([True, True, False, False, False]), slice(2, 5))
+    np.testing.assert_allclose(none_free, 1.0 / n_frames)
 
 
 def test_jackknife_covariance_of_a_mean_is_its_variance():
@@ -143,3 +193,25 @@ def test_fit_file_holds_rate_bands(tmp_path):
         assert handle["jackknife/replicates"].shape == (6, 13)
         np.testing.assert_allclose(handle["covariance"][:], handle["covariance_jackknife"][:])
         assert diffusion[5] == pytest.approx(10000.0 * (5 * 0.1) ** -0.5 + 5.0, rel=0.05)
+
+
+def test_groups_are_clipped_apart_and_their_cross_excess_is_left_out():
+    rng = np.random.default_rng(8)
+    model = np.diag([1.0, 2.0, 3.0, 4.0, 5.0])
+    noise = rng.standard_normal((5, 5))
+    difference = (noise + noise.T) / 2
+    difference[:3, :3] = -np.eye(3)  # the first group's excess is negative: clipped to zero
+    independent = 2.0 * model
+    groups = [np.arange(3), np.arange(3, 5)]
+    corrected = frame_corrected_covariance(independent + difference, model, independent, groups)
+    np.testing.assert_allclose(corrected[:3, :3], model[:3, :3], rtol=1e-12)
+    assert np.all(corrected[:3, 3:] == 0.0)
+    scale = np.sqrt(np.diag(model)[3:])
+    from homodyne_mpi.nlsq.jackknife import psd_part
+
+    expected = model[3:, 3:] + psd_part(difference[3:, 3:] / np.outer(scale, scale)) * np.outer(scale, scale)
+    np.testing.assert_allclose(corrected[3:, 3:], expected, rtol=1e-12)
+    assert np.all(np.linalg.eigvalsh(corrected) > 0)
+    # one group of all parameters: the whole matrix is clipped together
+    together = frame_corrected_covariance(independent + difference, model, independent)
+    assert not np.allclose(together[:3, :3], model[:3, :3])

@@ -14,6 +14,7 @@ from homodyne_mpi.nlsq.kernels import (
     KernelSetup,
     assemble_normal_equations,
     block_accumulators,
+    block_frame_sensitivity,
     pack_accumulators,
     unpack_accumulators,
 )
@@ -72,6 +73,36 @@ def test_structured_normal_equations_match_autodiff(mode, form, scaling, loss, c
     np.testing.assert_allclose(hessian, expected_h, rtol=1e-10, atol=1e-10 * np.abs(expected_h).max())
     np.testing.assert_allclose(gradient, expected_g, rtol=1e-10, atol=1e-10 * np.abs(expected_g).max())
     assert terms[2] == pytest.approx(expected_chi2, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "mode, form, scaling, loss",
+    [
+        ("laminar_flow", "paper", "individual", "linear"),
+        ("static", "homodyne-v2", "averaged", "soft_l1"),
+        ("laminar_flow", "homodyne-v2", "fixed", "linear"),
+    ],
+)
+def test_frame_sensitivity_sums_the_weighted_jacobian_over_each_frames_row_and_column(mode, form, scaling, loss):
+    spec, layout, theta, points = problem(mode, form, scaling)
+    theta = theta * 1.01
+    setup = KernelSetup(spec, layout, loss, 1.5)
+    pairs = jnp.asarray(np.maximum(layout.scaling_pair_of_angle(), 0))
+    sensitivity = np.asarray(block_frame_sensitivity(theta, jnp.asarray(PHI), pairs, device_block(points, 100), setup=setup))
+
+    def residual(th):
+        contrast, offset, physical = layout.split(th)
+        model = c2_points(physical, contrast, offset, jnp.asarray(PHI), points.angle, points.frame_i, points.frame_j, spec)
+        return jnp.asarray(points.weight) * (model - jnp.asarray(points.value))
+
+    jacobian = np.asarray(jax.jacfwd(residual)(theta))
+    r = np.asarray(residual(theta))
+    lever = np.asarray(loss_weight(jnp.asarray((r / 1.5) ** 2), loss))  # the rows are already weighted
+    expected = np.zeros((spec.n_frames, jacobian.shape[1]))
+    np.add.at(expected, np.asarray(points.frame_i), lever[:, None] * jacobian)
+    np.add.at(expected, np.asarray(points.frame_j), lever[:, None] * jacobian)
+    assert sensitivity.shape == expected.shape
+    np.testing.assert_allclose(sensitivity, expected, rtol=1e-10, atol=1e-10 * np.abs(expected).max())
 
 
 def test_pack_unpack_round_trip():

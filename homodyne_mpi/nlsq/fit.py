@@ -26,6 +26,7 @@ from .kernels import (
     KernelSetup,
     assemble_normal_equations,
     block_accumulators,
+    block_frame_sensitivity,
     pack_accumulators,
     unpack_accumulators,
 )
@@ -200,6 +201,17 @@ class DistributedObjective:
             jnp.asarray(self.excluded_frames, dtype=jnp.int32),
         )
         return jax.block_until_ready(terms)
+
+    def frame_sensitivity(self, theta: np.ndarray) -> np.ndarray:
+        """``(N, P)`` per-frame sums of the weighted Jacobian over every rank's points.
+
+        See ``kernels.chunk_frame_sensitivity``; one Allreduce of ``N*P`` numbers.
+        """
+        local = block_frame_sensitivity(
+            jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, setup=self.setup
+        )
+        local = np.ascontiguousarray(np.asarray(local, dtype=np.float64))
+        return self.comm.allreduce_sum(local.ravel()).reshape(local.shape)
 
     def __call__(self, theta: np.ndarray) -> Evaluation:
         """The global normal equations at ``theta``.

@@ -247,6 +247,57 @@ def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=Non
     return gram, moments[: setup.n_pairs], chi2, cost
 
 
+def chunk_frame_sensitivity(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup):
+    """Per-frame sums of the weighted Jacobian rows of one chunk, ``(N, P)``.
+
+    Row ``f`` is ``sum_{p touches f} w_p J_p`` over the points with ``i == f`` or
+    ``j == f``, where ``J_p`` is the point's row of the weighted Jacobian
+    ``d(weight*(model - value))/d theta`` (columns in parameter-vector order: contrasts,
+    offsets, physical) and ``w_p`` its loss weight at the current residual. It is the
+    change of ``J^T W r`` when every residual touching frame ``f`` moves by one noise
+    unit: the frame's lever on the fit, from which the jackknife sizes its blocks.
+    """
+    angle, frame_i, frame_j, value, weight = chunk
+    model, jac_phys, g1_sq = point_model_and_jacobian(tables, angle, frame_i, frame_j, setup)
+    residual = weight * (model - value)
+    if setup.loss == "linear":
+        loss_weights = jnp.ones_like(residual)
+    else:
+        loss_weights = loss_weight((residual / setup.loss_scale) ** 2, setup.loss)
+    lever = loss_weights * weight
+    n_frames, n_pairs = setup.spec.n_frames, setup.n_pairs
+
+    def frame_sum(values):
+        by_i = jax.ops.segment_sum(values, frame_i, num_segments=n_frames)
+        return by_i + jax.ops.segment_sum(values, frame_j, num_segments=n_frames)
+
+    physical = frame_sum(lever[:, None] * jac_phys)
+    if n_pairs == 0:
+        return physical
+    pair = pair_of_angle[angle]
+
+    def pair_sum(values):
+        by_i = jax.ops.segment_sum(values, frame_i * n_pairs + pair, num_segments=n_frames * n_pairs)
+        by_j = jax.ops.segment_sum(values, frame_j * n_pairs + pair, num_segments=n_frames * n_pairs)
+        return (by_i + by_j).reshape(n_frames, n_pairs)
+
+    return jnp.concatenate([pair_sum(lever * g1_sq), pair_sum(lever), physical], axis=1)
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def block_frame_sensitivity(theta, phi_deg, pair_of_angle, block, *, setup: KernelSetup):
+    """Sum of ``chunk_frame_sensitivity`` over a block shaped ``(n_chunks, chunk_size)``."""
+    tables = point_tables(theta, phi_deg, setup)
+    n_chunks = block[0].shape[0]
+    size = setup.n_physical + 2 * setup.n_pairs
+
+    def add_chunk(k, total):
+        chunk = tuple(column[k] for column in block)
+        return total + chunk_frame_sensitivity(tables, pair_of_angle, chunk, setup)
+
+    return jax.lax.fori_loop(0, n_chunks, add_chunk, jnp.zeros((setup.spec.n_frames, size)))
+
+
 @partial(jax.jit, static_argnames=("setup",))
 def block_model(theta, phi_deg, block, setup: KernelSetup):
     """Model ``c2`` at every point of a block shaped ``(n_chunks, chunk_size)``."""
