@@ -545,6 +545,8 @@ class NLSQConfig:
     """influence (contiguous blocks of equal influence on the fit) | equal (equal frame counts)."""
     jackknife_iterations: int = _opt(20, ge=1)
     """Iterations of each jackknife refit, started from the full fit."""
+    jackknife_parallel: str = _opt("points", choices=("points", "replicates"))
+    """points (all ranks on each refit) | replicates (each rank refits its share of the blocks on a copy of all points)."""
 
 
 @dataclass(kw_only=True)

@@ -172,6 +172,11 @@ optimization:
     jackknife_blocking: influence
     # Iterations of each jackknife refit (started from the full fit), integer >= 1.
     jackknife_iterations: 20
+    # How the refits use the ranks: points | replicates
+    #   points:     all ranks work on each refit in turn, each on its own points
+    #   replicates: each rank refits its share of the blocks on its own copy of all the
+    #               points (no messages inside a refit; memory: all points on every rank)
+    jackknife_parallel: points
   cmc:
     # Consensus Monte Carlo: NUTS on each shard of the data, then the shard posteriors
     # are combined. Global seed, integer in [0, 2^32); a shard's seed comes from

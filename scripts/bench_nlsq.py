@@ -90,15 +90,20 @@ def make_dataset(workdir: Path, n_points: float) -> Path:
     return path
 
 
-def run_fit(config: Path, ranks: int, out: Path, chunk_size: int | None = None, uncertainty: str = "model") -> dict:
-    """One ``homodyne-mpi run`` under mpiexec; returns timings, memory and the outcome."""
+def run_fit(config: Path, ranks: int, out: Path, chunk_size: int | None = None, uncertainty: str = "model", nlsq: dict | None = None) -> dict:
+    """One ``homodyne-mpi run`` under mpiexec; returns timings, memory and the outcome.
+
+    ``nlsq`` sets further ``optimization.nlsq`` options.
+    """
     import yaml
 
     document = yaml.safe_load(config.read_text())
     document["optimization"]["nlsq"]["uncertainty"] = uncertainty
+    document["optimization"]["nlsq"].update(nlsq or {})
     if chunk_size is not None:
         document["optimization"]["nlsq"]["chunk_size"] = chunk_size
-    config = config.with_name(f"{config.stem}_chunk{chunk_size or 'default'}_{uncertainty}.yaml")
+    extra = "".join(f"_{value}" for value in (nlsq or {}).values())
+    config = config.with_name(f"{config.stem}_chunk{chunk_size or 'default'}_{uncertainty}{extra}.yaml")
     config.write_text(yaml.safe_dump(document, sort_keys=False))
     command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), "--fresh"]
     start = time.perf_counter()
@@ -109,6 +114,7 @@ def run_fit(config: Path, ranks: int, out: Path, chunk_size: int | None = None, 
     result = json.loads(next(out.glob("*/nlsq/result.json")).read_text())
     return {
         "ranks": ranks,
+        "jackknife": result["jackknife"],
         "n_points": result["n_points"],
         "converged": result["converged"],
         "iterations": result["iterations"],

@@ -276,7 +276,9 @@ def every_field_non_default() -> dict:
                 "search_points": 30000,
                 "uncertainty": "model",
                 "jackknife_blocks": 7,
+                "jackknife_blocking": "equal",
                 "jackknife_iterations": 3,
+                "jackknife_parallel": "replicates",
             },
             "cmc": {
                 "seed": 123,

@@ -69,3 +69,28 @@ def test_fit_agrees_across_rank_counts(laminar_config, tmp_path):
         jackknife = np.array([results[ranks]["parameters"][n]["std_jackknife"] for n in names])
         reference_jackknife = np.array([results[1]["parameters"][n]["std_jackknife"] for n in names])
         np.testing.assert_allclose(jackknife, reference_jackknife, rtol=1e-6)
+
+
+@pytest.mark.timeout(600)
+def test_jackknife_by_replicates_and_by_points_agree(laminar_config, tmp_path):
+    """Two ways to spread the refits over 2 ranks: each rank its own blocks on a copy of
+    all points (replicates), or all ranks on every refit (points)."""
+    import yaml
+
+    results = {}
+    for mode in ("replicates", "points"):
+        config = yaml.safe_load(laminar_config.read_text())
+        config["optimization"]["nlsq"]["jackknife_parallel"] = mode
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        out = tmp_path / mode
+        completed = run_cli("run", str(path), "--output-dir", str(out), ranks=2, timeout=300)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        results[mode] = fitted(out)
+        assert results[mode]["jackknife"]["parallel"] == mode
+        assert sum(results[mode]["jackknife"]["block_frames"]) == 100
+    names = list(results["points"]["parameters"])
+    by_points = np.array([results["points"]["parameters"][n]["std_jackknife"] for n in names])
+    by_replicates = np.array([results["replicates"]["parameters"][n]["std_jackknife"] for n in names])
+    np.testing.assert_allclose(by_replicates, by_points, rtol=1e-6)
+    assert np.all(by_points > 0)

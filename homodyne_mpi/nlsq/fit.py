@@ -20,7 +20,7 @@ import numpy as np
 from ..data.points import PointSet
 from ..errors import Interrupted
 from ..model import ModelSpec, ParameterLayout
-from ..parallel import Comm, balanced_counts
+from ..parallel import Comm, SerialComm, balanced_counts
 from ..parallel.signals import stop_requested
 from .kernels import (
     KernelSetup,
@@ -170,6 +170,7 @@ class DistributedObjective:
 
     def __init__(self, problem: NLSQProblem, local_points: PointSet, comm: Comm, *, chunk_size: int, loss: str, loss_scale: float):
         self.comm = comm
+        self.problem = problem
         self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale))
         self.chunk_size = effective_chunk_size(len(local_points), chunk_size)
         self.block = device_block(local_points, self.chunk_size)
@@ -201,6 +202,18 @@ class DistributedObjective:
             jnp.asarray(self.excluded_frames, dtype=jnp.int32),
         )
         return jax.block_until_ready(terms)
+
+    def gathered(self) -> "DistributedObjective":
+        """The same objective over every rank's points, on this rank alone (collective).
+
+        Each rank then holds all the points (padding included: its weight is zero), so
+        it can run whole fits without talking to the others.
+        """
+        columns = [self.comm.allgather_rows(np.asarray(column).ravel()) for column in self.block]
+        points = PointSet(*columns)
+        return DistributedObjective(
+            self.problem, points, SerialComm(), chunk_size=self.chunk_size, loss=self.setup.loss, loss_scale=self.setup.loss_scale
+        )
 
     def frame_sensitivity(self, theta: np.ndarray) -> np.ndarray:
         """``(N, P)`` per-frame sums of the weighted Jacobian over every rank's points.

@@ -5,7 +5,8 @@ column, so the speckle noise of the points is correlated along rows and columns 
 model covariance ``(J^T J)^-1 chi2_red``, which treats the points as independent, is far
 too small. The delete-a-block jackknife resamples whole frames instead:
 
-1. split the frames ``0..N-1`` into ``K`` contiguous blocks (``jackknife_blocks``);
+1. split the frames ``0..N-1`` into ``K`` contiguous blocks (``jackknife_blocks``) of
+   equal influence (below; ``jackknife_blocking: equal`` gives equal frame counts);
 2. for each block ``b``, drop every point whose ``t1`` or ``t2`` lies in it and refit,
    starting from the full-data optimum, for at most ``jackknife_iterations`` steps;
 3. ``cov_replicates = (K-1)/K * sum_b (theta_b - mean)(theta_b - mean)^T``.
@@ -31,21 +32,39 @@ and the frame-shared noise once. The reported covariance is
     cov = C + psd(cov_replicates - cov_independent),
 
 the independent part once plus the frame-shared excess, clipped to a positive
-semi-definite matrix (in the parameters' own scale) so that it is never below the model
-error. ``C`` estimates the independent part from above (its ``chi2_red`` also holds the
+semi-definite matrix (in the parameters' own scale, separately for the scaling and the
+physical parameters) so that it is never below the model error. ``C`` estimates the independent part from above (its ``chi2_red`` also holds the
 frame-shared variance, which there is spread over ``N^2/2`` points). With independent
 noise the result is the model error within the jackknife's own scatter; with frame-shared
 noise, where the excess dominates, it is ``cov_replicates`` less about two ``C``.
+
+Block sizes. A frame's lever on the fit is very uneven: for ``D(t) = D0 t^alpha + D_offset``
+the first few frames and the last ones move ``D0`` and ``alpha`` far more than the middle
+ones. With blocks of equal frame counts one or two replicates then carry most of the
+spread, the variance estimate has only a few degrees of freedom, and a 2-std interval
+misses far more often than it should (static speckle data: 73% coverage). So the blocks
+are cut to carry equal shares of influence: one kernel pass sums each frame's weighted
+Jacobian rows (``s_f``), ``a_f = H^-1 s_f`` is how far unit noise on frame ``f`` moves
+the fit, and frame ``f``'s influence is its share of ``sum_f a_f^2``, averaged over the
+free physical parameters (``frame_influence``). Half of the weight follows the
+influence and half the frame count (``INFLUENCE_SHARE``), so that no block is cut
+from the influence estimate alone; in the static benchmark (150 frames) the first four
+blocks are single frames and the others 2 to 15 frames.
 
 The refits start at the optimum, where Gauss-Newton converges in a few steps, so they
 start with a tiny damping (``REFIT_DAMPING``); the strongly correlated physical
 parameters (``D0``, ``alpha``, ``D_offset``) would otherwise crawl along their valley
 and leave the replicates unconverged.
 
-Distribution: every replicate is an ordinary distributed fit, so all ranks work on each
-replicate in turn (their points stay where they are; the kernel masks the dropped
-frames with zero weight, without recompiling). With one rank the replicates simply run
-one after the other. The replicates also give bands for ``D(t)`` and ``gamma_dot(t)``.
+Distribution (``jackknife_parallel``). ``points`` (default): every replicate is an
+ordinary distributed fit, all ranks working on each in turn on their own points (the
+kernel masks the dropped frames with zero weight, without recompiling). ``replicates``:
+every rank receives a copy of all points (one ``Allgatherv``) and refits blocks
+``rank, rank + size, ...`` on its own, with no messages inside a refit; the ranks meet
+once per round of refits (a stop flag) and once at the end. It costs the memory of all
+points on every rank and was not faster on the 2-core test machine (docs/performance.md).
+With one rank the replicates simply run one after the other. The replicates also give
+bands for ``D(t)`` and ``gamma_dot(t)``.
 """
 
 from __future__ import annotations
@@ -57,6 +76,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import Interrupted
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, covariance_from_hessian
 from .solver import LMOptions, levenberg_marquardt
 
@@ -80,6 +100,8 @@ class JackknifeResult:
     converged: np.ndarray
     """``(K,)`` whether each refit met a tolerance within its iteration budget."""
     seconds: float
+    parallel: str = "points"
+    """How the refits used the ranks: ``replicates`` (by rank) or ``points`` (together)."""
 
     @property
     def std(self) -> np.ndarray:
@@ -218,6 +240,85 @@ def jackknife_covariance(replicates: np.ndarray) -> np.ndarray:
     return (n_blocks - 1) / n_blocks * deviations.T @ deviations
 
 
+def choose_blocks(objective: DistributedObjective, problem: NLSQProblem, theta_hat, covariance_model, options) -> np.ndarray:
+    """The ``(K, 2)`` frame blocks of the configured ``jackknife_blocking`` (collective)."""
+    blocking = getattr(options, "jackknife_blocking", "influence")
+    if blocking == "influence":
+        sensitivity = objective.frame_sensitivity(theta_hat)
+        influence = frame_influence(sensitivity, covariance_model, problem.free, problem.layout.physical_slice)
+        influence = INFLUENCE_SHARE * influence + (1 - INFLUENCE_SHARE) / len(influence)
+        blocks = influence_blocks(influence, options.jackknife_blocks)
+    else:
+        blocks = frame_blocks(problem.spec.n_frames, options.jackknife_blocks)
+    sizes = blocks[:, 1] - blocks[:, 0]
+    log.info("jackknife: %d blocks of %d to %d frames (%s)", len(blocks), sizes.min(), sizes.max(), blocking)
+    return blocks
+
+
+def refit_without(objective: DistributedObjective, block, theta_hat, lm_options: LMOptions, reduced_chi2: float):
+    """One replicate: the fit without the points touching ``block``; ``(refit, C_b)``."""
+    problem = objective.problem
+    objective.excluded_frames = np.asarray(block, dtype=np.int32)
+    try:
+        refit = levenberg_marquardt(objective, theta_hat, problem.lower, problem.upper, problem.free, lm_options, quiet=True)
+    finally:
+        objective.excluded_frames = NO_EXCLUSION
+    return refit, covariance_from_hessian(refit.hessian, problem.free, reduced_chi2)
+
+
+def log_refit(index: int, blocks: np.ndarray, refit) -> None:
+    first, stop = blocks[index]
+    state = "converged" if refit.converged else refit.reason
+    log.info("jackknife %d/%d (frames %d..%d left out): %d iterations, %s", index + 1, len(blocks), first + 1, stop, refit.iterations, state)
+
+
+def refits_together(objective, blocks, theta_hat, lm_options, reduced_chi2):
+    """All ranks work on each refit in turn: ``(replicates, converged, C_b)`` stacked."""
+    rows = []
+    for index, block in enumerate(blocks):
+        refit, covariance_left_out = refit_without(objective, block, theta_hat, lm_options, reduced_chi2)
+        log_refit(index, blocks, refit)
+        rows.append((refit.theta, refit.converged, covariance_left_out))
+    return tuple(np.asarray(column) for column in zip(*rows))
+
+
+def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2):
+    """Each rank refits blocks ``rank, rank + size, ...`` on its own copy of all points.
+
+    No communication inside a refit; the ranks meet once per round of ``size`` refits
+    (a stop flag: a signal on any rank stops all of them together) and once at the end
+    (the replicates, summed into one table). Same result as ``refits_together`` up to
+    the order of floating-point sums.
+    """
+    comm = objective.comm
+    own = objective.gathered()
+    n_blocks, n_params = len(blocks), len(theta_hat)
+    table = np.zeros((n_blocks, n_params + 1 + n_params * n_params))
+    stopped = False
+    for round_start in range(0, n_blocks, comm.size):
+        index = round_start + comm.rank
+        if index < n_blocks and not stopped:
+            try:
+                refit, covariance_left_out = refit_without(own, blocks[index], theta_hat, lm_options, reduced_chi2)
+            except Interrupted:
+                stopped = True
+            else:
+                log_refit(index, blocks, refit)
+                table[index] = np.concatenate([refit.theta, [float(refit.converged)], covariance_left_out.ravel()])
+        if comm.allreduce_sum(np.array([float(stopped)]))[0] > 0:
+            interrupted = Interrupted("stopped by a signal during the jackknife refits")
+            interrupted.collective = True
+            raise interrupted
+    table = comm.allreduce_sum(table)
+    replicates, converged = table[:, :n_params], table[:, n_params] > 0.5
+    return replicates, converged, table[:, n_params + 1 :].reshape(n_blocks, n_params, n_params)
+
+
+def refits_by_rank_chosen(objective: DistributedObjective, options) -> bool:
+    """Whether the refits go by rank (``jackknife_parallel: replicates``) on several ranks."""
+    return objective.comm.size > 1 and getattr(options, "jackknife_parallel", "points") == "replicates"
+
+
 def run_jackknife(
     objective: DistributedObjective,
     problem: NLSQProblem,
@@ -232,18 +333,8 @@ def run_jackknife(
     ``chi2_red``: with each refit's Gauss-Newton matrix they give the replicates'
     independent-noise part (module docstring).
     """
-
     start = time.perf_counter()
-    if getattr(options, "jackknife_blocking", "influence") == "influence":
-        sensitivity = objective.frame_sensitivity(theta_hat)
-        influence = frame_influence(sensitivity, covariance_model, problem.free, problem.layout.physical_slice)
-        influence = INFLUENCE_SHARE * influence + (1 - INFLUENCE_SHARE) / len(influence)
-        blocks = influence_blocks(influence, options.jackknife_blocks)
-    else:
-        blocks = frame_blocks(problem.spec.n_frames, options.jackknife_blocks)
-    sizes = blocks[:, 1] - blocks[:, 0]
-    log.info("jackknife: %d blocks of %d to %d frames (%s)", len(blocks), sizes.min(), sizes.max(),
-             getattr(options, "jackknife_blocking", "influence"))
+    blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
     lm_options = LMOptions(
         max_iterations=int(options.jackknife_iterations),
         xtol=options.xtol,
@@ -251,35 +342,19 @@ def run_jackknife(
         ftol=options.ftol,
         initial_damping=REFIT_DAMPING,
     )
-    free = problem.free
-    replicates, converged, covariances_left_out = [], [], []
-    try:
-        for index, (first, stop) in enumerate(blocks):
-            objective.excluded_frames = np.array([first, stop], dtype=np.int32)
-            refit = levenberg_marquardt(objective, theta_hat, problem.lower, problem.upper, free, lm_options, quiet=True)
-            replicates.append(refit.theta)
-            converged.append(refit.converged)
-            covariances_left_out.append(covariance_from_hessian(refit.hessian, free, reduced_chi2))
-            log.info(
-                "jackknife %d/%d (frames %d..%d left out): %d iterations, %s",
-                index + 1,
-                len(blocks),
-                first + 1,
-                stop,
-                refit.iterations,
-                "converged" if refit.converged else refit.reason,
-            )
-    finally:
-        objective.excluded_frames = NO_EXCLUSION
-    replicates = np.asarray(replicates)
+    by_rank = refits_by_rank_chosen(objective, options)
+    log.info("jackknife refits: %s", f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit")
+    run_refits = refits_by_rank if by_rank else refits_together
+    replicates, converged, covariances_left_out = run_refits(objective, blocks, theta_hat, lm_options, reduced_chi2)
     covariance_replicates = jackknife_covariance(replicates)
-    covariance_independent = independent_noise_covariance(covariance_model, np.asarray(covariances_left_out))
+    covariance_independent = independent_noise_covariance(covariance_model, covariances_left_out)
     return JackknifeResult(
         blocks=blocks,
         replicates=replicates,
         covariance_replicates=covariance_replicates,
         covariance_independent=covariance_independent,
         covariance=frame_corrected_covariance(covariance_replicates, covariance_model, covariance_independent, parameter_groups(problem)),
-        converged=np.asarray(converged),
+        converged=np.asarray(converged, dtype=bool),
         seconds=time.perf_counter() - start,
+        parallel="replicates" if by_rank else "points",
     )

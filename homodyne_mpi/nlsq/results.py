@@ -48,6 +48,8 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         if result.jackknife is None
         else {
             "blocks": int(len(result.jackknife.blocks)),
+            "block_frames": [int(stop - first) for first, stop in result.jackknife.blocks],
+            "parallel": result.jackknife.parallel,
             "refits_converged": int(np.count_nonzero(result.jackknife.converged)),
             "seconds": float(result.jackknife.seconds),
         },

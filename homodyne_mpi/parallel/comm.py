@@ -74,6 +74,10 @@ class Comm:
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:  # pragma: no cover
         raise NotImplementedError
 
+    def allgather_rows(self, array: np.ndarray) -> np.ndarray:  # pragma: no cover
+        """Every rank's rows, concatenated in rank order, on every rank."""
+        raise NotImplementedError
+
     def gather(self, obj: Any, root: int = 0) -> list | None:  # pragma: no cover
         raise NotImplementedError
 
@@ -126,6 +130,9 @@ class SerialComm(Comm):
 
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray:
         return np.ascontiguousarray(array)
+
+    def allgather_rows(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, copy=True)
 
     def gather(self, obj: Any, root: int = 0) -> list:
         return [obj]
@@ -207,6 +214,18 @@ class MPIComm(Comm):
         result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
         mpi_type = self._MPI._typedict[array.dtype.char]
         self._comm.Gatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type], root=root)
+        return result
+
+    def allgather_rows(self, array: np.ndarray) -> np.ndarray:
+        """Every rank's rows, concatenated in rank order, on every rank (``Allgatherv``)."""
+        array = np.ascontiguousarray(array)
+        counts = self._comm.allgather(array.shape[0])
+        row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
+        item_counts = np.array(counts, dtype=np.int64) * row_items
+        displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+        result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
+        mpi_type = self._MPI._typedict[array.dtype.char]
+        self._comm.Allgatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type])
         return result
 
     def gather(self, obj: Any, root: int = 0) -> list | None:
