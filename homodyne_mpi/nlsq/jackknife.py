@@ -26,14 +26,16 @@ replicates hold
     cov_independent = (K-1)/K * sum_b (C_b - C)
 
 of independent noise (``C`` the model covariance ``(J^T J)^-1 chi2_red``, ``C_b`` the same
-with block ``b`` left out and the full fit's ``chi2_red``; about ``2.05 C`` for 20 blocks),
+with block ``b`` left out and the full fit's ``chi2_red``; 2.05 ``C`` for 20 equal blocks,
+about 2.4 ``C`` for 20 influence blocks),
 and the frame-shared noise once. The reported covariance is
 
     cov = C + psd(cov_replicates - cov_independent),
 
 the independent part once plus the frame-shared excess, clipped to a positive
 semi-definite matrix (in the parameters' own scale, separately for the scaling and the
-physical parameters) so that it is never below the model error. ``C`` estimates the independent part from above (its ``chi2_red`` also holds the
+physical parameters) so that it is never below the model error. ``C`` estimates the
+independent part from above (its ``chi2_red`` also holds the
 frame-shared variance, which there is spread over ``N^2/2`` points). With independent
 noise the result is the model error within the jackknife's own scatter; with frame-shared
 noise, where the excess dominates, it is ``cov_replicates`` less about two ``C``.
@@ -207,7 +209,7 @@ def frame_corrected_covariance(
     own, and the excess between two groups is left out. The fit passes the scaling and
     the physical parameters as two groups: clipping the negative eigenvalues of a noisy
     difference inflates what is left, and the more dimensions it has the more, so the
-    two dozen contrast and offset parameters would otherwise widen ``D0`` or ``alpha``
+    contrast and offset parameters (12 for 6 angles) would otherwise widen ``D0`` or ``alpha``
     on data without any frame-shared noise (median 1.25 times the model error with
     Gaussian noise, against 1.08 to 1.11 when clipped apart; docs/uncertainty.md).
     Parameters with zero model variance (fixed ones) keep the replicates' (zero) values.
