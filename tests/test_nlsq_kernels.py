@@ -38,7 +38,9 @@ def problem(mode, form, scaling, n_frames=30, seed=0):
     return spec, layout, jnp.asarray(theta), points
 
 
-def autodiff_normal_equations(theta, spec, layout, points, loss, scale):
+def autodiff_residuals(theta, spec, layout, points, loss, scale):
+    """Weighted residuals, their Jacobian by ``jax.jacfwd`` and the loss weights."""
+
     def residual(th):
         contrast, offset, physical = layout.split(th)
         model = c2_points(physical, contrast, offset, jnp.asarray(PHI), points.angle, points.frame_i, points.frame_j, spec)
@@ -47,6 +49,11 @@ def autodiff_normal_equations(theta, spec, layout, points, loss, scale):
     jacobian = np.asarray(jax.jacfwd(residual)(theta))
     r = np.asarray(residual(theta))
     weights = np.asarray(loss_weight(jnp.asarray((r / scale) ** 2), loss))
+    return jacobian, r, weights
+
+
+def autodiff_normal_equations(theta, spec, layout, points, loss, scale):
+    jacobian, r, weights = autodiff_residuals(theta, spec, layout, points, loss, scale)
     return jacobian.T @ (weights[:, None] * jacobian), jacobian.T @ (weights * r), float(r @ r)
 
 
@@ -89,15 +96,7 @@ def test_frame_sensitivity_sums_the_weighted_jacobian_over_each_frames_row_and_c
     setup = KernelSetup(spec, layout, loss, 1.5)
     pairs = jnp.asarray(np.maximum(layout.scaling_pair_of_angle(), 0))
     sensitivity = np.asarray(block_frame_sensitivity(theta, jnp.asarray(PHI), pairs, device_block(points, 100), setup=setup))
-
-    def residual(th):
-        contrast, offset, physical = layout.split(th)
-        model = c2_points(physical, contrast, offset, jnp.asarray(PHI), points.angle, points.frame_i, points.frame_j, spec)
-        return jnp.asarray(points.weight) * (model - jnp.asarray(points.value))
-
-    jacobian = np.asarray(jax.jacfwd(residual)(theta))
-    r = np.asarray(residual(theta))
-    lever = np.asarray(loss_weight(jnp.asarray((r / 1.5) ** 2), loss))  # the rows are already weighted
+    jacobian, _, lever = autodiff_residuals(theta, spec, layout, points, loss, 1.5)  # rows already weighted
     expected = np.zeros((spec.n_frames, jacobian.shape[1]))
     np.add.at(expected, np.asarray(points.frame_i), lever[:, None] * jacobian)
     np.add.at(expected, np.asarray(points.frame_j), lever[:, None] * jacobian)

@@ -155,18 +155,14 @@ def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free:
     parameters every frame gets the same share.
     """
     free = np.asarray(free, dtype=bool)
-    n_frames = sensitivity.shape[0]
-    columns = np.flatnonzero(free[physical]) + physical.start
-    if columns.size == 0:
-        return np.full(n_frames, 1.0 / n_frames)
-    moves = sensitivity[:, free] @ covariance_model[np.ix_(free, free)]
-    in_free = np.searchsorted(np.flatnonzero(free), columns)
-    squared = moves[:, in_free] ** 2
+    physical_free = free.copy()
+    physical_free[: physical.start] = physical_free[physical.stop :] = False
+    moves = sensitivity[:, free] @ covariance_model[np.ix_(free, physical_free)]
+    squared = moves**2
     totals = squared.sum(axis=0)
-    shares = squared[:, totals > 0] / totals[totals > 0]
-    if shares.shape[1] == 0:
-        return np.full(n_frames, 1.0 / n_frames)
-    return shares.mean(axis=1)
+    if not np.any(totals > 0):
+        return np.full(sensitivity.shape[0], 1.0 / sensitivity.shape[0])
+    return (squared[:, totals > 0] / totals[totals > 0]).mean(axis=1)
 
 
 REFIT_DAMPING = 1e-9

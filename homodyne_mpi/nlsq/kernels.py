@@ -153,6 +153,13 @@ def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
     return int(min(setup.n_pairs, -(-(chunk_size - 1) // per_angle) + 1))
 
 
+def point_loss_weights(residual, setup: KernelSetup):
+    """Loss weights ``rho'((r/f)^2)`` of the points (ones for the linear loss)."""
+    if setup.loss == "linear":
+        return jnp.ones_like(residual)
+    return loss_weight((residual / setup.loss_scale) ** 2, setup.loss)
+
+
 def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None):
     """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
 
@@ -185,7 +192,7 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
     if setup.loss == "linear":
         root_weight = jnp.ones_like(residual)
     else:
-        root_weight = jnp.sqrt(loss_weight(z, setup.loss))
+        root_weight = jnp.sqrt(point_loss_weights(residual, setup))
         design = root_weight[:, None] * design
     chi2 = jnp.sum(residual * residual)
     cost = setup.loss_scale**2 * jnp.sum(loss_rho(z, setup.loss))
@@ -259,12 +266,7 @@ def chunk_frame_sensitivity(tables: PointTables, pair_of_angle, chunk, setup: Ke
     """
     angle, frame_i, frame_j, value, weight = chunk
     model, jac_phys, g1_sq = point_model_and_jacobian(tables, angle, frame_i, frame_j, setup)
-    residual = weight * (model - value)
-    if setup.loss == "linear":
-        loss_weights = jnp.ones_like(residual)
-    else:
-        loss_weights = loss_weight((residual / setup.loss_scale) ** 2, setup.loss)
-    lever = loss_weights * weight
+    lever = point_loss_weights(weight * (model - value), setup) * weight
     n_frames, n_pairs = setup.spec.n_frames, setup.n_pairs
 
     def frame_sum(values):

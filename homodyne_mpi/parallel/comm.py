@@ -148,6 +148,13 @@ class SerialComm(Comm):
         return self
 
 
+def item_layout(counts, trailing: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Items per rank and their offsets for a ``*v`` collective of rows of shape ``trailing``."""
+    row_items = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
+    item_counts = np.array(counts, dtype=np.int64) * row_items
+    return item_counts, np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+
+
 class MPIComm(Comm):
     """Thin wrapper over an ``mpi4py`` communicator (``COMM_WORLD`` by default)."""
 
@@ -191,11 +198,9 @@ class MPIComm(Comm):
             meta = (array.dtype.str, array.shape[1:])
         dtype_str, trailing = self._comm.bcast(meta, root=root)
         dtype = np.dtype(dtype_str)
-        row_items = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
         rows = max(counts[self.rank], int(capacity or 0))
         local = aligned_zeros((rows, *trailing), dtype)
-        item_counts = np.array(counts, dtype=np.int64) * row_items
-        displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+        item_counts, displacements = item_layout(counts, trailing)
         mpi_type = self._MPI._typedict[dtype.char]
         send = [array, (item_counts, displacements), mpi_type] if self.rank == root else None
         self._comm.Scatterv(send, [local[: counts[self.rank]], mpi_type], root=root)
@@ -208,9 +213,7 @@ class MPIComm(Comm):
         if self.rank != root:
             self._comm.Gatherv([array, self._MPI._typedict[array.dtype.char]], None, root=root)
             return None
-        row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
-        item_counts = np.array(counts, dtype=np.int64) * row_items
-        displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+        item_counts, displacements = item_layout(counts, array.shape[1:])
         result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
         mpi_type = self._MPI._typedict[array.dtype.char]
         self._comm.Gatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type], root=root)
@@ -220,9 +223,7 @@ class MPIComm(Comm):
         """Every rank's rows, concatenated in rank order, on every rank (``Allgatherv``)."""
         array = np.ascontiguousarray(array)
         counts = self._comm.allgather(array.shape[0])
-        row_items = int(np.prod(array.shape[1:], dtype=np.int64)) if array.ndim > 1 else 1
-        item_counts = np.array(counts, dtype=np.int64) * row_items
-        displacements = np.concatenate([[0], np.cumsum(item_counts)[:-1]])
+        item_counts, displacements = item_layout(counts, array.shape[1:])
         result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
         mpi_type = self._MPI._typedict[array.dtype.char]
         self._comm.Allgatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type])
