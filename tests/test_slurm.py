@@ -96,8 +96,22 @@ def slurm():
         cluster("stop")
 
 
+def remove_stale_mpich_segments() -> None:
+    """Unlink MPICH's shared-memory segments that killed runs left in /dev/shm.
+
+    Ranks killed by earlier tests (SIGKILL, MPI_Abort) never unlink their
+    ``mpich_shm_*`` segments. In a full run here, with 95 of them left over, the next two
+    srun jobs failed in MPI_Init as in CI ("Message truncated", "failed to unpack
+    address"); after unlinking them the same two tests passed. The tests run one job at
+    a time, so no live job is starting up when this runs.
+    """
+    for segment in Path("/dev/shm").glob("mpich_shm_*"):
+        segment.unlink(missing_ok=True)
+
+
 def sbatch(script: Path, *options: str, cwd: Path) -> str:
     """Submit ``script`` with sbatch ``options``; returns the job id."""
+    remove_stale_mpich_segments()
     done = subprocess.run(["sbatch", "--parsable", f"--chdir={cwd}", *options, str(script)], capture_output=True, text=True, timeout=60, env=slurm_env(), cwd=cwd)
     assert done.returncode == 0, f"sbatch failed: {done.stderr}"
     return done.stdout.strip().split(";")[0]
