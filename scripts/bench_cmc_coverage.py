@@ -9,6 +9,7 @@ untempered (``calibrate: false``) and tempered by the NLSQ jackknife-to-model va
 ratio (``calibrate: true``, the default). It records, over (seed, physical parameter)
 pairs, the fraction with ``q05 <= truth <= q95``, and the tempering factors used. A run
 that CMC rejects (no shard passes the R-hat or divergence checks) is listed and left out.
+Each run's divergence rate, R-hat, mean leapfrog steps per draw and seconds are kept.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def main() -> None:
     truth = np.array(TRUTH)
     coverage = {"untempered": [], "tempered": []}
     failed = {"untempered": [], "tempered": []}
-    factors, start = [], time.perf_counter()
+    factors, runs, start = [], [], time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         path = write_config(workdir, args.frames, args.warmup, args.samples)
@@ -95,19 +96,27 @@ def main() -> None:
             factors.append(factor)
             names = problem.layout.physical_names
             for label, calibration in (("untempered", 1.0), ("tempered", factor)):
+                began = time.perf_counter()
                 try:
                     result = run_cmc(cfg, problem, points, SerialComm(), warm_start=nlsq, output_dir=None, calibration=calibration)
                 except FitError as error:  # e.g. R-hat above the limit: recorded, left out of the coverage
                     failed[label].append({"seed": seed, "error": str(error)})
+                    runs.append({"seed": seed, "likelihood": label, "accepted": False, "seconds": time.perf_counter() - began})
                     continue
-                coverage[label] += inside_interval(result, names, truth)
+                covered = inside_interval(result, names, truth)
+                coverage[label] += covered
+                shard = result.shards[0]
+                runs.append({"seed": seed, "likelihood": label, "accepted": True, "covered": covered,
+                             "divergence_rate": shard.divergence_rate, "rhat_max": shard.rhat_max,
+                             "mean_leapfrog_steps": float(np.mean(shard.num_steps)),
+                             "seconds": time.perf_counter() - began})
             print(f"seed {seed}: tempering {factor:.2f}, covered so far {np.mean(coverage['untempered']):.2f} "
                   f"untempered, {np.mean(coverage['tempered']):.2f} tempered", flush=True)
             # written after every seed, so a long run stopped early keeps what it measured
-            write_json(args.output, summary(args, seed + 1, coverage, failed, factors, time.perf_counter() - start))
+            write_json(args.output, summary(args, seed + 1, coverage, failed, factors, runs, time.perf_counter() - start))
 
 
-def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, seconds: float) -> dict:
+def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, runs: list, seconds: float) -> dict:
     """The JSON document of the seeds finished so far."""
     return {
         "benchmark": "CMC 90% credible-interval coverage on speckle-noise data",
@@ -123,6 +132,7 @@ def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, 
         "tempering_factor_median": float(np.median(factors)),
         "tempering_factor_range": [float(np.min(factors)), float(np.max(factors))],
         "seconds": seconds,
+        "runs": runs,
     }
 
 

@@ -275,6 +275,53 @@ def test_fixed_parameters_and_calibration():
     assert 1.5 < ratio < 2.7
 
 
+def test_reparametrisation_scale_is_the_tempered_likelihood_width_not_the_jackknife_std():
+    """Priors are as wide as the jackknife says; the unit scale of ``z`` follows the
+    likelihood NUTS actually samples: ``sqrt(K * calibration)`` model std."""
+    from types import SimpleNamespace
+
+    from homodyne_mpi.cmc.priors import build_priors
+
+    sim = simulate("static", n_frames=30)
+    cfg = make_config("static", {"prior": {"width_factor": 10.0}})
+    cfg.optimization.nlsq.uncertainty = "jackknife"
+    model_std = sim.warm_start.std
+    jackknife_std = model_std * np.linspace(2.0, 6.0, model_std.size)  # uneven ratios
+    sim.warm_start.jackknife = SimpleNamespace(std=jackknife_std)
+    priors = build_priors(cfg, sim.problem, sim.warm_start, n_shards=3, noise_scale=0.003, calibration=5.0)
+    np.testing.assert_allclose(priors.scale, np.sqrt(3 * 5.0) * model_std, rtol=1e-12)
+    np.testing.assert_allclose(priors.sigma, 10.0 * jackknife_std, rtol=1e-12)
+    untempered = build_priors(cfg, sim.problem, sim.warm_start, n_shards=3, noise_scale=0.003)
+    np.testing.assert_allclose(untempered.scale, np.sqrt(3) * model_std, rtol=1e-12)
+    with pytest.raises(ValueError, match="calibration"):
+        build_priors(cfg, sim.problem, sim.warm_start, n_shards=3, noise_scale=0.003, calibration=0.5)
+
+
+@pytest.mark.parametrize("low, high", [(-14.7, 149.0), (-1.0, 1.0), (0.0, 1e-3), (-1e6, 5.0)])
+def test_soft_clamp_maps_the_line_onto_the_bounds_and_is_the_identity_inside(low, high):
+    from homodyne_mpi.cmc.shard_model import soft_clamp, soft_clamp_inverse, soft_clamp_log_slope
+
+    width = high - low
+    z = low + width * np.array([1e-9, 1e-3, 0.25, 0.5, 0.75, 1 - 1e-3, 1 - 1e-9])
+    y = soft_clamp_inverse(z, low, high)
+    np.testing.assert_allclose(np.asarray(soft_clamp(jnp.asarray(y), low, high)), z, rtol=1e-9, atol=1e-9 * width)
+    slope = jax.vmap(jax.grad(lambda v: soft_clamp(v, low, high)))(jnp.asarray(y))
+    np.testing.assert_allclose(np.exp(np.asarray(soft_clamp_log_slope(jnp.asarray(y), low, high))), np.asarray(slope), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(soft_clamp_log_slope(y, low, high, xp=np), np.asarray(soft_clamp_log_slope(jnp.asarray(y), low, high)), rtol=1e-12, atol=1e-12)
+    # dz/dy integrates to the change of z; over the whole line, to the width of the bounds
+    start = low - 60.0 if width < 1e3 else -60.0
+    grid = np.linspace(start, high + 60.0, 400_001)
+    mass = np.trapezoid(np.exp(soft_clamp_log_slope(grid, low, high, xp=np)), grid)
+    change = float(soft_clamp(jnp.asarray(grid[-1]), low, high) - soft_clamp(jnp.asarray(grid[0]), low, high))
+    np.testing.assert_allclose(mass, change, rtol=1e-6)
+    if width < 1e3:
+        np.testing.assert_allclose(mass, width, rtol=1e-6)
+    # identity (to exp(-distance)) more than 15 units from both bounds
+    inside = grid[(grid > low + 15) & (grid < high - 15)]
+    if inside.size:
+        assert np.max(np.abs(np.asarray(soft_clamp(jnp.asarray(inside), low, high)) - inside)) < 1e-6
+
+
 def test_task_farm_on_one_rank_runs_everything_in_order():
     from homodyne_mpi.parallel.dispatch import Task, run_task_farm
 

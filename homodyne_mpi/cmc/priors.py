@@ -22,10 +22,15 @@ Rules (also in ``docs/cmc.md``):
   deviation ``u * sigma_a`` (``sigma_a = 1/weight``): ``sigma`` is the noise of an angle
   at the median estimate, and the angles keep the ratios of their estimates.
 - Reparametrisation: NUTS samples ``z`` with ``theta = loc + scale * z``; ``loc`` is the
-  NLSQ value (else the prior centre) and ``scale`` is ``sqrt(K)`` times the NLSQ std
-  (the expected width of a shard posterior; else the tempered prior width, capped at
-  half the bound width). The prior is transformed exactly, so this changes nothing but
-  the geometry NUTS adapts to.
+  NLSQ value (else the prior centre) and ``scale`` is ``sqrt(K * c)`` times the NLSQ
+  *model* std, ``c`` the likelihood calibration: the width of a shard posterior whose
+  likelihood is the ``J^T J`` Gaussian divided by ``c``, so that with the NLSQ
+  correlation the expected posterior is exactly the unit normal in ``z``. (Scaling by the
+  jackknife std instead leaves each parameter off by its own jk-to-model ratio, which
+  along the tightly correlated ``D0``/``alpha``/``D_offset`` directions turns the unit
+  normal into a badly conditioned one, and NUTS diverged.) Without a warm start it is
+  the tempered prior width, capped at half the bound width. The prior is transformed
+  exactly, so this changes nothing but the geometry NUTS adapts to.
 """
 
 from __future__ import annotations
@@ -128,10 +133,16 @@ def warm_start_std(cfg, warm_start) -> np.ndarray | None:
     return np.asarray(warm_start.std, dtype=float)
 
 
-def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float) -> PriorSpec:
-    """The shards' priors for ``problem`` (see the module docstring for the rules)."""
+def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float, calibration: float = 1.0) -> PriorSpec:
+    """The shards' priors for ``problem`` (see the module docstring for the rules).
+
+    ``calibration`` (>= 1) is the factor the shard log-likelihood is divided by; it sets
+    the reparametrisation scale, not the priors.
+    """
     if n_shards < 1:
         raise ValueError("build_priors needs n_shards >= 1")
+    if not (calibration >= 1.0 and math.isfinite(calibration)):
+        raise ValueError(f"calibration must be finite and >= 1, got {calibration}")
     if not (noise_scale > 0 and math.isfinite(noise_scale)):
         raise ValueError(f"noise_scale must be finite and positive, got {noise_scale}")
     prior_cfg = cfg.optimization.cmc.prior
@@ -139,11 +150,13 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float)
     index = np.flatnonzero(np.asarray(problem.free, dtype=bool))
     temper = math.sqrt(n_shards)
     base = np.asarray(problem.theta0, dtype=float).copy()
-    nlsq_theta = nlsq_std = None
+    nlsq_theta = nlsq_std = model_std = None
     if warm_start is not None:
         nlsq_theta = np.asarray(warm_start.theta, dtype=float)
         nlsq_std = warm_start_std(cfg, warm_start)
+        model_std = np.asarray(warm_start.std, dtype=float)
         base = np.clip(nlsq_theta, problem.lower, problem.upper)
+    posterior_width = math.sqrt(n_shards * calibration)
     family, mu, sigma, loc, scale = [], [], [], [], []
     used_nlsq = False
     for k in index:
@@ -164,7 +177,10 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float)
             s = float(bound.prior_sigma) if bound.prior_sigma is not None else 0.5 * width
             if warm_start is None:
                 centre = m if fam == "truncated_normal" else float(np.clip(problem.theta0[k], low, high))
-        if have_nlsq:
+        have_model = model_std is not None and math.isfinite(model_std[k]) and model_std[k] > 0
+        if have_model:
+            sc = posterior_width * float(model_std[k])
+        elif have_nlsq:
             sc = temper * float(nlsq_std[k])
         elif fam == "truncated_normal":
             sc = min(temper * s, 0.5 * width)

@@ -230,7 +230,9 @@ def plan_run(cfg, problem, points: PointSet | None, warm_start, calibration: flo
     state.shards = assign_shards(points.angle, n_shards, strategy=cmc.sharding.strategy, seed=cmc.seed)
     sizes = [len(s) for s in state.shards]
     n_padded = max(sizes)
-    priors = build_priors(cfg, problem, warm_start, n_shards=n_shards, noise_scale=noise_scale_of(points.weight))
+    priors = build_priors(
+        cfg, problem, warm_start, n_shards=n_shards, noise_scale=noise_scale_of(points.weight), calibration=calibration
+    )
     mcmc = cmc.per_shard_mcmc
     warmup, samples = adapted_counts(
         n_padded,
