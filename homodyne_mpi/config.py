@@ -577,6 +577,10 @@ class PerShardMCMCConfig:
     """parallel (one host device per chain) | sequential."""
     target_accept_prob: float = _opt(0.8, gt=0, lt=1)
     """NUTS target acceptance probability."""
+    retry_target_accept_prob: float = _opt(0.95, ge=0, lt=1)
+    """A shard that fails the divergence or R-hat check is sampled once more with this
+    target acceptance probability (smaller steps); 0, or a value not above
+    ``target_accept_prob``, means no retry."""
     max_tree_depth: int = _opt(10, ge=1, le=20)
     """NUTS tree depth limit (at most 2**depth leapfrog steps)."""
     min_warmup: int = _opt(200, ge=0)

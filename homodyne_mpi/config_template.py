@@ -203,6 +203,10 @@ optimization:
       chain_method: parallel
       # NUTS target acceptance probability, in (0, 1).
       target_accept_prob: 0.8
+      # A shard that fails the divergence or R-hat check below is sampled once more
+      # with this target acceptance probability (smaller steps, longer trajectories),
+      # in [0, 1); 0, or a value not above target_accept_prob, means no retry.
+      retry_target_accept_prob: 0.95
       # NUTS tree depth limit (at most 2^depth leapfrog steps), integer in [1, 20].
       max_tree_depth: 10
       # Floors when warmup and samples are scaled down for a small shard (integers,

@@ -89,10 +89,10 @@ def test_a_shard_failing_on_any_rank_is_recorded(monkeypatch):
     comm = mpi_comm()
     original = runner.sample_shard
 
-    def flaky(worker, index, data):
+    def flaky(worker, index, data, *settings):
         if index == 1:
             raise ValueError(f"injected failure of shard 1 on rank {worker.rank}")
-        return original(worker, index, data)
+        return original(worker, index, data, *settings)
 
     monkeypatch.setattr(runner, "sample_shard", flaky)
     sim = simulated()

@@ -186,10 +186,10 @@ def test_a_failing_shard_is_recorded_and_the_rest_combined(monkeypatch, tmp_path
 
     original = runner.sample_shard
 
-    def flaky(worker, index, data):
+    def flaky(worker, index, data, *settings):
         if index == 2:
             raise RuntimeError("injected failure in shard 2")
-        return original(worker, index, data)
+        return original(worker, index, data, *settings)
 
     monkeypatch.setattr(runner, "sample_shard", flaky)
     sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 0.8}})
@@ -219,11 +219,11 @@ def test_interrupted_run_resumes_from_finished_shards(monkeypatch, tmp_path):
     original = runner.sample_shard
     calls = []
 
-    def interrupt_third(worker, index, data):
+    def interrupt_third(worker, index, data, *settings):
         calls.append(index)
         if len(calls) == 3:
             raise Interrupted("test interrupt")
-        return original(worker, index, data)
+        return original(worker, index, data, *settings)
 
     monkeypatch.setattr(runner, "sample_shard", interrupt_third)
     out = tmp_path / "interrupted"
@@ -322,6 +322,50 @@ def test_soft_clamp_maps_the_line_onto_the_bounds_and_is_the_identity_inside(low
         assert np.max(np.abs(np.asarray(soft_clamp(jnp.asarray(inside), low, high)) - inside)) < 1e-6
 
 
+def diverging_first_attempt(monkeypatch):
+    """Make every shard's first attempt (at the configured target) look all-divergent;
+    returns the list of ``(shard, target_accept_prob)`` sampled."""
+    import homodyne_mpi.cmc.runner as runner
+
+    original = runner.sample_shard
+    calls = []
+
+    def first_diverges(worker, index, data, settings=None):
+        settings = settings or worker.plan.settings
+        calls.append((index, settings.target_accept_prob))
+        out = original(worker, index, data, settings)
+        if settings is worker.plan.settings:
+            out.diverging = np.ones_like(out.diverging)
+        return out
+
+    monkeypatch.setattr(runner, "sample_shard", first_diverges)
+    return calls
+
+
+def test_a_shard_that_diverges_is_sampled_again_with_a_higher_target_accept_prob(monkeypatch, tmp_path):
+    calls = diverging_first_attempt(monkeypatch)
+    sim = simulate("static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
+    result = run(sim, output_dir=tmp_path)
+    assert calls == [(0, 0.8), (0, 0.95)]
+    shard = result.to_json_dict()["shards"][0]
+    assert shard["ok"] is True and shard["target_accept_prob"] == 0.95
+    assert shard["retried_because"].startswith("divergence rate 1.000 >")
+    assert result.to_json_dict()["sampler"]["retry_target_accept_prob"] == 0.95
+    # the checkpoint keeps which attempt was kept: a rerun reuses it without sampling
+    calls.clear()
+    again = run(sim, output_dir=tmp_path)
+    assert calls == [] and again.shards[0].reused and again.shards[0].retried_because == shard["retried_because"]
+
+
+def test_without_a_retry_the_diverging_shard_is_left_out(monkeypatch):
+    calls = diverging_first_attempt(monkeypatch)
+    mcmc = {**FAST_MCMC, "retry_target_accept_prob": 0.0}
+    sim = simulate("static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": mcmc, "combination": LENIENT})
+    with pytest.raises(FitError, match="divergence rate 1.000"):
+        run(sim)
+    assert calls == [(0, 0.8)]
+
+
 def test_task_farm_on_one_rank_runs_everything_in_order():
     from homodyne_mpi.parallel.dispatch import Task, run_task_farm
 
@@ -342,8 +386,8 @@ def test_a_stop_request_ends_between_shards_and_keeps_the_finished_ones(monkeypa
     original = runner.sample_shard
     done = []
 
-    def count(worker, index, data):
-        out = original(worker, index, data)
+    def count(worker, index, data, *settings):
+        out = original(worker, index, data, *settings)
         done.append(index)
         return out
 

@@ -23,6 +23,7 @@ import math
 import socket
 import time
 import traceback as traceback_module
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,11 @@ class RunPlan:
     seed: int
     calibration: float
     fingerprint: str
+    retry_settings: SamplerSettings | None = None
+    """The settings of a shard's second attempt (higher ``target_accept_prob``), or None."""
+    max_divergence_rate: float = 1.0
+    max_rhat: float = math.inf
+    """The shard checks (``combination``) that decide a retry and the combination."""
 
 
 @dataclass
@@ -172,6 +178,7 @@ def sampler_record(plan: RunPlan) -> dict:
         "num_chains": s.num_chains,
         "chain_method": s.chain_method,
         "target_accept_prob": s.target_accept_prob,
+        "retry_target_accept_prob": None if plan.retry_settings is None else plan.retry_settings.target_accept_prob,
         "max_tree_depth": s.max_tree_depth,
         "dense_mass": s.dense_mass,
         "shard_points_padded": plan.n_padded,
@@ -196,6 +203,8 @@ def shard_record(result: ShardResult, excluded_reason: str | None) -> dict:
         "traceback": result.traceback,
         "seconds": float(result.seconds),
         "chain_method": result.chain_method,
+        "target_accept_prob": float(result.target_accept_prob),
+        "retried_because": result.retried_because,
         "reused": bool(result.reused),
         "excluded_reason": excluded_reason,
     }
@@ -253,6 +262,9 @@ def plan_run(cfg, problem, points: PointSet | None, warm_start, calibration: flo
         target_accept_prob=mcmc.target_accept_prob,
         max_tree_depth=mcmc.max_tree_depth,
     )
+    retry_settings = None
+    if mcmc.retry_target_accept_prob > mcmc.target_accept_prob:
+        retry_settings = dataclasses.replace(settings, target_accept_prob=mcmc.retry_target_accept_prob)
     fill_angle = int(points.angle.max())
     run_fp = checkpoint.run_fingerprint(
         {
@@ -298,6 +310,9 @@ def plan_run(cfg, problem, points: PointSet | None, warm_start, calibration: flo
         seed=int(cmc.seed),
         calibration=float(calibration),
         fingerprint=run_fp,
+        retry_settings=retry_settings,
+        max_divergence_rate=float(cmc.combination.max_divergence_rate),
+        max_rhat=float(cmc.combination.max_rhat),
     )
 
 
@@ -313,18 +328,19 @@ def _columns(points: PointSet, index: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class ShardWorker:
-    """Runs shards on this rank; the sampler is built (and compiled) on first use."""
+    """Runs shards on this rank; each sampler is built (and compiled) on first use."""
 
     def __init__(self, problem, plan: RunPlan, rank: int) -> None:
         self.problem = problem
         self.plan = plan
         self.rank = rank
         self.host = socket.gethostname()
-        self._sampler: ShardSampler | None = None
+        self._samplers: dict[float, ShardSampler] = {}
 
-    @property
-    def sampler(self) -> ShardSampler:
-        if self._sampler is None:
+    def sampler_for(self, settings: SamplerSettings) -> ShardSampler:
+        """The sampler of ``settings`` (the plan's, or its retry's)."""
+        key = settings.target_accept_prob
+        if key not in self._samplers:
             model = ShardModel(
                 self.plan.priors,
                 self.problem.spec,
@@ -333,8 +349,12 @@ class ShardWorker:
                 calibration=self.plan.calibration,
                 n_points=self.plan.n_padded,
             )
-            self._sampler = ShardSampler(model, self.plan.settings, seed=self.plan.seed)
-        return self._sampler
+            self._samplers[key] = ShardSampler(model, settings, seed=self.plan.seed)
+        return self._samplers[key]
+
+    @property
+    def sampler(self) -> ShardSampler:
+        return self.sampler_for(self.plan.settings)
 
     def __call__(self, task: dict, arrays: dict) -> tuple[dict, dict]:
         result = run_shard(self, int(task["index"]), arrays)
@@ -349,20 +369,49 @@ def shard_data(arrays: dict, n_padded: int, fill_angle: int) -> tuple[ShardData,
     return ShardData(padded.angle, padded.frame_i, padded.frame_j, padded.value, padded.weight), len(points)
 
 
-def sample_shard(worker: ShardWorker, index: int, data: ShardData):
+def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings | None = None):
     """NUTS on one shard (a separate function so tests can make a shard fail)."""
-    return worker.sampler.run(index, data)
+    return worker.sampler_for(settings or worker.plan.settings).run(index, data)
+
+
+def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate: float, max_rhat: float) -> str | None:
+    """Why draws fail the shard checks (divergences first, then R-hat), or None."""
+    if divergence_rate > max_divergence_rate:
+        return f"divergence rate {divergence_rate:.3f} > {max_divergence_rate:g}"
+    if not np.isfinite(rhat_max) or rhat_max > max_rhat:
+        return f"R-hat {rhat_max:.3f} > {max_rhat:g}"
+    return None
 
 
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
-    """One shard, start to end: its draws and diagnostics, or its error and traceback."""
+    """One shard, start to end: its draws and diagnostics, or its error and traceback.
+
+    Draws that fail the divergence or R-hat check are sampled once more with the plan's
+    ``retry_settings`` (a higher ``target_accept_prob``: smaller steps get through the
+    curved parts of the posterior that made the first attempt diverge); the second
+    attempt is kept, whatever its checks say, and ``retried_because`` says why.
+    """
     start = time.perf_counter()
+    plan = worker.plan
     n_points = int(arrays["floats"].shape[1])
     base = dict(index=index, n_points=n_points, rank=worker.rank, host=worker.host)
+    settings, retried_because = plan.settings, None
     try:
-        data, n_points = shard_data(arrays, worker.plan.n_padded, worker.plan.fill_angle)
+        data, n_points = shard_data(arrays, plan.n_padded, plan.fill_angle)
         out = sample_shard(worker, index, data)
         rhat, ess = diagnostics(out.draws)
+        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), plan.max_divergence_rate, plan.max_rhat)
+        if problem is not None and plan.retry_settings is not None:
+            log.info(
+                "CMC: shard %d: %s at target_accept_prob %g; sampling again at %g",
+                index,
+                problem,
+                settings.target_accept_prob,
+                plan.retry_settings.target_accept_prob,
+            )
+            settings, retried_because = plan.retry_settings, problem
+            out = sample_shard(worker, index, data, settings)
+            rhat, ess = diagnostics(out.draws)
     except Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
@@ -377,13 +426,15 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
         **base,
         seconds=time.perf_counter() - start,
         chain_method=out.chain_method,
-        num_warmup=worker.plan.settings.num_warmup,
-        num_samples=worker.plan.settings.num_samples,
+        num_warmup=settings.num_warmup,
+        num_samples=settings.num_samples,
         draws=out.draws,
         diverging=out.diverging,
         num_steps=out.num_steps,
         rhat=rhat,
         ess=ess,
+        target_accept_prob=settings.target_accept_prob,
+        retried_because=retried_because,
     )
 
 
@@ -450,10 +501,8 @@ def shard_verdicts(results: list[ShardResult], combination_cfg) -> dict[int, str
             verdicts[r.index] = f"failed: {r.error}"
         elif not np.all(np.isfinite(r.draws)):
             verdicts[r.index] = "non-finite draws"
-        elif r.divergence_rate > combination_cfg.max_divergence_rate:
-            verdicts[r.index] = f"divergence rate {r.divergence_rate:.3f} > {combination_cfg.max_divergence_rate:g}"
-        elif not np.isfinite(r.rhat_max) or r.rhat_max > combination_cfg.max_rhat:
-            verdicts[r.index] = f"R-hat {r.rhat_max:.3f} > {combination_cfg.max_rhat:g}"
+        elif (problem := quality_problem(r.divergence_rate, r.rhat_max, combination_cfg.max_divergence_rate, combination_cfg.max_rhat)) is not None:
+            verdicts[r.index] = problem
         else:
             verdicts[r.index] = None
     return verdicts

@@ -218,6 +218,10 @@ class ShardResult:
     traceback: str | None = None
     reused: bool = False
     """True when read back from a checkpoint instead of run."""
+    target_accept_prob: float = 0.0
+    """NUTS target acceptance probability of the draws kept (0: unknown)."""
+    retried_because: str | None = None
+    """Why the first attempt (at the configured ``target_accept_prob``) was sampled again."""
 
     @property
     def failed(self) -> bool:
@@ -257,6 +261,8 @@ class ShardResult:
             "num_samples": int(self.num_samples),
             "error": self.error,
             "traceback": self.traceback,
+            "target_accept_prob": float(self.target_accept_prob),
+            "retried_because": self.retried_because,
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -272,7 +278,7 @@ class ShardResult:
     @classmethod
     def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "ShardResult":
         """Inverse of ``meta()`` + ``arrays()``."""
-        fields = {key: meta[key] for key in ("index", "n_points", "rank", "host", "seconds", "chain_method", "num_warmup", "num_samples", "error", "traceback") if key in meta}
+        fields = {key: meta[key] for key in ("index", "n_points", "rank", "host", "seconds", "chain_method", "num_warmup", "num_samples", "error", "traceback", "target_accept_prob", "retried_because") if key in meta}
         for name in ARRAY_FIELDS:
             if name in arrays:
                 value = np.asarray(arrays[name])
