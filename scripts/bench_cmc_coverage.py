@@ -109,6 +109,7 @@ def main() -> None:
                 runs.append({"seed": seed, "likelihood": label, "accepted": True, "covered": covered,
                              "divergence_rate": shard.divergence_rate, "rhat_max": shard.rhat_max,
                              "mean_leapfrog_steps": float(np.mean(shard.num_steps)),
+                             "target_accept_prob": shard.target_accept_prob, "retried_because": shard.retried_because,
                              "seconds": time.perf_counter() - began})
             print(f"seed {seed}: tempering {factor:.2f}, covered so far {np.mean(coverage['untempered']):.2f} "
                   f"untempered, {np.mean(coverage['tempered']):.2f} tempered", flush=True)
