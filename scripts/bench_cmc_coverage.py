@@ -1,6 +1,6 @@
 """CMC on speckle-noise data: how often the 90% credible interval holds the truth.
 
-Usage: python scripts/bench_cmc_coverage.py [--seeds 20] [--frames 100] [--output FILE]
+Usage: python scripts/bench_cmc_coverage.py [--seeds 20] [--first-seed 0] [--frames 100] [--output FILE]
 
 For each seed it simulates static data with ``noise_model: speckle`` (6 angles, sigma
 0.01, per-frame terms of the same size), fits NLSQ from the template defaults with the
@@ -71,6 +71,7 @@ def inside_interval(result, names: list[str], truth: np.ndarray) -> list[bool]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--frames", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=400)
     parser.add_argument("--samples", type=int, default=500)
@@ -83,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         path = write_config(workdir, args.frames, args.warmup, args.samples)
-        for seed in range(args.seeds):
+        for done, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
             simulate_dataset(workdir / "data.h5", mode="static", shear_form="paper", q=0.0054, dt=0.1,
                              n_frames=args.frames, gap=2e6, physical=truth, contrast=0.3, offset=1.0, phi=PHI,
                              noise_sigma=0.01, seed=seed, noise_model="speckle")
@@ -114,7 +115,7 @@ def main() -> None:
             print(f"seed {seed}: tempering {factor:.2f}, covered so far {np.mean(coverage['untempered']):.2f} "
                   f"untempered, {np.mean(coverage['tempered']):.2f} tempered", flush=True)
             # written after every seed, so a long run stopped early keeps what it measured
-            write_json(args.output, summary(args, seed + 1, coverage, failed, factors, runs, time.perf_counter() - start))
+            write_json(args.output, summary(args, done + 1, coverage, failed, factors, runs, time.perf_counter() - start))
 
 
 def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, runs: list, seconds: float) -> dict:
@@ -123,7 +124,7 @@ def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, 
         "benchmark": "CMC 90% credible-interval coverage on speckle-noise data",
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
-        "seeds_requested": args.seeds, "seeds_done": seeds_done, "frames": args.frames, "angles": len(PHI),
+        "first_seed": args.first_seed, "seeds_requested": args.seeds, "seeds_done": seeds_done, "frames": args.frames, "angles": len(PHI),
         "chains": CHAINS, "warmup": args.warmup, "samples": args.samples, "shards": 1,
         "pairs_untempered": len(coverage["untempered"]),
         "pairs_tempered": len(coverage["tempered"]),
