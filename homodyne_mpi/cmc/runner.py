@@ -18,12 +18,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import socket
 import time
 import traceback as traceback_module
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,10 +74,10 @@ class RunPlan:
     seed: int
     calibration: float
     fingerprint: str
-    retry_settings: SamplerSettings | None = None
+    retry_settings: SamplerSettings | None
     """The settings of a shard's second attempt (higher ``target_accept_prob``), or None."""
-    max_divergence_rate: float = 1.0
-    max_rhat: float = math.inf
+    max_divergence_rate: float
+    max_rhat: float
     """The shard checks (``combination``) that decide a retry and the combination."""
 
 
@@ -351,10 +351,6 @@ class ShardWorker:
             )
             self._samplers[key] = ShardSampler(model, settings, seed=self.plan.seed)
         return self._samplers[key]
-
-    @property
-    def sampler(self) -> ShardSampler:
-        return self.sampler_for(self.plan.settings)
 
     def __call__(self, task: dict, arrays: dict) -> tuple[dict, dict]:
         result = run_shard(self, int(task["index"]), arrays)
