@@ -264,7 +264,7 @@ class BatchRunner:
         start = time.perf_counter()
         calibration = likelihood_calibration(nlsq_result, problem) if self.cfg.optimization.cmc.calibrate else 1.0
         if calibration > 1.0:
-            log.info("CMC likelihood tempered by %.3g (NLSQ jackknife / model variance)", calibration)
+            log.info("CMC likelihood tempered by %.3g (NLSQ jackknife / model variance, t-widened)", calibration)
         try:
             cmc_result = run_cmc(
                 self.cfg,
@@ -343,20 +343,19 @@ class BatchRunner:
 
 
 def likelihood_calibration(nlsq_result: NLSQResult | None, problem: NLSQProblem) -> float:
-    """Median over free physical parameters of ``(std_jackknife / std_model)^2``, at least 1.
+    """The factor the CMC log-likelihood is divided by (``cmc.calibration.tempering_factor``).
 
-    Points that share frames carry less information than independent ones; dividing the
-    CMC log-likelihood by this ratio widens the posterior to match (1 when no jackknife).
+    From the free physical parameters' jackknife-to-model variance ratios, each widened
+    by Student's t at the jackknife's effective degrees of freedom; 1 without a jackknife.
     """
-    if nlsq_result is None or nlsq_result.std_jackknife is None:
+    from .cmc.calibration import tempering_factor
+
+    if nlsq_result is None or nlsq_result.jackknife is None:
         return 1.0
     physical = np.zeros(len(problem.free), dtype=bool)
     physical[problem.layout.physical_slice] = True
-    chosen = physical & problem.free & (nlsq_result.std > 0)
-    if not np.any(chosen):
-        return 1.0
-    ratio = (nlsq_result.std_jackknife[chosen] / nlsq_result.std[chosen]) ** 2
-    return float(max(1.0, np.median(ratio)))
+    jackknife = nlsq_result.jackknife
+    return tempering_factor(jackknife.std, nlsq_result.std, jackknife.effective_dof, physical & problem.free)
 
 
 def raise_if_stop_requested(comm: Comm, where: str) -> None:

@@ -110,6 +110,29 @@ class JackknifeResult:
         """Jackknife standard deviation of each parameter."""
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
 
+    @property
+    def effective_dof(self) -> np.ndarray:
+        """``(P,)`` degrees of freedom of each parameter's replicate variance (``replicate_dof``)."""
+        return replicate_dof(self.replicates)
+
+
+def replicate_dof(replicates: np.ndarray) -> np.ndarray:
+    """``(P,)`` effective degrees of freedom of the replicates' variance, per parameter.
+
+    ``(sum_b d_b^2)^2 / sum_b d_b^4`` with ``d_b`` the deviation of replicate ``b`` from
+    the replicates' mean (Satterthwaite's formula with every block's share estimated by
+    its own ``d_b^2``): ``K`` when all blocks move the fit equally, 1 when one block
+    carries all of the spread. A parameter that no replicate moves gets ``K - 1``.
+    """
+    replicates = np.asarray(replicates, dtype=float)
+    squared = (replicates - replicates.mean(axis=0)) ** 2
+    fourth = np.sum(squared**2, axis=0)
+    total = np.sum(squared, axis=0)
+    moved = fourth > 0
+    dof = np.full(replicates.shape[1], float(replicates.shape[0] - 1))
+    dof[moved] = total[moved] ** 2 / fourth[moved]
+    return dof
+
 
 def frame_blocks(n_frames: int, n_blocks: int) -> np.ndarray:
     """``(K, 2)`` contiguous ``[start, stop)`` ranges covering the frames, sizes within 1."""
