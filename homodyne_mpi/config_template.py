@@ -237,7 +237,8 @@ optimization:
       calibrate: true
     # Points of a two-time matrix share frames, so they carry less information than
     # their number says. true: divide the log-likelihood by the ratio of the NLSQ
-    # jackknife to model variance (median over the physical parameters, at least 1),
+    # jackknife to model variance, widened by Student's t at the jackknife's effective
+    # degrees of freedom (median over the physical parameters, at least 1; docs/cmc.md),
     # so posterior widths match the data's real information; false: no tempering.
     calibrate: true
 

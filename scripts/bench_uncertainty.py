@@ -7,7 +7,11 @@ For each mode (static, laminar_flow) and noise model (gaussian, speckle) it simu
 size, see ``homodyne-mpi simulate --help``), fits each from the template defaults with
 ``uncertainty: jackknife`` and records, over (seed, physical parameter) pairs, the
 fraction with ``|fit - truth| < 2 std`` for the model and the jackknife errors, and the
-median ratio ``std_jackknife / std_model``.
+median ratio ``std_jackknife / std_model``. For the CMC calibration it also records the
+jackknife's effective degrees of freedom (median over the physical parameters, per seed),
+the tempering factor with and without the Student's t widening, and how often the truth
+lies within ``1.645 sqrt(c) std_model`` (the 90% interval of a Gaussian posterior tempered
+by ``c``) for each.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
 from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
 from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
 from homodyne_mpi.nlsq import build_problem, fit_nlsq  # noqa: E402
+from homodyne_mpi.cmc.calibration import tempering_factor  # noqa: E402
 from homodyne_mpi.parallel import SerialComm  # noqa: E402
 
 TRUTH = {"static": [8000.0, -0.3, 30.0], "laminar_flow": [10000.0, -0.5, 5.0, 1.0e-4, 0.2, 1.0e-5, 4.0]}
@@ -52,6 +57,8 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     path.write_text(yaml.safe_dump(config))
     truth = np.array(TRUTH[mode])
     inside_model, inside_jackknife, ratios, converged = [], [], [], 0
+    dofs, tempering = [], {"plain": [], "t_widened": []}
+    inside_tempered = {"plain": [], "t_widened": []}
     start = time.perf_counter()
     for seed in range(seeds):
         simulate_dataset(workdir / "data.h5", mode=mode, shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames,
@@ -67,12 +74,23 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
         inside_jackknife += list(error < 2 * result.std_jackknife[physical])
         ratios.append(result.std_jackknife[physical] / result.std[physical])
         converged += int(result.converged)
+        use = np.zeros(len(result.theta), dtype=bool)
+        use[physical] = problem.free[physical]
+        dof = result.jackknife.effective_dof
+        dofs.append(float(np.median(dof[use])))
+        for kind, kind_dof in (("plain", None), ("t_widened", dof)):
+            factor = tempering_factor(result.std_jackknife, result.std, kind_dof, use)
+            tempering[kind].append(factor)
+            inside_tempered[kind] += list(error < 1.645 * np.sqrt(factor) * result.std[physical])
     return {
         "pairs": len(inside_model),
         "coverage_2std_model": float(np.mean(inside_model)),
         "coverage_2std_jackknife": float(np.mean(inside_jackknife)),
         "median_ratio_jackknife_to_model": dict(zip(problem.layout.physical_names, np.median(ratios, axis=0).round(3).tolist())),
         "fits_converged": converged,
+        "jackknife_effective_dof": {"median": float(np.median(dofs)), "range": [float(min(dofs)), float(max(dofs))]},
+        "tempering_factor": {kind: {"median": float(np.median(v)), "range": [float(min(v)), float(max(v))]} for kind, v in tempering.items()},
+        "coverage_90_tempered_gaussian": {kind: float(np.mean(v)) for kind, v in inside_tempered.items()},
         "seconds": time.perf_counter() - start,
     }
 

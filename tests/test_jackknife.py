@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from test_nlsq_fit import STATIC_TRUTH, fit, simulate
 
+from homodyne_mpi.cmc.calibration import t_widening
 from homodyne_mpi.nlsq.jackknife import (
     frame_blocks,
     frame_corrected_covariance,
@@ -15,6 +16,7 @@ from homodyne_mpi.nlsq.jackknife import (
     influence_blocks,
     jackknife_covariance,
 )
+from homodyne_mpi.pipeline import likelihood_calibration
 
 
 @pytest.mark.parametrize("n_frames, n_blocks", [(100, 20), (101, 7), (5, 20)])
@@ -155,7 +157,7 @@ def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
         offset=[1.0, 1.002, 0.998, 1.001, 0.999, 1.0], phi=[-60.0, -30.0, 0.0, 30.0, 60.0, 90.0],
         noise_sigma=0.01, seed=5, noise_model="speckle",
     )
-    _, speckled = fit(cfg)
+    problem, speckled = fit(cfg)
     physical = slice(12, 15)
     plain_ratio = plain.std_jackknife[physical] / plain.std[physical]
     speckle_ratio = speckled.std_jackknife[physical] / speckled.std[physical]
@@ -163,6 +165,12 @@ def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
     assert np.all(speckle_ratio > 2.0), speckle_ratio
     assert np.all(speckle_ratio > plain_ratio)
     assert plain.jackknife.converged.mean() > 0.7
+    # the CMC tempering: the median variance ratio, widened by t at the replicates' dof
+    dof = speckled.jackknife.effective_dof[physical]
+    assert np.all((dof >= 1.0) & (dof <= 10.0)), dof
+    widened = speckle_ratio**2 * t_widening(dof)
+    assert likelihood_calibration(speckled, problem) == pytest.approx(np.median(widened), rel=1e-9)
+    assert likelihood_calibration(speckled, problem) > np.median(speckle_ratio**2)
 
 
 @pytest.mark.timeout(300)

@@ -93,4 +93,8 @@ def test_jackknife_by_replicates_and_by_points_agree(laminar_config, tmp_path):
     by_points = np.array([results["points"]["parameters"][n]["std_jackknife"] for n in names])
     by_replicates = np.array([results["replicates"]["parameters"][n]["std_jackknife"] for n in names])
     np.testing.assert_allclose(by_replicates, by_points, rtol=1e-6)
+    dof_points, dof_replicates = (results[mode]["jackknife"]["effective_dof"] for mode in ("points", "replicates"))
+    assert set(dof_points) == set(names) - {n for n in names if results["points"]["parameters"][n]["fixed"]}
+    for name, dof in dof_points.items():
+        assert 1.0 <= dof <= results["points"]["jackknife"]["blocks"] and dof == pytest.approx(dof_replicates[name], rel=1e-4)
     assert np.all(by_points > 0)

@@ -51,6 +51,9 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             "block_frames": [int(stop - first) for first, stop in result.jackknife.blocks],
             "parallel": result.jackknife.parallel,
             "refits_converged": int(np.count_nonzero(result.jackknife.converged)),
+            "effective_dof": {
+                name: float(dof) for name, dof, free in zip(result.names, result.jackknife.effective_dof, problem.free) if free
+            },
             "seconds": float(result.jackknife.seconds),
         },
         "parameters": parameters,
