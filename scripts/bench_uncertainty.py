@@ -57,7 +57,7 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     path.write_text(yaml.safe_dump(config))
     truth = np.array(TRUTH[mode])
     inside_model, inside_jackknife, ratios, converged = [], [], [], 0
-    dofs, tempering = [], {"plain": [], "t_widened": []}
+    dofs, tempering, squared_errors, variance_ratios = [], {"plain": [], "t_widened": []}, [], []
     inside_tempered = {"plain": [], "t_widened": []}
     start = time.perf_counter()
     for seed in range(seeds):
@@ -77,17 +77,22 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
         use = np.zeros(len(result.theta), dtype=bool)
         use[physical] = problem.free[physical]
         dof = result.jackknife.effective_dof
+        squared_errors.append((error / result.std[physical]) ** 2)
+        variance_ratios.append((result.std_jackknife[physical] / result.std[physical]) ** 2)
         dofs.append(float(np.median(dof[use])))
         for kind, kind_dof in (("plain", None), ("t_widened", dof)):
             factor = tempering_factor(result.std_jackknife, result.std, kind_dof, use)
             tempering[kind].append(factor)
             inside_tempered[kind] += list(error < 1.645 * np.sqrt(factor) * result.std[physical])
+    names = problem.layout.physical_names
     return {
         "pairs": len(inside_model),
         "coverage_2std_model": float(np.mean(inside_model)),
         "coverage_2std_jackknife": float(np.mean(inside_jackknife)),
-        "median_ratio_jackknife_to_model": dict(zip(problem.layout.physical_names, np.median(ratios, axis=0).round(3).tolist())),
+        "median_ratio_jackknife_to_model": dict(zip(names, np.median(ratios, axis=0).round(3).tolist())),
         "fits_converged": converged,
+        "mean_squared_error_in_model_std": dict(zip(names, np.mean(squared_errors, axis=0).round(2).tolist())),
+        "mean_variance_ratio_jackknife_to_model": dict(zip(names, np.mean(variance_ratios, axis=0).round(2).tolist())),
         "jackknife_effective_dof": {"median": float(np.median(dofs)), "range": [float(min(dofs)), float(max(dofs))]},
         "tempering_factor": {kind: {"median": float(np.median(v)), "range": [float(min(v)), float(max(v))]} for kind, v in tempering.items()},
         "coverage_90_tempered_gaussian": {kind: float(np.mean(v)) for kind, v in inside_tempered.items()},

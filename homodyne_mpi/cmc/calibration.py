@@ -13,7 +13,7 @@ own interval at that level:
 (``nlsq.jackknife.replicate_dof``), at least ``MIN_DOF``. The t factor is the usual one
 for a variance estimated from few independent pieces (few clusters in cluster-robust
 regression): the jackknife variance of speckle data rests on a handful of influential
-frames, typically 3 to 7 effective degrees of freedom out of 20 blocks, so its ratio to
+frames (a median of 4.8 effective degrees of freedom out of 20 blocks), so its ratio to
 the model variance scatters from seed to seed by a factor of several, and the plain ratio
 gave intervals that held the truth too rarely (``docs/uncertainty.md``).
 """
