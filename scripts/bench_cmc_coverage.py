@@ -8,9 +8,9 @@ For each seed it simulates static data with ``noise_model: speckle`` (6 angles, 
 frame-block jackknife, and runs CMC twice from that warm start: with the likelihood
 untempered (``calibrate: false``) and tempered by the NLSQ jackknife-to-model variance
 ratio widened by Student's t (``calibrate: true``, the default; ``--likelihoods`` picks
-one). It records, over (seed, physical parameter)
-pairs, the fraction with ``q05 <= truth <= q95``, and the tempering factors used. A run
-that CMC rejects (no shard passes the R-hat or divergence checks) is listed and left out.
+one). It records, over (seed, physical parameter) pairs, the fraction with
+``q05 <= truth <= q95``, and the tempering factors used. A run that CMC rejects (no shard
+passes the R-hat or divergence checks) is listed and left out.
 Each run's intervals, divergence rate, R-hat, mean leapfrog steps per draw and seconds
 are kept.
 """
@@ -66,9 +66,9 @@ def write_config(workdir: Path, n_frames: int, warmup: int, samples: int) -> Pat
     return path
 
 
-def inside_interval(result, names: list[str], truth: np.ndarray) -> list[bool]:
-    summary = result.parameters()
-    return [bool(summary[name]["q05"] <= value <= summary[name]["q95"]) for name, value in zip(names, truth)]
+def inside_interval(parameters: dict, names: list[str], truth: np.ndarray) -> list[bool]:
+    """Whether each truth lies within its posterior's q05 to q95 (``CMCResult.parameters()``)."""
+    return [bool(parameters[name]["q05"] <= value <= parameters[name]["q95"]) for name, value in zip(names, truth)]
 
 
 def main() -> None:
@@ -113,8 +113,8 @@ def main() -> None:
                     failed[label].append({"seed": seed, "error": str(error)})
                     runs.append({"seed": seed, "likelihood": label, "accepted": False, "seconds": time.perf_counter() - began})
                     continue
-                covered = inside_interval(result, names, truth)
                 parameters = result.parameters()
+                covered = inside_interval(parameters, names, truth)
                 intervals = {name: [parameters[name]["q05"], parameters[name]["q95"]] for name in names}
                 coverage[label] += covered
                 shard = result.shards[0]
