@@ -587,6 +587,8 @@ class PerShardMCMCConfig:
     """Floor of the warmup when it is scaled down for a small shard."""
     min_samples: int = _opt(300, ge=1)
     """Floor of the samples when they are scaled down for a small shard."""
+    shard_timeout_s: float | None = _opt(None, gt=0, unit="s", example="3600' or 'shard_timeout_s: null")
+    """Wall-time limit of one shard's sampling, seconds; ``None``: no limit."""
 
 
 @dataclass(kw_only=True)
@@ -991,7 +993,7 @@ _REFERENCE_ONLY: dict[str, frozenset[str]] = {
         },
         "optimization.cmc": {
             "enable", "min_points_for_cmc", "run_id", "backend", "backend_config", "backend_name",
-            "per_shard_timeout", "heartbeat_timeout", "prior_tempering", "reparameterization",
+            "heartbeat_timeout", "prior_tempering", "reparameterization",
             "diagonal_correction", "constant_scaling_threshold", "validation",
         },
         "optimization.cmc.sharding": {"seed_base", "max_shards", "min_points_per_shard"},
@@ -1591,6 +1593,9 @@ def _adapt_cmc(cmc: dict[str, Any], per_angle: list[tuple[str, Any]], ctx: _Cont
             ctx.warn(
                 "combination method 'simple_average' (reference package) is not available; using 'consensus_mc'"
             )
+    if "per_shard_timeout" in cmc:
+        shard_mcmc = _section(cmc, "per_shard_mcmc", path, ctx, create=True)
+        _move(cmc, "per_shard_timeout", shard_mcmc, "shard_timeout_s", path, f"{path}.per_shard_mcmc", ctx)
     sharding = _section(cmc, "sharding", path, ctx)
     if sharding is not None:
         _rename(sharding, "min_points_per_param", "min_points_per_parameter", f"{path}.sharding", ctx)

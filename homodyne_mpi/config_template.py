@@ -213,6 +213,9 @@ optimization:
       # min_warmup >= 0, min_samples >= 1).
       min_warmup: 200
       min_samples: 300
+      # Wall-time limit of one shard's sampling, seconds, > 0; null = no limit
+      # (the reference package's optimization.cmc.per_shard_timeout maps here).
+      shard_timeout_s: null
     combination:
       # consensus_mc | robust_consensus_mc | gaussian_product
       #   consensus_mc:        precision-weighted consensus of the shard draws

@@ -299,6 +299,7 @@ def every_field_non_default() -> dict:
                     "max_tree_depth": 7,
                     "min_warmup": 5,
                     "min_samples": 6,
+                    "shard_timeout_s": 900.0,
                 },
                 "combination": {
                     "method": "gaussian_product",
