@@ -739,7 +739,6 @@ def test_reference_laminar_loads(caplog):
         "optimization.nlsq.anti_degeneracy.hierarchical",
         "optimization.stratification",
         "optimization.cmc.backend_config",
-        "optimization.cmc.per_shard_timeout",
         "optimization.cmc.validation.min_per_shard_ess",
         "optimization.mcmc.num_warmup",
     ):
@@ -750,8 +749,10 @@ def test_reference_laminar_loads(caplog):
         "plotting.save_plots",
         "output.directory",
         "optimization.mcmc.max_tree_depth",
+        "optimization.cmc.per_shard_timeout",
     ):
         assert key not in cfg.ignored_keys, key
+    assert cfg.optimization.cmc.per_shard_mcmc.shard_timeout_s == 7200.0
     # the ignored keys are logged once, in one line
     ignored_lines = [r for r in caplog.records if "ignoring" in r.getMessage()]
     assert len(ignored_lines) == 1
