@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", help=f"results folder (default: output.output_dir of the config, else {DEFAULT_OUTPUT_DIR})")
     run.add_argument("--no-nlsq-warmstart", action="store_true", help="CMC without an NLSQ fit first (priors from the config bounds)")
     run.add_argument("--fresh", action="store_true", help="ignore checkpoints and finished results in the output folder; refit everything")
+    run.add_argument("--group-size", type=int, metavar="N", help="ranks per rank group in a batch: groups fit different data sets at once (default: compute.rank_group_size, else chosen from the data set sizes)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging, and log lines from every rank")
 
     simulate = sub.add_parser("simulate", help="write a synthetic data set from a config", description="Write synthetic two-time data from the model; the truth is the config's initial_parameters.")
@@ -97,8 +98,19 @@ def command_run(args, comm) -> int:
     method = args.method or cfg.optimization.method
     output_dir = Path(args.output_dir or cfg.output.output_dir or DEFAULT_OUTPUT_DIR)
     return run_batch(
-        cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=not args.no_nlsq_warmstart, fresh=args.fresh
+        cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=not args.no_nlsq_warmstart, fresh=args.fresh,
+        group_size=group_size(args, cfg),
     )
+
+
+def group_size(args, cfg) -> int | None:
+    """Ranks per rank group: ``--group-size``, else ``compute.rank_group_size`` (None: automatic)."""
+    size = args.group_size if args.group_size is not None else getattr(cfg.compute, "rank_group_size", None)
+    if size is not None and size < 1:
+        error = ConfigError(f"--group-size {size} is not a rank count -- give a whole number of at least 1, or leave it out")
+        error.collective = True  # every rank parsed the same arguments
+        raise error
+    return size
 
 
 def command_simulate(args, comm) -> int:

@@ -1,10 +1,13 @@
 """Load -> distribute -> NLSQ -> CMC -> write, for each data set of a batch.
 
-Every rank runs ``run_batch``; only rank 0 touches files. Rank 0 prefetches data set
-``k+1`` in a background thread while all ranks fit data set ``k``, and hands results to
-a background writer, so neither reading nor writing sits on the critical path. A data set
-that fails (bad file, fit error) is recorded in ``batch_summary.json`` and the batch goes
-on; the exit code says whether everything succeeded.
+Every rank runs ``run_batch``. The ranks split into groups (``parallel.groups``) that fit
+different data sets at the same time; one data set uses every rank. In each group only
+its rank 0 (the leader) touches files: it prefetches the group's data set ``k+1`` in a
+background thread while the group fits data set ``k``, and hands results to a background
+writer, so neither reading nor writing sits on the critical path. A data set that fails
+(bad file, fit error) is recorded and the batch goes on; world rank 0 gathers every
+group's outcomes into ``batch_summary.json``; the exit code says whether everything
+succeeded.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .data.loader import XPCSData, load_config_dataset
+from .data.loader import XPCSData, count_config_dataset_points, load_config_dataset
 from .data.points import PointSet, upper_triangle_points
 from .errors import ConfigError, HomodyneError, InputError, Interrupted
 from .fingerprint import run_fingerprint
@@ -32,6 +35,7 @@ from .nlsq import NLSQProblem, NLSQResult, build_problem, distribute_points, fit
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import fit_arrays, result_document
 from .parallel import Comm
+from .parallel.groups import GroupPlan, plan_groups
 from .parallel.signals import stop_requested
 
 log = logging.getLogger(__name__)
@@ -101,13 +105,21 @@ def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, da
 
 
 class BatchRunner:
-    """Runs every data set of a config on every rank (rank 0 does all file I/O)."""
+    """Runs every data set of a config on rank groups (each group's rank 0 does its file I/O)."""
 
-    def __init__(self, cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False):
+    def __init__(
+        self, cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False,
+        group_size: int | None = None,
+    ):
         if method not in METHODS:
             raise ConfigError(f"unknown method '{method}' -- choose one of {', '.join(METHODS)}")
         self.cfg = cfg
+        self.world = comm
+        """Every rank of the job; its rank 0 writes ``batch_summary.json``."""
         self.comm = comm
+        """This rank's group (the world until ``run`` splits it): fits, reads and writes."""
+        self.group_size = group_size
+        """Ranks per group; ``None``: automatic (``parallel.groups.auto_group_size``)."""
         self.method = method
         self.output_dir = Path(output_dir)
         self.nlsq_warm_start = nlsq_warm_start
@@ -121,32 +133,51 @@ class BatchRunner:
     def run(self) -> int:
         """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise).
 
+        The world is split into rank groups (``parallel.groups.plan_groups``) that fit
+        their data sets at the same time; each group's first rank reads and writes them.
         A signal (SIGTERM/SIGUSR1) ends the batch with ``Interrupted`` after the finished
         work is saved; the same command then resumes.
         """
-        datasets = self.comm.run_on_root(self.prepare_output)
-        outcomes: list[DatasetOutcome] = []
+        datasets = self.world.run_on_root(self.prepare_output)
+        plan = self.world.run_on_root(lambda: self.plan_groups(datasets))
+        group = plan.group_of(self.world.rank)
+        self.comm = self.world.split(group) if plan.n_groups > 1 else self.world
+        mine = plan.datasets[group]
+        outcomes: dict[int, DatasetOutcome] = {}
+        interrupted: Interrupted | None = None
         batch_start = time.perf_counter()
         loader = None
         if self.comm.is_root:
             self.writer = AsyncWriter(max_workers=2)
-            loader = iter(PrefetchLoader(datasets, lambda entry: prepare_dataset(self.cfg, entry)))
-            log.info("batch of %d data set(s), method %s, %d rank(s)", len(datasets), self.method, self.comm.size)
+            loader = iter(PrefetchLoader([datasets[i] for i in mine], lambda entry: prepare_dataset(self.cfg, entry)))
+            if not self.world.is_root:
+                logging.getLogger("homodyne_mpi").setLevel(min(logging.getLogger("homodyne_mpi").level, logging.INFO))
+            log.info(
+                "batch of %d data set(s), method %s, %d rank(s)%s", len(datasets), self.method, self.world.size,
+                f"; group {group + 1}/{plan.n_groups} of {self.comm.size} rank(s) fits {len(mine)}" if plan.n_groups > 1 else "",
+            )
         try:
-            for index, dataset in enumerate(datasets):
+            for position, index in enumerate(mine):
                 raise_if_stop_requested(self.comm, "between data sets")
                 record = next(loader) if loader is not None else None
-                log.info("data set %d/%d: %s", index + 1, len(datasets), dataset.name)
-                outcomes.append(self.run_dataset(dataset, record))
-        except Interrupted:
-            if self.comm.is_root:
-                self.writer.wait_all()
-                self.writer.shutdown()
-            raise
+                log.info("data set %d/%d: %s", position + 1, len(mine), datasets[index].name)
+                outcomes[index] = self.run_dataset(datasets[index], record)
+        except Interrupted as error:
+            interrupted = error
         finally:
             if loader is not None:
                 loader.close()
-        return self.finish(outcomes, time.perf_counter() - batch_start)
+        return self.finish(outcomes, plan, batch_start, interrupted)
+
+    def plan_groups(self, datasets: list) -> GroupPlan:
+        """World rank 0: the rank groups and their data sets (sizes read from the files' metadata)."""
+        if self.world.size == 1 or len(datasets) <= 1:
+            return plan_groups(self.world.size, [1] * len(datasets), self.world.size)
+        counts = [count_config_dataset_points(self.cfg, entry) for entry in datasets]
+        plan = plan_groups(self.world.size, counts, self.group_size)
+        log.info("rank groups: %d group(s) of %s rank(s) (%s)", plan.n_groups, "/".join(map(str, sorted(set(plan.rank_counts)))),
+                 "compute.rank_group_size" if self.group_size else "automatic from the data set sizes")
+        return plan
 
     def prepare_output(self) -> list:
         """Rank 0: the data sets to fit, after checking the results folder can be written."""
@@ -163,33 +194,58 @@ class BatchRunner:
             ) from None
         return datasets
 
-    def finish(self, outcomes: list[DatasetOutcome], seconds: float) -> int:
-        """Write ``batch_summary.json``, wait for every write, report failures."""
+    def finish(self, outcomes: dict[int, DatasetOutcome], plan: GroupPlan, batch_start: float, interrupted) -> int:
+        """Wait for every group's writes, write ``batch_summary.json`` on world rank 0, report failures.
+
+        A signal seen by any group ends every rank with ``Interrupted`` (no summary).
+        """
+        if self.world.allreduce_sum(np.array([0.0 if interrupted is None else 1.0]))[0] > 0:
+            if self.comm.is_root:
+                self.writer.wait_all()
+                self.writer.shutdown()
+            error = interrupted or Interrupted("stopped by a signal in another rank group; finished work was saved -- run the same command to resume")
+            error.collective = True
+            raise error
+        failures: list[str] = []
+        if self.comm.is_root and not self.world.is_root:
+            failures = [failure.describe() for failure in self.writer.wait_all()]
+            self.writer.shutdown()
+        gathered = self.world.gather((outcomes, failures) if self.comm.is_root else None)
         code = 0
-        if self.comm.is_root:
-            failed = [o for o in outcomes if o.status == "failed"]
+        seconds = 0.0
+        if self.world.is_root:
+            everything: dict[int, DatasetOutcome] = {}
+            for part in gathered:
+                if part is not None:
+                    everything.update(part[0])
+                    failures += part[1]
+            ordered = [everything[index] for index in sorted(everything)]
+            group_of = {index: group for group, indices in enumerate(plan.datasets) for index in indices}
+            seconds = time.perf_counter() - batch_start
+            failed = [o for o in ordered if o.status == "failed"]
             summary = {
-                "n_datasets": len(outcomes),
+                "n_datasets": len(ordered),
                 "n_failed": len(failed),
                 "method": self.method,
-                "n_ranks": self.comm.size,
+                "n_ranks": self.world.size,
+                "rank_groups": list(plan.rank_counts),
                 "wall_s": seconds,
-                "datasets": [o.to_dict() for o in outcomes],
+                "datasets": [{**everything[index].to_dict(), "group": group_of[index]} for index in sorted(everything)],
             }
             self.writer.submit_json(self.output_dir / "batch_summary.json", summary)
-            failures = self.writer.wait_all()
+            failures += [failure.describe() for failure in self.writer.wait_all()]
             self.writer.shutdown()
             for outcome in failed:
                 print(f"error: data set '{outcome.name}': {outcome.error}", file=sys.stderr, flush=True)
             if failures:
                 for failure in failures:
-                    print(f"error: could not write {failure.describe()}", file=sys.stderr, flush=True)
+                    print(f"error: could not write {failure}", file=sys.stderr, flush=True)
                 code = 1
             elif failed:
                 input_only = all(o.error_type in ("InputError", "ConfigError") for o in failed)
                 code = 2 if input_only else 1
-            log.info("batch done in %.1f s: %d ok, %d failed", seconds, len(outcomes) - len(failed), len(failed))
-        return int(self.comm.bcast(code))
+            log.info("batch done in %.1f s: %d ok, %d failed", seconds, len(ordered) - len(failed), len(failed))
+        return int(self.world.bcast(code))
 
     # -- one data set ---------------------------------------------------------------------
 
@@ -260,18 +316,25 @@ class BatchRunner:
     def run_cmc_stage(self, out: Path, problem, prepared, nlsq_result, outcome: DatasetOutcome) -> list:
         """CMC on every rank; rank 0 writes its result (a too-few-shards error is recorded)."""
         from .cmc import run_cmc
+        from .cmc.calibration import check_warm_start, likelihood_calibration, uncalibrated_warning
 
         start = time.perf_counter()
-        calibration = likelihood_calibration(nlsq_result, problem) if self.cfg.optimization.cmc.calibrate else 1.0
+        calibrate = self.cfg.optimization.cmc.calibrate
+        calibration = likelihood_calibration(nlsq_result, problem) if calibrate else 1.0
         if calibration > 1.0:
             log.info("CMC likelihood tempered by %.3g (NLSQ jackknife / model variance, t-widened)", calibration)
+        warning = uncalibrated_warning(calibrate, nlsq_result)
+        if warning is not None:
+            log.warning("%s", warning)
+        warm_start = nlsq_result if self.nlsq_warm_start else None
         try:
+            check_warm_start(warm_start)
             cmc_result = run_cmc(
                 self.cfg,
                 problem,
                 prepared.points if prepared else None,
                 self.comm,
-                warm_start=nlsq_result if self.nlsq_warm_start else None,
+                warm_start=warm_start,
                 output_dir=out if self.comm.is_root else None,
                 calibration=calibration,
             )
@@ -284,6 +347,7 @@ class BatchRunner:
         outcome.timing_s["cmc"] = time.perf_counter() - start
         futures = []
         if self.comm.is_root and cmc_result is not None:
+            cmc_result.extra["calibration_warning"] = warning
             document = cmc_result.to_json_dict()
             document.setdefault("timing_s", {})
             posterior = cmc_result.posterior_arrays()
@@ -342,22 +406,6 @@ class BatchRunner:
             log.error("data set %s failed: %s", outcome.name, error)
 
 
-def likelihood_calibration(nlsq_result: NLSQResult | None, problem: NLSQProblem) -> float:
-    """The factor the CMC log-likelihood is divided by (``cmc.calibration.tempering_factor``).
-
-    From the free physical parameters' jackknife-to-model variance ratios, each widened
-    by Student's t at the jackknife's effective degrees of freedom; 1 without a jackknife.
-    """
-    from .cmc.calibration import tempering_factor
-
-    if nlsq_result is None or nlsq_result.jackknife is None:
-        return 1.0
-    physical = np.zeros(len(problem.free), dtype=bool)
-    physical[problem.layout.physical_slice] = True
-    jackknife = nlsq_result.jackknife
-    return tempering_factor(jackknife.std, nlsq_result.std, jackknife.effective_dof, physical & problem.free)
-
-
 def raise_if_stop_requested(comm: Comm, where: str) -> None:
     """Collective check of the ranks' stop flags; every rank raises ``Interrupted`` together."""
     flag = comm.allreduce_sum(np.array([1.0 if stop_requested() else 0.0]))[0]
@@ -387,7 +435,12 @@ def write_marker_after(temp_path: Path, futures: list, document: dict) -> None:
     temp_path.write_text(json.dumps(document, indent=2))
 
 
-def run_batch(cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False) -> int:
-    """Fit every data set of ``cfg``; returns the exit code (same on every rank)."""
-    runner = BatchRunner(cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=nlsq_warm_start, fresh=fresh)
+def run_batch(
+    cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False,
+    group_size: int | None = None,
+) -> int:
+    """Fit every data set of ``cfg`` on groups of ``group_size`` ranks (None: automatic); returns the exit code."""
+    runner = BatchRunner(
+        cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=nlsq_warm_start, fresh=fresh, group_size=group_size
+    )
     return runner.run()

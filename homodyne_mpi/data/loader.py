@@ -34,7 +34,7 @@ from .layouts import (
 )
 from .selection import angles_in_ranges, format_ranges, frame_window, full_symmetric, select_nearest_q
 
-__all__ = ["XPCSData", "load_config_dataset", "load_xpcs"]
+__all__ = ["XPCSData", "count_config_dataset_points", "load_config_dataset", "load_xpcs"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,54 @@ def _optional_period(h5: h5py.File):
         return None
 
 
+def _select_matrices(h5: h5py.File, source: str, target_q: float, phi_ranges, warn: bool = True) -> tuple:
+    """``(layout, q, phi, [(key, dataset), ...])``: the matrices at the q nearest ``target_q``.
+
+    Angles outside ``phi_ranges`` are dropped and the rest sorted ascending; every matrix
+    must have the same shape. Reads no matrix data; ``warn`` logs a distant q.
+    """
+    layout = detect_layout(h5)
+    table = read_bin_table(h5, layout)
+
+    chosen, q_selected = select_nearest_q(table.q, target_q)
+    if warn and abs(q_selected - target_q) > _Q_WARN_RELATIVE * target_q:
+        logger.warning(
+            "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A "
+            "(stored q: %s)",
+            source,
+            target_q,
+            q_selected,
+            np.array2string(np.unique(table.q), precision=6),
+        )
+    phi_at_q = table.phi[chosen]
+    if phi_ranges is not None:
+        ranges = list(phi_ranges)
+        keep = angles_in_ranges(phi_at_q, ranges)
+        if not np.any(keep):
+            available = ", ".join(f"{a:g}" for a in np.sort(phi_at_q))
+            raise InputError(
+                f"{source}: no angle left after phi_filtering: the angles at q = "
+                f"{q_selected:g} 1/A are [{available}] degrees and "
+                f"phi_filtering.target_ranges is {format_ranges(ranges)}; widen the "
+                "ranges or disable phi_filtering"
+            )
+        chosen = chosen[keep]
+    order = np.argsort(table.phi[chosen], kind="stable")
+    chosen = chosen[order]
+    phi = table.phi[chosen].astype(np.float64)
+
+    datasets = [(table.matrix_keys[b], matrix_dataset(h5, table.matrix_keys[b], layout)) for b in chosen]
+    first_key, first = datasets[0]
+    for key, dataset in datasets[1:]:
+        if dataset.shape != first.shape:
+            raise InputError(
+                f"{source}: dataset '{key}' has shape {dataset.shape} but '{first_key}' "
+                f"has {first.shape}; all matrices at one q must cover the same frames -- "
+                "the file is inconsistent"
+            )
+    return layout, q_selected, phi, datasets
+
+
 def load_xpcs(
     path: str | os.PathLike[str],
     *,
@@ -227,46 +275,8 @@ def load_xpcs(
             "use a positive number in 1/Angstrom"
         )
     with _open(file_path) as h5:
-        layout = detect_layout(h5)
-        table = read_bin_table(h5, layout)
-
-        chosen, q_selected = select_nearest_q(table.q, target_q)
-        if abs(q_selected - target_q) > _Q_WARN_RELATIVE * target_q:
-            logger.warning(
-                "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A "
-                "(stored q: %s)",
-                source,
-                target_q,
-                q_selected,
-                np.array2string(np.unique(table.q), precision=6),
-            )
-        phi_at_q = table.phi[chosen]
-        if phi_ranges is not None:
-            ranges = list(phi_ranges)
-            keep = angles_in_ranges(phi_at_q, ranges)
-            if not np.any(keep):
-                available = ", ".join(f"{a:g}" for a in np.sort(phi_at_q))
-                raise InputError(
-                    f"{source}: no angle left after phi_filtering: the angles at q = "
-                    f"{q_selected:g} 1/A are [{available}] degrees and "
-                    f"phi_filtering.target_ranges is {format_ranges(ranges)}; widen the "
-                    "ranges or disable phi_filtering"
-                )
-            chosen = chosen[keep]
-        order = np.argsort(table.phi[chosen], kind="stable")
-        chosen = chosen[order]
-        phi = table.phi[chosen].astype(np.float64)
-
-        datasets = [(table.matrix_keys[b], matrix_dataset(h5, table.matrix_keys[b], layout)) for b in chosen]
-        first_key, first = datasets[0]
-        for key, dataset in datasets[1:]:
-            if dataset.shape != first.shape:
-                raise InputError(
-                    f"{source}: dataset '{key}' has shape {dataset.shape} but '{first_key}' "
-                    f"has {first.shape}; all matrices at one q must cover the same frames -- "
-                    "the file is inconsistent"
-                )
-        n_file_frames = first.shape[0]
+        layout, q_selected, phi, datasets = _select_matrices(h5, source, target_q, phi_ranges)
+        n_file_frames = datasets[0][1].shape[0]
         start, end = frame_window(start_frame, end_frame, n_file_frames, source=source)
         dt_value, dt_source = _resolve_dt(h5, dt, source)
 
@@ -316,8 +326,8 @@ def load_xpcs(
     )
 
 
-def load_config_dataset(cfg, dataset=None) -> XPCSData:
-    """:func:`load_xpcs` with the arguments of a ``HomodyneConfig``.
+def config_dataset_arguments(cfg, dataset=None) -> tuple:
+    """``(path, keyword arguments of load_xpcs)`` for a data set of a ``HomodyneConfig``.
 
     ``dataset`` selects the file:
 
@@ -365,11 +375,29 @@ def load_config_dataset(cfg, dataset=None) -> XPCSData:
                 "config: phi_filtering.enabled is true but phi_filtering.target_ranges is "
                 "empty; add ranges such as [{min_angle: -10, max_angle: 10}] or set enabled: false"
             )
-    return load_xpcs(
-        path,
-        wavevector_q=wavevector_q,
-        phi_ranges=ranges,
-        start_frame=getattr(analyzer, "start_frame", 1),
-        end_frame=getattr(analyzer, "end_frame", None),
-        dt=getattr(analyzer, "dt", None),
-    )
+    window = {"start_frame": getattr(analyzer, "start_frame", 1), "end_frame": getattr(analyzer, "end_frame", None)}
+    return path, {"wavevector_q": wavevector_q, "phi_ranges": ranges, **window, "dt": getattr(analyzer, "dt", None)}
+
+
+def load_config_dataset(cfg, dataset=None) -> XPCSData:
+    """:func:`load_xpcs` with the arguments of a ``HomodyneConfig`` (see ``config_dataset_arguments``)."""
+    path, arguments = config_dataset_arguments(cfg, dataset)
+    return load_xpcs(path, **arguments)
+
+
+def count_config_dataset_points(cfg, dataset) -> int:
+    """Points a data set will fit (``n_angles * N * (N - 1) / 2``), from the file's metadata only.
+
+    Reads no matrix. 0 when the file cannot be opened or does not fit the config: the
+    load itself then reports the error.
+    """
+    try:
+        path, arguments = config_dataset_arguments(cfg, dataset)
+        source = str(path)
+        with _open(Path(os.fspath(path))) as h5:
+            _, _, _, datasets = _select_matrices(h5, source, float(arguments["wavevector_q"]), arguments["phi_ranges"], warn=False)
+            start, end = frame_window(arguments["start_frame"], arguments["end_frame"], datasets[0][1].shape[0], source=source)
+    except (InputError, ConfigError, OSError, TypeError, ValueError):
+        return 0
+    n = end - start + 1
+    return len(datasets) * n * (n - 1) // 2
