@@ -1,0 +1,184 @@
+"""What a config field may hold, and how problems are reported.
+
+``option()`` declares a schema field with the checks the generic parser applies;
+:class:`Context` carries one load's source name and what it noticed (ignored keys,
+notes, warnings); the small helpers below write the one-line messages.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import numbers
+import re
+from collections.abc import Mapping
+from dataclasses import MISSING, field
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..errors import ConfigError
+
+logger = logging.getLogger("homodyne_mpi.config")
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    factory: Any = MISSING,
+    choices: tuple[str, ...] | None = None,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    unit: str = "",
+    auto: bool = False,
+    one_or_list: bool = False,
+    example: str | None = None,
+) -> Any:
+    """A dataclass field with the checks the generic parser and validator apply.
+
+    ``choices``: allowed strings; ``gt``/``ge``/``lt``/``le``: range of a number (and of
+    each number of a list); ``unit``: shown in messages and in the template; ``auto``:
+    the YAML string ``'auto'`` is accepted (it becomes ``None`` for an optional number,
+    stays ``'auto'`` for an ``int | str`` field); ``one_or_list``: a single value is read
+    as a one-element list; ``example``: a value shown in type errors and written by the
+    template when the field has no default.
+    """
+    given = dict(choices=choices, gt=gt, ge=ge, lt=lt, le=le, unit=unit or None, auto=auto or None)
+    given["one_or_list"] = one_or_list or None
+    given["example"] = example
+    meta = {key: value for key, value in given.items() if value is not None}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Context:
+    """What one parse or validation run knows: the source name and what it noticed."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source or "config"
+        self.ignored: list[str] = []
+        self.unknown: list[str] = []  # ignored keys the reference package does not write either
+        self.infos: list[str] = []
+        self.warnings: list[str] = []
+        self.fixed_values: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}  # moved key's path here -> path in the file
+        self.lenient = False  # a reference-format config: unknown keys are ignored, not errors
+
+    def where(self, path: str) -> str:
+        """The path the user wrote for ``path`` (differs for keys moved from elsewhere)."""
+        for moved, original in self.origin.items():
+            if path == moved or path.startswith((moved + ".", moved + "[")):
+                return original + path[len(moved) :]
+        return path
+
+    def error(self, what: str, fix: str) -> ConfigError:
+        """A one-line ``ConfigError``: ``SOURCE: what -- fix``."""
+        return ConfigError(one_line(f"{self.source}: {what} -- {fix}"))
+
+    def ignore(self, path: str) -> None:
+        """Record a reference-package key that is not used (pattern path, ``[]`` for indices)."""
+        path = self.where(path)
+        if path not in self.ignored:
+            self.ignored.append(path)
+
+    def info(self, message: str) -> None:
+        if message not in self.infos:
+            self.infos.append(message)
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+
+    def flush_log(self) -> None:
+        """Log what was mapped and ignored: each note once, the ignored keys in one line."""
+        for message in self.infos:
+            logger.info("%s: %s", self.source, message)
+        for message in self.warnings:
+            logger.warning("%s: %s", self.source, message)
+        self.ignored.sort()
+        if self.ignored:
+            logger.info(
+                "%s: ignoring %d key(s) of the reference homodyne package that homodyne_mpi does not use: %s",
+                self.source,
+                len(self.ignored),
+                ", ".join(self.ignored),
+            )
+
+
+def join(path: str, key: str | int) -> str:
+    """``path.key``, or ``path[key]`` for a list index."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+def pattern(path: str) -> str:
+    """A key path with every list index written ``[]``."""
+    return re.sub(r"\[\d+\]", "[]", path)
+
+
+def did_you_mean(word: str, candidates: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the nearest candidate, or ``''``."""
+    matches = difflib.get_close_matches(str(word), candidates, n=1, cutoff=0.6)
+    return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+def suggest_fix(word: str, candidates: list[str], valid_keys: bool = False) -> str:
+    """The fix part of a message for an unknown name: the nearest one, else the list."""
+    matches = difflib.get_close_matches(str(word), candidates, n=1, cutoff=0.6)
+    if matches:
+        return f"did you mean '{matches[0]}'?"
+    label = "valid keys here" if valid_keys else "valid names"
+    return f"{label}: {', '.join(candidates)}"
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float if it is a number or a numeric string, else ``None``."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, numbers.Integral):
+        return float(int(value))
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value.strip().replace("_", ""))
+    return None
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)(?:[eE][-+]?\d+)?")
+
+
+def show(value: Any) -> str:
+    """A value and its kind for messages: ``'abc' (a string)``, ``null``."""
+    kinds = {bool: "a boolean", str: "a string", list: "a list", tuple: "a list", dict: "a mapping"}
+    if value is None:
+        return "null"
+    kind = kinds.get(type(value))
+    if kind is None:
+        if isinstance(value, Mapping):
+            kind = "a mapping"
+        else:
+            kind = "a number" if number(value) is not None else type(value).__name__
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({kind})"
+
+
+def yaml_scalar(value: Any) -> str:
+    """``value`` as it is written in YAML on one line."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def format_number(x: float) -> str:
+    """``3`` for integral numbers, else ``%g``."""
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space."""
+    return " ".join(text.split())
