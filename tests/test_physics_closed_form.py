@@ -135,3 +135,19 @@ def test_constant_shear_rate_gives_a_sinc_of_the_lag(form):
     perpendicular = int(np.flatnonzero(PHI == PHI0 + 90.0)[0])
     np.testing.assert_allclose(got[perpendicular], scaled(diffusion_only)[perpendicular], rtol=1e-12)
     assert np.max(np.abs(got[1] - got[perpendicular] + OFFSET[perpendicular] - OFFSET[1])) > 1e-3  # shear shows
+
+
+def test_linear_shear_rate_gives_the_quadratic_strain_and_the_first_interval_rule():
+    """beta = 1, gamma_dot_t_offset = 0, alpha = 0: gamma_dot = g0 t, so (as for D above)
+    the strain from frame 0 to t_k is g0 t_k^2 / 2 + g0 dt^2 / 4 (k >= 1) and
+    g1^2 = exp(-q^2 D tau) sinc^2(q h cos(phi0 - phi) |G_j - G_i| / 2) (``paper``)."""
+    d, g0, gap = 400.0, 0.05, 1.0e5
+    strain = g0 * T**2 / 2.0 + g0 * DT**2 / 4.0
+    strain[0] = 0.0
+    x = 0.5 * Q * gap * np.cos(np.radians(PHI0 - PHI))[:, None, None] * np.abs(strain[None, :] - strain[:, None])[None]
+    sinc = np.sin(x) / np.where(x == 0, 1.0, x)
+    sinc[x == 0] = 1.0
+    expected = scaled(np.exp(-(Q**2) * d * LAG)[None] * sinc**2)
+    got = program_c2("laminar_flow", "paper", [d, 0.0, 0.0, g0, 1.0, 0.0, PHI0], gap=gap)
+    np.testing.assert_allclose(got, expected, rtol=1e-11)
+    assert np.min(got[1] - OFFSET[1]) < 0.5 * CONTRAST[1] * np.exp(-(Q**2) * d * LAG.max())  # shear shows
