@@ -105,7 +105,7 @@ def command_run(args, comm) -> int:
 
 def group_size(args, cfg) -> int | None:
     """Ranks per rank group: ``--group-size``, else ``compute.rank_group_size`` (None: automatic)."""
-    size = args.group_size if args.group_size is not None else getattr(cfg.compute, "rank_group_size", None)
+    size = args.group_size if args.group_size is not None else cfg.compute.rank_group_size
     if size is not None and size < 1:
         error = ConfigError(f"--group-size {size} is not a rank count -- give a whole number of at least 1, or leave it out")
         error.collective = True  # every rank parsed the same arguments

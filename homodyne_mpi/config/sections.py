@@ -345,10 +345,12 @@ class OutputConfig:
 
 @dataclass(kw_only=True)
 class ComputeConfig:
-    """Compilation cache."""
+    """Compilation cache and rank groups."""
 
     compilation_cache_dir: str | None = "~/.cache/homodyne_mpi/jax"
     """JAX persistent compilation cache folder (reused across runs); null disables it."""
+    rank_group_size: int | None = option(None, ge=1, auto=True, example="4' or 'rank_group_size: auto")
+    """Ranks per group in a batch: groups fit different data sets at once (auto/null: from the data set sizes; run --group-size overrides)."""
 
     def _check(self, ctx: Context, path: str) -> None:
         if self.compilation_cache_dir is not None and not self.compilation_cache_dir.strip():
