@@ -49,8 +49,9 @@ class NLSQConfig:
     - influence: contiguous blocks that each carry about 1/K of the frames' lever on the
       physical parameters (short blocks where single frames weigh most)
     - equal: contiguous blocks of equal frame counts"""
-    jackknife_iterations: int = option(20, ge=1)
-    """Iterations of each jackknife refit (started from the full fit)."""
+    jackknife_iterations: int = option(100, ge=1)
+    """Most iterations of each jackknife refit (a ceiling: refits stop at the fit's
+    tolerances), started from the full fit."""
     jackknife_parallel: str = option("points", choices=("points", "replicates"))
     """How the refits use the ranks:
     - points: all ranks work on each refit in turn, each on its own points

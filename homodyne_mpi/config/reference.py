@@ -211,6 +211,8 @@ def _apply_move(raw: dict[str, Any], path: str, entry: Mapping[str, Any], ctx: C
     if entry.get("merge"):
         if value is not None and not isinstance(value, Mapping):
             raise ctx.error(f"'{path}' must be a mapping, got {show(value)}", f"indent its keys under '{path.rsplit('.', 1)[-1]}:'")
+        if not _get(raw, target)[0]:
+            ctx.origin[target] = path
         for key in list(value or {}):
             _apply_move(raw, f"{path}.{key}", {"to": f"{target}.{key}"}, ctx)
         if _get(raw, path)[0]:
@@ -330,7 +332,7 @@ def _per_angle_mode(raw: dict[str, Any], sources: list[tuple[str, Any]], ctx: Co
     for other_path, other in rest:
         if other != value:
             ctx.warn(f"'{other_path}' = {other!r} differs from '{path}' = {value!r}; the latter is used")
-        ctx.ignore(other_path)
+            ctx.ignore(other_path)
     if value == "fourier":
         raise ctx.error(
             f"'{path}' = 'fourier' (a Fourier series of contrast and offset over angle) is not supported",
