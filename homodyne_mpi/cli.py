@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("config", help="YAML config file (mode, q, dt, frames, gap, shear_form, truth values)")
     simulate.add_argument("--output", required=True, help="HDF5 file to write (the truth goes to FILE.truth.json)")
     simulate.add_argument("--layout", choices=("aps-u", "aps-legacy"), default="aps-u", help="HDF5 layout (default aps-u)")
-    simulate.add_argument("--phi", help="comma-separated angles in degrees, e.g. 0,45,90 (default: 6 angles)")
+    simulate.add_argument("--phi", help="comma-separated angles in degrees, e.g. -30,0,30 (default: 6 angles)")
     simulate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in c2 units (default 0: exact model)")
     simulate.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
     simulate.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="stored matrix type (float32 mimics a correlator)")
@@ -75,6 +76,35 @@ def parse_phi(text: str | None) -> list[float] | None:
     if not values:
         raise ConfigError("--phi is empty -- write e.g. --phi 0,45,90")
     return values
+
+
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
+
+
+def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``--phi -30,0,30`` -> ``--phi=-30,0,30`` for every option that takes a value.
+
+    argparse reads a value that starts with '-' as an option unless it is a single
+    number, so a list of numbers such as ``-30,0,30`` would be refused.
+    """
+    takes_value = set()
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in current._actions:  # argparse keeps its actions only here
+            if isinstance(action, argparse._SubParsersAction):
+                parsers += list(action.choices.values())
+            elif action.option_strings and action.nargs is None:
+                takes_value.update(action.option_strings)
+    out: list[str] = []
+    pending = False
+    for token in argv:
+        if pending and _NEGATIVE_VALUE.match(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+        pending = token in takes_value
+    return out
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -196,7 +226,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``homodyne-mpi``; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
     from .logging_setup import configure_logging
     from .parallel import get_comm, run_guarded
 
