@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-__all__ = ["NOISE_FLOOR_RELATIVE", "estimate_noise_sigma", "estimate_noise_sigmas"]
+__all__ = ["NOISE_FLOOR_RELATIVE", "estimate_noise_sigma", "estimate_noise_sigmas", "noise_sigma_from_rows"]
 
 MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 """Ratio of the standard deviation to the median absolute deviation of a normal law."""
@@ -59,7 +59,16 @@ def estimate_noise_sigma(c2_matrix: np.ndarray, *, max_samples: int = 2_000_000)
     matrix = np.asarray(c2_matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"estimate_noise_sigma needs a square matrix, got shape {matrix.shape}")
-    n = matrix.shape[0]
+    return noise_sigma_from_rows(lambda row: matrix[row : row + 2], matrix.shape[0], max_samples=max_samples)
+
+
+def noise_sigma_from_rows(row_pair, n: int, *, max_samples: int = 2_000_000) -> float:
+    """``estimate_noise_sigma`` of an ``(n, n)`` matrix seen only through ``row_pair(i)``.
+
+    ``row_pair(i)`` returns rows ``i`` and ``i + 1`` (shape ``(2, n)``; only their entries
+    right of the diagonal are used). Only the sampled rows are asked for, so a streamed
+    reader needs two rows at a time, not the matrix; the result is the same number.
+    """
     if n < 3:
         raise ValueError(f"estimate_noise_sigma needs at least 3 frames, got {n}")
     min_lag = 2 if n >= 4 else 1
@@ -69,8 +78,9 @@ def estimate_noise_sigma(c2_matrix: np.ndarray, *, max_samples: int = 2_000_000)
     differences = []
     values = []
     for row in range(0, last_row + 1, row_stride):
-        upper = matrix[row, row + min_lag : n - 1]
-        lower_neighbour = matrix[row + 1, row + 1 + min_lag : n]
+        pair = row_pair(row)
+        upper = pair[0, row + min_lag : n - 1]
+        lower_neighbour = pair[1, row + 1 + min_lag : n]
         differences.append(np.asarray(upper, dtype=np.float64) - lower_neighbour)
         values.append(upper)
     d = np.concatenate(differences)

@@ -1,0 +1,119 @@
+"""Read a data set's matrices a block of rows at a time, never the whole matrix.
+
+:class:`PointSource` opens the same file, bins, angles and frame window as
+:func:`~homodyne_mpi.data.loader.load_xpcs`, but keeps the HDF5 file open and reads
+row blocks (h5py hyperslabs) on request. With :func:`~homodyne_mpi.data.points.stream_points`
+it yields the fit's points in the global order of ``upper_triangle_points`` while holding
+only one block; :meth:`PointSource.noise_sigmas` gives the same per-angle noise levels as
+``estimate_noise_sigmas`` on the loaded matrices, reading only the sampled row pairs.
+
+Storage: the correlator stores the upper triangle (lower left at 0); a full matrix and a
+lower half are read too. Rows of the full symmetric matrix ``C`` are then
+``C[i, j > i] = stored[i, j]`` (upper half or full) or ``stored[j, i]`` (lower half, read
+as column blocks). Only the entries right of the diagonal of a returned row are defined.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .loader import _count_nonfinite, _open, _resolve_dt, _select_matrices, config_dataset_arguments
+from .noise import noise_sigma_from_rows
+from .points import stream_points
+from .selection import frame_window
+
+__all__ = ["PointSource"]
+
+
+class PointSource:
+    """An open data set whose matrices are read in row blocks (use as a context manager)."""
+
+    def __init__(self, path, *, wavevector_q: float, phi_ranges=None, start_frame=1, end_frame=None, dt=None):
+        self.source = str(path)
+        self._h5 = _open(Path(os.fspath(path)))
+        try:
+            self.layout, self.q, self.phi, self._datasets = _select_matrices(self._h5, self.source, float(wavevector_q), phi_ranges)
+            n_file = self._datasets[0][1].shape[0]
+            self.start_frame, self.end_frame = frame_window(start_frame, end_frame, n_file, source=self.source)
+            self.dt, self.dt_source = _resolve_dt(self._h5, dt, self.source)
+            self._lower = [self._stored_as_lower_half(dataset) for _, dataset in self._datasets]
+        except BaseException:
+            self._h5.close()
+            raise
+
+    @classmethod
+    def from_config(cls, cfg, dataset=None) -> "PointSource":
+        """The data set ``dataset`` of a config (the same arguments as ``load_config_dataset``)."""
+        path, arguments = config_dataset_arguments(cfg, dataset)
+        return cls(path, **arguments)
+
+    @property
+    def n_angles(self) -> int:
+        """Number of selected angles."""
+        return len(self._datasets)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames in the window."""
+        return self.end_frame - self.start_frame + 1
+
+    @property
+    def n_points(self) -> int:
+        """Points of the fit, ``n_angles * N * (N - 1) / 2``."""
+        return self.n_angles * self.n_frames * (self.n_frames - 1) // 2
+
+    def _stored_as_lower_half(self, dataset) -> bool:
+        """True when the stored matrix has a zero strict upper triangle (first row is enough)."""
+        first = self.start_frame - 1
+        row = np.asarray(dataset[first, first + 1 : self.end_frame])
+        column = np.asarray(dataset[first + 1 : self.end_frame, first])
+        return bool(row.size) and not np.any(row) and bool(np.any(column))
+
+    def read_rows(self, angle: int, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows ``row_start:row_stop`` of the window of angle ``angle``, float64 ``(k, N)``.
+
+        Entries right of the diagonal are those of the full symmetric matrix; NaN or inf
+        there is an ``InputError`` naming the dataset and rows.
+        """
+        key, dataset = self._datasets[angle]
+        first = self.start_frame - 1
+        rows = slice(first + row_start, first + row_stop)
+        columns = slice(first, self.end_frame)
+        try:
+            block = np.asarray(dataset[columns, rows]).T if self._lower[angle] else np.asarray(dataset[rows, columns])
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(f"{self.source}: cannot read dataset '{key}' ({exc}); the file is damaged -- rerun the correlator") from exc
+        block = block.astype(np.float64, copy=False)
+        upper = np.arange(self.n_frames)[None, :] > (row_start + np.arange(row_stop - row_start))[:, None]
+        bad = _count_nonfinite(np.where(upper, block, 0.0))
+        if bad:
+            raise InputError(
+                f"{self.source}: dataset '{key}' (phi = {self.phi[angle]:g} deg) has {bad} NaN/inf values in "
+                f"window rows {row_start + 1}..{row_stop}; exclude that angle with phi_filtering or choose another frame window"
+            )
+        return block
+
+    def noise_sigmas(self, max_samples: int = 2_000_000) -> np.ndarray:
+        """Per-angle noise levels, equal to ``estimate_noise_sigmas`` of the loaded matrices."""
+        return np.array([
+            noise_sigma_from_rows(lambda row, a=angle: self.read_rows(a, row, row + 2), self.n_frames, max_samples=max_samples)
+            for angle in range(self.n_angles)
+        ])
+
+    def point_blocks(self, sigma, max_points: int):
+        """The fit's points in global order, in blocks of whole rows (``stream_points``)."""
+        return stream_points(self.read_rows, self.n_angles, self.n_frames, sigma, max_points)
+
+    def close(self) -> None:
+        """Close the file."""
+        self._h5.close()
+
+    def __enter__(self) -> "PointSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

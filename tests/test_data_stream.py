@@ -1,0 +1,76 @@
+"""Streamed reading: row blocks of the stored matrices give the loaded data set's points and noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_data_layouts import write_aps_u
+
+from homodyne_mpi.data import estimate_noise_sigmas, load_xpcs
+from homodyne_mpi.data.points import PointSet, points_before_row, stream_points, upper_triangle_points
+from homodyne_mpi.data.stream import PointSource
+from homodyne_mpi.errors import InputError
+
+N_FILE = 41
+
+
+def symmetric_matrices(seed: int, n_phi: int = 3, n: int = N_FILE) -> np.ndarray:
+    """Symmetric matrices near 1 with independent noise (a stand-in for measured c2)."""
+    noise = np.random.default_rng(seed).normal(0.0, 0.05, size=(n_phi, n, n))
+    return 1.0 + np.triu(noise) + np.triu(noise, 1).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize("storage", ["upper", "lower", "full", "float32"])
+@pytest.mark.parametrize(("window", "budget"), [((1, None), 1), ((5, 37), 23), ((3, 40), 10**6)])
+def test_streamed_points_and_noise_equal_the_loaded_ones(tmp_path, storage, window, budget):
+    full = symmetric_matrices(7)
+    stored = {
+        "upper": np.triu(full),
+        "lower": np.tril(full),
+        "full": full,
+        "float32": np.triu(full).astype(np.float32),
+    }[storage]
+    path = write_aps_u(tmp_path / "data.h5", phi_list=(30.0, 0.0, 90.0), matrices=list(stored))
+    arguments = dict(wavevector_q=0.01, start_frame=window[0], end_frame=window[1], dt=0.1)
+    loaded = load_xpcs(path, **arguments)
+    sigma = estimate_noise_sigmas(loaded.c2, max_samples=300)
+    expected = upper_triangle_points(loaded.c2, sigma)
+    with PointSource(path, **arguments) as source:
+        assert (source.n_angles, source.n_frames, source.n_points) == (3, loaded.n_frames, len(expected))
+        assert np.array_equal(source.phi, loaded.phi)  # sorted like the loader: 0, 30, 90
+        assert np.array_equal(source.noise_sigmas(max_samples=300), sigma)
+        blocks = list(source.point_blocks(sigma, budget))
+    assert all(len(block) <= max(budget, loaded.n_frames - 1) for block in blocks)
+    for name in PointSet.column_names():
+        streamed = np.concatenate([getattr(block, name) for block in blocks])
+        assert streamed.dtype == getattr(expected, name).dtype
+        assert np.array_equal(streamed, getattr(expected, name)), name
+
+
+def test_blocks_hold_whole_rows_within_the_budget():
+    n = 100
+    assert points_before_row(np.array([0, 1, n - 1, n]), n).tolist() == [0, n - 1, n * (n - 1) // 2, n * (n - 1) // 2]
+    calls = []
+
+    def read_rows(angle, start, stop):
+        calls.append((angle, start, stop))
+        return np.zeros((stop - start, n))
+
+    sizes = [len(block) for block in stream_points(read_rows, 2, n, 0.1, max_points=1000)]
+    assert sum(sizes) == 2 * n * (n - 1) // 2 and max(sizes) <= 1000
+    # each block is as large as the budget allows: adding the next row would exceed it
+    for (angle, start, stop), size in zip(calls, sizes):
+        assert stop == n - 1 or size + (n - 1 - stop) > 1000
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls)
+
+
+def test_nan_in_a_streamed_block_names_the_dataset_and_rows(tmp_path):
+    matrices = list(np.triu(symmetric_matrices(3, n_phi=2)))
+    matrices[1][10, 20] = np.nan
+    path = write_aps_u(tmp_path / "nan.h5", matrices=matrices)
+    yielded = []
+    with PointSource(path, wavevector_q=0.01, dt=0.1) as source:
+        with pytest.raises(InputError, match=r"c2_00002.*NaN/inf values in window rows 1\.\.11;"):
+            for block in source.point_blocks([0.1, 0.1], 400):
+                yielded.append(block)
+    assert sum(len(block) for block in yielded) == N_FILE * (N_FILE - 1) // 2  # the clean first angle
