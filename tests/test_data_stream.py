@@ -74,3 +74,17 @@ def test_nan_in_a_streamed_block_names_the_dataset_and_rows(tmp_path):
             for block in source.point_blocks([0.1, 0.1], 400):
                 yielded.append(block)
     assert sum(len(block) for block in yielded) == N_FILE * (N_FILE - 1) // 2  # the clean first angle
+
+
+def test_streamed_scatter_on_one_rank_is_the_whole_point_set():
+    from homodyne_mpi.parallel import SerialComm
+    from homodyne_mpi.parallel.scatter import scatter_point_stream
+
+    c2 = symmetric_matrices(2, n_phi=2, n=25)
+    sigma = np.array([0.5, 0.25])
+    whole = upper_triangle_points(c2, sigma)
+    local = scatter_point_stream(stream_points(lambda a, r0, r1: c2[a, r0:r1], 2, 25, sigma, 50), [len(whole)], SerialComm())
+    for name in PointSet.column_names():
+        assert np.array_equal(getattr(local, name), getattr(whole, name))
+    with pytest.raises(ValueError, match="held 600 points"):
+        scatter_point_stream(stream_points(lambda a, r0, r1: c2[a, r0:r1], 2, 25, sigma, 50), [601], SerialComm())

@@ -1,0 +1,60 @@
+"""Scatter a stream of point blocks: every rank receives its contiguous share, block by block.
+
+The root iterates blocks of points in global order (``data.stream.PointSource``
+``point_blocks``), never the whole point set. For each block it broadcasts the block's
+length, then one ``Scatterv`` per column sends each rank the part of the block that
+falls inside that rank's range ``[offset_r, offset_r + counts[r])``. Each rank writes
+the pieces into its own buffer (allocated once, padded to ``capacity``), so a rank holds
+its share plus, on the root, one block: the root's bound beyond its share is one block's
+points (28 bytes each) and the rows they were read from (``rows x N x 8`` bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from ..data.points import PointSet
+from .comm import Comm, aligned_zeros
+
+COLUMN_DTYPES = {"angle": np.int32, "frame_i": np.int32, "frame_j": np.int32, "value": np.float64, "weight": np.float64}
+"""The dtype of each ``PointSet`` column."""
+
+
+def block_counts(block_start: int, block_length: int, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Points of the block ``[block_start, block_start + block_length)`` that fall in each rank's range."""
+    low = np.maximum(offsets, block_start)
+    high = np.minimum(offsets + counts, block_start + block_length)
+    return np.maximum(high - low, 0)
+
+
+def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, capacity: int | None = None) -> PointSet:
+    """Every rank's contiguous share of the root's stream of point blocks (collective).
+
+    ``counts[r]``: points of rank ``r``, in global order; ``blocks`` (root only) must
+    hold exactly ``sum(counts)`` points. With ``capacity`` the columns have
+    ``max(capacity, counts[rank])`` rows, zeros after the received points (in memory JAX
+    can use without a copy), as ``Comm.scatter_rows`` gives.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    mine = int(counts[comm.rank])
+    rows = max(mine, int(capacity or 0))
+    columns = {name: aligned_zeros((rows,), dtype) for name, dtype in COLUMN_DTYPES.items()}
+    iterator = iter(blocks) if comm.is_root else None
+    position = 0
+    while True:
+        block = next(iterator, None) if comm.is_root else None
+        length = int(comm.bcast(len(block) if block is not None else -1))
+        if length < 0:
+            break
+        pieces = block_counts(position, length, offsets, counts)
+        start = max(int(offsets[comm.rank]), position) - int(offsets[comm.rank])
+        for name in COLUMN_DTYPES:
+            received = comm.scatter_rows(getattr(block, name) if comm.is_root else None, pieces)
+            columns[name][start : start + int(pieces[comm.rank])] = received[: int(pieces[comm.rank])]
+        position += length
+    if position != int(counts.sum()):
+        raise ValueError(f"the point stream held {position} points, the counts {int(counts.sum())}")
+    return PointSet(**columns)
