@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import InputError
 from .plots.redraw import read_result_json
+from .plots.shard_health import shard_reason, shard_state
 from .vocabulary import PHYSICAL_PARAMETERS
 
 __all__ = ["format_report", "print_report"]
@@ -171,22 +172,6 @@ def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
             ]
         )
     return ["    per-angle scaling"] + _table(["angle", "phi (deg)", "contrast", "std", "offset", "std"], rows, indent="      ")
-
-
-def shard_state(shard: dict) -> str:
-    """``retained``, ``excluded`` (sampled, left out by a check) or ``failed`` (raised)."""
-    if shard.get("error"):
-        return "failed"
-    if shard.get("excluded_reason"):
-        return "excluded"
-    return "retained" if shard.get("ok", True) else "failed"
-
-
-def shard_reason(shard: dict, state: str) -> str:
-    """Why a shard was left out, in one line (the error's first line for a failed shard)."""
-    if state == "failed" and shard.get("error"):
-        return (str(shard["error"]).strip().splitlines() or ["error"])[0]
-    return str(shard.get("excluded_reason") or "no reason recorded").splitlines()[0]
 
 
 def _cmc_section(doc: dict) -> list[str]:

@@ -43,9 +43,7 @@ def test_static_reference_row_anomalous_diffusion():
 def test_laminar_reference_row():
     spec = ModelSpec("laminar_flow", "homodyne-v2", q=0.01, dt=0.1, n_frames=5, gap=1e5)
     row = first_row([1000.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0], spec)
-    np.testing.assert_allclose(
-        row, [1.5, 1.077085450044, 1.000000014153, 1.000926417187, 1.000000013825], rtol=1e-9
-    )
+    np.testing.assert_allclose(row, [1.5, 1.077085450044, 1.000000014153, 1.000926417187, 1.000000013825], rtol=1e-9)
 
 
 def test_paper_form_uses_half_phase_sinc():
@@ -150,9 +148,7 @@ def test_analytic_slopes_match_autodiff(mode, form):
         np.testing.assert_allclose(got[k + 1], expected[1][k], rtol=1e-9, atol=1e-14)
     if mode == "laminar_flow" and form == "paper":
         half_phase = 0.5 * spec.q * spec.gap * projection * strain
-        trig = paper_shear_g1_squared_and_slopes(
-            diffusion, strain, projection, jnp.sin(half_phase), jnp.cos(half_phase), spec
-        )
+        trig = paper_shear_g1_squared_and_slopes(diffusion, strain, projection, jnp.sin(half_phase), jnp.cos(half_phase), spec)
         for k in range(4):
             np.testing.assert_allclose(trig[k], got[k], rtol=1e-9, atol=1e-14)
 

@@ -40,8 +40,17 @@ NOISE = 0.01
 
 def independent(mode, form, physical, n_frames, convention="frames"):
     return c2_matrices(
-        mode=mode, shear_form=form, q=Q, dt=DT, n_frames=n_frames, gap=GAP, physical=physical,
-        contrast=CONTRAST, offset=OFFSET, phi_deg=PHI, convention=convention,
+        mode=mode,
+        shear_form=form,
+        q=Q,
+        dt=DT,
+        n_frames=n_frames,
+        gap=GAP,
+        physical=physical,
+        contrast=CONTRAST,
+        offset=OFFSET,
+        phi_deg=PHI,
+        convention=convention,
     )
 
 
@@ -114,7 +123,9 @@ def assert_recovered(doc, names, truth, rtol):
 
 def assert_scaling_recovered(doc):
     for a in range(len(PHI)):
-        assert_recovered(doc, [f"contrast[{a}]", f"offset[{a}]"], [CONTRAST[a], OFFSET[a]], {f"contrast[{a}]": 0.02, f"offset[{a}]": 0.002})
+        assert_recovered(
+            doc, [f"contrast[{a}]", f"offset[{a}]"], [CONTRAST[a], OFFSET[a]], {f"contrast[{a}]": 0.02, f"offset[{a}]": 0.002}
+        )
 
 
 @pytest.mark.timeout(300)

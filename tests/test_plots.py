@@ -5,11 +5,11 @@
   opened and checked for size and non-blank content; ``homodyne-mpi plot`` redraws them
   from the saved files pixel for pixel.
 - CMC figures of both modes from a small synthetic ``cmc/result.json`` + ``posterior.h5``
-  in the format of DESIGN section 6, the same checks, and a tolerant reader (a missing
-  array skips its panel with a warning).
+  in the format ``homodyne_mpi.cmc`` writes (``docs/architecture.md``, "Results"), the same
+  checks, and a tolerant reader (a missing array skips its panel with a warning).
 - Downsampling for drawing (block means, diagonal handling) against a plain reference,
-  the 1-sigma bands against finite differences, file names, bad result folders, and a
-  cluster install without matplotlib.
+  the saved 1-sigma bands of ``fit.h5`` against finite differences of the model's rates,
+  file names, bad result folders, and a cluster install without matplotlib.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from homodyne_mpi.errors import HomodyneError, InputError
 from homodyne_mpi.io import AsyncWriter
 
@@ -34,7 +34,7 @@ pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402  (a matplotlib dependency)
 
 from homodyne_mpi import plots  # noqa: E402
-from homodyne_mpi.plots import cmc_figures, downsample, nlsq_figures  # noqa: E402
+from homodyne_mpi.plots import c2_figure, cmc_figures, downsample, nlsq_figures, shard_health  # noqa: E402
 from homodyne_mpi.plots.redraw import redraw_results  # noqa: E402
 
 TIMEOUT = 180
@@ -56,7 +56,9 @@ FIT_KEYS = ("c2_exp", "c2_fit", "t", "phi", "covariance", "parameters/names", "p
 
 
 def describe(result) -> str:
-    return f"command: {' '.join(map(str, result.args))}\nexit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    return (
+        f"command: {' '.join(map(str, result.args))}\nexit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-4000:]}"
+    )
 
 
 def check(result, code: int = 0):
@@ -118,14 +120,11 @@ def write_cmc_results(
     draws: bool = True,
     n_shards: int = 6,
     seed: int = 1,
-    names_of_arrays: str = "runner",
 ) -> dict:
     """A synthetic ``cmc/result.json`` + ``cmc/posterior.h5`` as ``homodyne_mpi.cmc`` writes them.
 
     Columns: per-angle scaling, the physical parameters, then the noise scale ``sigma``.
     Shard 2 is excluded as an outlier, shard 4 failed with an error; the others are used.
-    ``names_of_arrays="brief"`` stores the per-shard arrays under the names first planned
-    (``shard_means``, ``shard_covariances``, ``shard_indices``), which are read as well.
     """
     rng = np.random.default_rng(seed)
     physical = PHYSICAL[mode]
@@ -143,43 +142,79 @@ def write_cmc_results(
     for index in range(n_shards):
         shards.append(
             {
-                "index": index, "n_points": 500, "rank": index % 2, "host": "node1", "rhat_max": 1.0 + 0.02 * rng.random(),
-                "ess_min": 400.0 + 100 * rng.random(), "divergences": int(rng.integers(0, 3)), "divergence_rate": 0.001,
-                "ok": True, "error": None, "traceback": None, "seconds": 1.5, "excluded_reason": None,
+                "index": index,
+                "n_points": 500,
+                "rank": index % 2,
+                "host": "node1",
+                "rhat_max": 1.0 + 0.02 * rng.random(),
+                "ess_min": 400.0 + 100 * rng.random(),
+                "divergences": int(rng.integers(0, 3)),
+                "divergence_rate": 0.001,
+                "ok": True,
+                "error": None,
+                "traceback": None,
+                "seconds": 1.5,
+                "excluded_reason": None,
             }
         )
     shards[2].update(ok=False, excluded_reason="outlier: modified z-score 5.2 > 3.5 in D0")
-    shards[4].update(ok=False, error="FloatingPointError: nan in potential energy", traceback="Traceback (most recent call last):\n ...",
-                     excluded_reason="failed: FloatingPointError: nan in potential energy", rhat_max=None, ess_min=None,
-                     divergences=None, divergence_rate=None)
+    shards[4].update(
+        ok=False,
+        error="FloatingPointError: nan in potential energy",
+        traceback="Traceback (most recent call last):\n ...",
+        excluded_reason="failed: FloatingPointError: nan in potential energy",
+        rhat_max=None,
+        ess_min=None,
+        divergences=None,
+        divergence_rate=None,
+    )
     summary = {
         name: {
-            "mean": float(combined[:, k].mean()), "std": float(combined[:, k].std()),
-            "q05": float(np.quantile(combined[:, k], 0.05)), "q50": float(np.quantile(combined[:, k], 0.5)),
-            "q95": float(np.quantile(combined[:, k], 0.95)), "fixed": False,
+            "mean": float(combined[:, k].mean()),
+            "std": float(combined[:, k].std()),
+            "q05": float(np.quantile(combined[:, k], 0.05)),
+            "q50": float(np.quantile(combined[:, k], 0.5)),
+            "q95": float(np.quantile(combined[:, k], 0.95)),
+            "fixed": False,
         }
         for k, name in enumerate(names)
     }
     document = {
-        "method": "cmc", "parameters": summary, "shards": shards,
+        "method": "cmc",
+        "parameters": summary,
+        "shards": shards,
         "combination": {
-            "method": "robust_consensus_mc", "n_shards": n_shards, "n_good": 5, "min_success_rate": 0.5,
-            "max_divergence_rate": 0.1, "max_rhat": 1.1, "outlier_zscore": 3.5,
-            "failed": [{"index": 4, "rank": 0, "error": shards[4]["error"]}], "excluded_diagnostics": [],
-            "used": used, "n_used": len(used), "excluded_outliers": [{"index": 2, "reason": shards[2]["excluded_reason"]}],
+            "method": "robust_consensus_mc",
+            "n_shards": n_shards,
+            "n_good": 5,
+            "min_success_rate": 0.5,
+            "max_divergence_rate": 0.1,
+            "max_rhat": 1.1,
+            "outlier_zscore": 3.5,
+            "failed": [{"index": 4, "rank": 0, "error": shards[4]["error"]}],
+            "excluded_diagnostics": [],
+            "used": used,
+            "n_used": len(used),
+            "excluded_outliers": [{"index": 2, "reason": shards[2]["excluded_reason"]}],
         },
-        "n_ranks": 2, "n_points": 3000, "n_shards": n_shards, "n_draws": 2000, "timing_s": {"sampling": 12.0, "combine": 0.2},
+        "n_ranks": 2,
+        "n_points": 3000,
+        "n_shards": n_shards,
+        "n_draws": 2000,
+        "timing_s": {"sampling": 12.0, "combine": 0.2},
     }
     cmc_dir = dataset_dir / "cmc"
     cmc_dir.mkdir(parents=True, exist_ok=True)
     (cmc_dir / "result.json").write_text(json.dumps(document))
-    posterior = {"names": np.asarray(names, dtype="S"), "mean": combined.mean(axis=0), "fixed": np.zeros(len(names), dtype=np.uint8)}
+    posterior = {
+        "names": np.asarray(names, dtype="S"),
+        "mean": combined.mean(axis=0),
+        "fixed": np.zeros(len(names), dtype=np.uint8),
+    }
     if draws:
         posterior["draws"] = combined
     if shard_summaries:
         keys = ("shards/index", "shards/mean", "shards/covariance")
-        if names_of_arrays == "brief":
-            keys = ("shard_indices", "shard_means", "shard_covariances")
         posterior.update(zip(keys, (np.asarray(used), shard_means, shard_covariances)))
     with h5py.File(cmc_dir / "posterior.h5", "w") as handle:
         for key, value in posterior.items():
@@ -206,7 +241,19 @@ def nlsq_runs(tmp_path_factory):
         folder = tmp_path_factory.mktemp(f"plots_{mode}")
         config = make_config(folder, mode)
         phi = ",".join(f"{p:g}" for p in PHI)
-        check(run_cli("simulate", str(config), "--output", str(folder / "sim.h5"), f"--phi={phi}", "--noise", "0.01", timeout=TIMEOUT, cwd=folder))
+        check(
+            run_cli(
+                "simulate",
+                str(config),
+                "--output",
+                str(folder / "sim.h5"),
+                f"--phi={phi}",
+                "--noise",
+                "0.01",
+                timeout=TIMEOUT,
+                cwd=folder,
+            )
+        )
         check(run_cli("run", str(config), "--method", "nlsq", "--output-dir", str(folder / "out"), timeout=TIMEOUT, cwd=folder))
         drawn = folder / "out" / "sim" / "nlsq" / "plots"
         assert drawn.is_dir(), "the run drew no figures with output.plots: true"
@@ -323,7 +370,7 @@ def test_large_matrix_drawn_from_block_means(tmp_path):
     exp = fit + rng.normal(scale=0.01, size=fit.shape)
     exp[np.diag_indices(n)] += 0.5  # the speckle spike on the diagonal
     arrays = {"c2_exp": exp[None].copy(), "c2_fit": fit[None].copy()}
-    panels = nlsq_figures.c2_panels(arrays["c2_exp"][0], arrays["c2_fit"][0], 0.01)
+    panels = c2_figure.c2_panels(arrays["c2_exp"][0], arrays["c2_fit"][0], 0.01)
     assert panels["factor"] == 3
     assert panels["measured"].shape == panels["fitted"].shape == panels["residual"].shape == (401, 401)
     # the corrected diagonal hides the spike; the residual ignores the diagonal
@@ -333,13 +380,22 @@ def test_large_matrix_drawn_from_block_means(tmp_path):
     assert 0.95 < low < high < 1.35
     np.testing.assert_array_equal(arrays["c2_exp"][0], exp)
     info = nlsq_figures.NLSQFigureInfo(
-        dataset="big", analysis_mode="static", q=0.0054, dt=0.01, phi=np.array([12.345]), noise_sigma=np.array([0.01]), t=t,
-        names=("contrast", "offset", "D0", "alpha", "D_offset"), values=np.array([0.3, 1.0, 1e3, 0.0, 0.0]),
-        std=np.full(5, 1e-3), reduced_chi2=1.0, converged=True,
+        dataset="big",
+        analysis_mode="static",
+        q=0.0054,
+        dt=0.01,
+        phi=np.array([12.345]),
+        noise_sigma=np.array([0.01]),
+        t=t,
+        names=("contrast", "offset", "D0", "alpha", "D_offset"),
+        values=np.array([0.3, 1.0, 1e3, 0.0, 0.0]),
+        std=np.full(5, 1e-3),
+        reduced_chi2=1.0,
+        converged=True,
     )
     path = tmp_path / nlsq_figures.c2_plot_name(0, 12.345)
     assert path.name == "c2_phi_0_12.35deg.png"
-    nlsq_figures.draw_c2_angle(path, arrays, 0, info)
+    c2_figure.draw_c2_angle(path, arrays, 0, info)
     assert pixels(path).shape[:2] == (560, 1550)
     assert_drawn(path, min_colours=200)
 
@@ -349,7 +405,7 @@ def test_c2_panels_match_plain_block_means():
     n, sigma = 23, 0.02
     fit = 1.0 + rng.random((n, n))
     exp = fit + rng.normal(scale=sigma, size=(n, n))
-    panels = nlsq_figures.c2_panels(exp, fit, sigma, max_pixels=6)
+    panels = c2_figure.c2_panels(exp, fit, sigma, max_pixels=6)
     factor = panels["factor"]
     assert factor == 4
     corrected = exp.copy()
@@ -360,7 +416,7 @@ def test_c2_panels_match_plain_block_means():
     np.testing.assert_allclose(panels["fitted"], reference_block_mean(fit, factor), rtol=1e-12)
     np.testing.assert_allclose(panels["residual"], reference_block_mean(residual, factor), rtol=1e-9, atol=1e-12)
     # no downsampling: the residual's diagonal is blank
-    full = nlsq_figures.c2_panels(exp, fit, sigma)
+    full = c2_figure.c2_panels(exp, fit, sigma)
     assert full["factor"] == 1 and np.all(np.isnan(np.diagonal(full["residual"])))
 
 
@@ -374,8 +430,18 @@ def test_reused_figure_draws_what_a_fresh_one_draws(tmp_path):
         fit = 1.0 + 0.3 * np.exp(-np.abs(t[:, None] - t[None, :]) / (1 + seed))
         exp = fit + rng.normal(scale=0.01, size=fit.shape)
         info = nlsq_figures.NLSQFigureInfo(
-            dataset=f"set{seed}", analysis_mode="static", q=0.01, dt=0.1, phi=np.array([0.0, 90.0]), noise_sigma=np.array([0.01, 0.02]),
-            t=t, names=("contrast", "offset"), values=np.array([0.3, 1.0]), std=np.array([1e-3, 1e-3]), reduced_chi2=1.0, converged=True,
+            dataset=f"set{seed}",
+            analysis_mode="static",
+            q=0.01,
+            dt=0.1,
+            phi=np.array([0.0, 90.0]),
+            noise_sigma=np.array([0.01, 0.02]),
+            t=t,
+            names=("contrast", "offset"),
+            values=np.array([0.3, 1.0]),
+            std=np.array([1e-3, 1e-3]),
+            reduced_chi2=1.0,
+            converged=True,
         )
         return {"c2_exp": np.stack([exp, exp[::-1, ::-1]]), "c2_fit": np.stack([fit, fit])}, info
 
@@ -383,15 +449,15 @@ def test_reused_figure_draws_what_a_fresh_one_draws(tmp_path):
     second, second_info = data(700, 1)
 
     def fresh(path, arrays, k, info):
-        done = threading.Thread(target=nlsq_figures.draw_c2_angle, args=(path, arrays, k, info))
+        done = threading.Thread(target=c2_figure.draw_c2_angle, args=(path, arrays, k, info))
         done.start()
         done.join()
         return pixels(path)
 
     reference = fresh(tmp_path / "a.png", first, 1, first_info)
-    nlsq_figures.draw_c2_angle(tmp_path / "b.png", second, 0, second_info)
-    nlsq_figures.draw_c2_angle(tmp_path / "c.png", first, 0, first_info)
-    nlsq_figures.draw_c2_angle(tmp_path / "d.png", first, 1, first_info)
+    c2_figure.draw_c2_angle(tmp_path / "b.png", second, 0, second_info)
+    c2_figure.draw_c2_angle(tmp_path / "c.png", first, 0, first_info)
+    c2_figure.draw_c2_angle(tmp_path / "d.png", first, 1, first_info)
     np.testing.assert_array_equal(pixels(tmp_path / "d.png"), reference)
     np.testing.assert_array_equal(pixels(tmp_path / "b.png"), fresh(tmp_path / "e.png", second, 0, second_info))
 
@@ -420,18 +486,17 @@ def test_cmc_figures(tmp_path, mode):
     assert red > 0.001
 
 
-@pytest.mark.parametrize("names_of_arrays", ["runner", "brief"])
-def test_cmc_figure_info_keeps_only_retained_shards(tmp_path, names_of_arrays):
-    made = write_cmc_results(tmp_path / "d", "laminar_flow", names_of_arrays=names_of_arrays)
+def test_cmc_figure_info_keeps_only_retained_shards(tmp_path):
+    made = write_cmc_results(tmp_path / "d", "laminar_flow")
     info = cmc_figures.cmc_figure_info(made["document"], read_posterior(tmp_path / "d" / "cmc" / "posterior.h5"))
     assert info.retained == {0, 1, 3, 5}
     assert [info.shard_index[row] for row in cmc_figures._retained_rows(info)] == [0, 1, 3, 5]
     assert info.physical == tuple(PHYSICAL["laminar_flow"])  # sigma and the scaling are not drawn
     assert info.analysis_mode == "laminar_flow"
     assert info.shard_stds.shape == (4, 12)
-    states = [cmc_figures.shard_status(s) for s in made["document"]["shards"]]
+    states = [shard_health.shard_state(s) for s in made["document"]["shards"]]
     assert states == ["retained", "retained", "excluded", "retained", "failed", "retained"]
-    assert cmc_figures.shard_reason(made["document"]["shards"][4], "failed") == "FloatingPointError: nan in potential energy"
+    assert shard_health.shard_reason(made["document"]["shards"][4], "failed") == "FloatingPointError: nan in potential energy"
 
 
 def test_cmc_figures_leave_out_fixed_parameters(tmp_path):
@@ -473,52 +538,61 @@ def test_cmc_reader_is_tolerant(tmp_path, caplog):
 # -- J(t), gamma_dot(t) and their bands -------------------------------------------------------------
 
 
-def test_rates_match_the_model_and_bands_match_finite_differences():
+def test_saved_bands_match_the_model_and_finite_differences(nlsq_runs):
+    """``fit.h5``'s ``bands/*`` (the one computation, ``nlsq.bands``) are the model's rates at
+    the model's times, with the delta-method 1-sigma of the saved covariance."""
     import jax.numpy as jnp
 
     from homodyne_mpi.model.transport import power_law_rate, rate_times
 
-    t = np.asarray(rate_times(50, 0.1))
-    params = np.array([1.0e4, -0.5, 5.0])
-    covariance = np.array([[100.0**2, -0.5, 1.0], [-0.5, 0.01**2, 0.0], [1.0, 0.0, 50.0**2]])
-    rate, std = nlsq_figures.rate_with_std(t, *params, covariance)
-    np.testing.assert_allclose(rate, np.asarray(power_law_rate(jnp.asarray(t), *params)), rtol=1e-12)
-    jacobian = np.empty((t.size, 3))
-    for k in range(3):
-        step = np.zeros(3)
-        step[k] = 1e-6 * max(abs(params[k]), 1.0)
-        up = nlsq_figures.rate_with_std(t, *(params + step), None)[0]
-        down = nlsq_figures.rate_with_std(t, *(params - step), None)[0]
-        jacobian[:, k] = (up - down) / (2 * step[k])
-    expected = np.sqrt(np.einsum("ti,ij,tj->t", jacobian, covariance, jacobian))
-    np.testing.assert_allclose(std, expected, rtol=1e-6)
-    # where the floor holds the rate, it has no band
-    floored, floored_std = nlsq_figures.rate_with_std(t, 1.0, 0.0, -10.0, covariance)
-    assert np.all(floored == 1e-10) and np.all(floored_std == 0)
-    # no usable covariance: no band
-    assert nlsq_figures.rate_with_std(t, *params, np.full((3, 3), np.nan))[1] is None
+    dataset = nlsq_runs["laminar_flow"] / "sim"
+    document = json.loads((dataset / "nlsq" / "result.json").read_text())
+    arrays = read_fit_arrays(dataset / "nlsq" / "fit.h5")
+    names = [n.decode() for n in arrays["parameters/names"]]
+    values = np.asarray(arrays["parameters/values"])
+    t = np.asarray(rate_times(N_FRAMES, 0.1))
+    np.testing.assert_allclose(arrays["bands/t"], t, rtol=1e-12)
+    assert t[0] == pytest.approx(0.05)
+    for rate, std, group in (
+        ("D", "D_std_model", ("D0", "alpha", "D_offset")),
+        ("gamma_dot", "gamma_dot_std_model", ("gamma_dot_t0", "beta", "gamma_dot_t_offset")),
+    ):
+        index = [names.index(n) for n in group]
+        params = values[index]
+        np.testing.assert_allclose(arrays[f"bands/{rate}"], np.asarray(power_law_rate(jnp.asarray(t), *params)), rtol=1e-12)
+        jacobian = np.empty((t.size, 3))
+        for k in range(3):
+            step = np.zeros(3)
+            step[k] = 1e-6 * max(abs(params[k]), 1e-3)
+            up = np.asarray(power_law_rate(jnp.asarray(t), *(params + step)))
+            down = np.asarray(power_law_rate(jnp.asarray(t), *(params - step)))
+            jacobian[:, k] = (up - down) / (2 * step[k])
+        covariance = np.asarray(arrays["covariance"])[np.ix_(index, index)]
+        expected = np.sqrt(np.einsum("ti,ij,tj->t", jacobian, covariance, jacobian))
+        np.testing.assert_allclose(arrays[f"bands/{std}"], expected, rtol=1e-5)
+    assert document["analysis_mode"] == "laminar_flow"
 
 
-def test_transport_uses_saved_bands_when_present(nlsq_runs):
+def test_transport_draws_the_saved_bands_and_skips_without_them(nlsq_runs, tmp_path, caplog):
     dataset = nlsq_runs["laminar_flow"] / "sim"
     document = json.loads((dataset / "nlsq" / "result.json").read_text())
     arrays = read_fit_arrays(dataset / "nlsq" / "fit.h5")
     info = nlsq_figures.figure_info(document, arrays)
-    computed = nlsq_figures.transport_curves(info, arrays["covariance"])
-    assert computed.band_source == "covariance"
-    if "bands/D" in arrays:  # the fit saved its own bands: same curve, frame 0 drawn at dt/2
-        saved_curves = nlsq_figures.transport_curves(info, arrays["covariance"], nlsq_figures._bands(arrays))
-        assert saved_curves.band_source.startswith("saved")
-        np.testing.assert_allclose(saved_curves.t, computed.t, rtol=1e-12)
-        np.testing.assert_allclose(saved_curves.D, computed.D, rtol=1e-9)
-        np.testing.assert_allclose(saved_curves.gamma_dot, computed.gamma_dot, rtol=1e-9)
-    assert computed.t[0] == pytest.approx(0.05) and computed.t[1] == pytest.approx(0.1)
-    assert computed.gamma_dot is not None and np.all(computed.D_std > 0)
-    saved = {"bands/t": computed.t, "bands/D": computed.D, "bands/D_std": 2 * computed.D_std,
-             "bands/gamma_dot": computed.gamma_dot, "bands/gamma_dot_std": 2 * computed.gamma_dot_std}
-    curves = nlsq_figures.transport_curves(info, arrays["covariance"], nlsq_figures._bands({**arrays, **saved}))
-    assert curves.band_source.startswith("saved")
-    np.testing.assert_array_equal(curves.D_std, 2 * computed.D_std)
+    curves = nlsq_figures.transport_curves(info, nlsq_figures._bands(arrays))
+    np.testing.assert_array_equal(curves.D, arrays["bands/D"])
+    np.testing.assert_array_equal(curves.D_std, arrays["bands/D_std"])
+    np.testing.assert_array_equal(curves.gamma_dot_std, arrays["bands/gamma_dot_std"])
+    assert curves.band_source == ("jackknife" if "bands/D_std_jackknife" in arrays else "covariance")
+    doubled = {**arrays, "bands/D_std": 2 * arrays["bands/D_std"]}
+    np.testing.assert_array_equal(
+        nlsq_figures.transport_curves(info, nlsq_figures._bands(doubled)).D_std, 2 * arrays["bands/D_std"]
+    )
+    without = {key: value for key, value in arrays.items() if not key.startswith("bands/")}
+    assert nlsq_figures.transport_curves(info, nlsq_figures._bands(without)) is None
+    with caplog.at_level(logging.WARNING, logger="homodyne_mpi.plots"), AsyncWriter() as writer:
+        paths = plots.submit_nlsq_figures(writer, tmp_path, document, without)
+    assert [p.name for p in paths] == [nlsq_figures.c2_plot_name(k, p) for k, p in enumerate(PHI)]
+    assert "skipping transport.png" in caplog.text
 
 
 # -- downsampling ---------------------------------------------------------------------------------
@@ -549,12 +623,16 @@ def test_block_mean_matches_a_plain_loop(shape, factor):
     for diagonal, skip in ((None, False), (rng.normal(size=min(shape)), False), (None, True)):
         np.testing.assert_allclose(
             downsample.block_mean(matrix, factor, diagonal=diagonal, skip_diagonal=skip),
-            reference_block_mean(matrix, factor, diagonal, skip), rtol=1e-12, equal_nan=True,
+            reference_block_mean(matrix, factor, diagonal, skip),
+            rtol=1e-12,
+            equal_nan=True,
         )
     holes = matrix.copy()
     holes[0, :] = np.nan
     holes[-1, -1] = np.inf
-    np.testing.assert_allclose(downsample.block_mean(holes, factor), reference_block_mean(holes, factor), rtol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(
+        downsample.block_mean(holes, factor), reference_block_mean(holes, factor), rtol=1e-12, equal_nan=True
+    )
 
 
 def test_corrected_diagonal_and_limits():
@@ -638,11 +716,12 @@ def test_importing_never_loads_matplotlib_and_works_without_it():
     assert "matplotlib is not installed" in done.stderr
 
 
-def test_png_writer_round_trips(tmp_path):
-    rng = np.random.default_rng(3)
-    rgb = rng.integers(0, 256, size=(37, 53, 3), dtype=np.uint8)
+def test_png_writer_saves_the_canvas_as_drawn(tmp_path):
+    """``write_png`` (matplotlib's writer) stores exactly the pixels the Agg canvas holds."""
+    figure = plots.new_figure(2.0, 1.5)
+    ax = figure.subplots()
+    ax.imshow(np.random.default_rng(3).random((20, 30)))
+    figure.canvas.draw()
     path = tmp_path / "x.png"
-    path.write_bytes(plots.png_bytes(rgb))
-    np.testing.assert_array_equal(pixels(path), rgb)
-    with pytest.raises(ValueError, match="RGB"):
-        plots.png_bytes(rng.integers(0, 256, size=(4, 4, 4), dtype=np.uint8))
+    plots.write_png(figure.canvas, path)
+    np.testing.assert_array_equal(pixels(path), np.asarray(figure.canvas.buffer_rgba())[..., :3])

@@ -90,7 +90,9 @@ def slurm():
             path = SLURM_DIR / "log" / name
             if path.exists():
                 logs += f"\n--- {path} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-15:])
-        pytest.fail(f"could not start the test Slurm cluster (scripts/slurm_cluster.sh start, exit {started.returncode}):\n{started.stdout}{started.stderr}{logs}")
+        pytest.fail(
+            f"could not start the test Slurm cluster (scripts/slurm_cluster.sh start, exit {started.returncode}):\n{started.stdout}{started.stderr}{logs}"
+        )
     yield slurm_env()
     if not already:
         cluster("stop")
@@ -112,7 +114,14 @@ def remove_stale_mpich_segments() -> None:
 def sbatch(script: Path, *options: str, cwd: Path) -> str:
     """Submit ``script`` with sbatch ``options``; returns the job id."""
     remove_stale_mpich_segments()
-    done = subprocess.run(["sbatch", "--parsable", f"--chdir={cwd}", *options, str(script)], capture_output=True, text=True, timeout=60, env=slurm_env(), cwd=cwd)
+    done = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={cwd}", *options, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=slurm_env(),
+        cwd=cwd,
+    )
     assert done.returncode == 0, f"sbatch failed: {done.stderr}"
     return done.stdout.strip().split(";")[0]
 
@@ -140,7 +149,9 @@ def wait_for_job(job_id: str, timeout: float, *, log: Path | None = None, restar
         time.sleep(1.0)
     subprocess.run(["scancel", job_id], env=slurm_env(), timeout=30)
     text = log.read_text(errors="replace")[-4000:] if log is not None and log.exists() else "(no log)"
-    pytest.fail(f"job {job_id} not finished within {timeout:.0f} s (last state {info.get('JobState')}, restarts {info.get('Restarts')}):\n{text}")
+    pytest.fail(
+        f"job {job_id} not finished within {timeout:.0f} s (last state {info.get('JobState')}, restarts {info.get('Restarts')}):\n{text}"
+    )
 
 
 def wait_for_log_line(log: Path, pattern: str, job_id: str, timeout: float) -> None:
@@ -152,7 +163,9 @@ def wait_for_log_line(log: Path, pattern: str, job_id: str, timeout: float) -> N
             return
         state = job_info(job_id).get("JobState", "")
         if state in FINAL_STATES:
-            pytest.fail(f"job {job_id} ended ({state}) before its log matched {pattern!r}:\n{log.read_text(errors='replace')[-4000:] if log.exists() else ''}")
+            pytest.fail(
+                f"job {job_id} ended ({state}) before its log matched {pattern!r}:\n{log.read_text(errors='replace')[-4000:] if log.exists() else ''}"
+            )
         time.sleep(0.2)
     pytest.fail(f"job {job_id}: no log line matched {pattern!r} within {timeout:.0f} s")
 
@@ -179,8 +192,19 @@ def static_case(folder: Path, name: str = "static", seed: int = 1) -> Path:
     """A tiny static data set (2 angles, 80 frames) and its NLSQ config."""
     data = folder / f"{name}.h5"
     simulate_dataset(
-        data, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=80, gap=2.0e6,
-        physical=STATIC_TRUTH, contrast=0.3, offset=1.0, phi=[0.0, 60.0], noise_sigma=0.01, seed=seed,
+        data,
+        mode="static",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=80,
+        gap=2.0e6,
+        physical=STATIC_TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=[0.0, 60.0],
+        noise_sigma=0.01,
+        seed=seed,
     )
     return write_config(
         folder / f"{name}.yaml",
@@ -202,8 +226,19 @@ def long_fit(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("slurm_long")
     data = folder / "laminar.h5"
     simulate_dataset(
-        data, mode="laminar_flow", shear_form="paper", q=0.0054, dt=0.1, n_frames=400, gap=2.0e6,
-        physical=LAMINAR_TRUTH, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.01, seed=5,
+        data,
+        mode="laminar_flow",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=400,
+        gap=2.0e6,
+        physical=LAMINAR_TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=PHI,
+        noise_sigma=0.01,
+        seed=5,
     )
     return write_config(
         folder / "laminar.yaml",
@@ -222,9 +257,20 @@ def long_fit(tmp_path_factory) -> Path:
 
 
 def submit_single(folder: Path, config: Path, out: Path, job_name: str) -> tuple[str, Path]:
-    script = edit_template("homodyne_single.sbatch", folder / f"{job_name}.sbatch", CONFIG=str(config), OUTPUT_DIR=str(out), VENV=str(VENV))
+    script = edit_template(
+        "homodyne_single.sbatch", folder / f"{job_name}.sbatch", CONFIG=str(config), OUTPUT_DIR=str(out), VENV=str(VENV)
+    )
     log = folder / f"{job_name}.out"
-    job = sbatch(script, f"--job-name={job_name}", "--nodes=1", f"--ntasks-per-node={RANKS}", "--cpus-per-task=1", "--time=00:20:00", f"--output={log}", cwd=folder)
+    job = sbatch(
+        script,
+        f"--job-name={job_name}",
+        "--nodes=1",
+        f"--ntasks-per-node={RANKS}",
+        "--cpus-per-task=1",
+        "--time=00:20:00",
+        f"--output={log}",
+        cwd=folder,
+    )
     return job, log
 
 
@@ -238,7 +284,9 @@ def test_single_job_template_fits_on_two_ranks_under_srun(slurm, tmp_path):
     job, log = submit_single(tmp_path, config, out, "homodyne-single")
     info = wait_for_job(job, 480, log=log)
     text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", f"{info.get('JobState')} {info.get('ExitCode')}:\n{text[-4000:]}"
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (
+        f"{info.get('JobState')} {info.get('ExitCode')}:\n{text[-4000:]}"
+    )
     # the template says where, what and when
     assert re.search(r"^job \d+ 'homodyne-single' on \S+: nodes \S+, 2 ranks x 1 cores$", text, re.MULTILINE), text[:2000]
     assert f"command: srun --mpi=pmi2 --kill-on-bad-exit=1 --cpus-per-task=1 homodyne-mpi run {config} --output-dir {out}" in text
@@ -257,9 +305,25 @@ def test_array_template_runs_one_job_per_config(slurm, tmp_path):
     configs = [static_case(tmp_path, f"sample{k}", seed=k) for k in (1, 2)]
     listing = tmp_path / "configs.txt"
     listing.write_text("# two samples\n\n" + "\n".join(str(c) for c in configs) + "\n")
-    script = edit_template("homodyne_array.sbatch", tmp_path / "array.sbatch", CONFIG_LIST=str(listing), OUTPUT_ROOT=str(tmp_path / "results"), VENV=str(VENV))
+    script = edit_template(
+        "homodyne_array.sbatch",
+        tmp_path / "array.sbatch",
+        CONFIG_LIST=str(listing),
+        OUTPUT_ROOT=str(tmp_path / "results"),
+        VENV=str(VENV),
+    )
     # %1: one array task at a time (see CONCURRENT_START_NOTE)
-    job = sbatch(script, "--array=1-2%1", "--job-name=homodyne-array", "--nodes=1", f"--ntasks-per-node={RANKS}", "--cpus-per-task=1", "--time=00:20:00", f"--output={tmp_path}/array-%A_%a.out", cwd=tmp_path)
+    job = sbatch(
+        script,
+        "--array=1-2%1",
+        "--job-name=homodyne-array",
+        "--nodes=1",
+        f"--ntasks-per-node={RANKS}",
+        "--cpus-per-task=1",
+        "--time=00:20:00",
+        f"--output={tmp_path}/array-%A_%a.out",
+        cwd=tmp_path,
+    )
     for index, config in enumerate(configs, start=1):
         log = tmp_path / f"array-{job}_{index}.out"
         info = wait_for_job(f"{job}_{index}", 480, log=log)
@@ -273,7 +337,19 @@ def test_array_template_runs_one_job_per_config(slurm, tmp_path):
 def test_srun_without_the_mpi_plugin_is_stopped_before_any_work(slurm, tmp_path):
     config = static_case(tmp_path)
     out = tmp_path / "results"
-    command = ["srun", "--mpi=none", f"--ntasks={RANKS}", "--time=00:05:00", sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out)]
+    command = [
+        "srun",
+        "--mpi=none",
+        f"--ntasks={RANKS}",
+        "--time=00:05:00",
+        sys.executable,
+        "-m",
+        "homodyne_mpi",
+        "run",
+        str(config),
+        "--output-dir",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=slurm_env(), cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"srun started {RANKS} tasks but each is an MPI world of 1 rank" in done.stderr
@@ -288,8 +364,19 @@ def test_batch_script_without_srun_is_stopped_before_any_work(slurm, tmp_path):
     log = tmp_path / "nosrun.out"
     wrap = f"{sys.executable} -m homodyne_mpi run {config} --output-dir {out}"
     done = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={tmp_path}", f"--ntasks={RANKS}", "--time=00:05:00", f"--output={log}", f"--wrap={wrap}"],
-        capture_output=True, text=True, timeout=60, env=slurm_env(),
+        [
+            "sbatch",
+            "--parsable",
+            f"--chdir={tmp_path}",
+            f"--ntasks={RANKS}",
+            "--time=00:05:00",
+            f"--output={log}",
+            f"--wrap={wrap}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=slurm_env(),
     )
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip().split(";")[0]
@@ -303,16 +390,29 @@ def test_batch_script_without_srun_is_stopped_before_any_work(slurm, tmp_path):
 def test_requeue_template_checkpoints_on_usr1_requeues_and_resumes_to_the_uninterrupted_result(slurm, long_fit, tmp_path):
     # the interrupted one: the requeue template, stopped by SIGUSR1 mid-fit
     out = tmp_path / "results"
-    script = edit_template("homodyne_requeue.sbatch", tmp_path / "requeue.sbatch", CONFIG=str(long_fit), OUTPUT_DIR=str(out), VENV=str(VENV))
+    script = edit_template(
+        "homodyne_requeue.sbatch", tmp_path / "requeue.sbatch", CONFIG=str(long_fit), OUTPUT_DIR=str(out), VENV=str(VENV)
+    )
     log = tmp_path / "requeue.out"
-    job = sbatch(script, "--job-name=homodyne-requeue", "--nodes=1", f"--ntasks-per-node={RANKS}", "--cpus-per-task=1", "--time=00:20:00", f"--output={log}", cwd=tmp_path)
+    job = sbatch(
+        script,
+        "--job-name=homodyne-requeue",
+        "--nodes=1",
+        f"--ntasks-per-node={RANKS}",
+        "--cpus-per-task=1",
+        "--time=00:20:00",
+        f"--output={log}",
+        cwd=tmp_path,
+    )
     wait_for_log_line(log, r"LM +3 ", job, 480)
     # what --signal=USR1@300 does before the time limit, now: SIGUSR1 to the ranks (not the batch shell)
     sent = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True, timeout=30, env=slurm_env())
     assert sent.returncode == 0, sent.stderr
     info = wait_for_job(job, 600, log=log, restarts=1)
     text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", f"{info.get('JobState')} restarts {info.get('Restarts')}:\n{text[-4000:]}"
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (
+        f"{info.get('JobState')} restarts {info.get('Restarts')}:\n{text[-4000:]}"
+    )
     assert re.search(r"^end: .* exit code 3$", text, re.MULTILINE), text[-4000:]
     assert f"requeueing job {job} (restart 1 of at most 10)" in text
     assert re.search(rf"^job {job} 'homodyne-requeue' run 2 on ", text, re.MULTILINE)

@@ -26,10 +26,10 @@ from typing import Any
 
 __all__ = [
     "DPI",
+    "decode_names",
     "matplotlib_available",
     "new_figure",
     "plotting_available",
-    "png_bytes",
     "redraw_results",
     "save_png",
     "write_png",
@@ -58,7 +58,9 @@ def plotting_available() -> bool:
         return True
     with _MISSING_LOCK:
         if not _MISSING_WARNED:
-            log.warning("matplotlib is not installed: no PNG plots are written (install the extra: pip install 'homodyne-mpi[plots]')")
+            log.warning(
+                "matplotlib is not installed: no PNG plots are written (install the extra: pip install 'homodyne-mpi[plots]')"
+            )
             _MISSING_WARNED = True
     return False
 
@@ -89,38 +91,24 @@ def save_png(figure: Any, path: str | Path) -> None:
     write_png(figure.canvas, path)
 
 
-def png_bytes(rgb: Any, level: int = PNG_COMPRESS_LEVEL) -> bytes:
-    """A PNG file holding the ``(height, width, 3)`` uint8 image ``rgb``.
-
-    No row filter and zlib level ``level``: about twice as fast as Pillow's encoder on a
-    figure of noisy matrices, with files no larger, and zlib lets other threads run
-    while it compresses.
-    """
-    import struct
-    import zlib
-
-    import numpy as np
-
-    image = np.asarray(rgb, dtype=np.uint8)
-    height, width, channels = image.shape
-    if channels != 3:
-        raise ValueError(f"png_bytes needs an RGB image, got {channels} channels")
-    rows = np.zeros((height, 1 + 3 * width), dtype=np.uint8)  # a leading 0 per row: no filter
-    rows[:, 1:] = image.reshape(height, 3 * width)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b"")
-
-
 def write_png(canvas: Any, path: str | Path) -> None:
-    """Write what an Agg ``canvas`` holds now as an RGB PNG at ``path``, without redrawing it."""
+    """Write what an Agg ``canvas`` holds now as an RGB PNG at ``path``, without redrawing it.
+
+    Figures that blit (redraw only what changes between angles) need this: a ``savefig``
+    would draw the whole figure again.
+    """
+    import numpy as np
+    from matplotlib.image import imsave
+
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    imsave(path, rgb, format="png", pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+
+
+def decode_names(raw: Any) -> tuple[str, ...]:
+    """Parameter names from an HDF5 string array (bytes) or any sequence, as ``str``."""
     import numpy as np
 
-    rgba = np.asarray(canvas.buffer_rgba())
-    Path(path).write_bytes(png_bytes(rgba[..., :3]))
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(raw).ravel().tolist())
 
 
 def __getattr__(name: str) -> Any:

@@ -1,28 +1,25 @@
 """CMC figures: posterior marginals, a pairwise plot, and per-shard health.
 
 - ``cmc/plots/marginals.png``: one panel per physical parameter -- a histogram of the
-  combined posterior draws and, for each retained shard, its Gaussian summary (or its own
-  draws when saved), with the NLSQ estimate when one is known.
+  combined posterior draws and, for each retained shard, its Gaussian summary, with the
+  NLSQ estimate when one is known.
 - ``cmc/plots/pairs.png``: the physical parameters pairwise: 2-D histograms of the
   combined draws below the diagonal, marginals on it, correlation coefficients above.
-- ``cmc/plots/shard_health.png``: per shard, R-hat (max over parameters), the smallest
-  effective sample size and the number of divergent transitions; excluded shards are
-  red and hatched, failed shards grey, with the reasons listed.
+- ``cmc/plots/shard_health.png``: per-shard R-hat, ESS and divergences
+  (:mod:`homodyne_mpi.plots.shard_health`).
 
 The inputs are ``cmc/result.json`` and the arrays of ``cmc/posterior.h5``: ``draws``
 (n_draws, P) and ``names`` (P,) of the combined posterior, and, when saved, per-shard
 ``shards/mean`` (S, P), ``shards/covariance`` (S, P, P) and ``shards/index`` (S,) of the
-shards that entered the combination (also read under the names ``shard_means``,
-``shard_covariances``, ``shard_indices``), or ``shards/draws`` (S, n, P); ``fixed`` (P,)
-marks parameters held fixed, which have no posterior and are not drawn. A missing array
-skips its panel with one warning, never the whole figure set.
+shards that entered the combination; ``fixed`` (P,) marks parameters held fixed, which
+have no posterior and are not drawn. A missing array skips its panel with one warning,
+never the whole figure set.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
+from . import decode_names
+from .shard_health import cmc_title, draw_shard_health, shard_state
 
 __all__ = [
     "CMCFigureInfo",
@@ -40,8 +39,6 @@ __all__ = [
     "draw_marginals",
     "draw_pairs",
     "draw_shard_health",
-    "shard_reason",
-    "shard_status",
     "submit_cmc_figures",
 ]
 
@@ -61,10 +58,6 @@ UNITS = {
 }
 
 FIGURE_NAMES = ("marginals.png", "pairs.png", "shard_health.png")
-
-RHAT_CLIP = 2.0
-"""R-hat bars are cut here (their value written on top), so a diverged shard does not
-flatten the others and the limit line stays readable."""
 
 
 def _label(name: str, exponent: int = 0) -> str:
@@ -102,8 +95,6 @@ class CMCFigureInfo:
     """Per-shard posterior means (S, P)."""
     shard_stds: np.ndarray | None = None
     """Per-shard posterior standard deviations (S, P), from the covariance diagonals."""
-    shard_draws: np.ndarray | None = None
-    """Per-shard draws (S, n, P), when saved."""
     retained: set[int] = field(default_factory=set)
     """Indices of the shards the combination used."""
     shards: list[dict] = field(default_factory=list)
@@ -123,32 +114,19 @@ class CMCFigureInfo:
         return self.names.index(name)
 
 
-def _decode(raw: Any) -> tuple[str, ...]:
-    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in np.asarray(raw).ravel().tolist())
-
-
-def _array(posterior: Mapping[str, Any], *keys: str) -> np.ndarray | None:
-    """A copy of the first of ``keys`` that ``posterior`` holds (``a/b`` or nested), else None."""
-    for key in keys:
+def _array(posterior: Mapping[str, Any], key: str) -> np.ndarray | None:
+    """A copy of ``posterior[key]`` (``a/b`` flat or nested), else None."""
+    value = None
+    try:
+        if key in posterior:
+            value = posterior[key]
+        elif "/" in key:
+            group, _, leaf = key.partition("/")
+            nested = posterior[group] if group in posterior else None
+            value = nested[leaf] if nested is not None and leaf in nested else None
+    except (KeyError, TypeError, ValueError):
         value = None
-        try:
-            if key in posterior:
-                value = posterior[key]
-            elif "/" in key:
-                group, _, leaf = key.partition("/")
-                nested = posterior[group] if group in posterior else None
-                value = nested[leaf] if nested is not None and leaf in nested else None
-        except (KeyError, TypeError, ValueError):
-            value = None
-        if value is not None and not isinstance(value, Mapping):
-            return np.array(value)
-    return None
-
-
-SHARD_INDEX_KEYS = ("shards/index", "shard_indices")
-SHARD_MEAN_KEYS = ("shards/mean", "shard_means")
-SHARD_COVARIANCE_KEYS = ("shards/covariance", "shard_covariances")
-SHARD_DRAW_KEYS = ("shards/draws", "shard_draws")
+    return None if value is None or isinstance(value, Mapping) else np.array(value)
 
 
 def cmc_figure_info(
@@ -164,13 +142,15 @@ def cmc_figure_info(
     draws = _array(posterior, "draws")
     names_raw = _array(posterior, "names")
     if names_raw is not None:
-        names = _decode(names_raw)
+        names = decode_names(names_raw)
     else:
         names = tuple(summary)
         if draws is not None:
             log.warning("%s: posterior has no 'names'; taking the columns in result.json order", dataset or "cmc")
     if draws is not None and (draws.ndim != 2 or draws.shape[1] != len(names)):
-        log.warning("%s: posterior 'draws' has shape %s, not (n_draws, %d); no draws drawn", dataset or "cmc", draws.shape, len(names))
+        log.warning(
+            "%s: posterior 'draws' has shape %s, not (n_draws, %d); no draws drawn", dataset or "cmc", draws.shape, len(names)
+        )
         draws = None
     fixed = _array(posterior, "fixed")
     if fixed is not None and fixed.shape == (len(names),):
@@ -183,7 +163,7 @@ def cmc_figure_info(
     if isinstance(combination.get("used"), list):
         retained = {int(i) for i in combination["used"]}
     else:
-        retained = {int(s.get("index", i)) for i, s in enumerate(shards) if shard_status(s) == "retained"}
+        retained = {int(s.get("index", i)) for i, s in enumerate(shards) if shard_state(s) == "retained"}
     info = CMCFigureInfo(
         dataset=dataset,
         names=names,
@@ -196,11 +176,10 @@ def cmc_figure_info(
         analysis_mode=str(cmc_doc.get("analysis_mode", "")),
         error=str(cmc_doc.get("error") or ""),
     )
-    means = _array(posterior, *SHARD_MEAN_KEYS)
-    covariances = _array(posterior, *SHARD_COVARIANCE_KEYS)
-    shard_draws = _array(posterior, *SHARD_DRAW_KEYS)
-    n_rows = next((a.shape[0] for a in (means, covariances, shard_draws) if a is not None), 0)
-    index = _array(posterior, *SHARD_INDEX_KEYS)
+    means = _array(posterior, "shards/mean")
+    covariances = _array(posterior, "shards/covariance")
+    n_rows = next((a.shape[0] for a in (means, covariances) if a is not None), 0)
+    index = _array(posterior, "shards/index")
     if index is None or index.shape != (n_rows,):
         index = np.array(sorted(retained))[:n_rows] if len(retained) == n_rows else np.arange(n_rows)
     info.shard_index = index.astype(int)
@@ -208,10 +187,11 @@ def cmc_figure_info(
         info.shard_means = means
     if covariances is not None and covariances.shape == (n_rows, len(names), len(names)):
         info.shard_stds = np.sqrt(np.maximum(np.diagonal(covariances, axis1=1, axis2=2), 0.0))
-    if shard_draws is not None and shard_draws.ndim == 3 and shard_draws.shape[0] == n_rows and shard_draws.shape[2] == len(names):
-        info.shard_draws = shard_draws
-    if draws is not None and info.shard_draws is None and (info.shard_means is None or info.shard_stds is None):
-        log.warning("%s: posterior has no per-shard summaries (shards/mean, shards/covariance); marginals show the combined posterior only", dataset or "cmc")
+    if draws is not None and (info.shard_means is None or info.shard_stds is None):
+        log.warning(
+            "%s: posterior has no per-shard summaries (shards/mean, shards/covariance); marginals show the combined posterior only",
+            dataset or "cmc",
+        )
     if nlsq_doc:
         for name, entry in (nlsq_doc.get("parameters") or {}).items():
             if isinstance(entry, Mapping) and entry.get("value") is not None:
@@ -244,18 +224,14 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _title(info: CMCFigureInfo, what: str) -> str:
-    head = f"{info.dataset}: " if info.dataset else ""
-    method = info.combination.get("method")
-    return f"{head}CMC {what}" + (f" ({method})" if method else "")
-
-
 # -- marginals ---------------------------------------------------------------------------
 
 
-def _marginal_sources(info: CMCFigureInfo, j: int, shard_rows: list[int]) -> tuple[list[tuple[str, Any]], list[tuple[float, float]]]:
-    """Per retained shard, its draws or its Gaussian (mean, std) for column ``j``; and x spans."""
-    curves: list[tuple[str, Any]] = []
+def _marginal_sources(
+    info: CMCFigureInfo, j: int, shard_rows: list[int]
+) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Per retained shard, its Gaussian (mean, std) for column ``j``; and the x spans to show."""
+    curves: list[tuple[float, float]] = []
     spans: list[tuple[float, float]] = []
     if info.draws is not None:
         column = info.draws[:, j]
@@ -263,19 +239,13 @@ def _marginal_sources(info: CMCFigureInfo, j: int, shard_rows: list[int]) -> tup
         if column.size:
             low, high = np.percentile(column, [0.1, 99.9])
             spans.append((float(low), float(high)))
+    if info.shard_means is None or info.shard_stds is None:
+        return curves, spans
     for row in shard_rows:
-        if info.shard_draws is not None:
-            values = info.shard_draws[row, :, j]
-            values = values[np.isfinite(values)]
-            if values.size:
-                curves.append(("draws", values))
-                low, high = np.percentile(values, [0.5, 99.5])
-                spans.append((float(low), float(high)))
-        elif info.shard_means is not None and info.shard_stds is not None:
-            mean, std = float(info.shard_means[row, j]), float(info.shard_stds[row, j])
-            if np.isfinite(mean) and np.isfinite(std) and std > 0:
-                curves.append(("gauss", (mean, std)))
-                spans.append((mean - 3.5 * std, mean + 3.5 * std))
+        mean, std = float(info.shard_means[row, j]), float(info.shard_stds[row, j])
+        if np.isfinite(mean) and np.isfinite(std) and std > 0:
+            curves.append((mean, std))
+            spans.append((mean - 3.5 * std, mean + 3.5 * std))
     return curves, spans
 
 
@@ -287,7 +257,14 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     rows, cols = _grid(len(names))
     width, height = 4.2 * cols, 3.4 * rows + 0.9
     figure = new_figure(width, height, layout=None)
-    spacing = {"left": 0.7 / width, "right": 1 - 0.25 / width, "bottom": 1.15 / height, "top": 1 - 0.75 / height, "wspace": 0.32, "hspace": 0.55}
+    spacing = {
+        "left": 0.7 / width,
+        "right": 1 - 0.25 / width,
+        "bottom": 1.15 / height,
+        "top": 1 - 0.75 / height,
+        "wspace": 0.32,
+        "hspace": 0.55,
+    }
     axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False, gridspec_kw=spacing)).ravel()
     shard_rows = _retained_rows(info)
     for ax, name in zip(axes, names):
@@ -304,23 +281,27 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
         exponent = _exponent(low, high)
         unit = 10.0**exponent
         grid = np.linspace(low, high, 300)
-        for n_curve, (kind, payload) in enumerate(curves):
-            label = "retained shards" if n_curve == 0 else None
-            if kind == "gauss":
-                mean, std = payload
-                density = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std / unit * math.sqrt(2.0 * math.pi))
-                ax.plot(grid / unit, density, color="tab:orange", lw=0.9, alpha=0.75, label=label)
-            else:
-                ax.hist(payload / unit, bins=40, range=(low / unit, high / unit), density=True, histtype="step",
-                        color="tab:orange", lw=0.9, alpha=0.75, label=label)
+        for n_curve, (mean, std) in enumerate(curves):
+            density = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std / unit * math.sqrt(2.0 * math.pi))
+            ax.plot(
+                grid / unit, density, color="tab:orange", lw=0.9, alpha=0.75, label="retained shards" if n_curve == 0 else None
+            )
         if info.draws is not None:
             column = info.draws[:, j]
-            ax.hist(column[np.isfinite(column)] / unit, bins=50, range=(low / unit, high / unit), density=True,
-                    color="tab:blue", alpha=0.55, label="combined")
+            ax.hist(
+                column[np.isfinite(column)] / unit,
+                bins=50,
+                range=(low / unit, high / unit),
+                density=True,
+                color="tab:blue",
+                alpha=0.55,
+                label="combined",
+            )
         entry = info.summary.get(name) or {}
         if entry.get("q05") is not None and entry.get("q95") is not None:
-            ax.axvspan(float(entry["q05"]) / unit, float(entry["q95"]) / unit, color="tab:blue", alpha=0.08, lw=0,
-                       label="combined 5-95%")
+            ax.axvspan(
+                float(entry["q05"]) / unit, float(entry["q95"]) / unit, color="tab:blue", alpha=0.08, lw=0, label="combined 5-95%"
+            )
         if name in info.nlsq:
             ax.axvline(info.nlsq[name] / unit, color="k", ls="--", lw=1.0, label="NLSQ")
         title = name
@@ -330,7 +311,7 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
         ax.set_xlabel(_label(name, exponent))
         ax.set_ylabel("density")
         ax.set_xlim(low / unit, high / unit)
-    for ax in axes[len(names):]:
+    for ax in axes[len(names) :]:
         ax.set_axis_off()
     handles, labels = [], []
     for ax in axes[: len(names)]:
@@ -341,7 +322,11 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     if handles:
         figure.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=len(labels), fontsize=9)
     kept = len(shard_rows) if info.shard_index is not None and info.shard_index.size else len(info.retained)
-    figure.suptitle(_title(info, f"posterior marginals: combined and {kept} retained shard(s) of {len(info.shards) or '?'}"), fontsize=12, y=1 - 0.12 / height)
+    figure.suptitle(
+        cmc_title(info, f"posterior marginals: combined and {kept} retained shard(s) of {len(info.shards) or '?'}"),
+        fontsize=12,
+        y=1 - 0.12 / height,
+    )
     save_png(figure, path)
 
 
@@ -358,7 +343,14 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
     draws = draws[np.all(np.isfinite(draws), axis=1)]
     size = max(2.0 * n, 5.0)
     figure = new_figure(size + 0.3, size + 0.4, layout=None)
-    spacing = {"left": 1.0 / (size + 0.3), "right": 1 - 0.15 / (size + 0.3), "bottom": 0.8 / (size + 0.4), "top": 1 - 0.45 / (size + 0.4), "wspace": 0.1, "hspace": 0.1}
+    spacing = {
+        "left": 1.0 / (size + 0.3),
+        "right": 1 - 0.15 / (size + 0.3),
+        "bottom": 0.8 / (size + 0.4),
+        "top": 1 - 0.45 / (size + 0.4),
+        "wspace": 0.1,
+        "hspace": 0.1,
+    }
     axes = figure.subplots(n, n, squeeze=False, gridspec_kw=spacing)
     ranges, units, exponents = [], [], []
     for j in range(n):
@@ -379,8 +371,16 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
                 ax.set_axis_off()
                 value = correlation[i, j]
                 if np.isfinite(value):
-                    ax.text(0.5, 0.5, f"\u03c1 = {value:+.2f}", ha="center", va="center", transform=ax.transAxes,
-                            fontsize=10, color="tab:red" if abs(value) > 0.7 else "0.2")
+                    ax.text(
+                        0.5,
+                        0.5,
+                        f"\u03c1 = {value:+.2f}",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        fontsize=10,
+                        color="tab:red" if abs(value) > 0.7 else "0.2",
+                    )
                 continue
             if i == j:
                 ax.hist(scaled[:, j], bins=bins, range=ranges[j], color="tab:blue", alpha=0.7)
@@ -390,8 +390,14 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
                 ax.set_xlim(*ranges[j])
             else:
                 counts, _, _ = np.histogram2d(scaled[:, j], scaled[:, i], bins=bins, range=[ranges[j], ranges[i]])
-                ax.imshow(np.ma.masked_equal(counts.T, 0), origin="lower", extent=(*ranges[j], *ranges[i]),
-                          aspect="auto", cmap="Blues", interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_equal(counts.T, 0),
+                    origin="lower",
+                    extent=(*ranges[j], *ranges[i]),
+                    aspect="auto",
+                    cmap="Blues",
+                    interpolation="nearest",
+                )
                 if np.isfinite(nlsq[j]) and np.isfinite(nlsq[i]):
                     ax.plot(nlsq[j], nlsq[i], marker="+", color="k", ms=8)
             ax.tick_params(labelsize=7)
@@ -404,120 +410,18 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
             elif j > 0 or i == 0:
                 ax.set_yticklabels([])
     nlsq_note = "; dashed line and + mark the NLSQ fit" if info.nlsq else ""
-    figure.suptitle(_title(info, f"pairwise posterior, {draws.shape[0]} combined draws{nlsq_note}"), fontsize=12, y=1 - 0.1 / (size + 0.4))
-    save_png(figure, path)
-
-
-# -- shard health ------------------------------------------------------------------------
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value) if value is not None else np.nan
-    except (TypeError, ValueError):
-        return np.nan
-
-
-def shard_status(shard: Mapping[str, Any]) -> str:
-    """``retained``, ``excluded`` (passed sampling, left out by a check) or ``failed`` (raised)."""
-    if shard.get("error"):
-        return "failed"
-    if shard.get("excluded_reason"):
-        return "excluded"
-    return "retained" if shard.get("ok", True) else "failed"
-
-
-def shard_reason(shard: Mapping[str, Any], state: str) -> str:
-    """Why a shard was left out, in one line (the error's first line for a failed shard)."""
-    if state == "failed" and shard.get("error"):
-        return (str(shard["error"]).strip().splitlines() or ["error"])[0]
-    return str(shard.get("excluded_reason") or "no reason recorded").splitlines()[0]
-
-
-def draw_shard_health(path: str | Path, info: CMCFigureInfo) -> None:
-    """Bars of R-hat, ESS and divergences per shard; excluded shards red and hatched."""
-    from matplotlib.patches import Patch
-
-    from . import new_figure, save_png
-
-    shards = info.shards
-    index = np.array([int(s.get("index", i)) for i, s in enumerate(shards)])
-    status = [shard_status(s) for s in shards]
-    style = {"retained": ("tab:blue", ""), "excluded": ("tab:red", "//"), "failed": ("0.6", "xx")}
-    rates = [s.get("divergence_rate") for s, state in zip(shards, status) if state != "failed"]
-    if rates and all(isinstance(rate, (int, float)) for rate in rates):
-        divergence = ("divergence_rate", "divergent transitions\n(fraction of draws)", info.combination.get("max_divergence_rate"))
-    else:
-        divergence = ("divergences", "divergent transitions", None)
-    metrics = [
-        ("rhat_max", "R-hat (max over parameters)", info.combination.get("max_rhat")),
-        ("ess_min", "ESS (min over parameters)", info.combination.get("min_ess")),
-        divergence,
-    ]
-    reasons = [f"shard {int(s.get('index', i))} {state}: {shard_reason(s, state)}" for i, (s, state) in enumerate(zip(shards, status)) if state != "retained"]
-    if info.error:
-        reasons.insert(0, f"CMC failed: {info.error}")
-    width = min(max(8.0, 0.28 * len(shards) + 3.0), 24.0)
-    wrapped = [line for reason in reasons for line in textwrap.wrap(reason, width=int(width * 15), subsequent_indent="    ")]
-    shown_reasons = wrapped[:10] + ([f"... and {len(wrapped) - 10} more lines (see cmc/result.json)"] if len(wrapped) > 10 else [])
-    figure = new_figure(width, 7.5 + 0.18 * len(shown_reasons))
-    grid = figure.add_gridspec(4 if shown_reasons else 3, 1, height_ratios=[1, 1, 1] + ([0.05 + 0.07 * len(shown_reasons)] if shown_reasons else []))
-    axes = [figure.add_subplot(grid[0])]
-    axes += [figure.add_subplot(grid[k], sharex=axes[0]) for k in (1, 2)]
-    for ax, (key, label, threshold) in zip(axes, metrics):
-        values = np.array([_number(s.get(key)) for s in shards])
-        finite = values[np.isfinite(values)]
-        base = 0.0
-        clip = None
-        if key == "rhat_max":
-            base = min(1.0, float(finite.min()) if finite.size else 1.0) - 0.005
-            clip = max(RHAT_CLIP, 1.5 * float(threshold or 1.0))
-        shown_values = np.minimum(values, clip) if clip is not None else values
-        heights = np.where(np.isfinite(values), shown_values - base, 0.0)
-        for state in ("retained", "excluded", "failed"):
-            chosen = np.array([st == state for st in status], dtype=bool)
-            if chosen.any():
-                color, hatch = style[state]
-                ax.bar(index[chosen], heights[chosen], bottom=base, color=color, hatch=hatch, edgecolor="k", linewidth=0.4)
-        for x in index[~np.isfinite(values)]:
-            ax.text(x, 0.03, "n/a", ha="center", va="bottom", fontsize=7, color="0.3", transform=ax.get_xaxis_transform())
-        if key == "rhat_max":
-            top = min(max(float(finite.max()) if finite.size else 1.0, float(threshold or 1.0)), clip)
-            ax.set_ylim(base, top + 0.35 * (top - base) + 0.005)  # head room for the legend
-            for x, value in zip(index, values):
-                if np.isfinite(value) and value > clip:  # off the scale: bar cut at the top, value written
-                    ax.text(x, clip, f"{value:.4g}", ha="center", va="bottom", fontsize=7, color="k")
-        if threshold is not None:
-            ax.axhline(float(threshold), color="k", ls="--", lw=1.0, label=f"limit {float(threshold):g}")
-        ax.set_ylabel(label, fontsize=9)
-        ax.grid(True, axis="y", alpha=0.3)
-        if ax is not axes[-1]:
-            ax.tick_params(labelbottom=False)
-    axes[-1].set_xlabel("shard index")
-    if index.size and index.size <= 40:
-        axes[-1].set_xticks(index)
-    counts = {state: status.count(state) for state in style}
-    handles = [
-        Patch(facecolor=style[state][0], edgecolor="k", hatch=style[state][1], label=f"{state} ({counts[state]})")
-        for state in style
-    ]
-    threshold_handles, threshold_labels = axes[0].get_legend_handles_labels()
-    axes[0].legend(handles=handles + threshold_handles, loc="upper left", ncols=len(handles) + len(threshold_handles),
-                   fontsize=8, framealpha=0.9)
-    if shown_reasons:
-        text_ax = figure.add_subplot(grid[3])
-        text_ax.set_axis_off()
-        reason_text = text_ax.text(0.0, 1.0, "\n".join(shown_reasons), ha="left", va="top", fontsize=8, color="0.2",
-                                   transform=text_ax.transAxes)
-        reason_text.set_in_layout(False)
-    figure.suptitle(_title(info, f"shard health, {len(shards)} shard(s)"), fontsize=12)
+    figure.suptitle(
+        cmc_title(info, f"pairwise posterior, {draws.shape[0]} combined draws{nlsq_note}"), fontsize=12, y=1 - 0.1 / (size + 0.4)
+    )
     save_png(figure, path)
 
 
 # -- the hook the pipeline calls -----------------------------------------------------------
 
 
-def submit_cmc_figures(writer, out_dir: Path, cmc_doc: dict, posterior: Mapping[str, Any], *, nlsq_doc: Mapping[str, Any] | None = None) -> list[Path]:
+def submit_cmc_figures(
+    writer, out_dir: Path, cmc_doc: dict, posterior: Mapping[str, Any], *, nlsq_doc: Mapping[str, Any] | None = None
+) -> list[Path]:
     """Queue the CMC figures of one data set on ``writer``; return the paths queued.
 
     Parameters
@@ -545,10 +449,15 @@ def submit_cmc_figures(writer, out_dir: Path, cmc_doc: dict, posterior: Mapping[
     info = cmc_figure_info(cmc_doc, posterior, dataset=cmc_doc.get("dataset") or out_dir.name, nlsq_doc=nlsq_doc)
     marginals, pairs, health = cmc_plot_paths(out_dir)
     queued = []
-    can_marginals = bool(info.names) and (info.draws is not None or info.shard_draws is not None or info.shard_means is not None)
+    can_marginals = bool(info.names) and (info.draws is not None or info.shard_means is not None)
     can_pairs = bool(info.names) and info.draws is not None and info.draws.shape[0] > 1
     if not can_marginals and not can_pairs:
-        log.warning("%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s", info.dataset, marginals.name, pairs.name)
+        log.warning(
+            "%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s",
+            info.dataset,
+            marginals.name,
+            pairs.name,
+        )
     else:
         if can_marginals:
             writer.submit_call(marginals, draw_marginals, info)

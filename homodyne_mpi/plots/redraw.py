@@ -41,7 +41,9 @@ def find_dataset_dirs(result_dir: Path) -> list[Path]:
     """
     root = Path(result_dir)
     if not root.exists():
-        raise InputError(f"{root}: no such folder -- give the output folder of `homodyne-mpi run` (its --output-dir) or one data set folder in it")
+        raise InputError(
+            f"{root}: no such folder -- give the output folder of `homodyne-mpi run` (its --output-dir) or one data set folder in it"
+        )
     if not root.is_dir():
         raise InputError(f"{root}: not a folder -- give the output folder of `homodyne-mpi run` or one data set folder in it")
     if root.name in METHODS and (root / "result.json").is_file():
@@ -152,7 +154,9 @@ def redraw_results(result_dir: Path) -> int:
     from . import matplotlib_available
 
     if not matplotlib_available():
-        raise HomodyneError("matplotlib is not installed, so no figures can be drawn -- install the extra: pip install 'homodyne-mpi[plots]'")
+        raise HomodyneError(
+            "matplotlib is not installed, so no figures can be drawn -- install the extra: pip install 'homodyne-mpi[plots]'"
+        )
     folders = find_dataset_dirs(Path(result_dir))
     written: dict[Path, list[Path]] = {}
     # Everything is read and checked first; the writer finishes before the HDF5 files close.
