@@ -393,7 +393,7 @@ def test_integral_float_for_int_and_non_integral_rejected():
         (
             "analyzer_parameters.scattering.wavevector_q",
             [0.1, 0.2],
-            "must be a number (1/Angstrom), got [0.1, 0.2]",
+            "must be a number (1/Angstrom) or null, got [0.1, 0.2]",
         ),
         ("output.plots", "yes", "must be true or false"),
         ("output.plots", 1, "must be true or false"),

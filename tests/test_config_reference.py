@@ -185,3 +185,30 @@ def test_values_without_equivalent_are_refused(path, value, tmp_path: Path):
         HomodyneConfig.from_dict(config, source="reference.yaml")
     message = str(info.value)
     assert "\n" not in message and f"'{path}'" in message and " -- " in message
+
+
+def test_minimal_reference_config_takes_q_from_the_file(tmp_path: Path):
+    """The reference generator's ``--filter minimal`` keeps only the mode, the data and the
+    method: q then comes from the data file (its first stored q), as in the reference."""
+    from homodyne_mpi.data.simulate import simulate_from_config
+
+    data = tmp_path / "data.h5"
+    own = HomodyneConfig.from_dict(
+        {
+            "analysis_mode": "static",
+            "analyzer_parameters": {"dt": 0.1, "end_frame": 12, "scattering": {"wavevector_q": 0.0071}},
+            "initial_parameters": {"values": [1000.0, 0.0, 0.0]},
+        }
+    )
+    simulate_from_config(own, data, phi=PHI)
+    minimal = {"metadata": {"config_version": "x"}, "analysis_mode": "static",
+               "experimental_data": {"file_path": str(data)}, "optimization": {"method": "nlsq"}}  # fmt: skip
+    assert HomodyneConfig.from_dict(minimal).analyzer_parameters.scattering.wavevector_q is None
+    path = tmp_path / "minimal.yaml"
+    path.write_text(yaml.safe_dump(minimal))
+    result = run_cli("validate", str(path), timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "q = 0.0071 1/A" in result.stdout
+    # this program's own format still needs the key
+    with pytest.raises(ConfigError, match="missing key 'analyzer_parameters.scattering.wavevector_q'"):
+        HomodyneConfig.from_dict({"analysis_mode": "static", "experimental_data": {"file_path": str(data)}})

@@ -10,7 +10,8 @@ is ignored (listed once in the log, never an error). A config in this program's 
 format is parsed strictly. Besides the table's moves, four rules here read what a
 simple move cannot:
 
-- ``static_mode``: a missing ``analysis_mode`` is taken from ``analysis_settings.static_mode``.
+- ``static_mode``: a missing ``analysis_mode`` is taken from ``analysis_settings.static_mode``;
+  a missing ``wavevector_q`` means the first q the data file stores (as the reference does).
 - ``data_file``: ``experimental_data.data_folder_path`` + ``data_file_name`` make
   ``file_path`` when ``file_path`` is not given (otherwise both are ignored).
 - ``parameter_names``: the names ``gamma_dot_0``/``gamma_dot_t_0``, ``gamma_dot_offset``
@@ -116,6 +117,7 @@ def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
         if found and value is not None and value != entry["unless"]:
             raise ctx.error(f"'{path}' = {show(value)} is not supported: {entry['why']}", f"remove it or set it to {entry['unless']!r}")
     _static_mode(raw, ctx)
+    _wavevector(raw, ctx)
     _data_file(raw, ctx)
     _parameter_names(raw, ctx)
     per_angle = [(path, _pop(raw, path)) for path in _PER_ANGLE_SOURCES if _get(raw, path)[0]]
@@ -254,6 +256,12 @@ def _static_mode(raw: dict[str, Any], ctx: Context) -> None:
             f"'analysis_settings.static_mode: {str(static_mode).lower()}' disagrees with "
             f"analysis_mode '{mode}'; analysis_mode is used"
         )
+
+
+def _wavevector(raw: dict[str, Any], ctx: Context) -> None:
+    if not _get(raw, "analyzer_parameters.scattering.wavevector_q")[0]:
+        _section(raw, "analyzer_parameters.scattering", ctx)["wavevector_q"] = None
+        ctx.info("no analyzer_parameters.scattering.wavevector_q: the first q the data file stores is used")
 
 
 def _data_file(raw: dict[str, Any], ctx: Context) -> None:

@@ -50,8 +50,9 @@ PRIOR_TYPES = ("TruncatedNormal", "Normal", "Uniform")
 class ScatteringConfig:
     """Scattering vector."""
 
-    wavevector_q: float = option(gt=0, unit="1/Angstrom", example="0.0054")
-    """Wavevector magnitude q; the file's q bin nearest to it is analysed."""
+    wavevector_q: float | None = option(gt=0, unit="1/Angstrom", example="0.0054")
+    """Wavevector magnitude q; the file's q bin nearest to it is analysed (null: the first
+    q the file stores)."""
 
 
 @dataclass(kw_only=True)

@@ -192,14 +192,16 @@ def _optional_period(h5: h5py.File):
         return None
 
 
-def _select_matrices(h5: h5py.File, source: str, target_q: float, phi_ranges, warn: bool = True) -> tuple:
+def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ranges, warn: bool = True) -> tuple:
     """``(layout, q, phi, [(key, dataset), ...])``: the matrices at the q nearest ``target_q``.
 
-    Angles outside ``phi_ranges`` are dropped and the rest sorted ascending; every matrix
-    must have the same shape. Reads no matrix data; ``warn`` logs a distant q.
+    ``target_q`` ``None``: the first q the file stores. Angles outside ``phi_ranges`` are
+    dropped and the rest sorted ascending; every matrix must have the same shape. Reads no
+    matrix data; ``warn`` logs a distant q.
     """
     layout = detect_layout(h5)
     table = read_bin_table(h5, layout)
+    target_q = float(table.q.reshape(-1)[0]) if target_q is None else float(target_q)
 
     chosen, q_selected = select_nearest_q(table.q, target_q)
     if warn and abs(q_selected - target_q) > _Q_WARN_RELATIVE * target_q:
@@ -243,13 +245,14 @@ def _select_matrices(h5: h5py.File, source: str, target_q: float, phi_ranges, wa
 def load_xpcs(
     path: str | os.PathLike[str],
     *,
-    wavevector_q: float,
+    wavevector_q: float | None,
     phi_ranges=None,
     start_frame: int | None = 1,
     end_frame: int | None = None,
     dt: float | None = None,
 ) -> XPCSData:
-    """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom) from ``path``.
+    """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom; ``None``: the
+    first q stored) from ``path``.
 
     - ``phi_ranges``: inclusive ``(min, max)`` degree ranges (or ``AngleRange`` objects);
       ``None`` keeps every angle. Compared modulo 360 degrees.
@@ -266,10 +269,10 @@ def load_xpcs(
     file_path = Path(os.fspath(path))
     source = str(file_path)
     try:
-        target_q = float(wavevector_q)
+        target_q = None if wavevector_q is None else float(wavevector_q)
     except (TypeError, ValueError):
         target_q = float("nan")
-    if not (np.isfinite(target_q) and target_q > 0):
+    if target_q is not None and not (np.isfinite(target_q) and target_q > 0):
         raise InputError(
             f"{source}: analyzer_parameters.scattering.wavevector_q is {wavevector_q!r}; "
             "use a positive number in 1/Angstrom"
@@ -395,7 +398,7 @@ def count_config_dataset_points(cfg, dataset) -> int:
         path, arguments = config_dataset_arguments(cfg, dataset)
         source = str(path)
         with _open(Path(os.fspath(path))) as h5:
-            _, _, _, datasets = _select_matrices(h5, source, float(arguments["wavevector_q"]), arguments["phi_ranges"], warn=False)
+            _, _, _, datasets = _select_matrices(h5, source, arguments["wavevector_q"], arguments["phi_ranges"], warn=False)
             start, end = frame_window(arguments["start_frame"], arguments["end_frame"], datasets[0][1].shape[0], source=source)
     except (InputError, ConfigError, OSError, TypeError, ValueError):
         return 0

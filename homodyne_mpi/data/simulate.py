@@ -556,6 +556,11 @@ def simulate_from_config(
                 ", ".join(f"{a:g}" for a in angles[kept]) or "none",
             )
 
+    if analyzer.scattering.wavevector_q is None:
+        raise ConfigError(
+            "simulate: analyzer_parameters.scattering.wavevector_q is null (the data file's q) -- "
+            "give the q to simulate, in 1/Angstrom"
+        )
     geometry = getattr(analyzer, "geometry", None)
     gap = getattr(geometry, "stator_rotor_gap", None)
     if gap is None:  # static configs may leave the geometry out

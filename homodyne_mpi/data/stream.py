@@ -36,7 +36,7 @@ class PointSource:
         self.source = str(path)
         self._h5 = _open(Path(os.fspath(path)))
         try:
-            self.layout, self.q, self.phi, self._datasets = _select_matrices(self._h5, self.source, float(wavevector_q), phi_ranges)
+            self.layout, self.q, self.phi, self._datasets = _select_matrices(self._h5, self.source, wavevector_q, phi_ranges)
             n_file = self._datasets[0][1].shape[0]
             self.start_frame, self.end_frame = frame_window(start_frame, end_frame, n_file, source=self.source)
             self.dt, self.dt_source = _resolve_dt(self._h5, dt, self.source)
