@@ -7,8 +7,8 @@ are substituted, and the resource lines are overridden on the sbatch command lin
 are followed with ``scontrol show job`` (no accounting database is needed).
 
 These tests do not skip when Slurm is missing: they fail and say why (not root, apt-get
-failed, a daemon did not start -- with its log). ``HOMODYNE_SKIP_SLURM=1`` skips them on a
-machine where that is known and accepted (a laptop without root); CI does not set it.
+failed, a daemon did not start -- with its log). They carry the ``slurm`` marker:
+``-m "not slurm"`` deselects them on a machine without root (a laptop); CI runs them.
 """
 
 from __future__ import annotations
@@ -49,9 +49,7 @@ for this node's two cores.
 # the templates leave it to the site (docs/cluster.md, "MPI_Init fails under srun").
 SRUN_MPICH_ENV = {"MPIR_CVAR_PMI_VERSION": "1"}
 
-pytestmark = pytest.mark.skipif(
-    os.environ.get("HOMODYNE_SKIP_SLURM") == "1", reason="HOMODYNE_SKIP_SLURM=1: Slurm tests skipped on request"
-)
+pytestmark = pytest.mark.slurm
 
 
 # -- the cluster -------------------------------------------------------------------------
@@ -78,7 +76,7 @@ def slurm():
     if os.geteuid() != 0:
         pytest.fail(
             "the Slurm tests need root: scripts/slurm_cluster.sh installs slurm-wlm with apt-get and runs munged and "
-            "slurmd; run the suite as root (as CI does), or set HOMODYNE_SKIP_SLURM=1 to skip them knowingly"
+            "slurmd; run the suite as root (as CI does), or deselect them with -m 'not slurm'"
         )
     if shutil.which("bash") is None:
         pytest.fail("bash is needed to run scripts/slurm_cluster.sh")

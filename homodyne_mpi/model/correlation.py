@@ -72,16 +72,16 @@ def g1_squared_from_integrals(
     """``g1**2`` from the diffusion integral (Angstrom^2) and the accumulated strain.
 
     ``strain`` and ``projection`` (``cos(phi0 - phi)``) broadcast together; both are
-    ignored for static modes.
+    None (and ignored) for static modes.
     """
     g1_diff_sq = jnp.exp(-(spec.q**2) * diffusion)
-    if not spec.has_shear:
+    if strain is None or projection is None:
         return g1_diff_sq
     phase = spec.q * spec.gap * projection * strain
     return g1_diff_sq * shear_factor(phase, spec) ** 2
 
 
-def transport_integrals(physical: jnp.ndarray, spec: ModelSpec):
+def transport_integrals(physical: jnp.ndarray, spec: ModelSpec) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     """Running integrals ``(C, G)`` on the frame grid; ``G`` is ``None`` for static modes."""
     diffusion = diffusion_integral(physical, spec.n_frames, spec.dt)
     strain = shear_integral(physical, spec.n_frames, spec.dt) if spec.has_shear else None
@@ -101,11 +101,11 @@ def c2_grid(
     """
     diffusion, strain = transport_integrals(physical, spec)
     diffusion_ij = interval(diffusion[None, :], diffusion[:, None], spec)
-    if spec.has_shear:
+    strain_ij: jnp.ndarray | None = None
+    projection: jnp.ndarray | None = None
+    if strain is not None:
         strain_ij = interval(strain[None, :], strain[:, None], spec)[None]
         projection = shear_projection(physical, phi_deg)[:, None, None]
-    else:
-        strain_ij = projection = None
     g1_sq = g1_squared_from_integrals(diffusion_ij[None], strain_ij, projection, spec)
     return offset[:, None, None] + contrast[:, None, None] * g1_sq
 
@@ -123,10 +123,10 @@ def c2_points(
     """``c2`` at points ``(angle_index[n], frame_i[n], frame_j[n])`` (0-based indices)."""
     diffusion, strain = transport_integrals(physical, spec)
     diffusion_ij = interval(diffusion[frame_j], diffusion[frame_i], spec)
-    if spec.has_shear:
+    strain_ij: jnp.ndarray | None = None
+    projection: jnp.ndarray | None = None
+    if strain is not None:
         strain_ij = interval(strain[frame_j], strain[frame_i], spec)
         projection = shear_projection(physical, phi_deg)[angle_index]
-    else:
-        strain_ij = projection = None
     g1_sq = g1_squared_from_integrals(diffusion_ij, strain_ij, projection, spec)
     return offset[angle_index] + contrast[angle_index] * g1_sq

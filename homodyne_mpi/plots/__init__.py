@@ -22,7 +22,7 @@ import importlib.util
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "DPI",
@@ -65,7 +65,7 @@ def plotting_available() -> bool:
     return False
 
 
-def new_figure(width: float, height: float, *, layout: str | None = "constrained") -> Any:
+def new_figure(width: float, height: float, *, layout: Literal["constrained"] | None = "constrained") -> Any:
     """A :class:`matplotlib.figure.Figure` of ``width x height`` inches on its own Agg canvas.
 
     ``layout`` is matplotlib's layout engine (``"constrained"``, or None for figures that

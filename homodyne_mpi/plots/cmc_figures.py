@@ -339,6 +339,8 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
 
     names = info.physical or info.names
     n = len(names)
+    if info.draws is None:
+        raise ValueError("draw_pairs needs the combined draws")
     draws = info.draws[:, [info.column(name) for name in names]]
     draws = draws[np.all(np.isfinite(draws), axis=1)]
     size = max(2.0 * n, 5.0)

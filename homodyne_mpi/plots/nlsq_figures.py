@@ -248,7 +248,7 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
     axes[0].set_ylabel("J(t) (\u00c5$^2$/s)")
     axes[0].set_title("transport coefficient J(t)")
     axes[0].text(0.02, 0.02, fitted(DIFFUSION_NAMES), transform=axes[0].transAxes, fontsize=8, va="bottom", family="monospace")
-    if laminar:
+    if curves.gamma_dot is not None:
         _draw_rate(
             axes[1],
             curves.t,

@@ -102,11 +102,11 @@ def draw_shard_health(path: str | Path, info: Any) -> None:
         values = np.array([_number(s.get(key)) for s in shards])
         finite = values[np.isfinite(values)]
         base = 0.0
-        clip = None
+        clip = np.inf  # only R-hat bars are cut
         if key == "rhat_max":
             base = min(1.0, float(finite.min()) if finite.size else 1.0) - 0.005
             clip = max(RHAT_CLIP, 1.5 * float(threshold or 1.0))
-        shown_values = np.minimum(values, clip) if clip is not None else values
+        shown_values = np.minimum(values, clip)
         heights = np.where(np.isfinite(values), shown_values - base, 0.0)
         for state in ("retained", "excluded", "failed"):
             chosen = np.array([st == state for st in status], dtype=bool)
