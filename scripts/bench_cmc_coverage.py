@@ -41,9 +41,9 @@ from homodyne_mpi.errors import FitError  # noqa: E402
 from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
 from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
 from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
-from homodyne_mpi.nlsq import build_problem, fit_nlsq  # noqa: E402
+from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty  # noqa: E402
 from homodyne_mpi.parallel import SerialComm  # noqa: E402
-from homodyne_mpi.pipeline import likelihood_calibration  # noqa: E402
+from homodyne_mpi.cmc.calibration import likelihood_calibration  # noqa: E402
 
 TRUTH = [8000.0, -0.3, 30.0]
 PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
@@ -99,7 +99,7 @@ def main() -> None:
             data = load_config_dataset(cfg)
             problem = build_problem(cfg, data)
             points = upper_triangle_points(data.c2, problem.noise_sigma)
-            nlsq = fit_nlsq(problem, points, SerialComm(), cfg.optimization.nlsq)
+            nlsq = fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
             factor = likelihood_calibration(nlsq, problem)
             factors.append(factor)
             names = problem.layout.physical_names

@@ -38,7 +38,7 @@ from homodyne_mpi.config import load_config, render_template  # noqa: E402
 from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
 from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
 from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
-from homodyne_mpi.nlsq import build_problem, fit_nlsq  # noqa: E402
+from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty  # noqa: E402
 from homodyne_mpi.parallel import SerialComm  # noqa: E402
 
 TRUTH = {"static": [8000.0, -0.3, 30.0], "laminar_flow": [10000.0, -0.5, 5.0, 1.0e-4, 0.2, 1.0e-5, 4.0]}
@@ -67,7 +67,7 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
         cfg = load_config(path)
         data = load_config_dataset(cfg)
         problem = build_problem(cfg, data)
-        result = fit_nlsq(problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq)
+        result = fit_with_uncertainty(problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq)
         physical = problem.layout.physical_slice
         error = np.abs(result.theta[physical] - truth)
         inside_model += list(error < 2 * result.std[physical])

@@ -13,7 +13,7 @@ from homodyne_mpi.config import load_config
 from homodyne_mpi.data.loader import load_config_dataset
 from homodyne_mpi.data.points import upper_triangle_points
 from homodyne_mpi.data.simulate import simulate_dataset
-from homodyne_mpi.nlsq import build_problem, fit_nlsq
+from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty
 from homodyne_mpi.parallel import SerialComm
 
 LAMINAR_TRUTH = [10000.0, -0.5, 5.0, 1.0e-4, 0.2, 1.0e-5, 4.0]
@@ -58,7 +58,7 @@ def fit(cfg):
     data = load_config_dataset(cfg)
     problem = build_problem(cfg, data)
     points = upper_triangle_points(data.c2, problem.noise_sigma)
-    return problem, fit_nlsq(problem, points, SerialComm(), cfg.optimization.nlsq)
+    return problem, fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
 
 
 def assert_truth_within(result, names, truth, n_std=3.0):
@@ -149,9 +149,9 @@ def test_soft_l1_resists_outliers(tmp_path):
     data.c2 = spoiled
     robust_problem = build_problem(cfg, data)
     points = upper_triangle_points(data.c2, robust_problem.noise_sigma)
-    robust = fit_nlsq(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
+    robust = fit_with_uncertainty(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
     cfg.optimization.nlsq.loss = "linear"
-    plain = fit_nlsq(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
+    plain = fit_with_uncertainty(robust_problem, points, SerialComm(), cfg.optimization.nlsq)
     k = robust.names.index("D0")
     assert abs(robust.theta[k] - STATIC_TRUTH[0]) < abs(plain.theta[k] - STATIC_TRUTH[0])
 
@@ -159,7 +159,8 @@ def test_soft_l1_resists_outliers(tmp_path):
 def test_distributed_block_is_whole_chunks_and_the_device_block_shares_its_memory():
     """A rank holds its points once: the padded receive buffer is the device block's memory."""
     from homodyne_mpi.data.points import PointSet
-    from homodyne_mpi.nlsq.fit import device_block, distribute_points, padded_length
+    from homodyne_mpi.nlsq.fit import device_block, distribute_points
+    from homodyne_mpi.parallel.chunk_order import chunk_layout
     from homodyne_mpi.parallel import SerialComm
 
     rng = np.random.default_rng(0)
@@ -170,7 +171,7 @@ def test_distributed_block_is_whole_chunks_and_the_device_block_shares_its_memor
         value=rng.random(n), weight=np.full(n, 100.0),
     )
     local = distribute_points(points, n, SerialComm(), chunk_size=1024)
-    assert len(local) == padded_length(n, 1024) == 3072
+    assert len(local) == chunk_layout(n, 1024, 1).capacity_of(0) == 3072
     np.testing.assert_array_equal(local.value[:n], points.value)
     assert np.all(local.weight[n:] == 0.0) and np.all(local.angle[n:] == points.angle[-1])
     assert np.all(local.frame_i[n:] < local.frame_j[n:])

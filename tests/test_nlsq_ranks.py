@@ -1,4 +1,9 @@
-"""The NLSQ fit does not depend on the number of ranks (mpiexec -n 1, 2, 4)."""
+"""The NLSQ fit has the same bits on any number of ranks (mpiexec -n 1, 2, 3, 4).
+
+A laminar fit from the template's neutral start, with the start search and the
+jackknife on: values, std and chi2 in result.json must be equal (==), because the chunks
+are global and their sums are added on a fixed tree over chunk indices.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ def laminar_config(tmp_path_factory):
         shear_form="paper",
         q=0.0054,
         dt=0.1,
-        n_frames=100,
+        n_frames=60,
         gap=2.0e6,
         physical=TRUTH,
         contrast=0.3,
@@ -37,11 +42,12 @@ def laminar_config(tmp_path_factory):
         "laminar_flow",
         **{
             "analyzer_parameters.dt": 0.1,
-            "analyzer_parameters.end_frame": 100,
+            "analyzer_parameters.end_frame": 60,
             "experimental_data.file_path": str(data),
-            "optimization.nlsq.chunk_size": 1024,
+            "optimization.nlsq.chunk_size": 512,
             "optimization.nlsq.uncertainty": "jackknife",
             "optimization.nlsq.jackknife_blocks": 8,
+            "optimization.nlsq.jackknife_iterations": 100,
         },
     )
 
@@ -50,51 +56,36 @@ def fitted(folder):
     return json.loads((folder / "flow" / "nlsq" / "result.json").read_text())
 
 
+def reported(document: dict) -> list:
+    """Every number of result.json a user reads: values, std (all kinds) and chi2."""
+    numbers = [document["chi2"], document["iterations"]]
+    for entry in document["parameters"].values():
+        numbers += [entry["value"], entry["std"], entry["std_model"], entry["std_jackknife"]]
+    return numbers
+
+
 @pytest.mark.timeout(600)
-def test_fit_agrees_across_rank_counts(laminar_config, tmp_path):
+def test_fit_is_bit_identical_across_rank_counts(laminar_config, tmp_path):
+    """-n 3 spreads the jackknife refits by rank (each rank its own blocks on a copy of
+    all points), the others run every refit on all ranks: the same bits either way."""
+    import yaml
+
+    by_replicates = yaml.safe_load(laminar_config.read_text())
+    by_replicates["optimization"]["nlsq"]["jackknife_parallel"] = "replicates"
+    (tmp_path / "replicates.yaml").write_text(yaml.safe_dump(by_replicates))
     results = {}
-    for ranks in (1, 2, 4):
+    for ranks in (1, 2, 3, 4):
         out = tmp_path / f"n{ranks}"
-        completed = run_cli("run", str(laminar_config), "--output-dir", str(out), ranks=ranks, timeout=300)
+        config = tmp_path / "replicates.yaml" if ranks == 3 else laminar_config
+        completed = run_cli("run", str(config), "--output-dir", str(out), ranks=ranks, timeout=300)
         assert completed.returncode == 0, completed.stderr[-3000:]
         results[ranks] = fitted(out)
         assert results[ranks]["n_ranks"] == ranks
         assert results[ranks]["converged"], results[ranks]["reason"]
-    names = list(results[1]["parameters"])
-    reference = np.array([results[1]["parameters"][n]["value"] for n in names])
-    for ranks in (2, 4):
-        values = np.array([results[ranks]["parameters"][n]["value"] for n in names])
-        np.testing.assert_allclose(values, reference, rtol=1e-10, atol=0)
-        assert results[ranks]["chi2"] == pytest.approx(results[1]["chi2"], rel=1e-10)
-        jackknife = np.array([results[ranks]["parameters"][n]["std_jackknife"] for n in names])
-        reference_jackknife = np.array([results[1]["parameters"][n]["std_jackknife"] for n in names])
-        np.testing.assert_allclose(jackknife, reference_jackknife, rtol=1e-6)
-
-
-@pytest.mark.timeout(600)
-def test_jackknife_by_replicates_and_by_points_agree(laminar_config, tmp_path):
-    """Two ways to spread the refits over 2 ranks: each rank its own blocks on a copy of
-    all points (replicates), or all ranks on every refit (points)."""
-    import yaml
-
-    results = {}
-    for mode in ("replicates", "points"):
-        config = yaml.safe_load(laminar_config.read_text())
-        config["optimization"]["nlsq"]["jackknife_parallel"] = mode
-        path = tmp_path / f"{mode}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        out = tmp_path / mode
-        completed = run_cli("run", str(path), "--output-dir", str(out), ranks=2, timeout=300)
-        assert completed.returncode == 0, completed.stderr[-3000:]
-        results[mode] = fitted(out)
-        assert results[mode]["jackknife"]["parallel"] == mode
-        assert sum(results[mode]["jackknife"]["block_frames"]) == 100
-    names = list(results["points"]["parameters"])
-    by_points = np.array([results["points"]["parameters"][n]["std_jackknife"] for n in names])
-    by_replicates = np.array([results["replicates"]["parameters"][n]["std_jackknife"] for n in names])
-    np.testing.assert_allclose(by_replicates, by_points, rtol=1e-6)
-    dof_points, dof_replicates = (results[mode]["jackknife"]["effective_dof"] for mode in ("points", "replicates"))
-    assert set(dof_points) == set(names) - {n for n in names if results["points"]["parameters"][n]["fixed"]}
-    for name, dof in dof_points.items():
-        assert 1.0 <= dof <= results["points"]["jackknife"]["blocks"] and dof == pytest.approx(dof_replicates[name], rel=1e-4)
-    assert np.all(by_points > 0)
+        assert results[ranks]["jackknife"]["refits_converged"] == results[ranks]["jackknife"]["blocks"]
+    assert results[3]["jackknife"]["parallel"] == "replicates" and results[2]["jackknife"]["parallel"] == "points"
+    assert results[1]["jackknife"]["effective_dof"] == results[3]["jackknife"]["effective_dof"]
+    for ranks in (2, 3, 4):
+        assert reported(results[ranks]) == reported(results[1]), ranks
+    values = np.array([results[1]["parameters"][n]["value"] for n in ("D0", "gamma_dot_t0", "phi0")])
+    np.testing.assert_allclose(values, [TRUTH[0], TRUTH[3], TRUTH[6]], rtol=0.2)

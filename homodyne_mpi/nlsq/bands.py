@@ -41,14 +41,16 @@ def delta_method_std(theta: np.ndarray, covariance: np.ndarray, layout: Paramete
 def jackknife_std(theta: np.ndarray, jackknife, model_std: np.ndarray, layout: ParameterLayout, spec: ModelSpec) -> np.ndarray:
     """1-sigma of both curves, ``(2, N)``, from the jackknife replicates' curves.
 
-    Pointwise ``var_model + max(0, var_replicates - var_independent)``, where
+    Pointwise ``var_model + max(0, var_replicates - var_independent)`` over the converged
+    refits (scaled as ``jackknife_covariance``), where
     ``var_independent`` propagates ``jackknife.covariance_independent``: what the
     replicates' spread would be from independent noise alone (``jackknife.py``).
     """
-    curves = np.stack([np.asarray(rate_curves(jnp.asarray(r[layout.physical_slice]), spec)) for r in jackknife.replicates])
+    if len(jackknife.kept) < 2:
+        return model_std
+    curves = np.stack([np.asarray(rate_curves(jnp.asarray(r[layout.physical_slice]), spec)) for r in jackknife.kept])
     deviations = curves - curves.mean(axis=0)
-    k = curves.shape[0]
-    replicate_variance = (k - 1) / k * np.sum(deviations**2, axis=0)
+    replicate_variance = (len(jackknife.blocks) - 1) / curves.shape[0] * np.sum(deviations**2, axis=0)
     independent_variance = delta_method_std(theta, jackknife.covariance_independent, layout, spec) ** 2
     return np.sqrt(model_std**2 + np.clip(replicate_variance - independent_variance, 0.0, None))
 

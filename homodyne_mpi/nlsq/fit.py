@@ -1,10 +1,14 @@
-"""NLSQ across ranks: scatter point blocks once, then one Allreduce per LM iteration.
+"""NLSQ across ranks: scatter whole chunks of points once, then one ordered reduction per LM iteration.
 
-Rank 0 builds the problem (starting values, bounds, noise weights) and the points; each
-rank receives a contiguous, balanced block of points and keeps it for the whole fit.
-``DistributedObjective`` turns a parameter vector into the global normal equations:
-local chunk sums, one packed ``allreduce_sum``, assembly. The solver above it is the
-same serial Levenberg-Marquardt on every rank.
+Rank 0 builds the problem (starting values, bounds, noise weights) and the points. The
+points are cut into global chunks by global index and each rank receives a contiguous,
+balanced run of whole chunks (``parallel.chunk_order.chunk_layout``), which it keeps for
+the whole fit. ``DistributedObjective`` turns a parameter vector into the global normal
+equations: one packed row of sums per chunk, added on a fixed tree over chunk indices
+(``Comm.sum_in_chunk_order``), assembly. Every chunk is the same set of points whatever
+rank holds it and the sums are added in the same order, so the fit has the same bits on
+any number of ranks. The solver above it is the same serial Levenberg-Marquardt on
+every rank.
 """
 
 from __future__ import annotations
@@ -20,16 +24,11 @@ import numpy as np
 from ..data.points import PointSet
 from ..errors import Interrupted
 from ..model import ModelSpec, ParameterLayout
-from ..parallel import Comm, SerialComm, balanced_counts
+from ..parallel import Comm, SerialComm
+from ..parallel.chunk_order import ChunkLayout, chunk_layout
 from ..parallel.signals import stop_requested
-from .kernels import (
-    KernelSetup,
-    assemble_normal_equations,
-    block_accumulators,
-    block_frame_sensitivity,
-    pack_accumulators,
-    unpack_accumulators,
-)
+from .kernels import KernelSetup, assemble_normal_equations, chunk_frame_sensitivities, chunk_terms, unpack_accumulators
+from .linalg import covariance_from_hessian
 from .search import search_start, subsample_mask
 from .solver import Evaluation, LMOptions, LMResult, levenberg_marquardt
 
@@ -81,6 +80,12 @@ class NLSQResult:
     """Peak memory and point-block size per rank (root only)."""
     jackknife: object | None = None
     """``JackknifeResult`` when ``uncertainty: jackknife`` (else None)."""
+    at_bound: list = field(default_factory=list)
+    """Per parameter ``"lower"``, ``"upper"`` or None: a free parameter on its bound."""
+    projected_gradient: float = float("nan")
+    """Largest gradient cosine over the free parameters not pinned at a bound."""
+    objective: object | None = None
+    """The ``DistributedObjective`` of the fit, for the jackknife (dropped after it)."""
 
     @property
     def degrees_of_freedom(self) -> int:
@@ -103,58 +108,40 @@ class NLSQResult:
         return None if self.jackknife is None else self.jackknife.std
 
 
-def point_counts(n_points: int, comm: Comm) -> np.ndarray:
-    """Points per rank: contiguous balanced blocks."""
-    return balanced_counts(n_points, comm.size)
+def distribute_points(points: PointSet | None, n_points: int, comm: Comm, chunk_size: int) -> PointSet:
+    """Scatter the root's points to every rank as whole global chunks.
 
-
-def distribute_points(points: PointSet | None, n_points: int, comm: Comm, chunk_size: int | None = None) -> PointSet:
-    """Scatter the root's points to every rank in balanced contiguous blocks.
-
-    Each column travels as one ``Scatterv`` of its NumPy buffer. With ``chunk_size`` each
-    rank's block arrives already padded to whole chunks (``padded_length``) with
-    zero-weight points of its last angle, so that the fit's device block can use the same
-    memory: a rank then holds its points once, plus per-chunk work space.
+    The chunk layout is ``chunk_layout(n_points, chunk_size, comm.size)``: rank ``r``
+    receives the real points of its chunk run (``layout.points_of(r)``) in a buffer of
+    ``layout.capacity_of(r)`` points, so the last global chunk arrives padded with
+    zero-weight points of its last angle. Each column travels as one ``Scatterv`` of its
+    NumPy buffer, into memory the fit's device block then shares.
     """
-    counts = point_counts(n_points, comm)
+    layout = chunk_layout(n_points, chunk_size, comm.size)
+    counts = layout.point_counts()
     mine = int(counts[comm.rank])
-    capacity = None if chunk_size is None else padded_length(mine, chunk_size)
+    capacity = layout.capacity_of(comm.rank)
     columns = {}
     for name in PointSet.column_names():
         source = getattr(points, name) if comm.is_root else None
         columns[name] = comm.scatter_rows(source, counts, capacity=capacity)
-    if capacity is not None and capacity > mine:
+    if capacity > mine:
         fill_angle = int(columns["angle"][mine - 1]) if mine else 0
         for name, padding in PointSet.padding_columns(capacity - mine, fill_angle).items():
             columns[name][mine:] = padding
     return PointSet(**columns)
 
 
-def padded_length(n_local: int, chunk_size: int) -> int:
-    """Points of a block of ``n_local`` once padded to whole chunks of ``effective_chunk_size``."""
-    chunk = effective_chunk_size(n_local, chunk_size)
-    return max(1, -(-n_local // chunk)) * chunk
-
-
-def effective_chunk_size(n_local: int, chunk_size: int) -> int:
-    """Chunk length: ``chunk_size``, or the next power of two when a block is smaller."""
-    if n_local >= chunk_size:
-        return chunk_size
-    return max(256, 1 << max(0, int(np.ceil(np.log2(max(n_local, 1))))))
-
-
-def device_block(points: PointSet, chunk_size: int) -> tuple[jnp.ndarray, ...]:
-    """The points as device arrays of shape ``(n_chunks, chunk_size)``, zero-weight padded.
+def device_block(points: PointSet, chunk: int, n_chunks: int | None = None) -> tuple[jnp.ndarray, ...]:
+    """The points as device arrays of shape ``(n_chunks, chunk)``, zero-weight padded.
 
     Padding repeats the last angle so that every chunk stays angle-sorted. A block that
     is already whole chunks is not copied: on the CPU the device arrays share its memory
     when it is 64-byte aligned, as ``distribute_points`` leaves it.
     """
-    n_chunks = max(1, -(-len(points) // chunk_size))
-    padded = points.padded(n_chunks * chunk_size, fill_angle=int(points.angle[-1]) if len(points) else 0)
-    return tuple(
-        jax.device_put(getattr(padded, name).reshape(n_chunks, chunk_size)) for name in PointSet.column_names()
-    )
+    n_chunks = -(-len(points) // chunk) if n_chunks is None else n_chunks
+    padded = points.padded(n_chunks * chunk, fill_angle=int(points.angle[-1]) if len(points) else 0)
+    return tuple(jax.device_put(getattr(padded, name).reshape(n_chunks, chunk)) for name in PointSet.column_names())
 
 
 NO_EXCLUSION = np.array([-1, -1], dtype=np.int32)
@@ -162,18 +149,22 @@ NO_EXCLUSION = np.array([-1, -1], dtype=np.int32)
 
 
 class DistributedObjective:
-    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's points.
+    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's chunks.
 
-    Setting ``excluded_frames = [start, stop)`` leaves out the points that touch those
-    frames (a jackknife replicate) without recompiling.
+    ``local_points`` are this rank's chunks of the layout of ``n_points`` points
+    (default ``problem.n_points``), padded or not. Setting ``excluded_frames = [start,
+    stop)`` leaves out the points that touch those frames (a jackknife replicate)
+    without recompiling.
     """
 
-    def __init__(self, problem: NLSQProblem, local_points: PointSet, comm: Comm, *, chunk_size: int, loss: str, loss_scale: float):
+    def __init__(self, problem: NLSQProblem, local_points: PointSet, comm: Comm, *, chunk_size: int, loss: str, loss_scale: float, n_points: int | None = None):
         self.comm = comm
         self.problem = problem
         self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale))
-        self.chunk_size = effective_chunk_size(len(local_points), chunk_size)
-        self.block = device_block(local_points, self.chunk_size)
+        self.layout: ChunkLayout = chunk_layout(problem.n_points if n_points is None else n_points, chunk_size, comm.size)
+        self.chunk_size = self.layout.chunk
+        self.first_chunk, stop = self.layout.chunks_of(comm.rank)
+        self.block = device_block(local_points, self.chunk_size, stop - self.first_chunk)
         self.phi = jnp.asarray(problem.phi, dtype=jnp.float64)
         self.pair_of_angle = jnp.asarray(np.maximum(problem.layout.scaling_pair_of_angle(), 0))
         self.excluded_frames = NO_EXCLUSION
@@ -185,79 +176,76 @@ class DistributedObjective:
     def compile(self, theta: np.ndarray) -> float:
         """Compile the block kernel ahead of time; returns the seconds it took."""
         start = time.perf_counter()
-        self._compiled = block_accumulators.lower(
+        self._compiled = chunk_terms.lower(
             jnp.asarray(theta), self.phi, self.pair_of_angle, self.block, jnp.asarray(self.excluded_frames), setup=self.setup
         ).compile()
         return time.perf_counter() - start
 
-    def local_terms(self, theta: np.ndarray):
-        """This rank's accumulator terms (NumPy) at ``theta``."""
+    def local_terms(self, theta: np.ndarray) -> np.ndarray:
+        """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``."""
         if self._compiled is None:
             self.compile(theta)
-        terms = self._compiled(
+        rows = self._compiled(
             jnp.asarray(theta, dtype=jnp.float64),
             self.phi,
             self.pair_of_angle,
             self.block,
             jnp.asarray(self.excluded_frames, dtype=jnp.int32),
         )
-        return jax.block_until_ready(terms)
+        return np.asarray(jax.block_until_ready(rows), dtype=np.float64)
 
     def gathered(self) -> "DistributedObjective":
         """The same objective over every rank's points, on this rank alone (collective).
 
-        Each rank then holds all the points (padding included: its weight is zero), so
-        it can run whole fits without talking to the others.
+        Each rank then holds all the chunks in global order (padding included: its
+        weight is zero), so it can run whole fits without talking to the others and
+        still add the chunks in the same order.
         """
         columns = [self.comm.allgather_rows(np.asarray(column).ravel()) for column in self.block]
-        points = PointSet(*columns)
         return DistributedObjective(
-            self.problem, points, SerialComm(), chunk_size=self.chunk_size, loss=self.setup.loss, loss_scale=self.setup.loss_scale
+            self.problem, PointSet(*columns), SerialComm(), chunk_size=self.chunk_size, loss=self.setup.loss,
+            loss_scale=self.setup.loss_scale, n_points=self.layout.n_points,
         )
 
     def frame_sensitivity(self, theta: np.ndarray) -> np.ndarray:
         """``(N, P)`` per-frame sums of the weighted Jacobian over every rank's points.
 
-        See ``kernels.chunk_frame_sensitivity``; one Allreduce of ``N*P`` numbers.
+        See ``kernels.chunk_frame_sensitivity``; the per-chunk sums are added in chunk order.
         """
-        local = block_frame_sensitivity(
+        rows = chunk_frame_sensitivities(
             jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, setup=self.setup
         )
-        local = np.ascontiguousarray(np.asarray(local, dtype=np.float64))
-        return self.comm.allreduce_sum(local.ravel()).reshape(local.shape)
+        total, _ = self.comm.sum_in_chunk_order(np.asarray(rows), self.first_chunk, self.layout.n_chunks)
+        return total.reshape(self.problem.spec.n_frames, -1)
 
     def __call__(self, theta: np.ndarray) -> Evaluation:
         """The global normal equations at ``theta``.
 
-        The buffer carries one extra number, this rank's stop flag (SIGTERM/SIGUSR1), so
-        every rank learns of a signal on any rank in the same Allreduce and all raise
+        The reduction also sums this rank's stop flag (SIGTERM/SIGUSR1), so every rank
+        learns of a signal on any rank in the same collective and all raise
         ``Interrupted`` together.
         """
         start = time.perf_counter()
-        packed = np.append(pack_accumulators(self.local_terms(theta)), 1.0 if stop_requested() else 0.0)
+        rows = self.local_terms(theta)
         middle = time.perf_counter()
-        total = self.comm.allreduce_sum(packed)
+        total, stops = self.comm.sum_in_chunk_order(rows, self.first_chunk, self.layout.n_chunks, 1.0 if stop_requested() else 0.0)
         self.reduce_seconds += time.perf_counter() - middle
         self.compute_seconds += middle - start
         self.evaluations += 1
-        if total[-1] > 0:
+        if stops > 0:
             interrupted = Interrupted("stopped by a signal during the NLSQ fit; finished work was saved")
             interrupted.collective = True
             raise interrupted
-        terms = unpack_accumulators(total[:-1], self.setup)
+        terms = unpack_accumulators(total, self.setup)
         hessian, gradient = assemble_normal_equations(terms, self.setup)
         return hessian, gradient, terms[2], terms[3]
 
 
-def covariance_from_hessian(hessian: np.ndarray, free: np.ndarray, reduced_chi2: float) -> np.ndarray:
-    """``(J^T J)^-1 * reduced_chi2`` over the free parameters, zero-padded to full size."""
-    from .jackknife import scaled_inverse
-
-    free = np.asarray(free, dtype=bool)
-    inverse = scaled_inverse(hessian[np.ix_(free, free)])
-    covariance = np.zeros_like(hessian)
-    covariance[np.ix_(free, free)] = inverse * reduced_chi2
-    return covariance
+def make_objective(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, n_points: int | None = None) -> DistributedObjective:
+    """The objective of ``options`` (the config's ``optimization.nlsq``) over these points."""
+    return DistributedObjective(
+        problem, local_points, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale, n_points=n_points
+    )
 
 
 def fit_nlsq(
@@ -270,24 +258,23 @@ def fit_nlsq(
     on_accept=None,
     resume=None,
 ) -> NLSQResult:
-    """Fit the problem with every rank holding its own points; same result on all ranks.
+    """Fit the problem with every rank holding its own chunks; same bits on all ranks.
 
     ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
     ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
     ``start_search``, ``search_points``). A given ``theta0`` (a resumed state) skips the
     start search; ``on_accept(theta, iteration, damping)`` sees every accepted step.
     ``resume`` (a ``LatestState`` from a checkpoint) continues an interrupted fit on the
-    same path: its parameters, damping and iteration count.
+    same path: its parameters, damping and iteration count. The result keeps the
+    objective (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
     """
-    objective = DistributedObjective(
-        problem, local_points, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale
-    )
+    objective = make_objective(problem, local_points, comm, options)
     if resume is not None:
         theta0 = resume.theta
     start_theta = problem.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
     compile_seconds = objective.compile(start_theta)
     search_seconds = 0.0
-    if getattr(options, "start_search", False) and theta0 is None:
+    if options.start_search and theta0 is None:
         search_start_time = time.perf_counter()
         start_theta = searched_start(problem, local_points, comm, options)
         search_seconds = time.perf_counter() - search_start_time
@@ -298,26 +285,41 @@ def fit_nlsq(
         problem.lower,
         problem.upper,
         problem.free,
-        LMOptions(
-            max_iterations=options.max_iterations,
-            xtol=options.xtol,
-            gtol=options.gtol,
-            ftol=options.ftol,
-            initial_damping=resume.damping if resume is not None else LMOptions.initial_damping,
-        ),
+        lm_options(options, initial_damping=resume.damping if resume is not None else LMOptions.initial_damping),
         on_accept=on_accept,
         first_iteration=resume.iteration + 1 if resume is not None else 1,
     )
     fit_seconds = time.perf_counter() - fit_start
     result = result_from_lm(lm, problem, comm.size, objective, compile_seconds, fit_seconds)
     result.timing_s["start_search"] = search_seconds
-    if getattr(options, "uncertainty", "model") == "jackknife":
-        from .jackknife import run_jackknife
-
-        result.jackknife = run_jackknife(objective, problem, lm.theta, result.covariance, result.reduced_chi2, options)
-        result.timing_s["jackknife"] = result.jackknife.seconds
     result.memory = memory_report(comm, local_points, objective.chunk_size)
+    result.objective = objective
     return result
+
+
+def lm_options(options, *, max_iterations: int | None = None, initial_damping: float = LMOptions.initial_damping) -> LMOptions:
+    """The solver's options from the config's ``optimization.nlsq`` section."""
+    return LMOptions(
+        max_iterations=int(options.max_iterations if max_iterations is None else max_iterations),
+        xtol=options.xtol,
+        gtol=options.gtol,
+        ftol=options.ftol,
+        initial_damping=initial_damping,
+    )
+
+
+def parameters_at_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray) -> list:
+    """``"lower"``, ``"upper"`` or None per parameter: free ones within 1e-12 of the range of a bound."""
+    margin = 1e-12 * np.maximum(upper - lower, 1e-300)
+    marks = []
+    for value, low, high, fitted, tolerance in zip(theta, lower, upper, free, margin):
+        if fitted and value <= low + tolerance:
+            marks.append("lower")
+        elif fitted and value >= high - tolerance:
+            marks.append("upper")
+        else:
+            marks.append(None)
+    return marks
 
 
 def peak_rss_bytes() -> int:
@@ -340,24 +342,28 @@ def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
     }
 
 
-def local_offset(n_points: int, comm: Comm) -> int:
-    """Global index of this rank's first point."""
-    return int(point_counts(n_points, comm)[: comm.rank].sum())
-
-
 def searched_start(problem: NLSQProblem, local_points: PointSet, comm: Comm, options) -> np.ndarray:
-    """Starting point from the coarse grid search on a rank-independent subsample."""
+    """Starting point from the coarse grid search on a rank-independent subsample.
+
+    The subsample is every ``stride``-th point by global index; it is gathered in global
+    order on every rank and cut into its own chunk layout, so the search's sums, like
+    the fit's, do not depend on the number of ranks.
+    """
     stride = max(1, problem.n_points // int(options.search_points))
-    mask = subsample_mask(len(local_points), local_offset(problem.n_points, comm), stride)
-    subsample = local_points.take(mask)
-    objective = DistributedObjective(
-        problem, subsample, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale
-    )
+    layout = chunk_layout(problem.n_points, options.chunk_size, comm.size)
+    first, stop = layout.points_of(comm.rank)
+    mask = np.zeros(len(local_points), dtype=bool)
+    mask[: stop - first] = subsample_mask(stop - first, first, stride)
+    mine = local_points.take(mask)
+    everyone = PointSet(*(comm.allgather_rows(getattr(mine, name)) for name in PointSet.column_names()))
+    sub_layout = chunk_layout(len(everyone), options.chunk_size, comm.size)
+    sub_first, sub_stop = sub_layout.points_of(comm.rank)
+    objective = make_objective(problem, everyone.take(slice(sub_first, sub_stop)), comm, options, n_points=len(everyone))
     return search_start(objective, problem.theta0, problem.lower, problem.upper, problem.free, problem.layout)
 
 
 def result_from_lm(lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: DistributedObjective, compile_seconds: float, fit_seconds: float) -> NLSQResult:
-    """Package the solver's outcome with the model covariance."""
+    """Package the solver's outcome with the model covariance and the bound flags."""
     n_free = int(np.count_nonzero(problem.free))
     result = NLSQResult(
         names=problem.names,
@@ -375,9 +381,11 @@ def result_from_lm(lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: 
             "compile": compile_seconds,
             "fit": fit_seconds,
             "accumulate": objective.compute_seconds,
-            "allreduce": objective.reduce_seconds,
+            "reduce": objective.reduce_seconds,
         },
         hessian=lm.hessian,
+        at_bound=parameters_at_bound(lm.theta, problem.lower, problem.upper, problem.free),
+        projected_gradient=lm.projected_gradient,
     )
     result.covariance = covariance_from_hessian(lm.hessian, problem.free, result.reduced_chi2)
     return result

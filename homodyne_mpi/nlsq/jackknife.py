@@ -79,7 +79,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Interrupted
-from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, covariance_from_hessian
+from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, lm_options
+from .linalg import covariance_from_hessian, psd_part
 from .solver import LMOptions, levenberg_marquardt
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,14 @@ class JackknifeResult:
         return np.sqrt(np.clip(np.diag(self.covariance), 0.0, None))
 
     @property
+    def kept(self) -> np.ndarray:
+        """``(K', P)`` the replicates of the converged refits (the ones the covariance uses)."""
+        return self.replicates[self.converged]
+
+    @property
     def effective_dof(self) -> np.ndarray:
         """``(P,)`` degrees of freedom of each parameter's replicate variance (``replicate_dof``)."""
-        return replicate_dof(self.replicates)
+        return replicate_dof(self.kept) if len(self.kept) >= 2 else np.zeros(self.replicates.shape[1])
 
 
 def replicate_dof(replicates: np.ndarray) -> np.ndarray:
@@ -189,31 +195,20 @@ def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free:
 
 
 REFIT_DAMPING = 1e-9
+"""Initial LM damping of the refits (near Gauss-Newton: they start at the optimum)."""
 INFLUENCE_SHARE = 0.5
 """Weight of the frames' influence in the block sizes; the rest is spread evenly over frames."""
-"""Initial LM damping of the refits (near Gauss-Newton: they start at the optimum)."""
 
 
-def scaled_inverse(hessian: np.ndarray) -> np.ndarray:
-    """``H^-1`` computed on the diagonally scaled matrix (parameters differ by ~1e8 in scale)."""
-    scale = np.sqrt(np.maximum(np.diag(hessian), 1e-300))
-    return np.linalg.pinv(hessian / np.outer(scale, scale), rcond=1e-15, hermitian=True) / np.outer(scale, scale)
+def independent_noise_covariance(covariance_model: np.ndarray, covariances_left_out: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
+    """``(K-1)/K' sum_b (C_b - C)``: the replicates' covariance if all noise were independent.
 
-
-def independent_noise_covariance(covariance_model: np.ndarray, covariances_left_out: np.ndarray) -> np.ndarray:
-    """``(K-1)/K sum_b (C_b - C)``: the replicates' covariance if all noise were independent.
-
-    ``covariances_left_out`` is ``(K, P, P)``, the model covariance of each refit's kept
-    points with the full fit's ``chi2_red``.
+    ``covariances_left_out`` is ``(K', P, P)``, the model covariance of each kept refit's
+    points with the full fit's ``chi2_red``; ``n_blocks`` is ``K`` (default ``K'``).
     """
-    n_blocks = len(covariances_left_out)
-    return (n_blocks - 1) / n_blocks * np.sum(covariances_left_out - covariance_model, axis=0)
-
-
-def psd_part(matrix: np.ndarray) -> np.ndarray:
-    """The positive semi-definite part of a symmetric matrix (negative eigenvalues set to 0)."""
-    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (vectors * np.clip(values, 0.0, None)) @ vectors.T
+    kept = len(covariances_left_out)
+    n_blocks = kept if n_blocks is None else n_blocks
+    return (n_blocks - 1) / kept * np.sum(covariances_left_out - covariance_model, axis=0)
 
 
 def frame_corrected_covariance(
@@ -254,16 +249,22 @@ def parameter_groups(problem: NLSQProblem) -> list[np.ndarray]:
     return [np.arange(physical.start), np.arange(physical.start, physical.stop)]
 
 
-def jackknife_covariance(replicates: np.ndarray) -> np.ndarray:
-    """``(K-1)/K * sum (theta_b - mean)(theta_b - mean)^T`` of ``(K, P)`` replicates."""
-    n_blocks = replicates.shape[0]
+def jackknife_covariance(replicates: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
+    """``(K-1)/K' * sum (theta_b - mean)(theta_b - mean)^T`` of ``(K', P)`` kept replicates.
+
+    ``n_blocks`` is the number of blocks ``K`` (default ``K'``): with ``K' < K`` kept
+    refits each deviation still has the size of a ``K``-block replicate's, so the sum is
+    scaled by ``(K-1)/K'`` rather than ``(K-1)/K``.
+    """
+    kept = replicates.shape[0]
+    n_blocks = kept if n_blocks is None else n_blocks
     deviations = replicates - replicates.mean(axis=0)
-    return (n_blocks - 1) / n_blocks * deviations.T @ deviations
+    return (n_blocks - 1) / kept * deviations.T @ deviations
 
 
 def choose_blocks(objective: DistributedObjective, problem: NLSQProblem, theta_hat, covariance_model, options) -> np.ndarray:
     """The ``(K, 2)`` frame blocks of the configured ``jackknife_blocking`` (collective)."""
-    blocking = getattr(options, "jackknife_blocking", "influence")
+    blocking = options.jackknife_blocking
     if blocking == "influence":
         sensitivity = objective.frame_sensitivity(theta_hat)
         influence = frame_influence(sensitivity, covariance_model, problem.free, problem.layout.physical_slice)
@@ -337,45 +338,69 @@ def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2):
 
 def refits_by_rank_chosen(objective: DistributedObjective, options) -> bool:
     """Whether the refits go by rank (``jackknife_parallel: replicates``) on several ranks."""
-    return objective.comm.size > 1 and getattr(options, "jackknife_parallel", "points") == "replicates"
+    return objective.comm.size > 1 and options.jackknife_parallel == "replicates"
 
 
-def run_jackknife(
-    objective: DistributedObjective,
-    problem: NLSQProblem,
-    theta_hat: np.ndarray,
-    covariance_model: np.ndarray,
-    reduced_chi2: float,
-    options,
-) -> JackknifeResult:
+def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> JackknifeResult:
     """Refit with each frame block left out and build the covariance (collective).
 
-    ``covariance_model`` is the full fit's ``(J^T J)^-1 chi2_red`` and ``reduced_chi2`` its
-    ``chi2_red``: with each refit's Gauss-Newton matrix they give the replicates'
-    independent-noise part (module docstring).
+    ``result`` is the full fit (its objective, optimum, model covariance ``(J^T J)^-1
+    chi2_red`` and ``chi2_red``): with each refit's Gauss-Newton matrix they give the
+    replicates' independent-noise part (module docstring). Refits use the fit's bounded
+    step from the full-data optimum. A refit that does not converge within
+    ``jackknife_iterations`` is named in the log and left out: the covariance is built
+    from the ``K'`` converged replicates (``jackknife_covariance``); with fewer than
+    two converged the reported covariance falls back to the model's.
     """
     start = time.perf_counter()
+    objective: DistributedObjective = result.objective
+    theta_hat, covariance_model, reduced_chi2 = result.theta, result.covariance, result.reduced_chi2
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
-    lm_options = LMOptions(
-        max_iterations=int(options.jackknife_iterations),
-        xtol=options.xtol,
-        gtol=options.gtol,
-        ftol=options.ftol,
-        initial_damping=REFIT_DAMPING,
-    )
+    refit_options = lm_options(options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING)
     by_rank = refits_by_rank_chosen(objective, options)
     log.info("jackknife refits: %s", f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit")
     run_refits = refits_by_rank if by_rank else refits_together
-    replicates, converged, covariances_left_out = run_refits(objective, blocks, theta_hat, lm_options, reduced_chi2)
-    covariance_replicates = jackknife_covariance(replicates)
-    covariance_independent = independent_noise_covariance(covariance_model, covariances_left_out)
+    replicates, converged, covariances_left_out = run_refits(objective, blocks, theta_hat, refit_options, reduced_chi2)
+    converged = np.asarray(converged, dtype=bool)
+    kept = np.flatnonzero(converged)
+    if len(kept) < len(blocks):
+        named = ", ".join(f"{blocks[b][0] + 1}..{blocks[b][1]}" for b in np.flatnonzero(~converged))
+        log.warning(
+            "jackknife: %d of %d refits did not converge in %d iterations (frames %s left out); they are excluded "
+            "from the covariance; raise optimization.nlsq.jackknife_iterations if this is many",
+            len(blocks) - len(kept), len(blocks), options.jackknife_iterations, named,
+        )
+    if len(kept) >= 2:
+        covariance_replicates = jackknife_covariance(replicates[kept], len(blocks))
+        covariance_independent = independent_noise_covariance(covariance_model, covariances_left_out[kept], len(blocks))
+        covariance = frame_corrected_covariance(covariance_replicates, covariance_model, covariance_independent, parameter_groups(problem))
+    else:
+        log.warning("jackknife: fewer than 2 converged refits; the reported std is the model std")
+        covariance_replicates = covariance_independent = np.zeros_like(covariance_model)
+        covariance = covariance_model.copy()
     return JackknifeResult(
         blocks=blocks,
         replicates=replicates,
         covariance_replicates=covariance_replicates,
         covariance_independent=covariance_independent,
-        covariance=frame_corrected_covariance(covariance_replicates, covariance_model, covariance_independent, parameter_groups(problem)),
-        converged=np.asarray(converged, dtype=bool),
+        covariance=covariance,
+        converged=converged,
         seconds=time.perf_counter() - start,
         parallel="replicates" if by_rank else "points",
     )
+
+
+def attach_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> NLSQResult:
+    """Run the jackknife after the fit when ``options.uncertainty == "jackknife"``; frees the objective."""
+    if options.uncertainty == "jackknife":
+        result.jackknife = run_jackknife(result, problem, options)
+        result.timing_s["jackknife"] = result.jackknife.seconds
+    result.objective = None
+    return result
+
+
+def fit_with_uncertainty(problem: NLSQProblem, local_points, comm, options, **fit_options) -> NLSQResult:
+    """``fit_nlsq`` followed by ``attach_jackknife``: what the pipeline does, for scripts and tests."""
+    from .fit import fit_nlsq
+
+    return attach_jackknife(fit_nlsq(problem, local_points, comm, options, **fit_options), problem, options)

@@ -227,31 +227,28 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
 
 
 @partial(jax.jit, static_argnames=("setup",))
-def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=None, *, setup: KernelSetup):
-    """Sum of ``chunk_accumulators`` over a block shaped ``(n_chunks, chunk_size)`` per column.
+def chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames=None, *, setup: KernelSetup):
+    """``(n_chunks, L)``: each chunk's ``chunk_accumulators``, packed (``pack_accumulators``).
 
-    The per-frame tables are computed once; a ``fori_loop`` walks the chunks so the
-    working memory is one chunk's, whatever the block size. ``excluded_frames`` (int
-    array ``[start, stop)``, or None) drops the points touching those frames.
+    The per-frame tables are computed once; ``lax.map`` walks the chunks so the working
+    memory is one chunk's, whatever the block size. Chunk sums are returned one by one
+    so that they can be added in a fixed global order (``Comm.sum_in_chunk_order``).
+    ``excluded_frames`` (int array ``[start, stop)``, or None) drops the points touching
+    those frames.
     """
     tables = point_tables(theta, phi_deg, setup)
-    n_chunks, chunk_size = block[0].shape
-    n_design = setup.n_physical + 1
-    span = pairs_per_chunk(setup, chunk_size)
-    initial = (
-        jnp.zeros((n_design, n_design)),
-        jnp.zeros((setup.n_pairs + span, 3 + 2 * n_design)),
-        jnp.zeros(()),
-        jnp.zeros(()),
-    )
 
-    def add_chunk(k, totals):
-        chunk = tuple(column[k] for column in block)
-        terms = chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames)
-        return tuple(total + term for total, term in zip(totals, terms))
+    def one_chunk(chunk):
+        gram, moments, chi2, cost = chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames)
+        return jnp.concatenate([gram.ravel(), moments[: setup.n_pairs].ravel(), chi2[None], cost[None]])
 
-    gram, moments, chi2, cost = jax.lax.fori_loop(0, n_chunks, add_chunk, initial)
-    return gram, moments[: setup.n_pairs], chi2, cost
+    return jax.lax.map(one_chunk, block)
+
+
+def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=None, *, setup: KernelSetup):
+    """``(gram, pair_moments, chi2, cost)`` of a whole block (its chunks summed in order)."""
+    rows = np.asarray(chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames, setup=setup))
+    return unpack_accumulators(rows.sum(axis=0), setup)
 
 
 def chunk_frame_sensitivity(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup):
@@ -287,17 +284,16 @@ def chunk_frame_sensitivity(tables: PointTables, pair_of_angle, chunk, setup: Ke
 
 
 @partial(jax.jit, static_argnames=("setup",))
-def block_frame_sensitivity(theta, phi_deg, pair_of_angle, block, *, setup: KernelSetup):
-    """Sum of ``chunk_frame_sensitivity`` over a block shaped ``(n_chunks, chunk_size)``."""
+def chunk_frame_sensitivities(theta, phi_deg, pair_of_angle, block, *, setup: KernelSetup):
+    """``(n_chunks, N * P)``: each chunk's ``chunk_frame_sensitivity``, flattened."""
     tables = point_tables(theta, phi_deg, setup)
-    n_chunks = block[0].shape[0]
-    size = setup.n_physical + 2 * setup.n_pairs
+    return jax.lax.map(lambda chunk: chunk_frame_sensitivity(tables, pair_of_angle, chunk, setup).ravel(), block)
 
-    def add_chunk(k, total):
-        chunk = tuple(column[k] for column in block)
-        return total + chunk_frame_sensitivity(tables, pair_of_angle, chunk, setup)
 
-    return jax.lax.fori_loop(0, n_chunks, add_chunk, jnp.zeros((setup.spec.n_frames, size)))
+def block_frame_sensitivity(theta, phi_deg, pair_of_angle, block, *, setup: KernelSetup) -> np.ndarray:
+    """``(N, P)`` sum of ``chunk_frame_sensitivity`` over a block (chunks added in order)."""
+    rows = np.asarray(chunk_frame_sensitivities(theta, phi_deg, pair_of_angle, block, setup=setup))
+    return rows.sum(axis=0).reshape(setup.spec.n_frames, -1)
 
 
 @partial(jax.jit, static_argnames=("setup",))

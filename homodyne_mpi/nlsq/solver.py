@@ -1,17 +1,29 @@
-"""Levenberg-Marquardt with box bounds, written against an ``evaluate`` callback.
+"""Bounded Levenberg-Marquardt with an active set, written against an ``evaluate`` callback.
 
 The solver is serial code: ``evaluate(theta)`` returns the *global* ``J^T W J``,
-``J^T W r``, ``chi2`` and robust cost (the MPI sum hides inside it), and every rank takes
-the same decisions because it sees the same numbers.
+``J^T W r``, ``chi2`` and robust cost (the reduction across ranks hides inside it), and
+every rank takes the same decisions because it sees the same numbers.
 
 Each iteration evaluates one trial point, so it costs one pass over the data and one
-Allreduce: the accumulators at an accepted trial are the next iteration's normal
+reduction: the accumulators at an accepted trial are the next iteration's normal
 equations, and a rejected trial only raises the damping.
 
-Convergence (tested on accepted steps only, so a huge damping can never pass for it):
+Bounds (``bounded_step``). A parameter on a bound whose descent direction points out of
+the box is *pinned*: it is held there and the damped system is solved for the others.
+If the step then carries a moving parameter past a bound, that parameter is moved
+exactly to the bound and held, and the others are solved again with its (now fixed)
+move on the right-hand side; this repeats until the step stays inside the box (at most
+once per parameter). The step is therefore the damped Gauss-Newton step on the face of
+the box it ends on, never a clipped unconstrained step: clipping breaks the coupling of
+strongly correlated parameters, and a fit whose optimum lies on a bound then alternates
+accepted and rejected steps without converging.
 
-- ``gtol``: ``max_i |g_i| / sqrt(H_ii * cost) <= gtol`` over free parameters that are not
-  pinned at a bound (the cosine between the residual and each Jacobian column);
+Convergence (tested on accepted steps, or before the first step, so a huge damping can
+never pass for it):
+
+- ``gtol``: the projected gradient ``max_i |g_i| / sqrt(H_ii * cost) <= gtol`` over free
+  parameters that are not pinned (the cosine between the residual and each Jacobian
+  column; a pinned parameter's gradient component is zero after projection);
 - ``ftol``: the relative cost reduction of the step and the one predicted are both
   ``<= ftol``;
 - ``xtol``: ``||D dx|| <= xtol * (||D x|| + xtol)`` with ``D = sqrt(diag H)``.
@@ -60,6 +72,8 @@ class LMResult:
     hessian: np.ndarray
     gradient: np.ndarray
     history: list[dict] = field(default_factory=list)
+    projected_gradient: float = np.nan
+    """``max`` gradient cosine over the free, non-pinned parameters at ``theta``."""
 
 
 def _diagonal_scale(hessian: np.ndarray) -> np.ndarray:
@@ -69,11 +83,51 @@ def _diagonal_scale(hessian: np.ndarray) -> np.ndarray:
     return np.sqrt(np.maximum(diagonal, floor))
 
 
-def _pinned(theta, gradient, lower, upper) -> np.ndarray:
-    """Parameters at a bound whose descent direction points out of the box."""
+def pinned(theta, gradient, lower, upper) -> np.ndarray:
+    """Parameters at a bound whose descent direction (``-gradient``) points out of the box."""
     at_lower = (theta <= lower) & (gradient > 0)
     at_upper = (theta >= upper) & (gradient < 0)
     return at_lower | at_upper
+
+
+def projected_cosine(theta, hessian, gradient, cost, lower, upper) -> float:
+    """``max |g_i| / sqrt(H_ii cost)`` over the parameters that are not pinned (0 if none)."""
+    scale = _diagonal_scale(hessian)
+    movable = ~pinned(theta, gradient, lower, upper)
+    cosine = np.abs(gradient[movable]) / (scale[movable] * np.sqrt(max(cost, 1e-300)))
+    return float(cosine.max(initial=0.0))
+
+
+def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    try:
+        return np.linalg.solve(matrix, rhs)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
+
+
+def bounded_step(hessian, gradient, theta, lower, upper, damping: float, scale) -> np.ndarray:
+    """Damped Gauss-Newton step that stays in ``[lower, upper]`` (active set; module docstring).
+
+    All arrays are over the free parameters; ``scale`` is ``sqrt(diag H)`` (Marquardt's
+    damping ``damping * scale^2``). Returns the step, zero for held parameters.
+    """
+    held = pinned(theta, gradient, lower, upper)
+    step = np.zeros_like(theta)
+    for _ in range(len(theta) + 1):
+        move = ~held
+        if not move.any():
+            break
+        rhs = -(gradient[move] + hessian[np.ix_(move, held)] @ step[held])
+        damped = hessian[np.ix_(move, move)] + damping * np.diag(scale[move] ** 2)
+        step[move] = _solve(damped, rhs)
+        trial = theta + step
+        below, above = move & (trial < lower), move & (trial > upper)
+        if not (below.any() or above.any()):
+            break
+        step[below] = lower[below] - theta[below]
+        step[above] = upper[above] - theta[above]
+        held = held | below | above
+    return step
 
 
 def levenberg_marquardt(
@@ -99,30 +153,24 @@ def levenberg_marquardt(
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
+    lo, hi = lower[free], upper[free]
     hessian, gradient, chi2, cost = initial if initial is not None else evaluate(theta)
     damping, growth = options.initial_damping, 2.0
     history: list[dict] = []
     reason, converged = f"reached max_iterations={options.max_iterations}", False
-    iteration = 0
+    iteration = first_iteration - 1
     for iteration in range(first_iteration, options.max_iterations + 1):
         start = time.perf_counter()
-        h_free = hessian[np.ix_(free, free)]
-        g_free = gradient[free]
-        scale = _diagonal_scale(h_free)
-        movable = ~_pinned(theta[free], g_free, lower[free], upper[free])
-        cosine = np.abs(g_free[movable]) / (scale[movable] * np.sqrt(max(cost, 1e-300)))
-        if cosine.size == 0 or cosine.max() <= options.gtol:
-            converged, reason = True, f"gtol: max gradient cosine {cosine.max(initial=0):.2e} <= {options.gtol:g}"
+        h_free, g_free = hessian[np.ix_(free, free)], gradient[free]
+        cosine = projected_cosine(theta[free], h_free, g_free, cost, lo, hi)
+        if cosine <= options.gtol:
+            converged, reason = True, f"gtol: projected gradient cosine {cosine:.2e} <= {options.gtol:g}"
             iteration -= 1
             break
-        damped = h_free + damping * np.diag(scale**2)
-        try:
-            step_free = np.linalg.solve(damped, -g_free)
-        except np.linalg.LinAlgError:
-            step_free = -np.linalg.lstsq(damped, g_free, rcond=None)[0]
+        scale = _diagonal_scale(h_free)
+        step = bounded_step(h_free, g_free, theta[free], lo, hi, damping, scale)
         trial = theta.copy()
-        trial[free] = theta[free] + step_free
-        trial = np.clip(trial, lower, upper)
+        trial[free] = np.clip(theta[free] + step, lo, hi)
         step = (trial - theta)[free]
         predicted = -(2.0 * g_free @ step + step @ h_free @ step)
         t_hessian, t_gradient, t_chi2, t_cost = evaluate(trial)
@@ -149,27 +197,28 @@ def levenberg_marquardt(
             "accepted" if accepted else "rejected",
             history[-1]["seconds"],
         )
-        if accepted:
-            ratio = actual / predicted if predicted > 0 else 0.0
-            damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
-            growth = 2.0
-            if on_accept is not None:
-                on_accept(trial, iteration, damping)
-            step_norm = np.linalg.norm(scale * step)
-            theta_norm = np.linalg.norm(scale * theta[free])
-            relative_actual = actual / cost if cost > 0 else 0.0
-            relative_predicted = predicted / cost if cost > 0 else 0.0
-            theta, hessian, gradient, chi2, cost = trial, t_hessian, t_gradient, t_chi2, t_cost
-            if relative_actual <= options.ftol and relative_predicted <= options.ftol:
-                converged, reason = True, f"ftol: relative cost reduction {relative_actual:.2e} <= {options.ftol:g}"
-                break
-            if step_norm <= options.xtol * (theta_norm + options.xtol):
-                converged, reason = True, f"xtol: relative step {step_norm / max(theta_norm, 1e-300):.2e} <= {options.xtol:g}"
-                break
-        else:
+        if not accepted:
             damping *= growth
             growth *= 2.0
             if damping > options.max_damping:
                 reason = f"stalled: damping above {options.max_damping:g} without reducing the cost"
                 break
-    return LMResult(theta, converged, reason, iteration, float(chi2), float(cost), hessian, gradient, history)
+            continue
+        ratio = actual / predicted if predicted > 0 else 0.0
+        damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
+        growth = 2.0
+        if on_accept is not None:
+            on_accept(trial, iteration, damping)
+        step_norm = np.linalg.norm(scale * step)
+        theta_norm = np.linalg.norm(scale * theta[free])
+        relative_actual = actual / cost if cost > 0 else 0.0
+        relative_predicted = predicted / cost if cost > 0 else 0.0
+        theta, hessian, gradient, chi2, cost = trial, t_hessian, t_gradient, t_chi2, t_cost
+        if relative_actual <= options.ftol and relative_predicted <= options.ftol:
+            converged, reason = True, f"ftol: relative cost reduction {relative_actual:.2e} <= {options.ftol:g}"
+            break
+        if step_norm <= options.xtol * (theta_norm + options.xtol):
+            converged, reason = True, f"xtol: relative step {step_norm / max(theta_norm, 1e-300):.2e} <= {options.xtol:g}"
+            break
+    final_cosine = projected_cosine(theta[free], hessian[np.ix_(free, free)], gradient[free], cost, lo, hi)
+    return LMResult(theta, converged, reason, iteration, float(chi2), float(cost), hessian, gradient, history, final_cosine)

@@ -81,6 +81,30 @@ class Comm:
     def gather(self, obj: Any, root: int = 0) -> list | None:  # pragma: no cover
         raise NotImplementedError
 
+    def sum_in_chunk_order(self, rows: np.ndarray, first_chunk: int, n_chunks: int, flag: float = 0.0) -> tuple[np.ndarray, float]:
+        """Sum of every rank's per-chunk rows, added on one fixed tree over chunk indices.
+
+        ``rows`` is ``(n_local, L)``: this rank's chunks ``first_chunk, first_chunk + 1,
+        ...`` of ``n_chunks`` in all. Each rank sends the tree nodes that lie inside its
+        chunks (``chunk_order.local_cover``, about ``2 log2(n_chunks)`` rows) in one
+        ``Allgatherv``, and every rank completes the tree: the result has the same bits
+        whatever the number of ranks (``SerialComm`` runs the same arithmetic). ``flag``
+        (a stop request) is summed alongside and returned second.
+        """
+        from .chunk_order import combine_cover, local_cover
+
+        rows = np.asarray(rows, dtype=np.float64)
+        cover = local_cover(rows, first_chunk, n_chunks)
+        packed = np.zeros((len(cover) + 1, rows.shape[1] + 2))
+        packed[0, :3] = (-1.0, 0.0, flag)
+        for row, (level, index, value) in enumerate(cover, start=1):
+            packed[row, :2] = (level, index)
+            packed[row, 2:] = value
+        everything = self.allgather_rows(packed)
+        header = everything[:, 0] < 0
+        nodes = {(int(row[0]), int(row[1])): row[2:] for row in everything[~header]}
+        return combine_cover(nodes, n_chunks), float(everything[header, 2].sum())
+
     def barrier(self) -> None:  # pragma: no cover
         raise NotImplementedError
 
