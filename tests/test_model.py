@@ -1,4 +1,10 @@
-"""The physics of DESIGN section 2: reference rows, symmetry, limits, both evaluators."""
+"""The physics (``docs/architecture.md``, "The model"): reference rows, symmetry, limits, both evaluators.
+
+The reference rows are the reference ``homodyne`` package's values for its form
+(``shear_form: homodyne-v2``), to rtol 1e-9; ``tests/test_physics_independent.py``
+reproduces them with the NumPy route of ``tests/independent_c2.py``, which uses no
+program code.
+"""
 
 from __future__ import annotations
 

@@ -72,6 +72,36 @@ def test_program_c2_equals_the_independent_route(mode, physical, form):
     assert np.ptp(expected[:, 0, :]) > 0.05  # the data decorrelate: the comparison is not of constants
 
 
+@pytest.mark.parametrize(
+    ("mode", "physical", "gap", "row"),
+    [
+        ("static", [1000.0, 0.5, 10.0], 1.0, [1.5, 1.498602370606, 1.49665306242, 1.494139090874]),
+        (
+            "laminar_flow",
+            [1000.0, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0],
+            1e5,
+            [1.5, 1.077085450044, 1.000000014153, 1.000926417187, 1.000000013825],
+        ),
+    ],
+)
+def test_independent_route_reproduces_the_reference_rows(mode, physical, gap, row):
+    """The reference package's rows that ``test_model.py`` holds (``homodyne-v2``, q = 0.01,
+    dt = 0.1, contrast 0.5, offset 1, phi = 0), from the NumPy route: a second source for them."""
+    got = c2_matrices(
+        mode=mode,
+        shear_form="homodyne-v2",
+        q=0.01,
+        dt=0.1,
+        n_frames=len(row),
+        gap=gap,
+        physical=physical,
+        contrast=[0.5],
+        offset=[1.0],
+        phi_deg=[0.0],
+    )[0, 0]
+    np.testing.assert_allclose(got, row, rtol=1e-9)
+
+
 def test_discretisation_approaches_the_continuous_integral():
     """Away from t = 0 the frame trapezoid is close to the true integral of D(t) (alpha > 0)."""
     physical = [8000.0, 0.4, 30.0]

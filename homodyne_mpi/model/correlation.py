@@ -1,4 +1,4 @@
-"""The two-time correlation ``c2(phi, t1, t2)`` of DESIGN section 2, in JAX (float64).
+"""The two-time correlation ``c2(phi, t1, t2)`` (``docs/architecture.md``, "The model"), in JAX (float64).
 
 ``c2 = offset_phi + contrast_phi * g1**2`` with ``g1 = g1_diff * shear_factor``:
 

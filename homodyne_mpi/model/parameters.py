@@ -1,6 +1,6 @@
 """Layout of the fitted parameter vector for each per-angle scaling mode.
 
-Order everywhere (DESIGN section 2): ``contrast..., offset..., D0, alpha, D_offset,
+Order everywhere (``docs/architecture.md``, "The model"): ``contrast..., offset..., D0, alpha, D_offset,
 gamma_dot_t0, beta, gamma_dot_t_offset, phi0``.
 
 - ``individual``: one contrast and one offset per angle (``contrast[i]``, ``offset[i]``);
