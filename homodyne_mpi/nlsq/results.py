@@ -9,6 +9,8 @@ from ..data.loader import XPCSData
 from ..model import c2_grid
 from .bands import band_arrays
 from .fit import NLSQProblem, NLSQResult
+from .linalg import correlation_matrix
+from ..nlsq_summary import RATE_TIMES, degeneracy
 
 
 def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSData, *, dataset: str, timing_s: dict) -> dict:
@@ -17,6 +19,9 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
     std_jackknife = result.std_jackknife
     use_jackknife = cfg.optimization.nlsq.uncertainty == "jackknife" and std_jackknife is not None
     std = std_jackknife if use_jackknife else std_model
+    covariance = result.jackknife.covariance if use_jackknife else result.covariance
+    correlation = correlation_matrix(covariance)
+    physical = list(problem.layout.physical_names)
     parameters = {}
     for k, name in enumerate(result.names):
         parameters[name] = {
@@ -28,7 +33,11 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             if std_jackknife is None or std_model[k] == 0
             else float(std_jackknife[k] / std_model[k]),
             "fixed": not bool(problem.free[k]),
+            "at_bound": result.at_bound[k] if result.at_bound else None,
+            "bounds": [float(problem.lower[k]), float(problem.upper[k])],
         }
+    free_names = [name for name, free in zip(result.names, problem.free) if free]
+    free_index = np.flatnonzero(problem.free)
     return {
         "method": "nlsq",
         "dataset": dataset,
@@ -38,6 +47,8 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         "converged": bool(result.converged),
         "reason": result.reason,
         "iterations": int(result.iterations),
+        "projected_gradient": float(result.projected_gradient),
+        "at_bound": {name: side for name, side in zip(result.names, result.at_bound) if side},
         "chi2": float(result.chi2),
         "reduced_chi2": float(result.reduced_chi2),
         "n_points": int(result.n_points),
@@ -51,12 +62,17 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             "block_frames": [int(stop - first) for first, stop in result.jackknife.blocks],
             "parallel": result.jackknife.parallel,
             "refits_converged": int(np.count_nonzero(result.jackknife.converged)),
+            "refits_unconverged": [f"{first + 1}..{stop}" for (first, stop), ok in zip(result.jackknife.blocks, result.jackknife.converged) if not ok],
+            "unconverged_rule": "excluded: the covariance uses the converged refits, scaled by (K-1)/K' (model covariance if fewer than 2)",
             "effective_dof": {
                 name: float(dof) for name, dof, free in zip(result.names, result.jackknife.effective_dof, problem.free) if free
             },
             "seconds": float(result.jackknife.seconds),
         },
         "parameters": parameters,
+        "correlation": {"names": free_names, "matrix": correlation[np.ix_(free_index, free_index)].tolist()},
+        "degeneracy": degeneracy(result.names, result.theta, std, correlation, physical),
+        "rates": rate_summary(result, problem),
         "data": {
             "source": data.source,
             "layout": data.layout,
@@ -72,6 +88,18 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         "memory": result.memory,
         "history": result.history,
     }
+
+
+def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
+    """``D(t)`` (and ``gamma_dot(t)``) with their reported 1-sigma bands at a few log-spaced times."""
+    bands = band_arrays(result.theta, result.covariance, result.jackknife, problem.layout, problem.spec)
+    n_frames = len(bands["bands/t"])
+    frames = np.unique(np.geomspace(1, max(n_frames - 1, 1), RATE_TIMES).round().astype(int))
+    summary = {"t": bands["bands/t"][frames].tolist(), "D": bands["bands/D"][frames].tolist(), "D_std": bands["bands/D_std"][frames].tolist()}
+    if "bands/gamma_dot" in bands:
+        summary["gamma_dot"] = bands["bands/gamma_dot"][frames].tolist()
+        summary["gamma_dot_std"] = bands["bands/gamma_dot_std"][frames].tolist()
+    return summary
 
 
 def fitted_matrices(result: NLSQResult, problem: NLSQProblem) -> np.ndarray:

@@ -1,0 +1,98 @@
+"""What a reader of an NLSQ fit is told: bound flags, degeneracy warnings, parameter cells.
+
+Pure functions of ``nlsq/result.json``'s mapping (no JAX, outside ``nlsq/`` so that the report loads without it), shared by the run's log
+(``pipeline.log_nlsq``) and ``homodyne-mpi report`` so that both say the same thing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CORRELATION_LIMIT = 0.99
+"""``|corr|`` of two free physical parameters above which they are reported as degenerate."""
+
+RATE_TIMES = 5
+"""Times (log-spaced over the measured frames) at which the report prints ``D(t)`` and ``gamma_dot(t)``."""
+
+
+def degeneracy(names: list[str], values: np.ndarray, std: np.ndarray, correlation: np.ndarray, physical: list[str]) -> dict:
+    """Pairs of free physical parameters with ``|corr| > 0.99`` and those with ``std > |value|``.
+
+    ``correlation`` is over ``names`` (zeros for fixed parameters). Returns the
+    ``degeneracy`` entry of result.json: ``pairs`` ``[[a, b, corr], ...]``,
+    ``poorly_determined`` names and ``warning`` (True when either is non-empty).
+    """
+    index = {name: k for k, name in enumerate(names)}
+    fitted = [n for n in physical if n in index and std[index[n]] > 0]
+    pairs = []
+    for a_pos, a in enumerate(fitted):
+        for b in fitted[a_pos + 1 :]:
+            value = float(correlation[index[a], index[b]])
+            if abs(value) > CORRELATION_LIMIT:
+                pairs.append([a, b, value])
+    poor = [n for n in fitted if std[index[n]] > abs(values[index[n]])]
+    return {"warning": bool(pairs or poor), "correlation_limit": CORRELATION_LIMIT, "pairs": pairs, "poorly_determined": poor}
+
+
+def degeneracy_lines(doc: dict) -> list[str]:
+    """Warning lines (empty when the parameters are determined) pointing to ``D(t)``/``gamma_dot(t)``."""
+    entry = doc.get("degeneracy") or {}
+    if not entry.get("warning"):
+        return []
+    lines = []
+    for a, b, value in entry.get("pairs", []):
+        lines.append(f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one")
+    if entry.get("poorly_determined"):
+        lines.append("std exceeds |value| for " + ", ".join(entry["poorly_determined"]))
+    shear = "gamma_dot" in (doc.get("rates") or {})
+    rates = "D(t) and gamma_dot(t)" if shear else "D(t)"
+    lines.append(f"quote {rates} with their bands (nlsq/fit.h5 bands/*, and the table below) rather than these parameters one by one")
+    return lines
+
+
+def parameter_cell(entry: dict) -> str:
+    """``value +- std``, or for a parameter on a bound the value, the bound and the one-sided std."""
+    value, std = entry.get("value"), entry.get("std")
+    if value is None:
+        return "?"
+    if entry.get("fixed"):
+        return f"{value:.6g} (fixed)"
+    side = entry.get("at_bound")
+    if side == "upper":
+        return f"{value:.6g} at its upper bound (no symmetric error; the data allow down to about {value - std:.4g}, 1 std)"
+    if side == "lower":
+        return f"{value:.6g} at its lower bound (no symmetric error; the data allow up to about {value + std:.4g}, 1 std)"
+    return f"{value:.6g} +- {std:.3g}"
+
+
+def rate_lines(doc: dict) -> list[str]:
+    """``t, D +- std, gamma_dot +- std`` rows at the document's ``rates`` times."""
+    rates = doc.get("rates") or {}
+    if not rates.get("t"):
+        return []
+    shear = "gamma_dot" in rates
+    lines = ["t (s)        D(t) +- std (A^2/s)" + ("          gamma_dot(t) +- std (1/s)" if shear else "")]
+    for k, t in enumerate(rates["t"]):
+        row = f"{t:<12.4g} {rates['D'][k]:.5g} +- {rates['D_std'][k]:.2g}"
+        if shear:
+            row = f"{row:<42} {rates['gamma_dot'][k]:.5g} +- {rates['gamma_dot_std'][k]:.2g}"
+        lines.append(row)
+    return lines
+
+
+def log_lines(doc: dict) -> list[str]:
+    """The fit as the run's log shows it: status, parameters (value +- std, std_model), warnings."""
+    state = "converged" if doc.get("converged") else "NOT converged"
+    lines = [f"NLSQ {state} after {doc.get('iterations')} iterations ({doc.get('reason')}); reduced chi2 {doc.get('reduced_chi2', float('nan')):.4f}"]
+    uncertainty = doc.get("uncertainty", "model")
+    lines.append(f"  {'parameter':<20} value +- std ({uncertainty})      [std_model]")
+    for name, entry in (doc.get("parameters") or {}).items():
+        model = entry.get("std_model")
+        lines.append(f"  {name:<20} {parameter_cell(entry)}    [{model:.3g}]" if model is not None else f"  {name:<20} {parameter_cell(entry)}")
+    jackknife = doc.get("jackknife") or {}
+    if jackknife.get("refits_unconverged"):
+        lines.append(f"  jackknife: {len(jackknife['refits_unconverged'])} of {jackknife['blocks']} refits unconverged and excluded (frames {', '.join(jackknife['refits_unconverged'])})")
+    warnings = degeneracy_lines(doc)
+    if warnings:
+        lines += ["WARNING: " + line for line in warnings] + ["  " + line for line in rate_lines(doc)]
+    return lines
