@@ -31,7 +31,7 @@ from .data.points import PointSet, upper_triangle_points
 from .errors import ConfigError, HomodyneError, InputError, Interrupted
 from .fingerprint import run_fingerprint
 from .io import AsyncWriter, PrefetchLoader
-from .nlsq import NLSQProblem, NLSQResult, build_problem, distribute_points, fit_nlsq
+from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, build_problem, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import fit_arrays, result_document
 from .parallel import Comm
@@ -280,6 +280,7 @@ class BatchRunner:
                 nlsq_result = fit_nlsq(
                     problem, local, self.comm, self.cfg.optimization.nlsq, resume=resume_state, on_accept=latest.update
                 )
+                attach_jackknife(nlsq_result, problem, self.cfg.optimization.nlsq)
             except Interrupted:
                 state = latest if latest.theta is not None else resume_state
                 if self.comm.is_root and state is not None:
@@ -383,16 +384,16 @@ class BatchRunner:
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
         outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")
-        self.log_nlsq(result)
+        self.log_nlsq(document)
         return futures
 
     @staticmethod
-    def log_nlsq(result: NLSQResult) -> None:
-        """Rank 0: the fitted values in the log."""
-        state = "converged" if result.converged else "NOT converged"
-        log.info("NLSQ %s after %d iterations (%s); reduced chi2 %.4f", state, result.iterations, result.reason, result.reduced_chi2)
-        for name, value, std in zip(result.names, result.theta, result.std):
-            log.info("  %-20s %14.6g +- %.3g", name, value, std)
+    def log_nlsq(document: dict) -> None:
+        """Rank 0: the fit as result.json reports it (value +- std, std_model beside it, warnings)."""
+        from .nlsq_summary import log_lines
+
+        for line in log_lines(document):
+            (log.warning if line.startswith("WARNING") else log.info)(line.removeprefix("WARNING: "))
 
     @staticmethod
     def record_failure(outcome: DatasetOutcome, error: BaseException) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .nlsq_summary import degeneracy_lines, parameter_cell, rate_lines
 from .plots.redraw import read_result_json
 from .plots.shard_health import shard_reason, shard_state
 from .vocabulary import PHYSICAL_PARAMETERS
@@ -135,12 +136,24 @@ def _nlsq_section(doc: dict) -> list[str]:
     rows = []
     for name in physical:
         entry = parameters[name] or {}
-        row = [name + (" (fixed)" if entry.get("fixed") else ""), _num(entry.get("value")), _num(entry.get("std"), ".3g"), _num(entry.get("std_model"), ".3g")]
+        bound = entry.get("at_bound")
+        std_cell = f"at {bound} bound, one-sided {_num(entry.get('std'), '.3g')}" if bound else _num(entry.get("std"), ".3g")
+        row = [name + (" (fixed)" if entry.get("fixed") else ""), _num(entry.get("value")), std_cell, _num(entry.get("std_model"), ".3g")]
         if show_jk:
             row.append(_num(entry.get("std_jackknife"), ".3g"))
         rows.append(row + [UNITS.get(name, "")])
     if rows:
         lines += _table(header, rows, left=(0, len(header) - 1))
+    for name, entry in parameters.items():
+        if (entry or {}).get("at_bound") and name in physical:
+            lines.append(f"    bound         {name}: {parameter_cell(entry)}")
+    jackknife = doc.get("jackknife") or {}
+    if jackknife.get("refits_unconverged"):
+        lines.append(f"    jackknife     {len(jackknife['refits_unconverged'])} of {jackknife.get('blocks')} refits unconverged, excluded (frames {', '.join(jackknife['refits_unconverged'])})")
+    warnings = degeneracy_lines(doc)
+    lines += [f"    WARNING       {line}" for line in warnings]
+    if warnings:
+        lines += ["      " + line for line in rate_lines(doc)]
     if scaling:
         lines += _scaling_table(parameters, scaling, data.get("phi") or [])
     lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
