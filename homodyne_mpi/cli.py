@@ -29,38 +29,76 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="fit the data sets of a config", description="Fit every data set of CONFIG; run under mpiexec/srun for several ranks.")
+    run = sub.add_parser(
+        "run",
+        help="fit the data sets of a config",
+        description="Fit every data set of CONFIG; run under mpiexec/srun for several ranks.",
+    )
     run.add_argument("config", help="YAML config file")
     run.add_argument("--method", choices=("nlsq", "cmc", "both"), help="fit method (default: optimization.method of the config)")
     run.add_argument("--output-dir", help=f"results folder (default: output.output_dir of the config, else {DEFAULT_OUTPUT_DIR})")
-    run.add_argument("--no-nlsq-warmstart", action="store_true", help="CMC without an NLSQ fit first (priors from the config bounds)")
-    run.add_argument("--fresh", action="store_true", help="ignore checkpoints and finished results in the output folder; refit everything")
-    run.add_argument("--group-size", type=int, metavar="N", help="ranks per rank group in a batch: groups fit different data sets at once (default: compute.rank_group_size, else chosen from the data set sizes)")
+    run.add_argument(
+        "--no-nlsq-warmstart", action="store_true", help="CMC without an NLSQ fit first (priors from the config bounds)"
+    )
+    run.add_argument(
+        "--fresh", action="store_true", help="ignore checkpoints and finished results in the output folder; refit everything"
+    )
+    run.add_argument(
+        "--group-size",
+        type=int,
+        metavar="N",
+        help="ranks per rank group in a batch: groups fit different data sets at once (default: compute.rank_group_size, else chosen from the data set sizes)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging, and log lines from every rank")
 
-    simulate = sub.add_parser("simulate", help="write a synthetic data set from a config", description="Write synthetic two-time data from the model; the truth is the config's initial_parameters.")
+    simulate = sub.add_parser(
+        "simulate",
+        help="write a synthetic data set from a config",
+        description="Write synthetic two-time data from the model; the truth is the config's initial_parameters.",
+    )
     simulate.add_argument("config", help="YAML config file (mode, q, dt, frames, gap, shear_form, truth values)")
     simulate.add_argument("--output", required=True, help="HDF5 file to write (the truth goes to FILE.truth.json)")
     simulate.add_argument("--layout", choices=("aps-u", "aps-legacy"), default="aps-u", help="HDF5 layout (default aps-u)")
     simulate.add_argument("--phi", help="comma-separated angles in degrees, e.g. -30,0,30 (default: 6 angles)")
     simulate.add_argument("--noise", type=float, default=0.0, help="Gaussian noise sigma in c2 units (default 0: exact model)")
     simulate.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    simulate.add_argument("--dtype", choices=("float64", "float32"), default="float64", help="stored matrix type (float32 mimics a correlator)")
-    simulate.add_argument("--noise-model", choices=("gaussian", "speckle"), default="gaussian", help="independent Gaussian noise, or speckle-like noise correlated along rows and columns")
+    simulate.add_argument(
+        "--dtype", choices=("float64", "float32"), default="float64", help="stored matrix type (float32 mimics a correlator)"
+    )
+    simulate.add_argument(
+        "--noise-model",
+        choices=("gaussian", "speckle"),
+        default="gaussian",
+        help="independent Gaussian noise, or speckle-like noise correlated along rows and columns",
+    )
 
-    validate = sub.add_parser("validate", help="check a config and its data; print the resolved config", description="Validate CONFIG and open its data set(s); print the config with defaults filled in. Exit 0 when usable, 2 when not.")
+    validate = sub.add_parser(
+        "validate",
+        help="check a config and its data; print the resolved config",
+        description="Validate CONFIG and open its data set(s); print the config with defaults filled in. Exit 0 when usable, 2 when not.",
+    )
     validate.add_argument("config", help="YAML config file")
     validate.add_argument("--no-data", action="store_true", help="check the config only, not the data files")
 
-    init = sub.add_parser("init-config", help="write a commented config template", description="Write a commented config template for a mode.")
+    init = sub.add_parser(
+        "init-config", help="write a commented config template", description="Write a commented config template for a mode."
+    )
     init.add_argument("--mode", choices=("static", "laminar_flow"), required=True)
     init.add_argument("--output", "-o", help="file to write (default: standard output)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    plot = sub.add_parser("plot", help="redraw the figures of a results folder", description="Redraw the PNG figures of RESULT_DIR from its saved results, without refitting.")
+    plot = sub.add_parser(
+        "plot",
+        help="redraw the figures of a results folder",
+        description="Redraw the PNG figures of RESULT_DIR from its saved results, without refitting.",
+    )
     plot.add_argument("result_dir")
 
-    report = sub.add_parser("report", help="print a plain-text summary of a results folder", description="Print parameters, fit quality, CMC shard health, timings and ranks of RESULT_DIR.")
+    report = sub.add_parser(
+        "report",
+        help="print a plain-text summary of a results folder",
+        description="Print parameters, fit quality, CMC shard health, timings and ranks of RESULT_DIR.",
+    )
     report.add_argument("result_dir")
     return parser
 
@@ -87,7 +125,7 @@ def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> 
     argparse reads a value that starts with '-' as an option unless it is a single
     number, so a list of numbers such as ``-30,0,30`` would be refused.
     """
-    takes_value = set()
+    takes_value: set[str] = set()
     parsers = [parser]
     while parsers:
         current = parsers.pop()
@@ -128,7 +166,12 @@ def command_run(args, comm) -> int:
     method = args.method or cfg.optimization.method
     output_dir = Path(args.output_dir or cfg.output.output_dir or DEFAULT_OUTPUT_DIR)
     return run_batch(
-        cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=not args.no_nlsq_warmstart, fresh=args.fresh,
+        cfg,
+        comm,
+        method=method,
+        output_dir=output_dir,
+        nlsq_warm_start=not args.no_nlsq_warmstart,
+        fresh=args.fresh,
         group_size=group_size(args, cfg),
     )
 
@@ -160,7 +203,9 @@ def command_simulate(args, comm) -> int:
         dtype=args.dtype,
         **options,
     )
-    print(f"wrote {args.output} ({truth.get('layout', args.layout)}, {len(truth.get('phi', []))} angles, {truth.get('n_frames')} frames) and its truth sidecar")
+    print(
+        f"wrote {args.output} ({truth.get('layout', args.layout)}, {len(truth.get('phi', []))} angles, {truth.get('n_frames')} frames) and its truth sidecar"
+    )
     return 0
 
 

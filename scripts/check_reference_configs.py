@@ -73,7 +73,9 @@ def wheel_configs(wheel: Path) -> dict[str, Any]:
     for mode, file_name in template_map.items():
         template = next(doc for name, doc in configs.items() if name.endswith("/" + file_name))
         for filter_mode in FILTERS:
-            configs[f"generated {mode} --filter {filter_mode}"] = namespace["_filter_config"](copy.deepcopy(template), filter_mode)
+            configs[f"generated {mode} --filter {filter_mode}"] = namespace["_filter_config"](
+                copy.deepcopy(template), filter_mode
+            )
         built = copy.deepcopy(template)
         built.setdefault("output", {}).update(BUILDER_KEYS)
         configs[f"generated {mode} --interactive"] = built
@@ -106,9 +108,16 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 def check_config(name: str, config: Any, folder: Path) -> dict[str, Any]:
     """Validate ``config`` with a simulated data file, then a short NLSQ run."""
-    mode = {"static_isotropic": "static", "static_anisotropic": "static"}.get(config.get("analysis_mode"), config.get("analysis_mode"))
+    mode = {"static_isotropic": "static", "static_anisotropic": "static"}.get(
+        config.get("analysis_mode"), config.get("analysis_mode")
+    )
     analyzer = config.get("analyzer_parameters") or {}
-    data = simulate(mode if mode in ("static", "laminar_flow") else "static", folder, int(analyzer.get("end_frame") or 200), float(analyzer.get("dt") or 0.001))
+    data = simulate(
+        mode if mode in ("static", "laminar_flow") else "static",
+        folder,
+        int(analyzer.get("end_frame") or 200),
+        float(analyzer.get("dt") or 0.001),
+    )
     given = copy.deepcopy(config)
     given.setdefault("experimental_data", {})["file_path"] = str(data)
     slug = "".join(c if c.isalnum() else "_" for c in name)

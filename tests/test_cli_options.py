@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli, template_config
+
 from homodyne_mpi.cli import attach_negative_values, build_parser
 
 

@@ -15,11 +15,9 @@ import yaml
 from homodyne_mpi.config import (
     DEFAULT_BOUNDS,
     PHYSICAL_PARAMETERS,
-    AngleRange,
     DatasetConfig,
     ExperimentalDataConfig,
     HomodyneConfig,
-    PhiFilteringConfig,
     dump_config,
     load_config,
     render_template,
@@ -609,10 +607,7 @@ def test_fixed_parameter_not_in_names():
 def test_contrast_outside_configured_bounds():
     d = template_dict("static")
     d["parameter_space"]["bounds"][3] = {"name": "contrast", "min": 0.1, "max": 0.4}
-    assert (
-        "'initial_parameters.per_angle_scaling.contrast' = 0.5 is outside the contrast bounds"
-        in dict_error(d)
-    )
+    assert "'initial_parameters.per_angle_scaling.contrast' = 0.5 is outside the contrast bounds" in dict_error(d)
 
 
 def test_contrast_and_offset_lists_must_match():
@@ -1010,9 +1005,7 @@ def test_resolved_datasets_from_file_path_relative_to_config(tmp_path):
 def test_resolved_datasets_errors():
     with pytest.raises(ConfigError, match="no data"):
         ExperimentalDataConfig().resolved_datasets()
-    data = ExperimentalDataConfig(
-        datasets=[DatasetConfig(file_path="x/a.hdf"), DatasetConfig(file_path="y/a.hdf")]
-    )
+    data = ExperimentalDataConfig(datasets=[DatasetConfig(file_path="x/a.hdf"), DatasetConfig(file_path="y/a.hdf")])
     with pytest.raises(ConfigError, match="resolve to the name 'a'"):
         data.resolved_datasets("/")
 

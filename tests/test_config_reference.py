@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from homodyne_mpi.config import HomodyneConfig, render_template
 from homodyne_mpi.config.reference import classify, reference_keys
 from homodyne_mpi.errors import ConfigError
@@ -160,17 +160,14 @@ def test_reference_format_config_from_the_table(mode, tmp_path: Path, caplog):
         assert any(path == key or path.startswith(key + ".") for key in cfg.ignored_keys), path
     assert len([r for r in caplog.records if "ignoring" in r.getMessage()]) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    # the same config, as a file, validates with its data and runs a short NLSQ fit
+    # the same config, as a file, loads its data and runs a short NLSQ fit
     simulate_from_config(cfg, data, phi=PHI, noise=0.001, seed=1)
     path = tmp_path / "reference.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = run_cli("validate", str(path), timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "3 angle(s)" in result.stdout
     result = run_cli("run", str(path), "--method", "nlsq", "--output-dir", str(tmp_path / "out"), timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     fit = json.loads(next((tmp_path / "out").rglob("result.json")).read_text())
-    assert fit["analysis_mode"] == mode and fit["n_points"] > 0
+    assert fit["analysis_mode"] == mode and fit["n_points"] == 3 * 16 * 15 // 2
 
 
 @pytest.mark.parametrize(

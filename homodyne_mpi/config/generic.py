@@ -31,11 +31,13 @@ from .context import (
     did_you_mean,
     format_number,
     join,
-    number as as_number,
     pattern,
     show,
     suggest_fix,
     yaml_scalar,
+)
+from .context import (
+    number as as_number,
 )
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -86,9 +88,7 @@ def parse(cls: type, raw: Any, path: str, ctx: Context) -> Any:
             kwargs[name] = parse(hints[name], {}, join(path, name), ctx)  # names the missing leaf
         elif name not in kwargs and not has_default(f):
             example = f" e.g. '{name}: {f.metadata['example']}'" if "example" in f.metadata else ""
-            raise ctx.error(
-                f"missing key '{join(path, name)}'", f"add it{example} (see 'homodyne-mpi init-config')"
-            )
+            raise ctx.error(f"missing key '{join(path, name)}'", f"add it{example} (see 'homodyne-mpi init-config')")
     return cls(**kwargs)
 
 
@@ -131,7 +131,7 @@ def coerce(value: Any, tp: Any, path: str, ctx: Context, f: Any = None, desc: st
         if not isinstance(value, (list, tuple)):
             raise type_error(value, desc or describe(tp, meta), path, ctx, f)
         return [coerce(item, item_type, join(path, i), ctx) for i, item in enumerate(value)]
-    if is_dataclass(tp):
+    if isinstance(tp, type) and is_dataclass(tp):
         if isinstance(value, tp):
             return value
         return parse(tp, value, path, ctx)
@@ -165,9 +165,7 @@ def describe(tp: Any, meta: Mapping[str, Any]) -> str:
     unit = f" ({meta['unit']})" if meta.get("unit") else ""
     if _is_union(tp):
         args = typing.get_args(tp)
-        parts = [
-            describe(a, {}) for a in args if a is not type(None) and not (meta.get("auto") and a is str)
-        ]
+        parts = [describe(a, {}) for a in args if a is not type(None) and not (meta.get("auto") and a is str)]
         if meta.get("one_or_list"):
             parts = ["a number", *parts]
         parts[0] += unit
@@ -207,13 +205,11 @@ def check_tree(obj: Any, path: str, ctx: Context) -> None:
         key_path = join(path, name)
         if is_dataclass(hints[name]):
             if not isinstance(value, hints[name]):
-                raise ctx.error(
-                    f"'{key_path}' must be a {hints[name].__name__}, got {show(value)}", "fix the code"
-                )
+                raise ctx.error(f"'{key_path}' must be a {hints[name].__name__}, got {show(value)}", "fix the code")
             check_tree(value, key_path, ctx)
             continue
         item_type = _list_item_type(hints[name])
-        if item_type is not None and is_dataclass(item_type) and isinstance(value, list):
+        if isinstance(item_type, type) and is_dataclass(item_type) and isinstance(value, list):
             for i, item in enumerate(value):
                 if not isinstance(item, item_type):
                     raise ctx.error(f"'{key_path}[{i}]' must be a mapping, got {show(item)}", "fix the code")
@@ -229,7 +225,7 @@ def check_tree(obj: Any, path: str, ctx: Context) -> None:
 
 
 def _list_item_type(tp: Any) -> Any:
-    for candidate in (typing.get_args(tp) if _is_union(tp) else (tp,)):
+    for candidate in typing.get_args(tp) if _is_union(tp) else (tp,):
         if typing.get_origin(candidate) is list:
             return typing.get_args(candidate)[0]
     return None
@@ -250,11 +246,7 @@ def _check_range(value: Any, meta: Mapping[str, Any], path: str, ctx: Context) -
             )
         return
     number = as_number(value)
-    limits = [
-        (op, meta[key])
-        for op, key in (("> ", "gt"), (">= ", "ge"), ("< ", "lt"), ("<= ", "le"))
-        if key in meta
-    ]
+    limits = [(op, meta[key]) for op, key in (("> ", "gt"), (">= ", "ge"), ("< ", "lt"), ("<= ", "le")) if key in meta]
     if number is None or not limits:
         return
     if not all(_COMPARE[op](number, bound) for op, bound in limits):

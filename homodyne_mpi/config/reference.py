@@ -115,7 +115,9 @@ def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
     for path, entry in table["refused"].items():
         found, value = _get(raw, path)
         if found and value is not None and value != entry["unless"]:
-            raise ctx.error(f"'{path}' = {show(value)} is not supported: {entry['why']}", f"remove it or set it to {entry['unless']!r}")
+            raise ctx.error(
+                f"'{path}' = {show(value)} is not supported: {entry['why']}", f"remove it or set it to {entry['unless']!r}"
+            )
     _static_mode(raw, ctx)
     _wavevector(raw, ctx)
     _data_file(raw, ctx)
@@ -212,7 +214,9 @@ def _apply_move(raw: dict[str, Any], path: str, entry: Mapping[str, Any], ctx: C
         return
     if entry.get("merge"):
         if value is not None and not isinstance(value, Mapping):
-            raise ctx.error(f"'{path}' must be a mapping, got {show(value)}", f"indent its keys under '{path.rsplit('.', 1)[-1]}:'")
+            raise ctx.error(
+                f"'{path}' must be a mapping, got {show(value)}", f"indent its keys under '{path.rsplit('.', 1)[-1]}:'"
+            )
         if not _get(raw, target)[0]:
             ctx.origin[target] = path
         for key in list(value or {}):
@@ -274,7 +278,9 @@ def _data_file(raw: dict[str, Any], ctx: Context) -> None:
             if value is not None and not isinstance(value, str):
                 raise ctx.error(f"'experimental_data.{key}' must be a string, got {show(value)}", "put the value in quotes")
         data["file_path"] = os.path.join(parts["data_folder_path"] or "", parts["data_file_name"])
-        ctx.info("'experimental_data.data_folder_path' + 'data_file_name' (reference package) read as 'experimental_data.file_path'")
+        ctx.info(
+            "'experimental_data.data_folder_path' + 'data_file_name' (reference package) read as 'experimental_data.file_path'"
+        )
         return
     for key, value in parts.items():
         if value is not None:
@@ -303,7 +309,9 @@ def _parameter_names(raw: dict[str, Any], ctx: Context) -> None:
     if isinstance(fixed, Mapping):
         ctx.fixed_values = {_alias(k, ctx): v for k, v in fixed.items()}
         init["fixed_parameters"] = list(ctx.fixed_values)
-        ctx.info("'initial_parameters.fixed_parameters' as {name: value} (reference package): names held fixed, values put into initial_parameters.values")
+        ctx.info(
+            "'initial_parameters.fixed_parameters' as {name: value} (reference package): names held fixed, values put into initial_parameters.values"
+        )
     elif isinstance(fixed, list):
         init["fixed_parameters"] = [_alias(n, ctx) for n in fixed]
     active = init.pop("active_parameters", None)
@@ -314,7 +322,7 @@ def _parameter_names(raw: dict[str, Any], ctx: Context) -> None:
         raise ctx.error(f"'{path}' must be a list of strings, got {show(active)}", "write it like '[D0, alpha]'")
     active = [_alias(n, ctx) for n in active]
     if not isinstance(names, list):
-        names = list(PHYSICAL_PARAMETERS.get(raw.get("analysis_mode"), []))
+        names = list(PHYSICAL_PARAMETERS.get(str(raw.get("analysis_mode")), []))
     for i, name in enumerate(active):
         if name not in names:
             raise ctx.error(f"'{path}[{i}]' = '{name}' is not in parameter_names", suggest_fix(name, list(names)))
@@ -356,4 +364,3 @@ def _per_angle_mode(raw: dict[str, Any], sources: list[tuple[str, Any]], ctx: Co
         )
     scaling["mode"] = _PER_ANGLE[value]
     ctx.info(f"'{path}' = '{value}' (reference package) read as per_angle_scaling.mode '{scaling['mode']}'")
-

@@ -76,9 +76,7 @@ class HomodyneConfig:
     # --- construction and serialisation ------------------------------------------------
 
     @classmethod
-    def from_dict(
-        cls, d: Mapping[str, Any], *, source: str | None = None, validate: bool = True
-    ) -> HomodyneConfig:
+    def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None, validate: bool = True) -> HomodyneConfig:
         """Parse a config mapping (as read from YAML); ``source`` names it in messages.
 
         A config in the reference package's format is recognised and adapted
@@ -128,11 +126,9 @@ class HomodyneConfig:
                         f"'{key}' = '{name}' is not a parameter of analysis_mode '{mode}'",
                         f"use the names {', '.join(names_all)}",
                     )
-                raise ctx.error(f"unknown parameter '{name}' in '{key}'", suggest_fix(name, names_all))
+                raise ctx.error(f"unknown parameter '{name}' in '{key}'", suggest_fix(name, list(names_all)))
             if names.count(name) > 1:
-                raise ctx.error(
-                    f"parameter '{name}' appears twice in 'initial_parameters.parameter_names'", "keep one"
-                )
+                raise ctx.error(f"parameter '{name}' appears twice in 'initial_parameters.parameter_names'", "keep one")
         missing = [n for n in names_all if n not in names]
         if missing:
             raise ctx.error(
@@ -159,23 +155,18 @@ class HomodyneConfig:
                     suggest_fix(name, names),
                 )
             if init.fixed_parameters.count(name) > 1:
-                raise ctx.error(
-                    f"'{name}' appears twice in 'initial_parameters.fixed_parameters'", "keep one"
-                )
+                raise ctx.error(f"'{name}' appears twice in 'initial_parameters.fixed_parameters'", "keep one")
         scaling = init.per_angle_scaling
         if len(set(init.fixed_parameters)) == len(names) and scaling.mode == "fixed":
             raise ctx.error(
-                "every parameter is fixed ('initial_parameters.fixed_parameters' lists all and "
-                "per_angle_scaling.mode is fixed)",
+                "every parameter is fixed ('initial_parameters.fixed_parameters' lists all and per_angle_scaling.mode is fixed)",
                 "leave at least one parameter free",
             )
         for name in SCALING_PARAMETERS:
             lo, hi = space.bounds_for(name)
             value = getattr(scaling, name)
             for i, x in enumerate(value if isinstance(value, list) else [value]):
-                key = f"initial_parameters.per_angle_scaling.{name}" + (
-                    f"[{i}]" if isinstance(value, list) else ""
-                )
+                key = f"initial_parameters.per_angle_scaling.{name}" + (f"[{i}]" if isinstance(value, list) else "")
                 if not lo <= x <= hi:
                     raise ctx.error(
                         f"'{key}' = {x!r} is outside the {name} bounds [{lo:g}, {hi:g}]",
@@ -192,9 +183,7 @@ class HomodyneConfig:
         """Starting values, canonical order; the middle of the bounds where none given."""
         given = {}
         if self.initial_parameters.values is not None:
-            given = dict(
-                zip(self.initial_parameters.parameter_names, self.initial_parameters.values, strict=True)
-            )
+            given = dict(zip(self.initial_parameters.parameter_names, self.initial_parameters.values, strict=True))
         out = []
         for name in self.physical_parameter_names():
             if name in given:

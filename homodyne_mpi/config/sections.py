@@ -355,9 +355,7 @@ class ComputeConfig:
 
     def _check(self, ctx: Context, path: str) -> None:
         if self.compilation_cache_dir is not None and not self.compilation_cache_dir.strip():
-            raise ctx.error(
-                f"'{join(path, 'compilation_cache_dir')}' is empty", "give a folder, or null to disable the cache"
-            )
+            raise ctx.error(f"'{join(path, 'compilation_cache_dir')}' is empty", "give a folder, or null to disable the cache")
 
 
 def check_dataset_name(name: str, path: str, ctx: Context) -> None:

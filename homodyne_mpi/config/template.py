@@ -14,7 +14,6 @@ import inspect
 import textwrap
 import typing
 from dataclasses import is_dataclass
-from functools import cache
 from typing import Any
 
 import yaml
@@ -60,8 +59,7 @@ def example_config(mode: str) -> HomodyneConfig:
             "initial_parameters": {"parameter_names": names, "values": [EXAMPLE_VALUES[n] for n in names]},
             "parameter_space": {
                 "bounds": [
-                    {"name": n, "min": DEFAULT_BOUNDS[n][0], "max": DEFAULT_BOUNDS[n][1]}
-                    for n in [*names, *SCALING_PARAMETERS]
+                    {"name": n, "min": DEFAULT_BOUNDS[n][0], "max": DEFAULT_BOUNDS[n][1]} for n in [*names, *SCALING_PARAMETERS]
                 ]
             },
         },
@@ -79,24 +77,31 @@ def render_template(mode: str) -> str:
     return _HEAD.format(mode=mode) + "\n" + "\n".join(_render(example_config(mode), "")) + "\n"
 
 
-@cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of dataclass ``cls``, by field name."""
+    if cls in _DOCS:
+        return _DOCS[cls]
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
     for node, after in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr):
+            if isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
                 docs[node.target.id] = inspect.cleandoc(after.value.value)
+    _DOCS[cls] = docs
     return docs
+
+
+_DOCS: dict[type, dict[str, str]] = {}
 
 
 def allowed(tp: Any, meta: typing.Mapping[str, Any]) -> str:
     """The values a field allows, in words: ``an integer; >= 1``, ``one of: a, b``."""
     if meta.get("choices"):
         return "one of: " + ", ".join(meta["choices"])
-    limits = [f"{op} {format_number(meta[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if key in meta]
+    limits = [
+        f"{op} {format_number(meta[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if key in meta
+    ]
     return describe(tp, meta) + ("; " + " and ".join(limits) if limits else "")
 
 

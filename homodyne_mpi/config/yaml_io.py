@@ -33,9 +33,7 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, typing.Hashable) and key in seen:
                 mark = key_node.start_mark
-                raise _DuplicateKey(
-                    None, None, f"duplicate key '{key}' (first at line {seen[key].line + 1})", mark
-                )
+                raise _DuplicateKey(None, None, f"duplicate key '{key}' (first at line {seen[key].line + 1})", mark)
             if isinstance(key, typing.Hashable):
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
@@ -62,13 +60,9 @@ def load_config(path: str | os.PathLike[str]) -> HomodyneConfig:
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{source}: not UTF-8 text (byte {exc.start}) -- save the config as UTF-8 YAML"
-        ) from None
+        raise ConfigError(f"{source}: not UTF-8 text (byte {exc.start}) -- save the config as UTF-8 YAML") from None
     except OSError as exc:
-        raise ConfigError(
-            f"{source}: cannot read the file ({exc.strerror}) -- check its permissions"
-        ) from None
+        raise ConfigError(f"{source}: cannot read the file ({exc.strerror}) -- check its permissions") from None
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
     except _DuplicateKey as exc:
@@ -85,9 +79,7 @@ def load_config(path: str | os.PathLike[str]) -> HomodyneConfig:
             )
         ) from None
     if data is None:
-        raise ConfigError(
-            f"{source}: the file is empty -- start from 'homodyne-mpi init-config --mode static' (or laminar_flow)"
-        )
+        raise ConfigError(f"{source}: the file is empty -- start from 'homodyne-mpi init-config --mode static' (or laminar_flow)")
     return HomodyneConfig.from_dict(data, source=source)
 
 
