@@ -5,36 +5,28 @@
 - Any other exception on any rank is logged once with rank, host and traceback, then the
   whole job is aborted (``MPI_Abort``), because the other ranks may already be waiting in
   a collective that the failed rank will never join.
+- With several ranks, each rank watches its launcher and ends if it goes away, and the
+  ranks leave together: a rank that returns while another is still busy waits at most
+  ``watchdog.EXIT_WAIT_S`` and then aborts the job (``watchdog.ExitGuard``).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-import time
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 from ..errors import HomodyneError
 from .comm import Comm
+from .watchdog import ExitGuard, flush_and_pause, watch_launcher
 
 log = logging.getLogger(__name__)
 
 
-ABORT_GRACE_S = 1.0
-"""Seconds between printing a rank's fatal error and ``MPI_Abort``.
-
-The launcher forwards each rank's output through its own processes and kills them all on
-an abort; without a pause, a message still on its way can be lost (seen under load with
-MPICH's hydra), and it is the one line the user needs.
-"""
-
-
 def abort_job(comm: Comm, code: int) -> None:
     """Flush this rank's output, give the launcher time to forward it, then abort every rank."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    time.sleep(ABORT_GRACE_S)
+    flush_and_pause()
     comm.abort(code)
 
 
@@ -46,8 +38,18 @@ def failure_message(comm: Comm, error: BaseException) -> str:
 def run_guarded(main: Callable[[], int], comm: Comm) -> int:
     """Run ``main`` and turn its outcome into an exit code, aborting the job if needed.
 
-    Returns the exit code for collective outcomes; never returns after an abort.
+    Returns the exit code for collective outcomes (once every rank has reached this
+    point); never returns after an abort.
     """
+    if comm.size > 1:
+        watch_launcher()
+    guard = ExitGuard(comm)
+    code = _run_main(main, comm)
+    guard.leave(code)
+    return code
+
+
+def _run_main(main: Callable[[], int], comm: Comm) -> int:
     try:
         return int(main() or 0)
     except HomodyneError as error:

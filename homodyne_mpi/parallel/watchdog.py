@@ -1,0 +1,299 @@
+"""Bounded waits: no piece of work holds the job past its time limit, no rank outlives the job.
+
+Three guards; each ends the whole job (``MPI_Abort``) rather than leave a rank behind.
+
+- ``time_limit(seconds, what)`` gives a block of work (a CMC shard) a wall-time limit. A
+  daemon thread of the same process (``Watchdog``) watches the deadline; when it passes,
+  the thread prints one line naming the work, the rank, the host and the limit, and
+  aborts the job with exit code 3 ("rerun to resume"). The work itself is never asked to
+  stop: a stuck XLA call cannot be interrupted from Python, but JAX releases the GIL while
+  it computes, so the watchdog thread runs. Should a C call hang while holding the GIL,
+  Python's ``faulthandler`` (a C thread that needs no GIL) is armed ``BACKSTOP_S`` later:
+  it prints every thread's traceback and ends the process with exit code 1, and the
+  launcher then ends the other ranks.
+- ``watch_launcher()`` starts a daemon thread that notices the launcher's process (the
+  rank's parent: MPICH's ``hydra_pmi_proxy``, Slurm's ``slurmstepd``) going away, and
+  ends this rank within ``LAUNCHER_POLL_S``: a rank whose launcher was killed would
+  otherwise spin in its next collective for ever.
+- ``ExitGuard.leave`` makes the ranks leave the program together: a rank that reaches the
+  end waits at most ``EXIT_WAIT_S`` for the others, then aborts the job. Without it, a
+  rank that returns while another waits in a collective blocks in ``MPI_Finalize`` and
+  the other spins at full speed until the launcher is killed (seen: for over 40 minutes).
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import itertools
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+TIME_LIMIT_EXIT_CODE = 3
+"""Exit code of a job ended by a time limit: finished work is saved, rerun to resume."""
+ABORT_GRACE_S = 1.0
+"""Seconds between printing a rank's last line and ``MPI_Abort``.
+
+The launcher forwards each rank's output through its own processes and kills them all on
+an abort; without a pause, a message still on its way can be lost (seen under load with
+MPICH's hydra), and it is the one line the user needs.
+"""
+BACKSTOP_S = 30.0
+"""Seconds after a missed deadline at which ``faulthandler`` ends the process, in case
+the watchdog thread could not run (a C call that hangs holding the GIL)."""
+LAUNCHER_POLL_S = 1.0
+"""How often (seconds) a rank checks that its launcher is still there."""
+LAUNCHER_GONE_EXIT_CODE = 1
+"""Exit code of a rank that ends because its launcher is gone (nobody is left to read it)."""
+EXIT_WAIT_S = 30.0
+"""Longest wait (seconds) of a finished rank for the others before it aborts the job.
+
+The ranks of a run end together (the batch ends with a broadcast of the exit code), so a
+healthy end waits milliseconds; the limit only matters when a rank is stuck elsewhere.
+"""
+
+
+# -- this process in the MPI world -------------------------------------------------------
+
+
+def _mpi_world():
+    """mpi4py's ``COMM_WORLD`` while MPI is initialised and not finalised, else None."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return None
+    return mpi.COMM_WORLD
+
+
+def where() -> str:
+    """``rank r of n on HOST`` (world rank) for messages; ``process PID on HOST`` outside MPI."""
+    host = socket.gethostname()
+    world = _mpi_world()
+    if world is None:
+        return f"process {os.getpid()} on {host}"
+    return f"rank {world.Get_rank()} of {world.Get_size()} on {host}"
+
+
+def say(line: str) -> None:
+    """Print one line to stderr; never raises (the launcher reading it may be gone)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
+def flush_and_pause() -> None:
+    """Flush this process's output and give the launcher ``ABORT_GRACE_S`` to forward it."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe must not stop the abort
+            pass
+    time.sleep(ABORT_GRACE_S)
+
+
+def end_job(code: int) -> None:
+    """End every rank of the MPI world with ``code`` (``MPI_Abort``), or this process outside MPI.
+
+    Never returns. Callable from any thread (mpi4py initialises MPI with
+    ``MPI_THREAD_MULTIPLE``).
+    """
+    flush_and_pause()
+    world = _mpi_world()
+    if world is not None and world.Get_size() > 1:
+        world.Abort(code)
+    os._exit(code)
+
+
+# -- deadlines ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Deadline:
+    at: float
+    """``time.monotonic()`` when it passes."""
+    message: str
+
+
+class Watchdog:
+    """Deadlines watched by one daemon thread; ``on_expiry(message)`` runs when one passes.
+
+    ``on_expiry`` runs in the watchdog thread, once per missed deadline (the production
+    one, ``_report_and_end_job``, never returns). With ``backstop_s``, ``faulthandler``
+    is kept armed at the earliest deadline plus ``backstop_s`` (process-wide: only one
+    watchdog per process may use it).
+    """
+
+    def __init__(self, on_expiry: Callable[[str], None], *, backstop_s: float | None = None) -> None:
+        self._on_expiry = on_expiry
+        self._backstop_s = backstop_s
+        self._deadlines: dict[int, _Deadline] = {}
+        self._tokens = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float, message: str) -> int:
+        """Start a deadline ``seconds`` from now; returns the token that ``disarm`` takes."""
+        with self._changed:
+            token = next(self._tokens)
+            self._deadlines[token] = _Deadline(time.monotonic() + float(seconds), message)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+                self._thread.start()
+            self._set_backstop()
+            self._changed.notify_all()
+        return token
+
+    def disarm(self, token: int) -> None:
+        """Forget a deadline (the work finished in time)."""
+        with self._changed:
+            self._deadlines.pop(token, None)
+            self._set_backstop()
+            self._changed.notify_all()
+
+    def _set_backstop(self) -> None:
+        if self._backstop_s is None:
+            return
+        if not self._deadlines:
+            faulthandler.cancel_dump_traceback_later()
+            return
+        first = min(d.at for d in self._deadlines.values())
+        delay = max(first - time.monotonic(), 0.0) + self._backstop_s
+        faulthandler.dump_traceback_later(delay, exit=True)
+
+    def _next_expired(self) -> _Deadline:
+        """Block until a deadline passes; remove and return it."""
+        with self._changed:
+            while True:
+                if not self._deadlines:
+                    self._changed.wait()
+                    continue
+                token, first = min(self._deadlines.items(), key=lambda item: item[1].at)
+                left = first.at - time.monotonic()
+                if left > 0:
+                    self._changed.wait(left)
+                    continue
+                del self._deadlines[token]
+                return first
+
+    def _watch(self) -> None:
+        while True:
+            self._on_expiry(self._next_expired().message)
+
+
+def _report_and_end_job(message: str) -> None:
+    say(message)
+    end_job(TIME_LIMIT_EXIT_CODE)
+
+
+_process_watchdog: Watchdog | None = None
+_process_lock = threading.Lock()
+
+
+def process_watchdog() -> Watchdog:
+    """This process's watchdog, which ends the job (exit code 3) when a deadline passes."""
+    global _process_watchdog
+    with _process_lock:
+        if _process_watchdog is None:
+            _process_watchdog = Watchdog(_report_and_end_job, backstop_s=BACKSTOP_S)
+        return _process_watchdog
+
+
+def time_limit_message(what: str, seconds: float, setting: str, advice: str) -> str:
+    """The one line printed when ``what`` runs past its limit (names rank and host too)."""
+    return (
+        f"error: {what} on {where()} did not finish within its time limit of {seconds:g} s ({setting}); "
+        f"ending the job with exit code {TIME_LIMIT_EXIT_CODE}: {advice}"
+    )
+
+
+@contextmanager
+def time_limit(
+    seconds: float | None,
+    what: str,
+    *,
+    setting: str = "time limit",
+    advice: str = "finished work is saved -- run the same command to resume",
+    watchdog: Watchdog | None = None,
+) -> Iterator[None]:
+    """Run the block with a wall-time limit of ``seconds``; ``None``: no limit.
+
+    Past the limit the job ends from the watchdog thread (one line from
+    ``time_limit_message``, ``MPI_Abort`` with exit code 3); the block is not interrupted
+    and this never raises. ``what`` names the work ("CMC shard 7"), ``setting`` the config
+    key of the limit.
+    """
+    if seconds is None:
+        yield
+        return
+    dog = watchdog or process_watchdog()
+    token = dog.arm(seconds, time_limit_message(what, seconds, setting, advice))
+    try:
+        yield
+    finally:
+        dog.disarm(token)
+
+
+# -- the launcher ------------------------------------------------------------------------
+
+
+def watch_launcher(poll_s: float = LAUNCHER_POLL_S) -> bool:
+    """Start a daemon thread that ends this process when its parent (the launcher) exits.
+
+    Returns False (nothing started) when the parent is already init (pid 1): there is no
+    launcher process to watch. The rank cannot ``MPI_Abort`` (there is no launcher left to
+    carry it); it prints one line and exits with ``LAUNCHER_GONE_EXIT_CODE``.
+    """
+    parent = os.getppid()
+    if parent <= 1:
+        return False
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        say(f"error: {where()}: its launcher (process {parent}) is gone; exiting so that no rank outlives the job")
+        os._exit(LAUNCHER_GONE_EXIT_CODE)
+
+    threading.Thread(target=watch, name="launcher-watch", daemon=True).start()
+    return True
+
+
+# -- leaving together --------------------------------------------------------------------
+
+
+class ExitGuard:
+    """Makes the ranks of a communicator leave the program together, or abort the job.
+
+    Build it on every rank at the same point (it duplicates the communicator, so its
+    barrier can never be mistaken for another collective); call ``leave`` on every rank
+    before returning an exit code.
+    """
+
+    def __init__(self, comm) -> None:
+        self.comm = comm
+        raw = getattr(comm, "raw", None) if comm.size > 1 else None
+        self._raw = raw.Dup() if raw is not None else None
+
+    def leave(self, code: int, wait_s: float | None = None) -> None:
+        """Wait for every rank to reach its ``leave``; after ``wait_s`` seconds abort the job.
+
+        ``wait_s`` defaults to ``EXIT_WAIT_S`` (read at the call).
+        The abort carries ``code`` (1 if ``code`` is 0: a rank missing at the end is a failure).
+        """
+        if self._raw is None:
+            return
+        wait_s = EXIT_WAIT_S if wait_s is None else wait_s
+        request = self._raw.Ibarrier()
+        deadline = time.monotonic() + wait_s
+        while not request.Test():
+            if time.monotonic() >= deadline:
+                say(
+                    f"error: {self.comm.describe()} ended with exit code {code}, but other ranks did not reach the end "
+                    f"within {wait_s:g} s (still in a collective?); aborting the job so that no rank is left waiting"
+                )
+                end_job(code or 1)
+            time.sleep(0.01)

@@ -1,0 +1,223 @@
+"""A rank that hangs, or outlives its job, under ``mpiexec -n 2`` (serial tests: ``parallel.watchdog``).
+
+- A CMC shard that hangs (a driver script makes rank 1's shard sleep for an hour inside
+  the sampling call): the job ends with exit code 3 within ``shard_timeout_s`` + 60 s,
+  with one line naming the shard, the rank, the host and the limit; no rank is left; the
+  finished shards are on disk, and the same command (with a larger limit) resumes and
+  gives the posterior of an uninterrupted run, to the last bit.
+- A rank whose launcher process is killed exits within a few seconds.
+- A rank that returns while another waits in a collective ends the job (``MPI_Abort``)
+  instead of leaving the other spinning.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import write_config
+from mpi_jobs import Job, is_running, parent_map, run_command, started_jobs
+
+from homodyne_mpi.data.simulate import simulate_dataset
+
+SHARDS = 6
+SHARD_LIMIT_S = 30.0
+"""Seconds; rank 0's first shard, which compiles the sampler (about 10 s on a loaded 2-core
+machine while rank 1 hangs), must fit in it."""
+
+
+@pytest.fixture
+def jobs():
+    """Jobs started by a test; any still running at its end are killed."""
+    yield from started_jobs()
+
+
+@pytest.fixture(scope="module")
+def tiny_cmc(tmp_path_factory) -> Path:
+    """A folder with 2 angles x 40 frames (1560 points) of static data and a compilation cache."""
+    folder = tmp_path_factory.mktemp("hangs")
+    simulate_dataset(
+        folder / "tiny.h5", mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=40, gap=2.0e6,
+        physical=[8000.0, -0.3, 30.0], contrast=0.3, offset=1.0, phi=[0.0, 60.0], noise_sigma=0.01, seed=3,
+    )
+    return folder
+
+
+def tiny_config(path: Path, folder: Path, shard_limit_s: float | None) -> Path:
+    """CMC in 6 shards of 260 points, a few draws, no retry, every shard kept whatever its R-hat.
+
+    A fault test, not a statistics test: the sampler settings only have to be the same in
+    every run. The compilation cache is shared by the runs, so only the first compiles.
+    The time limit is not part of the shards' fingerprint: a rerun with another limit
+    reuses them.
+    """
+    return write_config(
+        path,
+        "static",
+        **{
+            "analyzer_parameters.dt": 0.1,
+            "analyzer_parameters.end_frame": 40,
+            "experimental_data.file_path": str(folder / "tiny.h5"),
+            "optimization.method": "cmc",
+            "optimization.cmc.sharding.num_shards": SHARDS,
+            "optimization.cmc.per_shard_mcmc.num_warmup": 20,
+            "optimization.cmc.per_shard_mcmc.num_samples": 20,
+            "optimization.cmc.per_shard_mcmc.min_warmup": 20,
+            "optimization.cmc.per_shard_mcmc.min_samples": 20,
+            "optimization.cmc.per_shard_mcmc.num_chains": 2,
+            "optimization.cmc.per_shard_mcmc.chain_method": "sequential",
+            "optimization.cmc.per_shard_mcmc.max_tree_depth": 5,
+            "optimization.cmc.per_shard_mcmc.retry_target_accept_prob": 0.0,
+            "optimization.cmc.per_shard_mcmc.shard_timeout_s": shard_limit_s,
+            "optimization.cmc.combination.max_rhat": 1.0e6,
+            "optimization.cmc.combination.max_divergence_rate": 1.0,
+            "optimization.cmc.combination.min_success_rate": 0.1,
+            "optimization.cmc.combination.method": "consensus_mc",
+            "compute.compilation_cache_dir": str(folder / "jax-cache"),
+            "output.plots": False,
+        },
+    )
+
+
+HANGING_SHARD_DRIVER = textwrap.dedent(
+    """
+    # The real command line, with the first shard of one rank hanging inside the sampling
+    # call, as a stuck XLA call would (sleep releases the GIL, as XLA does).
+    import os, sys, time
+    import homodyne_mpi.cmc.worker as worker
+    from homodyne_mpi.cli import main
+
+    hanging_rank = int(sys.argv[1])
+    original = worker.sample_shard
+    calls = []
+
+    def sample_shard(shard_worker, index, data, settings=None):
+        calls.append(index)
+        if int(os.environ["PMI_RANK"]) == hanging_rank and len(calls) == 1:
+            print(f"test: shard {index} hangs on rank {hanging_rank}", flush=True)
+            time.sleep(3600)
+        return original(shard_worker, index, data, settings)
+
+    worker.sample_shard = sample_shard
+    raise SystemExit(main(sys.argv[2:]))
+    """
+)
+
+
+def posterior(result_json: Path) -> dict:
+    """``{name: (mean, std)}`` of a ``cmc/result.json``."""
+    document = json.loads(result_json.read_text())
+    return {name: (entry["mean"], entry["std"]) for name, entry in document["parameters"].items()}
+
+
+@pytest.mark.timeout(400)
+def test_a_hanging_shard_ends_the_job_with_exit_3_and_the_rerun_gives_the_uninterrupted_posterior(tiny_cmc, tmp_path, jobs):
+    config = tiny_config(tmp_path / "cmc.yaml", tiny_cmc, SHARD_LIMIT_S)
+    out = tmp_path / "results"
+    driver = tmp_path / "hanging_shard.py"
+    driver.write_text(HANGING_SHARD_DRIVER)
+    job = Job(2, [str(driver), "1", "run", str(config), "--output-dir", str(out), "--no-nlsq-warmstart"], cwd=tmp_path)
+    jobs.append(job)
+    line = job.wait_for(r"test: shard \d+ hangs on rank 1", timeout=120)
+    hung_at = time.monotonic()
+    hanging = int(line.split()[2])
+    pids = job.rank_pids()
+    code = job.wait(timeout=SHARD_LIMIT_S + 60)
+    assert code == 3, f"expected exit code 3 after the shard time limit, got {code}:\n{job.output[-3000:]}"
+    assert time.monotonic() - hung_at < SHARD_LIMIT_S + 60
+    time.sleep(0.5)
+    assert not [pid for pid in pids.values() if is_running(pid)], "a rank outlived the abort"
+    reports = [text for text in job.lines if "time limit" in text]
+    assert len(reports) == 1, job.output[-3000:]
+    assert f"CMC shard {hanging} on rank 1 of 2 on {socket.gethostname()}" in reports[0]
+    assert f"time limit of {SHARD_LIMIT_S:g} s (optimization.cmc.per_shard_mcmc.shard_timeout_s)" in reports[0]
+    assert "run the same command to resume" in reports[0]
+    # rank 0's shards were saved as they arrived; the hanging one was not
+    shards = out / "tiny" / "cmc" / "shards"
+    saved = sorted(shards.glob("shard_*.npz"))
+    assert 1 <= len(saved) < SHARDS
+    assert not (shards / f"shard_{hanging:05d}.npz").exists()
+    assert not (out / "tiny" / "cmc" / "result.json").exists()
+
+    # the same command, with the limit raised, resumes with the saved shards
+    resumed = run_command(2, tiny_config(tmp_path / "cmc.yaml", tiny_cmc, 10 * SHARD_LIMIT_S), out, "--no-nlsq-warmstart")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    document = json.loads((out / "tiny" / "cmc" / "result.json").read_text())
+    assert document["dispatch"]["shards_reused"] == len(saved), document["dispatch"]
+    assert document["dispatch"]["shards_run"] == SHARDS - len(saved)
+
+    # an uninterrupted run: shard keys depend only on the seed and the shard index, so
+    # the combined posterior is the same to the last bit
+    reference_out = tmp_path / "reference"
+    reference = run_command(2, tiny_config(tmp_path / "reference.yaml", tiny_cmc, None), reference_out, "--no-nlsq-warmstart")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    assert posterior(out / "tiny" / "cmc" / "result.json") == posterior(reference_out / "tiny" / "cmc" / "result.json")
+
+
+IDLE_RANKS_DRIVER = textwrap.dedent(
+    """
+    # Two ranks under run_guarded: rank 1 returns with its exit code at once while rank 0
+    # waits in a collective (or sleeps), as after a signal seen by one rank only.
+    import os, sys, time
+    import homodyne_mpi.parallel.watchdog as watchdog
+    from homodyne_mpi.parallel import get_comm, run_guarded
+
+    watchdog.EXIT_WAIT_S = float(sys.argv[2])
+    comm = get_comm()
+
+    def main():
+        print(f"test: rank {comm.rank} running", flush=True)
+        if comm.rank == 1:
+            return 3
+        if sys.argv[1] == "sleep":
+            time.sleep(3600)
+        comm.barrier()
+        return 0
+
+    raise SystemExit(run_guarded(main, comm))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_that_returns_while_another_waits_in_a_collective_aborts_the_job(tmp_path, jobs):
+    driver = tmp_path / "idle_ranks.py"
+    driver.write_text(IDLE_RANKS_DRIVER)
+    wait_s = 2.0
+    job = Job(2, [str(driver), "barrier", str(wait_s)], cwd=tmp_path)
+    jobs.append(job)
+    job.wait_for(r"test: rank 0 running", timeout=60)
+    pids = job.rank_pids()
+    started = time.monotonic()
+    assert job.wait(timeout=wait_s + 30) == 3, job.output[-3000:]
+    assert time.monotonic() - started < wait_s + 30
+    time.sleep(0.5)
+    assert not [pid for pid in pids.values() if is_running(pid)]
+    assert "error: rank 1 of 2" in job.output and "other ranks did not reach the end within 2 s" in job.output
+
+
+@pytest.mark.timeout(120)
+def test_a_rank_whose_launcher_is_gone_exits(tmp_path, jobs):
+    driver = tmp_path / "idle_ranks.py"
+    driver.write_text(IDLE_RANKS_DRIVER)
+    # rank 0 sleeps outside MPI, rank 1 waits (up to an hour) for it at the end
+    job = Job(2, [str(driver), "sleep", "3600"], cwd=tmp_path)
+    jobs.append(job)
+    job.wait_for(r"test: rank 1 running", timeout=60)
+    pids = job.rank_pids()
+    launchers = {parent_map()[pid] for pid in pids.values()}  # MPICH's hydra_pmi_proxy
+    assert len(launchers) == 1 and job.process.pid not in launchers
+    os.kill(launchers.pop(), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(is_running(pid) for pid in pids.values()):
+        time.sleep(0.2)
+    left = [pid for pid in pids.values() if is_running(pid)]
+    for pid in left:  # do not leave them behind for the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"ranks {left} still running 15 s after their launcher was killed"
