@@ -34,7 +34,7 @@ import numpy as np, jax, jax.numpy as jnp
 from homodyne_mpi.model import ModelSpec, ParameterLayout, c2_grid
 from homodyne_mpi.data.points import upper_triangle_points
 from homodyne_mpi.nlsq.fit import device_block
-from homodyne_mpi.nlsq.kernels import KernelSetup, block_accumulators
+from homodyne_mpi.nlsq.kernels import KernelSetup, chunk_terms
 start_at, duration, n, truth, phi = json.loads(sys.argv[1])
 spec = ModelSpec("laminar_flow", "paper", 0.0054, 0.1, n, gap=2e6)
 layout = ParameterLayout("laminar_flow", len(phi))
@@ -43,7 +43,7 @@ phi = jnp.asarray(phi)
 c2 = np.asarray(c2_grid(jnp.asarray(truth), jnp.full(len(phi), 0.3), jnp.ones(len(phi)), phi, spec))
 points = upper_triangle_points(c2, np.full(len(phi), 0.01))
 block = device_block(points, 8192)
-compiled = block_accumulators.lower(theta, phi, jnp.arange(len(phi)), block, setup=KernelSetup(spec, layout)).compile()
+compiled = chunk_terms.lower(theta, phi, jnp.arange(len(phi)), block, setup=KernelSetup(spec, layout)).compile()
 jax.block_until_ready(compiled(theta, phi, jnp.arange(len(phi)), block))
 time.sleep(max(0.0, start_at - time.time()))
 began, calls = time.perf_counter(), 0

@@ -45,7 +45,7 @@ import json, numpy as np, jax, jax.numpy as jnp, time
 from homodyne_mpi.model import ModelSpec, ParameterLayout, c2_grid
 from homodyne_mpi.data.points import upper_triangle_points
 from homodyne_mpi.nlsq.fit import device_block
-from homodyne_mpi.nlsq.kernels import KernelSetup, block_accumulators
+from homodyne_mpi.nlsq.kernels import KernelSetup, chunk_terms
 out = {{}}
 for mode in ("static", "laminar_flow"):
     n = {frames_for(1e6)}
@@ -58,7 +58,7 @@ for mode in ("static", "laminar_flow"):
     points = upper_triangle_points(c2, np.full(6, 0.01))
     setup = KernelSetup(spec, layout)
     block = device_block(points, 8192)
-    compiled = block_accumulators.lower(theta, phi, jnp.arange(6), block, setup=setup).compile()
+    compiled = chunk_terms.lower(theta, phi, jnp.arange(6), block, setup=setup).compile()
     jax.block_until_ready(compiled(theta, phi, jnp.arange(6), block))
     best = min((lambda t0: (jax.block_until_ready(compiled(theta, phi, jnp.arange(6), block)), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(5))
     out[mode] = {{"points": len(points), "seconds_per_iteration": best, "points_per_second_per_core": len(points) / best}}
