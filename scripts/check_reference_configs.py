@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 
 from homodyne_mpi.config import render_template
-from homodyne_mpi.config.reference import classify, key_paths
+from homodyne_mpi.config.reference import classify, key_paths, reference_keys
 
 VERSIONS = ("==2.23.3", "<3")
 GENERATOR = "homodyne/cli/config_generator.py"
@@ -108,9 +108,7 @@ def cli(*args: str, check: bool = False) -> subprocess.CompletedProcess:
 
 def check_config(name: str, config: Any, folder: Path) -> dict[str, Any]:
     """Validate ``config`` with a simulated data file, then a short NLSQ run."""
-    mode = {"static_isotropic": "static", "static_anisotropic": "static"}.get(
-        config.get("analysis_mode"), config.get("analysis_mode")
-    )
+    mode = reference_keys()["mapped"]["analysis_mode"]["values"].get(config.get("analysis_mode"), config.get("analysis_mode"))
     analyzer = config.get("analyzer_parameters") or {}
     data = simulate(
         mode if mode in ("static", "laminar_flow") else "static",

@@ -61,7 +61,6 @@ class Context:
     def __init__(self, source: str | None) -> None:
         self.source = source or "config"
         self.ignored: list[str] = []
-        self.unknown: list[str] = []  # ignored keys the reference package does not write either
         self.infos: list[str] = []
         self.warnings: list[str] = []
         self.fixed_values: dict[str, Any] = {}

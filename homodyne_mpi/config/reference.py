@@ -47,11 +47,6 @@ PARAMETER_ALIASES = {
 }
 _PER_ANGLE = {"auto": "individual", "individual": "individual", "averaged": "averaged",
               "constant_averaged": "averaged", "constant": "fixed"}  # fmt: skip
-_PER_ANGLE_SOURCES = (
-    "optimization.nlsq.anti_degeneracy.per_angle_mode",
-    "optimization.cmc.per_angle_mode",
-    "optimization.mcmc.per_angle_mode",
-)
 
 
 @cache
@@ -122,7 +117,8 @@ def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
     _wavevector(raw, ctx)
     _data_file(raw, ctx)
     _parameter_names(raw, ctx)
-    per_angle = [(path, _pop(raw, path)) for path in _PER_ANGLE_SOURCES if _get(raw, path)[0]]
+    sources = [path for path, entry in table["mapped"].items() if entry.get("by") == "per_angle_mode"]  # in priority order
+    per_angle = [(path, _pop(raw, path)) for path in sources if _get(raw, path)[0]]
     for path, entry in table["mapped"].items():
         if "to" in entry:
             _apply_move(raw, path, entry, ctx)
@@ -254,7 +250,7 @@ def _static_mode(raw: dict[str, Any], ctx: Context) -> None:
     if raw.get("analysis_mode") is None:
         raw["analysis_mode"] = "static" if static_mode else "laminar_flow"
         ctx.info(f"analysis_mode '{raw['analysis_mode']}' taken from 'analysis_settings.static_mode'")
-    mode = {"static_isotropic": "static", "static_anisotropic": "static"}.get(raw["analysis_mode"], raw["analysis_mode"])
+    mode = reference_keys()["mapped"]["analysis_mode"]["values"].get(raw["analysis_mode"], raw["analysis_mode"])
     if mode in ANALYSIS_MODES and static_mode != (mode == "static"):
         ctx.warn(
             f"'analysis_settings.static_mode: {str(static_mode).lower()}' disagrees with "
