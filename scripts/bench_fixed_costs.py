@@ -4,11 +4,12 @@ Usage: python scripts/bench_fixed_costs.py [--repeats 3] [--workdir DIR] [--outp
 
 Simulates a static data set of 6 angles x 578 frames (1,000,518 upper-triangle points,
 sigma 0.02) once, runs ``homodyne-mpi run`` on it once to fill the compilation cache,
-then ``--repeats`` more times (one process, no mpiexec, one XLA thread, plots off) and
-splits each run's wall time into: Python start-up and imports (``python -c "import jax,
-homodyne_mpi.pipeline"`` timed alone), the stages the job times itself (``result.json``
-``timing_s``: load, compile, start search, LM fit, jackknife) and the rest (writing
-``fit.h5`` and waiting for it, process exit). Prints and writes JSON.
+then ``--repeats`` more times (one process, no mpiexec, one XLA thread, plots off; the CLI
+runs inside a small wrapper that notes the wall clock between phases) and splits each
+run's wall time into: Python start-up, imports (JAX and the package), set-up (config,
+devices, compilation cache), the stages the job times itself (``result.json``
+``timing_s``: load, compile, start search, LM fit, jackknife), the rest of the batch loop
+(writing ``fit.h5`` and waiting for it) and process exit. Prints and writes JSON.
 """
 
 from __future__ import annotations
@@ -55,22 +56,50 @@ def make_dataset(workdir: Path) -> Path:
     return path
 
 
-def timed(command: list[str]) -> float:
-    """Wall seconds of one subprocess (single XLA thread); raises on failure."""
-    start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
-    if completed.returncode != 0:
-        raise RuntimeError(completed.stderr[-2000:])
-    return time.perf_counter() - start
+WRAPPER = """
+import json, os, sys, time
+marks = {"python_up": time.time()}
+from homodyne_mpi.parallel.devices import configure_host_devices
+configure_host_devices(4)  # as the CLI does for the template's 4 chains, before JAX loads
+import homodyne_mpi.pipeline as pipeline
+marks["imported"] = time.time()
+original = pipeline.BatchRunner.run
+def run(self):
+    marks["batch_start"] = time.time()
+    try:
+        return original(self)
+    finally:
+        marks["batch_end"] = time.time()
+pipeline.BatchRunner.run = run
+from homodyne_mpi.cli import main
+code = main(sys.argv[1:])
+marks["main_returned"] = time.time()
+print("MARKS " + json.dumps(marks), flush=True)
+sys.exit(code)
+"""
+"""Runs the CLI in one process and prints wall-clock marks of its phases."""
 
 
 def one_job(config: Path, out: Path) -> dict:
-    """One warm job: its wall time and the stages it timed itself."""
-    wall = timed([sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), "--fresh"])
+    """One warm job: its phases by wall clock and the stages it timed itself."""
+    command = [sys.executable, "-c", WRAPPER, "run", str(config), "--output-dir", str(out), "--fresh"]
+    start = time.time()
+    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
+    end = time.time()
+    if completed.returncode != 0:
+        raise RuntimeError(completed.stderr[-2000:])
+    marks = json.loads(next(line for line in completed.stdout.splitlines() if line.startswith("MARKS "))[6:])
     result = json.loads(next(out.glob("*/nlsq/result.json")).read_text())
-    batch = json.loads((out / "batch_summary.json").read_text())
     stages = {name: result["timing_s"].get(name, 0.0) for name in STAGES}
-    return {"wall_s": wall, "batch_wall_s": batch["wall_s"], "stages_s": stages, "iterations": result["iterations"],
+    phases = {
+        "python_start_s": marks["python_up"] - start,
+        "imports_s": marks["imported"] - marks["python_up"],
+        "setup_s": marks["batch_start"] - marks["imported"],
+        **stages,
+        "batch_rest_s": marks["batch_end"] - marks["batch_start"] - sum(stages.values()),
+        "exit_s": end - marks["batch_end"],
+    }
+    return {"wall_s": end - start, "phases_s": phases, "iterations": result["iterations"],
             "jackknife_refits": result["jackknife"]["blocks"] if result.get("jackknife") else 0}
 
 
@@ -85,21 +114,16 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     config = make_dataset(workdir)
     one_job(config, workdir / "out")  # fills the compilation cache
-    imports = [timed([sys.executable, "-c", "import jax, homodyne_mpi.pipeline"]) for _ in range(args.repeats)]
-    bare = [timed([sys.executable, "-c", "pass"]) for _ in range(args.repeats)]
     runs = [one_job(config, workdir / "out") for _ in range(args.repeats)]
-    median = {name: statistics.median(run["stages_s"][name] for run in runs) for name in STAGES}
     wall = statistics.median(run["wall_s"] for run in runs)
-    startup = statistics.median(imports)
-    breakdown = {"python_start_s": statistics.median(bare), "imports_s": startup - statistics.median(bare), **median}
-    breakdown["rest_s"] = wall - startup - sum(median.values())
+    breakdown = {name: statistics.median(run["phases_s"][name] for run in runs) for name in runs[0]["phases_s"]}
     write_json(args.output, {
         "machine": machine(),
         "load_average_at_start": load_average,
         "n_points": 6 * N_FRAMES * (N_FRAMES - 1) // 2,
         "command": f"{Path(sys.executable).name} -m homodyne_mpi run {config.name} --fresh (warm cache, 1 XLA thread)",
         "wall_s_median": wall,
-        "breakdown_s_median": breakdown,
+        "phases_s_median": breakdown,
         "runs": runs,
     })
 

@@ -1,7 +1,7 @@
 """Memory at scale: every rank's peak RSS against its point block, loaded vs streamed.
 
 Usage: python scripts/bench_scale.py [--points 1e7] [--ranks 2] [--block-points 1e6]
-       [--workdir DIR] [--output FILE] [--skip-fit]
+       [--workdir DIR] [--output FILE] [--skip-fit] [--no-warmup]
 
 1. Simulates a laminar-flow data set (6 angles, sigma 0.02, seed 1) to an HDF5 file, row
    block by row block (``simulate_dataset``), so the simulation never holds a matrix.
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "bench_results" / "scale"))
     parser.add_argument("--output", default=str(REPO / "bench_results" / "scale.json"))
     parser.add_argument("--skip-fit", action="store_true")
+    parser.add_argument("--no-warmup", action="store_true", help="fit once, without a run that fills the compilation cache first")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--loaded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -167,7 +168,8 @@ def main() -> None:
     document["distribution"] = [run_distribution(data, args.ranks, int(args.block_points), loaded)
                                 for loaded in (False, True)]
     if not args.skip_fit:
-        run_fit(config, args.ranks, workdir / "warmup")
+        if not args.no_warmup:
+            run_fit(config, args.ranks, workdir / "warmup")
         document["fit"] = run_fit(config, args.ranks, workdir / "fit")
     write_json(args.output, document)
 

@@ -55,7 +55,9 @@ def test_batch_keeps_good_results_and_records_the_failure(batch_config, tmp_path
     assert summary["n_failed"] == 1 and summary["n_ranks"] == ranks
     for name in ("first", "third"):
         result = json.loads((out / name / "nlsq" / "result.json").read_text())
-        assert result["converged"] and result["n_ranks"] == ranks
+        # small data sets on 2 ranks: the automatic choice fits them on two groups of one rank
+        assert summary["rank_groups"] == [1, 1] and result["n_ranks"] == 1
+        assert result["converged"]
         assert abs(result["parameters"]["D0"]["value"] - TRUTH[0]) < 4 * result["parameters"]["D0"]["std"]
         assert (out / name / "nlsq" / "fit.h5").exists()
         assert status[name]["timing_s"]["load"] > 0
@@ -161,7 +163,5 @@ def test_rank_groups_give_the_results_of_one_group(eight_data_sets, tmp_path):
     for name, single in runs[1].items():
         grouped = runs[4][name]
         assert single["n_ranks"] == 1 and grouped["n_ranks"] == 4
-        for parameter, entry in single["parameters"].items():
-            other = grouped["parameters"][parameter]
-            # Summation order differs between 1 and 4 ranks until the reduction is ordered.
-            assert other["value"] == pytest.approx(entry["value"], rel=1e-9, abs=1e-9 * entry["std"])
+        # The fit's sums run on a fixed tree over global chunks: the same bits on 1 and 4 ranks.
+        assert single["parameters"] == grouped["parameters"], name
