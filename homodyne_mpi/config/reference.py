@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from ..vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS
-from .context import Context, join, show, suggest_fix
+from .context import Context, join, show, suggest_fix, yaml_scalar
 from .generic import coerce
 
 PARAMETER_ALIASES = {
@@ -111,7 +111,8 @@ def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
         found, value = _get(raw, path)
         if found and value is not None and value != entry["unless"]:
             raise ctx.error(
-                f"'{path}' = {show(value)} is not supported: {entry['why']}", f"remove it or set it to {entry['unless']!r}"
+                f"'{path}' = {show(value)} is not supported: {entry['why']}",
+                f"remove it or set it to {yaml_scalar(entry['unless'])}",
             )
     _static_mode(raw, ctx)
     _wavevector(raw, ctx)
@@ -222,7 +223,8 @@ def _apply_move(raw: dict[str, Any], path: str, entry: Mapping[str, Any], ctx: C
         ctx.info(f"'{path}' (reference package) read as '{target}'")
         return
     if isinstance(value, str) and value in entry.get("refuse", {}):
-        raise ctx.error(f"'{ctx.where(path)}' = '{value}' is not supported: {entry['refuse'][value]}", "change the value")
+        why, _, fix = entry["refuse"][value].partition("; ")  # the table writes "why; fix"
+        raise ctx.error(f"'{ctx.where(path)}' = '{value}' is not supported: {why}", fix or "change the value")
     if isinstance(value, str) and value in entry.get("values", {}):
         value = entry["values"][value]
         ctx.info(f"'{ctx.where(path)}' = '{_get(raw, path)[1]}' (reference package) read as '{value}'")

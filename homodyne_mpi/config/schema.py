@@ -63,7 +63,7 @@ class HomodyneConfig:
     output: OutputConfig = option(factory=OutputConfig)
     """Where results go."""
     compute: ComputeConfig = option(factory=ComputeConfig)
-    """Compilation cache."""
+    """Compilation cache and rank groups."""
     source_path: str | None = field(default=None, compare=False, metadata={"internal": True})
     """File the config was loaded from (not serialised)."""
     ignored_keys: list[str] = field(default_factory=list, compare=False, metadata={"internal": True})
