@@ -41,12 +41,16 @@ def degeneracy_lines(doc: dict) -> list[str]:
         return []
     lines = []
     for a, b, value in entry.get("pairs", []):
-        lines.append(f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one")
+        lines.append(
+            f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one"
+        )
     if entry.get("poorly_determined"):
         lines.append("std exceeds |value| for " + ", ".join(entry["poorly_determined"]))
     shear = "gamma_dot" in (doc.get("rates") or {})
     rates = "D(t) and gamma_dot(t)" if shear else "D(t)"
-    lines.append(f"quote {rates} with their bands (nlsq/fit.h5 bands/*, and the table below) rather than these parameters one by one")
+    lines.append(
+        f"quote {rates} with their bands (nlsq/fit.h5 bands/*, and the table below) rather than these parameters one by one"
+    )
     return lines
 
 
@@ -83,15 +87,23 @@ def rate_lines(doc: dict) -> list[str]:
 def log_lines(doc: dict) -> list[str]:
     """The fit as the run's log shows it: status, parameters (value +- std, std_model), warnings."""
     state = "converged" if doc.get("converged") else "NOT converged"
-    lines = [f"NLSQ {state} after {doc.get('iterations')} iterations ({doc.get('reason')}); reduced chi2 {doc.get('reduced_chi2', float('nan')):.4f}"]
+    lines = [
+        f"NLSQ {state} after {doc.get('iterations')} iterations ({doc.get('reason')}); reduced chi2 {doc.get('reduced_chi2', float('nan')):.4f}"
+    ]
     uncertainty = doc.get("uncertainty", "model")
     lines.append(f"  {'parameter':<20} value +- std ({uncertainty})      [std_model]")
     for name, entry in (doc.get("parameters") or {}).items():
         model = entry.get("std_model")
-        lines.append(f"  {name:<20} {parameter_cell(entry)}    [{model:.3g}]" if model is not None else f"  {name:<20} {parameter_cell(entry)}")
+        lines.append(
+            f"  {name:<20} {parameter_cell(entry)}    [{model:.3g}]"
+            if model is not None
+            else f"  {name:<20} {parameter_cell(entry)}"
+        )
     jackknife = doc.get("jackknife") or {}
     if jackknife.get("refits_unconverged"):
-        lines.append(f"  jackknife: {len(jackknife['refits_unconverged'])} of {jackknife['blocks']} refits unconverged and excluded (frames {', '.join(jackknife['refits_unconverged'])})")
+        lines.append(
+            f"  jackknife: {len(jackknife['refits_unconverged'])} of {jackknife['blocks']} refits unconverged and excluded (frames {', '.join(jackknife['refits_unconverged'])})"
+        )
     warnings = degeneracy_lines(doc)
     if warnings:
         lines += ["WARNING: " + line for line in warnings] + ["  " + line for line in rate_lines(doc)]

@@ -24,9 +24,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import machine, write_json  # noqa: E402
-
 import numpy as np  # noqa: E402
+from bench_common import machine, write_json  # noqa: E402
 
 from homodyne_mpi.parallel import get_comm  # noqa: E402
 from homodyne_mpi.parallel.chunk_order import chunk_layout  # noqa: E402
@@ -65,7 +64,13 @@ def kernel_seconds(n_points: int, n_ranks: int) -> float:
     local = n_points // n_ranks
     rng = np.random.default_rng(0)
     frame_i = rng.integers(0, n_frames - 1, local).astype(np.int32)
-    points = PointSet(np.sort(rng.integers(0, 6, local)).astype(np.int32), frame_i, (frame_i + 1).astype(np.int32), rng.random(local), np.ones(local))
+    points = PointSet(
+        np.sort(rng.integers(0, 6, local)).astype(np.int32),
+        frame_i,
+        (frame_i + 1).astype(np.int32),
+        rng.random(local),
+        np.ones(local),
+    )
     block = device_block(points, 8192)
     setup = KernelSetup(spec, layout)
     compiled = chunk_terms.lower(theta, phi, jnp.arange(6), block, setup=setup).compile()
@@ -84,7 +89,13 @@ def main() -> None:
     parser.add_argument("--output", default="bench_results/bench_reduction.json")
     args = parser.parse_args()
     comm = get_comm()
-    document = {"benchmark": "ordered reduction", "command": " ".join(["python", *sys.argv]), "ranks": comm.size, "machine": machine(), "sizes": {}}
+    document = {
+        "benchmark": "ordered reduction",
+        "command": " ".join(["python", *sys.argv]),
+        "ranks": comm.size,
+        "machine": machine(),
+        "sizes": {},
+    }
     for size in args.sizes.split(","):
         n_points = int(float(size))
         layout = chunk_layout(n_points, 8192, comm.size)
@@ -92,8 +103,8 @@ def main() -> None:
         rows = np.random.default_rng(comm.rank).standard_normal((stop - first, ROW))
         entry = {
             "chunks": layout.n_chunks,
-            "allreduce_s": median_seconds(lambda: comm.allreduce_sum(rows.sum(axis=0)), comm),
-            "ordered_s": median_seconds(lambda: comm.sum_in_chunk_order(rows, first, layout.n_chunks), comm),
+            "allreduce_s": median_seconds(lambda rows=rows: comm.allreduce_sum(rows.sum(axis=0)), comm),
+            "ordered_s": median_seconds(lambda rows=rows, first=first, layout=layout: comm.sum_in_chunk_order(rows, first, layout.n_chunks), comm),
         }
         if args.kernel and comm.is_root:
             entry["accumulation_s_per_rank"] = kernel_seconds(n_points, comm.size)

@@ -74,13 +74,28 @@ def write_config(mode: str, n_frames: int, n_blocks: int, workdir: Path) -> Path
 
 def correlator_case(seed: int, workdir: Path) -> dict:
     """One fit of the static speckle correlator case (module docstring)."""
-    simulate_dataset(workdir / "data.h5", mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=200, gap=2e6,
-                     physical=CORRELATOR_TRUTH, contrast=0.3, offset=1.0, phi=CORRELATOR_PHI, noise_sigma=0.01, seed=seed,
-                     noise_model="speckle")
+    simulate_dataset(
+        workdir / "data.h5",
+        mode="static",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=200,
+        gap=2e6,
+        physical=CORRELATOR_TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=CORRELATOR_PHI,
+        noise_sigma=0.01,
+        seed=seed,
+        noise_model="speckle",
+    )
     cfg = load_config(write_config("static", 200, 20, workdir))
     data = load_config_dataset(cfg)
     problem = build_problem(cfg, data)
-    result = fit_with_uncertainty(problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq)
+    result = fit_with_uncertainty(
+        problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq
+    )
     doc = result_document(result, problem, cfg, data, dataset="correlator", timing_s={})
     physical = problem.layout.physical_slice
     std = result.std_jackknife[physical]
@@ -94,7 +109,9 @@ def correlator_case(seed: int, workdir: Path) -> dict:
         "values": dict(zip(problem.layout.physical_names, result.theta[physical].tolist())),
         "std": dict(zip(problem.layout.physical_names, std.tolist())),
         "std_over_std_model": dict(zip(problem.layout.physical_names, (std / result.std[physical]).round(3).tolist())),
-        "truth_within_3_std": dict(zip(problem.layout.physical_names, (np.abs(result.theta[physical] - CORRELATOR_TRUTH) < 3 * std).tolist())),
+        "truth_within_3_std": dict(
+            zip(problem.layout.physical_names, (np.abs(result.theta[physical] - CORRELATOR_TRUTH) < 3 * std).tolist())
+        ),
         "degeneracy": doc["degeneracy"],
     }
 
@@ -108,13 +125,28 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     inside_tempered = {"plain": [], "t_widened": []}
     start = time.perf_counter()
     for seed in range(seeds):
-        simulate_dataset(workdir / "data.h5", mode=mode, shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames,
-                         gap=2e6, physical=truth, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.01, seed=seed,
-                         noise_model=noise_model)
+        simulate_dataset(
+            workdir / "data.h5",
+            mode=mode,
+            shear_form="paper",
+            q=0.0054,
+            dt=0.1,
+            n_frames=n_frames,
+            gap=2e6,
+            physical=truth,
+            contrast=0.3,
+            offset=1.0,
+            phi=PHI,
+            noise_sigma=0.01,
+            seed=seed,
+            noise_model=noise_model,
+        )
         cfg = load_config(path)
         data = load_config_dataset(cfg)
         problem = build_problem(cfg, data)
-        result = fit_with_uncertainty(problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq)
+        result = fit_with_uncertainty(
+            problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq
+        )
         physical = problem.layout.physical_slice
         fitted.append(result.theta[physical])
         reported.append(result.std_jackknife[physical])
@@ -136,7 +168,9 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     scatter = np.std(fitted, axis=0, ddof=1)
     return {
         "calibration_ratio": dict(zip(names, (np.median(reported, axis=0) / scatter).round(3).tolist())),
-        "calibration_ratio_model": dict(zip(names, (np.median(ratios_model(reported, ratios), axis=0) / scatter).round(3).tolist())),
+        "calibration_ratio_model": dict(
+            zip(names, (np.median(ratios_model(reported, ratios), axis=0) / scatter).round(3).tolist())
+        ),
         "pairs": len(inside_model),
         "coverage_2std_model": float(np.mean(inside_model)),
         "coverage_2std_jackknife": float(np.mean(inside_jackknife)),
@@ -145,7 +179,9 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
         "mean_squared_error_in_model_std": dict(zip(names, np.mean(squared_errors, axis=0).round(2).tolist())),
         "mean_variance_ratio_jackknife_to_model": dict(zip(names, np.mean(np.square(ratios), axis=0).round(2).tolist())),
         "jackknife_effective_dof": {"median": float(np.median(dofs)), "range": [float(min(dofs)), float(max(dofs))]},
-        "tempering_factor": {kind: {"median": float(np.median(v)), "range": [float(min(v)), float(max(v))]} for kind, v in tempering.items()},
+        "tempering_factor": {
+            kind: {"median": float(np.median(v)), "range": [float(min(v)), float(max(v))]} for kind, v in tempering.items()
+        },
         "coverage_90_tempered_gaussian": {kind: float(np.mean(v)) for kind, v in inside_tempered.items()},
         "seconds": time.perf_counter() - start,
     }
@@ -172,14 +208,27 @@ def main() -> None:
             for seed in range(args.seeds):
                 cases.append(correlator_case(seed, Path(folder)))
                 print(cases[-1], flush=True)
-        write_json(args.output, {"benchmark": "correlator case", "command": " ".join(["python", *sys.argv]), "machine": machine(), "fits": cases})
+        write_json(
+            args.output,
+            {"benchmark": "correlator case", "command": " ".join(["python", *sys.argv]), "machine": machine(), "fits": cases},
+        )
         return
-    document = {"benchmark": "uncertainty calibration", "command": " ".join(["python", *sys.argv]), "machine": machine(),
-                "seeds": args.seeds, "frames": args.frames, "jackknife_blocks": args.blocks, "angles": len(PHI), "results": {}}
+    document = {
+        "benchmark": "uncertainty calibration",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "seeds": args.seeds,
+        "frames": args.frames,
+        "jackknife_blocks": args.blocks,
+        "angles": len(PHI),
+        "results": {},
+    }
     with tempfile.TemporaryDirectory() as folder:
         for mode in args.modes.split(","):
             for noise_model in args.noise.split(","):
-                document["results"][f"{mode}/{noise_model}"] = study(mode, noise_model, args.seeds, args.frames, args.blocks, Path(folder))
+                document["results"][f"{mode}/{noise_model}"] = study(
+                    mode, noise_model, args.seeds, args.frames, args.blocks, Path(folder)
+                )
                 print(mode, noise_model, document["results"][f"{mode}/{noise_model}"], flush=True)
     write_json(args.output, document)
 

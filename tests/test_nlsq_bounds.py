@@ -32,8 +32,19 @@ def bounded_fit(tmp_path, mode, truth, n_frames, bounds: dict):
     """Simulate ``truth``, set ``bounds`` (name -> (min, max)), fit from the template start."""
     data = tmp_path / "data.h5"
     simulate_dataset(
-        data, mode=mode, shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames, gap=2.0e6, physical=truth,
-        contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.01, seed=3,
+        data,
+        mode=mode,
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=n_frames,
+        gap=2.0e6,
+        physical=truth,
+        contrast=0.3,
+        offset=1.0,
+        phi=PHI,
+        noise_sigma=0.01,
+        seed=3,
     )
     config = template_config(
         mode,
@@ -44,7 +55,9 @@ def bounded_fit(tmp_path, mode, truth, n_frames, bounds: dict):
         if entry["name"] in bounds:
             entry["min"], entry["max"] = bounds[entry["name"]]
             k = names.index(entry["name"])
-            config["initial_parameters"]["values"][k] = float(np.clip(config["initial_parameters"]["values"][k], entry["min"], entry["max"]))
+            config["initial_parameters"]["values"][k] = float(
+                np.clip(config["initial_parameters"]["values"][k], entry["min"], entry["max"])
+            )
     path = tmp_path / "fit.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     cfg = load_config(path)

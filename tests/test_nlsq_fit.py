@@ -160,15 +160,18 @@ def test_distributed_block_is_whole_chunks_and_the_device_block_shares_its_memor
     """A rank holds its points once: the padded receive buffer is the device block's memory."""
     from homodyne_mpi.data.points import PointSet
     from homodyne_mpi.nlsq.fit import device_block, distribute_points
-    from homodyne_mpi.parallel.chunk_order import chunk_layout
     from homodyne_mpi.parallel import SerialComm
+    from homodyne_mpi.parallel.chunk_order import chunk_layout
 
     rng = np.random.default_rng(0)
     n = 3000
     frame_i = rng.integers(0, 50, n).astype(np.int32)
     points = PointSet(
-        angle=np.sort(rng.integers(0, 3, n)).astype(np.int32), frame_i=frame_i, frame_j=(frame_i + 1).astype(np.int32),
-        value=rng.random(n), weight=np.full(n, 100.0),
+        angle=np.sort(rng.integers(0, 3, n)).astype(np.int32),
+        frame_i=frame_i,
+        frame_j=(frame_i + 1).astype(np.int32),
+        value=rng.random(n),
+        weight=np.full(n, 100.0),
     )
     local = distribute_points(points, n, SerialComm(), chunk_size=1024)
     assert len(local) == chunk_layout(n, 1024, 1).capacity_of(0) == 3072

@@ -157,7 +157,17 @@ class DistributedObjective:
     without recompiling.
     """
 
-    def __init__(self, problem: NLSQProblem, local_points: PointSet, comm: Comm, *, chunk_size: int, loss: str, loss_scale: float, n_points: int | None = None):
+    def __init__(
+        self,
+        problem: NLSQProblem,
+        local_points: PointSet,
+        comm: Comm,
+        *,
+        chunk_size: int,
+        loss: str,
+        loss_scale: float,
+        n_points: int | None = None,
+    ):
         self.comm = comm
         self.problem = problem
         self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale))
@@ -194,7 +204,7 @@ class DistributedObjective:
         )
         return np.asarray(jax.block_until_ready(rows), dtype=np.float64)
 
-    def gathered(self) -> "DistributedObjective":
+    def gathered(self) -> DistributedObjective:
         """The same objective over every rank's points, on this rank alone (collective).
 
         Each rank then holds all the chunks in global order (padding included: its
@@ -203,8 +213,13 @@ class DistributedObjective:
         """
         columns = [self.comm.allgather_rows(np.asarray(column).ravel()) for column in self.block]
         return DistributedObjective(
-            self.problem, PointSet(*columns), SerialComm(), chunk_size=self.chunk_size, loss=self.setup.loss,
-            loss_scale=self.setup.loss_scale, n_points=self.layout.n_points,
+            self.problem,
+            PointSet(*columns),
+            SerialComm(),
+            chunk_size=self.chunk_size,
+            loss=self.setup.loss,
+            loss_scale=self.setup.loss_scale,
+            n_points=self.layout.n_points,
         )
 
     def frame_sensitivity(self, theta: np.ndarray) -> np.ndarray:
@@ -228,7 +243,9 @@ class DistributedObjective:
         start = time.perf_counter()
         rows = self.local_terms(theta)
         middle = time.perf_counter()
-        total, stops = self.comm.sum_in_chunk_order(rows, self.first_chunk, self.layout.n_chunks, 1.0 if stop_requested() else 0.0)
+        total, stops = self.comm.sum_in_chunk_order(
+            rows, self.first_chunk, self.layout.n_chunks, 1.0 if stop_requested() else 0.0
+        )
         self.reduce_seconds += time.perf_counter() - middle
         self.compute_seconds += middle - start
         self.evaluations += 1
@@ -241,10 +258,18 @@ class DistributedObjective:
         return hessian, gradient, terms[2], terms[3]
 
 
-def make_objective(problem: NLSQProblem, local_points: PointSet, comm: Comm, options, n_points: int | None = None) -> DistributedObjective:
+def make_objective(
+    problem: NLSQProblem, local_points: PointSet, comm: Comm, options, n_points: int | None = None
+) -> DistributedObjective:
     """The objective of ``options`` (the config's ``optimization.nlsq``) over these points."""
     return DistributedObjective(
-        problem, local_points, comm, chunk_size=options.chunk_size, loss=options.loss, loss_scale=options.loss_scale, n_points=n_points
+        problem,
+        local_points,
+        comm,
+        chunk_size=options.chunk_size,
+        loss=options.loss,
+        loss_scale=options.loss_scale,
+        n_points=n_points,
     )
 
 
@@ -362,7 +387,9 @@ def searched_start(problem: NLSQProblem, local_points: PointSet, comm: Comm, opt
     return search_start(objective, problem.theta0, problem.lower, problem.upper, problem.free, problem.layout)
 
 
-def result_from_lm(lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: DistributedObjective, compile_seconds: float, fit_seconds: float) -> NLSQResult:
+def result_from_lm(
+    lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: DistributedObjective, compile_seconds: float, fit_seconds: float
+) -> NLSQResult:
     """Package the solver's outcome with the model covariance and the bound flags."""
     n_free = int(np.count_nonzero(problem.free))
     result = NLSQResult(

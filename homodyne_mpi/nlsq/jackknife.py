@@ -200,7 +200,9 @@ INFLUENCE_SHARE = 0.5
 """Weight of the frames' influence in the block sizes; the rest is spread evenly over frames."""
 
 
-def independent_noise_covariance(covariance_model: np.ndarray, covariances_left_out: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
+def independent_noise_covariance(
+    covariance_model: np.ndarray, covariances_left_out: np.ndarray, n_blocks: int | None = None
+) -> np.ndarray:
     """``(K-1)/K' sum_b (C_b - C)``: the replicates' covariance if all noise were independent.
 
     ``covariances_left_out`` is ``(K', P, P)``, the model covariance of each kept refit's
@@ -291,7 +293,15 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
 def log_refit(index: int, blocks: np.ndarray, refit) -> None:
     first, stop = blocks[index]
     state = "converged" if refit.converged else refit.reason
-    log.info("jackknife %d/%d (frames %d..%d left out): %d iterations, %s", index + 1, len(blocks), first + 1, stop, refit.iterations, state)
+    log.info(
+        "jackknife %d/%d (frames %d..%d left out): %d iterations, %s",
+        index + 1,
+        len(blocks),
+        first + 1,
+        stop,
+        refit.iterations,
+        state,
+    )
 
 
 def refits_together(objective, blocks, theta_hat, lm_options, reduced_chi2):
@@ -358,7 +368,10 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
     refit_options = lm_options(options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING)
     by_rank = refits_by_rank_chosen(objective, options)
-    log.info("jackknife refits: %s", f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit")
+    log.info(
+        "jackknife refits: %s",
+        f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit",
+    )
     run_refits = refits_by_rank if by_rank else refits_together
     replicates, converged, covariances_left_out = run_refits(objective, blocks, theta_hat, refit_options, reduced_chi2)
     converged = np.asarray(converged, dtype=bool)
@@ -368,12 +381,17 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
         log.warning(
             "jackknife: %d of %d refits did not converge in %d iterations (frames %s left out); they are excluded "
             "from the covariance; raise optimization.nlsq.jackknife_iterations if this is many",
-            len(blocks) - len(kept), len(blocks), options.jackknife_iterations, named,
+            len(blocks) - len(kept),
+            len(blocks),
+            options.jackknife_iterations,
+            named,
         )
     if len(kept) >= 2:
         covariance_replicates = jackknife_covariance(replicates[kept], len(blocks))
         covariance_independent = independent_noise_covariance(covariance_model, covariances_left_out[kept], len(blocks))
-        covariance = frame_corrected_covariance(covariance_replicates, covariance_model, covariance_independent, parameter_groups(problem))
+        covariance = frame_corrected_covariance(
+            covariance_replicates, covariance_model, covariance_independent, parameter_groups(problem)
+        )
     else:
         log.warning("jackknife: fewer than 2 converged refits; the reported std is the model std")
         covariance_replicates = covariance_independent = np.zeros_like(covariance_model)

@@ -49,7 +49,6 @@ class KernelSetup:
         return self.layout.n_physical
 
 
-
 def frame_tables(physical: jnp.ndarray, spec: ModelSpec):
     """Per-frame integrals and their derivatives with respect to the parameters they use.
 
@@ -129,9 +128,7 @@ def point_model_and_jacobian(tables: PointTables, angle, frame_i, frame_j, setup
             diffusion_step, strain_step, projection, sine, cosine, spec
         )
     else:
-        g1_sq, d_diffusion, d_strain, d_projection = g1_squared_and_slopes(
-            diffusion_step, strain_step, projection, spec
-        )
+        g1_sq, d_diffusion, d_strain, d_projection = g1_squared_and_slopes(diffusion_step, strain_step, projection, spec)
     columns = [d_diffusion[:, None] * diffusion_slopes]
     if spec.has_shear:
         d_phi0 = d_projection * minus_sine * (jnp.pi / 180.0)
@@ -348,4 +345,3 @@ def assemble_normal_equations(terms, setup: KernelSetup):
         hessian[o, phys] = hessian[phys, o] = b_design[:n_phys]
         gradient[c], gradient[o] = a_design[n_phys], b_design[n_phys]
     return hessian, gradient
-

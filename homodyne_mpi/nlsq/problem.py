@@ -32,9 +32,7 @@ def parameter_layout(cfg, n_angles: int) -> ParameterLayout:
     scaling = cfg.initial_parameters.per_angle_scaling
     if scaling.mode == "fixed":
         contrast, offset = scaling.scaling_arrays(n_angles)
-        return ParameterLayout(
-            cfg.analysis_mode, n_angles, "fixed", tuple(map(float, contrast)), tuple(map(float, offset))
-        )
+        return ParameterLayout(cfg.analysis_mode, n_angles, "fixed", tuple(map(float, contrast)), tuple(map(float, offset)))
     return ParameterLayout(cfg.analysis_mode, n_angles, scaling.mode)
 
 

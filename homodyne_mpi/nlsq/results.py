@@ -7,10 +7,10 @@ import numpy as np
 
 from ..data.loader import XPCSData
 from ..model import c2_grid
+from ..nlsq_summary import RATE_TIMES, degeneracy
 from .bands import band_arrays
 from .fit import NLSQProblem, NLSQResult
 from .linalg import correlation_matrix
-from ..nlsq_summary import RATE_TIMES, degeneracy
 
 
 def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSData, *, dataset: str, timing_s: dict) -> dict:
@@ -62,7 +62,9 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             "block_frames": [int(stop - first) for first, stop in result.jackknife.blocks],
             "parallel": result.jackknife.parallel,
             "refits_converged": int(np.count_nonzero(result.jackknife.converged)),
-            "refits_unconverged": [f"{first + 1}..{stop}" for (first, stop), ok in zip(result.jackknife.blocks, result.jackknife.converged) if not ok],
+            "refits_unconverged": [
+                f"{first + 1}..{stop}" for (first, stop), ok in zip(result.jackknife.blocks, result.jackknife.converged) if not ok
+            ],
             "unconverged_rule": "excluded: the covariance uses the converged refits, scaled by (K-1)/K' (model covariance if fewer than 2)",
             "effective_dof": {
                 name: float(dof) for name, dof, free in zip(result.names, result.jackknife.effective_dof, problem.free) if free
@@ -95,7 +97,11 @@ def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
     bands = band_arrays(result.theta, result.covariance, result.jackknife, problem.layout, problem.spec)
     n_frames = len(bands["bands/t"])
     frames = np.unique(np.geomspace(1, max(n_frames - 1, 1), RATE_TIMES).round().astype(int))
-    summary = {"t": bands["bands/t"][frames].tolist(), "D": bands["bands/D"][frames].tolist(), "D_std": bands["bands/D_std"][frames].tolist()}
+    summary = {
+        "t": bands["bands/t"][frames].tolist(),
+        "D": bands["bands/D"][frames].tolist(),
+        "D_std": bands["bands/D_std"][frames].tolist(),
+    }
     if "bands/gamma_dot" in bands:
         summary["gamma_dot"] = bands["bands/gamma_dot"][frames].tolist()
         summary["gamma_dot_std"] = bands["bands/gamma_dot_std"][frames].tolist()
@@ -114,10 +120,17 @@ def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict
     jackknife = result.jackknife
     covariance = jackknife.covariance if jackknife is not None else result.covariance
     bands = band_arrays(result.theta, result.covariance, jackknife, problem.layout, problem.spec)
-    extra = {"covariance_jackknife": jackknife.covariance, "jackknife/replicates": jackknife.replicates,
-             "jackknife/covariance_replicates": jackknife.covariance_replicates,
-             "jackknife/covariance_independent": jackknife.covariance_independent,
-             "jackknife/blocks": jackknife.blocks} if jackknife is not None else {}
+    extra = (
+        {
+            "covariance_jackknife": jackknife.covariance,
+            "jackknife/replicates": jackknife.replicates,
+            "jackknife/covariance_replicates": jackknife.covariance_replicates,
+            "jackknife/covariance_independent": jackknife.covariance_independent,
+            "jackknife/blocks": jackknife.blocks,
+        }
+        if jackknife is not None
+        else {}
+    )
     return {
         **bands,
         **extra,
