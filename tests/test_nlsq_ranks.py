@@ -89,3 +89,56 @@ def test_fit_is_bit_identical_across_rank_counts(laminar_config, tmp_path):
         assert reported(results[ranks]) == reported(results[1]), ranks
     values = np.array([results[1]["parameters"][n]["value"] for n in ("D0", "gamma_dot_t0", "phi0")])
     np.testing.assert_allclose(values, [TRUTH[0], TRUTH[3], TRUTH[6]], rtol=0.2)
+
+
+def chunk_rows(n_chunks: int, width: int = 7) -> np.ndarray:
+    """Chunk sums spanning 16 decades, so any change of summation order changes bits."""
+    rng = np.random.default_rng(n_chunks)
+    return rng.standard_normal((n_chunks, width)) * 10.0 ** rng.integers(-8, 8, (n_chunks, width))
+
+
+@pytest.mark.parametrize("n_chunks", [1, 2, 3, 5, 8, 13, 100])
+def test_chunk_tree_sum_has_the_same_bits_for_every_split_into_ranks(n_chunks):
+    from homodyne_mpi.parallel import SerialComm
+    from homodyne_mpi.parallel.chunk_order import ChunkLayout, combine_cover, local_cover
+
+    rows = chunk_rows(n_chunks)
+    serial, _ = SerialComm().sum_in_chunk_order(rows, 0, n_chunks)
+    for n_ranks in range(1, 9):
+        layout = ChunkLayout(n_chunks * 10, 10, n_ranks)
+        nodes = {}
+        for rank in range(n_ranks):
+            first, stop = layout.chunks_of(rank)
+            for level, index, value in local_cover(rows[first:stop], first, n_chunks):
+                assert (level, index) not in nodes
+                nodes[(level, index)] = value
+        assert np.array_equal(combine_cover(nodes, n_chunks), serial), n_ranks
+    np.testing.assert_allclose(serial, rows.sum(axis=0), rtol=1e-12, atol=1e-12 * np.abs(rows).max())
+
+
+def test_chunk_layout_gives_whole_balanced_runs_and_covers_every_point():
+    from homodyne_mpi.parallel.chunk_order import chunk_layout
+
+    layout = chunk_layout(10_000, 1024, 3)
+    assert layout.chunk == 1024 and layout.n_chunks == 10
+    assert [layout.chunks_of(r) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert layout.point_counts().tolist() == [4096, 3072, 10_000 - 7168]
+    assert [layout.capacity_of(r) for r in range(3)] == [4096, 3072, 3072]
+    small = chunk_layout(300, 8192, 4)
+    assert small.chunk == 512 and small.n_chunks == 1 and small.point_counts().tolist() == [300, 0, 0, 0]
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.timeout(120)
+def test_mpi_chunk_order_sum_equals_the_serial_one():
+    from homodyne_mpi.parallel import MPIComm, SerialComm
+    from homodyne_mpi.parallel.chunk_order import chunk_layout
+
+    comm = MPIComm()
+    for n_chunks in (1, 3, comm.size + 1, 37):
+        rows = chunk_rows(n_chunks)
+        layout = chunk_layout(n_chunks * 256, 256, comm.size)
+        first, stop = layout.chunks_of(comm.rank)
+        total, flags = comm.sum_in_chunk_order(rows[first:stop], first, n_chunks, flag=float(comm.rank == 1))
+        assert np.array_equal(total, SerialComm().sum_in_chunk_order(rows, 0, n_chunks)[0])
+        assert flags == 1.0
