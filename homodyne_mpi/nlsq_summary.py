@@ -49,7 +49,7 @@ def degeneracy_lines(doc: dict) -> list[str]:
     shear = "gamma_dot" in (doc.get("rates") or {})
     rates = "D(t) and gamma_dot(t)" if shear else "D(t)"
     lines.append(
-        f"quote {rates} with their bands (nlsq/fit.h5 bands/*, and the table below) rather than these parameters one by one"
+        f"quote {rates} with {'their bands' if shear else 'its band'} (nlsq/fit.h5 bands/*, and the table below) rather than these parameters one by one"
     )
     return lines
 
