@@ -4,10 +4,12 @@
   the sampling call): the job ends with exit code 3 within ``shard_timeout_s`` + 60 s,
   with one line naming the shard, the rank, the host and the limit; no rank is left; the
   finished shards are on disk, and the same command (with a larger limit) resumes and
-  gives the posterior of an uninterrupted run, to the last bit.
+  gives the posterior of an uninterrupted run (on one rank), to the last bit.
 - A rank whose launcher process is killed exits within a few seconds.
 - A rank that returns while another waits in a collective ends the job (``MPI_Abort``)
   instead of leaving the other spinning.
+- Work that hangs in a C call holding the GIL (the watchdog thread cannot run) is ended by
+  the ``faulthandler`` backstop, with every thread's traceback.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from mpi_jobs import Job, is_running, parent_map, run_command, started_jobs
 from homodyne_mpi.data.simulate import simulate_dataset
 
 SHARDS = 6
-SHARD_LIMIT_S = 30.0
-"""Seconds; rank 0's first shard, which compiles the sampler (about 10 s on a loaded 2-core
-machine while rank 1 hangs), must fit in it."""
+SHARD_LIMIT_S = 15.0
+"""Seconds; rank 0's first shard, which loads the compiled sampler from the cache (about
+4 s on a loaded 2-core machine), must fit in it."""
 
 
 @pytest.fixture
@@ -118,6 +120,13 @@ def posterior(result_json: Path) -> dict:
 
 @pytest.mark.timeout(400)
 def test_a_hanging_shard_ends_the_job_with_exit_3_and_the_rerun_gives_the_uninterrupted_posterior(tiny_cmc, tmp_path, jobs):
+    # the uninterrupted run, on one rank (the posterior does not depend on the rank count);
+    # it also compiles the sampler into the cache, so that in the runs below no shard
+    # spends its time limit compiling
+    reference_out = tmp_path / "reference"
+    reference = run_command(1, tiny_config(tmp_path / "reference.yaml", tiny_cmc, None), reference_out, "--no-nlsq-warmstart")
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
     config = tiny_config(tmp_path / "cmc.yaml", tiny_cmc, SHARD_LIMIT_S)
     out = tmp_path / "results"
     driver = tmp_path / "hanging_shard.py"
@@ -152,11 +161,8 @@ def test_a_hanging_shard_ends_the_job_with_exit_3_and_the_rerun_gives_the_uninte
     assert document["dispatch"]["shards_reused"] == len(saved), document["dispatch"]
     assert document["dispatch"]["shards_run"] == SHARDS - len(saved)
 
-    # an uninterrupted run: shard keys depend only on the seed and the shard index, so
-    # the combined posterior is the same to the last bit
-    reference_out = tmp_path / "reference"
-    reference = run_command(2, tiny_config(tmp_path / "reference.yaml", tiny_cmc, None), reference_out, "--no-nlsq-warmstart")
-    assert reference.returncode == 0, reference.stderr[-3000:]
+    # shard keys depend only on the seed and the shard index: the combined posterior is
+    # that of the uninterrupted run to the last bit
     assert posterior(out / "tiny" / "cmc" / "result.json") == posterior(reference_out / "tiny" / "cmc" / "result.json")
 
 
@@ -221,3 +227,44 @@ def test_a_rank_whose_launcher_is_gone_exits(tmp_path, jobs):
     for pid in left:  # do not leave them behind for the next test
         os.kill(pid, signal.SIGKILL)
     assert not left, f"ranks {left} still running 15 s after their launcher was killed"
+
+
+GIL_HOLDING_DRIVER = textwrap.dedent(
+    """
+    # Rank 1 runs work with a 1 s limit that hangs in a C call holding the GIL, so the
+    # watchdog thread cannot run: faulthandler's backstop (no GIL needed) ends the process.
+    import ctypes, sys
+    import homodyne_mpi.parallel.watchdog as watchdog
+    from homodyne_mpi.parallel import get_comm, run_guarded
+
+    watchdog.BACKSTOP_S = 2.0
+    comm = get_comm()
+
+    def main():
+        if comm.rank == 1:
+            with watchdog.time_limit(1.0, "test work"):
+                print("test: holding the GIL", flush=True)
+                ctypes.PyDLL(None).sleep(3600)
+        comm.barrier()
+        return 0
+
+    raise SystemExit(run_guarded(main, comm))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_work_that_hangs_holding_the_gil_is_ended_by_the_backstop(tmp_path, jobs):
+    driver = tmp_path / "gil.py"
+    driver.write_text(GIL_HOLDING_DRIVER)
+    job = Job(2, [str(driver)], cwd=tmp_path)
+    jobs.append(job)
+    job.wait_for(r"test: holding the GIL", timeout=60)
+    pids = job.rank_pids()
+    started = time.monotonic()
+    code = job.wait(timeout=60)
+    assert code == 1, job.output[-3000:]  # faulthandler's exit code; the launcher ends the other rank
+    assert time.monotonic() - started < 60
+    time.sleep(0.5)
+    assert not [pid for pid in pids.values() if is_running(pid)]
+    assert "Timeout (" in job.output and "most recent call first" in job.output  # every thread's traceback
