@@ -10,7 +10,8 @@ Usage: python scripts/bench_cost_model.py [--points 1e6] [--ranks 1,2,4] [--work
 - ``fits``: ``homodyne-mpi run`` of the laminar data set on each R (``bench_scale.run_fit``):
   wall, fit phase, iterations, accumulate and Allreduce seconds.
 
-Prints and writes JSON.
+Prints and writes JSON. ``--predict`` prints instead the model's predicted efficiency and
+batch times (docs/performance.md) from the constants in ``MODEL``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import machine, single_core_environment, write_json  # noqa: E402
@@ -79,6 +82,57 @@ def read_rate(data: Path) -> dict:
             "file_bytes": data.stat().st_size}
 
 
+MODEL = {
+    "fixed_s": 3.0,  # imports + set-up + compile (warm cache) + exit of one job, measured 2.5-4.4 s
+    "kernel_points_per_s": 1.36e7,  # laminar, per core, idle machine (bench_nlsq, 2026-11-30)
+    "evaluations": 24,  # 20 LM iterations + the start search (~4 full-data equivalents), 1e7 laminar
+    "allreduce_stage_s": 18e-6,  # 3.2 kB Allreduce on 2 ranks here; one stage per doubling of ranks
+    "root_points_per_s": 3.6e6,  # rank 0 read + noise + streamed scatter, 1e7 points on 2 ranks
+}
+"""Cost-model constants (measured here; see docs/performance.md for the commands)."""
+
+
+def job_seconds(points: float, ranks: int, model: dict = MODEL, parallel_read: bool = False) -> float:
+    """Predicted wall time of one data set of ``points`` on ``ranks`` ranks (one group).
+
+    ``parallel_read``: every rank reads its own rows at rank 0's rate (not built yet).
+    """
+    stages = int(np.ceil(np.log2(ranks))) if ranks > 1 else 0
+    per_evaluation = points / (ranks * model["kernel_points_per_s"]) + stages * model["allreduce_stage_s"]
+    readers = ranks if parallel_read else 1
+    return model["fixed_s"] + points / (readers * model["root_points_per_s"]) + model["evaluations"] * per_evaluation
+
+
+def batch_seconds(points: float, datasets: int, ranks: int, group: int) -> float:
+    """Predicted wall time of ``datasets`` equal data sets on ``ranks`` ranks in groups of ``group``."""
+    return int(np.ceil(datasets / max(ranks // group, 1))) * job_seconds(points, group)
+
+
+def predict() -> None:
+    """Markdown tables of the predicted efficiency and batch times."""
+    for parallel_read in (False, True):
+        print(f"reading: {'every rank its own rows' if parallel_read else 'rank 0 streams to all'}")
+        print("| points | " + " | ".join(f"{r} ranks" for r in (1, 16, 256, 1024)) + " |")
+        print("|---|---|---|---|---|")
+        for points in (1e7, 1e8, 1e9):
+            cells = []
+            for ranks in (1, 16, 256, 1024):
+                wall = job_seconds(points, ranks, parallel_read=parallel_read)
+                cells.append(f"{wall:.3g} s (E {job_seconds(points, 1) / (ranks * wall):.2f})")
+            print(f"| {points:.0e} | " + " | ".join(cells) + " |")
+        print()
+    from homodyne_mpi.parallel.groups import plan_groups
+
+    print("| batch on 256 ranks | groups of 1 | 16 | 256 (one group) | automatic |")
+    print("|---|---|---|---|---|")
+    for points, datasets in ((1e7, 100), (1e8, 100), (1e9, 4)):
+        cells = [f"{batch_seconds(points, datasets, 256, g):.3g} s" for g in (1, 16, 256)]
+        plan = plan_groups(256, [int(points)] * datasets)
+        auto = max(len(d) * job_seconds(points, r) for r, d in zip(plan.rank_counts, plan.datasets))
+        cells.append(f"{auto:.3g} s ({plan.n_groups} groups of {min(plan.rank_counts)}-{max(plan.rank_counts)})")
+        print(f"| {datasets} x {points:.0e} points | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=float, default=1e6)
@@ -86,7 +140,11 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "bench_results" / "cost_model"))
     parser.add_argument("--output", default=str(REPO / "bench_results" / "cost_model.json"))
     parser.add_argument("--allreduce-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--predict", action="store_true", help="print the model's predictions (no measurement)")
     args = parser.parse_args()
+    if args.predict:
+        predict()
+        return
     if args.allreduce_worker:
         allreduce_worker()
         return

@@ -105,11 +105,14 @@ def test_group_plan_never_makes_idle_groups_and_one_data_set_uses_every_rank():
     assert plan_groups(4, [100], group_size=1).rank_counts == (4,)
     assert plan_groups(8, [10, 10], group_size=1).rank_counts == (4, 4)
     assert plan_groups(4, [10] * 8, group_size=64).rank_counts == (4,)
-    # Small data sets: one rank each; large ones: ranks so each holds >= the minimum.
+    # One group per data set, up to one per rank ...
     assert auto_group_size(4, [2000] * 8) == 1
-    assert auto_group_size(1024, [1e7] * 400, min_points_per_rank=1_000_000) == 10
-    assert auto_group_size(1024, [1e7] * 8, min_points_per_rank=1_000_000) == 128
+    assert auto_group_size(1024, [1e7] * 400) == 2
+    assert auto_group_size(1024, [1e7] * 8) == 128
     assert auto_group_size(16, [5]) == 16
+    # ... but no rank holds more than the share budget (28 bytes per point)
+    assert auto_group_size(1024, [1e9] + [1e6] * 999, share_bytes=28 * 10**8) == 10
+    assert auto_group_size(4, [0, 0, 100]) == 1
 
 
 @pytest.fixture(scope="module")

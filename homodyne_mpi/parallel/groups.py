@@ -1,9 +1,9 @@
 """Rank groups for a batch: how many ranks fit each data set, and which group fits which.
 
-Pure functions, no MPI. A batch of many small data sets (one per q bin, say) fits them
-faster on several groups of ranks at once than one after another on all ranks, because a
-small fit cannot keep many ranks busy: its start-up, start search and I/O do not shrink
-with ranks, and each LM iteration pays one Allreduce. ``plan_groups`` cuts the world into
+Pure functions, no MPI. A batch of many data sets (one per q bin, say) fits them faster
+on several groups of ranks at once than one after another on all ranks, because part of
+each fit does not shrink with ranks: start-up, compilation, the leader's reading and
+each LM iteration's Allreduce. ``plan_groups`` cuts the world into
 ``n_groups`` contiguous blocks of ranks (sizes differ by at most one) and hands each group
 a list of data sets, the largest first to the group with the least work so far.
 """
@@ -16,10 +16,13 @@ import numpy as np
 
 from .partition import balanced_counts
 
-MIN_POINTS_PER_RANK = 1_000_000
-"""Automatic group size: give each rank of a group at least this many points of a typical
-data set. At the measured laminar kernel rate (about 1.4e7 points/s/core) that is 70 ms of
-work per LM iteration and rank, far above an Allreduce of the packed normal equations."""
+POINT_BYTES = 28
+"""Bytes a rank holds per point of its share (angle, two frame indices, value, weight)."""
+
+SHARE_BYTES_PER_RANK = 2 * 1024**3
+"""Automatic group size: the most point-share memory a rank should need, bytes (2 GiB).
+Data sets larger than ``SHARE_BYTES_PER_RANK / POINT_BYTES`` points (7.7e7) get groups of
+several ranks however many data sets there are."""
 
 
 @dataclass(frozen=True)
@@ -49,24 +52,24 @@ class GroupPlan:
         return tuple(int(s) for s in starts)
 
 
-def auto_group_size(world_size: int, point_counts, min_points_per_rank: int = MIN_POINTS_PER_RANK) -> int:
+def auto_group_size(world_size: int, point_counts, share_bytes: int = SHARE_BYTES_PER_RANK) -> int:
     """Ranks per group for a batch whose data sets have ``point_counts`` points.
 
-    One data set (or none): every rank in one group. Otherwise enough ranks that the median
-    data set gives each one ``min_points_per_rank`` points, but no more groups than data
-    sets (so no group idles). Unknown sizes (a count of 0, e.g. a file that cannot be read)
-    are left out of the median.
+    As many groups as data sets, up to one per rank: every group then pays its start-up,
+    compilation and leader's reading side by side instead of one data set after another
+    (the cost model in docs/performance.md), while the kernel work per data set is the
+    same total. Groups are made larger only where the largest data set's points would
+    need more than ``share_bytes`` on a rank. One data set (or none): every rank.
+    Unknown sizes (0: a file that cannot be read) do not count.
     """
     if world_size < 1:
         raise ValueError("auto_group_size needs world_size >= 1")
-    counts = np.asarray(list(point_counts), dtype=np.float64)
-    if counts.size <= 1:
+    counts = [int(c) for c in point_counts]
+    if len(counts) <= 1:
         return world_size
-    known = counts[counts > 0]
-    typical = float(np.median(known)) if known.size else 0.0
-    by_work = max(1, int(typical // max(min_points_per_rank, 1)))
-    by_count = -(-world_size // counts.size)
-    return int(min(world_size, max(by_work, by_count)))
+    by_memory = -(-max(counts) * POINT_BYTES // max(int(share_bytes), 1)) or 1
+    n_groups = max(1, min(len(counts), world_size // by_memory))
+    return int(min(world_size, max(world_size // n_groups, by_memory)))
 
 
 def plan_groups(world_size: int, point_counts, group_size: int | None = None) -> GroupPlan:
