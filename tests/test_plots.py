@@ -34,7 +34,7 @@ pytest.importorskip("matplotlib")
 from PIL import Image  # noqa: E402  (a matplotlib dependency)
 
 from homodyne_mpi import plots  # noqa: E402
-from homodyne_mpi.plots import c2_figure, cmc_figures, downsample, nlsq_figures, shard_health  # noqa: E402
+from homodyne_mpi.plots import backend, c2_figure, cmc_figures, downsample, nlsq_figures, shard_health  # noqa: E402
 from homodyne_mpi.plots.redraw import redraw_results  # noqa: E402
 
 TIMEOUT = 180
@@ -687,8 +687,8 @@ def test_redraw_errors_are_one_line(tmp_path, nlsq_runs):
 
 
 def test_without_matplotlib_plots_are_skipped_with_one_warning(monkeypatch, caplog, tmp_path):
-    monkeypatch.setattr(plots, "matplotlib_available", lambda: False)
-    monkeypatch.setattr(plots, "_MISSING_WARNED", False)
+    monkeypatch.setattr(backend, "matplotlib_available", lambda: False)
+    monkeypatch.setattr(backend, "_MISSING_WARNED", False)
     made = write_cmc_results(tmp_path / "d", "static")
     with caplog.at_level(logging.WARNING, logger="homodyne_mpi.plots"), AsyncWriter() as writer:
         assert plots.submit_cmc_figures(writer, tmp_path / "d", made["document"], made["posterior"]) == []

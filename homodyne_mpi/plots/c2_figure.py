@@ -96,7 +96,7 @@ class C2Figure:
     """Side of each image panel, inches."""
 
     def __init__(self) -> None:
-        from . import new_figure
+        from .backend import new_figure
 
         self.figure = new_figure(self.WIDTH, self.HEIGHT, layout=None)
         self.canvas = self.figure.canvas
@@ -148,7 +148,7 @@ class C2Figure:
 
     def draw(self, path: str | Path, panels: dict[str, Any], info: NLSQFigureInfo, k: int) -> None:
         """Show angle ``k``'s ``panels`` (from :func:`c2_panels`) and save the PNG at ``path``."""
-        from . import write_png
+        from .backend import write_png
 
         factor = panels["factor"]
         start, blocks_end, data_end = block_edges(info.t, factor)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
-from . import decode_names
+from .backend import decode_names
 from .shard_health import cmc_title, draw_shard_health, shard_state
 
 __all__ = [
@@ -251,7 +251,7 @@ def _marginal_sources(
 
 def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     """Histogram of the combined draws per physical parameter, with each retained shard's posterior."""
-    from . import new_figure, save_png
+    from .backend import new_figure, save_png
 
     names = info.physical or info.names
     rows, cols = _grid(len(names))
@@ -335,7 +335,7 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
 
 def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
     """Pairwise plot of the physical parameters from the combined draws."""
-    from . import new_figure, save_png
+    from .backend import new_figure, save_png
 
     names = info.physical or info.names
     n = len(names)
@@ -443,7 +443,7 @@ def submit_cmc_figures(
     A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
     once) when matplotlib is not installed.
     """
-    from . import plotting_available
+    from .backend import plotting_available
 
     if not plotting_available():
         return []

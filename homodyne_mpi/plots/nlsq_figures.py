@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from . import decode_names
+from .backend import decode_names
 from .c2_figure import draw_c2_angle
 
 __all__ = [
@@ -227,7 +227,7 @@ def _draw_rate(ax: Any, t: np.ndarray, rate: np.ndarray, std: np.ndarray | None,
 
 def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureInfo) -> None:
     """Draw ``J(t)`` (and ``gamma_dot(t)``) with their 1-sigma bands; save as PNG at ``path``."""
-    from . import new_figure, save_png
+    from .backend import new_figure, save_png
 
     laminar = curves.gamma_dot is not None
     width, height = (12.0 if laminar else 6.5), 4.8
@@ -308,7 +308,7 @@ def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Map
 
     Returns ``[]`` (and warns once) when matplotlib is not installed.
     """
-    from . import plotting_available
+    from .backend import plotting_available
 
     if not plotting_available():
         return []

@@ -151,7 +151,7 @@ def redraw_results(result_dir: Path) -> int:
     line, exit code 2) before any figure is written; without matplotlib it is an error
     (exit code 1) naming the extra to install.
     """
-    from . import matplotlib_available
+    from .backend import matplotlib_available
 
     if not matplotlib_available():
         raise HomodyneError(

@@ -60,7 +60,7 @@ def draw_shard_health(path: str | Path, info: Any) -> None:
     """Bars of R-hat, ESS and divergences per shard of ``info`` (a ``CMCFigureInfo``); save as PNG."""
     from matplotlib.patches import Patch
 
-    from . import new_figure, save_png
+    from .backend import new_figure, save_png
 
     shards = info.shards
     index = np.array([int(s.get("index", i)) for i, s in enumerate(shards)])
