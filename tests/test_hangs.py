@@ -168,8 +168,9 @@ def test_a_hanging_shard_ends_the_job_with_exit_3_and_the_rerun_gives_the_uninte
 
 IDLE_RANKS_DRIVER = textwrap.dedent(
     """
-    # Two ranks under run_guarded: rank 1 returns with its exit code at once while rank 0
-    # waits in a collective (or sleeps), as after a signal seen by one rank only.
+    # Two ranks under run_guarded: rank 1 returns with its exit code 3 at once (or calls
+    # sys.exit(3)) while rank 0 waits in a collective (or sleeps), as after a signal seen
+    # by one rank only.
     import os, sys, time
     import homodyne_mpi.parallel.watchdog as watchdog
     from homodyne_mpi.parallel import get_comm, run_guarded
@@ -180,6 +181,8 @@ IDLE_RANKS_DRIVER = textwrap.dedent(
     def main():
         print(f"test: rank {comm.rank} running", flush=True)
         if comm.rank == 1:
+            if sys.argv[3] == "sys.exit":
+                sys.exit(3)
             return 3
         if sys.argv[1] == "sleep":
             time.sleep(3600)
@@ -192,11 +195,12 @@ IDLE_RANKS_DRIVER = textwrap.dedent(
 
 
 @pytest.mark.timeout(120)
-def test_a_rank_that_returns_while_another_waits_in_a_collective_aborts_the_job(tmp_path, jobs):
+@pytest.mark.parametrize("leaving", ["return", "sys.exit"])
+def test_a_rank_that_returns_while_another_waits_in_a_collective_aborts_the_job(leaving, tmp_path, jobs):
     driver = tmp_path / "idle_ranks.py"
     driver.write_text(IDLE_RANKS_DRIVER)
     wait_s = 2.0
-    job = Job(2, [str(driver), "barrier", str(wait_s)], cwd=tmp_path)
+    job = Job(2, [str(driver), "barrier", str(wait_s), leaving], cwd=tmp_path)
     jobs.append(job)
     job.wait_for(r"test: rank 0 running", timeout=60)
     pids = job.rank_pids()
@@ -213,7 +217,7 @@ def test_a_rank_whose_launcher_is_gone_exits(tmp_path, jobs):
     driver = tmp_path / "idle_ranks.py"
     driver.write_text(IDLE_RANKS_DRIVER)
     # rank 0 sleeps outside MPI, rank 1 waits (up to an hour) for it at the end
-    job = Job(2, [str(driver), "sleep", "3600"], cwd=tmp_path)
+    job = Job(2, [str(driver), "sleep", "3600", "return"], cwd=tmp_path)
     jobs.append(job)
     job.wait_for(r"test: rank 1 running", timeout=60)
     pids = job.rank_pids()

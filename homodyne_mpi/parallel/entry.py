@@ -44,9 +44,20 @@ def run_guarded(main: Callable[[], int], comm: Comm) -> int:
     if comm.size > 1:
         watch_launcher()
     guard = ExitGuard(comm)
-    code = _run_main(main, comm)
+    try:
+        code = _run_main(main, comm)
+    except SystemExit as request:  # sys.exit() inside main: leave with the others all the same
+        code = _exit_code(request)
     guard.leave(code)
     return code
+
+
+def _exit_code(request: SystemExit) -> int:
+    """The exit status Python gives ``sys.exit(arg)``: an int as is, None 0, else 1 (printed)."""
+    if request.code is None or isinstance(request.code, int):
+        return int(request.code or 0)
+    print(request.code, file=sys.stderr, flush=True)
+    return 1
 
 
 def _run_main(main: Callable[[], int], comm: Comm) -> int:
