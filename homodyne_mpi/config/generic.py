@@ -246,16 +246,17 @@ def _check_range(value: Any, meta: Mapping[str, Any], path: str, ctx: Context) -
             )
         return
     number = as_number(value)
-    limits = [(op, meta[key]) for op, key in (("> ", "gt"), (">= ", "ge"), ("< ", "lt"), ("<= ", "le")) if key in meta]
-    if number is None or not limits:
-        return
-    if not all(_COMPARE[op](number, bound) for op, bound in limits):
+    if number is not None and not all(compare(number, meta[key]) for key, _, compare in _LIMITS if key in meta):
         unit = f" ({meta['unit']})" if meta.get("unit") else ""
-        rule = " and ".join(f"{op}{format_number(bound)}" for op, bound in limits)
-        raise ctx.error(f"'{path}' = {value!r} is out of range", f"it must be {rule}{unit}")
+        raise ctx.error(f"'{path}' = {value!r} is out of range", f"it must be {limits_text(meta)}{unit}")
 
 
-_COMPARE = {"> ": operator.gt, ">= ": operator.ge, "< ": operator.lt, "<= ": operator.le}
+_LIMITS = (("gt", ">", operator.gt), ("ge", ">=", operator.ge), ("lt", "<", operator.lt), ("le", "<=", operator.le))
+
+
+def limits_text(meta: Mapping[str, Any]) -> str:
+    """A field's range in words, ``> 0 and <= 1``; ``''`` when it has none."""
+    return " and ".join(f"{sign} {format_number(meta[key])}" for key, sign, _ in _LIMITS if key in meta)
 
 
 def to_plain(obj: Any) -> Any:

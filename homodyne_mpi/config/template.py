@@ -20,8 +20,8 @@ import yaml
 
 from ..errors import ConfigError
 from ..vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS
-from .context import did_you_mean, format_number
-from .generic import describe, schema_fields, to_plain, type_hints
+from .context import did_you_mean
+from .generic import describe, limits_text, schema_fields, to_plain, type_hints
 from .schema import HomodyneConfig
 from .sections import DEFAULT_BOUNDS, PARAMETER_UNITS, SCALING_PARAMETERS, ExperimentalDataConfig, ScatteringConfig
 
@@ -99,10 +99,8 @@ def allowed(tp: Any, meta: typing.Mapping[str, Any]) -> str:
     """The values a field allows, in words: ``an integer; >= 1``, ``one of: a, b``."""
     if meta.get("choices"):
         return "one of: " + ", ".join(meta["choices"])
-    limits = [
-        f"{op} {format_number(meta[key])}" for key, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if key in meta
-    ]
-    return describe(tp, meta) + ("; " + " and ".join(limits) if limits else "")
+    limits = limits_text(meta)
+    return describe(tp, meta) + (f"; {limits}" if limits else "")
 
 
 def _render(obj: Any, indent: str) -> list[str]:
