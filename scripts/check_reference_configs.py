@@ -11,7 +11,8 @@ additions), and for each one:
 2. ``homodyne-mpi validate`` with only the data file path changed, to a file simulated
    for the config's mode (its frame count, dt, and angles 0, 90 and 180 degrees);
 3. ``homodyne-mpi run --method nlsq`` on the same config with a shorter frame window
-   (``end_frame`` 100), to keep the run short.
+   (``end_frame`` 100), to keep the run short; its result.json's convergence and reduced
+   chi2 are printed.
 
 Prints one line per config and a summary; exit code 1 when a key is unclassified or a
 check fails. The wheels and configs stay in a temporary folder (they are another
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import json
 import subprocess
 import sys
 import tempfile
@@ -132,6 +134,9 @@ def check_config(name: str, config: Any, folder: Path) -> dict[str, Any]:
         short_path.write_text(yaml.safe_dump(short, sort_keys=False))
         run = cli("run", str(short_path), "--method", "nlsq", "--output-dir", str(folder / f"out_{slug}"))
         row.update(run=run.returncode, message=_last_line(run) if run.returncode else "")
+        for result in sorted((folder / f"out_{slug}").rglob("nlsq/result.json")):
+            fit = json.loads(result.read_text())
+            row.update(converged=fit["converged"], reduced_chi2=round(fit["reduced_chi2"], 3), n_points=fit["n_points"])
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
 
