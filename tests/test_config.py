@@ -472,6 +472,11 @@ def test_key_unknown_to_both_programs_in_reference_config_is_ignored_with_a_warn
     assert "optimization.nlsq.trust_regon_scale" in cfg.ignored_keys
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("'optimization.nlsq.trust_regon_scale'" in w and "spelling" in w for w in warnings)
+    d["optimization"]["nlsq"]["max_iteratons"] = 3
+    with caplog.at_level(logging.INFO, logger="homodyne_mpi.config"):
+        HomodyneConfig.from_dict(d)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'optimization.nlsq.max_iteratons'" in w and "did you mean 'max_iterations'" in w for w in warnings)
     # in this program's own format the same misspelling is an error naming the nearest key
     own = with_key(template_dict("static"), "optimization.nlsq.max_iteration", 5)
     assert "unknown key 'optimization.nlsq.max_iteration' -- did you mean 'max_iterations'?" in dict_error(own)

@@ -66,6 +66,7 @@ class Context:
         self.fixed_values: dict[str, Any] = {}
         self.origin: dict[str, str] = {}  # moved key's path here -> path in the file
         self.lenient = False  # a reference-format config: unknown keys are ignored, not errors
+        self.nearest: dict[str, str] = {}  # ignored key -> " (did you mean 'x'?)" or ""
 
     def where(self, path: str) -> str:
         """The path the user wrote for ``path`` (differs for keys moved from elsewhere)."""

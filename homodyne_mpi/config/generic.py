@@ -81,6 +81,7 @@ def parse(cls: type, raw: Any, path: str, ctx: Context) -> Any:
             kwargs[key] = coerce(value, hints[key], key_path, ctx, f)
         elif ctx.lenient:
             ctx.ignore(pattern(key_path))
+            ctx.nearest[pattern(key_path)] = did_you_mean(key, list(known))
         else:
             raise ctx.error(f"unknown key '{key_path}'", suggest_fix(key, list(known), valid_keys=True))
     for name, f in known.items():

@@ -130,7 +130,10 @@ def finish_reference(ctx: Context) -> None:
     """Warn about ignored keys that the reference package does not write either."""
     for path in ctx.ignored:
         if classify(path) is None:
-            ctx.warn(f"'{path}' is neither a homodyne_mpi key nor one of the reference package's; check its spelling")
+            ctx.warn(
+                f"'{path}' is neither a homodyne_mpi key nor one of the reference package's; check its spelling"
+                + ctx.nearest.get(path, "")
+            )
 
 
 def apply_fixed_values(cfg: Any, ctx: Context) -> None:
