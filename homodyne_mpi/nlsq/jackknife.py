@@ -284,7 +284,9 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
     problem = objective.problem
     objective.excluded_frames = np.asarray(block, dtype=np.int32)
     try:
-        refit = levenberg_marquardt(objective, theta_hat, problem.lower, problem.upper, problem.free, lm_options, quiet=True)
+        refit = levenberg_marquardt(
+            objective, theta_hat, problem.lower, problem.upper, problem.free, lm_options, quiet=True, mixed_gradient=objective.mixed_gradient
+        )
     finally:
         objective.excluded_frames = NO_EXCLUSION
     return refit, covariance_from_hessian(refit.hessian, problem.free, reduced_chi2)

@@ -157,7 +157,7 @@ def point_loss_weights(residual, setup: KernelSetup):
     return loss_weight((residual / setup.loss_scale) ** 2, setup.loss)
 
 
-def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None):
+def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None, model_tables=None):
     """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
 
     Returns ``(gram, pair_moments, chi2, robust_cost)``:
@@ -176,6 +176,9 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
 
     ``excluded_frames = [start, stop)`` (optional) drops every point whose ``i`` or ``j``
     lies in that frame range, as a frame-block jackknife replicate needs.
+    ``model_tables`` (optional, the tables at another ``theta'``) takes the residuals
+    from ``theta'`` while the Jacobian stays at ``theta``: the last column then holds
+    ``J(theta)^T W r(theta')``, which the solver's geodesic acceleration needs.
     """
     angle, frame_i, frame_j, value, weight = chunk
     if excluded_frames is not None:
@@ -183,6 +186,8 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
         touches = ((frame_i >= start) & (frame_i < stop)) | ((frame_j >= start) & (frame_j < stop))
         weight = jnp.where(touches, 0.0, weight)
     model, jac_phys, g1_sq = point_model_and_jacobian(tables, angle, frame_i, frame_j, setup)
+    if model_tables is not None:
+        model = point_model_and_jacobian(model_tables, angle, frame_i, frame_j, setup)[0]
     residual = weight * (model - value)
     design = jnp.concatenate([weight[:, None] * jac_phys, residual[:, None]], axis=1)
     z = (residual / setup.loss_scale) ** 2
@@ -224,19 +229,21 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
 
 
 @partial(jax.jit, static_argnames=("setup",))
-def chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames=None, *, setup: KernelSetup):
+def chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames=None, theta_model=None, *, setup: KernelSetup):
     """``(n_chunks, L)``: each chunk's ``chunk_accumulators``, packed (``pack_accumulators``).
 
     The per-frame tables are computed once; ``lax.map`` walks the chunks so the working
     memory is one chunk's, whatever the block size. Chunk sums are returned one by one
     so that they can be added in a fixed global order (``Comm.sum_in_chunk_order``).
     ``excluded_frames`` (int array ``[start, stop)``, or None) drops the points touching
-    those frames.
+    those frames. ``theta_model`` (or None) takes the residuals from there
+    (``chunk_accumulators``' ``model_tables``).
     """
     tables = point_tables(theta, phi_deg, setup)
+    model_tables = None if theta_model is None else point_tables(theta_model, phi_deg, setup)
 
     def one_chunk(chunk):
-        gram, moments, chi2, cost = chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames)
+        gram, moments, chi2, cost = chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames, model_tables)
         return jnp.concatenate([gram.ravel(), moments[: setup.n_pairs].ravel(), chi2[None], cost[None]])
 
     return jax.lax.map(one_chunk, block)

@@ -76,6 +76,13 @@ class LMResult:
     """``max`` gradient cosine over the free, non-pinned parameters at ``theta``."""
 
 
+PROBE = 0.1
+"""Fraction of the step at which the acceleration's finite difference probes the residuals."""
+
+ACCELERATION_LIMIT = 0.75
+"""Largest ``2 |a| / |v|`` (scaled) of an accelerated step that is tried (Transtrum and Sethna's alpha)."""
+
+
 def _diagonal_scale(hessian: np.ndarray) -> np.ndarray:
     """``sqrt(diag H)``, floored so that a dead column does not divide by zero."""
     diagonal = np.diag(hessian).copy()
@@ -105,11 +112,12 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
         return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
 
 
-def bounded_step(hessian, gradient, theta, lower, upper, damping: float, scale) -> np.ndarray:
+def bounded_step(hessian, gradient, theta, lower, upper, damping: float, scale) -> tuple[np.ndarray, np.ndarray]:
     """Damped Gauss-Newton step that stays in ``[lower, upper]`` (active set; module docstring).
 
     All arrays are over the free parameters; ``scale`` is ``sqrt(diag H)`` (Marquardt's
-    damping ``damping * scale^2``). Returns the step, zero for held parameters.
+    damping ``damping * scale^2``). Returns the step and the mask of the held parameters
+    (pinned, or stopped on a bound by this step).
     """
     held = pinned(theta, gradient, lower, upper)
     step = np.zeros_like(theta)
@@ -127,7 +135,25 @@ def bounded_step(hessian, gradient, theta, lower, upper, damping: float, scale) 
         step[below] = lower[below] - theta[below]
         step[above] = upper[above] - theta[above]
         held = held | below | above
-    return step
+    return step, held
+
+
+def acceleration(hessian, gradient, mixed_gradient, velocity, held, damping: float, scale, probe: float) -> np.ndarray:
+    """Geodesic acceleration ``a`` of the step ``velocity`` (free parameters; held ones get 0).
+
+    ``mixed_gradient`` is ``J(theta)^T W r(theta + probe * velocity)``; then
+    ``J^T r_vv ~ (2 / probe) ((mixed_gradient - gradient) / probe - H velocity)`` is the
+    residuals' second directional derivative seen by the Jacobian, and ``a`` solves the
+    same damped system with it on the right-hand side. The step ``velocity + a / 2`` then
+    follows a curved valley instead of leaving it along the tangent.
+    """
+    move = ~held
+    second = (2.0 / probe) * ((mixed_gradient - gradient) / probe - hessian @ velocity)
+    result = np.zeros_like(velocity)
+    if move.any():
+        damped = hessian[np.ix_(move, move)] + damping * np.diag(scale[move] ** 2)
+        result[move] = _solve(damped, -second[move])
+    return result
 
 
 def levenberg_marquardt(
@@ -141,6 +167,7 @@ def levenberg_marquardt(
     quiet: bool = False,
     on_accept: Callable[[np.ndarray, int, float], None] | None = None,
     first_iteration: int = 1,
+    mixed_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> LMResult:
     """Minimise the robust cost from ``theta0`` within ``[lower, upper]``.
 
@@ -149,7 +176,10 @@ def levenberg_marquardt(
     ``quiet`` logs the iterations at DEBUG instead of INFO; ``on_accept(theta,
     iteration, damping)`` is called after every accepted step with the state a resumed
     fit needs (``theta0=theta``, ``initial_damping=damping``,
-    ``first_iteration=iteration + 1`` continue the same path).
+    ``first_iteration=iteration + 1`` continue the same path). ``mixed_gradient(theta, theta')``
+    (``J(theta)^T W r(theta')``, optional) turns on geodesic acceleration
+    (``acceleration``): one more pass per iteration, and a step whose acceleration is
+    more than ``ACCELERATION_LIMIT`` of its velocity (scaled norms) counts as rejected.
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
@@ -168,12 +198,23 @@ def levenberg_marquardt(
             iteration -= 1
             break
         scale = _diagonal_scale(h_free)
-        step = bounded_step(h_free, g_free, theta[free], lo, hi, damping, scale)
+        step, held = bounded_step(h_free, g_free, theta[free], lo, hi, damping, scale)
+        bent = False
+        if mixed_gradient is not None and np.any(step):
+            probe = theta.copy()
+            probe[free] = np.clip(theta[free] + PROBE * step, lo, hi)
+            mixed = mixed_gradient(theta, probe)[free]
+            curve = acceleration(h_free, g_free, mixed, step, held, damping, scale, PROBE)
+            bent = 2.0 * np.linalg.norm(scale * curve) > ACCELERATION_LIMIT * np.linalg.norm(scale * step)
+            step = step + 0.5 * curve
         trial = theta.copy()
         trial[free] = np.clip(theta[free] + step, lo, hi)
         step = (trial - theta)[free]
         predicted = -(2.0 * g_free @ step + step @ h_free @ step)
-        t_hessian, t_gradient, t_chi2, t_cost = evaluate(trial)
+        if bent:
+            t_hessian, t_gradient, t_chi2, t_cost = hessian, gradient, chi2, np.inf
+        else:
+            t_hessian, t_gradient, t_chi2, t_cost = evaluate(trial)
         actual = cost - t_cost
         accepted = bool(np.isfinite(t_cost) and actual > 0)
         history.append(
