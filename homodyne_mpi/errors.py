@@ -12,6 +12,9 @@ class HomodyneError(Exception):
     """Base class of the errors this program raises on purpose."""
 
     exit_code = 1
+    collective = False
+    """True when every rank raises it together (``parallel.entry.run_guarded`` then ends each
+    rank with ``exit_code`` instead of aborting the job)."""
 
 
 class InputError(HomodyneError):

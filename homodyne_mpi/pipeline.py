@@ -194,26 +194,32 @@ class BatchRunner:
             ) from None
         return datasets
 
-    def finish(self, outcomes: dict[int, DatasetOutcome], plan: GroupPlan, batch_start: float, interrupted) -> int:
+    def close_writer(self) -> list[str]:
+        """Group leader: wait for every queued write, stop the writer; the failed writes, described."""
+        writer = self.writer
+        if writer is None:
+            return []
+        failures = [failure.describe() for failure in writer.wait_all()]
+        writer.shutdown()
+        return failures
+
+    def finish(self, outcomes: dict[int, DatasetOutcome], plan: GroupPlan, batch_start: float, interrupted: Interrupted | None) -> int:
         """Wait for every group's writes, write ``batch_summary.json`` on world rank 0, report failures.
 
         A signal seen by any group ends every rank with ``Interrupted`` (no summary).
         """
         if self.world.allreduce_sum(np.array([0.0 if interrupted is None else 1.0]))[0] > 0:
             if self.comm.is_root:
-                self.writer.wait_all()
-                self.writer.shutdown()
-            error = interrupted or Interrupted("stopped by a signal in another rank group; finished work was saved -- run the same command to resume")
-            error.collective = True
-            raise error
-        failures: list[str] = []
-        if self.comm.is_root and not self.world.is_root:
-            failures = [failure.describe() for failure in self.writer.wait_all()]
-            self.writer.shutdown()
+                self.close_writer()
+            if interrupted is None:
+                interrupted = Interrupted("stopped by a signal in another rank group; finished work was saved -- run the same command to resume")
+            interrupted.collective = True
+            raise interrupted
+        failures = self.close_writer() if self.comm.is_root and not self.world.is_root else []
         gathered = self.world.gather((outcomes, failures) if self.comm.is_root else None)
         code = 0
         seconds = 0.0
-        if self.world.is_root:
+        if self.world.is_root and gathered is not None and self.writer is not None:
             everything: dict[int, DatasetOutcome] = {}
             for part in gathered:
                 if part is not None:
@@ -233,8 +239,7 @@ class BatchRunner:
                 "datasets": [{**everything[index].to_dict(), "group": group_of[index]} for index in sorted(everything)],
             }
             self.writer.submit_json(self.output_dir / "batch_summary.json", summary)
-            failures += [failure.describe() for failure in self.writer.wait_all()]
-            self.writer.shutdown()
+            failures += self.close_writer()
             for outcome in failed:
                 print(f"error: data set '{outcome.name}': {outcome.error}", file=sys.stderr, flush=True)
             if failures:

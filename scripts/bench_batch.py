@@ -41,8 +41,21 @@ def make_batch(workdir: Path, n_datasets: int, n_frames: int, n_angles: int) -> 
     for k in range(n_datasets):
         path = workdir / f"set{k}_{n_angles}x{n_frames}.h5"
         if not path.exists():
-            simulate_dataset(path, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames, gap=2e6,
-                             physical=TRUTH, contrast=0.3, offset=1.0, phi=phi, noise_sigma=0.02, seed=k + 1)
+            simulate_dataset(
+                path,
+                mode="static",
+                shear_form="paper",
+                q=0.0054,
+                dt=0.1,
+                n_frames=n_frames,
+                gap=2e6,
+                physical=TRUTH,
+                contrast=0.3,
+                offset=1.0,
+                phi=phi,
+                noise_sigma=0.02,
+                seed=k + 1,
+            )
         entries.append({"file_path": str(path), "name": f"set{k}"})
     config = yaml.safe_load(render_template("static"))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
@@ -59,8 +72,21 @@ def make_batch(workdir: Path, n_datasets: int, n_frames: int, n_angles: int) -> 
 
 def run_batch(config: Path, ranks: int, group_size: int, out: Path) -> dict:
     """One ``homodyne-mpi run`` of the whole batch; wall times and every fitted value."""
-    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config),
-               "--output-dir", str(out), "--fresh", "--group-size", str(group_size)]
+    command = [
+        str(BIN / "mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "homodyne_mpi",
+        "run",
+        str(config),
+        "--output-dir",
+        str(out),
+        "--fresh",
+        "--group-size",
+        str(group_size),
+    ]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
     wall = time.perf_counter() - start
@@ -71,9 +97,16 @@ def run_batch(config: Path, ranks: int, group_size: int, out: Path) -> dict:
     for entry in summary["datasets"]:
         result = json.loads((out / entry["name"] / "nlsq" / "result.json").read_text())
         fits[entry["name"]] = {name: (p["value"], p["std"]) for name, p in result["parameters"].items()}
-    return {"group_size": group_size, "rank_groups": summary["rank_groups"], "wall_s": wall,
-            "batch_wall_s": summary["wall_s"], "fits": fits,
-            "command": " ".join(["mpiexec", "-n", str(ranks), "python", "-m", "homodyne_mpi", "run", config.name, "--group-size", str(group_size)])}
+    return {
+        "group_size": group_size,
+        "rank_groups": summary["rank_groups"],
+        "wall_s": wall,
+        "batch_wall_s": summary["wall_s"],
+        "fits": fits,
+        "command": " ".join(
+            ["mpiexec", "-n", str(ranks), "python", "-m", "homodyne_mpi", "run", config.name, "--group-size", str(group_size)]
+        ),
+    }
 
 
 def largest_difference(run: dict, reference: dict) -> float:
@@ -112,8 +145,17 @@ def main() -> None:
         run["bitwise_equal_to_one_group"] = run["fits"] == reference["fits"]
         del run["fits"]
     n_points = args.angles * args.frames * (args.frames - 1) // 2
-    write_json(args.output, {"machine": machine(), "load_average_at_start": load_average, "datasets": args.datasets,
-                             "points_per_dataset": n_points, "ranks": args.ranks, "runs": runs})
+    write_json(
+        args.output,
+        {
+            "machine": machine(),
+            "load_average_at_start": load_average,
+            "datasets": args.datasets,
+            "points_per_dataset": n_points,
+            "ranks": args.ranks,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

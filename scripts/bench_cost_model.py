@@ -78,8 +78,13 @@ def read_rate(data: Path) -> dict:
         for block in source.point_blocks(sigma, 1_000_000):
             n += len(block)
     seconds = time.perf_counter() - start
-    return {"points": n, "seconds": seconds, "noise_seconds": noise_s, "points_per_second": n / seconds,
-            "file_bytes": data.stat().st_size}
+    return {
+        "points": n,
+        "seconds": seconds,
+        "noise_seconds": noise_s,
+        "points_per_second": n / seconds,
+        "file_bytes": data.stat().st_size,
+    }
 
 
 MODEL = {
@@ -153,8 +158,13 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     data, config, _ = make_dataset(workdir, args.points)
     ranks = [int(r) for r in args.ranks.split(",")]
-    document = {"machine": machine(), "load_average_at_start": load_average, "kernel": kernel_rate(),
-                "allreduce_seconds": {r: allreduce_times(r) for r in ranks if r > 1}, "read": read_rate(data)}
+    document = {
+        "machine": machine(),
+        "load_average_at_start": load_average,
+        "kernel": kernel_rate(),
+        "allreduce_seconds": {r: allreduce_times(r) for r in ranks if r > 1},
+        "read": read_rate(data),
+    }
     run_fit(config, max(ranks), workdir / "warmup")
     fits = {}
     for r in ranks:

@@ -42,8 +42,21 @@ def make_dataset(workdir: Path) -> Path:
 
     data = workdir / f"static_{N_FRAMES}.h5"
     if not data.exists():
-        simulate_dataset(data, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=N_FRAMES, gap=2e6,
-                         physical=TRUTH, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.02, seed=1)
+        simulate_dataset(
+            data,
+            mode="static",
+            shear_form="paper",
+            q=0.0054,
+            dt=0.1,
+            n_frames=N_FRAMES,
+            gap=2e6,
+            physical=TRUTH,
+            contrast=0.3,
+            offset=1.0,
+            phi=PHI,
+            noise_sigma=0.02,
+            seed=1,
+        )
     config = yaml.safe_load(render_template("static"))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": N_FRAMES})
     config["experimental_data"]["file_path"] = str(data)
@@ -99,8 +112,12 @@ def one_job(config: Path, out: Path) -> dict:
         "batch_rest_s": marks["batch_end"] - marks["batch_start"] - sum(stages.values()),
         "exit_s": end - marks["batch_end"],
     }
-    return {"wall_s": end - start, "phases_s": phases, "iterations": result["iterations"],
-            "jackknife_refits": result["jackknife"]["blocks"] if result.get("jackknife") else 0}
+    return {
+        "wall_s": end - start,
+        "phases_s": phases,
+        "iterations": result["iterations"],
+        "jackknife_refits": result["jackknife"]["blocks"] if result.get("jackknife") else 0,
+    }
 
 
 def main() -> None:
@@ -117,15 +134,18 @@ def main() -> None:
     runs = [one_job(config, workdir / "out") for _ in range(args.repeats)]
     wall = statistics.median(run["wall_s"] for run in runs)
     breakdown = {name: statistics.median(run["phases_s"][name] for run in runs) for name in runs[0]["phases_s"]}
-    write_json(args.output, {
-        "machine": machine(),
-        "load_average_at_start": load_average,
-        "n_points": 6 * N_FRAMES * (N_FRAMES - 1) // 2,
-        "command": f"{Path(sys.executable).name} -m homodyne_mpi run {config.name} --fresh (warm cache, 1 XLA thread)",
-        "wall_s_median": wall,
-        "phases_s_median": breakdown,
-        "runs": runs,
-    })
+    write_json(
+        args.output,
+        {
+            "machine": machine(),
+            "load_average_at_start": load_average,
+            "n_points": 6 * N_FRAMES * (N_FRAMES - 1) // 2,
+            "command": f"{Path(sys.executable).name} -m homodyne_mpi run {config.name} --fresh (warm cache, 1 XLA thread)",
+            "wall_s_median": wall,
+            "phases_s_median": breakdown,
+            "runs": runs,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,21 @@ def make_dataset(workdir: Path, n_points: float) -> tuple[Path, Path, int]:
     n_frames = frames_for(n_points)
     data = workdir / f"laminar_{n_frames}.h5"
     if not data.exists():
-        simulate_dataset(data, mode="laminar_flow", shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames, gap=2e6,
-                         physical=TRUTH, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.02, seed=1)
+        simulate_dataset(
+            data,
+            mode="laminar_flow",
+            shear_form="paper",
+            q=0.0054,
+            dt=0.1,
+            n_frames=n_frames,
+            gap=2e6,
+            physical=TRUTH,
+            contrast=0.3,
+            offset=1.0,
+            phi=PHI,
+            noise_sigma=0.02,
+            seed=1,
+        )
     config = yaml.safe_load(render_template("laminar_flow"))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
     config["experimental_data"]["file_path"] = str(data)
@@ -68,20 +81,39 @@ def make_dataset(workdir: Path, n_points: float) -> tuple[Path, Path, int]:
 
 def run_fit(config: Path, ranks: int, out: Path) -> dict:
     """One ``homodyne-mpi run``: wall, iterations, truth within 3 std, memory per rank."""
-    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config),
-               "--output-dir", str(out), "--fresh"]
+    command = [
+        str(BIN / "mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "homodyne_mpi",
+        "run",
+        str(config),
+        "--output-dir",
+        str(out),
+        "--fresh",
+    ]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
     wall = time.perf_counter() - start
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr[-2000:])
     result = json.loads(next(out.glob("*/nlsq/result.json")).read_text())
-    within = {name: abs(result["parameters"][name]["value"] - truth) / result["parameters"][name]["std"]
-              for name, truth in zip(PHYSICAL_NAMES, TRUTH)}
-    return {"wall_s": wall, "timing_s": result["timing_s"], "iterations": result["iterations"],
-            "converged": result["converged"], "truth_distance_in_std": within,
-            "within_3_std": all(d <= 3.0 for d in within.values()), "memory": result["memory"],
-            "command": " ".join(["mpiexec", "-n", str(ranks), "python", "-m", "homodyne_mpi", "run", config.name])}
+    within = {
+        name: abs(result["parameters"][name]["value"] - truth) / result["parameters"][name]["std"]
+        for name, truth in zip(PHYSICAL_NAMES, TRUTH)
+    }
+    return {
+        "wall_s": wall,
+        "timing_s": result["timing_s"],
+        "iterations": result["iterations"],
+        "converged": result["converged"],
+        "truth_distance_in_std": within,
+        "within_3_std": all(d <= 3.0 for d in within.values()),
+        "memory": result["memory"],
+        "command": " ".join(["mpiexec", "-n", str(ranks), "python", "-m", "homodyne_mpi", "run", config.name]),
+    }
 
 
 def worker(data: str, block_points: int, loaded: bool) -> None:
@@ -105,8 +137,9 @@ def worker(data: str, block_points: int, loaded: bool) -> None:
             del c2
         n_points = comm.bcast(len(full) if comm.is_root else None)
         counts = balanced_counts(n_points, comm.size)
-        local = PointSet(**{name: comm.scatter_rows(getattr(full, name) if comm.is_root else None, counts)
-                            for name in PointSet.column_names()})
+        local = PointSet(
+            **{name: comm.scatter_rows(getattr(full, name) if comm.is_root else None, counts) for name in PointSet.column_names()}
+        )
         del full
     else:
         from homodyne_mpi.data.stream import PointSource
@@ -119,8 +152,12 @@ def worker(data: str, block_points: int, loaded: bool) -> None:
         if source is not None:
             source.close()
     seconds = time.perf_counter() - start
-    report = {"rank": comm.rank, "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-              "block_bytes": local.nbytes, "seconds": seconds}
+    report = {
+        "rank": comm.rank,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "block_bytes": local.nbytes,
+        "seconds": seconds,
+    }
     everyone = comm.gather(report)
     if comm.is_root:
         print(json.dumps(everyone))
@@ -128,17 +165,42 @@ def worker(data: str, block_points: int, loaded: bool) -> None:
 
 def run_distribution(data: Path, ranks: int, block_points: int, loaded: bool) -> dict:
     """The worker under ``mpiexec -n ranks``; per-rank peak RSS and block bytes."""
-    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, __file__, "--worker", str(data),
-               "--block-points", str(block_points)] + (["--loaded"] if loaded else [])
+    command = [
+        str(BIN / "mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        __file__,
+        "--worker",
+        str(data),
+        "--block-points",
+        str(block_points),
+    ] + (["--loaded"] if loaded else [])
     completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr[-2000:])
     ranks_report = json.loads(completed.stdout.strip().splitlines()[-1])
     for entry in ranks_report:
         entry["peak_minus_block_bytes"] = entry["peak_rss_bytes"] - entry["block_bytes"]
-    return {"path": "loaded" if loaded else "streamed", "block_points": block_points, "ranks": ranks_report,
-            "command": " ".join(["mpiexec", "-n", str(ranks), "python", "scripts/bench_scale.py", "--worker", data.name,
-                                 "--block-points", str(block_points)] + (["--loaded"] if loaded else []))}
+    return {
+        "path": "loaded" if loaded else "streamed",
+        "block_points": block_points,
+        "ranks": ranks_report,
+        "command": " ".join(
+            [
+                "mpiexec",
+                "-n",
+                str(ranks),
+                "python",
+                "scripts/bench_scale.py",
+                "--worker",
+                data.name,
+                "--block-points",
+                str(block_points),
+            ]
+            + (["--loaded"] if loaded else [])
+        ),
+    }
 
 
 def main() -> None:
@@ -162,11 +224,16 @@ def main() -> None:
     start = time.perf_counter()
     data, config, n_frames = make_dataset(workdir, args.points)
     simulate_s = time.perf_counter() - start
-    document = {"machine": machine(), "load_average_at_start": load_average, "n_frames": n_frames,
-                "n_points": len(PHI) * n_frames * (n_frames - 1) // 2, "file_bytes": data.stat().st_size,
-                "simulate_s": simulate_s, "ranks": args.ranks}
-    document["distribution"] = [run_distribution(data, args.ranks, int(args.block_points), loaded)
-                                for loaded in (False, True)]
+    document = {
+        "machine": machine(),
+        "load_average_at_start": load_average,
+        "n_frames": n_frames,
+        "n_points": len(PHI) * n_frames * (n_frames - 1) // 2,
+        "file_bytes": data.stat().st_size,
+        "simulate_s": simulate_s,
+        "ranks": args.ranks,
+    }
+    document["distribution"] = [run_distribution(data, args.ranks, int(args.block_points), loaded) for loaded in (False, True)]
     if not args.skip_fit:
         if not args.no_warmup:
             run_fit(config, args.ranks, workdir / "warmup")

@@ -19,8 +19,19 @@ def batch_config(tmp_path_factory):
     for name, seed in (("first", 1), ("third", 3)):
         path = folder / f"{name}.h5"
         simulate_dataset(
-            path, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=60, gap=2e6,
-            physical=TRUTH, contrast=0.3, offset=1.0, phi=[0.0, 90.0], noise_sigma=0.01, seed=seed,
+            path,
+            mode="static",
+            shear_form="paper",
+            q=0.0054,
+            dt=0.1,
+            n_frames=60,
+            gap=2e6,
+            physical=TRUTH,
+            contrast=0.3,
+            offset=1.0,
+            phi=[0.0, 90.0],
+            noise_sigma=0.01,
+            seed=seed,
         )
         datasets.append({"file_path": str(path), "name": name})
     corrupt = folder / "second.h5"
@@ -123,8 +134,19 @@ def eight_data_sets(tmp_path_factory):
     for k in range(8):
         path = folder / f"set{k}.h5"
         simulate_dataset(
-            path, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=50, gap=2e6,
-            physical=TRUTH, contrast=0.3, offset=1.0, phi=[0.0, 90.0], noise_sigma=0.01, seed=10 + k,
+            path,
+            mode="static",
+            shear_form="paper",
+            q=0.0054,
+            dt=0.1,
+            n_frames=50,
+            gap=2e6,
+            physical=TRUTH,
+            contrast=0.3,
+            offset=1.0,
+            phi=[0.0, 90.0],
+            noise_sigma=0.01,
+            seed=10 + k,
         )
         datasets.append({"file_path": str(path), "name": f"set{k}"})
     corrupt = folder / "broken.h5"
@@ -148,7 +170,9 @@ def test_rank_groups_give_the_results_of_one_group(eight_data_sets, tmp_path):
     runs = {}
     for size in (1, 4):
         out = tmp_path / f"groups_of_{size}"
-        completed = run_cli("run", str(eight_data_sets), "--output-dir", str(out), "--group-size", str(size), ranks=4, timeout=240)
+        completed = run_cli(
+            "run", str(eight_data_sets), "--output-dir", str(out), "--group-size", str(size), ranks=4, timeout=240
+        )
         assert completed.returncode == 2, completed.stderr[-2000:]
         assert [line for line in completed.stderr.splitlines() if line.startswith("error:")] == [
             line for line in completed.stderr.splitlines() if line.startswith("error: data set 'broken'")

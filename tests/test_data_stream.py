@@ -59,7 +59,7 @@ def test_blocks_hold_whole_rows_within_the_budget():
     sizes = [len(block) for block in stream_points(read_rows, 2, n, 0.1, max_points=1000)]
     assert sum(sizes) == 2 * n * (n - 1) // 2 and max(sizes) <= 1000
     # each block is as large as the budget allows: adding the next row would exceed it
-    for (angle, start, stop), size in zip(calls, sizes):
+    for (_, _, stop), size in zip(calls, sizes):
         assert stop == n - 1 or size + (n - 1 - stop) > 1000
     assert [c[0] for c in calls] == sorted(c[0] for c in calls)
 

@@ -111,10 +111,7 @@ def _open(path: Path) -> h5py.File:
             "to point at an existing correlator result"
         )
     if path.is_dir():
-        raise InputError(
-            f"{source}: is a folder, not a file; set experimental_data.file_path to the HDF5 "
-            "result file inside it"
-        )
+        raise InputError(f"{source}: is a folder, not a file; set experimental_data.file_path to the HDF5 result file inside it")
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as exc:
@@ -150,13 +147,9 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
         try:
             dt = float(dt)
         except (TypeError, ValueError):
-            raise InputError(
-                f"{source}: analyzer_parameters.dt is {dt!r}; use a positive number of seconds or 'auto'"
-            ) from None
+            raise InputError(f"{source}: analyzer_parameters.dt is {dt!r}; use a positive number of seconds or 'auto'") from None
         if not (np.isfinite(dt) and dt > 0):
-            raise InputError(
-                f"{source}: analyzer_parameters.dt is {dt}; use a positive number of seconds or 'auto'"
-            )
+            raise InputError(f"{source}: analyzer_parameters.dt is {dt}; use a positive number of seconds or 'auto'")
         if period is not None and abs(period.dt - dt) > _DT_WARN_RELATIVE * dt:
             logger.warning(
                 "dt from the config (%g s) differs from the file's frame period (%g s = "
@@ -171,8 +164,7 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
             f"'{FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
         )
     logger.info(
-        "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s "
-        "(%s, %s, %s)",
+        "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s (%s, %s, %s)",
         period.frame_time,
         period.stride_frame,
         period.avg_frame,
@@ -206,8 +198,7 @@ def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ran
     chosen, q_selected = select_nearest_q(table.q, target_q)
     if warn and abs(q_selected - target_q) > _Q_WARN_RELATIVE * target_q:
         logger.warning(
-            "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A "
-            "(stored q: %s)",
+            "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A (stored q: %s)",
             source,
             target_q,
             q_selected,
@@ -274,8 +265,7 @@ def load_xpcs(
         target_q = float("nan")
     if target_q is not None and not (np.isfinite(target_q) and target_q > 0):
         raise InputError(
-            f"{source}: analyzer_parameters.scattering.wavevector_q is {wavevector_q!r}; "
-            "use a positive number in 1/Angstrom"
+            f"{source}: analyzer_parameters.scattering.wavevector_q is {wavevector_q!r}; use a positive number in 1/Angstrom"
         )
     with _open(file_path) as h5:
         layout, q_selected, phi, datasets = _select_matrices(h5, source, target_q, phi_ranges)

@@ -35,7 +35,7 @@ class PointSet:
         """Names of the columns, in a fixed order (used to scatter them one by one)."""
         return tuple(f.name for f in fields(cls))
 
-    def take(self, index) -> "PointSet":
+    def take(self, index) -> PointSet:
         """The points selected by an index array, slice or boolean mask."""
         return PointSet(**{name: getattr(self, name)[index] for name in self.column_names()})
 
@@ -50,7 +50,7 @@ class PointSet:
             "weight": np.zeros(length, np.float64),
         }
 
-    def padded(self, length: int, fill_angle: int = 0) -> "PointSet":
+    def padded(self, length: int, fill_angle: int = 0) -> PointSet:
         """A copy extended to ``length`` points with zero-weight padding (``i=0, j=1``); itself if long enough.
 
         Padding points carry ``fill_angle``; use the last angle to keep the order sorted.
@@ -61,9 +61,7 @@ class PointSet:
         if extra == 0:
             return self
         pad = self.padding_columns(extra, fill_angle)
-        return PointSet(
-            **{name: np.concatenate([getattr(self, name), pad[name]]) for name in self.column_names()}
-        )
+        return PointSet(**{name: np.concatenate([getattr(self, name), pad[name]]) for name in self.column_names()})
 
     @property
     def nbytes(self) -> int:

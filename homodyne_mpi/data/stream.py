@@ -46,7 +46,7 @@ class PointSource:
             raise
 
     @classmethod
-    def from_config(cls, cfg, dataset=None) -> "PointSource":
+    def from_config(cls, cfg, dataset=None) -> PointSource:
         """The data set ``dataset`` of a config (the same arguments as ``load_config_dataset``)."""
         path, arguments = config_dataset_arguments(cfg, dataset)
         return cls(path, **arguments)
@@ -86,7 +86,9 @@ class PointSource:
         try:
             block = np.asarray(dataset[columns, rows]).T if self._lower[angle] else np.asarray(dataset[rows, columns])
         except (OSError, ValueError, TypeError) as exc:
-            raise InputError(f"{self.source}: cannot read dataset '{key}' ({exc}); the file is damaged -- rerun the correlator") from exc
+            raise InputError(
+                f"{self.source}: cannot read dataset '{key}' ({exc}); the file is damaged -- rerun the correlator"
+            ) from exc
         block = block.astype(np.float64, copy=False)
         upper = np.arange(self.n_frames)[None, :] > (row_start + np.arange(row_stop - row_start))[:, None]
         bad = _count_nonfinite(np.where(upper, block, 0.0))
@@ -99,10 +101,14 @@ class PointSource:
 
     def noise_sigmas(self, max_samples: int = 2_000_000) -> np.ndarray:
         """Per-angle noise levels, equal to ``estimate_noise_sigmas`` of the loaded matrices."""
-        return np.array([
-            noise_sigma_from_rows(lambda row, a=angle: self.read_rows(a, row, row + 2), self.n_frames, max_samples=max_samples)
-            for angle in range(self.n_angles)
-        ])
+        return np.array(
+            [
+                noise_sigma_from_rows(
+                    lambda row, a=angle: self.read_rows(a, row, row + 2), self.n_frames, max_samples=max_samples
+                )
+                for angle in range(self.n_angles)
+            ]
+        )
 
     def point_blocks(self, sigma, max_points: int):
         """The fit's points in global order, in blocks of whole rows (``stream_points``)."""
@@ -112,7 +118,7 @@ class PointSource:
         """Close the file."""
         self._h5.close()
 
-    def __enter__(self) -> "PointSource":
+    def __enter__(self) -> PointSource:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -111,6 +111,10 @@ class Comm:
     def abort(self, code: int = 1) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def split(self, color: int) -> Comm:  # pragma: no cover
+        """A sub-communicator of the ranks that pass the same ``color`` (collective)."""
+        raise NotImplementedError
+
     def run_on_root(self, fn: Callable[[], Any], root: int = 0) -> Any:
         """Run ``fn`` on the root only and give its value to every rank.
 

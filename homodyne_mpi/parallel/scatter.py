@@ -11,7 +11,7 @@ points (28 bytes each) and the rows they were read from (``rows x N x 8`` bytes)
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -42,17 +42,17 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
     mine = int(counts[comm.rank])
     rows = max(mine, int(capacity or 0))
     columns = {name: aligned_zeros((rows,), dtype) for name, dtype in COLUMN_DTYPES.items()}
-    iterator = iter(blocks) if comm.is_root else None
+    iterator = iter(blocks) if comm.is_root and blocks is not None else iter(())
     position = 0
     while True:
-        block = next(iterator, None) if comm.is_root else None
+        block = next(iterator, None)
         length = int(comm.bcast(len(block) if block is not None else -1))
         if length < 0:
             break
         pieces = block_counts(position, length, offsets, counts)
         start = max(int(offsets[comm.rank]), position) - int(offsets[comm.rank])
         for name in COLUMN_DTYPES:
-            received = comm.scatter_rows(getattr(block, name) if comm.is_root else None, pieces)
+            received = comm.scatter_rows(getattr(block, name) if comm.is_root else None, pieces.tolist())
             columns[name][start : start + int(pieces[comm.rank])] = received[: int(pieces[comm.rank])]
         position += length
     if position != int(counts.sum()):
