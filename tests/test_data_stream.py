@@ -38,7 +38,8 @@ def test_streamed_points_and_noise_equal_the_loaded_ones(tmp_path, storage, wind
     with PointSource(path, **arguments) as source:
         assert (source.n_angles, source.n_frames, source.n_points) == (3, loaded.n_frames, len(expected))
         assert np.array_equal(source.phi, loaded.phi)  # sorted like the loader: 0, 30, 90
-        assert np.array_equal(source.noise_sigmas(max_samples=300), sigma)
+        assert np.array_equal(source.noise_sigmas(max_samples=300), sigma)  # every third row pair
+        assert np.array_equal(source.noise_sigmas(), estimate_noise_sigmas(loaded.c2))  # every pair, read in blocks
         blocks = list(source.point_blocks(sigma, budget))
     assert all(len(block) <= max(budget, loaded.n_frames - 1) for block in blocks)
     for name in PointSet.column_names():

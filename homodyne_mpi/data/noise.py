@@ -38,7 +38,7 @@ import math
 
 import numpy as np
 
-__all__ = ["NOISE_FLOOR_RELATIVE", "estimate_noise_sigma", "estimate_noise_sigmas", "noise_sigma_from_rows"]
+__all__ = ["NOISE_FLOOR_RELATIVE", "estimate_noise_sigma", "estimate_noise_sigmas", "noise_row_stride", "noise_sigma_from_rows"]
 
 MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 """Ratio of the standard deviation to the median absolute deviation of a normal law."""
@@ -62,6 +62,13 @@ def estimate_noise_sigma(c2_matrix: np.ndarray, *, max_samples: int = 2_000_000)
     return noise_sigma_from_rows(lambda row: matrix[row : row + 2], matrix.shape[0], max_samples=max_samples)
 
 
+def noise_row_stride(n: int, max_samples: int = 2_000_000) -> int:
+    """Step between the rows the estimator samples in an ``(n, n)`` matrix (1: every row)."""
+    min_lag = 2 if n >= 4 else 1
+    total = (n - 1 - min_lag) * (n - min_lag) // 2
+    return max(1, math.ceil(total / max_samples))
+
+
 def noise_sigma_from_rows(row_pair, n: int, *, max_samples: int = 2_000_000) -> float:
     """``estimate_noise_sigma`` of an ``(n, n)`` matrix seen only through ``row_pair(i)``.
 
@@ -73,8 +80,7 @@ def noise_sigma_from_rows(row_pair, n: int, *, max_samples: int = 2_000_000) -> 
         raise ValueError(f"estimate_noise_sigma needs at least 3 frames, got {n}")
     min_lag = 2 if n >= 4 else 1
     last_row = n - 2 - min_lag  # the last row i with a lag-min_lag neighbour pair
-    total = (n - 1 - min_lag) * (n - min_lag) // 2
-    row_stride = max(1, math.ceil(total / max_samples))
+    row_stride = noise_row_stride(n, max_samples)
     differences = []
     values = []
     for row in range(0, last_row + 1, row_stride):

@@ -22,11 +22,14 @@ import numpy as np
 
 from ..errors import InputError
 from .loader import _count_nonfinite, _open, _resolve_dt, _select_matrices, config_dataset_arguments
-from .noise import noise_sigma_from_rows
+from .noise import noise_row_stride, noise_sigma_from_rows
 from .points import stream_points
 from .selection import frame_window
 
 __all__ = ["PointSource"]
+
+NOISE_READ_ROWS = 256
+"""Rows per read while estimating the noise from every row pair (a ``256 x N`` float64 block)."""
 
 
 class PointSource:
@@ -101,14 +104,31 @@ class PointSource:
 
     def noise_sigmas(self, max_samples: int = 2_000_000) -> np.ndarray:
         """Per-angle noise levels, equal to ``estimate_noise_sigmas`` of the loaded matrices."""
+        every_row = noise_row_stride(self.n_frames, max_samples) == 1
         return np.array(
             [
                 noise_sigma_from_rows(
-                    lambda row, a=angle: self.read_rows(a, row, row + 2), self.n_frames, max_samples=max_samples
+                    self.row_pairs(angle, NOISE_READ_ROWS if every_row else 2), self.n_frames, max_samples=max_samples
                 )
                 for angle in range(self.n_angles)
             ]
         )
+
+    def row_pairs(self, angle: int, rows_per_read: int):
+        """``row_pair(i)``: rows ``i, i + 1`` of an angle, read ``rows_per_read`` rows at a time.
+
+        The noise estimator asks for pairs in increasing order; when it samples every row,
+        one read then serves ``rows_per_read - 1`` pairs.
+        """
+        start, rows = 0, np.zeros((0, self.n_frames))
+
+        def row_pair(row: int) -> np.ndarray:
+            nonlocal start, rows
+            if not (start <= row and row + 2 <= start + len(rows)):
+                start, rows = row, self.read_rows(angle, row, min(row + max(rows_per_read, 2), self.n_frames))
+            return rows[row - start : row - start + 2]
+
+        return row_pair
 
     def point_blocks(self, sigma, max_points: int):
         """The fit's points in global order, in blocks of whole rows (``stream_points``)."""
