@@ -22,52 +22,25 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import machine, single_core_environment, write_json  # noqa: E402
+from bench_data import bench_config, simulated_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-TRUTH = [8000.0, -0.3, 30.0]
 
 
 def make_batch(workdir: Path, n_datasets: int, n_frames: int, n_angles: int) -> Path:
-    """``n_datasets`` simulated static files and one config listing them all."""
+    """``n_datasets`` simulated static files (seeds 1..K) and one config listing them all."""
     import numpy as np
-    import yaml
 
-    from homodyne_mpi.config import render_template
-    from homodyne_mpi.data.simulate import simulate_dataset
-
-    phi = list(np.linspace(0.0, 90.0, n_angles))
-    entries = []
-    for k in range(n_datasets):
-        path = workdir / f"set{k}_{n_angles}x{n_frames}.h5"
-        if not path.exists():
-            simulate_dataset(
-                path,
-                mode="static",
-                shear_form="paper",
-                q=0.0054,
-                dt=0.1,
-                n_frames=n_frames,
-                gap=2e6,
-                physical=TRUTH,
-                contrast=0.3,
-                offset=1.0,
-                phi=phi,
-                noise_sigma=0.02,
-                seed=k + 1,
-            )
-        entries.append({"file_path": str(path), "name": f"set{k}"})
-    config = yaml.safe_load(render_template("static"))
-    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
-    config["experimental_data"]["file_path"] = None
-    config["experimental_data"]["datasets"] = entries
-    config["phi_filtering"]["enabled"] = False
-    config["compute"]["compilation_cache_dir"] = str(workdir / "jax_cache")
-    config["optimization"]["nlsq"]["uncertainty"] = "model"
-    config["output"]["plots"] = False
-    path = workdir / "batch.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    phi = np.linspace(0.0, 90.0, n_angles)
+    entries = [
+        {
+            "file_path": str(simulated_file(workdir / f"set{k}_{n_angles}x{n_frames}.h5", "static", n_frames, phi, seed=k + 1)),
+            "name": f"set{k}",
+        }
+        for k in range(n_datasets)
+    ]
+    return bench_config(workdir / "batch.yaml", "static", n_frames, entries)
 
 
 def run_batch(config: Path, ranks: int, group_size: int, out: Path) -> dict:

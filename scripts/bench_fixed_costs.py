@@ -25,48 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import machine, single_core_environment, write_json  # noqa: E402
+from bench_data import bench_config, simulated_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TRUTH = [8000.0, -0.3, 30.0]
-PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
 N_FRAMES = 578
 STAGES = ("load", "compile", "start_search", "fit", "jackknife")
 
 
 def make_dataset(workdir: Path) -> Path:
     """The static 1e6-point file and its config (jackknife on, plots off, cache in ``workdir``)."""
-    import yaml
-
-    from homodyne_mpi.config import render_template
-    from homodyne_mpi.data.simulate import simulate_dataset
-
-    data = workdir / f"static_{N_FRAMES}.h5"
-    if not data.exists():
-        simulate_dataset(
-            data,
-            mode="static",
-            shear_form="paper",
-            q=0.0054,
-            dt=0.1,
-            n_frames=N_FRAMES,
-            gap=2e6,
-            physical=TRUTH,
-            contrast=0.3,
-            offset=1.0,
-            phi=PHI,
-            noise_sigma=0.02,
-            seed=1,
-        )
-    config = yaml.safe_load(render_template("static"))
-    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": N_FRAMES})
-    config["experimental_data"]["file_path"] = str(data)
-    config["phi_filtering"]["enabled"] = False
-    config["compute"]["compilation_cache_dir"] = str(workdir / "jax_cache")
-    config["optimization"]["nlsq"]["uncertainty"] = "jackknife"
-    config["output"]["plots"] = False
-    path = workdir / "static_1e6.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    data = simulated_file(workdir / f"static_{N_FRAMES}.h5", "static", N_FRAMES)
+    return bench_config(workdir / "static_1e6.yaml", "static", N_FRAMES, data, uncertainty="jackknife")
 
 
 WRAPPER = """

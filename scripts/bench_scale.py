@@ -33,7 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_common import machine, single_core_environment, write_json  # noqa: E402
-from bench_nlsq import PHI, TRUTH, frames_for  # noqa: E402
+from bench_data import PHI, TRUTH, bench_config, simulated_file  # noqa: E402
+from bench_nlsq import frames_for  # noqa: E402
 
 from homodyne_mpi.vocabulary import PHYSICAL_PARAMETERS  # noqa: E402
 
@@ -43,40 +44,10 @@ PHYSICAL_NAMES = list(PHYSICAL_PARAMETERS["laminar_flow"])
 
 
 def make_dataset(workdir: Path, n_points: float) -> tuple[Path, Path, int]:
-    """The simulated file (reused when present) and a config for it; returns ``(file, config, frames)``."""
-    import yaml
-
-    from homodyne_mpi.config import render_template
-    from homodyne_mpi.data.simulate import simulate_dataset
-
+    """The simulated laminar file (reused when present) and a config for it; returns ``(file, config, frames)``."""
     n_frames = frames_for(n_points)
-    data = workdir / f"laminar_{n_frames}.h5"
-    if not data.exists():
-        simulate_dataset(
-            data,
-            mode="laminar_flow",
-            shear_form="paper",
-            q=0.0054,
-            dt=0.1,
-            n_frames=n_frames,
-            gap=2e6,
-            physical=TRUTH,
-            contrast=0.3,
-            offset=1.0,
-            phi=PHI,
-            noise_sigma=0.02,
-            seed=1,
-        )
-    config = yaml.safe_load(render_template("laminar_flow"))
-    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
-    config["experimental_data"]["file_path"] = str(data)
-    config["phi_filtering"]["enabled"] = False
-    config["compute"]["compilation_cache_dir"] = str(workdir / "jax_cache")
-    config["optimization"]["nlsq"]["uncertainty"] = "model"
-    config["output"]["plots"] = False
-    path = workdir / f"laminar_{n_frames}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return data, path, n_frames
+    data = simulated_file(workdir / f"laminar_{n_frames}.h5", "laminar_flow", n_frames)
+    return data, bench_config(workdir / f"laminar_{n_frames}.yaml", "laminar_flow", n_frames, data), n_frames
 
 
 def run_fit(config: Path, ranks: int, out: Path) -> dict:
@@ -102,7 +73,7 @@ def run_fit(config: Path, ranks: int, out: Path) -> dict:
     result = json.loads(next(out.glob("*/nlsq/result.json")).read_text())
     within = {
         name: abs(result["parameters"][name]["value"] - truth) / result["parameters"][name]["std"]
-        for name, truth in zip(PHYSICAL_NAMES, TRUTH)
+        for name, truth in zip(PHYSICAL_NAMES, TRUTH["laminar_flow"])
     }
     return {
         "wall_s": wall,
