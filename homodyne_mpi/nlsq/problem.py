@@ -36,17 +36,20 @@ def parameter_layout(cfg, n_angles: int) -> ParameterLayout:
     return ParameterLayout(cfg.analysis_mode, n_angles, scaling.mode)
 
 
-def build_problem(cfg, data: XPCSData) -> NLSQProblem:
+def build_problem(cfg, data: XPCSData, *, noise_sigma: np.ndarray | None = None, scaling: tuple | None = None) -> NLSQProblem:
     """Starting point, bounds, free mask and noise weights for fitting ``data``.
 
     Physical starting values come from ``initial_parameters.values`` (the middle of the
     bounds where none are given); contrast and offset start from values read off the
     data (``nlsq.start.scaling_from_data``), clipped into their bounds. Fixed physical
-    parameters stay at their starting value.
+    parameters stay at their starting value. ``noise_sigma`` (per angle) and ``scaling``
+    (``(contrast, offset)`` per angle), when given, replace what is read off ``data.c2``:
+    ``data`` then needs only its metadata (``q``, ``dt``, ``n_frames``, ``n_angles``,
+    ``phi``, ``n_points``), as a streamed source has.
     """
     spec = model_spec(cfg, data)
     layout = parameter_layout(cfg, data.n_angles)
-    contrast0, offset0 = scaling_from_data(data.c2)
+    contrast0, offset0 = scaling_from_data(data.c2) if scaling is None else (np.asarray(s, dtype=float) for s in scaling)
     bounds = cfg.parameter_space
     c_lo, c_hi = bounds.bounds_for("contrast")
     o_lo, o_hi = bounds.bounds_for("offset")
@@ -58,7 +61,7 @@ def build_problem(cfg, data: XPCSData) -> NLSQProblem:
     lower = np.concatenate([np.full(pairs, c_lo), np.full(pairs, o_lo), phys_lo])
     upper = np.concatenate([np.full(pairs, c_hi), np.full(pairs, o_hi), phys_hi])
     free = np.concatenate([np.ones(2 * pairs, dtype=bool), ~cfg.fixed_mask()])
-    sigma = estimate_noise_sigmas(data.c2)
+    sigma = estimate_noise_sigmas(data.c2) if noise_sigma is None else np.asarray(noise_sigma, dtype=float)
     log.info("noise sigma per angle: %s", np.array2string(sigma, precision=4))
     return NLSQProblem(
         spec=spec,

@@ -117,6 +117,14 @@ def fitted_matrices(result: NLSQResult, problem: NLSQProblem) -> np.ndarray:
 def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict[str, np.ndarray]:
     """Datasets of ``nlsq/fit.h5``: measured and fitted ``c2``, residual, grid, covariance."""
     c2_fit = fitted_matrices(result, problem)
+    return {**small_fit_arrays(result, problem, data), "c2_exp": data.c2, "c2_fit": c2_fit, "residual": data.c2 - c2_fit}
+
+
+def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str, np.ndarray]:
+    """The datasets of ``nlsq/fit.h5`` other than the ``(n_angles, N, N)`` matrices.
+
+    ``data`` needs only ``t`` and ``phi`` (a loaded ``XPCSData`` or a streamed source).
+    """
     jackknife = result.jackknife
     covariance = jackknife.covariance if jackknife is not None else result.covariance
     bands = band_arrays(result.theta, result.covariance, jackknife, problem.layout, problem.spec)
@@ -127,6 +135,7 @@ def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict
             "jackknife/covariance_replicates": jackknife.covariance_replicates,
             "jackknife/covariance_independent": jackknife.covariance_independent,
             "jackknife/blocks": jackknife.blocks,
+            "jackknife/converged": jackknife.converged,
         }
         if jackknife is not None
         else {}
@@ -135,9 +144,6 @@ def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict
         **bands,
         **extra,
         "covariance_model": result.covariance,
-        "c2_exp": data.c2,
-        "c2_fit": c2_fit,
-        "residual": data.c2 - c2_fit,
         "t": data.t,
         "phi": np.asarray(data.phi, dtype=float),
         "covariance": covariance,
