@@ -15,17 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import machine, single_core_environment, write_json  # noqa: E402
-from bench_data import bench_config, simulated_file  # noqa: E402
+from bench_common import machine, write_json  # noqa: E402
+from bench_data import bench_config, run_mpi, simulated_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 
 
 def make_batch(workdir: Path, n_datasets: int, n_frames: int, n_angles: int) -> Path:
@@ -45,26 +42,9 @@ def make_batch(workdir: Path, n_datasets: int, n_frames: int, n_angles: int) -> 
 
 def run_batch(config: Path, ranks: int, group_size: int, out: Path) -> dict:
     """One ``homodyne-mpi run`` of the whole batch; wall times and every fitted value."""
-    command = [
-        str(BIN / "mpiexec"),
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "homodyne_mpi",
-        "run",
-        str(config),
-        "--output-dir",
-        str(out),
-        "--fresh",
-        "--group-size",
-        str(group_size),
-    ]
-    start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
-    wall = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise RuntimeError(completed.stderr[-2000:])
+    wall, _ = run_mpi(
+        ranks, ["-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), "--fresh", "--group-size", str(group_size)]
+    )
     summary = json.loads((out / "batch_summary.json").read_text())
     fits = {}
     for entry in summary["datasets"]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,12 +26,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import machine, single_core_environment, write_json  # noqa: E402
+from bench_common import machine, write_json  # noqa: E402
+from bench_data import run_mpi  # noqa: E402
 from bench_nlsq import kernel_rate  # noqa: E402
 from bench_scale import make_dataset, run_fit  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 SIZES = (8, 3_200, 32_000, 320_000, 3_200_000)
 """Allreduce buffer sizes, bytes: 3.2 kB is the packed laminar accumulator of 6 angles."""
 
@@ -61,9 +60,8 @@ def allreduce_worker() -> None:
 
 def allreduce_times(ranks: int) -> dict:
     """``allreduce_worker`` under ``mpiexec -n ranks``."""
-    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, __file__, "--allreduce-worker"]
-    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment(), check=True)
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    _, stdout = run_mpi(ranks, [__file__, "--allreduce-worker"])
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def read_rate(data: Path) -> dict:

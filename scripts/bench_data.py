@@ -45,3 +45,23 @@ def bench_config(path: Path, mode: str, n_frames: int, datasets, *, uncertainty:
     config["output"]["plots"] = False
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def run_mpi(ranks: int, arguments: list[str]) -> tuple[float, str]:
+    """``mpiexec -n ranks python ARGUMENTS`` with one XLA thread per rank; ``(wall seconds, stdout)``.
+
+    Raises ``RuntimeError`` with the end of stderr when the command fails.
+    """
+    import subprocess
+    import sys
+    import time
+
+    from bench_common import single_core_environment
+
+    command = [str(Path(sys.executable).parent / "mpiexec"), "-n", str(ranks), sys.executable, *arguments]
+    start = time.perf_counter()
+    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
+    wall = time.perf_counter() - start
+    if completed.returncode != 0:
+        raise RuntimeError(completed.stderr[-2000:])
+    return wall, completed.stdout

@@ -26,20 +26,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_common import machine, single_core_environment, write_json  # noqa: E402
-from bench_data import PHI, TRUTH, bench_config, simulated_file  # noqa: E402
+from bench_common import machine, write_json  # noqa: E402
+from bench_data import PHI, TRUTH, bench_config, run_mpi, simulated_file  # noqa: E402
 from bench_nlsq import frames_for  # noqa: E402
 
 from homodyne_mpi.vocabulary import PHYSICAL_PARAMETERS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PHYSICAL_NAMES = list(PHYSICAL_PARAMETERS["laminar_flow"])
 
 
@@ -52,24 +50,7 @@ def make_dataset(workdir: Path, n_points: float) -> tuple[Path, Path, int]:
 
 def run_fit(config: Path, ranks: int, out: Path) -> dict:
     """One ``homodyne-mpi run``: wall, iterations, truth within 3 std, memory per rank."""
-    command = [
-        str(BIN / "mpiexec"),
-        "-n",
-        str(ranks),
-        sys.executable,
-        "-m",
-        "homodyne_mpi",
-        "run",
-        str(config),
-        "--output-dir",
-        str(out),
-        "--fresh",
-    ]
-    start = time.perf_counter()
-    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
-    wall = time.perf_counter() - start
-    if completed.returncode != 0:
-        raise RuntimeError(completed.stderr[-2000:])
+    wall, _ = run_mpi(ranks, ["-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), "--fresh"])
     result = json.loads(next(out.glob("*/nlsq/result.json")).read_text())
     within = {
         name: abs(result["parameters"][name]["value"] - truth) / result["parameters"][name]["std"]
@@ -136,21 +117,10 @@ def worker(data: str, block_points: int, loaded: bool) -> None:
 
 def run_distribution(data: Path, ranks: int, block_points: int, loaded: bool) -> dict:
     """The worker under ``mpiexec -n ranks``; per-rank peak RSS and block bytes."""
-    command = [
-        str(BIN / "mpiexec"),
-        "-n",
-        str(ranks),
-        sys.executable,
-        __file__,
-        "--worker",
-        str(data),
-        "--block-points",
-        str(block_points),
-    ] + (["--loaded"] if loaded else [])
-    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
-    if completed.returncode != 0:
-        raise RuntimeError(completed.stderr[-2000:])
-    ranks_report = json.loads(completed.stdout.strip().splitlines()[-1])
+    _, stdout = run_mpi(
+        ranks, [__file__, "--worker", str(data), "--block-points", str(block_points)] + (["--loaded"] if loaded else [])
+    )
+    ranks_report = json.loads(stdout.strip().splitlines()[-1])
     for entry in ranks_report:
         entry["peak_minus_block_bytes"] = entry["peak_rss_bytes"] - entry["block_bytes"]
     return {
