@@ -88,9 +88,9 @@ def noise_sigma_from_rows(row_pair, n: int, *, max_samples: int = 2_000_000) -> 
         upper = pair[0, row + min_lag : n - 1]
         lower_neighbour = pair[1, row + 1 + min_lag : n]
         differences.append(np.asarray(upper, dtype=np.float64) - lower_neighbour)
-        values.append(upper)
+        values.append(np.abs(upper))  # a copy: a view would keep the reader's whole row block alive
     d = np.concatenate(differences)
-    level = float(np.median(np.abs(np.concatenate(values))))
+    level = float(np.median(np.concatenate(values)))
     d -= np.median(d)
     sigma = float(np.median(np.abs(d))) * MAD_TO_SIGMA / math.sqrt(2.0)
     floor = max(NOISE_FLOOR_RELATIVE * level, NOISE_FLOOR_ABSOLUTE)
