@@ -335,7 +335,7 @@ def fit_nlsq(
     return result
 
 
-def lm_options(options, *, max_iterations: int | None = None, initial_damping: float = LMOptions.initial_damping) -> LMOptions:
+def lm_options(options, *, max_iterations: int | None = None, initial_damping: float = LMOptions.initial_damping, decrement_tol: float = 0.0) -> LMOptions:
     """The solver's options from the config's ``optimization.nlsq`` section."""
     return LMOptions(
         max_iterations=int(options.max_iterations if max_iterations is None else max_iterations),
@@ -343,6 +343,7 @@ def lm_options(options, *, max_iterations: int | None = None, initial_damping: f
         gtol=options.gtol,
         ftol=options.ftol,
         initial_damping=initial_damping,
+        decrement_tol=decrement_tol,
     )
 
 

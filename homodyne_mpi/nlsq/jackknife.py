@@ -196,6 +196,9 @@ def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free:
 
 REFIT_DAMPING = 1e-9
 """Initial LM damping of the refits (near Gauss-Newton: they start at the optimum)."""
+REFIT_DISTANCE = 0.01
+"""A refit has converged when its local quadratic optimum is within this many model std
+(Mahalanobis distance ``sqrt(g^T H^-1 g / chi2_red)``), or on the fit's tolerances."""
 INFLUENCE_SHARE = 0.5
 """Weight of the frames' influence in the block sizes; the rest is spread evenly over frames."""
 
@@ -368,7 +371,9 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
     objective: DistributedObjective = result.objective
     theta_hat, covariance_model, reduced_chi2 = result.theta, result.covariance, result.reduced_chi2
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
-    refit_options = lm_options(options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING)
+    refit_options = lm_options(
+        options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING, decrement_tol=REFIT_DISTANCE**2 * reduced_chi2
+    )
     by_rank = refits_by_rank_chosen(objective, options)
     log.info(
         "jackknife refits: %s",

@@ -57,6 +57,8 @@ class LMOptions:
     ftol: float = 1e-10
     initial_damping: float = 1e-3
     max_damping: float = 1e16
+    decrement_tol: float = 0.0
+    """Stop when the Gauss-Newton decrement ``g^T H^-1 g`` (cost units) is at most this (0: off)."""
 
 
 @dataclass
@@ -103,6 +105,17 @@ def projected_cosine(theta, hessian, gradient, cost, lower, upper) -> float:
     movable = ~pinned(theta, gradient, lower, upper)
     cosine = np.abs(gradient[movable]) / (scale[movable] * np.sqrt(max(cost, 1e-300)))
     return float(cosine.max(initial=0.0))
+
+
+def newton_decrement(theta, hessian, gradient, lower, upper) -> float:
+    """``g^T H^-1 g`` over the parameters not pinned at a bound: the cost the full
+    Gauss-Newton step would still remove, i.e. the squared distance to the local quadratic
+    optimum in the metric ``H`` (in units of the noise variance when divided by it)."""
+    movable = ~pinned(theta, gradient, lower, upper)
+    if not movable.any():
+        return 0.0
+    g = gradient[movable]
+    return float(abs(g @ _solve(hessian[np.ix_(movable, movable)], g)))
 
 
 def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
@@ -197,6 +210,12 @@ def levenberg_marquardt(
             converged, reason = True, f"gtol: projected gradient cosine {cosine:.2e} <= {options.gtol:g}"
             iteration -= 1
             break
+        if options.decrement_tol > 0:
+            decrement = newton_decrement(theta[free], h_free, g_free, lo, hi)
+            if decrement <= options.decrement_tol:
+                converged, reason = True, f"decrement: g^T H^-1 g {decrement:.2e} <= {options.decrement_tol:.2e}"
+                iteration -= 1
+                break
         scale = _diagonal_scale(h_free)
         step, held = bounded_step(h_free, g_free, theta[free], lo, hi, damping, scale)
         bent = False
