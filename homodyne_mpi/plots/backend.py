@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["DPI", "decode_names", "matplotlib_available", "new_figure", "plotting_available", "save_png", "write_png"]
+__all__ = ["DPI", "decode_names", "lookup", "matplotlib_available", "new_figure", "plotting_available", "save_png", "write_png"]
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,14 @@ def write_png(canvas: Any, path: str | Path) -> None:
 
     rgb = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
     Image.fromarray(rgb).save(path, format="png", compress_level=PNG_COMPRESS_LEVEL)
+
+
+def lookup(arrays: Any, name: str) -> Any:
+    """``arrays[name]`` (``a/b`` for a dataset in a group) or None, for a dict or an open HDF5 file alike."""
+    try:
+        return arrays[name] if name in arrays else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def decode_names(raw: Any) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
-from .backend import decode_names
+from .backend import decode_names, lookup
 from .shard_health import cmc_title, draw_shard_health, shard_state
 
 __all__ = [
@@ -115,18 +115,9 @@ class CMCFigureInfo:
 
 
 def _array(posterior: Mapping[str, Any], key: str) -> np.ndarray | None:
-    """A copy of ``posterior[key]`` (``a/b`` flat or nested), else None."""
-    value = None
-    try:
-        if key in posterior:
-            value = posterior[key]
-        elif "/" in key:
-            group, _, leaf = key.partition("/")
-            nested = posterior[group] if group in posterior else None
-            value = nested[leaf] if nested is not None and leaf in nested else None
-    except (KeyError, TypeError, ValueError):
-        value = None
-    return None if value is None or isinstance(value, Mapping) else np.array(value)
+    """A copy of ``posterior[key]``, else None."""
+    value = lookup(posterior, key)
+    return None if value is None else np.array(value)
 
 
 def cmc_figure_info(

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import decode_names
+from .backend import decode_names, lookup
 from .c2_figure import draw_c2_angle
 
 __all__ = [
@@ -91,14 +91,6 @@ class NLSQFigureInfo:
         return ", ".join(parts)
 
 
-def _get(arrays: Mapping[str, Any], name: str) -> Any:
-    """``arrays[name]`` or None, for a dict or an open HDF5 file alike."""
-    try:
-        return arrays[name] if name in arrays else None
-    except (KeyError, TypeError):
-        return None
-
-
 def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *, dataset: str | None = None) -> NLSQFigureInfo:
     """Collect the facts from ``nlsq/result.json`` (``result_doc``) and ``fit.h5``'s arrays.
 
@@ -106,22 +98,22 @@ def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *,
     """
     data = result_doc.get("data") or {}
     parameters = result_doc.get("parameters") or {}
-    raw_names = _get(fit_arrays, "parameters/names")
+    raw_names = lookup(fit_arrays, "parameters/names")
     names = decode_names(raw_names) if raw_names is not None else tuple(parameters)
-    raw_values = _get(fit_arrays, "parameters/values")
+    raw_values = lookup(fit_arrays, "parameters/values")
     if raw_values is not None:
         values = np.asarray(raw_values, dtype=np.float64)
     else:
         values = np.array([float(parameters[n]["value"]) for n in names])
     std = np.array([float((parameters.get(n) or {}).get("std", np.nan) or np.nan) for n in names])
-    phi_raw = _get(fit_arrays, "phi")
+    phi_raw = lookup(fit_arrays, "phi")
     phi = np.asarray(phi_raw if phi_raw is not None else data.get("phi", []), dtype=np.float64)
-    sigma_raw = _get(fit_arrays, "noise_sigma")
+    sigma_raw = lookup(fit_arrays, "noise_sigma")
     sigma = np.asarray(sigma_raw if sigma_raw is not None else data.get("noise_sigma", []), dtype=np.float64)
     if sigma.size != phi.size:
         sigma = np.ones(phi.size)
     dt = float(data.get("dt", np.nan))
-    t_raw = _get(fit_arrays, "t")
+    t_raw = lookup(fit_arrays, "t")
     if t_raw is not None:
         t = np.asarray(t_raw, dtype=np.float64)
     else:
@@ -193,12 +185,12 @@ def transport_curves(info: NLSQFigureInfo, bands: Mapping[str, Any] | None) -> T
     flow; ``D_std_jackknife`` when the jackknife made them), as saved under ``bands/`` in
     ``fit.h5``.
     """
-    if bands is None or any(_get(bands, key) is None for key in ("t", "D", "D_std")):
+    if bands is None or any(lookup(bands, key) is None for key in ("t", "D", "D_std")):
         return None
     laminar = info.analysis_mode == "laminar_flow"
-    gamma = _get(bands, "gamma_dot") if laminar else None
-    gamma_std = _get(bands, "gamma_dot_std") if laminar else None
-    jackknife = _get(bands, "D_std_jackknife")
+    gamma = lookup(bands, "gamma_dot") if laminar else None
+    gamma_std = lookup(bands, "gamma_dot_std") if laminar else None
+    jackknife = lookup(bands, "D_std_jackknife")
     saved_std = np.asarray(bands["D_std"], dtype=np.float64)
     return TransportCurves(
         t=np.asarray(bands["t"], dtype=np.float64),
@@ -275,15 +267,11 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
 
 
 def _bands(fit_arrays: Mapping[str, Any]) -> dict[str, Any] | None:
-    bands = {
-        key: _get(fit_arrays, f"bands/{key}") for key in ("t", "D", "D_std", "D_std_jackknife", "gamma_dot", "gamma_dot_std")
+    """The saved ``bands/*`` arrays of ``fit.h5`` by their short names, or None if there are none."""
+    keys = ("t", "D", "D_std", "D_std_jackknife", "gamma_dot", "gamma_dot_std")
+    found = {
+        key: np.asarray(lookup(fit_arrays, f"bands/{key}")) for key in keys if lookup(fit_arrays, f"bands/{key}") is not None
     }
-    nested = _get(fit_arrays, "bands")
-    if isinstance(nested, Mapping):
-        for key in bands:
-            if bands[key] is None:
-                bands[key] = _get(nested, key)
-    found = {key: np.asarray(value) for key, value in bands.items() if value is not None}
     return found or None
 
 
