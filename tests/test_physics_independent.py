@@ -72,6 +72,15 @@ def test_program_c2_equals_the_independent_route(mode, physical, form):
     assert np.ptp(expected[:, 0, :]) > 0.05  # the data decorrelate: the comparison is not of constants
 
 
+def test_rate_floor_acts_on_the_frame_samples():
+    """D_offset < 0 makes D(t) negative for t < 0.09 s: those samples sit at the 1e-10 floor
+    before the integral is taken, in both routes (an integral floored afterwards differs)."""
+    physical = [1000.0, 0.5, -300.0]
+    expected = independent("static", "paper", physical, 30)
+    np.testing.assert_allclose(program("static", "paper", physical, 30), expected, rtol=1e-11, atol=0)
+    assert expected[0, 0, 1] < OFFSET[0] + CONTRAST[0]  # the first interval still decorrelates
+
+
 @pytest.mark.parametrize(
     ("mode", "physical", "gap", "row"),
     [
