@@ -53,9 +53,10 @@ def test_blocks_hold_whole_rows_within_the_budget():
     assert points_before_row(np.array([0, 1, n - 1, n]), n).tolist() == [0, n - 1, n * (n - 1) // 2, n * (n - 1) // 2]
     calls = []
 
-    def read_rows(angle, start, stop):
+    def read_rows(angle, start, stop, first_column):
         calls.append((angle, start, stop))
-        return np.zeros((stop - start, n))
+        assert first_column == start + 1
+        return np.zeros((stop - start, n - first_column))
 
     sizes = [len(block) for block in stream_points(read_rows, 2, n, 0.1, max_points=1000)]
     assert sum(sizes) == 2 * n * (n - 1) // 2 and max(sizes) <= 1000
@@ -84,8 +85,10 @@ def test_streamed_scatter_on_one_rank_is_the_whole_point_set():
     c2 = symmetric_matrices(2, n_phi=2, n=25)
     sigma = np.array([0.5, 0.25])
     whole = upper_triangle_points(c2, sigma)
-    local = scatter_point_stream(stream_points(lambda a, r0, r1: c2[a, r0:r1], 2, 25, sigma, 50), [len(whole)], SerialComm())
+    local = scatter_point_stream(
+        stream_points(lambda a, r0, r1, c0: c2[a, r0:r1, c0:], 2, 25, sigma, 50), [len(whole)], SerialComm()
+    )
     for name in PointSet.column_names():
         assert np.array_equal(getattr(local, name), getattr(whole, name))
     with pytest.raises(ValueError, match="held 600 points"):
-        scatter_point_stream(stream_points(lambda a, r0, r1: c2[a, r0:r1], 2, 25, sigma, 50), [601], SerialComm())
+        scatter_point_stream(stream_points(lambda a, r0, r1, c0: c2[a, r0:r1, c0:], 2, 25, sigma, 50), [601], SerialComm())

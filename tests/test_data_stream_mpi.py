@@ -22,7 +22,7 @@ def test_streamed_scatter_gives_each_rank_its_slice(budget, skew):
     counts = balanced_counts(len(whole), comm.size)
     counts[0] += skew * comm.size  # uneven shares, as a chunk layout gives
     counts[-1] -= skew * comm.size
-    blocks = stream_points(lambda a, r0, r1: c2[a, r0:r1], n_angles, n_frames, sigma, budget) if comm.is_root else None
+    blocks = stream_points(lambda a, r0, r1, c0: c2[a, r0:r1, c0:], n_angles, n_frames, sigma, budget) if comm.is_root else None
     capacity = int(counts.max()) + 5
     local = scatter_point_stream(blocks, counts, comm, capacity=capacity)
     start, mine = int(counts[: comm.rank].sum()), int(counts[comm.rank])

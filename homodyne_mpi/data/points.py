@@ -97,21 +97,22 @@ def points_before_row(row, n_frames: int):
     return row * (2 * n_frames - row - 1) // 2
 
 
-def row_block_points(rows: np.ndarray, first_row: int, angle: int, weight: float) -> PointSet:
+def row_block_points(rows: np.ndarray, first_row: int, angle: int, weight: float, first_column: int = 0) -> PointSet:
     """The points ``j > i`` of rows ``first_row ..`` of one angle's matrix, row-major.
 
-    ``rows`` (shape ``(k, N)``) holds the rows of the full symmetric matrix; only entries
-    right of the diagonal are read. Every point gets ``weight`` (``1 / sigma``).
+    ``rows`` (shape ``(k, N - first_column)``) holds columns ``first_column ..`` of those
+    rows of the full symmetric matrix; only entries right of the diagonal are read. Every
+    point gets ``weight`` (``1 / sigma``).
     """
-    k, n_frames = rows.shape
+    k, width = rows.shape
     row_index = first_row + np.arange(k)
-    upper = np.arange(n_frames)[None, :] > row_index[:, None]
+    upper = (first_column + np.arange(width))[None, :] > row_index[:, None]
     frame_i, frame_j = np.nonzero(upper)
     value = np.asarray(rows, dtype=np.float64)[upper]
     return PointSet(
         angle=np.full(value.size, angle, np.int32),
         frame_i=(frame_i + first_row).astype(np.int32),
-        frame_j=frame_j.astype(np.int32),
+        frame_j=(frame_j + first_column).astype(np.int32),
         value=value,
         weight=np.full(value.size, weight, np.float64),
     )
@@ -120,10 +121,13 @@ def row_block_points(rows: np.ndarray, first_row: int, angle: int, weight: float
 def stream_points(read_rows, n_angles: int, n_frames: int, sigma, max_points: int):
     """Yield the points of ``upper_triangle_points`` in the same global order, in blocks.
 
-    ``read_rows(angle, r0, r1)`` returns rows ``r0:r1`` of that angle's full symmetric
-    matrix (see ``PointSource.read_rows``). Each block holds whole rows and at most
-    ``max(max_points, N - 1)`` points (a row is never split), so a reader holds one block
-    of rows (``rows x N x 8`` bytes) and its points (28 bytes each) at a time.
+    ``read_rows(angle, r0, r1, c0)`` returns columns ``c0:`` of rows ``r0:r1`` of that
+    angle's full symmetric matrix (see ``PointSource.read_rows``); it is asked for
+    ``c0 = r0 + 1``, the first column right of the diagonal. Each block holds whole rows
+    and at most ``B = max(max_points, N - 1)`` points (a row is never split); the rows read
+    for it hold at most about ``2 B`` values (a ``k x (N - r0 - 1)`` rectangle around a
+    triangle of ``B`` points), so a reader holds ``16 B`` bytes of rows and ``28 B`` of
+    points at a time, whatever ``N``.
     """
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_angles,))
     before = points_before_row(np.arange(n_frames + 1), n_frames)
@@ -132,5 +136,6 @@ def stream_points(read_rows, n_angles: int, n_frames: int, sigma, max_points: in
         while row < n_frames - 1:
             stop = int(np.searchsorted(before, before[row] + max(int(max_points), 1), side="right")) - 1
             stop = min(max(stop, row + 1), n_frames - 1)
-            yield row_block_points(read_rows(angle, row, stop), row, angle, 1.0 / sigma[angle])
+            rows = read_rows(angle, row, stop, row + 1)
+            yield row_block_points(rows, row, angle, 1.0 / sigma[angle], first_column=row + 1)
             row = stop

@@ -76,8 +76,8 @@ class PointSource:
         column = np.asarray(dataset[first + 1 : self.end_frame, first])
         return bool(row.size) and not np.any(row) and bool(np.any(column))
 
-    def read_rows(self, angle: int, row_start: int, row_stop: int) -> np.ndarray:
-        """Rows ``row_start:row_stop`` of the window of angle ``angle``, float64 ``(k, N)``.
+    def read_rows(self, angle: int, row_start: int, row_stop: int, first_column: int = 0) -> np.ndarray:
+        """Rows ``row_start:row_stop``, columns ``first_column:`` of angle ``angle``'s window, float64.
 
         Entries right of the diagonal are those of the full symmetric matrix; NaN or inf
         there is an ``InputError`` naming the dataset and rows.
@@ -85,7 +85,7 @@ class PointSource:
         key, dataset = self._datasets[angle]
         first = self.start_frame - 1
         rows = slice(first + row_start, first + row_stop)
-        columns = slice(first, self.end_frame)
+        columns = slice(first + first_column, self.end_frame)
         try:
             block = np.asarray(dataset[columns, rows]).T if self._lower[angle] else np.asarray(dataset[rows, columns])
         except (OSError, ValueError, TypeError) as exc:
@@ -93,7 +93,7 @@ class PointSource:
                 f"{self.source}: cannot read dataset '{key}' ({exc}); the file is damaged -- rerun the correlator"
             ) from exc
         block = block.astype(np.float64, copy=False)
-        upper = np.arange(self.n_frames)[None, :] > (row_start + np.arange(row_stop - row_start))[:, None]
+        upper = (first_column + np.arange(block.shape[1]))[None, :] > (row_start + np.arange(row_stop - row_start))[:, None]
         bad = _count_nonfinite(np.where(upper, block, 0.0))
         if bad:
             raise InputError(
