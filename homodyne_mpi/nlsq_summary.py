@@ -15,10 +15,20 @@ RATE_TIMES = 5
 """Times (log-spaced over the measured frames) at which the report prints ``D(t)`` and ``gamma_dot(t)``."""
 
 
-def degeneracy(names: list[str], values: np.ndarray, std: np.ndarray, correlation: np.ndarray, physical: list[str]) -> dict:
+def degeneracy(
+    names: list[str],
+    values: np.ndarray,
+    std: np.ndarray,
+    correlation: np.ndarray,
+    physical: list[str],
+    model_correlation: np.ndarray | None = None,
+) -> dict:
     """Pairs of free physical parameters with ``|corr| > 0.99`` and those with ``std > |value|``.
 
-    ``correlation`` is over ``names`` (zeros for fixed parameters). Returns the
+    ``correlation`` is over ``names`` (zeros for fixed parameters); ``model_correlation``
+    (optional, from the model covariance) is checked too, and the larger ``|corr|`` of the
+    two is reported: the jackknife's replicates of a parameter held on a bound barely
+    move, which hides its correlations there. Returns the
     ``degeneracy`` entry of result.json: ``pairs`` ``[[a, b, corr], ...]``,
     ``poorly_determined`` names and ``warning`` (True when either is non-empty).
     """
@@ -28,6 +38,8 @@ def degeneracy(names: list[str], values: np.ndarray, std: np.ndarray, correlatio
     for a_pos, a in enumerate(fitted):
         for b in fitted[a_pos + 1 :]:
             value = float(correlation[index[a], index[b]])
+            if model_correlation is not None and abs(model_correlation[index[a], index[b]]) > abs(value):
+                value = float(model_correlation[index[a], index[b]])
             if abs(value) > CORRELATION_LIMIT:
                 pairs.append([a, b, value])
     poor = [n for n in fitted if std[index[n]] > abs(values[index[n]])]

@@ -116,3 +116,9 @@ def test_degeneracy_flags_correlated_pairs_and_poorly_determined_parameters():
     assert found["poorly_determined"] == ["D_offset"]
     calm = degeneracy(names, values * 10, std, np.eye(5), ["D0", "alpha", "D_offset"])
     assert not calm["warning"] and calm["pairs"] == [] and calm["poorly_determined"] == []
+    # A pair the reported (jackknife) correlation hides, e.g. one parameter held on a bound,
+    # is still reported from the model correlation.
+    model = np.eye(5)
+    model[3, 4] = model[4, 3] = 0.999
+    hidden = degeneracy(names, values * 10, std, np.eye(5), ["D0", "alpha", "D_offset"], model)
+    assert hidden["warning"] and [pair[:2] for pair in hidden["pairs"]] == [["alpha", "D_offset"]]

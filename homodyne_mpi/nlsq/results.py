@@ -73,7 +73,7 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         },
         "parameters": parameters,
         "correlation": {"names": free_names, "matrix": correlation[np.ix_(free_index, free_index)].tolist()},
-        "degeneracy": degeneracy(result.names, result.theta, std, correlation, physical),
+        "degeneracy": degeneracy(result.names, result.theta, std, correlation, physical, correlation_matrix(result.covariance)),
         "rates": rate_summary(result, problem),
         "data": {
             "source": data.source,
