@@ -322,18 +322,25 @@ class BatchRunner:
     def run_cmc_stage(self, out: Path, problem, prepared, nlsq_result, outcome: DatasetOutcome) -> list:
         """CMC on every rank; rank 0 writes its result (a too-few-shards error is recorded)."""
         from .cmc import run_cmc
+        from .cmc.calibration import check_warm_start, likelihood_calibration, uncalibrated_warning
 
         start = time.perf_counter()
-        calibration = likelihood_calibration(nlsq_result, problem) if self.cfg.optimization.cmc.calibrate else 1.0
+        calibrate = self.cfg.optimization.cmc.calibrate
+        calibration = likelihood_calibration(nlsq_result, problem) if calibrate else 1.0
         if calibration > 1.0:
             log.info("CMC likelihood tempered by %.3g (NLSQ jackknife / model variance, t-widened)", calibration)
+        warning = uncalibrated_warning(calibrate, nlsq_result)
+        if warning is not None:
+            log.warning("%s", warning)
+        warm_start = nlsq_result if self.nlsq_warm_start else None
         try:
+            check_warm_start(warm_start)
             cmc_result = run_cmc(
                 self.cfg,
                 problem,
                 prepared.points if prepared else None,
                 self.comm,
-                warm_start=nlsq_result if self.nlsq_warm_start else None,
+                warm_start=warm_start,
                 output_dir=out if self.comm.is_root else None,
                 calibration=calibration,
             )
@@ -346,6 +353,7 @@ class BatchRunner:
         outcome.timing_s["cmc"] = time.perf_counter() - start
         futures = []
         if self.comm.is_root and cmc_result is not None:
+            cmc_result.extra["calibration_warning"] = warning
             document = cmc_result.to_json_dict()
             document.setdefault("timing_s", {})
             posterior = cmc_result.posterior_arrays()
@@ -402,22 +410,6 @@ class BatchRunner:
             log.error("data set %s failed:\n%s", outcome.name, "".join(traceback.format_exception(error)))
         else:
             log.error("data set %s failed: %s", outcome.name, error)
-
-
-def likelihood_calibration(nlsq_result: NLSQResult | None, problem: NLSQProblem) -> float:
-    """The factor the CMC log-likelihood is divided by (``cmc.calibration.tempering_factor``).
-
-    From the free physical parameters' jackknife-to-model variance ratios, each widened
-    by Student's t at the jackknife's effective degrees of freedom; 1 without a jackknife.
-    """
-    from .cmc.calibration import tempering_factor
-
-    if nlsq_result is None or nlsq_result.jackknife is None:
-        return 1.0
-    physical = np.zeros(len(problem.free), dtype=bool)
-    physical[problem.layout.physical_slice] = True
-    jackknife = nlsq_result.jackknife
-    return tempering_factor(jackknife.std, nlsq_result.std, jackknife.effective_dof, physical & problem.free)
 
 
 def raise_if_stop_requested(comm: Comm, where: str) -> None:

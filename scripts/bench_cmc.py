@@ -64,7 +64,8 @@ def bench_chains(args) -> dict:
     from test_cmc_run import simulate
 
     from homodyne_mpi.cmc.priors import build_priors, noise_scale_of
-    from homodyne_mpi.cmc.runner import shard_data, _columns
+    from homodyne_mpi.cmc.plan import shard_columns
+    from homodyne_mpi.cmc.worker import shard_data
     from homodyne_mpi.cmc.sampler import SamplerSettings, ShardSampler
     from homodyne_mpi.cmc.shard_model import ShardModel
     from homodyne_mpi.cmc.sharding import assign_shards
@@ -73,7 +74,7 @@ def bench_chains(args) -> dict:
     shards = assign_shards(sim.points.angle, args.shards, seed=3)
     n_padded = max(len(s) for s in shards)
     priors = build_priors(sim.cfg, sim.problem, sim.warm_start, n_shards=args.shards, noise_scale=noise_scale_of(sim.points.weight))
-    data, n_points = shard_data(_columns(sim.points, shards[0]), n_padded, int(sim.points.angle.max()))
+    data, n_points = shard_data(shard_columns(sim.points, shards[0]), n_padded, int(sim.points.angle.max()))
     out = {"shard_points": n_points, "num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples}
     draws = {}
     for method in ("parallel", "sequential"):

@@ -83,7 +83,7 @@ def test_ranks_give_the_serial_draws_and_combination(tmp_path_factory):
 @pytest.mark.mpi(min_size=2)
 @pytest.mark.timeout(600)
 def test_a_shard_failing_on_any_rank_is_recorded(monkeypatch):
-    import homodyne_mpi.cmc.runner as runner
+    import homodyne_mpi.cmc.worker as runner
     from homodyne_mpi.cmc import run_cmc
 
     comm = mpi_comm()

@@ -182,7 +182,7 @@ def test_laminar_flow_default_settings_recover_the_truth():
 
 
 def test_a_failing_shard_is_recorded_and_the_rest_combined(monkeypatch, tmp_path):
-    import homodyne_mpi.cmc.runner as runner
+    import homodyne_mpi.cmc.worker as runner
 
     original = runner.sample_shard
 
@@ -206,11 +206,35 @@ def test_a_failing_shard_is_recorded_and_the_rest_combined(monkeypatch, tmp_path
     with pytest.raises(FitError, match="shard 2 failed"):
         run(strict, output_dir=tmp_path / "strict")
     record = json.loads((tmp_path / "strict" / "cmc" / "result.json").read_text())
-    assert any(s["index"] == 2 and "injected" in s["error"] for s in record["shards"])
+    assert record["status"] == "failed" and "only 4 of 5 shards are good" in record["reason"]
+    assert [s["index"] for s in record["shards"]] == [0, 1, 2, 3, 4]
+    assert any(s["index"] == 2 and "injected" in s["error"] and not s["ok"] for s in record["shards"])
+    assert all(s["rhat_max"] is not None and s["divergence_rate"] is not None for s in record["shards"] if s["index"] != 2)
+    assert doc["status"] == "partial" and "shard 2 failed" in doc["reason"]
+
+
+def test_an_unconverged_or_non_finite_warm_start_is_refused_in_one_line():
+    from types import SimpleNamespace
+
+    from homodyne_mpi.cmc.calibration import check_warm_start, uncalibrated_warning
+    from homodyne_mpi.errors import InputError
+
+    check_warm_start(None)
+    check_warm_start(SimpleNamespace(theta=np.ones(3), converged=True, reason="xtol", iterations=7))
+    with pytest.raises(InputError, match="did not converge") as refused:
+        check_warm_start(SimpleNamespace(theta=np.ones(3), converged=False, reason="max_iterations", iterations=100))
+    assert "\n" not in str(refused.value) and "max_iterations" in str(refused.value)
+    with pytest.raises(InputError, match="non-finite"):
+        check_warm_start(SimpleNamespace(theta=np.array([1.0, np.nan]), converged=True, reason="", iterations=1))
+    # no jackknife while calibration is on: a warning that says what to do; none when off
+    assert "NOT calibrated" in uncalibrated_warning(True, SimpleNamespace(jackknife=None))
+    assert "no NLSQ fit" in uncalibrated_warning(True, None)
+    assert uncalibrated_warning(False, None) is None
+    assert uncalibrated_warning(True, SimpleNamespace(jackknife=object())) is None
 
 
 def test_interrupted_run_resumes_from_finished_shards(monkeypatch, tmp_path):
-    import homodyne_mpi.cmc.runner as runner
+    import homodyne_mpi.cmc.worker as runner
 
     cmc = {"sharding": {"num_shards": 4}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
     sim = simulate("static", n_frames=80, cmc=cmc)
@@ -252,11 +276,17 @@ def test_gaussian_product_and_config_priors_without_warm_start():
     )
     from homodyne_mpi.cmc import run_cmc
 
-    result = run_cmc(sim.cfg, sim.problem, sim.points, SerialComm(), warm_start=sim.warm_start, output_dir=None)
+    result = run_cmc(sim.cfg, sim.problem, sim.points, SerialComm(), warm_start=None, output_dir=None)
     doc = result.to_json_dict()
     assert doc["combination"]["method"] == "gaussian_product"
-    assert doc["priors"]["source"] == "nlsq"
+    assert doc["priors"]["source"] == "config"
     assert set(doc["parameters"]) == {"contrast", "offset", "D0", "alpha", "D_offset", "sigma"}
+    # config priors: centred on the starting values, half the bound width before tempering
+    d0 = doc["priors"]["parameters"]["D0"]
+    assert d0["mu"] == pytest.approx(STATIC_TRUTH["D0"]) and d0["sigma"] == pytest.approx(0.5 * (d0["high"] - d0["low"]))
+    # no warm start: the chains start at the prior centre, and the data still pull D0 to
+    # within 3 posterior widths of the truth
+    assert abs(doc["parameters"]["D0"]["mean"] - STATIC_TRUTH["D0"]) < 3 * doc["parameters"]["D0"]["std"]
 
 
 def test_fixed_parameters_and_calibration():
@@ -325,7 +355,7 @@ def test_soft_clamp_maps_the_line_onto_the_bounds_and_is_the_identity_inside(low
 def diverging_first_attempt(monkeypatch):
     """Make every shard's first attempt (at the configured target) look all-divergent;
     returns the list of ``(shard, target_accept_prob)`` sampled."""
-    import homodyne_mpi.cmc.runner as runner
+    import homodyne_mpi.cmc.worker as runner
 
     original = runner.sample_shard
     calls = []
@@ -380,7 +410,8 @@ def test_task_farm_on_one_rank_runs_everything_in_order():
 
 
 def test_a_stop_request_ends_between_shards_and_keeps_the_finished_ones(monkeypatch, tmp_path):
-    import homodyne_mpi.cmc.runner as runner
+    import homodyne_mpi.cmc.driver as driver
+    import homodyne_mpi.cmc.worker as runner
 
     sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 3}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
     original = runner.sample_shard
@@ -392,10 +423,10 @@ def test_a_stop_request_ends_between_shards_and_keeps_the_finished_ones(monkeypa
         return out
 
     monkeypatch.setattr(runner, "sample_shard", count)
-    monkeypatch.setattr(runner, "_stop_requested", lambda: len(done) >= 1)
+    monkeypatch.setattr(driver, "_stop_requested", lambda: len(done) >= 1)
     with pytest.raises(Interrupted, match="rerun the same command"):
         run(sim, output_dir=tmp_path)
     assert len(list((tmp_path / "cmc" / "shards").glob("shard_*.npz"))) == 1
-    monkeypatch.setattr(runner, "_stop_requested", lambda: False)
+    monkeypatch.setattr(driver, "_stop_requested", lambda: False)
     resumed = run(sim, output_dir=tmp_path)
     assert resumed.dispatch["shards_reused"] == 1 and resumed.dispatch["shards_run"] == 2

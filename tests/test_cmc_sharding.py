@@ -91,14 +91,25 @@ def test_dispatch_order_is_largest_first_then_by_index():
     assert dispatch_order([]) == []
 
 
-def test_adapted_counts_scale_with_shard_size_and_respect_minimums():
-    kw = dict(num_warmup=500, num_samples=1000, min_warmup=200, min_samples=300)
+def test_small_shards_keep_the_full_warm_up_and_scale_only_the_samples():
+    kw = dict(num_warmup=500, num_samples=1000, min_samples=300)
     assert adapted_counts(REFERENCE_SHARD_POINTS, **kw) == (500, 1000)
     assert adapted_counts(10 * REFERENCE_SHARD_POINTS, **kw) == (500, 1000)
-    assert adapted_counts(REFERENCE_SHARD_POINTS // 2, **kw) == (250, 500)
-    assert adapted_counts(1_000, **kw) == (200, 300)
+    assert adapted_counts(REFERENCE_SHARD_POINTS // 2, **kw) == (500, 500)
+    assert adapted_counts(1_000, **kw) == (500, 300)
     # a minimum above the configured count does not raise it
-    assert adapted_counts(1_000, num_warmup=50, num_samples=80, min_warmup=200, min_samples=300) == (50, 80)
+    assert adapted_counts(1_000, num_warmup=50, num_samples=80, min_samples=300) == (50, 80)
+
+
+def test_the_automatic_shard_count_gives_every_rank_a_shard():
+    # issue 13: 14,850 points, 8 sampled parameters, 2 ranks became one shard
+    assert shard_count(14_850, 8) == 1
+    assert shard_count(14_850, 8, n_ranks=2) == 2
+    assert shard_count(14_850, 8, n_ranks=4) == 4
+    # never below the per-parameter minimum: 3,000 points hold one shard of 1,600
+    assert shard_count(3_000, 8, n_ranks=2) == 1
+    # a configured count is used as given
+    assert shard_count(14_850, 8, num_shards=1, n_ranks=2) == 1
 
 
 def test_chain_method_falls_back_to_sequential():

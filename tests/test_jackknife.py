@@ -16,7 +16,7 @@ from homodyne_mpi.nlsq.jackknife import (
     influence_blocks,
     jackknife_covariance,
 )
-from homodyne_mpi.pipeline import likelihood_calibration
+from homodyne_mpi.cmc.calibration import likelihood_calibration
 
 
 @pytest.mark.parametrize("n_frames, n_blocks", [(100, 20), (101, 7), (5, 20)])

@@ -154,12 +154,13 @@ class ShardSampler:
             init_strategy=init_to_value(values=model.init_values(init_key)),
         )
         args = (angle, frame_i, frame_j, value, weight)
+        data = ShardData(*args)
         state = kernel.init(run_key, settings.num_warmup, model_args=args, model_kwargs={})
         constrain = kernel.postprocess_fn(args, {})
 
         def step(carry, _):
             carry = kernel.sample(carry, args, {})
-            return carry, (model.sampled_vector(constrain(carry.z)), carry.diverging, carry.num_steps)
+            return carry, (model.sampled_vector(constrain(carry.z), data), carry.diverging, carry.num_steps)
 
         # One scan over warm-up and sampling (the kernel adapts while its step counter is
         # below num_warmup): the NUTS step is traced and compiled once, not twice.

@@ -11,9 +11,11 @@ Likelihood: a point of angle ``a`` has ``value ~ Normal(c2_model, u / weight)``
 - n * log(u)`` over the points with ``weight > 0`` (zero-weight points are padding and
 contribute nothing). The log-likelihood is divided by ``calibration`` (>= 1).
 
-Geometry: with an NLSQ warm start the shard posterior of ``z`` is expected to be close
-to ``Normal(0, R)``, ``R`` the NLSQ correlation matrix (the scale is ``sqrt(K * c)`` NLSQ
-model standard errors, ``c`` the calibration). NUTS samples a whitened unconstrained vector ``w`` (see
+Geometry: the contrast/offset pairs, which the model holds linearly, are sampled
+relative to their exact conditional best fit (``scaling``); with an NLSQ warm start the
+shard posterior of the other parameters' ``z`` is expected to be close to
+``Normal(0, R)``, ``R`` their NLSQ correlation (the scale is ``sqrt(K * c)`` NLSQ model
+standard errors, ``c`` the calibration). NUTS samples an unconstrained vector ``w`` (see
 ``ShardModel``) in which that Gaussian is the unit normal, so a diagonal mass matrix,
 adapted during warm-up, is enough. Chains start at ``w = jitter * e``, ``e`` standard
 normal from the chain's key.
@@ -34,6 +36,7 @@ from scipy.special import log_ndtr
 
 from ..model import ModelSpec, ParameterLayout, c2_points
 from .priors import NOISE_PRIOR_SCALE, PriorSpec
+from .scaling import pairs_from_eps
 
 INIT_MARGIN = 1e-6
 """Starting points stay this fraction of the bound width inside the bounds."""
@@ -165,21 +168,26 @@ def unit_priors(priors: PriorSpec) -> UnitPriors:
 class ShardModel:
     """Callable NumPyro model of a shard plus the maps between its site and parameters.
 
-    The one sample site ``w`` (``d + 1`` unconstrained reals) is whitened: with ``y`` the
-    unbounded coordinates of ``z`` (``z = soft_clamp(y, low, high)``) and ``s = log u``,
-    ``y = y0 + L w[:d]`` and ``s = s_scale w[d]``, where ``y0`` is ``z = 0`` and ``L L^T`` is
-    the expected shard-posterior covariance of ``y`` (the NLSQ correlation mapped through
-    the transform's slope at ``z = 0``; a diagonal without a warm start).
+    The one sample site ``w`` (``d + 1`` unconstrained reals) holds, in this order:
 
-    ``soft_clamp`` is the identity except within a few posterior widths of a bound. A
-    logit transform bends every coordinate everywhere: with ``D0`` 15 widths above its
-    lower bound, its slope changed by 6% per width, which across the ``D0``/``alpha``/
-    ``D_offset`` correlation (condition number ~1e5, narrowest direction 0.01 widths)
-    curved the whitened Gaussian into a banana that NUTS could only cross with tiny
-    steps, and up to 20% of its transitions diverged.
-    The prior of ``z`` (``BoundedPrior``), the half-normal of ``u`` and the log-Jacobians of
-    both transforms enter as a factor, so the posterior is exact; NUTS then sees a nearly
-    isotropic target and a diagonal mass matrix adapts quickly.
+    - ``w_o``, the *whitened* coordinates of the sampled parameters other than the
+      profiled contrast/offset pairs: with ``y`` the unbounded coordinates of their
+      ``z`` (``z = soft_clamp(y, low, high)``), ``y = y0 + L w_o``, ``y0`` the image of
+      ``z = 0`` and ``L L^T`` the expected shard-posterior covariance of ``y`` (the NLSQ
+      correlation of these parameters, i.e. their marginal, mapped through the
+      transform's slope at ``z = 0``; a diagonal without a warm start);
+    - when every contrast and offset is sampled, ``xi``: per pair two standard normals
+      from which the pair is its conditional best fit plus its conditional Cholesky
+      factor times ``eps``, ``eps`` the ``xi`` mapped smoothly into the range that keeps
+      the pair inside its bounds (``scaling``);
+    - ``log u = s_scale * w[d]``, ``u`` the noise factor.
+
+    ``soft_clamp`` is the identity except within a few posterior widths of a bound (a
+    logit transform bends every coordinate everywhere and, across the strong
+    ``D0``/``alpha``/``D_offset`` correlation, curved the whitened Gaussian into a
+    banana). The prior of ``z`` (``BoundedPrior``), the half-normal of ``u`` and the log-Jacobians of all transforms
+    enter as factors, so the posterior is exact; NUTS then sees a nearly isotropic
+    target and a diagonal mass matrix adapts quickly.
     """
 
     def __init__(self, priors: PriorSpec, spec: ModelSpec, layout: ParameterLayout, phi, *, calibration: float = 1.0, n_points: int | None = None):
@@ -200,14 +208,28 @@ class ShardModel:
         unit = self.unit
         loc, scale, log_norm = bounded_prior_constants(unit.loc, unit.scale, unit.low, unit.high, unit.uniform)
         self._prior_args = tuple(jnp.asarray(a) for a in (loc, scale, unit.low, unit.high, unit.uniform, log_norm))
-        z_start = np.clip(0.0, unit.low + INIT_MARGIN * (unit.high - unit.low), unit.high - INIT_MARGIN * (unit.high - unit.low))
-        y0 = soft_clamp_inverse(z_start, unit.low, unit.high)
-        slope = np.exp(soft_clamp_log_slope(y0, unit.low, unit.high, xp=np))  # dz/dy at the start
+        n_pairs = layout.n_scaling_pairs
+        self.n_pairs = n_pairs if n_pairs and set(range(2 * n_pairs)) <= set(priors.index.tolist()) else 0
+        other = np.arange(2 * self.n_pairs, priors.n_sampled)
+        self._other = jnp.asarray(other)
+        low, high = unit.low[other], unit.high[other]
+        z_start = np.clip(0.0, low + INIT_MARGIN * (high - low), high - INIT_MARGIN * (high - low))
+        # z = k soft_clamp(y, low/k, high/k): k the start's distance to its nearer bound
+        width = np.maximum(1.0, np.minimum(z_start - low, high - z_start))
+        low, high = low / width, high / width
+        y0 = soft_clamp_inverse(z_start / width, low, high)
+        slope = width * np.exp(soft_clamp_log_slope(y0, low, high, xp=np))  # dz/dy at the start
         correlation = priors.correlation if priors.correlation is not None else np.eye(priors.n_sampled)
-        self._low = jnp.asarray(unit.low)
-        self._high = jnp.asarray(unit.high)
+        block = correlation[np.ix_(other, other)]
+        self._width = jnp.asarray(width)
+        self._low = jnp.asarray(low)
+        self._high = jnp.asarray(high)
         self._y0 = jnp.asarray(y0)
-        self._whiten = jnp.asarray(np.linalg.cholesky(correlation) / slope[:, None])
+        self._whiten = jnp.asarray(np.linalg.cholesky(block) / slope[:, None])
+        self._pair_of_angle = jnp.asarray(np.maximum(layout.scaling_pair_of_angle(), 0))
+        pairs = self.n_pairs  # bounds of (offset, contrast) per pair; contrasts come first
+        self._pair_low = jnp.asarray(np.stack([priors.low[pairs : 2 * pairs], priors.low[:pairs]]))
+        self._pair_high = jnp.asarray(np.stack([priors.high[pairs : 2 * pairs], priors.high[:pairs]]))
         n = max(int(n_points or 1), 1)
         self._log_noise_scale = math.sqrt(self.calibration / (2.0 * n))
 
@@ -225,51 +247,74 @@ class ShardModel:
         """The tempered prior of ``z``."""
         return BoundedPrior(*self._prior_args)
 
-    def unconstrained(self, w):
-        """``(y, s)``: unbounded coordinates of ``z`` and ``log u`` from the whitened ``w``."""
-        d = self.priors.n_sampled
-        return self._y0 + self._whiten @ w[:d], self._log_noise_scale * w[d]
+    def transform(self, w, data: ShardData):
+        """``(theta, u, g1_sq, log_jacobian)`` at ``w`` for the shard ``data``.
 
-    def unit_values(self, w):
-        """``(z, u)`` from ``w``."""
-        y, s = self.unconstrained(w)
-        return soft_clamp(y, self._low, self._high), jnp.exp(s)
+        ``theta``: the full parameter vector; ``u``: the noise factor; ``g1_sq``:
+        ``g1^2`` at the points when the pairs are profiled, else None;
+        ``log_jacobian``: log |d(z, u)/dw| up to a constant.
+        """
+        d = self.priors.n_sampled
+        n_other = d - 2 * self.n_pairs
+        y = self._y0 + self._whiten @ w[:n_other]
+        s = self._log_noise_scale * w[d]
+        u = jnp.exp(s)
+        z_other = self._width * soft_clamp(y, self._low, self._high)
+        z = jnp.zeros(d, dtype=w.dtype).at[self._other].set(z_other)
+        theta = self.theta(z)
+        log_jacobian = jnp.sum(soft_clamp_log_slope(y, self._low, self._high)) + s
+        if not self.n_pairs:
+            return theta, u, None, log_jacobian
+        _, _, physical = self.layout.split(theta)
+        ones = jnp.ones(self.layout.n_angles, dtype=w.dtype)
+        g1_sq = c2_points(physical, ones, 0.0 * ones, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
+        p = self.n_pairs
+        xi = w[n_other:d]
+        bounds = (self._pair_low, self._pair_high)
+        offset, contrast, log_det = pairs_from_eps(
+            g1_sq, data.value, data.weight, self._pair_of_angle[data.angle], p, u, self.calibration, xi[:p], xi[p:], *bounds
+        )
+        theta = theta.at[self._index[:p]].set(contrast).at[self._index[p : 2 * p]].set(offset)
+        return theta, u, g1_sq, log_jacobian + log_det
 
     def theta(self, z) -> jnp.ndarray:
         """Full parameter vector from ``z`` (fixed entries from ``base_theta``)."""
         return self._base.at[self._index].set(self._loc + self._scale * z)
 
-    def sampled_vector(self, sites: dict) -> jnp.ndarray:
+    def sampled_vector(self, sites: dict, data: ShardData) -> jnp.ndarray:
         """``[sampled parameters..., sigma]`` (sigma in c2 units) from the site values."""
-        z, u = self.unit_values(sites["w"])
-        return jnp.concatenate([self._loc + self._scale * z, jnp.atleast_1d(u * self.priors.noise_scale)])
+        theta, u, _, _ = self.transform(sites["w"], data)
+        return jnp.concatenate([theta[self._index], jnp.atleast_1d(u * self.priors.noise_scale)])
 
     def init_values(self, key) -> dict:
         """The chain's start: ``w = jitter * e``, ``e`` standard normal from ``key``."""
         noise = jax.random.normal(key, (self.n_site,), dtype=jnp.float64)
         return {"w": self.priors.init_jitter * noise}
 
-    def log_prior(self, w) -> jnp.ndarray:
-        """Log density of ``w``: priors of ``z`` and ``u`` plus the transforms' log-Jacobians."""
-        y, s = self.unconstrained(w)
-        z = soft_clamp(y, self._low, self._high)
-        log_jacobian_z = jnp.sum(soft_clamp_log_slope(y, self._low, self._high))
-        u = jnp.exp(s)
-        log_noise = dist.HalfNormal(self.unit.noise_scale).log_prob(u) + s
-        return jnp.sum(self.prior().log_prob(z)) + log_jacobian_z + log_noise
+    def log_prior(self, theta, u) -> jnp.ndarray:
+        """Log prior of the sampled parameters of ``theta`` (inside their bounds) and of
+        the noise factor ``u``."""
+        z = (theta[self._index] - self._loc) / self._scale
+        return jnp.sum(self.prior().log_prob(z)) + dist.HalfNormal(self.unit.noise_scale).log_prob(u)
 
-    def log_likelihood(self, theta, noise, data: ShardData) -> jnp.ndarray:
-        """Gaussian log-likelihood of the shard's points (constants dropped), untempered."""
+    def log_likelihood(self, theta, noise, data: ShardData, g1_sq=None) -> jnp.ndarray:
+        """Gaussian log-likelihood of the shard's points (constants dropped), untempered;
+        ``g1_sq`` at the points when already known."""
         contrast, offset, physical = self.layout.split(theta)
-        model = c2_points(physical, contrast, offset, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
+        if g1_sq is None:
+            model = c2_points(physical, contrast, offset, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
+        else:
+            model = offset[data.angle] + contrast[data.angle] * g1_sq
         weight = data.weight
         residual = weight * (data.value - model) / noise
         n_real = jnp.sum(weight > 0)
         return -0.5 * jnp.sum(residual * residual) - n_real * jnp.log(noise)
 
+    def log_density(self, w, data: ShardData) -> jnp.ndarray:
+        """Log posterior density of the site ``w`` (constants dropped)."""
+        theta, u, g1_sq, log_jacobian = self.transform(w, data)
+        return self.log_prior(theta, u) + log_jacobian + self.log_likelihood(theta, u, data, g1_sq) / self.calibration
+
     def __call__(self, angle, frame_i, frame_j, value, weight) -> None:
         w = numpyro.sample("w", dist.ImproperUniform(constraints.real_vector, (), event_shape=(self.n_site,)))
-        numpyro.factor("prior", self.log_prior(w))
-        z, u = self.unit_values(w)
-        data = ShardData(angle, frame_i, frame_j, value, weight)
-        numpyro.factor("loglik", self.log_likelihood(self.theta(z), u, data) / self.calibration)
+        numpyro.factor("log_density", self.log_density(w, ShardData(angle, frame_i, frame_j, value, weight)))

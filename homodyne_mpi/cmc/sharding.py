@@ -7,8 +7,9 @@ Rules (also in ``docs/cmc.md``):
   ``AUTO_MAX_POINTS_PER_SHARD`` = 20,000, raised to the minimum below when that is
   larger): ``num_shards = ceil(n_points / max_points_per_shard)``. An automatic count is
   then lowered until every shard holds at least ``min_points_per_parameter`` points per
-  sampled parameter (the free model parameters plus the noise scale). The rank count
-  never enters, so shard contents, and therefore results, do not depend on it.
+  sampled parameter (the free model parameters plus the noise scale), and raised to the
+  rank count where that minimum allows, so no rank is left without a shard. Only that
+  last step depends on the rank count.
 - **Assignment.** ``stratified`` (default): the points of each angle are shuffled with a
   seeded generator and dealt out in near-equal runs, the shard that receives an angle's
   spare point rotating from angle to angle, so every shard holds every angle in
@@ -51,6 +52,7 @@ def shard_count(
     num_shards: int | str = "auto",
     max_points_per_shard: int | str = "auto",
     min_points_per_parameter: int = 200,
+    n_ranks: int = 1,
 ) -> int:
     """Number of shards for ``n_points`` points (see the module docstring for the rule).
 
@@ -93,6 +95,9 @@ def shard_count(
             most,
         )
         count = most
+    if count < n_ranks and most > count:
+        log.info("CMC: %d shard(s) for %d ranks; using %d so every rank has work", count, n_ranks, min(n_ranks, most))
+        count = min(n_ranks, most)
     return max(1, count)
 
 
@@ -162,20 +167,21 @@ def adapted_counts(
     *,
     num_warmup: int,
     num_samples: int,
-    min_warmup: int,
     min_samples: int,
     reference_points: int | None = None,
 ) -> tuple[int, int]:
     """Warm-up and kept samples per chain for a shard of ``shard_points`` points.
 
-    The configured counts hold for shards of ``REFERENCE_SHARD_POINTS`` points or more;
-    smaller shards scale both by ``shard_points / REFERENCE_SHARD_POINTS``, rounded up,
-    but never below ``min_warmup``/``min_samples`` (and never above the configured
-    counts, so a minimum larger than the configured count does not raise it).
+    The warm-up is always the configured ``num_warmup``: small shards have the broadest,
+    least Gaussian posteriors, and their step size and mass matrix need the full
+    adaptation. The configured ``num_samples`` holds for shards of
+    ``REFERENCE_SHARD_POINTS`` points or more; smaller shards scale it by
+    ``shard_points / REFERENCE_SHARD_POINTS``, rounded up, but never below
+    ``min_samples`` (nor above the configured count).
     """
     reference = REFERENCE_SHARD_POINTS if reference_points is None else int(reference_points)
     fraction = min(1.0, shard_points / reference)
-    warmup = min(num_warmup, max(min(min_warmup, num_warmup), math.ceil(num_warmup * fraction)))
+    warmup = max(int(num_warmup), 0)
     samples = min(num_samples, max(min(min_samples, num_samples), math.ceil(num_samples * fraction)))
     return int(warmup), int(samples)
 

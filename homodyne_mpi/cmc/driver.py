@@ -1,0 +1,172 @@
+"""The distributed CMC driver: shards out from rank 0, NUTS on every rank, consensus on rank 0.
+
+``run_cmc`` is called on every rank:
+
+1. Rank 0 plans the run (``plan``: shards, priors, sampler settings, reusable
+   checkpoints); the plan (small) is broadcast. A bad input there is raised on every
+   rank together.
+2. The shards still to run go through the task farm of ``parallel.dispatch``: every rank
+   (rank 0 in a worker thread) asks for the next shard as soon as it is free, runs it
+   (``worker``) and sends the result back. Rank 0 checkpoints each result as it arrives
+   and logs progress (done/total, time per shard, rate, ETA).
+3. Rank 0 filters and combines the shards (``result``) and returns the ``CMCResult``;
+   too few good shards is a ``FitError`` raised on every rank, naming the shards, after
+   ``cmc/result.json`` has recorded every shard with ``status: failed``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from ..data.points import PointSet
+from ..errors import FitError, Interrupted
+from ..io.atomic import atomic_write_json
+from ..parallel.dispatch import FarmResult, FarmStats, Task, run_task_farm
+from . import checkpoint
+from .plan import RootState, RunPlan, plan_run, shard_columns
+from .result import CMCResult, combine_shards, failure_document
+from .sampler import ShardResult
+from .sharding import dispatch_order
+from .worker import ShardWorker, shard_time_limit
+
+log = logging.getLogger(__name__)
+
+
+def _stop_requested() -> bool:
+    """The process's stop flag (SIGTERM/SIGUSR1)."""
+    from ..parallel.signals import stop_requested
+
+    return bool(stop_requested())
+
+
+class Progress:
+    """Rank 0's record of finished shards: checkpoints and progress lines."""
+
+    def __init__(self, plan: RunPlan, state: RootState, output_dir) -> None:
+        self.plan = plan
+        self.state = state
+        self.output_dir = output_dir
+        self.results: dict[int, ShardResult] = dict(state.reused)
+        self.to_run = plan.n_shards - len(state.reused)
+        self.ran = 0
+        self.start = time.perf_counter()
+
+    def __call__(self, finished: FarmResult) -> None:
+        index = int(finished.task["index"])
+        if "farm_error" in finished.header:
+            result = ShardResult(
+                index=index,
+                n_points=int(finished.task["n_points"]),
+                rank=finished.rank,
+                seconds=finished.seconds,
+                error=finished.header["farm_error"],
+                traceback=finished.header.get("traceback"),
+            )
+        else:
+            result = ShardResult.from_parts(finished.header, finished.arrays)
+            result.rank = finished.rank
+        self.results[index] = result
+        if not result.failed and self.output_dir is not None:
+            checkpoint.save_shard(self.output_dir, result, self.state.fingerprints[index])
+        self.ran += 1
+        elapsed = time.perf_counter() - self.start
+        rate = self.ran / elapsed if elapsed > 0 else float("inf")
+        left = self.to_run - self.ran
+        eta = left / rate if rate > 0 else float("inf")
+        if result.failed:
+            detail = f"FAILED ({result.error})"
+        else:
+            detail = f"R-hat {result.rhat_max:.3f}, ESS {result.ess_min:.0f}, {result.divergences} divergences"
+        log.info(
+            "CMC: %d/%d shards done; shard %d on rank %d took %.1f s (%s); %.3g shards/s, ETA %.0f s",
+            len(self.results),
+            self.plan.n_shards,
+            index,
+            result.rank,
+            result.seconds,
+            detail,
+            rate,
+            eta,
+        )
+
+
+def run_cmc(cfg, problem, points: PointSet | None, comm, *, warm_start=None, output_dir: Path | None = None, calibration: float = 1.0) -> CMCResult | None:
+    """Consensus Monte Carlo of ``problem`` on every rank; rank 0 returns the ``CMCResult``.
+
+    ``points``: the full strict-upper-triangle points on rank 0 (None elsewhere).
+    ``warm_start``: the NLSQ result (priors and reparametrisation centred on it) or None.
+    ``output_dir``: ``<output>/<dataset>`` on rank 0; finished shards are checkpointed in
+    its ``cmc/shards`` (None: no checkpoints). ``calibration`` (>= 1) divides the
+    log-likelihood. Other ranks return None. Raises ``FitError`` on every rank when too
+    few shards are good, ``Interrupted`` when a stop was requested between shards.
+    """
+    start = time.perf_counter()
+    state = RootState()
+    output_dir = Path(output_dir) if output_dir is not None else None
+    plan: RunPlan = comm.run_on_root(
+        lambda: plan_run(cfg, problem, points, warm_start, float(calibration), output_dir, state, n_ranks=comm.size)
+    )
+    prepared = time.perf_counter()
+    worker = ShardWorker(problem, plan, comm.rank)
+    progress = None
+    tasks = None
+    if comm.is_root:
+        progress = Progress(plan, state, output_dir)
+        sizes = [len(s) for s in state.shards]
+        tasks = [
+            Task({"index": k, "n_points": sizes[k]}, (lambda k=k: shard_columns(points, state.shards[k])))
+            for k in dispatch_order(sizes)
+            if k not in state.reused
+        ]
+    stats: FarmStats | None = run_task_farm(
+        comm, tasks, worker, progress, should_stop=_stop_requested, passthrough=(Interrupted,),
+        task_limit=shard_time_limit(cfg.optimization.cmc.per_shard_mcmc.shard_timeout_s),
+    )
+    sampled = time.perf_counter()
+    stopped = comm.bcast(stats.stopped if comm.is_root else None)
+    if stopped:
+        done = len(progress.results) if progress else 0
+        interrupted = Interrupted(
+            f"CMC stopped on request after {done} of {plan.n_shards} shards; finished shards are in "
+            f"{checkpoint.shard_folder(output_dir) if output_dir else '(no output folder)'} -- rerun the same command to resume"
+        )
+        interrupted.collective = True  # raised on every rank together: exit 3, no abort
+        raise interrupted
+    holder: dict = {}
+
+    def finish() -> None:
+        results = list(progress.results.values())
+        try:
+            result = combine_shards(cfg, problem, plan, results, comm.size)
+        except FitError as error:
+            if output_dir is not None:
+                document = failure_document(plan, results, error, comm.size, cfg.optimization.cmc.combination)
+                atomic_write_json(output_dir / "cmc" / "result.json", document)
+            raise
+        end = time.perf_counter()
+        ran = [r for r in results if not r.reused]
+        result.timing_s = {
+            "total": end - start,
+            "prepare": prepared - start,
+            "sampling_wall": sampled - prepared,
+            "shard_compute_sum": float(sum(r.seconds for r in ran)),
+            "combine": end - sampled,
+        }
+        result.dispatch = stats.to_dict()
+        result.dispatch["shards_run"] = len(ran)
+        result.dispatch["shards_reused"] = len(results) - len(ran)
+        log.info(
+            "CMC: combined %d of %d shards (%s) in %.1f s; parallel efficiency %.2f on %d rank(s)",
+            len(result.used),
+            plan.n_shards,
+            result.combination["method"],
+            end - start,
+            stats.efficiency,
+            comm.size,
+        )
+        holder["result"] = result
+
+    comm.run_on_root(finish)
+    return holder.get("result")

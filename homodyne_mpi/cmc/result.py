@@ -1,0 +1,279 @@
+"""Shaping a CMC run's outcome on rank 0: shard verdicts, combination, ``cmc/result.json``.
+
+``combine_shards`` leaves out the shards that failed or fail their checks, combines the
+rest (``combination``) and returns a ``CMCResult``; with too few good shards it raises
+``FitError``, and ``failure_document`` gives the ``cmc/result.json`` of that case. Both
+documents carry a top-level ``status`` (``ok``: every shard used, ``partial``: some left
+out, ``failed``: too few good shards) and ``reason`` (None when ``ok``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import FitError
+from .combination import combine
+from .plan import RunPlan
+from .sampler import ShardResult
+from .worker import quality_problem
+
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+@dataclass
+class CMCResult:
+    """The combined posterior and the record of every shard (rank 0)."""
+
+    names: list[str]
+    """``problem.names`` then ``sigma``."""
+    fixed: np.ndarray
+    """True for parameters held fixed (constant draws)."""
+    draws: np.ndarray
+    """``(n_draws, n_params)`` combined draws."""
+    shards: list[ShardResult]
+    status: dict[int, str | None]
+    """Per shard index: ``None`` when used, else why it was left out."""
+    combination: dict
+    plan: RunPlan
+    n_ranks: int
+    timing_s: dict = field(default_factory=dict)
+    dispatch: dict = field(default_factory=dict)
+    shard_means: np.ndarray | None = None
+    """``(n_used, n_params)`` means of the shards that entered the combination."""
+    shard_covariances: np.ndarray | None = None
+    """``(n_used, n_params, n_params)``."""
+    used: list[int] = field(default_factory=list)
+    """Indices of the shards that entered."""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.draws.mean(axis=0)
+
+    @property
+    def std(self) -> np.ndarray:
+        return self.draws.std(axis=0, ddof=1) if self.draws.shape[0] > 1 else np.zeros(self.draws.shape[1])
+
+    @property
+    def covariance(self) -> np.ndarray:
+        return np.atleast_2d(np.cov(self.draws, rowvar=False))
+
+    def parameters(self) -> dict:
+        """``{name: {mean, std, q05, q50, q95, fixed}}``."""
+        quantiles = np.quantile(self.draws, QUANTILES, axis=0)
+        mean, std = self.mean, self.std
+        return {
+            name: {
+                "mean": float(mean[k]),
+                "std": float(std[k]),
+                "q05": float(quantiles[0, k]),
+                "q50": float(quantiles[1, k]),
+                "q95": float(quantiles[2, k]),
+                "fixed": bool(self.fixed[k]),
+            }
+            for k, name in enumerate(self.names)
+        }
+
+    def to_json_dict(self) -> dict:
+        """The ``cmc/result.json`` mapping (``docs/cmc.md``)."""
+        plan = self.plan
+        left_out = {index: why for index, why in self.status.items() if why is not None}
+        return {
+            "method": "cmc",
+            "status": "partial" if left_out else "ok",
+            "reason": left_out_reason(left_out) if left_out else None,
+            "parameters": self.parameters(),
+            "shards": [shard_record(s, self.status.get(s.index)) for s in self.shards],
+            "combination": self.combination,
+            "n_ranks": int(self.n_ranks),
+            "n_points": int(plan.n_points),
+            "n_shards": int(plan.n_shards),
+            "n_draws": int(self.draws.shape[0]),
+            "sampler": sampler_record(plan),
+            "priors": plan.priors.to_dict(),
+            "timing_s": {k: float(v) for k, v in self.timing_s.items()},
+            "dispatch": self.dispatch,
+            **self.extra,
+        }
+
+    def posterior_arrays(self) -> dict[str, np.ndarray]:
+        """Datasets of ``cmc/posterior.h5``."""
+        out = {
+            "draws": self.draws,
+            "names": np.asarray(self.names, dtype="S"),
+            "mean": self.mean,
+            "covariance": self.covariance,
+            "fixed": self.fixed.astype(np.uint8),
+            "shards/index": np.asarray(self.used, dtype=np.int64),
+        }
+        if self.shard_means is not None:
+            out["shards/mean"] = self.shard_means
+            out["shards/covariance"] = self.shard_covariances
+        return out
+
+
+def left_out_reason(left_out: dict[int, str]) -> str:
+    """One line naming every left-out shard and why."""
+    return "; ".join(f"shard {index} {why}" for index, why in sorted(left_out.items()))
+
+
+def sampler_record(plan: RunPlan) -> dict:
+    """The ``sampler`` entry of ``cmc/result.json``."""
+    s = plan.settings
+    retry = plan.retry_settings
+    return {
+        "num_warmup": s.num_warmup,
+        "num_samples": s.num_samples,
+        "num_chains": s.num_chains,
+        "chain_method": s.chain_method,
+        "target_accept_prob": s.target_accept_prob,
+        "retry_target_accept_prob": None if retry is None else retry.target_accept_prob,
+        "retry_num_warmup": None if retry is None else retry.num_warmup,
+        "max_tree_depth": s.max_tree_depth,
+        "dense_mass": s.dense_mass,
+        "shard_points_padded": plan.n_padded,
+        "seed": plan.seed,
+        "calibration": plan.calibration,
+    }
+
+
+def shard_record(result: ShardResult, excluded_reason: str | None) -> dict:
+    """One entry of ``shards`` in ``cmc/result.json``."""
+    return {
+        "index": int(result.index),
+        "n_points": int(result.n_points),
+        "rank": int(result.rank),
+        "host": result.host,
+        "rhat_max": result.rhat_max,
+        "ess_min": result.ess_min,
+        "divergences": result.divergences,
+        "divergence_rate": result.divergence_rate,
+        "ok": excluded_reason is None,
+        "error": result.error,
+        "traceback": result.traceback,
+        "seconds": float(result.seconds),
+        "chain_method": result.chain_method,
+        "num_warmup": int(result.num_warmup),
+        "target_accept_prob": float(result.target_accept_prob),
+        "retried_because": result.retried_because,
+        "reused": bool(result.reused),
+        "excluded_reason": excluded_reason,
+    }
+
+
+def shard_verdicts(results: list[ShardResult], combination_cfg) -> dict[int, str | None]:
+    """Why each shard is left out before combining (``None``: good)."""
+    verdicts: dict[int, str | None] = {}
+    for r in results:
+        if r.failed:
+            verdicts[r.index] = f"failed: {r.error}"
+        elif not np.all(np.isfinite(r.draws)):
+            verdicts[r.index] = "non-finite draws"
+        else:
+            verdicts[r.index] = quality_problem(
+                r.divergence_rate, r.rhat_max, combination_cfg.max_divergence_rate, combination_cfg.max_rhat
+            )
+    return verdicts
+
+
+def full_space(plan: RunPlan, sampled: np.ndarray) -> np.ndarray:
+    """``(G, n_params + 1)`` full parameter vectors plus sigma from sampled vectors."""
+    priors = plan.priors
+    full = np.tile(np.append(priors.base_theta, np.nan), (sampled.shape[0], 1))
+    full[:, priors.index] = sampled[:, :-1]
+    full[:, -1] = sampled[:, -1]
+    return full
+
+
+def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ranks: int) -> CMCResult:
+    """Filter, check the success rate, combine; ``FitError`` naming the shards if too few."""
+    combination_cfg = cfg.optimization.cmc.combination
+    results = sorted(results, key=lambda r: r.index)
+    verdicts = shard_verdicts(results, combination_cfg)
+    good = [r for r in results if verdicts[r.index] is None]
+    needed = math.ceil(combination_cfg.min_success_rate * plan.n_shards - 1e-9)
+    combination = {
+        "method": combination_cfg.method,
+        "n_shards": plan.n_shards,
+        "n_good": len(good),
+        "min_success_rate": combination_cfg.min_success_rate,
+        "max_divergence_rate": combination_cfg.max_divergence_rate,
+        "max_rhat": combination_cfg.max_rhat,
+        "outlier_zscore": combination_cfg.outlier_zscore,
+        "failed": [{"index": r.index, "rank": r.rank, "error": r.error} for r in results if r.failed],
+        "excluded_diagnostics": [
+            {"index": r.index, "reason": verdicts[r.index]} for r in results if verdicts[r.index] and not r.failed
+        ],
+    }
+    if len(good) < needed:
+        left_out = left_out_reason({r.index: verdicts[r.index] for r in results if verdicts[r.index]})
+        raise FitError(
+            f"CMC: only {len(good)} of {plan.n_shards} shards are good, min_success_rate "
+            f"{combination_cfg.min_success_rate:g} needs {needed}: {left_out}"
+        )
+    combined = combine(
+        [r.flat_draws() for r in good],
+        method=combination_cfg.method,
+        outlier_zscore=combination_cfg.outlier_zscore,
+        seed=plan.seed,
+    )
+    names = [*problem.names, "sigma"]
+    sampled_names = [*plan.priors.names, "sigma"]
+    for position in combined.outliers:
+        shard = good[position]
+        scores = np.abs(combined.zscores[position])
+        worst = int(np.argmax(scores))
+        verdicts[shard.index] = (
+            f"outlier: modified z-score {scores[worst]:.1f} > {combination_cfg.outlier_zscore:g} in {sampled_names[worst]}"
+        )
+    used = [good[k] for k in combined.used]
+    combination["used"] = [r.index for r in used]
+    combination["n_used"] = len(used)
+    combination["excluded_outliers"] = [
+        {"index": good[k].index, "reason": verdicts[good[k].index]} for k in combined.outliers
+    ]
+    shard_means, shard_covs = [], []
+    for r in used:
+        full = full_space(plan, r.flat_draws())
+        shard_means.append(full.mean(axis=0))
+        shard_covs.append(np.atleast_2d(np.cov(full, rowvar=False)))
+    fixed = np.ones(len(names), dtype=bool)
+    fixed[plan.priors.index] = False
+    fixed[-1] = False
+    return CMCResult(
+        names=names,
+        fixed=fixed,
+        draws=full_space(plan, combined.draws),
+        shards=results,
+        status=verdicts,
+        combination=combination,
+        plan=plan,
+        n_ranks=n_ranks,
+        shard_means=np.asarray(shard_means),
+        shard_covariances=np.asarray(shard_covs),
+        used=[r.index for r in used],
+    )
+
+
+def failure_document(plan: RunPlan, results: list[ShardResult], error: Exception, n_ranks: int, combination_cfg) -> dict:
+    """``cmc/result.json`` of a CMC that failed: ``status`` failed, the error as ``reason``,
+    and every shard's record with its diagnostics."""
+    results = sorted(results, key=lambda r: r.index)
+    verdicts = shard_verdicts(results, combination_cfg)
+    return {
+        "method": "cmc",
+        "status": "failed",
+        "reason": str(error),
+        "error": str(error),
+        "parameters": {},
+        "shards": [shard_record(r, verdicts.get(r.index)) for r in results],
+        "n_ranks": int(n_ranks),
+        "n_points": int(plan.n_points),
+        "n_shards": int(plan.n_shards),
+        "n_good": sum(1 for v in verdicts.values() if v is None),
+        "sampler": sampler_record(plan),
+        "priors": plan.priors.to_dict(),
+    }

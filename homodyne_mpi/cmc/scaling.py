@@ -1,0 +1,100 @@
+"""The per-angle contrast and offset of a shard, sampled relative to their best fit (JAX).
+
+The model is linear in every (offset, contrast) pair: a point of pair ``p`` has
+``c2 = offset_p + contrast_p * g``, ``g = g1^2`` from the physical parameters only.
+With the physical parameters and the noise ``u`` held, the (tempered) Gaussian
+likelihood of a pair is therefore exactly Gaussian in ``beta_p = (offset_p, contrast_p)``:
+
+    A_p = sum_i w_i^2 [[1, g_i], [g_i, g_i^2]],   b_p = sum_i w_i^2 [v_i, g_i v_i]
+    beta_p | physical, u  ~  Normal(A_p^-1 b_p, c u^2 A_p^-1)
+
+(``w_i`` the point weights, ``v_i`` the values, ``c`` the calibration; sums over the
+pair's points). ``ShardModel`` samples a standard normal ``eps_p`` instead of ``beta_p``:
+``beta_p = A_p^-1 b_p + u sqrt(c) C_p eps_p`` with ``C_p C_p^T = A_p^-1``, whose
+log-Jacobian is ``sum_p log det(u sqrt(c) C_p)``. This takes out the curved valley
+along which contrast, offset and ``D0`` trade off (the best contrast depends
+nonlinearly on how far ``g`` decays): with the pairs whitened by a fixed matrix, the
+curvature of a 1,800-point shard's log density along the contrast direction ranged from
+-430 to +1,500 within two widths of its mode, where the Gaussian it was whitened for
+has 1 everywhere, and NUTS diverged. What remains for NUTS is the physical parameters'
+own posterior, with the pairs' correlations to them removed exactly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import ndtr
+
+
+def pair_sums(g, value, weight, pair, n_pairs: int):
+    """``(S0, S1, S2, b0, b1)`` per pair, each ``(n_pairs,)``: the weighted sums of
+    ``1, g, g^2, v, g v`` (weights squared) over each pair's points."""
+    w2 = weight * weight
+    columns = jnp.stack([w2, w2 * g, w2 * g * g, w2 * value, w2 * g * value], axis=1)
+    sums = jax.ops.segment_sum(columns, pair, num_segments=n_pairs)
+    return tuple(sums[:, k] for k in range(5))
+
+
+def conditional_pairs(g, value, weight, pair, n_pairs: int, noise, calibration):
+    """Conditional mean and Cholesky factor of every pair's ``(offset, contrast)``.
+
+    Returns ``(mean_offset, mean_contrast, l11, l21, l22)``, each ``(n_pairs,)``: the
+    least-squares pair ``A^-1 b`` and the lower Cholesky factor ``L`` of
+    ``noise^2 * calibration * A^-1`` (c2 units).
+    """
+    s0, s1, s2, b0, b1 = pair_sums(g, value, weight, pair, n_pairs)
+    det = s0 * s2 - s1 * s1
+    mean_offset = (s2 * b0 - s1 * b1) / det
+    mean_contrast = (s0 * b1 - s1 * b0) / det
+    # A^-1 = [[s2, -s1], [-s1, s0]] / det; its Cholesky factor, scaled by noise sqrt(c)
+    width = noise * jnp.sqrt(calibration)
+    l11 = width * jnp.sqrt(s2 / det)
+    l21 = -width * s1 / jnp.sqrt(s2 * det)
+    l22 = width / jnp.sqrt(s2)
+    return mean_offset, mean_contrast, l11, l21, l22
+
+
+def truncated_standard_normal(xi, low, high):
+    """``(eps, log |d eps / d xi|)``: the smooth increasing map of the real line onto
+    ``(low, high)`` that carries a standard normal ``xi`` to a standard normal truncated
+    to ``(low, high)``: ``eps = Phi^-1(Phi(low) + Phi(xi) (Phi(high) - Phi(low)))``.
+
+    Evaluated on the side (lower or upper tail) where it keeps full precision; its
+    log-slope is ``log phi(xi) - log phi(eps) + log(Phi(high) - Phi(low))``.
+    """
+    upper = jnp.where(low >= 0.0, True, jnp.where(high <= 0.0, False, xi > 0.0))
+    # each branch on inputs that are safe for it, so the unused one has finite gradients
+    lo_a, lo_b, lo_x = (jnp.where(upper, -1.0, v) for v in (low, high, xi))
+    lo_b = jnp.where(upper, 1.0, lo_b)
+    hi_a, hi_b, hi_x = (jnp.where(upper, v, w) for v, w in ((-high, -1.0), (-low, 1.0), (-xi, -1.0)))
+    below = jax.scipy.special.ndtri(ndtr(lo_a) + ndtr(lo_x) * (ndtr(lo_b) - ndtr(lo_a)))
+    above = -jax.scipy.special.ndtri(ndtr(hi_a) + ndtr(hi_x) * (ndtr(hi_b) - ndtr(hi_a)))
+    eps = jnp.where(upper, above, below)
+    log_mass = jnp.where(
+        low >= 0.0,
+        jnp.log(ndtr(-jnp.maximum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0))),
+        jnp.where(high <= 0.0, jnp.log(ndtr(jnp.minimum(high, 0.0)) - ndtr(jnp.minimum(low, 0.0))),
+                  jnp.log1p(-ndtr(jnp.minimum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0)))),
+    )
+    return eps, -0.5 * (xi * xi - eps * eps) + log_mass
+
+
+def pairs_from_eps(g, value, weight, pair, n_pairs: int, noise, calibration, xi_offset, xi_contrast, low, high):
+    """``(offset, contrast, log_jacobian)`` of every pair from standard normals ``xi``.
+
+    ``beta = mean + L eps`` (module docstring) with ``eps`` the ``xi`` carried by
+    ``truncated_standard_normal`` into the range that keeps the pair inside its bounds
+    ``low = (offset_low, contrast_low)``, ``high`` likewise (the factor is triangular,
+    so the offset fixes ``eps_offset``'s range and then ``eps_contrast``'s);
+    ``log_jacobian`` is ``sum log det L`` plus both maps' log-slopes.
+    """
+    mean_offset, mean_contrast, l11, l21, l22 = conditional_pairs(g, value, weight, pair, n_pairs, noise, calibration)
+    eps_offset, log_slope_o = truncated_standard_normal(
+        xi_offset, (low[0] - mean_offset) / l11, (high[0] - mean_offset) / l11
+    )
+    centre = mean_contrast + l21 * eps_offset
+    eps_contrast, log_slope_c = truncated_standard_normal(xi_contrast, (low[1] - centre) / l22, (high[1] - centre) / l22)
+    offset = mean_offset + l11 * eps_offset
+    contrast = centre + l22 * eps_contrast
+    return offset, contrast, jnp.sum(jnp.log(l11) + jnp.log(l22) + log_slope_o + log_slope_c)

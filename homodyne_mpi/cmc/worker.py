@@ -1,0 +1,143 @@
+"""One shard on one rank: NUTS, its checks and the retry policy.
+
+``ShardWorker`` is the task-farm work function of every rank; ``run_shard`` runs one
+shard start to end and never raises for a shard's own failure (the error and traceback
+go into the ``ShardResult``). The only call that samples is ``sample_shard``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import traceback as traceback_module
+
+import numpy as np
+
+from ..data.points import PointSet
+from ..errors import Interrupted
+from ..parallel.watchdog import TaskLimit
+from .plan import RunPlan
+from .sampler import SamplerSettings, ShardResult, ShardSampler, diagnostics
+from .shard_model import ShardData, ShardModel
+
+log = logging.getLogger(__name__)
+
+
+def shard_time_limit(seconds: float | None) -> TaskLimit | None:
+    """The task farm's limit on one shard's wall time (``shard_timeout_s``); None: no limit."""
+    if seconds is None:
+        return None
+    return TaskLimit(
+        seconds=float(seconds),
+        name=lambda task: f"CMC shard {task['index']}",
+        setting="optimization.cmc.per_shard_mcmc.shard_timeout_s",
+        advice="the finished shards are saved -- run the same command to resume (raise the limit if the shard was only slow)",
+    )
+
+
+class ShardWorker:
+    """Runs shards on this rank; each sampler is built (and compiled) on first use."""
+
+    def __init__(self, problem, plan: RunPlan, rank: int) -> None:
+        self.problem = problem
+        self.plan = plan
+        self.rank = rank
+        self.host = socket.gethostname()
+        self._samplers: dict[SamplerSettings, ShardSampler] = {}
+
+    def sampler_for(self, settings: SamplerSettings) -> ShardSampler:
+        """The sampler of ``settings`` (the plan's, or its retry's)."""
+        if settings not in self._samplers:
+            model = ShardModel(
+                self.plan.priors,
+                self.problem.spec,
+                self.problem.layout,
+                self.problem.phi,
+                calibration=self.plan.calibration,
+                n_points=self.plan.n_padded,
+            )
+            self._samplers[settings] = ShardSampler(model, settings, seed=self.plan.seed)
+        return self._samplers[settings]
+
+    def __call__(self, task: dict, arrays: dict) -> tuple[dict, dict]:
+        result = run_shard(self, int(task["index"]), arrays)
+        return result.meta(), result.arrays()
+
+
+def shard_data(arrays: dict, n_padded: int, fill_angle: int) -> tuple[ShardData, int]:
+    """The padded arrays of a shard from its two buffers; also the real point count."""
+    ints, floats = arrays["ints"], arrays["floats"]
+    points = PointSet(angle=ints[0], frame_i=ints[1], frame_j=ints[2], value=floats[0], weight=floats[1])
+    padded = points.padded(n_padded, fill_angle=fill_angle)
+    return ShardData(padded.angle, padded.frame_i, padded.frame_j, padded.value, padded.weight), len(points)
+
+
+def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings | None = None):
+    """NUTS on one shard: the one call that samples (tests make it fail; a time limit
+    can wrap it). Returns the sampler's ``ShardDraws``."""
+    return worker.sampler_for(settings or worker.plan.settings).run(index, data)
+
+
+def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate: float, max_rhat: float) -> str | None:
+    """Why draws fail the shard checks (divergences first, then R-hat), or None."""
+    if divergence_rate > max_divergence_rate:
+        return f"divergence rate {divergence_rate:.3f} > {max_divergence_rate:g}"
+    if not np.isfinite(rhat_max) or rhat_max > max_rhat:
+        return f"R-hat {rhat_max:.3f} > {max_rhat:g}"
+    return None
+
+
+def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
+    """One shard, start to end: its draws and diagnostics, or its error and traceback.
+
+    Draws that fail the divergence or R-hat check are sampled once more with the plan's
+    ``retry_settings`` (twice the warm-up, a higher ``target_accept_prob``); the second
+    attempt is kept, whatever its checks say, and ``retried_because`` says why.
+    """
+    start = time.perf_counter()
+    plan = worker.plan
+    n_points = int(arrays["floats"].shape[1])
+    base = dict(index=index, n_points=n_points, rank=worker.rank, host=worker.host)
+    settings, retried_because = plan.settings, None
+    try:
+        data, n_points = shard_data(arrays, plan.n_padded, plan.fill_angle)
+        out = sample_shard(worker, index, data)
+        rhat, ess = diagnostics(out.draws)
+        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), plan.max_divergence_rate, plan.max_rhat)
+        if problem is not None and plan.retry_settings is not None:
+            retry = plan.retry_settings
+            log.info(
+                "CMC: shard %d: %s; sampling again with %d warm-up draws at target_accept_prob %g",
+                index,
+                problem,
+                retry.num_warmup,
+                retry.target_accept_prob,
+            )
+            settings, retried_because = retry, problem
+            out = sample_shard(worker, index, data, settings)
+            rhat, ess = diagnostics(out.draws)
+    except Interrupted:
+        raise
+    except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
+        log.warning("CMC: shard %d failed on rank %d: %s: %s", index, worker.rank, type(error).__name__, error)
+        return ShardResult(
+            **base,
+            seconds=time.perf_counter() - start,
+            error=f"{type(error).__name__}: {error}",
+            traceback=traceback_module.format_exc(),
+        )
+    return ShardResult(
+        **base,
+        seconds=time.perf_counter() - start,
+        chain_method=out.chain_method,
+        num_warmup=settings.num_warmup,
+        num_samples=settings.num_samples,
+        draws=out.draws,
+        diverging=out.diverging,
+        num_steps=out.num_steps,
+        rhat=rhat,
+        ess=ess,
+        target_accept_prob=settings.target_accept_prob,
+        retried_because=retried_because,
+    )

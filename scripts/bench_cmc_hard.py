@@ -1,0 +1,213 @@
+"""CMC with its default settings on hard simulated data: convergence and 90% coverage.
+
+    mpiexec -n 2 python -m mpi4py scripts/bench_cmc_hard.py [--cases a,b] [--seeds 0-19]
+                                                             [--output FILE]
+
+Each case is simulated (Gaussian noise, per-angle contrast and offset), fitted by NLSQ
+from the template's defaults with the frame-block jackknife, and sampled by CMC with the
+template's ``optimization.cmc`` untouched (only the ``small_shards`` cases set
+``sharding.num_shards``, to get shards of 400-600 points). Per seed it records every
+shard's R-hat, divergence rate, retry and verdict, the data set's status, the NLSQ
+correlation of D0 and D_offset, how many NLSQ standard errors D_offset lies from 0 and
+phi0 from its nearest bound, and whether each physical parameter's q05..q95 holds the
+truth. The JSON is rewritten after every seed, so a stopped run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_common import machine  # noqa: E402
+
+from homodyne_mpi.parallel.devices import configure_host_devices  # noqa: E402
+
+configure_host_devices(4)
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from homodyne_mpi.cmc import run_cmc  # noqa: E402
+from homodyne_mpi.cmc.calibration import check_warm_start, likelihood_calibration  # noqa: E402
+from homodyne_mpi.config import load_config, render_template  # noqa: E402
+from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
+from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
+from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
+from homodyne_mpi.errors import FitError  # noqa: E402
+from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty  # noqa: E402
+from homodyne_mpi.parallel import SerialComm, get_comm  # noqa: E402
+
+STATIC = {"mode": "static", "phi": [0.0, 60.0, 120.0], "frames": 70, "q": 0.006, "noise": 0.01}
+LAMINAR = {"mode": "laminar_flow", "phi": [-30.0, 20.0, 70.0], "frames": 50, "q": 0.006, "noise": 0.01}
+SHEAR = [2e-3, -0.3, 1e-4]
+CASES = {
+    "static_issue": {**STATIC, "physical": [1800.0, -0.35, 20.0], "num_shards": 4,
+                     "about": "issue 13's first data set: 3 angles, 70 frames, 4 shards of ~1,800 points"},
+    "static_offset_zero": {**STATIC, "physical": [1800.0, -0.35, 0.0],
+                           "about": "D_offset at 0 (within 1 NLSQ std of 0), automatic shards"},
+    "static_degenerate": {**STATIC, "physical": [1000.0, -0.05, 200.0],
+                          "about": "alpha near 0: D0 and D_offset nearly interchangeable (|corr| > 0.99)"},
+    "static_small_shards": {**STATIC, "phi": [0.0, 60.0], "frames": 60, "physical": [1800.0, -0.35, 20.0],
+                            "num_shards": 8, "about": "issue 13's second data set: 8 shards of 442 points"},
+    "laminar_phi0_bound": {**LAMINAR, "physical": [1800.0, -0.35, 20.0, *SHEAR, 9.8],
+                           "about": "phi0 0.2 degrees from its upper bound 10"},
+    "laminar_small_shear": {**LAMINAR, "physical": [1800.0, -0.35, 20.0, 2e-4, -0.3, 1e-5, 0.0],
+                            "about": "shear rate 2e-4 1/s: a small shear signal"},
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-19`` or ``0,3,5``."""
+    if "-" in text:
+        first, last = text.split("-")
+        return list(range(int(first), int(last) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def build_case(case: dict, seed: int, folder: Path):
+    """Simulate, load, fit NLSQ with the jackknife (rank 0, one process)."""
+    simulate_dataset(folder / "data.h5", mode=case["mode"], shear_form="paper", q=case["q"], dt=0.1,
+                     n_frames=case["frames"], gap=2e6, physical=case["physical"],
+                     contrast=np.linspace(0.28, 0.32, len(case["phi"])), offset=np.linspace(1.0, 1.02, len(case["phi"])),
+                     phi=case["phi"], noise_sigma=case["noise"], seed=seed)
+    config = yaml.safe_load(render_template(case["mode"]))
+    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": case["frames"]})
+    config["analyzer_parameters"]["scattering"]["wavevector_q"] = case["q"]
+    config["phi_filtering"]["enabled"] = False
+    config["experimental_data"]["file_path"] = str(folder / "data.h5")
+    config["compute"]["compilation_cache_dir"] = str(folder.parent / "jax_cache")
+    config["optimization"]["method"] = "both"
+    if "num_shards" in case:
+        config["optimization"]["cmc"]["sharding"]["num_shards"] = case["num_shards"]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    cfg = load_config(folder / "config.yaml")
+    data = load_config_dataset(cfg)
+    problem = build_problem(cfg, data)
+    points = upper_triangle_points(data.c2, problem.noise_sigma)
+    nlsq = fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
+    return cfg, problem, points, nlsq
+
+
+def geometry(problem, nlsq) -> dict:
+    """The NLSQ facts that make a case hard."""
+    names = list(problem.names)
+    std = np.asarray(nlsq.std)
+    corr = np.asarray(nlsq.covariance) / np.outer(std, std)
+    d0, dof = names.index("D0"), names.index("D_offset")
+    out = {"corr_D0_D_offset": float(corr[d0, dof]), "D_offset_over_std": float(nlsq.theta[dof] / std[dof]),
+           "nlsq_converged": bool(nlsq.converged)}
+    if "phi0" in names:
+        k = names.index("phi0")
+        out["phi0_std_from_bound"] = float(min(nlsq.theta[k] - problem.lower[k], problem.upper[k] - nlsq.theta[k]) / std[k])
+    return out
+
+
+def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | None:
+    """One (case, seed) on every rank; rank 0 returns its record."""
+    folder = workdir / f"{name}_{seed}"
+    built = None
+    if comm.is_root:
+        folder.mkdir(parents=True, exist_ok=True)
+        cfg, problem, points, nlsq = build_case(case, seed, folder)
+        check_warm_start(nlsq)
+        built = (cfg, problem, points, nlsq, likelihood_calibration(nlsq, problem))
+    cfg, problem, _, _, calibration = comm.bcast(None if built is None else (built[0], built[1], None, None, built[4]))
+    record = None
+    start = time.perf_counter()
+    try:
+        result = run_cmc(cfg, problem, built[2] if built else None, comm, warm_start=built[3] if built else None,
+                         output_dir=folder if comm.is_root else None, calibration=calibration)
+        document = result.to_json_dict() if comm.is_root else None
+    except FitError as error:
+        document = {"status": "failed", "reason": str(error)}
+        if comm.is_root:
+            document = json.loads((folder / "cmc" / "result.json").read_text())
+    if comm.is_root:
+        truth = case["physical"]
+        physical = list(problem.layout.physical_names)
+        params = document.get("parameters", {})
+        covered = {p: bool(params[p]["q05"] <= t <= params[p]["q95"]) for p, t in zip(physical, truth)} if params else {}
+        shards = [{k: s[k] for k in ("index", "n_points", "rhat_max", "divergence_rate", "ok", "retried_because", "excluded_reason", "num_warmup")}
+                  for s in document["shards"]]
+        record = {"case": name, "seed": seed, "status": document["status"], "reason": document.get("reason"),
+                  "calibration": calibration, "covered": covered, "seconds": time.perf_counter() - start,
+                  "shards": shards, **geometry(problem, built[3])}
+    return record
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per case: the done-when figures over the seeds run."""
+    out = {}
+    for name in sorted({r["case"] for r in records}):
+        mine = [r for r in records if r["case"] == name]
+        kept = [s for r in mine for s in r["shards"] if s["ok"]]
+        every = [s for r in mine for s in r["shards"] if s["divergence_rate"] is not None]
+        pairs = [c for r in mine for c in r["covered"].values()]
+        out[name] = {
+            "seeds": len(mine),
+            "failed_datasets": sum(r["status"] == "failed" for r in mine),
+            "shards": len(every),
+            "shards_left_out": sum(not s["ok"] for r in mine for s in r["shards"]),
+            "shards_retried": sum(s["retried_because"] is not None for s in every),
+            "max_rhat_retained": max((s["rhat_max"] for s in kept), default=None),
+            "max_divergence_rate": max((s["divergence_rate"] for s in every), default=None),
+            "coverage_90": float(np.mean(pairs)) if pairs else None,
+            "coverage_pairs": len(pairs),
+            "median_abs_corr_D0_D_offset": float(np.median([abs(r["corr_D0_D_offset"]) for r in mine])),
+            "median_abs_D_offset_over_std": float(np.median([abs(r["D_offset_over_std"]) for r in mine])),
+            "median_phi0_std_from_bound": (float(np.median([r["phi0_std_from_bound"] for r in mine]))
+                                           if "phi0_std_from_bound" in mine[0] else None),
+            "median_seconds": float(np.median([r["seconds"] for r in mine])),
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated from {', '.join(CASES)}")
+    parser.add_argument("--seeds", default="0-19", help="0-19 or 0,3,5")
+    parser.add_argument("--output", default="bench_results/bench_cmc_hard.json")
+    args = parser.parse_args()
+    comm = get_comm()
+    names = [c.strip() for c in args.cases.split(",")]
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    records, start = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        for name in names:
+            for seed in parse_seeds(args.seeds):
+                record = run_seed(comm, name, CASES[name], seed, Path(folder))
+                if comm.is_root:
+                    records.append(record)
+                    print(f"{name} seed {seed}: {record['status']}, covered {record['covered']}, "
+                          f"R-hat max {max((s['rhat_max'] or 0) for s in record['shards']):.3f}, "
+                          f"divergences max {max((s['divergence_rate'] or 0) for s in record['shards']):.3f}, "
+                          f"{record['seconds']:.0f} s", flush=True)
+                    write_document(args.output, comm, names, records, start)
+
+
+def write_document(path, comm, names, records, start) -> None:
+    """The JSON of the seeds finished so far."""
+    document = {
+        "benchmark": "CMC default settings on hard simulated cases",
+        "command": " ".join(["mpiexec -n", str(comm.size), "python -m mpi4py", *sys.argv]),
+        "ranks": comm.size,
+        "machine": machine(),
+        "seconds": time.perf_counter() - start,
+        "cases": {n: CASES[n] for n in names},
+        "summary": summarise(records),
+        "runs": records,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(document, indent=2))
+
+
+if __name__ == "__main__":
+    main()

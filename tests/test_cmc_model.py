@@ -1,0 +1,140 @@
+"""The shard model's coordinates: profiled contrast/offset pairs, whitening, log density.
+
+The references are computed here without the code under test: NumPy least squares for
+the pairs, SciPy's truncated normal and half-normal for the priors, and the Jacobian of
+the site-to-parameter map by automatic differentiation of that map alone.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+from test_cmc_run import simulate
+
+from homodyne_mpi.cmc.priors import build_priors, noise_scale_of
+from homodyne_mpi.cmc.scaling import conditional_pairs
+from homodyne_mpi.cmc.shard_model import ShardData, ShardModel, unit_priors
+
+
+def test_conditional_pairs_are_the_weighted_least_squares_fit_and_its_covariance():
+    rng = np.random.default_rng(1)
+    n, pairs = 90, 3
+    pair = np.repeat(np.arange(pairs), n // pairs)
+    g = rng.uniform(0.1, 1.0, n)
+    weight = rng.uniform(50.0, 150.0, n)
+    value = 1.0 + 0.3 * g + rng.normal(0.0, 0.01, n)
+    noise, calibration = 1.3, 2.5
+    mean_o, mean_c, l11, l21, l22 = (np.asarray(a) for a in conditional_pairs(
+        jnp.asarray(g), jnp.asarray(value), jnp.asarray(weight), jnp.asarray(pair), pairs, noise, calibration))
+    for p in range(pairs):
+        mine = pair == p
+        design = np.stack([np.ones(mine.sum()), g[mine]], axis=1) * weight[mine, None]
+        fit, *_ = np.linalg.lstsq(design, value[mine] * weight[mine], rcond=None)
+        np.testing.assert_allclose([mean_o[p], mean_c[p]], fit, rtol=1e-9)
+        covariance = noise**2 * calibration * np.linalg.inv(design.T @ design)
+        factor = np.array([[l11[p], 0.0], [l21[p], l22[p]]])
+        np.testing.assert_allclose(factor @ factor.T, covariance, rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def shard():
+    """All points of a small static data set as one shard, an exact warm start, calibration 1.7."""
+    sim = simulate("static", n_frames=20, phi=(0.0, 60.0))
+    priors = build_priors(sim.cfg, sim.problem, sim.warm_start, n_shards=1, noise_scale=noise_scale_of(sim.points.weight), calibration=1.7)
+    model = ShardModel(priors, sim.problem.spec, sim.problem.layout, sim.problem.phi, calibration=1.7, n_points=len(sim.points))
+    p = sim.points
+    data = ShardData(*(jnp.asarray(a) for a in (p.angle, p.frame_i, p.frame_j, p.value, p.weight)))
+    return sim, priors, model, data
+
+
+def reference_log_posterior(sim, priors, theta_sampled, sigma, calibration):
+    """Log posterior of (sampled parameters, sigma) from SciPy and NumPy, constants dropped."""
+    from homodyne_mpi.model import c2_points
+
+    unit = unit_priors(priors)
+    z = (theta_sampled - priors.loc) / priors.scale
+    a, b = (unit.low - unit.loc) / unit.scale, (unit.high - unit.loc) / unit.scale
+    log_prior = np.sum(stats.truncnorm.logpdf(z, a, b, loc=unit.loc, scale=unit.scale))
+    u = sigma / priors.noise_scale
+    log_prior += stats.halfnorm.logpdf(u, scale=unit.noise_scale)
+    theta = priors.base_theta.copy()
+    theta[priors.index] = theta_sampled
+    contrast, offset, physical = sim.problem.layout.split(jnp.asarray(theta))
+    p = sim.points
+    model = np.asarray(c2_points(physical, contrast, offset, jnp.asarray(sim.problem.phi), p.angle, p.frame_i, p.frame_j, sim.problem.spec))
+    residual = p.weight * (p.value - model) / u
+    log_likelihood = -0.5 * np.sum(residual**2) - len(p) * np.log(u)
+    return log_prior + log_likelihood / calibration
+
+
+def test_the_log_density_of_the_site_is_the_posterior_times_the_jacobian(shard):
+    """log density(w) - [log posterior(theta(w), sigma(w)) + log |det d(theta, sigma)/dw|]
+    is the same constant at every w: the transforms and their log-Jacobians are exact."""
+    sim, priors, model, data = shard
+    assert model.n_pairs == 2  # both angles' pairs are profiled
+
+    parameters = jax.jit(lambda w: model.sampled_vector({"w": w}, data))
+    jacobian = jax.jit(jax.jacfwd(parameters))
+    log_density = jax.jit(lambda w: model.log_density(w, data))
+    rng = np.random.default_rng(3)
+    differences = []
+    for _ in range(5):
+        w = jnp.asarray(rng.normal(0.0, 0.7, model.n_site))
+        vector = np.asarray(parameters(w))
+        _, log_det = np.linalg.slogdet(np.asarray(jacobian(w)))
+        reference = reference_log_posterior(sim, priors, vector[:-1], vector[-1], 1.7)
+        differences.append(float(log_density(w)) - (reference + log_det))
+    assert np.ptp(differences) < 1e-6 * max(1.0, abs(differences[0]))
+
+
+def test_the_gradient_of_the_log_density_matches_finite_differences(shard):
+    _, _, model, data = shard
+    w = jnp.asarray(np.random.default_rng(4).normal(0.0, 0.5, model.n_site))
+    log_density = jax.jit(lambda v: model.log_density(v, data))
+    gradient = np.asarray(jax.jit(jax.grad(lambda v: model.log_density(v, data)))(w))
+    step = 1e-5
+    numeric = [
+        (float(log_density(w.at[k].add(step))) - float(log_density(w.at[k].add(-step)))) / (2 * step)
+        for k in range(model.n_site)
+    ]
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_the_site_is_close_to_unit_normal_at_the_warm_start(shard):
+    """With an exact warm start the Hessian of -log density at w = 0 is near the identity
+    (the pairs exactly, the physical parameters and noise to their nonlinearity)."""
+    _, _, model, data = shard
+    hessian = np.asarray(jax.jit(jax.hessian(lambda v: -model.log_density(v, data)))(jnp.zeros(model.n_site)))
+    values = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
+    assert values.min() > 0.5 and values.max() < 2.0
+
+
+def test_far_out_coordinates_of_a_pair_stay_inside_its_bounds(shard):
+    """The pair map carries the whole real line into the bounds, with a finite density."""
+    _, priors, model, data = shard
+    start = model.priors.n_sampled - 2 * model.n_pairs  # first pair coordinate (offset[0])
+    parameters = jax.jit(lambda w: model.sampled_vector({"w": w}, data))
+    log_density = jax.jit(lambda w: model.log_density(w, data))
+    for k in range(start, start + 2 * model.n_pairs):
+        for far in (-40.0, 40.0):
+            w = jnp.zeros(model.n_site).at[k].set(far)
+            vector = np.asarray(parameters(w))[:-1]
+            assert np.all(vector >= priors.low) and np.all(vector <= priors.high)
+            assert np.isfinite(float(log_density(w)))
+
+
+@pytest.mark.parametrize("low, high", [(-3.0, 2.0), (0.5, 4.0), (-6.0, -0.2), (-40.0, 40.0)])
+def test_the_truncation_map_carries_a_normal_to_the_truncated_normal(low, high):
+    from homodyne_mpi.cmc.scaling import truncated_standard_normal
+
+    xi = np.linspace(-9.0, 9.0, 721)
+    eps, log_slope = (np.asarray(a) for a in jax.vmap(lambda x: truncated_standard_normal(x, low, high))(jnp.asarray(xi)))
+    assert np.all((eps >= low) & (eps <= high)) and np.all(np.diff(eps) >= 0)
+    # the truncated normal's CDF at eps equals the normal CDF at xi (SciPy reference)
+    middle = np.abs(xi) < 6
+    np.testing.assert_allclose(stats.truncnorm.cdf(eps[middle], low, high), stats.norm.cdf(xi[middle]), atol=1e-9)
+    slope = np.asarray(jax.vmap(jax.grad(lambda x: truncated_standard_normal(x, low, high)[0]))(jnp.asarray(xi)))
+    np.testing.assert_allclose(np.exp(log_slope[middle]), slope[middle], rtol=1e-6)
