@@ -10,6 +10,8 @@
   instead of leaving the other spinning.
 - Work that hangs in a C call holding the GIL (the watchdog thread cannot run) is ended by
   the ``faulthandler`` backstop, with every thread's traceback.
+- A rank that stops responding altogether (SIGSTOP) in a task of the task farm: rank 0,
+  which knows when it handed the task out, ends the job with exit code 3.
 """
 
 from __future__ import annotations
@@ -272,3 +274,53 @@ def test_work_that_hangs_holding_the_gil_is_ended_by_the_backstop(tmp_path, jobs
     time.sleep(0.5)
     assert not [pid for pid in pids.values() if is_running(pid)]
     assert "Timeout (" in job.output and "most recent call first" in job.output  # every thread's traceback
+
+
+FROZEN_RANK_DRIVER = textwrap.dedent(
+    """
+    # A task farm of 4 tasks with a 2 s limit per task; the test stops (SIGSTOP) rank 1 in
+    # its first task, so neither its watchdog nor its backstop can run: rank 0 must decide.
+    import time
+    import homodyne_mpi.parallel.watchdog as watchdog
+    from homodyne_mpi.parallel import get_comm, run_guarded
+    from homodyne_mpi.parallel.dispatch import Task, run_task_farm
+
+    watchdog.OVERDUE_GRACE_S = 2.0
+    comm = get_comm()
+
+    def work(header, arrays):
+        if comm.rank == 1:
+            print(f"test: rank 1 runs task {header['index']}", flush=True)
+            time.sleep(3600)
+        return {}, {}
+
+    def main():
+        limit = watchdog.TaskLimit(seconds=2.0, name=lambda task: f"task {task['index']}", setting="test.limit")
+        tasks = [Task({"index": k}) for k in range(4)] if comm.is_root else None
+        run_task_farm(comm, tasks, work, task_limit=limit)
+        return 0
+
+    raise SystemExit(run_guarded(main, comm))
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_rank_0_ends_the_job_when_a_rank_running_a_task_stops_responding(tmp_path, jobs):
+    driver = tmp_path / "frozen_rank.py"
+    driver.write_text(FROZEN_RANK_DRIVER)
+    job = Job(2, [str(driver)], cwd=tmp_path)
+    jobs.append(job)
+    line = job.wait_for(r"test: rank 1 runs task \d+", timeout=60)
+    pids = job.rank_pids()
+    os.kill(pids[1], signal.SIGSTOP)  # a frozen process: no thread of it runs
+    stopped_at = time.monotonic()
+    assert job.wait(timeout=60) == 3, job.output[-3000:]
+    assert time.monotonic() - stopped_at < 60
+    time.sleep(0.5)
+    assert not [pid for pid in pids.values() if is_running(pid)]
+    reports = [text for text in job.lines if "has not come back" in text]
+    assert len(reports) == 1 and "did not finish within" not in job.output, job.output[-3000:]
+    task = line.split()[-1]
+    assert reports[0].startswith(f"error: task {task} on rank 1 on {socket.gethostname()} has not come back")
+    assert "(time limit 2 s, test.limit)" in reports[0] and "exit code 3" in reports[0]

@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 import pytest
 
+from homodyne_mpi.parallel import watchdog
 from homodyne_mpi.parallel.watchdog import Watchdog, time_limit, time_limit_message
 
 
@@ -75,3 +77,47 @@ def test_the_message_names_the_work_where_it_ran_the_limit_and_the_setting():
     assert "time limit of 20 s (optimization.cmc.per_shard_mcmc.shard_timeout_s)" in message
     assert "exit code 3" in message and message.endswith("rerun")
     assert "\n" not in message
+
+
+class JobEnded(Exception):
+    """Raised by the stand-in for ``end_job``."""
+
+
+@pytest.fixture
+def ended(monkeypatch):
+    """``watchdog.end_job`` raises ``JobEnded(code)`` instead of ending the process."""
+
+    def end_job(code):
+        raise JobEnded(code)
+
+    monkeypatch.setattr(watchdog, "end_job", end_job)
+
+
+def shard_limit(seconds: float) -> watchdog.TaskLimit:
+    return watchdog.TaskLimit(seconds=seconds, name=lambda task: f"CMC shard {task['index']}", setting="the.key")
+
+
+def test_rank_0_gives_up_on_a_task_overdue_by_the_grace_period(ended, capsys):
+    limit = shard_limit(10.0)
+    now = time.perf_counter()
+    on_time = {0: ({"index": 4}, now), 1: ({"index": 5}, now - 10.0 - watchdog.OVERDUE_GRACE_S + 5.0)}
+    limit.check(on_time, {0: "node-a", 1: "node-b"})  # late, but not by the grace period yet
+    overdue = {**on_time, 2: ({"index": 7}, now - 10.0 - watchdog.OVERDUE_GRACE_S - 1.0)}
+    with pytest.raises(JobEnded) as outcome:
+        limit.check(overdue, {0: "node-a", 1: "node-b", 2: "node-c"})
+    assert outcome.value.args == (3,)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("error: CMC shard 7 on rank 2 on node-c has not come back")
+    assert "(time limit 10 s, the.key)" in line and "\n" not in line
+
+
+def test_a_guarded_task_returns_its_result_and_leaves_no_deadline():
+    calls = []
+
+    def work(header, arrays):
+        calls.append(header["index"])
+        return {"ok": True}, {}
+
+    assert shard_limit(600.0).guarded(work)({"index": 3}, {}) == ({"ok": True}, {})
+    assert calls == [3]
+    assert not watchdog.process_watchdog()._deadlines

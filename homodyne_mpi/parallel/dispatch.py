@@ -24,7 +24,9 @@ exception types named in ``passthrough``, and any other ``BaseException``
 in the main thread; on another rank they propagate out of ``run_task_farm`` (the
 caller's guard then aborts the job).
 
-``should_stop`` (checked by the manager between tasks, and on every rank with each
+``task_limit`` (``watchdog.TaskLimit``) ends the job, exit code 3, when a task runs too
+long: the rank running it decides; rank 0 also gives up on a rank whose task is long
+overdue. ``should_stop`` (checked by the manager between tasks, and on every rank with each
 request) stops handing out new tasks: tasks already running finish and are delivered,
 then ``FarmStats.stopped`` is True.
 """
@@ -42,6 +44,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .comm import Comm
+from .watchdog import TaskLimit
 
 TAG_READY = 7101
 """Worker -> manager: a request for work, carrying the previous result (header)."""
@@ -162,6 +165,7 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
         ready = {
             "load": vars(load).copy(),
             "stop": bool(should_stop()) if should_stop else False,
+            "host": comm.host,
             "task": finished[0] if finished else None,
             "result": finished[1] if finished else None,
             "seconds": finished[3] if finished else 0.0,
@@ -221,7 +225,7 @@ class _LocalWorker:
             self.outbox.put(("done", task, (header, out_arrays), seconds))
 
 
-def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callable[[FarmResult], None], should_stop, poll_interval: float, passthrough: tuple) -> FarmStats:
+def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callable[[FarmResult], None], should_stop, poll_interval: float, passthrough: tuple, task_limit: TaskLimit | None = None) -> FarmStats:
     start = time.perf_counter()
     pending = deque(tasks)
     stopped = False
@@ -231,6 +235,12 @@ def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callabl
     if raw is not None:
         from mpi4py import MPI
     local = _LocalWorker(work, passthrough)
+    handed: dict[int, tuple[dict, float]] = {}  # rank -> (task it is running, when it got it)
+    hosts = {0: comm.host}
+
+    def give_local(task: dict, arrays: dict) -> None:
+        handed[0] = (task, time.perf_counter())
+        local.give(task, arrays)
 
     def stop_now() -> bool:
         nonlocal stopped
@@ -247,8 +257,10 @@ def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callabl
     try:
         task, arrays = next_task()
         if task is not None:
-            local.give(task, arrays)
+            give_local(task, arrays)
         while local.busy or active_remote > 0:
+            if task_limit is not None:
+                task_limit.check(handed, hosts)
             progressed = False
             if raw is not None and raw.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_READY):
                 status = MPI.Status()
@@ -256,6 +268,8 @@ def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callabl
                 source = status.Get_source()
                 arrays = _recv_arrays(raw, spec, source)
                 loads[source] = RankLoad(**header["load"])
+                handed.pop(source, None)
+                hosts[source] = header.get("host", "?")
                 stopped = stopped or bool(header["stop"])
                 if header["task"] is not None:
                     on_result(FarmResult(header["task"], header["result"], arrays, source, header["seconds"]))
@@ -263,6 +277,8 @@ def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callabl
                 _send(raw, task, task_arrays, dest=source, tag=TAG_TASK)
                 if task is None:
                     active_remote -= 1
+                else:
+                    handed[source] = (task, time.perf_counter())
                 progressed = True
             if local.busy:
                 try:
@@ -275,10 +291,11 @@ def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callabl
                     if kind == "fatal":
                         raise task_done
                     local.busy = False
+                    handed.pop(0, None)
                     on_result(FarmResult(task_done, payload[0], payload[1], 0, seconds))
                     task, arrays = next_task()
                     if task is not None:
-                        local.give(task, arrays)
+                        give_local(task, arrays)
                     progressed = True
             if not progressed and raw is not None:
                 time.sleep(poll_interval)
@@ -298,6 +315,7 @@ def run_task_farm(
     should_stop: Callable[[], bool] | None = None,
     poll_interval: float = 0.002,
     passthrough: tuple[type[BaseException], ...] = (),
+    task_limit: TaskLimit | None = None,
 ) -> FarmStats | None:
     """Run ``work`` on every task, spread over all ranks; rank 0 returns the stats.
 
@@ -305,8 +323,15 @@ def run_task_farm(
     on rank 0's main thread for each finished task, in completion order. Exceptions of
     the ``passthrough`` types raised by ``work`` are not recorded but re-raised (on rank 0
     in the main thread). Other ranks return None.
+
+    ``task_limit`` bounds each task's wall time: the rank running a task ends the job
+    when it runs past the limit (``TaskLimit.guard``), and rank 0 ends it when a task has
+    not come back ``watchdog.OVERDUE_GRACE_S`` after that (a rank, or node, that no longer
+    responds; ``TaskLimit.check``).
     """
+    if task_limit is not None:
+        work = task_limit.guarded(work)
     if comm.is_root:
-        return _manager(comm, list(tasks or []), work, on_result or (lambda result: None), should_stop, poll_interval, tuple(passthrough))
+        return _manager(comm, list(tasks or []), work, on_result or (lambda result: None), should_stop, poll_interval, tuple(passthrough), task_limit)
     _worker_loop(comm, work, should_stop, tuple(passthrough))
     return None

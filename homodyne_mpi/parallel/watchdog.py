@@ -2,7 +2,8 @@
 
 Three guards; each ends the whole job (``MPI_Abort``) rather than leave a rank behind.
 
-- ``time_limit(seconds, what)`` gives a block of work (a CMC shard) a wall-time limit. A
+- ``time_limit(seconds, what)`` gives a block of work a wall-time limit (``TaskLimit``
+  applies it to every task of the task farm: a CMC shard). A
   daemon thread of the same process (``Watchdog``) watches the deadline; when it passes,
   the thread prints one line naming the work, the rank, the host and the limit, and
   aborts the job with exit code 3 ("rerun to resume"). The work itself is never asked to
@@ -10,7 +11,9 @@ Three guards; each ends the whole job (``MPI_Abort``) rather than leave a rank b
   it computes, so the watchdog thread runs. Should a C call hang while holding the GIL,
   Python's ``faulthandler`` (a C thread that needs no GIL) is armed ``BACKSTOP_S`` later:
   it prints every thread's traceback and ends the process with exit code 1, and the
-  launcher then ends the other ranks.
+  launcher then ends the other ranks. Should the whole rank stop responding (a stopped
+  process, a frozen node), rank 0 of the task farm, which knows when it handed out each
+  task, ends the job ``OVERDUE_GRACE_S`` after the limit.
 - ``watch_launcher()`` starts a daemon thread that notices the launcher's process (the
   rank's parent: MPICH's ``hydra_pmi_proxy``, Slurm's ``slurmstepd``) going away, and
   ends this rank within ``LAUNCHER_POLL_S``: a rank whose launcher was killed would
@@ -46,6 +49,9 @@ MPICH's hydra), and it is the one line the user needs.
 BACKSTOP_S = 30.0
 """Seconds after a missed deadline at which ``faulthandler`` ends the process, in case
 the watchdog thread could not run (a C call that hangs holding the GIL)."""
+OVERDUE_GRACE_S = 60.0
+"""Seconds past a task's limit after which rank 0's task farm gives up on the rank running
+it (``TaskLimit.check``): later than that rank's own watchdog and backstop."""
 LAUNCHER_POLL_S = 1.0
 """How often (seconds) a rank checks that its launcher is still there."""
 LAUNCHER_GONE_EXIT_CODE = 1
@@ -236,6 +242,44 @@ def time_limit(
         yield
     finally:
         dog.disarm(token)
+
+
+@dataclass(frozen=True)
+class TaskLimit:
+    """A wall-time limit on each task of the task farm (``parallel.dispatch``), and its wording."""
+
+    seconds: float
+    name: Callable[[dict], str]
+    """A task's name in messages, from its header ("CMC shard 7")."""
+    setting: str = "time limit"
+    """The config key of the limit, for messages."""
+    advice: str = "finished work is saved -- run the same command to resume"
+
+    def guarded(self, work: Callable[[dict, dict], tuple[dict, dict]]) -> Callable[[dict, dict], tuple[dict, dict]]:
+        """``work`` under ``time_limit``: the rank running a task ends the job when it runs too long."""
+
+        def limited(header: dict, arrays: dict) -> tuple[dict, dict]:
+            with time_limit(self.seconds, self.name(header), setting=self.setting, advice=self.advice):
+                return work(header, arrays)
+
+        return limited
+
+    def check(self, handed: dict[int, tuple[dict, float]], hosts: dict[int, str]) -> None:
+        """Rank 0: end the job when a task is ``OVERDUE_GRACE_S`` past its limit.
+
+        ``handed``: rank -> (task header, ``time.perf_counter()`` when it was handed out).
+        By then the rank's own watchdog, or its backstop, should have ended the job: the
+        rank, or its node, no longer responds (stopped, frozen), so rank 0 decides.
+        """
+        now = time.perf_counter()
+        for rank, (task, since) in handed.items():
+            if now - since > self.seconds + OVERDUE_GRACE_S:
+                say(
+                    f"error: {self.name(task)} on rank {rank} on {hosts.get(rank, '?')} has not come back "
+                    f"{now - since:.0f} s after it was handed out (time limit {self.seconds:g} s, {self.setting}) "
+                    f"and that rank does not respond; ending the job with exit code {TIME_LIMIT_EXIT_CODE}: {self.advice}"
+                )
+                end_job(TIME_LIMIT_EXIT_CODE)
 
 
 # -- the launcher ------------------------------------------------------------------------
