@@ -46,12 +46,25 @@ def degeneracy(
     return {"warning": bool(pairs or poor), "correlation_limit": CORRELATION_LIMIT, "pairs": pairs, "poorly_determined": poor}
 
 
+def bound_lines(doc: dict) -> list[str]:
+    """A warning per physical parameter held on a bound: the others' errors are conditional on it."""
+    lines = []
+    for name, side in (doc.get("at_bound") or {}).items():
+        if name.split("[")[0] in ("contrast", "offset"):
+            continue
+        lines.append(
+            f"{name} is held at its {side} bound: the errors of the parameters that trade against it are"
+            " conditional on that bound and may be too small; widen the bound unless it is physical"
+        )
+    return lines
+
+
 def degeneracy_lines(doc: dict) -> list[str]:
     """Warning lines (empty when the parameters are determined) pointing to ``D(t)``/``gamma_dot(t)``."""
     entry = doc.get("degeneracy") or {}
     if not entry.get("warning"):
-        return []
-    lines = []
+        return bound_lines(doc)
+    lines = bound_lines(doc)
     for a, b, value in entry.get("pairs", []):
         lines.append(
             f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one"

@@ -122,3 +122,27 @@ def test_degeneracy_flags_correlated_pairs_and_poorly_determined_parameters():
     model[3, 4] = model[4, 3] = 0.999
     hidden = degeneracy(names, values * 10, std, np.eye(5), ["D0", "alpha", "D_offset"], model)
     assert hidden["warning"] and [pair[:2] for pair in hidden["pairs"]] == [["alpha", "D_offset"]]
+
+
+def test_log_and_report_lines_show_a_bound_and_no_symmetric_error():
+    from homodyne_mpi.nlsq_summary import log_lines, parameter_cell
+
+    entry = {"value": 1.0e4, "std": 600.0, "std_model": 500.0, "fixed": False, "at_bound": "upper"}
+    cell = parameter_cell(entry)
+    assert "upper bound" in cell and "+-" not in cell and "9400" in cell
+    doc = {
+        "converged": True,
+        "iterations": 4,
+        "reason": "ftol",
+        "reduced_chi2": 1.0,
+        "uncertainty": "jackknife",
+        "parameters": {
+            "D_offset": entry,
+            "D0": {"value": 2.0e4, "std": 100.0, "std_model": 50.0, "fixed": False, "at_bound": None},
+        },
+        "at_bound": {"D_offset": "upper"},
+        "degeneracy": {"warning": False, "pairs": [], "poorly_determined": []},
+    }
+    lines = log_lines(doc)
+    assert any(line.strip().startswith("D0") and "20000 +- 100" in line and "[50]" in line for line in lines)
+    assert any(line.startswith("WARNING: D_offset is held at its upper bound") for line in lines)
