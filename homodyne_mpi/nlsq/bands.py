@@ -8,6 +8,8 @@ with the same correction for independent noise as the parameters (``jackknife.py
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ from ..model import ModelSpec, ParameterLayout
 from ..model.transport import power_law_rate, rate_times
 
 
+@partial(jax.jit, static_argnames=("spec",))
 def rate_curves(physical: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
     """``(D(t), gamma_dot(t))`` stacked, shape ``(2, N)`` (Angstrom^2/s and 1/s).
 
@@ -28,11 +31,17 @@ def rate_curves(physical: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
     return jnp.stack([diffusion, power_law_rate(t, physical[3], physical[4], physical[5])])
 
 
+@partial(jax.jit, static_argnames=("spec",))
+def rate_jacobian(physical: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
+    """``(2, N, n_phys)`` derivative of ``rate_curves`` by the physical parameters (compiled once per spec)."""
+    return jax.jacfwd(rate_curves)(physical, spec)
+
+
 def delta_method_std(theta: np.ndarray, covariance: np.ndarray, layout: ParameterLayout, spec: ModelSpec) -> np.ndarray:
     """1-sigma of both curves, ``(2, N)``, by linear propagation of the covariance."""
     physical_slice = layout.physical_slice
     physical = jnp.asarray(theta[physical_slice])
-    jacobian = np.asarray(jax.jacfwd(rate_curves)(physical, spec))  # (2, N, n_phys)
+    jacobian = np.asarray(rate_jacobian(physical, spec))  # (2, N, n_phys)
     block = covariance[physical_slice, physical_slice]
     variance = np.einsum("cnp,pq,cnq->cn", jacobian, block, jacobian)
     return np.sqrt(np.clip(variance, 0.0, None))

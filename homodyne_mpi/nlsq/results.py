@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -108,10 +109,14 @@ def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
     return summary
 
 
+compiled_c2_grid = jax.jit(c2_grid, static_argnames=("spec",))
+"""``model.c2_grid`` compiled once per spec (the persistent cache then serves later runs)."""
+
+
 def fitted_matrices(result: NLSQResult, problem: NLSQProblem) -> np.ndarray:
     """Model ``c2`` on the full grid at the fitted parameters, ``(n_angles, N, N)``."""
     contrast, offset, physical = problem.layout.split(jnp.asarray(result.theta))
-    return np.asarray(c2_grid(physical, contrast, offset, jnp.asarray(problem.phi), problem.spec))
+    return np.asarray(compiled_c2_grid(physical, contrast, offset, jnp.asarray(problem.phi), problem.spec))
 
 
 def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict[str, np.ndarray]:
