@@ -82,7 +82,7 @@ PROBE = 0.1
 """Fraction of the step at which the acceleration's finite difference probes the residuals."""
 
 ACCELERATION_LIMIT = 0.75
-"""Largest ``2 |a| / |v|`` (scaled) of an accelerated step that is tried (Transtrum and Sethna's alpha)."""
+"""Largest ``2 |a| / |v|`` (scaled) for which the acceleration is added (Transtrum and Sethna's alpha)."""
 
 
 def _diagonal_scale(hessian: np.ndarray) -> np.ndarray:
@@ -191,8 +191,8 @@ def levenberg_marquardt(
     fit needs (``theta0=theta``, ``initial_damping=damping``,
     ``first_iteration=iteration + 1`` continue the same path). ``mixed_gradient(theta, theta')``
     (``J(theta)^T W r(theta')``, optional) turns on geodesic acceleration
-    (``acceleration``): one more pass per iteration, and a step whose acceleration is
-    more than ``ACCELERATION_LIMIT`` of its velocity (scaled norms) counts as rejected.
+    (``acceleration``): one more pass per iteration; an acceleration of more than
+    ``ACCELERATION_LIMIT`` of the step (scaled norms) is not used (the plain step is tried).
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
@@ -218,22 +218,18 @@ def levenberg_marquardt(
                 break
         scale = _diagonal_scale(h_free)
         step, held = bounded_step(h_free, g_free, theta[free], lo, hi, damping, scale)
-        bent = False
         if mixed_gradient is not None and np.any(step):
             probe = theta.copy()
             probe[free] = np.clip(theta[free] + PROBE * step, lo, hi)
             mixed = mixed_gradient(theta, probe)[free]
             curve = acceleration(h_free, g_free, mixed, step, held, damping, scale, PROBE)
-            bent = 2.0 * np.linalg.norm(scale * curve) > ACCELERATION_LIMIT * np.linalg.norm(scale * step)
-            step = step + 0.5 * curve
+            if 2.0 * np.linalg.norm(scale * curve) <= ACCELERATION_LIMIT * np.linalg.norm(scale * step):
+                step = step + 0.5 * curve
         trial = theta.copy()
         trial[free] = np.clip(theta[free] + step, lo, hi)
         step = (trial - theta)[free]
         predicted = -(2.0 * g_free @ step + step @ h_free @ step)
-        if bent:
-            t_hessian, t_gradient, t_chi2, t_cost = hessian, gradient, chi2, np.inf
-        else:
-            t_hessian, t_gradient, t_chi2, t_cost = evaluate(trial)
+        t_hessian, t_gradient, t_chi2, t_cost = evaluate(trial)
         actual = cost - t_cost
         accepted = bool(np.isfinite(t_cost) and actual > 0)
         history.append(
