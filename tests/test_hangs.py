@@ -43,6 +43,22 @@ def jobs():
     yield from started_jobs()
 
 
+def start_driver(jobs: list, folder: Path, text: str, args: list[str], ready: str) -> tuple[Job, str, dict[int, int]]:
+    """Write driver ``text``, run it under ``mpiexec -n 2`` with ``args``; wait for a line
+    matching ``ready``. Returns the job, that line and ``rank -> pid``."""
+    driver = folder / "driver.py"
+    driver.write_text(text)
+    job = Job(2, [str(driver), *args], cwd=folder)
+    jobs.append(job)
+    line = job.wait_for(ready, timeout=120)
+    return job, line, job.rank_pids()
+
+
+def assert_no_rank_left(pids: dict[int, int]) -> None:
+    time.sleep(0.5)
+    assert not [pid for pid in pids.values() if is_running(pid)], "a rank outlived the job"
+
+
 @pytest.fixture(scope="module")
 def tiny_cmc(tmp_path_factory) -> Path:
     """A folder with 2 angles x 40 frames (1560 points) of static data and a compilation cache."""
@@ -152,19 +168,14 @@ def test_a_hanging_shard_ends_the_job_with_exit_3_and_the_rerun_gives_the_uninte
 
     config = tiny_config(tmp_path / "cmc.yaml", tiny_cmc, SHARD_LIMIT_S)
     out = tmp_path / "results"
-    driver = tmp_path / "hanging_shard.py"
-    driver.write_text(HANGING_SHARD_DRIVER)
-    job = Job(2, [str(driver), "1", "run", str(config), "--output-dir", str(out), "--no-nlsq-warmstart"], cwd=tmp_path)
-    jobs.append(job)
-    line = job.wait_for(r"test: shard \d+ hangs on rank 1", timeout=120)
+    args = ["1", "run", str(config), "--output-dir", str(out), "--no-nlsq-warmstart"]
+    job, line, pids = start_driver(jobs, tmp_path, HANGING_SHARD_DRIVER, args, r"test: shard \d+ hangs on rank 1")
     hung_at = time.monotonic()
     hanging = int(line.split()[2])
-    pids = job.rank_pids()
     code = job.wait(timeout=SHARD_LIMIT_S + 60)
     assert code == 3, f"expected exit code 3 after the shard time limit, got {code}:\n{job.output[-3000:]}"
     assert time.monotonic() - hung_at < SHARD_LIMIT_S + 60
-    time.sleep(0.5)
-    assert not [pid for pid in pids.values() if is_running(pid)], "a rank outlived the abort"
+    assert_no_rank_left(pids)
     reports = [text for text in job.lines if "time limit" in text]
     assert len(reports) == 1, job.output[-3000:]
     assert f"CMC shard {hanging} on rank 1 of 2 on {socket.gethostname()}" in reports[0]
@@ -220,30 +231,19 @@ IDLE_RANKS_DRIVER = textwrap.dedent(
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("leaving", ["return", "sys.exit"])
 def test_a_rank_that_returns_while_another_waits_in_a_collective_aborts_the_job(leaving, tmp_path, jobs):
-    driver = tmp_path / "idle_ranks.py"
-    driver.write_text(IDLE_RANKS_DRIVER)
     wait_s = 2.0
-    job = Job(2, [str(driver), "barrier", str(wait_s), leaving], cwd=tmp_path)
-    jobs.append(job)
-    job.wait_for(r"test: rank 0 running", timeout=60)
-    pids = job.rank_pids()
+    job, _, pids = start_driver(jobs, tmp_path, IDLE_RANKS_DRIVER, ["barrier", str(wait_s), leaving], r"test: rank 0 running")
     started = time.monotonic()
     assert job.wait(timeout=wait_s + 30) == 3, job.output[-3000:]
     assert time.monotonic() - started < wait_s + 30
-    time.sleep(0.5)
-    assert not [pid for pid in pids.values() if is_running(pid)]
+    assert_no_rank_left(pids)
     assert "error: rank 1 of 2" in job.output and "other ranks did not reach the end within 2 s" in job.output
 
 
 @pytest.mark.timeout(120)
 def test_a_rank_whose_launcher_is_gone_exits(tmp_path, jobs):
-    driver = tmp_path / "idle_ranks.py"
-    driver.write_text(IDLE_RANKS_DRIVER)
     # rank 0 sleeps outside MPI, rank 1 waits (up to an hour) for it at the end
-    job = Job(2, [str(driver), "sleep", "3600", "return"], cwd=tmp_path)
-    jobs.append(job)
-    job.wait_for(r"test: rank 1 running", timeout=60)
-    pids = job.rank_pids()
+    job, _, pids = start_driver(jobs, tmp_path, IDLE_RANKS_DRIVER, ["sleep", "3600", "return"], r"test: rank 1 running")
     launchers = {parent_map()[pid] for pid in pids.values()}  # MPICH's hydra_pmi_proxy
     assert len(launchers) == 1 and job.process.pid not in launchers
     os.kill(launchers.pop(), signal.SIGKILL)
@@ -282,18 +282,12 @@ GIL_HOLDING_DRIVER = textwrap.dedent(
 
 @pytest.mark.timeout(120)
 def test_work_that_hangs_holding_the_gil_is_ended_by_the_backstop(tmp_path, jobs):
-    driver = tmp_path / "gil.py"
-    driver.write_text(GIL_HOLDING_DRIVER)
-    job = Job(2, [str(driver)], cwd=tmp_path)
-    jobs.append(job)
-    job.wait_for(r"test: holding the GIL", timeout=60)
-    pids = job.rank_pids()
+    job, _, pids = start_driver(jobs, tmp_path, GIL_HOLDING_DRIVER, [], r"test: holding the GIL")
     started = time.monotonic()
     code = job.wait(timeout=60)
     assert code == 1, job.output[-3000:]  # faulthandler's exit code; the launcher ends the other rank
     assert time.monotonic() - started < 60
-    time.sleep(0.5)
-    assert not [pid for pid in pids.values() if is_running(pid)]
+    assert_no_rank_left(pids)
     assert "Timeout (" in job.output and "most recent call first" in job.output  # every thread's traceback
 
 
@@ -328,18 +322,12 @@ FROZEN_RANK_DRIVER = textwrap.dedent(
 
 @pytest.mark.timeout(120)
 def test_rank_0_ends_the_job_when_a_rank_running_a_task_stops_responding(tmp_path, jobs):
-    driver = tmp_path / "frozen_rank.py"
-    driver.write_text(FROZEN_RANK_DRIVER)
-    job = Job(2, [str(driver)], cwd=tmp_path)
-    jobs.append(job)
-    line = job.wait_for(r"test: rank 1 runs task \d+", timeout=60)
-    pids = job.rank_pids()
+    job, line, pids = start_driver(jobs, tmp_path, FROZEN_RANK_DRIVER, [], r"test: rank 1 runs task \d+")
     os.kill(pids[1], signal.SIGSTOP)  # a frozen process: no thread of it runs
     stopped_at = time.monotonic()
     assert job.wait(timeout=60) == 3, job.output[-3000:]
     assert time.monotonic() - stopped_at < 60
-    time.sleep(0.5)
-    assert not [pid for pid in pids.values() if is_running(pid)]
+    assert_no_rank_left(pids)
     reports = [text for text in job.lines if "has not come back" in text]
     assert len(reports) == 1 and "did not finish within" not in job.output, job.output[-3000:]
     task = line.split()[-1]
