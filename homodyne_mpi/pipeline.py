@@ -12,6 +12,7 @@ succeeded.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,24 +24,32 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from .data.loader import XPCSData, count_config_dataset_points, load_config_dataset
 from .data.points import PointSet, upper_triangle_points
+from .data.stream import PointSource
 from .errors import ConfigError, HomodyneError, InputError, Interrupted
 from .fingerprint import run_fingerprint
+from .fit_file import write_fit_file, write_streamed_fit_file
 from .io import AsyncWriter, PrefetchLoader
 from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, build_problem, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
-from .nlsq.results import fit_arrays, result_document
+from .nlsq.results import result_document
 from .parallel import Comm
 from .parallel.groups import GroupPlan, plan_groups
+from .parallel.scatter import scatter_point_source
 from .parallel.signals import stop_requested
 
 log = logging.getLogger(__name__)
 
 METHODS = ("nlsq", "cmc", "both")
+
+STREAM_AUTO_POINTS = 20_000_000
+"""``compute.stream_points: auto`` streams a data set with more points than this."""
+
+STREAM_BLOCK_POINTS = 1 << 20
+"""Points per streamed block: rank 0 holds one block (28 B a point) and its rows (<= 16 B a point)."""
 
 COMPLETE_MARKER = "complete.json"
 """Written last in a data set's folder: its results are whole (used to skip on rerun)."""
@@ -72,36 +81,53 @@ class DatasetOutcome:
 
 @dataclass
 class PreparedDataset:
-    """What rank 0 builds from a loaded data set before the fits start."""
+    """What rank 0 builds from a data set before the fits start."""
 
-    data: XPCSData
+    data: XPCSData | PointSource
+    """The loaded data set, or (streamed) its open ``PointSource``: metadata for the results."""
     problem: NLSQProblem
-    points: PointSet
+    points: PointSet | None
+    """Every point of the fit; ``None`` when streamed (the points are read while scattering)."""
+
+    @property
+    def streamed(self) -> bool:
+        """True when the points are streamed from the file to the ranks."""
+        return self.points is None
 
 
-def prepare_dataset(cfg, dataset) -> PreparedDataset:
-    """Rank 0, background thread: read the file, build the problem and its points."""
+def streams(cfg, method: str, count_points) -> bool:
+    """Whether a data set's points are streamed (``compute.stream_points``; ``count_points()`` gives its size).
+
+    Only ``--method nlsq`` streams: CMC shards need every point on rank 0.
+    """
+    choice = getattr(cfg.compute, "stream_points", False)
+    if method != "nlsq" or choice is False:
+        if choice is True:
+            log.info("compute.stream_points applies to --method nlsq only (CMC needs every point on rank 0): loading the data set")
+        return False
+    return choice is True or count_points() > STREAM_AUTO_POINTS
+
+
+def prepare_dataset(cfg, dataset, method: str = "nlsq") -> PreparedDataset:
+    """Rank 0, background thread: read the file (or open it for streaming), build the problem and its points.
+
+    Streamed, only the noise sampling rows and the scaling corner and lag-1 diagonal are
+    read here (``PointSource.noise_sigmas``, ``PointSource.scaling``): the same noise
+    levels and start values as the loaded path.
+    """
+    if streams(cfg, method, lambda: count_config_dataset_points(cfg, dataset)):
+        source = PointSource.from_config(cfg, dataset)
+        try:
+            problem = build_problem(cfg, source, noise_sigma=source.noise_sigmas(), scaling=source.scaling())
+        except BaseException:
+            source.close()
+            raise
+        log.info("%s: %d points streamed to the ranks in blocks of %d", source.source, source.n_points, STREAM_BLOCK_POINTS)
+        return PreparedDataset(source, problem, None)
     data = load_config_dataset(cfg, dataset)
     problem = build_problem(cfg, data)
     points = upper_triangle_points(data.c2, problem.noise_sigma)
     return PreparedDataset(data, problem, points)
-
-
-def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, data: XPCSData, figures=None) -> None:
-    """Writer thread: compute the fitted matrices and write ``nlsq/fit.h5`` at ``temp_path``.
-
-    ``figures(arrays)``, when given, queues the figures drawn from the same arrays.
-    """
-    arrays = fit_arrays(result, problem, data)
-    if figures is not None:
-        figures(arrays)
-    with h5py.File(temp_path, "w") as handle:
-        for name, array in arrays.items():
-            handle.create_dataset(name, data=np.asarray(array))
-        handle.attrs["analysis_mode"] = problem.spec.mode
-        handle.attrs["shear_form"] = problem.spec.shear_form
-        handle.attrs["q"] = problem.spec.q
-        handle.attrs["dt"] = problem.spec.dt
 
 
 class BatchRunner:
@@ -149,7 +175,7 @@ class BatchRunner:
         loader = None
         if self.comm.is_root:
             self.writer = AsyncWriter(max_workers=2)
-            loader = iter(PrefetchLoader([datasets[i] for i in mine], lambda entry: prepare_dataset(self.cfg, entry)))
+            loader = iter(PrefetchLoader([datasets[i] for i in mine], lambda entry: prepare_dataset(self.cfg, entry, self.method)))
             if not self.world.is_root:
                 logging.getLogger("homodyne_mpi").setLevel(min(logging.getLogger("homodyne_mpi").level, logging.INFO))
             log.info(
@@ -261,7 +287,7 @@ class BatchRunner:
         status = None
         if self.comm.is_root:
             status = self.root_status(record, out, outcome)
-        kind, payload, fingerprint, resume_state = self.comm.bcast(status if self.comm.is_root else None)
+        kind, payload, fingerprint, resume_state, streamed = self.comm.bcast(status if self.comm.is_root else None)
         if kind == "failed":
             if self.comm.is_root:
                 self.record_failure(outcome, payload)
@@ -273,9 +299,7 @@ class BatchRunner:
         problem: NLSQProblem = payload
         prepared = record.value if self.comm.is_root else None
         start = time.perf_counter()
-        local = distribute_points(
-            prepared.points if prepared else None, problem.n_points, self.comm, self.cfg.optimization.nlsq.chunk_size
-        )
+        local = self.distribute(prepared, problem, streamed)
         outcome.timing_s["distribute"] = time.perf_counter() - start
         nlsq_result = None
         futures = []
@@ -293,7 +317,7 @@ class BatchRunner:
                 raise
             del local
             if self.comm.is_root:
-                futures += self.write_nlsq(out, dataset.name, nlsq_result, problem, prepared.data, outcome)
+                futures += self.write_nlsq(out, dataset, nlsq_result, problem, prepared, outcome)
         if self.method in ("cmc", "both"):
             futures += self.run_cmc_stage(out, problem, prepared, nlsq_result, outcome)
         if self.comm.is_root and outcome.status == "ok":
@@ -302,10 +326,23 @@ class BatchRunner:
             remove_checkpoint(out / "nlsq")
         return outcome
 
+    def distribute(self, prepared: PreparedDataset | None, problem: NLSQProblem, streamed: bool) -> PointSet:
+        """Every rank's chunks of the data set's points (collective): scattered whole, or streamed from rank 0's file."""
+        chunk_size = self.cfg.optimization.nlsq.chunk_size
+        if not streamed:
+            return distribute_points(prepared.points if prepared else None, problem.n_points, self.comm, chunk_size)
+        source = prepared.data if prepared else None
+        try:
+            blocks = source.point_blocks(problem.noise_sigma, STREAM_BLOCK_POINTS) if source is not None else None
+            return scatter_point_source(blocks, problem.n_points, self.comm, chunk_size)
+        finally:
+            if source is not None:
+                source.close()
+
     def root_status(self, record, out: Path, outcome: DatasetOutcome) -> tuple:
-        """Rank 0: ``(kind, payload, fingerprint, resume theta)`` to broadcast for a data set."""
+        """Rank 0: ``(kind, payload, fingerprint, resume theta, streamed)`` to broadcast for a data set."""
         if not record.ok:
-            return ("failed", record.error, None, None)
+            return ("failed", record.error, None, None, False)
         prepared = record.value
         outcome.timing_s["load"] = record.load_s
         problem = prepared.problem
@@ -315,9 +352,9 @@ class BatchRunner:
             shutil.rmtree(out / "cmc" / "shards", ignore_errors=True)
             (out / COMPLETE_MARKER).unlink(missing_ok=True)
         elif is_complete(out, fingerprint, self.method):
-            return ("complete", None, fingerprint, None)
+            return ("complete", None, fingerprint, None, False)
         resume = None if self.fresh else load_checkpoint(out / "nlsq", problem.names, fingerprint)
-        return ("ok", problem, fingerprint, resume)
+        return ("ok", problem, fingerprint, resume, prepared.streamed)
 
     def run_cmc_stage(self, out: Path, problem, prepared, nlsq_result, outcome: DatasetOutcome) -> list:
         """CMC on every rank; rank 0 writes its result (a too-few-shards error is recorded)."""
@@ -367,22 +404,31 @@ class BatchRunner:
             outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
         return futures
 
-    def write_nlsq(self, out: Path, name: str, result: NLSQResult, problem, data: XPCSData, outcome: DatasetOutcome) -> list:
+    def write_nlsq(self, out: Path, dataset, result: NLSQResult, problem, prepared: PreparedDataset, outcome: DatasetOutcome) -> list:
         """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer.
 
+        A streamed data set's ``fit.h5`` is written by row blocks from a reopened file; its
+        figures are not drawn (``homodyne-mpi plot`` draws them from ``fit.h5``).
         Returns the futures of the writes.
         """
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
-        document = result_document(result, problem, self.cfg, data, dataset=name, timing_s=timing)
+        document = result_document(result, problem, self.cfg, prepared.data, dataset=dataset.name, timing_s=timing)
         figures = None
-        if self.cfg.output.plots:
+        if self.cfg.output.plots and not prepared.streamed:
             from .plots import submit_nlsq_figures
 
             def figures(arrays, document=document):
                 submit_nlsq_figures(self.writer, out, document, arrays)
 
-        futures = [self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, data, figures)]
+        if prepared.streamed:
+            if self.cfg.output.plots:
+                log.info("%s: streamed data set, c2 figures not drawn (draw them from fit.h5 with homodyne-mpi plot)", dataset.name)
+            reopen = functools.partial(PointSource.from_config, self.cfg, dataset)
+            fit_file = self.writer.submit_call(out / "nlsq" / "fit.h5", write_streamed_fit_file, result, problem, reopen)
+        else:
+            fit_file = self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, prepared.data, figures)
+        futures = [fit_file]
         document["timing_s"]["write"] = time.perf_counter() - start
         futures.append(self.writer.submit_json(out / "nlsq" / "result.json", document))
         self.nlsq_documents[out] = document

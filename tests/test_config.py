@@ -309,7 +309,7 @@ def every_field_non_default() -> dict:
             },
         },
         "output": {"output_dir": "/tmp/out", "plots": False},
-        "compute": {"compilation_cache_dir": None, "rank_group_size": 3},
+        "compute": {"compilation_cache_dir": None, "rank_group_size": 3, "stream_points": True},
     }
 
 

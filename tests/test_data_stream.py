@@ -10,6 +10,7 @@ from homodyne_mpi.data import estimate_noise_sigmas, load_xpcs
 from homodyne_mpi.data.points import PointSet, points_before_row, stream_points, upper_triangle_points
 from homodyne_mpi.data.stream import PointSource
 from homodyne_mpi.errors import InputError
+from homodyne_mpi.nlsq.start import scaling_from_data
 
 N_FILE = 41
 
@@ -41,6 +42,11 @@ def test_streamed_points_and_noise_equal_the_loaded_ones(tmp_path, storage, wind
         assert np.array_equal(source.noise_sigmas(max_samples=300), sigma)  # every third row pair
         assert np.array_equal(source.noise_sigmas(), estimate_noise_sigmas(loaded.c2))  # every pair, read in blocks
         blocks = list(source.point_blocks(sigma, budget))
+        for streamed, loaded_value in zip(source.scaling(), scaling_from_data(loaded.c2)):
+            assert np.array_equal(streamed, loaded_value)  # the start values of build_problem
+        n = loaded.n_frames
+        rows = [np.concatenate([source.full_rows(a, r0, min(r0 + 7, n)) for r0 in range(0, n, 7)]) for a in range(3)]
+        assert np.array_equal(np.stack(rows), loaded.c2)  # fit.h5's c2_exp, written by row blocks
     assert all(len(block) <= max(budget, loaded.n_frames - 1) for block in blocks)
     for name in PointSet.column_names():
         streamed = np.concatenate([getattr(block, name) for block in blocks])

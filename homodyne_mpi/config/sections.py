@@ -352,6 +352,8 @@ class ComputeConfig:
     """JAX persistent compilation cache folder (reused across runs); null disables it."""
     rank_group_size: int | None = option(None, ge=1, auto=True, example="4' or 'rank_group_size: auto")
     """Ranks per group in a batch: groups fit different data sets at once (auto/null: from the data set sizes; run --group-size overrides)."""
+    stream_points: bool | None = option(None, auto=True, example="true' or 'stream_points: auto")
+    """Rank 0 reads the matrices in row blocks and sends each rank only its points, so no rank holds the whole data set (true/false; auto/null: above 2e7 points). --method nlsq only: CMC loads the data set whole."""
 
     def _check(self, ctx: Context, path: str) -> None:
         if self.compilation_cache_dir is not None and not self.compilation_cache_dir.strip():

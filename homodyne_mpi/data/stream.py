@@ -43,7 +43,9 @@ class PointSource:
             n_file = self._datasets[0][1].shape[0]
             self.start_frame, self.end_frame = frame_window(start_frame, end_frame, n_file, source=self.source)
             self.dt, self.dt_source = _resolve_dt(self._h5, dt, self.source)
-            self._lower = [self._stored_as_lower_half(dataset) for _, dataset in self._datasets]
+            sides = [self._first_row_and_column_zero(dataset) for _, dataset in self._datasets]
+            self._lower = [row_zero and not column_zero for row_zero, column_zero in sides]
+            self._half = [row_zero or column_zero for row_zero, column_zero in sides]
         except BaseException:
             self._h5.close()
             raise
@@ -69,29 +71,45 @@ class PointSource:
         """Points of the fit, ``n_angles * N * (N - 1) / 2``."""
         return self.n_angles * self.n_frames * (self.n_frames - 1) // 2
 
-    def _stored_as_lower_half(self, dataset) -> bool:
-        """True when the stored matrix has a zero strict upper triangle (first row is enough)."""
+    @property
+    def t(self) -> np.ndarray:
+        """Model times of the window's frames, ``k * dt`` for ``k = 0..n_frames-1`` (s)."""
+        return np.arange(self.n_frames, dtype=np.float64) * self.dt
+
+    def _first_row_and_column_zero(self, dataset) -> tuple[bool, bool]:
+        """Whether the window's first row right of the diagonal, and its first column below it, are all 0.
+
+        A stored upper half has a zero column, a lower half a zero row, a full matrix
+        neither (what ``selection.is_triangular_half`` finds from the whole matrix).
+        """
         first = self.start_frame - 1
         row = np.asarray(dataset[first, first + 1 : self.end_frame])
         column = np.asarray(dataset[first + 1 : self.end_frame, first])
-        return bool(row.size) and not np.any(row) and bool(np.any(column))
+        return bool(row.size) and not np.any(row), bool(column.size) and not np.any(column)
 
-    def read_rows(self, angle: int, row_start: int, row_stop: int, first_column: int = 0) -> np.ndarray:
-        """Rows ``row_start:row_stop``, columns ``first_column:`` of angle ``angle``'s window, float64.
-
-        Entries right of the diagonal are those of the full symmetric matrix; NaN or inf
-        there is an ``InputError`` naming the dataset and rows.
-        """
+    def _read(self, angle: int, rows: slice, columns: slice) -> np.ndarray:
+        """``stored[rows, columns]`` of an angle's dataset (file indices); a read error is an ``InputError``."""
         key, dataset = self._datasets[angle]
-        first = self.start_frame - 1
-        rows = slice(first + row_start, first + row_stop)
-        columns = slice(first + first_column, self.end_frame)
         try:
-            block = np.asarray(dataset[columns, rows]).T if self._lower[angle] else np.asarray(dataset[rows, columns])
+            return np.asarray(dataset[rows, columns])
         except (OSError, ValueError, TypeError) as exc:
             raise InputError(
                 f"{self.source}: cannot read dataset '{key}' ({exc}); the file is damaged -- rerun the correlator"
             ) from exc
+
+    def read_rows(
+        self, angle: int, row_start: int, row_stop: int, first_column: int = 0, column_stop: int | None = None
+    ) -> np.ndarray:
+        """Rows ``row_start:row_stop``, columns ``first_column:column_stop`` of angle ``angle``'s window, float64.
+
+        Entries right of the diagonal are those of the full symmetric matrix; NaN or inf
+        there is an ``InputError`` naming the dataset and rows.
+        """
+        key = self._datasets[angle][0]
+        first = self.start_frame - 1
+        rows = slice(first + row_start, first + row_stop)
+        columns = slice(first + first_column, self.end_frame if column_stop is None else first + column_stop)
+        block = self._read(angle, columns, rows).T if self._lower[angle] else self._read(angle, rows, columns)
         block = block.astype(np.float64, copy=False)
         upper = (first_column + np.arange(block.shape[1]))[None, :] > (row_start + np.arange(row_stop - row_start))[:, None]
         bad = _count_nonfinite(np.where(upper, block, 0.0))
@@ -101,6 +119,46 @@ class PointSource:
                 f"window rows {row_start + 1}..{row_stop}; exclude that angle with phi_filtering or choose another frame window"
             )
         return block
+
+    def full_rows(self, angle: int, row_start: int, row_stop: int) -> np.ndarray:
+        """Rows ``row_start:row_stop`` of the loaded ``c2`` (``selection.full_symmetric``), every column, float64.
+
+        Bit for bit the rows ``load_xpcs`` builds: a stored half ``H`` gives
+        ``H[i, j] + H[j, i]`` with the diagonal halved, a full matrix its own rows. Reads
+        the row block and the matching column block (``2 x k x N`` values).
+        """
+        first = self.start_frame - 1
+        window, rows = slice(first, self.end_frame), slice(first + row_start, first + row_stop)
+        stored = self._read(angle, rows, window)
+        if not self._half[angle]:
+            return stored.astype(np.float64)
+        block = np.add(stored, self._read(angle, window, rows).T, dtype=np.float64)
+        diagonal = np.arange(row_stop - row_start)
+        block[diagonal, row_start + diagonal] *= 0.5
+        return block
+
+    def scaling(self, lag_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        """Per-angle ``(contrast, offset)`` equal to ``nlsq.start.scaling_from_data`` of the loaded ``c2``.
+
+        The same medians of the same entries: the offset from the lags ``>= N - L``
+        (``L = round(lag_fraction (N - 1))``, an ``L x L`` corner of the first rows), the
+        contrast from the lag-1 diagonal (read in ``NOISE_READ_ROWS``-row squares) minus
+        the offset.
+        """
+        n = self.n_frames
+        long_lag = max(1, int(round(lag_fraction * (n - 1))))
+        contrast, offset = np.empty(self.n_angles), np.empty(self.n_angles)
+        for angle in range(self.n_angles):
+            corner = self.read_rows(angle, 0, long_lag, n - long_lag)
+            offset[angle] = np.median(corner[np.triu_indices(long_lag)])
+            lag_one = [
+                np.diagonal(
+                    self.read_rows(angle, r0, min(r0 + NOISE_READ_ROWS, n - 1), r0 + 1, min(r0 + NOISE_READ_ROWS, n - 1) + 1)
+                )
+                for r0 in range(0, n - 1, NOISE_READ_ROWS)
+            ]
+            contrast[angle] = np.median(np.concatenate(lag_one)) - offset[angle]
+        return contrast, offset
 
     def noise_sigmas(self, max_samples: int = 2_000_000) -> np.ndarray:
         """Per-angle noise levels, equal to ``estimate_noise_sigmas`` of the loaded matrices."""

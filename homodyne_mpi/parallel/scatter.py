@@ -16,6 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..data.points import PointSet
+from .chunk_order import chunk_layout
 from .comm import Comm, aligned_zeros
 
 COLUMN_DTYPES = {"angle": np.int32, "frame_i": np.int32, "frame_j": np.int32, "value": np.float64, "weight": np.float64}
@@ -58,3 +59,22 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
     if position != int(counts.sum()):
         raise ValueError(f"the point stream held {position} points, the counts {int(counts.sum())}")
     return PointSet(**columns)
+
+
+def scatter_point_source(blocks: Iterable[PointSet] | None, n_points: int, comm: Comm, chunk_size: int) -> PointSet:
+    """``nlsq.fit.distribute_points`` from the root's stream of point blocks (collective).
+
+    Rank ``r`` gets the global points of its chunk run, ``chunk_layout(...).points_of(r)``,
+    in a buffer of ``capacity_of(r)`` points whose tail is zero-weight padding of its last
+    angle: the same ``PointSet`` that ``distribute_points`` builds from the whole set.
+    """
+    layout = chunk_layout(n_points, chunk_size, comm.size)
+    counts = layout.point_counts()
+    mine = int(counts[comm.rank])
+    capacity = layout.capacity_of(comm.rank)
+    local = scatter_point_stream(blocks, counts, comm, capacity=capacity)
+    if capacity > mine:
+        fill_angle = int(local.angle[mine - 1]) if mine else 0
+        for name, padding in PointSet.padding_columns(capacity - mine, fill_angle).items():
+            getattr(local, name)[mine:] = padding
+    return local
