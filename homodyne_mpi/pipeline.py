@@ -299,7 +299,12 @@ class BatchRunner:
         problem: NLSQProblem = payload
         prepared = record.value if self.comm.is_root else None
         start = time.perf_counter()
-        local = self.distribute(prepared, problem, streamed)
+        try:
+            local = self.distribute(prepared, problem, streamed)
+        except InputError as error:  # a streamed block could not be read: raised on every rank of the group
+            if self.comm.is_root:
+                self.record_failure(outcome, error)
+            return outcome
         outcome.timing_s["distribute"] = time.perf_counter() - start
         nlsq_result = None
         futures = []

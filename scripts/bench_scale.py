@@ -1,15 +1,18 @@
 """Memory at scale: every rank's peak RSS against its point block, loaded vs streamed.
 
 Usage: python scripts/bench_scale.py [--points 1e7] [--ranks 2] [--block-points 1e6]
-       [--workdir DIR] [--output FILE] [--skip-fit] [--no-warmup]
+       [--workdir DIR] [--output FILE] [--skip-fit] [--no-warmup] [--fit-paths streamed,loaded]
+       [--skip-distribution]
 
 1. Simulates a laminar-flow data set (6 angles, sigma 0.02, seed 1) to an HDF5 file, row
    block by row block (``simulate_dataset``), so the simulation never holds a matrix.
 2. **fit** (unless ``--skip-fit``): ``homodyne-mpi run`` under ``mpiexec -n RANKS`` (model
    uncertainty, plots off, one XLA thread per rank, warm compilation cache): the fit's wall
    time and iterations, whether every physical parameter lies within 3 std of the truth,
-   and each rank's peak RSS and point-block bytes from ``result.json`` ``memory``. This
-   path reads every matrix on rank 0 and builds all points there before scattering.
+   and each rank's peak RSS and point-block bytes from ``result.json`` ``memory``; once
+   per ``--fit-paths`` entry: ``streamed`` (``compute.stream_points: true``: rank 0 streams
+   row blocks to the ranks and writes ``fit.h5`` by row blocks) and ``loaded``
+   (``compute.stream_points: false``: rank 0 reads every matrix and builds all points).
 3. **streamed distribution**: the same ranks, in a worker run of this script, after
    importing JAX (its runtime is part of every rank's memory): rank 0 opens the file with
    ``data.stream.PointSource``, estimates the noise from sampled row pairs and streams the
@@ -46,6 +49,17 @@ def make_dataset(workdir: Path, n_points: float) -> tuple[Path, Path, int]:
     n_frames = frames_for(n_points)
     data = simulated_file(workdir / f"laminar_{n_frames}.h5", "laminar_flow", n_frames)
     return data, bench_config(workdir / f"laminar_{n_frames}.yaml", "laminar_flow", n_frames, data), n_frames
+
+
+def path_config(config: Path, path: str) -> Path:
+    """A copy of ``config`` with ``compute.stream_points`` set for the fit path ``streamed`` or ``loaded``."""
+    import yaml
+
+    document = yaml.safe_load(config.read_text())
+    document["compute"]["stream_points"] = path == "streamed"
+    variant = config.with_name(f"{config.stem}_{path}.yaml")
+    variant.write_text(yaml.safe_dump(document, sort_keys=False))
+    return variant
 
 
 def run_fit(config: Path, ranks: int, out: Path) -> dict:
@@ -153,6 +167,8 @@ def main() -> None:
     parser.add_argument("--output", default=str(REPO / "bench_results" / "scale.json"))
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--no-warmup", action="store_true", help="fit once, without a run that fills the compilation cache first")
+    parser.add_argument("--fit-paths", default="streamed,loaded", help="fit paths to run, comma-separated: streamed, loaded")
+    parser.add_argument("--skip-distribution", action="store_true", help="no distribution-only worker runs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--loaded", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -174,11 +190,16 @@ def main() -> None:
         "simulate_s": simulate_s,
         "ranks": args.ranks,
     }
-    document["distribution"] = [run_distribution(data, args.ranks, int(args.block_points), loaded) for loaded in (False, True)]
+    if not args.skip_distribution:
+        document["distribution"] = [
+            run_distribution(data, args.ranks, int(args.block_points), loaded) for loaded in (False, True)
+        ]
     if not args.skip_fit:
         if not args.no_warmup:
             run_fit(config, args.ranks, workdir / "warmup")
-        document["fit"] = run_fit(config, args.ranks, workdir / "fit")
+        document["fit"] = {
+            path: run_fit(path_config(config, path), args.ranks, workdir / f"fit_{path}") for path in args.fit_paths.split(",")
+        }
     write_json(args.output, document)
 
 

@@ -82,6 +82,14 @@ def test_nan_in_a_streamed_block_names_the_dataset_and_rows(tmp_path):
             for block in source.point_blocks([0.1, 0.1], 400):
                 yielded.append(block)
     assert sum(len(block) for block in yielded) == N_FILE * (N_FILE - 1) // 2  # the clean first angle
+    with PointSource(path, wavevector_q=0.01, dt=0.1) as source:
+        # scattered, the error ends the stream on every rank together (no rank left in a collective)
+        from homodyne_mpi.parallel import SerialComm
+        from homodyne_mpi.parallel.scatter import scatter_point_source
+
+        with pytest.raises(InputError, match=r"c2_00002.*window rows 1\.\.11;") as caught:
+            scatter_point_source(source.point_blocks([0.1, 0.1], 400), source.n_points, SerialComm(), 256)
+        assert caught.value.collective
 
 
 def test_streamed_scatter_on_one_rank_is_the_whole_point_set():

@@ -31,3 +31,18 @@ def test_streamed_scatter_gives_each_rank_its_slice(budget, skew):
         assert len(column) == capacity and column.ctypes.data % 64 == 0
         np.testing.assert_array_equal(column[:mine], getattr(whole, name)[start : start + mine])
         assert not np.any(column[mine:])
+
+
+def test_a_read_error_on_the_root_ends_the_stream_on_every_rank():
+    from homodyne_mpi.errors import InputError
+
+    comm = MPIComm()
+    c2 = np.ones((1, 12, 12))
+
+    def blocks():
+        yield from stream_points(lambda a, r0, r1, c0: c2[a, r0:r1, c0:], 1, 12, [0.1], 20)
+        raise InputError("data.h5: dataset 'c2_00001' has 1 NaN/inf values")
+
+    with pytest.raises(InputError, match="c2_00001" if comm.is_root else "rank 0 could not read") as caught:
+        scatter_point_stream(blocks() if comm.is_root else None, balanced_counts(66 + 10, comm.size), comm)
+    assert caught.value.collective

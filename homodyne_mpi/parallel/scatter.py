@@ -16,11 +16,22 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..data.points import PointSet
+from ..errors import HomodyneError, InputError
 from .chunk_order import chunk_layout
 from .comm import Comm, aligned_zeros
 
 COLUMN_DTYPES = {"angle": np.int32, "frame_i": np.int32, "frame_j": np.int32, "value": np.float64, "weight": np.float64}
 """The dtype of each ``PointSet`` column."""
+
+
+STREAM_FAILED = -2
+"""Length the root broadcasts when reading a block failed (the stream ends on every rank)."""
+
+
+def collective(error: HomodyneError) -> HomodyneError:
+    """``error``, marked as raised on every rank together (``parallel.entry`` then exits cleanly)."""
+    error.collective = True
+    return error
 
 
 def block_counts(block_start: int, block_length: int, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -36,7 +47,9 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
     ``counts[r]``: points of rank ``r``, in global order; ``blocks`` (root only) must
     hold exactly ``sum(counts)`` points. With ``capacity`` the columns have
     ``max(capacity, counts[rank])`` rows, zeros after the received points (in memory JAX
-    can use without a copy), as ``Comm.scatter_rows`` gives.
+    can use without a copy), as ``Comm.scatter_rows`` gives. A ``HomodyneError`` while the
+    root reads a block (NaN rows, a damaged file) is raised on every rank, marked
+    ``collective``: the root's own error, an ``InputError`` pointing to it elsewhere.
     """
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -46,8 +59,14 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
     iterator = iter(blocks) if comm.is_root and blocks is not None else iter(())
     position = 0
     while True:
-        block = next(iterator, None)
-        length = int(comm.bcast(len(block) if block is not None else -1))
+        block, error = None, None
+        try:
+            block = next(iterator, None)
+        except HomodyneError as exc:  # bad rows on the root: every rank leaves together
+            error = exc
+        length = int(comm.bcast(STREAM_FAILED if error is not None else len(block) if block is not None else -1))
+        if length == STREAM_FAILED:
+            raise collective(error if comm.is_root else InputError("rank 0 could not read the data set (see its error line)"))
         if length < 0:
             break
         pieces = block_counts(position, length, offsets, counts)
