@@ -12,27 +12,20 @@ from homodyne_mpi.data.simulate import simulate_dataset
 TRUTH = [8000.0, -0.3, 30.0]
 
 
+def simulate_static(path, seed: int, n_frames: int = 50):
+    """A small static data set (2 angles, contrast 0.3, offset 1, sigma 0.01, dt 0.1 s) at ``path``."""
+    kinds = dict(mode="static", shear_form="paper", q=0.0054, dt=0.1, gap=2e6, phi=[0.0, 90.0])
+    simulate_dataset(path, **kinds, n_frames=n_frames, physical=TRUTH, contrast=0.3, offset=1.0, noise_sigma=0.01, seed=seed)
+    return path
+
+
 @pytest.fixture(scope="module")
 def batch_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("batch")
     datasets = []
     for name, seed in (("first", 1), ("third", 3)):
         path = folder / f"{name}.h5"
-        simulate_dataset(
-            path,
-            mode="static",
-            shear_form="paper",
-            q=0.0054,
-            dt=0.1,
-            n_frames=60,
-            gap=2e6,
-            physical=TRUTH,
-            contrast=0.3,
-            offset=1.0,
-            phi=[0.0, 90.0],
-            noise_sigma=0.01,
-            seed=seed,
-        )
+        simulate_static(path, seed, n_frames=60)
         datasets.append({"file_path": str(path), "name": name})
     corrupt = folder / "second.h5"
     corrupt.write_bytes(b"this is not an HDF5 file\n" * 100)
@@ -133,21 +126,7 @@ def eight_data_sets(tmp_path_factory):
     datasets = []
     for k in range(8):
         path = folder / f"set{k}.h5"
-        simulate_dataset(
-            path,
-            mode="static",
-            shear_form="paper",
-            q=0.0054,
-            dt=0.1,
-            n_frames=50,
-            gap=2e6,
-            physical=TRUTH,
-            contrast=0.3,
-            offset=1.0,
-            phi=[0.0, 90.0],
-            noise_sigma=0.01,
-            seed=10 + k,
-        )
+        simulate_static(path, 10 + k)
         datasets.append({"file_path": str(path), "name": f"set{k}"})
     corrupt = folder / "broken.h5"
     corrupt.write_bytes(b"not HDF5\n" * 100)

@@ -8,10 +8,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import run_cli, write_config
-
-from homodyne_mpi.data.simulate import simulate_dataset
-
-TRUTH = [8000.0, -0.3, 30.0]
+from test_batch import simulate_static
 
 
 @pytest.fixture(scope="module")
@@ -19,21 +16,7 @@ def loaded_and_streamed(tmp_path_factory):
     """A small static data set, its result loaded on one rank, and the configs for both paths."""
     folder = tmp_path_factory.mktemp("stream_run")
     data = folder / "data.h5"
-    simulate_dataset(
-        data,
-        mode="static",
-        shear_form="paper",
-        q=0.0054,
-        dt=0.1,
-        n_frames=50,
-        gap=2e6,
-        physical=TRUTH,
-        contrast=0.3,
-        offset=1.0,
-        phi=[0.0, 90.0],
-        noise_sigma=0.01,
-        seed=4,
-    )
+    simulate_static(data, 4)
     common = {"analyzer_parameters.dt": 0.1, "experimental_data.file_path": str(data), "output.plots": False}
     configs = {
         choice: write_config(folder / f"{choice}.yaml", "static", **common, **{"compute.stream_points": choice})
