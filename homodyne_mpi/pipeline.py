@@ -100,7 +100,7 @@ def streams(cfg, method: str, count_points) -> bool:
 
     Only ``--method nlsq`` streams: CMC shards need every point on rank 0.
     """
-    choice = getattr(cfg.compute, "stream_points", False)
+    choice = cfg.compute.stream_points
     if method != "nlsq" or choice is False:
         if choice is True:
             log.info("compute.stream_points applies to --method nlsq only (CMC needs every point on rank 0): loading the data set")
