@@ -18,16 +18,18 @@ CHECKPOINT_NAME = "checkpoint.json"
 
 @dataclass
 class LatestState:
-    """The last accepted point of the LM loop (updated by its ``on_accept`` callback)."""
+    """The LM state after its last step (updated by its ``on_accept`` callback)."""
 
     theta: np.ndarray | None = None
     iteration: int = 0
     damping: float = 1e-3
+    growth: float = 2.0
 
-    def update(self, theta: np.ndarray, iteration: int, damping: float) -> None:
+    def update(self, theta: np.ndarray, iteration: int, damping: float, growth: float = 2.0) -> None:
         self.theta = np.array(theta, dtype=float)
         self.iteration = int(iteration)
         self.damping = float(damping)
+        self.growth = float(growth)
 
 
 def checkpoint_path(nlsq_dir: Path) -> Path:
@@ -42,6 +44,7 @@ def save_checkpoint(nlsq_dir: Path, state: LatestState, names: list[str], finger
         "fingerprint": fingerprint,
         "iteration": int(iteration),
         "damping": float(state.damping),
+        "growth": float(state.growth),
         "names": list(names),
         "theta": [float(x) for x in theta],
     }
@@ -65,7 +68,10 @@ def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> Lates
         return None
     log.info("resuming NLSQ from %s (iteration %d)", path, document.get("iteration", 0))
     return LatestState(
-        np.asarray(document["theta"], dtype=float), int(document.get("iteration", 0)), float(document.get("damping", 1e-3))
+        np.asarray(document["theta"], dtype=float),
+        int(document.get("iteration", 0)),
+        float(document.get("damping", 1e-3)),
+        float(document.get("growth", 2.0)),
     )
 
 

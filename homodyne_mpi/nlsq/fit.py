@@ -304,7 +304,8 @@ def fit_nlsq(
     ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
     ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
     ``start_search``, ``search_points``). A given ``theta0`` (a resumed state) skips the
-    start search; ``on_accept(theta, iteration, damping)`` sees every accepted step.
+    start search; ``on_accept(theta, iteration, damping, growth)`` sees the LM state after
+    every step.
     ``resume`` (a ``LatestState`` from a checkpoint) continues an interrupted fit on the
     same path: its parameters, damping and iteration count. The result keeps the
     objective (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
@@ -326,7 +327,11 @@ def fit_nlsq(
         problem.lower,
         problem.upper,
         problem.free,
-        lm_options(options, initial_damping=resume.damping if resume is not None else LMOptions.initial_damping),
+        lm_options(
+            options,
+            initial_damping=resume.damping if resume is not None else LMOptions.initial_damping,
+            initial_growth=resume.growth if resume is not None else LMOptions.initial_growth,
+        ),
         on_accept=on_accept,
         first_iteration=resume.iteration + 1 if resume is not None else 1,
         mixed_gradient=objective.mixed_gradient,
@@ -339,7 +344,14 @@ def fit_nlsq(
     return result
 
 
-def lm_options(options, *, max_iterations: int | None = None, initial_damping: float = LMOptions.initial_damping, decrement_tol: float = 0.0) -> LMOptions:
+def lm_options(
+    options,
+    *,
+    max_iterations: int | None = None,
+    initial_damping: float = LMOptions.initial_damping,
+    initial_growth: float = LMOptions.initial_growth,
+    decrement_tol: float = 0.0,
+) -> LMOptions:
     """The solver's options from the config's ``optimization.nlsq`` section."""
     return LMOptions(
         max_iterations=int(options.max_iterations if max_iterations is None else max_iterations),
@@ -347,6 +359,7 @@ def lm_options(options, *, max_iterations: int | None = None, initial_damping: f
         gtol=options.gtol,
         ftol=options.ftol,
         initial_damping=initial_damping,
+        initial_growth=initial_growth,
         decrement_tol=decrement_tol,
     )
 

@@ -56,6 +56,8 @@ class LMOptions:
     gtol: float = 1e-8
     ftol: float = 1e-10
     initial_damping: float = 1e-3
+    initial_growth: float = 2.0
+    """Factor of the damping at the next rejected step (it doubles with each rejection in a row)."""
     max_damping: float = 1e16
     decrement_tol: float = 0.0
     """Stop when the Gauss-Newton decrement ``g^T H^-1 g`` (cost units) is at most this (0: off)."""
@@ -178,7 +180,7 @@ def levenberg_marquardt(
     options: LMOptions = LMOptions(),
     initial: Evaluation | None = None,
     quiet: bool = False,
-    on_accept: Callable[[np.ndarray, int, float], None] | None = None,
+    on_accept: Callable[[np.ndarray, int, float, float], None] | None = None,
     first_iteration: int = 1,
     mixed_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> LMResult:
@@ -187,9 +189,9 @@ def levenberg_marquardt(
     ``free`` (bool mask) selects the fitted parameters; the others stay at ``theta0``.
     ``initial`` may carry the evaluation at ``theta0`` if the caller already has it;
     ``quiet`` logs the iterations at DEBUG instead of INFO; ``on_accept(theta,
-    iteration, damping)`` is called after every accepted step with the state a resumed
-    fit needs (``theta0=theta``, ``initial_damping=damping``,
-    ``first_iteration=iteration + 1`` continue the same path). ``mixed_gradient(theta, theta')``
+    iteration, damping, growth)`` is called after every step, accepted or rejected, with
+    the state a resumed fit needs (``theta0=theta``, ``initial_damping=damping``,
+    ``initial_growth=growth``, ``first_iteration=iteration + 1`` continue the same path). ``mixed_gradient(theta, theta')``
     (``J(theta)^T W r(theta')``, optional) turns on geodesic acceleration
     (``acceleration``): one more pass per iteration; an acceleration of more than
     ``ACCELERATION_LIMIT`` of the step (scaled norms) is not used (the plain step is tried).
@@ -198,7 +200,7 @@ def levenberg_marquardt(
     free = np.asarray(free, dtype=bool)
     lo, hi = lower[free], upper[free]
     hessian, gradient, chi2, cost = initial if initial is not None else evaluate(theta)
-    damping, growth = options.initial_damping, 2.0
+    damping, growth = options.initial_damping, options.initial_growth
     history: list[dict] = []
     reason, converged = f"reached max_iterations={options.max_iterations}", False
     iteration = first_iteration - 1
@@ -256,6 +258,8 @@ def levenberg_marquardt(
         if not accepted:
             damping *= growth
             growth *= 2.0
+            if on_accept is not None:
+                on_accept(theta, iteration, damping, growth)
             if damping > options.max_damping:
                 reason = f"stalled: damping above {options.max_damping:g} without reducing the cost"
                 break
@@ -264,7 +268,7 @@ def levenberg_marquardt(
         damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
         growth = 2.0
         if on_accept is not None:
-            on_accept(trial, iteration, damping)
+            on_accept(trial, iteration, damping, growth)
         step_norm = np.linalg.norm(scale * step)
         theta_norm = np.linalg.norm(scale * theta[free])
         relative_actual = actual / cost if cost > 0 else 0.0
