@@ -26,30 +26,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.loader import XPCSData, count_config_dataset_points, load_config_dataset
-from .data.points import PointSet, upper_triangle_points
+from .data.loader import count_config_dataset_points
+from .data.points import PointSet
 from .data.stream import PointSource
 from .errors import ConfigError, HomodyneError, InputError, Interrupted
 from .fingerprint import run_fingerprint
 from .fit_file import write_fit_file, write_streamed_fit_file
 from .io import AsyncWriter, PrefetchLoader
-from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, build_problem, distribute_points, fit_nlsq
+from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import result_document
 from .parallel import Comm
 from .parallel.groups import GroupPlan, plan_groups
 from .parallel.scatter import scatter_point_source
 from .parallel.signals import stop_requested
+from .prepare import STREAM_BLOCK_POINTS, PreparedDataset, prepare_dataset
 
 log = logging.getLogger(__name__)
 
 METHODS = ("nlsq", "cmc", "both")
-
-STREAM_AUTO_POINTS = 20_000_000
-"""``compute.stream_points: auto`` streams a data set with more points than this."""
-
-STREAM_BLOCK_POINTS = 1 << 20
-"""Points per streamed block: rank 0 holds one block (28 B a point) and its rows (<= 16 B a point)."""
 
 COMPLETE_MARKER = "complete.json"
 """Written last in a data set's folder: its results are whole (used to skip on rerun)."""
@@ -79,62 +74,18 @@ class DatasetOutcome:
         }
 
 
-@dataclass
-class PreparedDataset:
-    """What rank 0 builds from a data set before the fits start."""
-
-    data: XPCSData | PointSource
-    """The loaded data set, or (streamed) its open ``PointSource``: metadata for the results."""
-    problem: NLSQProblem
-    points: PointSet | None
-    """Every point of the fit; ``None`` when streamed (the points are read while scattering)."""
-
-    @property
-    def streamed(self) -> bool:
-        """True when the points are streamed from the file to the ranks."""
-        return self.points is None
-
-
-def streams(cfg, method: str, count_points) -> bool:
-    """Whether a data set's points are streamed (``compute.stream_points``; ``count_points()`` gives its size).
-
-    Only ``--method nlsq`` streams: CMC shards need every point on rank 0.
-    """
-    choice = cfg.compute.stream_points
-    if method != "nlsq" or choice is False:
-        if choice is True:
-            log.info("compute.stream_points applies to --method nlsq only (CMC needs every point on rank 0): loading the data set")
-        return False
-    return choice is True or count_points() > STREAM_AUTO_POINTS
-
-
-def prepare_dataset(cfg, dataset, method: str = "nlsq") -> PreparedDataset:
-    """Rank 0, background thread: read the file (or open it for streaming), build the problem and its points.
-
-    Streamed, only the noise sampling rows and the scaling corner and lag-1 diagonal are
-    read here (``PointSource.noise_sigmas``, ``PointSource.scaling``): the same noise
-    levels and start values as the loaded path.
-    """
-    if streams(cfg, method, lambda: count_config_dataset_points(cfg, dataset)):
-        source = PointSource.from_config(cfg, dataset)
-        try:
-            problem = build_problem(cfg, source, noise_sigma=source.noise_sigmas(), scaling=source.scaling())
-        except BaseException:
-            source.close()
-            raise
-        log.info("%s: %d points streamed to the ranks in blocks of %d", source.source, source.n_points, STREAM_BLOCK_POINTS)
-        return PreparedDataset(source, problem, None)
-    data = load_config_dataset(cfg, dataset)
-    problem = build_problem(cfg, data)
-    points = upper_triangle_points(data.c2, problem.noise_sigma)
-    return PreparedDataset(data, problem, points)
-
-
 class BatchRunner:
     """Runs every data set of a config on rank groups (each group's rank 0 does its file I/O)."""
 
     def __init__(
-        self, cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False,
+        self,
+        cfg,
+        comm: Comm,
+        *,
+        method: str,
+        output_dir: Path,
+        nlsq_warm_start: bool = True,
+        fresh: bool = False,
         group_size: int | None = None,
     ):
         if method not in METHODS:
@@ -175,11 +126,16 @@ class BatchRunner:
         loader = None
         if self.comm.is_root:
             self.writer = AsyncWriter(max_workers=2)
-            loader = iter(PrefetchLoader([datasets[i] for i in mine], lambda entry: prepare_dataset(self.cfg, entry, self.method)))
+            loader = iter(
+                PrefetchLoader([datasets[i] for i in mine], lambda entry: prepare_dataset(self.cfg, entry, self.method))
+            )
             if not self.world.is_root:
                 logging.getLogger("homodyne_mpi").setLevel(min(logging.getLogger("homodyne_mpi").level, logging.INFO))
             log.info(
-                "batch of %d data set(s), method %s, %d rank(s)%s", len(datasets), self.method, self.world.size,
+                "batch of %d data set(s), method %s, %d rank(s)%s",
+                len(datasets),
+                self.method,
+                self.world.size,
                 f"; group {group + 1}/{plan.n_groups} of {self.comm.size} rank(s) fits {len(mine)}" if plan.n_groups > 1 else "",
             )
         try:
@@ -201,8 +157,12 @@ class BatchRunner:
             return plan_groups(self.world.size, [1] * len(datasets), self.world.size)
         counts = [count_config_dataset_points(self.cfg, entry) for entry in datasets]
         plan = plan_groups(self.world.size, counts, self.group_size)
-        log.info("rank groups: %d group(s) of %s rank(s) (%s)", plan.n_groups, "/".join(map(str, sorted(set(plan.rank_counts)))),
-                 "compute.rank_group_size" if self.group_size else "automatic from the data set sizes")
+        log.info(
+            "rank groups: %d group(s) of %s rank(s) (%s)",
+            plan.n_groups,
+            "/".join(map(str, sorted(set(plan.rank_counts)))),
+            "compute.rank_group_size" if self.group_size else "automatic from the data set sizes",
+        )
         return plan
 
     def prepare_output(self) -> list:
@@ -229,7 +189,9 @@ class BatchRunner:
         writer.shutdown()
         return failures
 
-    def finish(self, outcomes: dict[int, DatasetOutcome], plan: GroupPlan, batch_start: float, interrupted: Interrupted | None) -> int:
+    def finish(
+        self, outcomes: dict[int, DatasetOutcome], plan: GroupPlan, batch_start: float, interrupted: Interrupted | None
+    ) -> int:
         """Wait for every group's writes, write ``batch_summary.json`` on world rank 0, report failures.
 
         A signal seen by any group ends every rank with ``Interrupted`` (no summary).
@@ -238,7 +200,9 @@ class BatchRunner:
             if self.comm.is_root:
                 self.close_writer()
             if interrupted is None:
-                interrupted = Interrupted("stopped by a signal in another rank group; finished work was saved -- run the same command to resume")
+                interrupted = Interrupted(
+                    "stopped by a signal in another rank group; finished work was saved -- run the same command to resume"
+                )
             interrupted.collective = True
             raise interrupted
         failures = self.close_writer() if self.comm.is_root and not self.world.is_root else []
@@ -294,7 +258,11 @@ class BatchRunner:
             return outcome
         if kind == "complete":
             outcome.status = "complete"
-            log.info("data set %s: finished results of this config and data exist in %s; skipped (use --fresh to refit)", dataset.name, out)
+            log.info(
+                "data set %s: finished results of this config and data exist in %s; skipped (use --fresh to refit)",
+                dataset.name,
+                out,
+            )
             return outcome
         problem: NLSQProblem = payload
         prepared = record.value if self.comm.is_root else None
@@ -322,7 +290,7 @@ class BatchRunner:
                 raise
             del local
             if self.comm.is_root:
-                futures += self.write_nlsq(out, dataset, nlsq_result, problem, prepared, outcome)
+                futures += self.write_nlsq(out, dataset, nlsq_result, problem, record.value, outcome)
         if self.method in ("cmc", "both"):
             futures += self.run_cmc_stage(out, problem, prepared, nlsq_result, outcome)
         if self.comm.is_root and outcome.status == "ok":
@@ -336,7 +304,7 @@ class BatchRunner:
         chunk_size = self.cfg.optimization.nlsq.chunk_size
         if not streamed:
             return distribute_points(prepared.points if prepared else None, problem.n_points, self.comm, chunk_size)
-        source = prepared.data if prepared else None
+        source = prepared.data if prepared is not None and isinstance(prepared.data, PointSource) else None
         try:
             blocks = source.point_blocks(problem.noise_sigma, STREAM_BLOCK_POINTS) if source is not None else None
             return scatter_point_source(blocks, problem.n_points, self.comm, chunk_size)
@@ -409,33 +377,40 @@ class BatchRunner:
             outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
         return futures
 
-    def write_nlsq(self, out: Path, dataset, result: NLSQResult, problem, prepared: PreparedDataset, outcome: DatasetOutcome) -> list:
+    def write_nlsq(
+        self, out: Path, dataset, result: NLSQResult, problem, prepared: PreparedDataset, outcome: DatasetOutcome
+    ) -> list:
         """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer.
 
         A streamed data set's ``fit.h5`` is written by row blocks from a reopened file; its
         figures are not drawn (``homodyne-mpi plot`` draws them from ``fit.h5``).
         Returns the futures of the writes.
         """
+        writer = self.writer
+        assert writer is not None, "the group leader holds the writer"
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
-        document = result_document(result, problem, self.cfg, prepared.data, dataset=dataset.name, timing_s=timing)
+        # a streamed data set's PointSource has every metadata field the document reads
+        document = result_document(result, problem, self.cfg, prepared.data, dataset=dataset.name, timing_s=timing)  # type: ignore[arg-type]
         figures = None
         if self.cfg.output.plots and not prepared.streamed:
             from .plots import submit_nlsq_figures
 
             def figures(arrays, document=document):
-                submit_nlsq_figures(self.writer, out, document, arrays)
+                submit_nlsq_figures(writer, out, document, arrays)
 
         if prepared.streamed:
             if self.cfg.output.plots:
-                log.info("%s: streamed data set, c2 figures not drawn (draw them from fit.h5 with homodyne-mpi plot)", dataset.name)
+                log.info(
+                    "%s: streamed data set, c2 figures not drawn (draw them from fit.h5 with homodyne-mpi plot)", dataset.name
+                )
             reopen = functools.partial(PointSource.from_config, self.cfg, dataset)
-            fit_file = self.writer.submit_call(out / "nlsq" / "fit.h5", write_streamed_fit_file, result, problem, reopen)
+            fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_streamed_fit_file, result, problem, reopen)
         else:
-            fit_file = self.writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, prepared.data, figures)
+            fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, prepared.data, figures)
         futures = [fit_file]
         document["timing_s"]["write"] = time.perf_counter() - start
-        futures.append(self.writer.submit_json(out / "nlsq" / "result.json", document))
+        futures.append(writer.submit_json(out / "nlsq" / "result.json", document))
         self.nlsq_documents[out] = document
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
@@ -493,7 +468,13 @@ def write_marker_after(temp_path: Path, futures: list, document: dict) -> None:
 
 
 def run_batch(
-    cfg, comm: Comm, *, method: str, output_dir: Path, nlsq_warm_start: bool = True, fresh: bool = False,
+    cfg,
+    comm: Comm,
+    *,
+    method: str,
+    output_dir: Path,
+    nlsq_warm_start: bool = True,
+    fresh: bool = False,
     group_size: int | None = None,
 ) -> int:
     """Fit every data set of ``cfg`` on groups of ``group_size`` ranks (None: automatic); returns the exit code."""

@@ -66,7 +66,7 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
             error = exc
         length = int(comm.bcast(STREAM_FAILED if error is not None else len(block) if block is not None else -1))
         if length == STREAM_FAILED:
-            raise collective(error if comm.is_root else InputError("rank 0 could not read the data set (see its error line)"))
+            raise collective(error or InputError("rank 0 could not read the data set (see its error line)"))
         if length < 0:
             break
         pieces = block_counts(position, length, offsets, counts)
