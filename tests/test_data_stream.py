@@ -106,3 +106,23 @@ def test_streamed_scatter_on_one_rank_is_the_whole_point_set():
         assert np.array_equal(getattr(local, name), getattr(whole, name))
     with pytest.raises(ValueError, match="held 600 points"):
         scatter_point_stream(stream_points(lambda a, r0, r1, c0: c2[a, r0:r1, c0:], 2, 25, sigma, 50), [601], SerialComm())
+
+
+def test_stream_points_choice():
+    from types import SimpleNamespace
+
+    from homodyne_mpi.prepare import STREAM_AUTO_POINTS, streams
+
+    def config(choice):
+        return SimpleNamespace(compute=SimpleNamespace(stream_points=choice))
+
+    def size(points):
+        return lambda: points
+
+    assert streams(config(True), "nlsq", size(10))
+    assert not streams(config(False), "nlsq", size(10 * STREAM_AUTO_POINTS))
+    assert streams(config(None), "nlsq", size(STREAM_AUTO_POINTS + 1))  # auto
+    assert not streams(config(None), "nlsq", size(STREAM_AUTO_POINTS))
+    for method in ("cmc", "both"):  # CMC cuts its shards from every point on rank 0
+        assert not streams(config(True), method, size(10 * STREAM_AUTO_POINTS))
+        assert not streams(config(None), method, size(10 * STREAM_AUTO_POINTS))
