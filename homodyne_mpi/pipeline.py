@@ -257,6 +257,8 @@ class BatchRunner:
                 self.record_failure(outcome, payload)
             return outcome
         if kind == "complete":
+            if self.comm.is_root:
+                record.value.close()
             outcome.status = "complete"
             log.info(
                 "data set %s: finished results of this config and data exist in %s; skipped (use --fresh to refit)",
@@ -309,8 +311,8 @@ class BatchRunner:
             blocks = source.point_blocks(problem.noise_sigma, STREAM_BLOCK_POINTS) if source is not None else None
             return scatter_point_source(blocks, problem.n_points, self.comm, chunk_size)
         finally:
-            if source is not None:
-                source.close()
+            if prepared is not None:
+                prepared.close()
 
     def root_status(self, record, out: Path, outcome: DatasetOutcome) -> tuple:
         """Rank 0: ``(kind, payload, fingerprint, resume theta, streamed)`` to broadcast for a data set."""
@@ -340,7 +342,7 @@ class BatchRunner:
         if calibration > 1.0:
             log.info("CMC likelihood tempered by %.3g (NLSQ jackknife / model variance, t-widened)", calibration)
         warning = uncalibrated_warning(calibrate, nlsq_result)
-        if warning is not None:
+        if warning is not None and self.comm.is_root:
             log.warning("%s", warning)
         warm_start = nlsq_result if self.nlsq_warm_start else None
         try:

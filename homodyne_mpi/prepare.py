@@ -41,6 +41,11 @@ class PreparedDataset:
         """True when the points are streamed from the file to the ranks."""
         return self.points is None
 
+    def close(self) -> None:
+        """Close a streamed data set's file (nothing to do for a loaded one)."""
+        if isinstance(self.data, PointSource):
+            self.data.close()
+
 
 def streams(cfg, method: str, count_points) -> bool:
     """Whether a data set's points are streamed (``compute.stream_points``; ``count_points()`` gives its size).

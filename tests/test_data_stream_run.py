@@ -57,3 +57,6 @@ def test_streamed_run_gives_the_loaded_results_and_fit_file(loaded_and_streamed,
         assert np.array_equal(got["parameters/values"][()], expected["parameters/values"][()])
         assert np.array_equal(got["covariance"][()], expected["covariance"][()])
         assert dict(got.attrs) == dict(expected.attrs)
+    if ranks == 0:  # the same command again: the finished streamed data set is skipped
+        again = run_cli("run", str(configs[True]), "--method", "nlsq", "--output-dir", str(out), timeout=240)
+        assert again.returncode == 0 and "skipped" in again.stderr, again.stderr[-2000:]
