@@ -469,18 +469,10 @@ def write_marker_after(temp_path: Path, futures: list, document: dict) -> None:
     temp_path.write_text(json.dumps(document, indent=2))
 
 
-def run_batch(
-    cfg,
-    comm: Comm,
-    *,
-    method: str,
-    output_dir: Path,
-    nlsq_warm_start: bool = True,
-    fresh: bool = False,
-    group_size: int | None = None,
-) -> int:
-    """Fit every data set of ``cfg`` on groups of ``group_size`` ranks (None: automatic); returns the exit code."""
-    runner = BatchRunner(
-        cfg, comm, method=method, output_dir=output_dir, nlsq_warm_start=nlsq_warm_start, fresh=fresh, group_size=group_size
-    )
-    return runner.run()
+def run_batch(cfg, comm: Comm, **options) -> int:
+    """Fit every data set of ``cfg``; returns the exit code.
+
+    ``options`` are ``BatchRunner``'s keywords: ``method``, ``output_dir``,
+    ``nlsq_warm_start``, ``fresh`` and ``group_size`` (None: automatic rank groups).
+    """
+    return BatchRunner(cfg, comm, **options).run()
