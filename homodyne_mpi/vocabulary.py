@@ -9,4 +9,4 @@ PHYSICAL_PARAMETERS = {
     "static": ("D0", "alpha", "D_offset"),
     "laminar_flow": ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"),
 }
-"""Physical parameters of each mode, in the canonical order of DESIGN section 2."""
+"""Physical parameters of each mode, in the canonical order (``docs/architecture.md``, "The model")."""

@@ -1,7 +1,7 @@
 """Bad input through the real command line: one clear ``error:`` line, exit code 2.
 
 Every case runs ``python -m homodyne_mpi`` as a subprocess (``validate`` and ``run``, a
-few of them under ``mpiexec -n 2`` too) and checks the contract of DESIGN section 3 and
+few of them under ``mpiexec -n 2`` too) and checks the contract of ``docs/architecture.md`` ("Data in") and
 the exit codes: code 2, no traceback, and exactly one line on stderr that is not a log
 line; it starts with ``error:`` and names the file and the key. Under several ranks the
 line must still appear once and every rank must end together (the timeout catches a

@@ -3,7 +3,7 @@
 - ``simulate`` -> ``validate`` round trips for both layouts and both modes;
 - ``init-config`` writes templates that validate, and refuses to overwrite;
 - ``--help`` of every sub-command;
-- ``run`` end to end on a tiny static data set: the files of DESIGN section 6.
+- ``run`` end to end on a tiny static data set: the files of ``docs/architecture.md``, "Results".
 
 Every command runs as ``python -m homodyne_mpi`` in a subprocess (``run_cli``).
 """

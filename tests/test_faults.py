@@ -1,7 +1,7 @@
 """Faults of a real run under ``mpiexec -n 2`` and ``-n 4``: nothing hangs, nothing is lost.
 
 Serial tests (no ``mpi`` mark): each starts ``mpiexec -n N homodyne-mpi run`` as a child
-process, injects a fault while the ranks are working, and checks what the DESIGN promises:
+process, injects a fault while the ranks are working, and checks what ``docs/architecture.md`` ("Exit codes") promises:
 
 - a rank killed with SIGKILL ends the whole job with a non-zero exit within 60 s, no rank
   is left behind, and the same command then completes on the intact results folder;

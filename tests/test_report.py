@@ -1,7 +1,7 @@
 """``homodyne-mpi report``: the plain-text summary of a results folder.
 
 A results root with a batch summary, one data set holding NLSQ and CMC results (the CMC
-one synthetic, in the DESIGN section 6 format) and one data set that failed; a real NLSQ
+one synthetic, in the format of ``docs/architecture.md``, "Results") and one data set that failed; a real NLSQ
 run through the command line; and the one-line errors for missing or corrupt results.
 """
 

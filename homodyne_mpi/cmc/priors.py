@@ -3,7 +3,7 @@
 Rules (also in ``docs/cmc.md``):
 
 - Every sampled parameter has a bounded prior on its ``[min, max]`` from
-  ``parameter_space.bounds`` (DESIGN defaults for unlisted ones):
+  ``parameter_space.bounds`` (``config.DEFAULT_BOUNDS`` for unlisted ones):
   ``TruncatedNormal(mu, sigma)`` confined to the bounds, or ``Uniform(min, max)``
   (``type: Uniform``). ``type: Normal`` is read as ``TruncatedNormal``.
 - Without a warm start (or with ``prior.calibrate: false``) ``mu``/``sigma`` are the

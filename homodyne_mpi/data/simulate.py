@@ -29,7 +29,7 @@ correlated, so least squares that treats points as independent underestimates it
 errors (the frame-block jackknife does not).
 
 Frame window (``start_frame``): the model's time origin is the first frame of the fitted
-window (DESIGN: ``t_k = k*dt`` over the selected frames). A file of ``n_frames`` frames
+window (``docs/architecture.md``, "The model": ``t_k = k*dt`` over the selected frames). A file of ``n_frames`` frames
 simulated with ``start_frame = s`` holds, in frames ``s..n_frames``, exactly
 ``c2_grid`` on a grid of ``n_frames - s + 1`` frames; the earlier frames (rows and
 columns before ``s``) hold the model on the whole file's grid, with its origin at frame 1.
@@ -282,7 +282,7 @@ def simulate_dataset(
     """Write a synthetic correlator file at ``output`` and its truth; return the truth.
 
     - ``mode`` (``static``/``laminar_flow``), ``shear_form``, ``q`` (1/Angstrom), ``dt``
-      (s), ``gap`` (Angstrom) and ``physical`` (canonical order, DESIGN section 2) define
+      (s), ``gap`` (Angstrom) and ``physical`` (canonical order, ``docs/architecture.md``, "The model") define
       the model; ``contrast`` and ``offset`` hold one value or one per angle; ``phi`` in
       degrees, stored in the given order.
     - ``n_frames``: frames in the file. ``start_frame``: first frame of the fitted window,

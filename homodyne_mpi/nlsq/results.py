@@ -15,7 +15,7 @@ from .linalg import correlation_matrix
 
 
 def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSData, *, dataset: str, timing_s: dict) -> dict:
-    """The ``nlsq/result.json`` mapping of DESIGN section 6."""
+    """The ``nlsq/result.json`` mapping (``docs/architecture.md``, "Results")."""
     std_model = result.std
     std_jackknife = result.std_jackknife
     use_jackknife = cfg.optimization.nlsq.uncertainty == "jackknife" and std_jackknife is not None
