@@ -189,8 +189,11 @@ def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
 
 def _cmc_section(doc: dict) -> list[str]:
     lines = ["  CMC" + (f" ({doc['analysis_mode']})" if doc.get("analysis_mode") else "")]
-    if doc.get("error"):
-        lines.append(f"    status        FAILED: {str(doc['error']).strip().splitlines()[0]}")
+    status, reason = doc.get("status", "ok"), doc.get("reason")
+    if status != "ok" and reason:
+        lines.append(f"    status        {status.upper()}: {str(reason).strip().splitlines()[0]}")
+    if doc.get("calibration_warning"):
+        lines.append(f"    warning       {doc['calibration_warning']}")
     parameters = doc.get("parameters") or {}
     physical, scaling = _parameter_order(list(parameters))
     rows = []

@@ -153,9 +153,9 @@ def check_recovers_truth(result, sim: Simulated, max_rhat: float = 1.05):
 
 
 def test_static_default_settings_recover_the_truth(tmp_path):
-    sim = simulate("static", n_frames=115, cmc={"sharding": {"num_shards": 8}})
+    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 4}})
     result = run(sim, output_dir=tmp_path)
-    assert len(result.shards) == 8
+    assert len(result.shards) == 4
     check_recovers_truth(result, sim)
     doc = result.to_json_dict()
     assert doc["method"] == "cmc" and doc["n_ranks"] == 1
@@ -170,7 +170,7 @@ def test_static_default_settings_recover_the_truth(tmp_path):
     assert arrays["draws"].shape[1] == len(sim.problem.names) + 1
     assert [n.decode() for n in arrays["names"]] == [*sim.problem.names, "sigma"]
     assert arrays["shards/mean"].shape[0] == len(result.used)
-    assert len(list((tmp_path / "cmc" / "shards").glob("shard_*.npz"))) == 8
+    assert len(list((tmp_path / "cmc" / "shards").glob("shard_*.npz"))) == 4
 
 
 @pytest.mark.slow
@@ -245,7 +245,7 @@ def test_interrupted_run_resumes_from_finished_shards(monkeypatch, tmp_path):
 
     def interrupt_third(worker, index, data, *settings):
         calls.append(index)
-        if len(calls) == 3:
+        if len(set(calls)) == 3:  # the third shard (a retry is not a new shard)
             raise Interrupted("test interrupt")
         return original(worker, index, data, *settings)
 

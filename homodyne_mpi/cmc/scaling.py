@@ -60,7 +60,8 @@ def truncated_standard_normal(xi, low, high):
     ``(low, high)`` that carries a standard normal ``xi`` to a standard normal truncated
     to ``(low, high)``: ``eps = Phi^-1(Phi(low) + Phi(xi) (Phi(high) - Phi(low)))``.
 
-    Evaluated on the side (lower or upper tail) where it keeps full precision; its
+    Evaluated on the side (lower or upper tail) where it keeps full precision, which
+    holds while ``Phi(-|xi|)`` does not underflow (``|xi|`` below about 37); its
     log-slope is ``log phi(xi) - log phi(eps) + log(Phi(high) - Phi(low))``.
     """
     upper = jnp.where(low >= 0.0, True, jnp.where(high <= 0.0, False, xi > 0.0))

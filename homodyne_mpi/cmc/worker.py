@@ -88,10 +88,17 @@ def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate
     return None
 
 
+def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
+    """``(divergence rate, R-hat)`` above which a shard is sampled again: a tenth of the
+    combination's divergence limit and half its R-hat excess (0.01 and 1.05 for the
+    defaults 0.10 and 1.1), so a shard is extended well before it would be left out."""
+    return plan.max_divergence_rate / 10.0, 1.0 + (plan.max_rhat - 1.0) / 2.0
+
+
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     """One shard, start to end: its draws and diagnostics, or its error and traceback.
 
-    Draws that fail the divergence or R-hat check are sampled once more with the plan's
+    Draws above the ``retry_thresholds`` are sampled once more with the plan's
     ``retry_settings`` (twice the warm-up, a higher ``target_accept_prob``); the second
     attempt is kept, whatever its checks say, and ``retried_because`` says why.
     """
@@ -104,7 +111,7 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
         data, n_points = shard_data(arrays, plan.n_padded, plan.fill_angle)
         out = sample_shard(worker, index, data)
         rhat, ess = diagnostics(out.draws)
-        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), plan.max_divergence_rate, plan.max_rhat)
+        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *retry_thresholds(plan))
         if problem is not None and plan.retry_settings is not None:
             retry = plan.retry_settings
             log.info(
