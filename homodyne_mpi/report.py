@@ -111,10 +111,14 @@ def _parameter_order(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _nlsq_section(doc: dict) -> list[str]:
-    lines = [f"  NLSQ ({doc.get('analysis_mode', '?')}, shear_form {doc.get('shear_form', '?')}, per-angle scaling {doc.get('per_angle_scaling', '?')})"]
+    lines = [
+        f"  NLSQ ({doc.get('analysis_mode', '?')}, shear_form {doc.get('shear_form', '?')}, per-angle scaling {doc.get('per_angle_scaling', '?')})"
+    ]
     converged = doc.get("converged")
     state = "converged" if converged else "NOT CONVERGED"
-    lines.append(f"    status        {state} after {doc.get('iterations', '?')} iterations ({doc.get('reason', 'no reason recorded')})")
+    lines.append(
+        f"    status        {state} after {doc.get('iterations', '?')} iterations ({doc.get('reason', 'no reason recorded')})"
+    )
     lines.append(
         f"    fit quality   reduced chi2 {_num(doc.get('reduced_chi2'), '.4f')} "
         f"(chi2 {_num(doc.get('chi2'), '.6g')} over {doc.get('n_points', '?')} points, {doc.get('n_free_parameters', '?')} free parameters)"
@@ -138,7 +142,12 @@ def _nlsq_section(doc: dict) -> list[str]:
         entry = parameters[name] or {}
         bound = entry.get("at_bound")
         std_cell = f"at {bound} bound, one-sided {_num(entry.get('std'), '.3g')}" if bound else _num(entry.get("std"), ".3g")
-        row = [name + (" (fixed)" if entry.get("fixed") else ""), _num(entry.get("value")), std_cell, _num(entry.get("std_model"), ".3g")]
+        row = [
+            name + (" (fixed)" if entry.get("fixed") else ""),
+            _num(entry.get("value")),
+            std_cell,
+            _num(entry.get("std_model"), ".3g"),
+        ]
         if show_jk:
             row.append(_num(entry.get("std_jackknife"), ".3g"))
         rows.append(row + [UNITS.get(name, "")])
@@ -149,7 +158,9 @@ def _nlsq_section(doc: dict) -> list[str]:
             lines.append(f"    bound         {name}: {parameter_cell(entry)}")
     jackknife = doc.get("jackknife") or {}
     if jackknife.get("refits_unconverged"):
-        lines.append(f"    jackknife     {len(jackknife['refits_unconverged'])} of {jackknife.get('blocks')} refits unconverged, excluded (frames {', '.join(jackknife['refits_unconverged'])})")
+        lines.append(
+            f"    jackknife     {len(jackknife['refits_unconverged'])} of {jackknife.get('blocks')} refits unconverged, excluded (frames {', '.join(jackknife['refits_unconverged'])})"
+        )
     warnings = degeneracy_lines(doc)
     lines += [f"    WARNING       {line}" for line in warnings]
     if warnings:
@@ -200,7 +211,11 @@ def _cmc_section(doc: dict) -> list[str]:
     for name in physical + scaling:
         entry = parameters[name] or {}
         label = name + (" (fixed)" if entry.get("fixed") else "")
-        rows.append([label] + [_num(entry.get(key), ".6g" if key != "std" else ".3g") for key in ("mean", "std", "q05", "q50", "q95")] + [UNITS.get(_SCALING.sub(r"\1", name), "")])
+        rows.append(
+            [label]
+            + [_num(entry.get(key), ".6g" if key != "std" else ".3g") for key in ("mean", "std", "q05", "q50", "q95")]
+            + [UNITS.get(_SCALING.sub(r"\1", name), "")]
+        )
     if rows:
         lines += _table(["parameter", "mean", "std", "q05", "q50", "q95", "unit"], rows, left=(0, 6))
     shards = doc.get("shards") or []
@@ -236,7 +251,9 @@ def _cmc_section(doc: dict) -> list[str]:
         lines += _table(header, rows, indent="      ", left=(0, len(header) - 1))
     combination = doc.get("combination") or {}
     if combination:
-        scalars = [f"{key} {value}" for key, value in combination.items() if isinstance(value, (str, int, float, bool)) or value is None]
+        scalars = [
+            f"{key} {value}" for key, value in combination.items() if isinstance(value, (str, int, float, bool)) or value is None
+        ]
         others = [f"{key} ({len(value)} entries)" for key, value in combination.items() if isinstance(value, (list, dict))]
         lines.append(f"    combination   {'; '.join(scalars + others)}")
     lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
@@ -283,7 +300,11 @@ def format_report(result_dir: Path) -> str:
         reported.add(folder.name)
     for name, outcome in outcomes.items():
         if name not in reported and outcome.get("status") != "ok":
-            lines += ["", f"== data set {name} ({outcome.get('source', '?')}) ==", f"  FAILED ({outcome.get('error_type', 'error')}): {outcome.get('error')}"]
+            lines += [
+                "",
+                f"== data set {name} ({outcome.get('source', '?')}) ==",
+                f"  FAILED ({outcome.get('error_type', 'error')}): {outcome.get('error')}",
+            ]
     return "\n".join(lines)
 
 

@@ -63,17 +63,19 @@ def bench_chains(args) -> dict:
     import numpy as np
     from test_cmc_run import simulate
 
-    from homodyne_mpi.cmc.priors import build_priors, noise_scale_of
     from homodyne_mpi.cmc.plan import shard_columns
-    from homodyne_mpi.cmc.worker import shard_data
+    from homodyne_mpi.cmc.priors import build_priors, noise_scale_of
     from homodyne_mpi.cmc.sampler import SamplerSettings, ShardSampler
     from homodyne_mpi.cmc.shard_model import ShardModel
     from homodyne_mpi.cmc.sharding import assign_shards
+    from homodyne_mpi.cmc.worker import shard_data
 
     sim = simulate("static", n_frames=args.frames, cmc=cmc_section(args))
     shards = assign_shards(sim.points.angle, args.shards, seed=3)
     n_padded = max(len(s) for s in shards)
-    priors = build_priors(sim.cfg, sim.problem, sim.warm_start, n_shards=args.shards, noise_scale=noise_scale_of(sim.points.weight))
+    priors = build_priors(
+        sim.cfg, sim.problem, sim.warm_start, n_shards=args.shards, noise_scale=noise_scale_of(sim.points.weight)
+    )
     data, n_points = shard_data(shard_columns(sim.points, shards[0]), n_padded, int(sim.points.angle.max()))
     out = {"shard_points": n_points, "num_chains": args.chains, "num_warmup": args.warmup, "num_samples": args.samples}
     draws = {}
@@ -97,9 +99,10 @@ def bench_chains(args) -> dict:
 
 def mpi_part(args) -> None:
     """Inside mpiexec: one whole CMC run; rank 0 writes its dispatch numbers."""
+    from test_cmc_run import simulate
+
     from homodyne_mpi.cmc import run_cmc
     from homodyne_mpi.parallel import get_comm
-    from test_cmc_run import simulate
 
     comm = get_comm(use_mpi=True)
     sim = simulate("static", n_frames=args.frames, cmc=cmc_section(args))

@@ -69,8 +69,15 @@ def main() -> None:
     for size in sizes:
         results.append(one_size(sim, size, args.warmup, args.samples))
         print(json.dumps(results[-1]), flush=True)
-    document = {"benchmark": "CMC chains: parallel vs sequential by shard size", "command": " ".join(["python", *sys.argv]),
-                "machine": machine(), "chains": CHAINS, "warmup": args.warmup, "samples": args.samples, "sizes": results}
+    document = {
+        "benchmark": "CMC chains: parallel vs sequential by shard size",
+        "command": " ".join(["python", *sys.argv]),
+        "machine": machine(),
+        "chains": CHAINS,
+        "warmup": args.warmup,
+        "samples": args.samples,
+        "sizes": results,
+    }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(document, indent=2))
 

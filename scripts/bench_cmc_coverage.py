@@ -36,14 +36,14 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from homodyne_mpi.cmc import run_cmc  # noqa: E402
+from homodyne_mpi.cmc.calibration import likelihood_calibration  # noqa: E402
 from homodyne_mpi.config import load_config, render_template  # noqa: E402
-from homodyne_mpi.errors import FitError  # noqa: E402
 from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
 from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
 from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
+from homodyne_mpi.errors import FitError  # noqa: E402
 from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty  # noqa: E402
 from homodyne_mpi.parallel import SerialComm  # noqa: E402
-from homodyne_mpi.cmc.calibration import likelihood_calibration  # noqa: E402
 
 TRUTH = [8000.0, -0.3, 30.0]
 PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
@@ -92,9 +92,22 @@ def main() -> None:
         workdir = Path(folder)
         path = write_config(workdir, args.frames, args.warmup, args.samples)
         for done, seed in enumerate(range(args.first_seed, args.first_seed + args.seeds)):
-            simulate_dataset(workdir / "data.h5", mode="static", shear_form="paper", q=0.0054, dt=0.1,
-                             n_frames=args.frames, gap=2e6, physical=truth, contrast=0.3, offset=1.0, phi=PHI,
-                             noise_sigma=0.01, seed=seed, noise_model="speckle")
+            simulate_dataset(
+                workdir / "data.h5",
+                mode="static",
+                shear_form="paper",
+                q=0.0054,
+                dt=0.1,
+                n_frames=args.frames,
+                gap=2e6,
+                physical=truth,
+                contrast=0.3,
+                offset=1.0,
+                phi=PHI,
+                noise_sigma=0.01,
+                seed=seed,
+                noise_model="speckle",
+            )
             cfg = load_config(path)
             data = load_config_dataset(cfg)
             problem = build_problem(cfg, data)
@@ -108,7 +121,9 @@ def main() -> None:
                     continue
                 began = time.perf_counter()
                 try:
-                    result = run_cmc(cfg, problem, points, SerialComm(), warm_start=nlsq, output_dir=None, calibration=calibration)
+                    result = run_cmc(
+                        cfg, problem, points, SerialComm(), warm_start=nlsq, output_dir=None, calibration=calibration
+                    )
                 except FitError as error:  # e.g. R-hat above the limit: recorded, left out of the coverage
                     failed[label].append({"seed": seed, "error": str(error)})
                     runs.append({"seed": seed, "likelihood": label, "accepted": False, "seconds": time.perf_counter() - began})
@@ -118,12 +133,23 @@ def main() -> None:
                 intervals = {name: [parameters[name]["q05"], parameters[name]["q95"]] for name in names}
                 coverage[label] += covered
                 shard = result.shards[0]
-                runs.append({"seed": seed, "likelihood": label, "accepted": True, "covered": covered, "interval_90": intervals,
-                             "nlsq": nlsq.theta[problem.layout.physical_slice].tolist(), "calibration": calibration,
-                             "divergence_rate": shard.divergence_rate, "rhat_max": shard.rhat_max,
-                             "mean_leapfrog_steps": float(np.mean(shard.num_steps)),
-                             "target_accept_prob": shard.target_accept_prob, "retried_because": shard.retried_because,
-                             "seconds": time.perf_counter() - began})
+                runs.append(
+                    {
+                        "seed": seed,
+                        "likelihood": label,
+                        "accepted": True,
+                        "covered": covered,
+                        "interval_90": intervals,
+                        "nlsq": nlsq.theta[problem.layout.physical_slice].tolist(),
+                        "calibration": calibration,
+                        "divergence_rate": shard.divergence_rate,
+                        "rhat_max": shard.rhat_max,
+                        "mean_leapfrog_steps": float(np.mean(shard.num_steps)),
+                        "target_accept_prob": shard.target_accept_prob,
+                        "retried_because": shard.retried_because,
+                        "seconds": time.perf_counter() - began,
+                    }
+                )
             so_far = ", ".join(f"{np.mean(coverage[label]):.2f} {label}" for label in likelihoods)
             print(f"seed {seed}: tempering {factor:.2f}, covered so far {so_far}", flush=True)
             # written after every seed, so a long run stopped early keeps what it measured
@@ -136,8 +162,15 @@ def summary(args, seeds_done: int, coverage: dict, failed: dict, factors: list, 
         "benchmark": "CMC 90% credible-interval coverage on speckle-noise data",
         "command": " ".join(["python", *sys.argv]),
         "machine": machine(),
-        "first_seed": args.first_seed, "seeds_requested": args.seeds, "seeds_done": seeds_done, "frames": args.frames, "angles": len(PHI),
-        "chains": CHAINS, "warmup": args.warmup, "samples": args.samples, "shards": 1,
+        "first_seed": args.first_seed,
+        "seeds_requested": args.seeds,
+        "seeds_done": seeds_done,
+        "frames": args.frames,
+        "angles": len(PHI),
+        "chains": CHAINS,
+        "warmup": args.warmup,
+        "samples": args.samples,
+        "shards": 1,
         "pairs_untempered": len(coverage["untempered"]),
         "pairs_tempered": len(coverage["tempered"]),
         "failed_runs": failed,

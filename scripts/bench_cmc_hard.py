@@ -47,18 +47,40 @@ STATIC = {"mode": "static", "phi": [0.0, 60.0, 120.0], "frames": 70, "q": 0.006,
 LAMINAR = {"mode": "laminar_flow", "phi": [-30.0, 20.0, 70.0], "frames": 50, "q": 0.006, "noise": 0.01}
 SHEAR = [2e-3, -0.3, 1e-4]
 CASES = {
-    "static_issue": {**STATIC, "physical": [1800.0, -0.35, 20.0], "num_shards": 4,
-                     "about": "issue 13's first data set: 3 angles, 70 frames, 4 shards of ~1,800 points"},
-    "static_offset_zero": {**STATIC, "physical": [1800.0, -0.35, 0.0],
-                           "about": "D_offset at 0 (within 1 NLSQ std of 0), automatic shards"},
-    "static_degenerate": {**STATIC, "physical": [1000.0, -0.05, 200.0],
-                          "about": "alpha near 0: D0 and D_offset nearly interchangeable (|corr| > 0.99)"},
-    "static_small_shards": {**STATIC, "phi": [0.0, 60.0], "frames": 60, "physical": [1800.0, -0.35, 20.0],
-                            "num_shards": 8, "about": "issue 13's second data set: 8 shards of 442 points"},
-    "laminar_phi0_bound": {**LAMINAR, "physical": [1800.0, -0.35, 20.0, *SHEAR, 9.8],
-                           "about": "phi0 0.2 degrees from its upper bound 10"},
-    "laminar_small_shear": {**LAMINAR, "physical": [1800.0, -0.35, 20.0, 2e-4, -0.3, 1e-5, 0.0],
-                            "about": "shear rate 2e-4 1/s: a small shear signal"},
+    "static_issue": {
+        **STATIC,
+        "physical": [1800.0, -0.35, 20.0],
+        "num_shards": 4,
+        "about": "issue 13's first data set: 3 angles, 70 frames, 4 shards of ~1,800 points",
+    },
+    "static_offset_zero": {
+        **STATIC,
+        "physical": [1800.0, -0.35, 0.0],
+        "about": "D_offset at 0 (within 1 NLSQ std of 0), automatic shards",
+    },
+    "static_degenerate": {
+        **STATIC,
+        "physical": [1000.0, -0.05, 200.0],
+        "about": "alpha near 0: D0 and D_offset nearly interchangeable (|corr| > 0.99)",
+    },
+    "static_small_shards": {
+        **STATIC,
+        "phi": [0.0, 60.0],
+        "frames": 60,
+        "physical": [1800.0, -0.35, 20.0],
+        "num_shards": 8,
+        "about": "issue 13's second data set: 8 shards of 442 points",
+    },
+    "laminar_phi0_bound": {
+        **LAMINAR,
+        "physical": [1800.0, -0.35, 20.0, *SHEAR, 9.8],
+        "about": "phi0 0.2 degrees from its upper bound 10",
+    },
+    "laminar_small_shear": {
+        **LAMINAR,
+        "physical": [1800.0, -0.35, 20.0, 2e-4, -0.3, 1e-5, 0.0],
+        "about": "shear rate 2e-4 1/s: a small shear signal",
+    },
 }
 
 
@@ -72,10 +94,21 @@ def parse_seeds(text: str) -> list[int]:
 
 def build_case(case: dict, seed: int, folder: Path):
     """Simulate, load, fit NLSQ with the jackknife (rank 0, one process)."""
-    simulate_dataset(folder / "data.h5", mode=case["mode"], shear_form="paper", q=case["q"], dt=0.1,
-                     n_frames=case["frames"], gap=2e6, physical=case["physical"],
-                     contrast=np.linspace(0.28, 0.32, len(case["phi"])), offset=np.linspace(1.0, 1.02, len(case["phi"])),
-                     phi=case["phi"], noise_sigma=case["noise"], seed=seed)
+    simulate_dataset(
+        folder / "data.h5",
+        mode=case["mode"],
+        shear_form="paper",
+        q=case["q"],
+        dt=0.1,
+        n_frames=case["frames"],
+        gap=2e6,
+        physical=case["physical"],
+        contrast=np.linspace(0.28, 0.32, len(case["phi"])),
+        offset=np.linspace(1.0, 1.02, len(case["phi"])),
+        phi=case["phi"],
+        noise_sigma=case["noise"],
+        seed=seed,
+    )
     config = yaml.safe_load(render_template(case["mode"]))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": case["frames"]})
     config["analyzer_parameters"]["scattering"]["wavevector_q"] = case["q"]
@@ -100,8 +133,11 @@ def geometry(problem, nlsq) -> dict:
     std = np.asarray(nlsq.std)
     corr = np.asarray(nlsq.covariance) / np.outer(std, std)
     d0, dof = names.index("D0"), names.index("D_offset")
-    out = {"corr_D0_D_offset": float(corr[d0, dof]), "D_offset_over_std": float(nlsq.theta[dof] / std[dof]),
-           "nlsq_converged": bool(nlsq.converged)}
+    out = {
+        "corr_D0_D_offset": float(corr[d0, dof]),
+        "D_offset_over_std": float(nlsq.theta[dof] / std[dof]),
+        "nlsq_converged": bool(nlsq.converged),
+    }
     if "phi0" in names:
         k = names.index("phi0")
         out["phi0_std_from_bound"] = float(min(nlsq.theta[k] - problem.lower[k], problem.upper[k] - nlsq.theta[k]) / std[k])
@@ -121,8 +157,15 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | No
     record = None
     start = time.perf_counter()
     try:
-        result = run_cmc(cfg, problem, built[2] if built else None, comm, warm_start=built[3] if built else None,
-                         output_dir=folder if comm.is_root else None, calibration=calibration)
+        result = run_cmc(
+            cfg,
+            problem,
+            built[2] if built else None,
+            comm,
+            warm_start=built[3] if built else None,
+            output_dir=folder if comm.is_root else None,
+            calibration=calibration,
+        )
         document = result.to_json_dict() if comm.is_root else None
     except FitError as error:
         document = {"status": "failed", "reason": str(error)}
@@ -133,11 +176,33 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | No
         physical = list(problem.layout.physical_names)
         params = document.get("parameters", {})
         covered = {p: bool(params[p]["q05"] <= t <= params[p]["q95"]) for p, t in zip(physical, truth)} if params else {}
-        shards = [{k: s[k] for k in ("index", "n_points", "rhat_max", "divergence_rate", "ok", "retried_because", "excluded_reason", "num_warmup")}
-                  for s in document["shards"]]
-        record = {"case": name, "seed": seed, "status": document["status"], "reason": document.get("reason"),
-                  "calibration": calibration, "covered": covered, "seconds": time.perf_counter() - start,
-                  "shards": shards, **geometry(problem, built[3])}
+        shards = [
+            {
+                k: s[k]
+                for k in (
+                    "index",
+                    "n_points",
+                    "rhat_max",
+                    "divergence_rate",
+                    "ok",
+                    "retried_because",
+                    "excluded_reason",
+                    "num_warmup",
+                )
+            }
+            for s in document["shards"]
+        ]
+        record = {
+            "case": name,
+            "seed": seed,
+            "status": document["status"],
+            "reason": document.get("reason"),
+            "calibration": calibration,
+            "covered": covered,
+            "seconds": time.perf_counter() - start,
+            "shards": shards,
+            **geometry(problem, built[3]),
+        }
     return record
 
 
@@ -161,8 +226,9 @@ def summarise(records: list[dict]) -> dict:
             "coverage_pairs": len(pairs),
             "median_abs_corr_D0_D_offset": float(np.median([abs(r["corr_D0_D_offset"]) for r in mine])),
             "median_abs_D_offset_over_std": float(np.median([abs(r["D_offset_over_std"]) for r in mine])),
-            "median_phi0_std_from_bound": (float(np.median([r["phi0_std_from_bound"] for r in mine]))
-                                           if "phi0_std_from_bound" in mine[0] else None),
+            "median_phi0_std_from_bound": (
+                float(np.median([r["phi0_std_from_bound"] for r in mine])) if "phi0_std_from_bound" in mine[0] else None
+            ),
             "median_seconds": float(np.median([r["seconds"] for r in mine])),
         }
     return out
@@ -186,10 +252,13 @@ def main() -> None:
                 record = run_seed(comm, name, CASES[name], seed, Path(folder))
                 if comm.is_root:
                     records.append(record)
-                    print(f"{name} seed {seed}: {record['status']}, covered {record['covered']}, "
-                          f"R-hat max {max((s['rhat_max'] or 0) for s in record['shards']):.3f}, "
-                          f"divergences max {max((s['divergence_rate'] or 0) for s in record['shards']):.3f}, "
-                          f"{record['seconds']:.0f} s", flush=True)
+                    print(
+                        f"{name} seed {seed}: {record['status']}, covered {record['covered']}, "
+                        f"R-hat max {max((s['rhat_max'] or 0) for s in record['shards']):.3f}, "
+                        f"divergences max {max((s['divergence_rate'] or 0) for s in record['shards']):.3f}, "
+                        f"{record['seconds']:.0f} s",
+                        flush=True,
+                    )
                     write_document(args.output, comm, names, records, start)
 
 

@@ -86,9 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--k", type=int, default=8, help="number of data sets in the batch (default 8)")
     parser.add_argument("--size", type=int, default=1024, help="side n of each (n, n) matrix (default 1024)")
-    parser.add_argument(
-        "--output", type=Path, default=Path("bench_results/bench_io.json"), help="JSON report path"
-    )
+    parser.add_argument("--output", type=Path, default=Path("bench_results/bench_io.json"), help="JSON report path")
     parser.add_argument("--load-target", type=float, default=0.3, help="seconds per load (default 0.3)")
     parser.add_argument("--fit-target", type=float, default=0.3, help="seconds per fit (default 0.3)")
     parser.add_argument(
@@ -211,7 +209,11 @@ def calibrate(paths: list[Path], load_target: float, fit_target: float, load_kin
     products = max(1, round(fit_target / product_s))
     log.info(
         "calibration: read %.3f s, %d preprocessing passes, %.3f s storage wait, %d products of %.4f s",
-        read_s, passes, storage_wait_s, products, product_s,
+        read_s,
+        passes,
+        storage_wait_s,
+        products,
+        product_s,
     )
     return Workload(read_s=read_s, passes=passes, storage_wait_s=storage_wait_s, products=products)
 

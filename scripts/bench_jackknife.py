@@ -61,7 +61,9 @@ def sustained_kernel_rates(processes: int, duration: float = 10.0, n_points: flo
     start_at = time.time() + 40.0  # room for every process to compile first
     argument = json.dumps([start_at, duration, frames_for(n_points), TRUTH, PHI])
     running = [
-        subprocess.Popen([sys.executable, "-c", SUSTAINED_RATE, argument], stdout=subprocess.PIPE, text=True, env=single_core_environment())
+        subprocess.Popen(
+            [sys.executable, "-c", SUSTAINED_RATE, argument], stdout=subprocess.PIPE, text=True, env=single_core_environment()
+        )
         for _ in range(processes)
     ]
     rates = []

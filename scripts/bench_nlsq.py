@@ -64,7 +64,9 @@ for mode in ("static", "laminar_flow"):
     out[mode] = {{"points": len(points), "seconds_per_iteration": best, "points_per_second_per_core": len(points) / best}}
 print(json.dumps(out))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=single_core_environment(), check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=single_core_environment(), check=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -78,8 +80,21 @@ def make_dataset(workdir: Path, n_points: float) -> Path:
     n_frames = frames_for(n_points)
     data = workdir / f"laminar_{n_frames}.h5"
     if not data.exists():
-        simulate_dataset(data, mode="laminar_flow", shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames, gap=2e6,
-                         physical=TRUTH, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.02, seed=1)
+        simulate_dataset(
+            data,
+            mode="laminar_flow",
+            shear_form="paper",
+            q=0.0054,
+            dt=0.1,
+            n_frames=n_frames,
+            gap=2e6,
+            physical=TRUTH,
+            contrast=0.3,
+            offset=1.0,
+            phi=PHI,
+            noise_sigma=0.02,
+            seed=1,
+        )
     config = yaml.safe_load(render_template("laminar_flow"))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
     config["experimental_data"]["file_path"] = str(data)
@@ -90,7 +105,9 @@ def make_dataset(workdir: Path, n_points: float) -> Path:
     return path
 
 
-def run_fit(config: Path, ranks: int, out: Path, chunk_size: int | None = None, uncertainty: str = "model", nlsq: dict | None = None) -> dict:
+def run_fit(
+    config: Path, ranks: int, out: Path, chunk_size: int | None = None, uncertainty: str = "model", nlsq: dict | None = None
+) -> dict:
     """One ``homodyne-mpi run`` under mpiexec; returns timings, memory and the outcome.
 
     ``nlsq`` sets further ``optimization.nlsq`` options.
@@ -105,7 +122,19 @@ def run_fit(config: Path, ranks: int, out: Path, chunk_size: int | None = None, 
     extra = "".join(f"_{value}" for value in (nlsq or {}).values())
     config = config.with_name(f"{config.stem}_chunk{chunk_size or 'default'}_{uncertainty}{extra}.yaml")
     config.write_text(yaml.safe_dump(document, sort_keys=False))
-    command = [str(BIN / "mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), "--fresh"]
+    command = [
+        str(BIN / "mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "homodyne_mpi",
+        "run",
+        str(config),
+        "--output-dir",
+        str(out),
+        "--fresh",
+    ]
     start = time.perf_counter()
     completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
     wall = time.perf_counter() - start
@@ -133,8 +162,14 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    document = {"benchmark": "NLSQ", "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-                "machine": machine(), "xla_flags_per_rank": SINGLE_CORE_XLA_FLAGS, "kernel": kernel_rate(), "fits": {}}
+    document = {
+        "benchmark": "NLSQ",
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+        "machine": machine(),
+        "xla_flags_per_rank": SINGLE_CORE_XLA_FLAGS,
+        "kernel": kernel_rate(),
+        "fits": {},
+    }
     sizes = [float(s) for s in args.sizes.split(",")]
     for size in sizes:
         config = make_dataset(workdir, size)
@@ -142,12 +177,17 @@ def main() -> None:
         for ranks in (1, 2):
             run_fit(config, ranks, workdir / f"warm_{size:g}_{ranks}")  # fills the compilation cache
             runs[ranks] = run_fit(config, ranks, workdir / f"out_{size:g}_{ranks}")
-        entry = {"runs": runs, "fit_speedup_1_to_2_ranks": runs[1]["timing_s"]["fit"] / runs[2]["timing_s"]["fit"],
-                 "wall_speedup_1_to_2_ranks": runs[1]["wall_s"] / runs[2]["wall_s"]}
+        entry = {
+            "runs": runs,
+            "fit_speedup_1_to_2_ranks": runs[1]["timing_s"]["fit"] / runs[2]["timing_s"]["fit"],
+            "wall_speedup_1_to_2_ranks": runs[1]["wall_s"] / runs[2]["wall_s"],
+        }
         if size == max(sizes):
             entry["chunk_65536_2_ranks"] = run_fit(config, 2, workdir / f"out_{size:g}_chunk", chunk_size=65536)
         if size == min(sizes):
-            jackknife = {ranks: run_fit(config, ranks, workdir / f"jk_{size:g}_{ranks}", uncertainty="jackknife") for ranks in (1, 2)}
+            jackknife = {
+                ranks: run_fit(config, ranks, workdir / f"jk_{size:g}_{ranks}", uncertainty="jackknife") for ranks in (1, 2)
+            }
             entry["jackknife"] = {
                 "seconds_1_rank": jackknife[1]["timing_s"]["jackknife"],
                 "seconds_2_ranks": jackknife[2]["timing_s"]["jackknife"],

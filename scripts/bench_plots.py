@@ -124,9 +124,18 @@ def synthetic_results(folder: Path, n_angles: int, n_frames: int) -> None:
         handle["parameters/std_model"] = std
         handle["noise_sigma"] = np.full(n_angles, NOISE)
     document = {
-        "method": "nlsq", "dataset": "bench", "analysis_mode": "laminar_flow", "converged": True,
-        "reduced_chi2": 1.0, "chi2": 1.0, "iterations": 0, "n_points": n_angles * n_frames * (n_frames - 1) // 2,
-        "parameters": {n: {"value": float(v), "std": float(s), "std_model": float(s), "std_jackknife": None, "fixed": False} for n, v, s in zip(names, values, std)},
+        "method": "nlsq",
+        "dataset": "bench",
+        "analysis_mode": "laminar_flow",
+        "converged": True,
+        "reduced_chi2": 1.0,
+        "chi2": 1.0,
+        "iterations": 0,
+        "n_points": n_angles * n_frames * (n_frames - 1) // 2,
+        "parameters": {
+            n: {"value": float(v), "std": float(s), "std_model": float(s), "std_jackknife": None, "fixed": False}
+            for n, v, s in zip(names, values, std)
+        },
         "data": {"q": q, "dt": DT, "phi": phi.tolist(), "noise_sigma": [NOISE] * n_angles},
     }
     (folder / "result.json").write_text(json.dumps(document))
@@ -146,7 +155,10 @@ def draw_in_memory(dataset_dir: Path, plots_root: Path, repeats: int) -> dict:
     document = json.loads((dataset_dir / "nlsq" / "result.json").read_text())
     start = time.perf_counter()
     with h5py.File(dataset_dir / "nlsq" / "fit.h5", "r") as handle:
-        arrays = {name: handle[name][()] for name in ("c2_exp", "c2_fit", "t", "phi", "covariance", "parameters/names", "parameters/values", "noise_sigma")}
+        arrays = {
+            name: handle[name][()]
+            for name in ("c2_exp", "c2_fit", "t", "phi", "covariance", "parameters/names", "parameters/values", "noise_sigma")
+        }
     read_s = time.perf_counter() - start
     import matplotlib.figure  # noqa: F401  (import once, as a long-running pipeline has)
 
@@ -183,7 +195,7 @@ def end_to_end(work: Path, out: Path, n_frames: int, pairs: int, first_wall: flo
     runs = {False: [(first_wall, first_cpu)], True: []}
     drawn = 0
     for pair in range(pairs):
-        for plots in ((True,) if pair == 0 else (False, True)):
+        for plots in (True,) if pair == 0 else (False, True):
             write_config(work / "bench.yaml", n_frames, plots=plots)
             shutil.rmtree(out, ignore_errors=True)
             seconds, done = cli("run", "bench.yaml", "--method", "nlsq", "--output-dir", "out", cwd=work)
@@ -215,7 +227,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=str(REPO / "bench_results" / "plots_work"))
     parser.add_argument("--output", default=str(REPO / "bench_results" / "bench_plots.json"))
     parser.add_argument("--skip-fit", action="store_true", help="write a synthetic fit.h5 instead of fitting (no ratio)")
-    parser.add_argument("--end-to-end", action="store_true", help="also run the fit with output.plots: true (alternating with false)")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also run the fit with output.plots: true (alternating with false)"
+    )
     parser.add_argument("--pairs", type=int, default=2, help="with/without-figures run pairs of --end-to-end")
     parser.add_argument("--repeats", type=int, default=3, help="drawing repeats (the fastest is reported)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (several GB)")
@@ -233,7 +247,18 @@ def main() -> None:
     else:
         write_config(work / "bench.yaml", args.frames, plots=False)
         phi = ",".join(f"{p:g}" for p in angles(args.angles))
-        seconds, _ = cli("simulate", "bench.yaml", "--output", "bench.h5", f"--phi={phi}", "--noise", str(NOISE), "--dtype", "float32", cwd=work)
+        seconds, _ = cli(
+            "simulate",
+            "bench.yaml",
+            "--output",
+            "bench.h5",
+            f"--phi={phi}",
+            "--noise",
+            str(NOISE),
+            "--dtype",
+            "float32",
+            cwd=work,
+        )
         result["simulate_s"] = seconds
         seconds, fitted = cli("run", "bench.yaml", "--method", "nlsq", "--output-dir", "out", cwd=work)
         document = json.loads((out / "bench" / "nlsq" / "result.json").read_text())

@@ -104,7 +104,9 @@ def main() -> None:
         entry = {
             "chunks": layout.n_chunks,
             "allreduce_s": median_seconds(lambda rows=rows: comm.allreduce_sum(rows.sum(axis=0)), comm),
-            "ordered_s": median_seconds(lambda rows=rows, first=first, layout=layout: comm.sum_in_chunk_order(rows, first, layout.n_chunks), comm),
+            "ordered_s": median_seconds(
+                lambda rows=rows, first=first, layout=layout: comm.sum_in_chunk_order(rows, first, layout.n_chunks), comm
+            ),
         }
         if args.kernel and comm.is_root:
             entry["accumulation_s_per_rank"] = kernel_seconds(n_points, comm.size)

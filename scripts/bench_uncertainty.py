@@ -75,11 +75,26 @@ def write_config(mode: str, n_frames: int, n_blocks: int, workdir: Path) -> Path
     return path
 
 
-def simulate(workdir: Path, mode: str, truth, phi, n_frames: int, seed: int, noise_model: str, frame_noise: float | None = None) -> None:
+def simulate(
+    workdir: Path, mode: str, truth, phi, n_frames: int, seed: int, noise_model: str, frame_noise: float | None = None
+) -> None:
     """Write ``workdir/data.h5``: contrast 0.3, offset 1, sigma 0.01 (q 0.0054, dt 0.1 s)."""
     simulate_dataset(
-        workdir / "data.h5", mode=mode, shear_form="paper", q=0.0054, dt=0.1, n_frames=n_frames, gap=2e6, physical=truth,
-        contrast=0.3, offset=1.0, phi=phi, noise_sigma=0.01, seed=seed, noise_model=noise_model, frame_noise_sigma=frame_noise,
+        workdir / "data.h5",
+        mode=mode,
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=n_frames,
+        gap=2e6,
+        physical=truth,
+        contrast=0.3,
+        offset=1.0,
+        phi=phi,
+        noise_sigma=0.01,
+        seed=seed,
+        noise_model=noise_model,
+        frame_noise_sigma=frame_noise,
     )
 
 
@@ -152,7 +167,11 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     return {
         "calibration_ratio_z": dict(zip(names, (1.0 / z_rms).round(3).tolist())),
         "calibration_ratio_robust": dict(zip(names, (np.median(reported, axis=0) / robust_scatter).round(3).tolist())),
-        "per_seed": {"values": np.asarray(fitted).tolist(), "std": np.asarray(reported).tolist(), "std_model": ratios_model(reported, ratios).tolist()},
+        "per_seed": {
+            "values": np.asarray(fitted).tolist(),
+            "std": np.asarray(reported).tolist(),
+            "std_model": ratios_model(reported, ratios).tolist(),
+        },
         "calibration_ratio": dict(zip(names, (np.median(reported, axis=0) / scatter).round(3).tolist())),
         "calibration_ratio_model": dict(
             zip(names, (np.median(ratios_model(reported, ratios), axis=0) / scatter).round(3).tolist())

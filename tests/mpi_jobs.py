@@ -121,7 +121,9 @@ class Job:
                         return line
                 seen = len(self.lines)
                 if self.process.poll() is not None and not self._reader.is_alive():
-                    pytest.fail(f"the job ended (exit {self.process.returncode}) before a line matched {pattern!r}:\n{self.output[-4000:]}")
+                    pytest.fail(
+                        f"the job ended (exit {self.process.returncode}) before a line matched {pattern!r}:\n{self.output[-4000:]}"
+                    )
                 left = deadline - time.monotonic()
                 if left <= 0:
                     pytest.fail(f"no line matched {pattern!r} within {timeout:.0f} s:\n{self.output[-4000:]}")
@@ -171,5 +173,17 @@ def started_jobs():
 
 def run_command(ranks: int, config: Path, out: Path, *extra: str, timeout: float = 420) -> subprocess.CompletedProcess:
     """``mpiexec -n ranks homodyne-mpi run CONFIG --output-dir OUT`` to the end."""
-    command = [venv_bin("mpiexec"), "-n", str(ranks), sys.executable, "-m", "homodyne_mpi", "run", str(config), "--output-dir", str(out), *extra]
+    command = [
+        venv_bin("mpiexec"),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "homodyne_mpi",
+        "run",
+        str(config),
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=out.parent)

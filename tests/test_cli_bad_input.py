@@ -21,7 +21,6 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
 
 LOG_LINE = re.compile(r"^\d{2}:\d{2}:\d{2} \[rank \d+/\d+\] [A-Z]+ [\w.]+: ")
@@ -144,7 +143,9 @@ def ws(tmp_path_factory) -> Workspace:
     workspace = Workspace(root, base, good, legacy)
     sim_config = workspace.config("simulate_base")
     for path, layout in ((good, "aps-u"), (legacy, "aps-legacy")):
-        result = run_cli("simulate", str(sim_config), "--output", str(path), "--layout", layout, "--phi", "0,90", timeout=SERIAL_TIMEOUT)
+        result = run_cli(
+            "simulate", str(sim_config), "--output", str(path), "--layout", layout, "--phi", "0,90", timeout=SERIAL_TIMEOUT
+        )
         assert result.returncode == 0, describe(result)
 
     files = workspace.files
@@ -178,7 +179,9 @@ def ws(tmp_path_factory) -> Workspace:
     files["missing_matrix"] = copy_and_edit(good, root / "missing_matrix.h5", drop(APS_U_MATRIX.format(2)))
     files["missing_q_list"] = copy_and_edit(good, root / "missing_q_list.h5", drop("xpcs/qmap/dynamic_v_list_dim0"))
     files["legacy_missing_phi"] = copy_and_edit(legacy, root / "legacy_missing_phi.h5", drop("xpcs/dphilist"))
-    files["shape_mismatch"] = copy_and_edit(good, root / "shape_mismatch.h5", replace(APS_U_MATRIX.format(2), np.triu(np.ones((20, 20)))))
+    files["shape_mismatch"] = copy_and_edit(
+        good, root / "shape_mismatch.h5", replace(APS_U_MATRIX.format(2), np.triu(np.ones((20, 20))))
+    )
     files["not_square"] = copy_and_edit(good, root / "not_square.h5", replace(APS_U_MATRIX.format(2), np.ones((30, 20))))
     files["nan"] = copy_and_edit(good, root / "nan.h5", poke(APS_U_MATRIX.format(2), np.nan))
     files["inf"] = copy_and_edit(good, root / "inf.h5", poke(APS_U_MATRIX.format(1), np.inf, 0, 29))
@@ -205,7 +208,12 @@ def _malformed_yaml(ws):
 
 
 def _unknown_key(ws):
-    return ws.config("unknown_key", renames={"analyzer_parameters.dt": "dtt"}), ["unknown_key.yaml", "dtt", "did you mean", "'dt'"]
+    return ws.config("unknown_key", renames={"analyzer_parameters.dt": "dtt"}), [
+        "unknown_key.yaml",
+        "dtt",
+        "did you mean",
+        "'dt'",
+    ]
 
 
 def _misspelt_nested_key(ws):
@@ -220,11 +228,17 @@ def _wrong_type(ws):
 
 
 def _wrong_type_frame(ws):
-    return ws.config("wrong_type_frame", edits={"analyzer_parameters.end_frame": "thirty"}), ["wrong_type_frame.yaml", "end_frame"]
+    return ws.config("wrong_type_frame", edits={"analyzer_parameters.end_frame": "thirty"}), [
+        "wrong_type_frame.yaml",
+        "end_frame",
+    ]
 
 
 def _out_of_bounds(ws):
-    return ws.config("out_of_bounds", edits={"analyzer_parameters.scattering.wavevector_q": -0.01}), ["out_of_bounds.yaml", "wavevector_q"]
+    return ws.config("out_of_bounds", edits={"analyzer_parameters.scattering.wavevector_q": -0.01}), [
+        "out_of_bounds.yaml",
+        "wavevector_q",
+    ]
 
 
 def _out_of_bounds_tolerance(ws):
@@ -337,7 +351,9 @@ def test_run_bad_input(ws, case, tmp_path):
     assert_no_result(output_dir)
 
 
-@pytest.mark.parametrize("case", ["malformed_yaml", "unknown_key", "missing_data_file", "nan_in_c2", "frames_out_of_range", "no_angle_left"])
+@pytest.mark.parametrize(
+    "case", ["malformed_yaml", "unknown_key", "missing_data_file", "nan_in_c2", "frames_out_of_range", "no_angle_left"]
+)
 def test_run_bad_input_two_ranks(ws, case, tmp_path):
     """Under ``mpiexec -n 2`` all ranks exit 2 together, and the line is printed once."""
     config, needles = CASES[case](ws)
@@ -428,7 +444,16 @@ def test_simulate_noise_model_choice_never_crashes(ws, tmp_path):
     """Every ``--noise-model`` the parser offers either works or is a clean exit 2."""
     config = ws.config("simulate_noise_model")
     result = run_cli(
-        "simulate", str(config), "--output", str(tmp_path / "x.h5"), "--phi", "0", "--noise", "0.01", "--noise-model", "speckle",
+        "simulate",
+        str(config),
+        "--output",
+        str(tmp_path / "x.h5"),
+        "--phi",
+        "0",
+        "--noise",
+        "0.01",
+        "--noise-model",
+        "speckle",
         timeout=SERIAL_TIMEOUT,
     )
     if result.returncode == 0:

@@ -18,7 +18,6 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import run_cli
 
 TIMEOUT = 120
@@ -103,8 +102,18 @@ def simulated(tmp_path_factory):
             data = folder / f"{mode}_{layout}.h5"
             config = small_config(folder, mode, data)
             result = run_cli(
-                "simulate", str(config), "--output", str(data), "--layout", layout,
-                "--phi", ",".join(f"{p:g}" for p in PHI), "--noise", "0.001", "--seed", "3",
+                "simulate",
+                str(config),
+                "--output",
+                str(data),
+                "--layout",
+                layout,
+                "--phi",
+                ",".join(f"{p:g}" for p in PHI),
+                "--noise",
+                "0.001",
+                "--seed",
+                "3",
                 timeout=TIMEOUT,
             )
             made[mode, layout] = (config, data, result)

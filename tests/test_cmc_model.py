@@ -27,8 +27,12 @@ def test_conditional_pairs_are_the_weighted_least_squares_fit_and_its_covariance
     weight = rng.uniform(50.0, 150.0, n)
     value = 1.0 + 0.3 * g + rng.normal(0.0, 0.01, n)
     noise, calibration = 1.3, 2.5
-    mean_o, mean_c, l11, l21, l22 = (np.asarray(a) for a in conditional_pairs(
-        jnp.asarray(g), jnp.asarray(value), jnp.asarray(weight), jnp.asarray(pair), pairs, noise, calibration))
+    mean_o, mean_c, l11, l21, l22 = (
+        np.asarray(a)
+        for a in conditional_pairs(
+            jnp.asarray(g), jnp.asarray(value), jnp.asarray(weight), jnp.asarray(pair), pairs, noise, calibration
+        )
+    )
     for p in range(pairs):
         mine = pair == p
         design = np.stack([np.ones(mine.sum()), g[mine]], axis=1) * weight[mine, None]
@@ -43,7 +47,9 @@ def test_conditional_pairs_are_the_weighted_least_squares_fit_and_its_covariance
 def shard():
     """All points of a small static data set as one shard, an exact warm start, calibration 1.7."""
     sim = simulate("static", n_frames=20, phi=(0.0, 60.0))
-    priors = build_priors(sim.cfg, sim.problem, sim.warm_start, n_shards=1, noise_scale=noise_scale_of(sim.points.weight), calibration=1.7)
+    priors = build_priors(
+        sim.cfg, sim.problem, sim.warm_start, n_shards=1, noise_scale=noise_scale_of(sim.points.weight), calibration=1.7
+    )
     model = ShardModel(priors, sim.problem.spec, sim.problem.layout, sim.problem.phi, calibration=1.7, n_points=len(sim.points))
     p = sim.points
     data = ShardData(*(jnp.asarray(a) for a in (p.angle, p.frame_i, p.frame_j, p.value, p.weight)))
@@ -64,7 +70,9 @@ def reference_log_posterior(sim, priors, theta_sampled, sigma, calibration):
     theta[priors.index] = theta_sampled
     contrast, offset, physical = sim.problem.layout.split(jnp.asarray(theta))
     p = sim.points
-    model = np.asarray(c2_points(physical, contrast, offset, jnp.asarray(sim.problem.phi), p.angle, p.frame_i, p.frame_j, sim.problem.spec))
+    model = np.asarray(
+        c2_points(physical, contrast, offset, jnp.asarray(sim.problem.phi), p.angle, p.frame_i, p.frame_j, sim.problem.spec)
+    )
     residual = p.weight * (p.value - model) / u
     log_likelihood = -0.5 * np.sum(residual**2) - len(p) * np.log(u)
     return log_prior + log_likelihood / calibration
@@ -103,8 +111,7 @@ def test_the_gradient_of_the_log_density_matches_finite_differences(shard, gradi
     log_density = jax.jit(lambda v: model.log_density(v, data))
     step = 1e-5
     numeric = [
-        (float(log_density(w.at[k].add(step))) - float(log_density(w.at[k].add(-step)))) / (2 * step)
-        for k in range(model.n_site)
+        (float(log_density(w.at[k].add(step))) - float(log_density(w.at[k].add(-step)))) / (2 * step) for k in range(model.n_site)
     ]
     np.testing.assert_allclose(np.asarray(gradient(w)), numeric, rtol=1e-5, atol=1e-6)
 
@@ -116,9 +123,9 @@ def test_the_site_is_close_to_unit_normal_at_the_warm_start(shard, gradient):
     _, _, model, _ = shard
     step = 1e-4
     unit = np.eye(model.n_site)
-    hessian = np.stack([
-        -(np.asarray(gradient(jnp.asarray(step * e))) - np.asarray(gradient(jnp.asarray(-step * e)))) / (2 * step) for e in unit
-    ])
+    hessian = np.stack(
+        [-(np.asarray(gradient(jnp.asarray(step * e))) - np.asarray(gradient(jnp.asarray(-step * e)))) / (2 * step) for e in unit]
+    )
     values = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
     pair_block = np.diag(hessian)[model.priors.n_sampled - 2 * model.n_pairs : model.priors.n_sampled]
     np.testing.assert_allclose(pair_block, 1.0, atol=0.02)

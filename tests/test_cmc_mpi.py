@@ -53,7 +53,14 @@ def test_ranks_give_the_serial_draws_and_combination(tmp_path_factory):
     comm = mpi_comm()
     sim = simulated()
     out = shared_tmp(comm, tmp_path_factory, "cmc_mpi")
-    result = run_cmc(sim.cfg, sim.problem, sim.points if comm.is_root else None, comm, warm_start=sim.warm_start, output_dir=out if comm.is_root else None)
+    result = run_cmc(
+        sim.cfg,
+        sim.problem,
+        sim.points if comm.is_root else None,
+        comm,
+        warm_start=sim.warm_start,
+        output_dir=out if comm.is_root else None,
+    )
     if comm.is_root:
         serial = run_cmc(sim.cfg, sim.problem, sim.points, SerialComm(), warm_start=sim.warm_start, output_dir=None)
         assert result.n_ranks == comm.size and serial.n_ranks == 1
@@ -73,7 +80,14 @@ def test_ranks_give_the_serial_draws_and_combination(tmp_path_factory):
     else:
         assert result is None
     # the same command again reuses every shard, whatever the rank count
-    again = run_cmc(sim.cfg, sim.problem, sim.points if comm.is_root else None, comm, warm_start=sim.warm_start, output_dir=out if comm.is_root else None)
+    again = run_cmc(
+        sim.cfg,
+        sim.problem,
+        sim.points if comm.is_root else None,
+        comm,
+        warm_start=sim.warm_start,
+        output_dir=out if comm.is_root else None,
+    )
     if comm.is_root:
         assert all(s.reused for s in again.shards)
         np.testing.assert_array_equal(again.draws, result.draws)

@@ -192,7 +192,11 @@ def test_a_failing_shard_is_recorded_and_the_rest_combined(monkeypatch, tmp_path
         return original(worker, index, data, *settings)
 
     monkeypatch.setattr(runner, "sample_shard", flaky)
-    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 0.8}})
+    sim = simulate(
+        "static",
+        n_frames=80,
+        cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 0.8}},
+    )
     result = run(sim, output_dir=tmp_path)
     doc = result.to_json_dict()
     failed = [s for s in doc["shards"] if s["index"] == 2][0]
@@ -202,7 +206,11 @@ def test_a_failing_shard_is_recorded_and_the_rest_combined(monkeypatch, tmp_path
     assert 2 not in result.used and len(result.used) >= 3
     assert not (tmp_path / "cmc" / "shards" / "shard_00002.npz").exists()
     # with a stricter success rate the same failure is an error naming the shard
-    strict = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 1.0}})
+    strict = simulate(
+        "static",
+        n_frames=80,
+        cmc={"sharding": {"num_shards": 5}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "min_success_rate": 1.0}},
+    )
     with pytest.raises(FitError, match="shard 2 failed"):
         run(strict, output_dir=tmp_path / "strict")
     record = json.loads((tmp_path / "strict" / "cmc" / "result.json").read_text())
@@ -271,7 +279,11 @@ def test_gaussian_product_and_config_priors_without_warm_start():
     sim = simulate(
         "static",
         n_frames=80,
-        cmc={"sharding": {"num_shards": 3}, "per_shard_mcmc": FAST_MCMC, "combination": {**LENIENT, "method": "gaussian_product"}},
+        cmc={
+            "sharding": {"num_shards": 3},
+            "per_shard_mcmc": FAST_MCMC,
+            "combination": {**LENIENT, "method": "gaussian_product"},
+        },
         scaling="averaged",
     )
     from homodyne_mpi.cmc import run_cmc
@@ -290,7 +302,9 @@ def test_gaussian_product_and_config_priors_without_warm_start():
 
 
 def test_fixed_parameters_and_calibration():
-    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 2}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
+    sim = simulate(
+        "static", n_frames=80, cmc={"sharding": {"num_shards": 2}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
     sim.problem.free[-1] = False  # hold D_offset at its value
     sim.problem.theta0[-1] = sim.truth[-1]
     base = run(sim)
@@ -336,8 +350,15 @@ def test_soft_clamp_maps_the_line_onto_the_bounds_and_is_the_identity_inside(low
     y = soft_clamp_inverse(z, low, high)
     np.testing.assert_allclose(np.asarray(soft_clamp(jnp.asarray(y), low, high)), z, rtol=1e-9, atol=1e-9 * width)
     slope = jax.vmap(jax.grad(lambda v: soft_clamp(v, low, high)))(jnp.asarray(y))
-    np.testing.assert_allclose(np.exp(np.asarray(soft_clamp_log_slope(jnp.asarray(y), low, high))), np.asarray(slope), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(soft_clamp_log_slope(y, low, high, xp=np), np.asarray(soft_clamp_log_slope(jnp.asarray(y), low, high)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        np.exp(np.asarray(soft_clamp_log_slope(jnp.asarray(y), low, high))), np.asarray(slope), rtol=1e-9, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        soft_clamp_log_slope(y, low, high, xp=np),
+        np.asarray(soft_clamp_log_slope(jnp.asarray(y), low, high)),
+        rtol=1e-12,
+        atol=1e-12,
+    )
     # dz/dy integrates to the change of z; over the whole line, to the width of the bounds
     start = low - 60.0 if width < 1e3 else -60.0
     grid = np.linspace(start, high + 60.0, 400_001)
@@ -374,7 +395,9 @@ def diverging_first_attempt(monkeypatch):
 
 def test_a_shard_that_diverges_is_sampled_again_with_a_higher_target_accept_prob(monkeypatch, tmp_path):
     calls = diverging_first_attempt(monkeypatch)
-    sim = simulate("static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
+    sim = simulate(
+        "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
     result = run(sim, output_dir=tmp_path)
     assert calls == [(0, 0.8), (0, 0.95)]
     shard = result.to_json_dict()["shards"][0]
@@ -413,7 +436,9 @@ def test_a_stop_request_ends_between_shards_and_keeps_the_finished_ones(monkeypa
     import homodyne_mpi.cmc.driver as driver
     import homodyne_mpi.cmc.worker as runner
 
-    sim = simulate("static", n_frames=80, cmc={"sharding": {"num_shards": 3}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT})
+    sim = simulate(
+        "static", n_frames=80, cmc={"sharding": {"num_shards": 3}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
     original = runner.sample_shard
     done = []
 

@@ -420,9 +420,7 @@ def test_noise_estimate_subsamples_large_matrices():
 def test_load_config_dataset_uses_filter_only_when_enabled(tmp_path):
     path = write_aps_u(tmp_path / "a.h5", phi_list=(0.0, 90.0))
     cfg = SimpleNamespace(
-        analyzer_parameters=SimpleNamespace(
-            dt=None, start_frame=2, end_frame=10, scattering=SimpleNamespace(wavevector_q=0.01)
-        ),
+        analyzer_parameters=SimpleNamespace(dt=None, start_frame=2, end_frame=10, scattering=SimpleNamespace(wavevector_q=0.01)),
         experimental_data=SimpleNamespace(file_path=str(tmp_path / "other.h5")),
         phi_filtering=SimpleNamespace(enabled=False, target_ranges=[SimpleNamespace(min_angle=80, max_angle=100)]),
     )
@@ -446,9 +444,7 @@ def test_load_config_dataset_entries_and_their_own_q(tmp_path):
         SimpleNamespace(file_path=str(path), name="high", wavevector_q=[0.02]),
     ]
     cfg = SimpleNamespace(
-        analyzer_parameters=SimpleNamespace(
-            dt=0.1, start_frame=1, end_frame=None, scattering=SimpleNamespace(wavevector_q=0.01)
-        ),
+        analyzer_parameters=SimpleNamespace(dt=0.1, start_frame=1, end_frame=None, scattering=SimpleNamespace(wavevector_q=0.01)),
         phi_filtering=SimpleNamespace(enabled=False, target_ranges=[]),
         resolved_datasets=lambda: entries,
     )

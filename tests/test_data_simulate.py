@@ -132,8 +132,20 @@ def test_truth_file(tmp_path):
     stored = json.loads(truth_path(path).read_text())
     assert stored == truth
     for key in (
-        "analysis_mode", "shear_form", "parameters", "contrast", "offset", "phi", "q", "dt",
-        "n_frames", "gap", "noise_sigma", "seed", "layout", "dtype",
+        "analysis_mode",
+        "shear_form",
+        "parameters",
+        "contrast",
+        "offset",
+        "phi",
+        "q",
+        "dt",
+        "n_frames",
+        "gap",
+        "noise_sigma",
+        "seed",
+        "layout",
+        "dtype",
     ):
         assert key in stored
     assert stored["parameters"] == {"D0": 1000.0, "alpha": -0.3, "D_offset": 5.0}

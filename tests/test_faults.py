@@ -39,6 +39,7 @@ STATIC_TRUTH = [8000.0, -0.3, 30.0]
 PHI = [-60.0, -30.0, 0.0, 30.0, 60.0, 90.0]
 KILL_DEADLINE_S = 60.0
 
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -74,8 +75,19 @@ def laminar_data(tmp_path_factory) -> Path:
     """About 1e6 points (6 angles, 577 frames) of laminar-flow data, simulated once."""
     path = tmp_path_factory.mktemp("faults") / "laminar.h5"
     simulate_dataset(
-        path, mode="laminar_flow", shear_form="paper", q=0.0054, dt=0.1, n_frames=577, gap=2.0e6,
-        physical=LAMINAR_TRUTH, contrast=0.3, offset=1.0, phi=PHI, noise_sigma=0.01, seed=5,
+        path,
+        mode="laminar_flow",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=577,
+        gap=2.0e6,
+        physical=LAMINAR_TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=PHI,
+        noise_sigma=0.01,
+        seed=5,
     )
     return path
 
@@ -214,12 +226,19 @@ def reference_runs(tmp_path_factory, prefix: str, write_config, result: str):
 @pytest.fixture(scope="module")
 def uninterrupted_nlsq(laminar_data, tmp_path_factory):
     """``ranks -> result.json`` of the long fit run without interruption (made on demand)."""
-    return reference_runs(tmp_path_factory, "reference", lambda folder: long_fit_config(folder / "fit.yaml", laminar_data), "laminar/nlsq/result.json")
+    return reference_runs(
+        tmp_path_factory,
+        "reference",
+        lambda folder: long_fit_config(folder / "fit.yaml", laminar_data),
+        "laminar/nlsq/result.json",
+    )
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("ranks", RANKS)
-def test_sigterm_on_one_rank_checkpoints_exits_3_and_the_same_command_resumes(ranks, laminar_data, uninterrupted_nlsq, tmp_path, jobs):
+def test_sigterm_on_one_rank_checkpoints_exits_3_and_the_same_command_resumes(
+    ranks, laminar_data, uninterrupted_nlsq, tmp_path, jobs
+):
     reference = uninterrupted_nlsq(ranks)
     config = long_fit_config(tmp_path / "fit.yaml", laminar_data)
     out = tmp_path / "results"
@@ -268,8 +287,19 @@ def static_data(tmp_path_factory) -> Path:
     """A small static data set (2 angles, 120 frames: 14280 points) for CMC."""
     path = tmp_path_factory.mktemp("faults_cmc") / "static.h5"
     simulate_dataset(
-        path, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=120, gap=2.0e6,
-        physical=STATIC_TRUTH, contrast=0.3, offset=1.0, phi=[0.0, 60.0], noise_sigma=0.01, seed=3,
+        path,
+        mode="static",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=120,
+        gap=2.0e6,
+        physical=STATIC_TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=[0.0, 60.0],
+        noise_sigma=0.01,
+        seed=3,
     )
     return path
 
@@ -306,12 +336,16 @@ def uninterrupted_cmc(static_data, tmp_path_factory):
     Same rank count as the interrupted run: the NLSQ warm start, and so the priors, carry
     the rank count's summation order, and NUTS amplifies a last-bit difference.
     """
-    return reference_runs(tmp_path_factory, "reference_cmc", lambda folder: cmc_config(folder / "cmc.yaml", static_data), "static/cmc/result.json")
+    return reference_runs(
+        tmp_path_factory, "reference_cmc", lambda folder: cmc_config(folder / "cmc.yaml", static_data), "static/cmc/result.json"
+    )
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("ranks", RANKS)
-def test_sigterm_during_cmc_keeps_finished_shards_and_the_same_command_resumes(ranks, static_data, uninterrupted_cmc, tmp_path, jobs):
+def test_sigterm_during_cmc_keeps_finished_shards_and_the_same_command_resumes(
+    ranks, static_data, uninterrupted_cmc, tmp_path, jobs
+):
     reference = uninterrupted_cmc(ranks)
     config = cmc_config(tmp_path / "cmc.yaml", static_data)
     out = tmp_path / "results"

@@ -64,8 +64,19 @@ def tiny_cmc(tmp_path_factory) -> Path:
     """A folder with 2 angles x 40 frames (1560 points) of static data and a compilation cache."""
     folder = tmp_path_factory.mktemp("hangs")
     simulate_dataset(
-        folder / "tiny.h5", mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=40, gap=2.0e6,
-        physical=TRUTH, contrast=0.3, offset=1.0, phi=[0.0, 60.0], noise_sigma=0.01, seed=3,
+        folder / "tiny.h5",
+        mode="static",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=40,
+        gap=2.0e6,
+        physical=TRUTH,
+        contrast=0.3,
+        offset=1.0,
+        phi=[0.0, 60.0],
+        noise_sigma=0.01,
+        seed=3,
     )
     return folder
 

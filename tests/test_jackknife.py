@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_nlsq_fit import STATIC_TRUTH, fit, simulate
 
-from homodyne_mpi.cmc.calibration import t_widening
+from homodyne_mpi.cmc.calibration import likelihood_calibration, t_widening
 from homodyne_mpi.nlsq.jackknife import (
     frame_blocks,
     frame_corrected_covariance,
@@ -16,7 +16,6 @@ from homodyne_mpi.nlsq.jackknife import (
     influence_blocks,
     jackknife_covariance,
 )
-from homodyne_mpi.cmc.calibration import likelihood_calibration
 
 
 @pytest.mark.parametrize("n_frames, n_blocks", [(100, 20), (101, 7), (5, 20)])
@@ -152,10 +151,20 @@ def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
     from homodyne_mpi.data.simulate import simulate_dataset
 
     simulate_dataset(
-        cfg.experimental_data.file_path, mode="static", shear_form="paper", q=0.0054, dt=0.1, n_frames=120,
-        gap=2e6, physical=STATIC_TRUTH, contrast=[0.28, 0.3, 0.32, 0.3, 0.29, 0.31],
-        offset=[1.0, 1.002, 0.998, 1.001, 0.999, 1.0], phi=[-60.0, -30.0, 0.0, 30.0, 60.0, 90.0],
-        noise_sigma=0.01, seed=5, noise_model="speckle",
+        cfg.experimental_data.file_path,
+        mode="static",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=120,
+        gap=2e6,
+        physical=STATIC_TRUTH,
+        contrast=[0.28, 0.3, 0.32, 0.3, 0.29, 0.31],
+        offset=[1.0, 1.002, 0.998, 1.001, 0.999, 1.0],
+        phi=[-60.0, -30.0, 0.0, 30.0, 60.0, 90.0],
+        noise_sigma=0.01,
+        seed=5,
+        noise_model="speckle",
     )
     problem, speckled = fit(cfg)
     physical = slice(12, 15)
@@ -181,14 +190,30 @@ def test_fit_file_holds_rate_bands(tmp_path):
 
     data = tmp_path / "flow.h5"
     simulate_dataset(
-        data, mode="laminar_flow", shear_form="paper", q=0.0054, dt=0.1, n_frames=60, gap=2e6,
-        physical=[10000.0, -0.5, 5.0, 1e-4, 0.2, 1e-5, 4.0], contrast=0.3, offset=1.0,
-        phi=[0.0, 45.0, 90.0], noise_sigma=0.01, seed=1,
+        data,
+        mode="laminar_flow",
+        shear_form="paper",
+        q=0.0054,
+        dt=0.1,
+        n_frames=60,
+        gap=2e6,
+        physical=[10000.0, -0.5, 5.0, 1e-4, 0.2, 1e-5, 4.0],
+        contrast=0.3,
+        offset=1.0,
+        phi=[0.0, 45.0, 90.0],
+        noise_sigma=0.01,
+        seed=1,
     )
     config = write_config(
-        tmp_path / "flow.yaml", "laminar_flow",
-        **{"analyzer_parameters.dt": 0.1, "analyzer_parameters.end_frame": 60, "experimental_data.file_path": str(data),
-           "optimization.nlsq.uncertainty": "jackknife", "optimization.nlsq.jackknife_blocks": 6},
+        tmp_path / "flow.yaml",
+        "laminar_flow",
+        **{
+            "analyzer_parameters.dt": 0.1,
+            "analyzer_parameters.end_frame": 60,
+            "experimental_data.file_path": str(data),
+            "optimization.nlsq.uncertainty": "jackknife",
+            "optimization.nlsq.jackknife_blocks": 6,
+        },
     )
     completed = run_cli("run", str(config), "--output-dir", str(tmp_path / "out"), timeout=240)
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -42,9 +42,19 @@ def test_plain_process_and_correct_launches_pass():
     assert verdict(1, {}) is None
     assert verdict(1, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
     # srun --mpi=pmi2 with MPICH
-    assert verdict(4, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "PMI_SIZE": "4", "PMI_RANK": "1"}) is None
+    assert (
+        verdict(4, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "PMI_SIZE": "4", "PMI_RANK": "1"})
+        is None
+    )
     # mpiexec (hydra) inside an allocation: hydra's proxy is a one-task step
-    env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1", "PMI_SIZE": "4", "PMI_RANK": "0", "MPI_LOCALNRANKS": "4"}
+    env = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_NTASKS": "1",
+        "SLURM_STEP_NUM_TASKS": "1",
+        "PMI_SIZE": "4",
+        "PMI_RANK": "0",
+        "MPI_LOCALNRANKS": "4",
+    }
     assert verdict(4, env) is None
     # Open MPI's mpirun with Open MPI, and srun --mpi=pmix with Open MPI
     assert verdict(2, {"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "0"}, OPENMPI) is None
@@ -59,7 +69,9 @@ def test_srun_without_the_mpi_plugin_is_caught():
     env = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_STEP_NUM_TASKS": "4", "SLURM_PROCID": "2"}
     message = verdict(1, env)
     assert message.startswith("srun started 4 tasks but each is an MPI world of 1 rank")
-    assert "srun --mpi=pmi2 homodyne-mpi run CONFIG" in message and "--mpi=pmix" in message and "mpiexec -n $SLURM_NTASKS" in message
+    assert (
+        "srun --mpi=pmi2 homodyne-mpi run CONFIG" in message and "--mpi=pmix" in message and "mpiexec -n $SLURM_NTASKS" in message
+    )
 
 
 def test_batch_script_running_the_program_without_srun_is_caught():

@@ -9,11 +9,10 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import venv_bin
 
 from homodyne_mpi.errors import InputError
 from homodyne_mpi.parallel import SerialComm, balanced_counts, run_guarded, with_host_device_count
-
-from conftest import venv_bin
 
 
 def test_device_count_added_when_absent():

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import run_cli
+
 from homodyne_mpi.errors import InputError
 from homodyne_mpi.report import format_report, print_report
 
@@ -26,17 +26,43 @@ def nlsq_document(n_angles: int = 2) -> dict:
     names += ["D0", "alpha", "D_offset"]
     values = [0.31, 0.29, 1.001, 0.999, 1234.5, -0.25, 7.5][: len(names)]
     parameters = {
-        name: {"value": value, "std": abs(value) * 0.01, "std_model": abs(value) * 0.008, "std_jackknife": abs(value) * 0.01, "fixed": False}
+        name: {
+            "value": value,
+            "std": abs(value) * 0.01,
+            "std_model": abs(value) * 0.008,
+            "std_jackknife": abs(value) * 0.01,
+            "fixed": False,
+        }
         for name, value in zip(names, values)
     }
     parameters["D_offset"]["fixed"] = True
     return {
-        "method": "nlsq", "dataset": "good", "analysis_mode": "static", "shear_form": "paper", "per_angle_scaling": "individual",
-        "converged": True, "reason": "ftol: relative cost reduction 1e-11 <= 1e-10", "iterations": 9, "chi2": 1803.2,
-        "reduced_chi2": 1.0123, "n_points": 1790, "n_free_parameters": 6, "n_ranks": 4, "uncertainty": "jackknife",
+        "method": "nlsq",
+        "dataset": "good",
+        "analysis_mode": "static",
+        "shear_form": "paper",
+        "per_angle_scaling": "individual",
+        "converged": True,
+        "reason": "ftol: relative cost reduction 1e-11 <= 1e-10",
+        "iterations": 9,
+        "chi2": 1803.2,
+        "reduced_chi2": 1.0123,
+        "n_points": 1790,
+        "n_free_parameters": 6,
+        "n_ranks": 4,
+        "uncertainty": "jackknife",
         "parameters": parameters,
-        "data": {"source": "/data/good.h5", "layout": "aps-u", "q": 0.0054, "dt": 0.1, "dt_source": "config",
-                 "start_frame": 1, "end_frame": 60, "phi": [0.0, 90.0], "noise_sigma": [0.01, 0.011]},
+        "data": {
+            "source": "/data/good.h5",
+            "layout": "aps-u",
+            "q": 0.0054,
+            "dt": 0.1,
+            "dt_source": "config",
+            "start_frame": 1,
+            "end_frame": 60,
+            "phi": [0.0, 90.0],
+            "noise_sigma": [0.01, 0.011],
+        },
         "timing_s": {"load": 0.5, "compile": 2.25, "fit": 12.5},
         "history": [],
     }
@@ -44,16 +70,67 @@ def nlsq_document(n_angles: int = 2) -> dict:
 
 def cmc_document() -> dict:
     shards = [
-        {"index": 0, "n_points": 600, "rank": 0, "rhat_max": 1.004, "ess_min": 812.0, "divergences": 0, "ok": True, "error": None, "excluded_reason": None, "seconds": 30.5},
-        {"index": 1, "n_points": 600, "rank": 1, "rhat_max": 1.31, "ess_min": 40.0, "divergences": 12, "ok": False, "error": None, "excluded_reason": "rhat 1.31 > 1.1", "seconds": 31.0},
-        {"index": 2, "n_points": 590, "rank": 2, "rhat_max": None, "ess_min": None, "divergences": None, "ok": False, "error": "FloatingPointError: nan in potential\nTraceback ...", "excluded_reason": None, "seconds": 2.0},
-        {"index": 3, "n_points": 600, "rank": 3, "rhat_max": 1.002, "ess_min": 950.0, "divergences": 1, "ok": True, "error": None, "excluded_reason": None, "seconds": 29.0},
+        {
+            "index": 0,
+            "n_points": 600,
+            "rank": 0,
+            "rhat_max": 1.004,
+            "ess_min": 812.0,
+            "divergences": 0,
+            "ok": True,
+            "error": None,
+            "excluded_reason": None,
+            "seconds": 30.5,
+        },
+        {
+            "index": 1,
+            "n_points": 600,
+            "rank": 1,
+            "rhat_max": 1.31,
+            "ess_min": 40.0,
+            "divergences": 12,
+            "ok": False,
+            "error": None,
+            "excluded_reason": "rhat 1.31 > 1.1",
+            "seconds": 31.0,
+        },
+        {
+            "index": 2,
+            "n_points": 590,
+            "rank": 2,
+            "rhat_max": None,
+            "ess_min": None,
+            "divergences": None,
+            "ok": False,
+            "error": "FloatingPointError: nan in potential\nTraceback ...",
+            "excluded_reason": None,
+            "seconds": 2.0,
+        },
+        {
+            "index": 3,
+            "n_points": 600,
+            "rank": 3,
+            "rhat_max": 1.002,
+            "ess_min": 950.0,
+            "divergences": 1,
+            "ok": True,
+            "error": None,
+            "excluded_reason": None,
+            "seconds": 29.0,
+        },
     ]
-    parameters = {name: {"mean": m, "std": s, "q05": m - 1.6 * s, "q50": m, "q95": m + 1.6 * s}
-                  for name, m, s in (("D0", 1230.0, 12.0), ("alpha", -0.251, 0.004), ("D_offset", 7.1, 0.9), ("contrast[0]", 0.31, 0.001))}
+    parameters = {
+        name: {"mean": m, "std": s, "q05": m - 1.6 * s, "q50": m, "q95": m + 1.6 * s}
+        for name, m, s in (("D0", 1230.0, 12.0), ("alpha", -0.251, 0.004), ("D_offset", 7.1, 0.9), ("contrast[0]", 0.31, 0.001))
+    }
     return {
-        "method": "cmc", "dataset": "good", "analysis_mode": "static", "parameters": parameters, "shards": shards,
-        "combination": {"method": "consensus_mc", "n_retained": 2, "excluded": [1, 2]}, "n_ranks": 4,
+        "method": "cmc",
+        "dataset": "good",
+        "analysis_mode": "static",
+        "parameters": parameters,
+        "shards": shards,
+        "combination": {"method": "consensus_mc", "n_retained": 2, "excluded": [1, 2]},
+        "n_ranks": 4,
         "timing_s": {"sampling": 95.0, "combine": 0.4},
     }
 
@@ -66,11 +143,30 @@ def results_root(tmp_path) -> Path:
         folder.mkdir(parents=True)
         (folder / "result.json").write_text(json.dumps(document))
     summary = {
-        "n_datasets": 2, "n_failed": 1, "method": "both", "n_ranks": 4, "wall_s": 151.2,
+        "n_datasets": 2,
+        "n_failed": 1,
+        "method": "both",
+        "n_ranks": 4,
+        "wall_s": 151.2,
         "datasets": [
-            {"name": "good", "source": "/data/good.h5", "status": "ok", "error": None, "error_type": None, "paths": {}, "timing_s": {}},
-            {"name": "bad", "source": "/data/bad.h5", "status": "failed", "error": "/data/bad.h5: key 'xpcs/qmap' missing -- use an APS file",
-             "error_type": "InputError", "paths": {}, "timing_s": {}},
+            {
+                "name": "good",
+                "source": "/data/good.h5",
+                "status": "ok",
+                "error": None,
+                "error_type": None,
+                "paths": {},
+                "timing_s": {},
+            },
+            {
+                "name": "bad",
+                "source": "/data/bad.h5",
+                "status": "failed",
+                "error": "/data/bad.h5: key 'xpcs/qmap' missing -- use an APS file",
+                "error_type": "InputError",
+                "paths": {},
+                "timing_s": {},
+            },
         ],
     }
     (root / "batch_summary.json").write_text(json.dumps(summary))
@@ -136,8 +232,10 @@ def test_report_command_on_a_real_fit(tmp_path):
     document["compute"]["compilation_cache_dir"] = None
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(document, sort_keys=False))
-    for args in (("simulate", str(config), "--output", "sim.h5", "--phi=0,90", "--noise", "0.01"),
-                 ("run", str(config), "--method", "nlsq", "--output-dir", "out")):
+    for args in (
+        ("simulate", str(config), "--output", "sim.h5", "--phi=0,90", "--noise", "0.01"),
+        ("run", str(config), "--method", "nlsq", "--output-dir", "out"),
+    ):
         done = run_cli(*args, timeout=TIMEOUT, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     done = run_cli("report", str(tmp_path / "out"), timeout=TIMEOUT)

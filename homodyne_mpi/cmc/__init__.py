@@ -6,9 +6,9 @@ Importing this package imports JAX: set the host device count first
 
 from .combination import METHODS as COMBINATION_METHODS
 from .combination import combine, consensus_draws, gaussian_product, modified_zscores, robust_outliers
-from .priors import PriorSpec, build_priors
 from .driver import run_cmc
 from .plan import RunPlan
+from .priors import PriorSpec, build_priors
 from .result import CMCResult
 from .sampler import SamplerSettings, ShardResult, ShardSampler
 from .sharding import adapted_counts, assign_shards, dispatch_order, shard_count

@@ -83,7 +83,9 @@ def check_warm_start(warm_start) -> None:
     if warm_start is None:
         return
     if not np.all(np.isfinite(np.asarray(warm_start.theta, dtype=float))):
-        raise InputError("CMC: the NLSQ warm start has non-finite values -- fix the starting values or bounds, or run CMC without the warm start (--no-nlsq-warmstart)")
+        raise InputError(
+            "CMC: the NLSQ warm start has non-finite values -- fix the starting values or bounds, or run CMC without the warm start (--no-nlsq-warmstart)"
+        )
     if not warm_start.converged:
         raise InputError(
             f"CMC: the NLSQ warm start did not converge ({warm_start.reason}, {warm_start.iterations} iterations) "

@@ -159,7 +159,9 @@ def robust_outliers(means: np.ndarray, stds: np.ndarray | None = None, *, thresh
     return [int(k) for k in np.flatnonzero(np.any(np.abs(scores) > threshold, axis=1))], scores
 
 
-def combine(shard_draws: list[np.ndarray], *, method: str = "robust_consensus_mc", outlier_zscore: float = 3.5, seed: int = 0) -> Combined:
+def combine(
+    shard_draws: list[np.ndarray], *, method: str = "robust_consensus_mc", outlier_zscore: float = 3.5, seed: int = 0
+) -> Combined:
     """Combine shard draws ``[(G, d), ...]`` with ``method`` (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"combination method must be one of {METHODS}, got {method!r}")

@@ -92,7 +92,9 @@ class Progress:
         )
 
 
-def run_cmc(cfg, problem, points: PointSet | None, comm, *, warm_start=None, output_dir: Path | None = None, calibration: float = 1.0) -> CMCResult | None:
+def run_cmc(
+    cfg, problem, points: PointSet | None, comm, *, warm_start=None, output_dir: Path | None = None, calibration: float = 1.0
+) -> CMCResult | None:
     """Consensus Monte Carlo of ``problem`` on every rank; rank 0 returns the ``CMCResult``.
 
     ``points``: the full strict-upper-triangle points on rank 0 (None elsewhere).
@@ -121,7 +123,12 @@ def run_cmc(cfg, problem, points: PointSet | None, comm, *, warm_start=None, out
             if k not in state.reused
         ]
     stats: FarmStats | None = run_task_farm(
-        comm, tasks, worker, progress, should_stop=_stop_requested, passthrough=(Interrupted,),
+        comm,
+        tasks,
+        worker,
+        progress,
+        should_stop=_stop_requested,
+        passthrough=(Interrupted,),
         task_limit=shard_time_limit(cfg.optimization.cmc.per_shard_mcmc.shard_timeout_s),
     )
     sampled = time.perf_counter()

@@ -67,12 +67,12 @@ def retry_settings_for(settings: SamplerSettings, retry_target_accept_prob: floa
     """
     if not retry_target_accept_prob > settings.target_accept_prob:
         return None
-    return dataclasses.replace(
-        settings, num_warmup=2 * max(settings.num_warmup, 1), target_accept_prob=retry_target_accept_prob
-    )
+    return dataclasses.replace(settings, num_warmup=2 * max(settings.num_warmup, 1), target_accept_prob=retry_target_accept_prob)
 
 
-def plan_run(cfg, problem, points: PointSet | None, warm_start, calibration: float, output_dir, state: RootState, n_ranks: int = 1) -> RunPlan:
+def plan_run(
+    cfg, problem, points: PointSet | None, warm_start, calibration: float, output_dir, state: RootState, n_ranks: int = 1
+) -> RunPlan:
     """Rank 0: shards, priors, sampler settings, fingerprints, reusable checkpoints."""
     cmc = cfg.optimization.cmc
     if points is None or len(points) == 0:

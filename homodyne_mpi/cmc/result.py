@@ -232,9 +232,7 @@ def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ra
     used = [good[k] for k in combined.used]
     combination["used"] = [r.index for r in used]
     combination["n_used"] = len(used)
-    combination["excluded_outliers"] = [
-        {"index": good[k].index, "reason": verdicts[good[k].index]} for k in combined.outliers
-    ]
+    combination["excluded_outliers"] = [{"index": good[k].index, "reason": verdicts[good[k].index]} for k in combined.outliers]
     shard_means, shard_covs = [], []
     for r in used:
         full = full_space(plan, r.flat_draws())

@@ -76,9 +76,7 @@ def chain_method_for(requested: str, num_chains: int, shard_points: int, n_devic
     if shard_points < MIN_POINTS_FOR_PARALLEL:
         return "sequential", f"shards of {shard_points} points are below {MIN_POINTS_FOR_PARALLEL}"
     if n_devices < num_chains:
-        return "sequential", (
-            f"{n_devices} host device(s) for {num_chains} chains (set the device count before JAX is imported)"
-        )
+        return "sequential", (f"{n_devices} host device(s) for {num_chains} chains (set the device count before JAX is imported)")
     return "parallel", None
 
 
@@ -131,8 +129,7 @@ class ShardSampler:
         method = settings.chain_method
         if method == "parallel" and jax.local_device_count() < settings.num_chains:
             log.warning(
-                "CMC: running chains sequentially: %d host device(s) for %d chains "
-                "(set the device count before JAX is imported)",
+                "CMC: running chains sequentially: %d host device(s) for %d chains (set the device count before JAX is imported)",
                 jax.local_device_count(),
                 settings.num_chains,
             )
@@ -277,9 +274,26 @@ class ShardResult:
         return out
 
     @classmethod
-    def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "ShardResult":
+    def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> ShardResult:
         """Inverse of ``meta()`` + ``arrays()``."""
-        fields = {key: meta[key] for key in ("index", "n_points", "rank", "host", "seconds", "chain_method", "num_warmup", "num_samples", "error", "traceback", "target_accept_prob", "retried_because") if key in meta}
+        fields = {
+            key: meta[key]
+            for key in (
+                "index",
+                "n_points",
+                "rank",
+                "host",
+                "seconds",
+                "chain_method",
+                "num_warmup",
+                "num_samples",
+                "error",
+                "traceback",
+                "target_accept_prob",
+                "retried_because",
+            )
+            if key in meta
+        }
         for name in ARRAY_FIELDS:
             if name in arrays:
                 value = np.asarray(arrays[name])

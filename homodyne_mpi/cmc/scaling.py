@@ -75,8 +75,11 @@ def truncated_standard_normal(xi, low, high):
     log_mass = jnp.where(
         low >= 0.0,
         jnp.log(ndtr(-jnp.maximum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0))),
-        jnp.where(high <= 0.0, jnp.log(ndtr(jnp.minimum(high, 0.0)) - ndtr(jnp.minimum(low, 0.0))),
-                  jnp.log1p(-ndtr(jnp.minimum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0)))),
+        jnp.where(
+            high <= 0.0,
+            jnp.log(ndtr(jnp.minimum(high, 0.0)) - ndtr(jnp.minimum(low, 0.0))),
+            jnp.log1p(-ndtr(jnp.minimum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0))),
+        ),
     )
     return eps, -0.5 * (xi * xi - eps * eps) + log_mass
 
@@ -91,9 +94,7 @@ def pairs_from_eps(g, value, weight, pair, n_pairs: int, noise, calibration, xi_
     ``log_jacobian`` is ``sum log det L`` plus both maps' log-slopes.
     """
     mean_offset, mean_contrast, l11, l21, l22 = conditional_pairs(g, value, weight, pair, n_pairs, noise, calibration)
-    eps_offset, log_slope_o = truncated_standard_normal(
-        xi_offset, (low[0] - mean_offset) / l11, (high[0] - mean_offset) / l11
-    )
+    eps_offset, log_slope_o = truncated_standard_normal(xi_offset, (low[0] - mean_offset) / l11, (high[0] - mean_offset) / l11)
     centre = mean_contrast + l21 * eps_offset
     eps_contrast, log_slope_c = truncated_standard_normal(xi_contrast, (low[1] - centre) / l22, (high[1] - centre) / l22)
     offset = mean_offset + l11 * eps_offset

@@ -190,7 +190,16 @@ class ShardModel:
     target and a diagonal mass matrix adapts quickly.
     """
 
-    def __init__(self, priors: PriorSpec, spec: ModelSpec, layout: ParameterLayout, phi, *, calibration: float = 1.0, n_points: int | None = None):
+    def __init__(
+        self,
+        priors: PriorSpec,
+        spec: ModelSpec,
+        layout: ParameterLayout,
+        phi,
+        *,
+        calibration: float = 1.0,
+        n_points: int | None = None,
+    ):
         if not calibration >= 1.0:
             raise ValueError(f"calibration must be >= 1, got {calibration}")
         if priors.n_sampled < 1:

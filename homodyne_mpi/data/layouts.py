@@ -159,17 +159,13 @@ def _read_vector(h5: h5py.File, key: str, layout: str, *, numeric_kind: str = "f
         raise InputError(f"{_source_name(h5)}: cannot read '{key}' ({exc}); the file is damaged") from exc
     if values.dtype.kind not in numeric_kind + "iu":
         raise InputError(
-            f"{_source_name(h5)}: '{key}' holds {values.dtype} values, expected numbers; "
-            "the file is not a correlator result"
+            f"{_source_name(h5)}: '{key}' holds {values.dtype} values, expected numbers; the file is not a correlator result"
         )
     values = values.reshape(-1)
     if values.size == 0:
         raise InputError(f"{_source_name(h5)}: '{key}' is empty; the file holds no processed bins")
     if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
-        raise InputError(
-            f"{_source_name(h5)}: '{key}' contains NaN or inf; the file is damaged -- "
-            "rerun the correlator"
-        )
+        raise InputError(f"{_source_name(h5)}: '{key}' contains NaN or inf; the file is damaged -- rerun the correlator")
     return values
 
 
@@ -185,10 +181,7 @@ def _read_aps_u(h5: h5py.File) -> BinTable:
     _require(h5, APS_U_MATRIX_GROUP, APS_U, kind=h5py.Group)
     if bins.dtype.kind == "f":
         if not np.all(bins == np.round(bins)):
-            raise InputError(
-                f"{source}: '{APS_U_BINS_KEY}' holds non-integer bin labels; "
-                "the file is not a correlator result"
-            )
+            raise InputError(f"{source}: '{APS_U_BINS_KEY}' holds non-integer bin labels; the file is not a correlator result")
     bins = bins.astype(np.int64)
     n_q, n_phi = q_list.size, phi_list.size
     index = bins - 1
@@ -294,10 +287,7 @@ def matrix_dataset(h5: h5py.File, key: str, layout: str) -> h5py.Dataset:
         )
     dataset = h5[key]
     if not isinstance(dataset, h5py.Dataset):
-        raise InputError(
-            f"{_source_name(h5)}: key '{key}' is not a dataset; expected the two-time matrix "
-            f"of the {layout} layout"
-        )
+        raise InputError(f"{_source_name(h5)}: key '{key}' is not a dataset; expected the two-time matrix of the {layout} layout")
     shape = dataset.shape
     if len(shape) != 2 or shape[0] != shape[1]:
         raise InputError(

@@ -120,8 +120,7 @@ def frame_window(
     for name, value in (("start_frame", start), ("end_frame", end)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise InputError(
-                f"{source}: analyzer_parameters.{name} is {value!r}, not a whole frame number; "
-                f"use an integer in 1..{n_frames}"
+                f"{source}: analyzer_parameters.{name} is {value!r}, not a whole frame number; use an integer in 1..{n_frames}"
             )
     start, end = int(start), int(end)
     if not (1 <= start < end <= n_frames):

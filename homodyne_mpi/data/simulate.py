@@ -171,9 +171,7 @@ def _check_arguments(
     names = PHYSICAL_PARAMETERS[mode]
     physical = np.asarray(physical, dtype=np.float64).reshape(-1)
     if physical.size != len(names):
-        raise InputError(
-            f"simulate: {mode} needs {len(names)} physical parameters {names}, got {physical.size}"
-        )
+        raise InputError(f"simulate: {mode} needs {len(names)} physical parameters {names}, got {physical.size}")
     if not np.all(np.isfinite(physical)):
         raise InputError("simulate: physical parameters contain NaN or inf")
     phi = np.asarray(phi, dtype=np.float64).reshape(-1)
@@ -386,8 +384,10 @@ def simulate_dataset(
 
             position = 0
             for q_index, q_value in enumerate(q_values):
-                spec_file = spec_main if q_value == q else ModelSpec(
-                    mode=mode, shear_form=shear_form, q=q_value, dt=dt, n_frames=n_frames, gap=gap
+                spec_file = (
+                    spec_main
+                    if q_value == q
+                    else ModelSpec(mode=mode, shear_form=shear_form, q=q_value, dt=dt, n_frames=n_frames, gap=gap)
                 )
                 file_grid = _Integrals(physical, spec_file)
                 window_grid = None
@@ -476,8 +476,7 @@ def _config_physical_values(cfg, mode: str) -> np.ndarray:
     missing = [name for name in wanted if name not in by_name]
     if missing:
         raise ConfigError(
-            f"config: initial_parameters.parameter_names lacks {missing} needed by {mode}; "
-            f"list {list(wanted)} with their values"
+            f"config: initial_parameters.parameter_names lacks {missing} needed by {mode}; list {list(wanted)} with their values"
         )
     try:
         return np.array([float(by_name[name]) for name in wanted], dtype=np.float64)
@@ -524,8 +523,7 @@ def simulate_from_config(
     end_frame = getattr(analyzer, "end_frame", None)
     if end_frame is None:
         raise InputError(
-            "config: simulate needs analyzer_parameters.end_frame (the number of frames to "
-            "write); set it, e.g. end_frame: 1000"
+            "config: simulate needs analyzer_parameters.end_frame (the number of frames to write); set it, e.g. end_frame: 1000"
         )
     if isinstance(start_frame, bool) or isinstance(end_frame, bool) or not (1 <= int(start_frame) < int(end_frame)):
         raise InputError(

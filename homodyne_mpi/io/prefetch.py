@@ -191,9 +191,7 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
     def _ensure_thread(self) -> None:
         """Start the background thread on first use."""
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name="homodyne-prefetch", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="homodyne-prefetch", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:

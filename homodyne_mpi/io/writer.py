@@ -243,9 +243,7 @@ class AsyncWriter:
         while True:
             with self._lock:
                 self._pending = {future for future in self._pending if not future.done()}
-                self._last_by_path = {
-                    target: future for target, future in self._last_by_path.items() if not future.done()
-                }
+                self._last_by_path = {target: future for target, future in self._last_by_path.items() if not future.done()}
                 waiting = list(self._pending)
             if not waiting:
                 return self.failures

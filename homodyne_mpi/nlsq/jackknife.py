@@ -288,7 +288,14 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
     objective.excluded_frames = np.asarray(block, dtype=np.int32)
     try:
         refit = levenberg_marquardt(
-            objective, theta_hat, problem.lower, problem.upper, problem.free, lm_options, quiet=True, mixed_gradient=objective.mixed_gradient
+            objective,
+            theta_hat,
+            problem.lower,
+            problem.upper,
+            problem.free,
+            lm_options,
+            quiet=True,
+            mixed_gradient=objective.mixed_gradient,
         )
     finally:
         objective.excluded_frames = NO_EXCLUSION
@@ -372,7 +379,10 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
     theta_hat, covariance_model, reduced_chi2 = result.theta, result.covariance, result.reduced_chi2
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
     refit_options = lm_options(
-        options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING, decrement_tol=REFIT_DISTANCE**2 * reduced_chi2
+        options,
+        max_iterations=options.jackknife_iterations,
+        initial_damping=REFIT_DAMPING,
+        decrement_tol=REFIT_DISTANCE**2 * reduced_chi2,
     )
     by_rank = refits_by_rank_chosen(objective, options)
     log.info(

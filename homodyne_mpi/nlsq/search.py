@@ -106,7 +106,9 @@ def search_start(
     options = refine_options or LMOptions(max_iterations=REFINE_ITERATIONS, xtol=1e-6, gtol=1e-6, ftol=1e-6)
     best_cost, best_theta = np.inf, scored[0][1]
     for _cost, start in scored[:REFINED_CANDIDATES]:
-        refined = levenberg_marquardt(evaluate, start, lower, upper, free, options, quiet=True, mixed_gradient=evaluate.mixed_gradient)
+        refined = levenberg_marquardt(
+            evaluate, start, lower, upper, free, options, quiet=True, mixed_gradient=evaluate.mixed_gradient
+        )
         if refined.cost < best_cost:
             best_cost, best_theta = refined.cost, refined.theta
     log.info("start search: refined best chi2 on the subsample %.6e", best_cost)

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import HomodyneError
-
 
 XLA_ALIGNMENT = 64
 """Bytes: XLA's CPU client shares (does not copy) host buffers aligned to this."""
@@ -81,7 +81,9 @@ class Comm:
     def gather(self, obj: Any, root: int = 0) -> list | None:  # pragma: no cover
         raise NotImplementedError
 
-    def sum_in_chunk_order(self, rows: np.ndarray, first_chunk: int, n_chunks: int, flag: float = 0.0) -> tuple[np.ndarray, float]:
+    def sum_in_chunk_order(
+        self, rows: np.ndarray, first_chunk: int, n_chunks: int, flag: float = 0.0
+    ) -> tuple[np.ndarray, float]:
         """Sum of every rank's per-chunk rows, added on one fixed tree over chunk indices.
 
         ``rows`` is ``(n_local, L)``: this rank's chunks ``first_chunk, first_chunk + 1,
@@ -171,7 +173,7 @@ class SerialComm(Comm):
     def abort(self, code: int = 1) -> None:
         os._exit(code)
 
-    def split(self, color: int) -> "SerialComm":
+    def split(self, color: int) -> SerialComm:
         """A sub-communicator of the ranks with the same ``color``: itself."""
         return self
 
@@ -280,7 +282,7 @@ class MPIComm(Comm):
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)
 
-    def split(self, color: int) -> "MPIComm":
+    def split(self, color: int) -> MPIComm:
         """A sub-communicator of the ranks that pass the same ``color``."""
         return MPIComm(self._comm.Split(color, self.rank))
 

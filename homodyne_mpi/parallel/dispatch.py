@@ -38,8 +38,8 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -225,7 +225,16 @@ class _LocalWorker:
             self.outbox.put(("done", task, (header, out_arrays), seconds))
 
 
-def _manager(comm: Comm, tasks: Sequence[Task], work: WorkFn, on_result: Callable[[FarmResult], None], should_stop, poll_interval: float, passthrough: tuple, task_limit: TaskLimit | None = None) -> FarmStats:
+def _manager(
+    comm: Comm,
+    tasks: Sequence[Task],
+    work: WorkFn,
+    on_result: Callable[[FarmResult], None],
+    should_stop,
+    poll_interval: float,
+    passthrough: tuple,
+    task_limit: TaskLimit | None = None,
+) -> FarmStats:
     start = time.perf_counter()
     pending = deque(tasks)
     stopped = False
@@ -332,6 +341,15 @@ def run_task_farm(
     if task_limit is not None:
         work = task_limit.guarded(work)
     if comm.is_root:
-        return _manager(comm, list(tasks or []), work, on_result or (lambda result: None), should_stop, poll_interval, tuple(passthrough), task_limit)
+        return _manager(
+            comm,
+            list(tasks or []),
+            work,
+            on_result or (lambda result: None),
+            should_stop,
+            poll_interval,
+            tuple(passthrough),
+            task_limit,
+        )
     _worker_loop(comm, work, should_stop, tuple(passthrough))
     return None

@@ -21,7 +21,7 @@ it is cheap; every rank reaches the same verdict, so the error is collective.
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 from ..errors import ConfigError
 from .comm import Comm, MPIComm
