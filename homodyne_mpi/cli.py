@@ -190,7 +190,7 @@ def command_simulate(args, comm) -> int:
     from .config import load_config
 
     cfg = load_config(args.config)
-    from .data.simulate import simulate_from_config
+    from .data.simulate_config import simulate_from_config
 
     options = {"noise_model": args.noise_model} if args.noise_model != "gaussian" else {}
     truth = simulate_from_config(

@@ -142,7 +142,7 @@ def test_key_table_is_consistent():
 
 @pytest.mark.parametrize("mode", ["static", "laminar_flow"])
 def test_reference_format_config_from_the_table(mode, tmp_path: Path, caplog):
-    from homodyne_mpi.data.simulate import simulate_from_config
+    from homodyne_mpi.data.simulate_config import simulate_from_config
 
     data = tmp_path / "data.h5"
     config, expected, shadowed = reference_config(mode, str(data))
@@ -187,7 +187,7 @@ def test_values_without_equivalent_are_refused(path, value, tmp_path: Path):
 def test_minimal_reference_config_takes_q_from_the_file(tmp_path: Path):
     """The reference generator's ``--filter minimal`` keeps only the mode, the data and the
     method: q then comes from the data file (its first stored q), as in the reference."""
-    from homodyne_mpi.data.simulate import simulate_from_config
+    from homodyne_mpi.data.simulate_config import simulate_from_config
 
     data = tmp_path / "data.h5"
     own = HomodyneConfig.from_dict(

@@ -31,7 +31,8 @@ from .selection import (
     is_triangular_half,
     select_nearest_q,
 )
-from .simulate import DEFAULT_SIMULATED_PHI, simulate_dataset, simulate_from_config, truth_path
+from .simulate import DEFAULT_SIMULATED_PHI, simulate_dataset, truth_path
+from .simulate_config import simulate_from_config
 
 __all__ = [
     "APS_LEGACY",

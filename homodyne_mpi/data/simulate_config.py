@@ -1,0 +1,155 @@
+"""``homodyne-mpi simulate``: a synthetic file whose truth is a config's start point.
+
+Reads the grid (dt, q, frames, gap, shear form), the truth (``initial_parameters``) and
+the per-angle scaling from a parsed config and hands them to
+:func:`homodyne_mpi.data.simulate.simulate_dataset`, which writes the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from homodyne_mpi.errors import ConfigError, InputError
+
+from .layouts import APS_U
+from .selection import angles_in_ranges, format_ranges
+from .simulate import DEFAULT_SIMULATED_PHI, per_angle_values, simulate_dataset
+
+__all__ = ["simulate_from_config"]
+
+logger = logging.getLogger(__name__)
+
+
+def _config_physical_values(cfg, mode: str) -> np.ndarray:
+    """The config's initial values in canonical physical order, matched by name."""
+    from homodyne_mpi.model import PHYSICAL_PARAMETERS
+
+    initial = cfg.initial_parameters
+    wanted = PHYSICAL_PARAMETERS[mode]
+    names = list(getattr(initial, "parameter_names", None) or wanted)  # empty: canonical order
+    values = getattr(initial, "values", None)
+    if values is None:
+        raise ConfigError(
+            "config: simulate needs initial_parameters.values (the truth to simulate); "
+            f"give one value per name in the order {', '.join(names)}"
+        )
+    values = list(values)
+    if len(names) != len(values):
+        raise ConfigError(
+            f"config: initial_parameters.parameter_names has {len(names)} names but "
+            f"initial_parameters.values has {len(values)} values; give one value per name"
+        )
+    by_name = dict(zip(names, values))
+    missing = [name for name in wanted if name not in by_name]
+    if missing:
+        raise ConfigError(
+            f"config: initial_parameters.parameter_names lacks {missing} needed by {mode}; list {list(wanted)} with their values"
+        )
+    try:
+        return np.array([float(by_name[name]) for name in wanted], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError("config: initial_parameters.values must all be numbers") from None
+
+
+def simulate_from_config(
+    cfg,
+    output: str | os.PathLike[str],
+    *,
+    layout: str = APS_U,
+    phi: Sequence[float] | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+    dtype: str = "float64",
+    noise_model: str = "gaussian",
+) -> dict:
+    """``homodyne-mpi simulate``: a synthetic file whose truth is the config's start point.
+
+    - Truth: ``initial_parameters.values`` matched to ``parameter_names`` and put in the
+      canonical physical order; contrast and offset from
+      ``initial_parameters.per_angle_scaling`` (one value or one per angle).
+    - Grid: ``analyzer_parameters.dt`` (a number: ``auto`` is an error here),
+      ``scattering.wavevector_q``, ``geometry.stator_rotor_gap`` and ``shear_form``.
+    - Frames: the file holds ``end_frame`` frames (``end_frame`` must be set) and frames
+      ``start_frame..end_frame`` hold exactly the model on that window, its time origin at
+      ``start_frame`` (see the module docstring). Loading the file with the same config
+      therefore gives exactly the model (plus noise) that the fit evaluates.
+    - Angles: ``phi`` (degrees), default :data:`DEFAULT_SIMULATED_PHI`. A warning lists
+      the angles the config's ``phi_filtering`` would drop.
+    - ``noise``, ``seed``, ``dtype``, ``noise_model``: as :func:`simulate_dataset`'s
+      ``noise_sigma``, ``seed``, ``dtype`` and ``noise_model``.
+    """
+    mode = cfg.analysis_mode
+    analyzer = cfg.analyzer_parameters
+    dt = getattr(analyzer, "dt", None)
+    if dt is None or isinstance(dt, str) or isinstance(dt, bool):
+        raise InputError(
+            f"config: simulate needs analyzer_parameters.dt as a number of seconds, got {dt!r}; "
+            "'auto' has no file to read it from -- set e.g. dt: 0.1"
+        )
+    start_frame = getattr(analyzer, "start_frame", 1) or 1
+    end_frame = getattr(analyzer, "end_frame", None)
+    if end_frame is None:
+        raise InputError(
+            "config: simulate needs analyzer_parameters.end_frame (the number of frames to write); set it, e.g. end_frame: 1000"
+        )
+    if isinstance(start_frame, bool) or isinstance(end_frame, bool) or not (1 <= int(start_frame) < int(end_frame)):
+        raise InputError(
+            f"config: analyzer_parameters.start_frame={start_frame}, end_frame={end_frame}; "
+            "simulate needs 1 <= start_frame < end_frame"
+        )
+    from homodyne_mpi.model import PHYSICAL_PARAMETERS, ModelSpec
+
+    if mode not in PHYSICAL_PARAMETERS:
+        raise ConfigError(f"config: analysis_mode {mode!r} is unknown; use one of {tuple(PHYSICAL_PARAMETERS)}")
+    physical = _config_physical_values(cfg, mode)
+    angles = np.asarray(DEFAULT_SIMULATED_PHI if phi is None else phi, dtype=np.float64).reshape(-1)
+    scaling = cfg.initial_parameters.per_angle_scaling
+    contrast = per_angle_values("contrast", scaling.contrast, angles.size)
+    offset = per_angle_values("offset", scaling.offset, angles.size)
+
+    phi_filtering = getattr(cfg, "phi_filtering", None)
+    if phi_filtering is not None and getattr(phi_filtering, "enabled", False):
+        ranges = list(getattr(phi_filtering, "target_ranges", None) or [])
+        kept = angles_in_ranges(angles, ranges)
+        if not np.all(kept):
+            logger.warning(
+                "simulate: phi_filtering.target_ranges %s keeps %d of the %d simulated angles "
+                "(%s); pass --phi with angles inside the ranges to fit them all",
+                format_ranges(ranges),
+                int(kept.sum()),
+                angles.size,
+                ", ".join(f"{a:g}" for a in angles[kept]) or "none",
+            )
+
+    if analyzer.scattering.wavevector_q is None:
+        raise ConfigError(
+            "simulate: analyzer_parameters.scattering.wavevector_q is null (the data file's q) -- "
+            "give the q to simulate, in 1/Angstrom"
+        )
+    geometry = getattr(analyzer, "geometry", None)
+    gap = getattr(geometry, "stator_rotor_gap", None)
+    if gap is None:  # static configs may leave the geometry out
+        gap = ModelSpec.gap  # the dataclass default
+    return simulate_dataset(
+        output,
+        mode=mode,
+        shear_form=getattr(cfg, "shear_form", "paper") or "paper",
+        q=analyzer.scattering.wavevector_q,
+        dt=dt,
+        n_frames=int(end_frame),
+        physical=physical,
+        contrast=contrast,
+        offset=offset,
+        phi=angles,
+        noise_sigma=float(noise),
+        seed=int(seed),
+        layout=layout,
+        dtype=dtype,
+        noise_model=noise_model,
+        start_frame=int(start_frame),
+        gap=gap,
+    )
