@@ -32,7 +32,8 @@ def pair_sums(g, value, weight, pair, n_pairs: int):
     ``1, g, g^2, v, g v`` (weights squared) over each pair's points."""
     w2 = weight * weight
     columns = jnp.stack([w2, w2 * g, w2 * g * g, w2 * value, w2 * g * value], axis=1)
-    sums = jax.ops.segment_sum(columns, pair, num_segments=n_pairs)
+    one_hot = (pair[:, None] == jnp.arange(n_pairs)[None, :]).astype(columns.dtype)
+    sums = one_hot.T @ columns
     return tuple(sums[:, k] for k in range(5))
 
 
@@ -60,28 +61,20 @@ def truncated_standard_normal(xi, low, high):
     ``(low, high)`` that carries a standard normal ``xi`` to a standard normal truncated
     to ``(low, high)``: ``eps = Phi^-1(Phi(low) + Phi(xi) (Phi(high) - Phi(low)))``.
 
-    Evaluated on the side (lower or upper tail) where it keeps full precision, which
-    holds while ``Phi(-|xi|)`` does not underflow (``|xi|`` below about 37); its
+    Evaluated once, in the frame (as it is, or mirrored ``x -> -x``) where the normal
+    CDFs it takes are below one half wherever that is possible, so it keeps full
+    precision while ``Phi(-|xi|)`` does not underflow (``|xi|`` below about 37). Its
     log-slope is ``log phi(xi) - log phi(eps) + log(Phi(high) - Phi(low))``.
     """
-    upper = jnp.where(low >= 0.0, True, jnp.where(high <= 0.0, False, xi > 0.0))
-    # each branch on inputs that are safe for it, so the unused one has finite gradients
-    lo_a, lo_b, lo_x = (jnp.where(upper, -1.0, v) for v in (low, high, xi))
-    lo_b = jnp.where(upper, 1.0, lo_b)
-    hi_a, hi_b, hi_x = (jnp.where(upper, v, w) for v, w in ((-high, -1.0), (-low, 1.0), (-xi, -1.0)))
-    below = jax.scipy.special.ndtri(ndtr(lo_a) + ndtr(lo_x) * (ndtr(lo_b) - ndtr(lo_a)))
-    above = -jax.scipy.special.ndtri(ndtr(hi_a) + ndtr(hi_x) * (ndtr(hi_b) - ndtr(hi_a)))
-    eps = jnp.where(upper, above, below)
-    log_mass = jnp.where(
-        low >= 0.0,
-        jnp.log(ndtr(-jnp.maximum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0))),
-        jnp.where(
-            high <= 0.0,
-            jnp.log(ndtr(jnp.minimum(high, 0.0)) - ndtr(jnp.minimum(low, 0.0))),
-            jnp.log1p(-ndtr(jnp.minimum(low, 0.0)) - ndtr(-jnp.maximum(high, 0.0))),
-        ),
-    )
-    return eps, -0.5 * (xi * xi - eps * eps) + log_mass
+    mirror = jnp.where(low >= 0.0, True, jnp.where(high <= 0.0, False, xi > 0.0))
+    a = jnp.where(mirror, -high, low)
+    b = jnp.where(mirror, -low, high)
+    x = jnp.where(mirror, -xi, xi)
+    cdf_a, cdf_b = ndtr(a), ndtr(b)
+    mass = cdf_b - cdf_a
+    e = jax.scipy.special.ndtri(cdf_a + ndtr(x) * mass)
+    eps = jnp.where(mirror, -e, e)
+    return eps, -0.5 * (xi * xi - eps * eps) + jnp.log(mass)
 
 
 def pairs_from_eps(g, value, weight, pair, n_pairs: int, noise, calibration, xi_offset, xi_contrast, low, high):

@@ -313,7 +313,8 @@ class ShardModel:
         if g1_sq is None:
             model = c2_points(physical, contrast, offset, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
         else:
-            model = offset[data.angle] + contrast[data.angle] * g1_sq
+            one_hot = (data.angle[:, None] == jnp.arange(offset.shape[0])[None, :]).astype(g1_sq.dtype)
+            model = one_hot @ offset + (one_hot @ contrast) * g1_sq
         weight = data.weight
         residual = weight * (data.value - model) / noise
         n_real = jnp.sum(weight > 0)
