@@ -1,17 +1,22 @@
-"""Writing ``nlsq/fit.h5``: from the loaded matrices, or row block by row block from the file.
+"""Writing ``nlsq/fit.h5`` row block by row block, with the matrices ``output.fit_matrices`` keeps.
 
-The loaded path (``write_fit_file``) holds the data set's ``c2`` and builds the fitted and
-residual matrices in memory. The streamed path (``write_streamed_fit_file``) never holds
-a whole matrix: it reopens the data set as a ``data.stream.PointSource``, and for each
-block of rows of each angle reads the measured rows (``PointSource.full_rows``), computes
-the model on those rows (``model.c2_points``, one compiled shape) and writes the three
-row blocks into HDF5 datasets created at full size. The writer then holds about
+``write_fit_file`` writes the small datasets (parameters, covariance, bands, ``t``,
+``phi``, ``noise_sigma``), the plan of :mod:`homodyne_mpi.fit_matrices` (dataset
+``matrix_frames``, attributes ``fit_matrices`` and ``matrix_frame_step``) and, unless the
+plan is ``none``, ``c2_exp``, ``c2_fit`` and ``residual`` of shape ``(n_angles, m, m)``
+on the plan's frames. The matrices are never built whole: for each block of kept rows of
+each angle it reads the measured rows from the data set's source (``full_rows(angle,
+row_start, row_stop, step)``: a loaded ``XPCSData`` slices its ``c2``, a streamed
+``data.stream.PointSource`` reads strided hyperslabs from the file), computes the model
+on those rows (``model.c2_points``, one compiled shape per file) and writes the three
+row blocks into datasets created at their final size. The writer then holds about
 ``ROW_BLOCK_VALUES`` values of each of five arrays (``5 x 8 x ROW_BLOCK_VALUES`` bytes,
-40 MiB) whatever ``N``.
+40 MiB) whatever ``N``. The loaded and the streamed path write the same file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import h5py
@@ -19,85 +24,144 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data.loader import XPCSData
+from .fit_matrices import MATRICES, MatrixPlan
 from .model import c2_points
 from .nlsq import NLSQProblem, NLSQResult
-from .nlsq.results import fit_arrays, small_fit_arrays
+from .nlsq.results import small_fit_arrays
 
 ROW_BLOCK_VALUES = 1 << 20
-"""Matrix entries per written row block (``k`` whole rows, ``k = max(1, ROW_BLOCK_VALUES // N)``)."""
-
-MATRICES = ("c2_exp", "c2_fit", "residual")
-"""The ``(n_angles, N, N)`` datasets of ``fit.h5``."""
+"""Matrix entries per written row block (``r`` whole kept rows, ``r = max(1, ROW_BLOCK_VALUES // m)``)."""
 
 compiled_c2_points = jax.jit(c2_points, static_argnames=("spec",))
 """``model.c2_points`` compiled once per spec and block shape."""
 
 
-def write_attributes(handle: h5py.File, problem: NLSQProblem) -> None:
-    """The model's mode, form, ``q`` (1/A) and ``dt`` (s) as file attributes."""
+def write_attributes(handle: h5py.File, problem: NLSQProblem, plan: MatrixPlan) -> None:
+    """The model's mode, form, ``q`` (1/A), ``dt`` (s) and the matrix plan as file attributes."""
     handle.attrs["analysis_mode"] = problem.spec.mode
     handle.attrs["shear_form"] = problem.spec.shear_form
     handle.attrs["q"] = problem.spec.q
     handle.attrs["dt"] = problem.spec.dt
+    for name, value in plan.attributes().items():
+        handle.attrs[name] = value
 
 
-def write_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, data: XPCSData, figures=None) -> None:
-    """Writer thread: compute the fitted matrices and write ``nlsq/fit.h5`` at ``temp_path``.
+def block_rows(plan: MatrixPlan, block_values: int = ROW_BLOCK_VALUES) -> int:
+    """Kept rows per written block: as many whole rows of ``m`` entries as fit in ``block_values``."""
+    return max(1, min(plan.side, block_values // max(plan.side, 1)))
 
-    ``figures(arrays)``, when given, queues the figures drawn from the same arrays.
+
+def fitted_rows(
+    result: NLSQResult, problem: NLSQProblem, angle: int, row_frames: np.ndarray, column_frames: np.ndarray, rows: int
+) -> np.ndarray:
+    """Model ``c2`` of one angle at frames ``row_frames x column_frames``, ``(len(row_frames), len(column_frames))``.
+
+    ``row_frames`` is padded to ``rows`` entries with its last frame (the padding is
+    dropped), so one compiled shape serves every block of a file.
     """
-    arrays = fit_arrays(result, problem, data)
-    if figures is not None:
-        figures(arrays)
-    with h5py.File(temp_path, "w") as handle:
-        for name, array in arrays.items():
-            handle.create_dataset(name, data=np.asarray(array))
-        write_attributes(handle, problem)
-
-
-def fitted_rows(result: NLSQResult, problem: NLSQProblem, angle: int, row_start: int, rows: int) -> np.ndarray:
-    """Model ``c2`` of rows ``row_start .. row_start + rows`` of one angle, every column, ``(rows, N)``.
-
-    Rows past the last frame are computed on the last frame (callers drop them), so one
-    compiled shape serves every block of ``rows`` rows.
-    """
-    n = problem.spec.n_frames
-    frame_i = np.minimum(np.arange(row_start, row_start + rows), n - 1).astype(np.int32)
+    frame_i = np.full(rows, row_frames[-1], dtype=np.int32)
+    frame_i[: len(row_frames)] = row_frames
+    columns = np.asarray(column_frames, dtype=np.int32)
     contrast, offset, physical = problem.layout.split(jnp.asarray(result.theta))
     values = compiled_c2_points(
         physical,
         contrast,
         offset,
         jnp.asarray(problem.phi),
-        jnp.full(rows * n, angle, jnp.int32),
-        jnp.asarray(np.repeat(frame_i, n)),
-        jnp.asarray(np.tile(np.arange(n, dtype=np.int32), rows)),
+        jnp.full(rows * columns.size, angle, jnp.int32),
+        jnp.asarray(np.repeat(frame_i, columns.size)),
+        jnp.asarray(np.tile(columns, rows)),
         problem.spec,
     )
-    return np.asarray(values).reshape(rows, n)
+    return np.asarray(values).reshape(rows, columns.size)[: len(row_frames)]
 
 
-def write_streamed_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, open_source) -> None:
-    """Writer thread: ``nlsq/fit.h5`` written row block by row block (no whole matrix in memory).
+def row_blocks(plan: MatrixPlan, rows: int) -> Iterator[tuple[int, int]]:
+    """``(b0, b1)``: the kept rows ``b0:b1`` of each block of at most ``rows`` rows."""
+    for b0 in range(0, plan.side, rows):
+        yield b0, min(b0 + rows, plan.side)
 
-    ``open_source()`` returns a fresh ``data.stream.PointSource`` of the fitted data set
-    (closed here). The datasets are those of ``write_fit_file``, with the same values.
+
+def measured_rows(source, plan: MatrixPlan, angle: int, b0: int, b1: int) -> np.ndarray:
+    """Kept rows ``b0:b1`` of one angle's ``c2_exp``, ``(b1 - b0, m)``, read from ``source``."""
+    return source.full_rows(angle, int(plan.frames[b0]), int(plan.frames[b1 - 1]) + 1, plan.step)
+
+
+def write_matrices(handle: h5py.File, result: NLSQResult, problem: NLSQProblem, source, plan: MatrixPlan, rows: int) -> None:
+    """``c2_exp``, ``c2_fit``, ``residual`` of shape ``(n_angles, m, m)``, written ``rows`` kept rows at a time."""
+    shape = (source.n_angles, plan.side, plan.side)
+    chunks = (1, rows, plan.side)
+    datasets = {name: handle.create_dataset(name, shape=shape, dtype=np.float64, chunks=chunks) for name in MATRICES}
+    for angle in range(source.n_angles):
+        for b0, b1 in row_blocks(plan, rows):
+            measured = measured_rows(source, plan, angle, b0, b1)
+            fitted = fitted_rows(result, problem, angle, plan.frames[b0:b1], plan.frames, rows)
+            datasets["c2_exp"][angle, b0:b1] = measured
+            datasets["c2_fit"][angle, b0:b1] = fitted
+            datasets["residual"][angle, b0:b1] = measured - fitted
+
+
+class AngleMatrices:
+    """A read-only ``(n_angles, m, m)`` stand-in whose ``[k]`` builds angle ``k``'s matrix on demand.
+
+    What the figures read instead of a whole ``c2_exp`` or ``c2_fit`` in memory: each
+    figure builds only its own angle, from ``angle_matrix(k)``.
     """
-    with open_source() as source, h5py.File(temp_path, "w") as handle:
-        for name, array in small_fit_arrays(result, problem, source).items():
+
+    def __init__(self, angle_matrix: Callable[[int], np.ndarray], n_angles: int, side: int) -> None:
+        self._angle_matrix = angle_matrix
+        self.shape = (n_angles, side, side)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self._angle_matrix(k)
+
+
+def figure_arrays(result: NLSQResult, problem: NLSQProblem, source, plan: MatrixPlan, small: dict, rows: int) -> dict:
+    """What the figures read: the small datasets, ``matrix_frames`` and, unless ``none``, per-angle matrices."""
+    arrays = {**small, "matrix_frames": plan.frames}
+    if plan.mode == "none":
+        return arrays
+
+    def measured(k: int) -> np.ndarray:
+        return measured_rows(source, plan, k, 0, plan.side)
+
+    def fitted(k: int) -> np.ndarray:
+        blocks = [fitted_rows(result, problem, k, plan.frames[b0:b1], plan.frames, rows) for b0, b1 in row_blocks(plan, rows)]
+        return np.concatenate(blocks)
+
+    arrays["c2_exp"] = AngleMatrices(measured, source.n_angles, plan.side)
+    arrays["c2_fit"] = AngleMatrices(fitted, source.n_angles, plan.side)
+    return arrays
+
+
+def write_fit_file(
+    temp_path: Path,
+    result: NLSQResult,
+    problem: NLSQProblem,
+    source,
+    plan: MatrixPlan,
+    figures=None,
+    block_values: int = ROW_BLOCK_VALUES,
+) -> None:
+    """Writer thread: write ``nlsq/fit.h5`` at ``temp_path`` from ``source`` (``XPCSData`` or ``PointSource``).
+
+    ``figures(arrays)``, when given, is called first with :func:`figure_arrays` and
+    queues the figures, which build their angles' matrices as they draw them.
+    """
+    small = small_fit_arrays(result, problem, source)
+    rows = block_rows(plan, block_values)
+    if figures is not None:
+        figures(figure_arrays(result, problem, source, plan, small, rows))
+    with h5py.File(temp_path, "w") as handle:
+        for name, array in small.items():
             handle.create_dataset(name, data=np.asarray(array))
-        write_attributes(handle, problem)
-        n = source.n_frames
-        shape = (source.n_angles, n, n)
-        rows = max(1, min(n, ROW_BLOCK_VALUES // max(n, 1)))
-        chunks = (1, rows, n)
-        datasets = {name: handle.create_dataset(name, shape=shape, dtype=np.float64, chunks=chunks) for name in MATRICES}
-        for angle in range(source.n_angles):
-            for r0 in range(0, n, rows):
-                r1 = min(r0 + rows, n)
-                measured = source.full_rows(angle, r0, r1)
-                fitted = fitted_rows(result, problem, angle, r0, rows)[: r1 - r0]
-                datasets["c2_exp"][angle, r0:r1] = measured
-                datasets["c2_fit"][angle, r0:r1] = fitted
-                datasets["residual"][angle, r0:r1] = measured - fitted
+        handle.create_dataset("matrix_frames", data=plan.frames)
+        write_attributes(handle, problem, plan)
+        if plan.mode != "none":
+            write_matrices(handle, result, problem, source, plan, rows)
+
+
+def write_streamed_fit_file(temp_path: Path, result: NLSQResult, problem: NLSQProblem, open_source, plan: MatrixPlan) -> None:
+    """Writer thread: ``write_fit_file`` from a fresh ``PointSource`` (``open_source()``, closed here)."""
+    with open_source() as source:
+        write_fit_file(temp_path, result, problem, source, plan)

@@ -32,6 +32,7 @@ from .data.stream import PointSource
 from .errors import ConfigError, HomodyneError, InputError, Interrupted
 from .fingerprint import run_fingerprint
 from .fit_file import write_fit_file, write_streamed_fit_file
+from .fit_matrices import matrix_plan
 from .io import AsyncWriter, PrefetchLoader
 from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
@@ -384,8 +385,9 @@ class BatchRunner:
     ) -> list:
         """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer.
 
-        A streamed data set's ``fit.h5`` is written by row blocks from a reopened file; its
-        figures are not drawn (``homodyne-mpi plot`` draws them from ``fit.h5``).
+        ``fit.h5`` is written by row blocks, with the matrices ``output.fit_matrices`` keeps;
+        a streamed data set's from a reopened file, and its figures are not drawn
+        (``homodyne-mpi plot`` draws them from ``fit.h5``).
         Returns the futures of the writes.
         """
         writer = self.writer
@@ -401,15 +403,19 @@ class BatchRunner:
             def figures(arrays, document=document):
                 submit_nlsq_figures(writer, out, document, arrays)
 
+        n_frames = prepared.data.n_frames
+        plan = matrix_plan(self.cfg.output.fit_matrices, self.cfg.output.fit_matrix_max_frames, n_frames)
+        if plan.mode != "full":
+            log.info("%s: fit.h5 %s (output.fit_matrices)", dataset.name, plan.summary(n_frames))
         if prepared.streamed:
             if self.cfg.output.plots:
                 log.info(
                     "%s: streamed data set, c2 figures not drawn (draw them from fit.h5 with homodyne-mpi plot)", dataset.name
                 )
             reopen = functools.partial(PointSource.from_config, self.cfg, dataset)
-            fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_streamed_fit_file, result, problem, reopen)
+            fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_streamed_fit_file, result, problem, reopen, plan)
         else:
-            fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, prepared.data, figures)
+            fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, prepared.data, plan, figures)
         futures = [fit_file]
         document["timing_s"]["write"] = time.perf_counter() - start
         futures.append(writer.submit_json(out / "nlsq" / "result.json", document))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
+from .fit_matrices import describe_fit_file
 from .nlsq_summary import degeneracy_lines, parameter_cell, rate_lines
 from .plots.redraw import read_result_json
 from .plots.shard_health import shard_reason, shard_state
@@ -271,6 +272,9 @@ def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
         if path.is_file():
             found = True
             lines += section(read_result_json(path))
+            matrices = describe_fit_file(folder / method / "fit.h5") if method == "nlsq" else None
+            if matrices is not None:
+                lines.append(f"    fit.h5        {matrices}")
             plots = folder / method / "plots"
             if plots.is_dir():
                 count = len(list(plots.glob("*.png")))

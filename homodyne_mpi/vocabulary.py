@@ -5,6 +5,8 @@ from __future__ import annotations
 ANALYSIS_MODES = ("static", "laminar_flow")
 SHEAR_FORMS = ("paper", "homodyne-v2")
 SCALING_MODES = ("individual", "averaged", "fixed")
+FIT_MATRIX_MODES = ("auto", "full", "none")
+"""Settings of ``output.fit_matrices``: which ``c2`` matrices ``nlsq/fit.h5`` keeps."""
 PHYSICAL_PARAMETERS = {
     "static": ("D0", "alpha", "D_offset"),
     "laminar_flow": ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"),

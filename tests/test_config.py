@@ -308,7 +308,7 @@ def every_field_non_default() -> dict:
                 "prior": {"width_factor": 3.0, "calibrate": False},
             },
         },
-        "output": {"output_dir": "/tmp/out", "plots": False},
+        "output": {"output_dir": "/tmp/out", "plots": False, "fit_matrices": "none", "fit_matrix_max_frames": 250},
         "compute": {"compilation_cache_dir": None, "rank_group_size": 3, "stream_points": True},
     }
 
@@ -514,6 +514,8 @@ def test_missing_required_key_names_the_leaf():
         ("optimization.cmc.seed", -1, "out of range"),
         ("initial_parameters.per_angle_scaling.contrast", 0.0, "it must be > 0 and <= 1"),
         ("initial_parameters.per_angle_scaling.contrast", 1.2, "out of range"),
+        ("output.fit_matrix_max_frames", 1, "it must be >= 2"),
+        ("output.fit_matrix_max_frames", -5, "out of range"),
     ],
 )
 def test_out_of_range(key, value, expected):
@@ -542,6 +544,8 @@ def test_end_frame_before_start_frame():
         ("optimization.nlsq.loss", "l1", "use one of: linear, soft_l1, huber, cauchy"),
         ("initial_parameters.per_angle_scaling.mode", "indiv", "did you mean 'individual'"),
         ("optimization.cmc.sharding.strategy", "contiguos", "use one of: stratified, random"),
+        ("output.fit_matrices", "downsample", "use one of: auto, full, none"),
+        ("output.fit_matrices", "Full", "did you mean 'full'"),
     ],
 )
 def test_unknown_mode_strings(key, value, expected):

@@ -47,6 +47,10 @@ def test_streamed_points_and_noise_equal_the_loaded_ones(tmp_path, storage, wind
         n = loaded.n_frames
         rows = [np.concatenate([source.full_rows(a, r0, min(r0 + 7, n)) for r0 in range(0, n, 7)]) for a in range(3)]
         assert np.array_equal(np.stack(rows), loaded.c2)  # fit.h5's c2_exp, written by row blocks
+        for step, r0 in ((3, 0), (3, 6), (3, 4), (5, 1)):  # downsampled fit.h5 rows, on and off the column grid
+            for a in range(3):
+                expected_rows = loaded.c2[a, r0 : n - 2 : step, ::step]
+                assert np.array_equal(source.full_rows(a, r0, n - 2, step), expected_rows), (step, r0)
     assert all(len(block) <= max(budget, loaded.n_frames - 1) for block in blocks)
     for name in PointSet.column_names():
         streamed = np.concatenate([getattr(block, name) for block in blocks])

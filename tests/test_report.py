@@ -248,3 +248,4 @@ def test_report_command_on_a_real_fit(tmp_path):
         assert name in text
     assert f"{saved['parameters']['D0']['value']:.6g}" in text
     assert "ranks         1" in text and "timings (s)   load" in text
+    assert "fit.h5        keeps the c2 matrices on all 30 of 30 frames, " in text  # output.fit_matrices: auto, 30 <= 1000

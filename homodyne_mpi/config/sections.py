@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from ..vocabulary import SCALING_MODES
+from ..vocabulary import FIT_MATRIX_MODES, SCALING_MODES
 from .context import Context, join, option, suggest_fix
 
 SCALING_PARAMETERS = ("contrast", "offset")
@@ -338,6 +338,15 @@ class OutputConfig:
     nlsq/ and cmc/ inside; ``run --output-dir`` overrides it."""
     plots: bool = True
     """Write PNG plots (measured vs fitted c2, residuals, posterior marginals)."""
+    fit_matrices: str = option("auto", choices=FIT_MATRIX_MODES)
+    """Which N x N matrices per angle nlsq/fit.h5 keeps (c2_exp, c2_fit, residual; 8 bytes
+    per entry):
+    - auto: every frame up to fit_matrix_max_frames frames, else every k-th frame,
+      k = ceil(N / fit_matrix_max_frames) (at most fit_matrix_max_frames^2 entries per angle and matrix)
+    - full: every frame (3 x 8 N^2 bytes per angle)
+    - none: no matrices (parameters, covariance and bands only; no c2 figures)"""
+    fit_matrix_max_frames: int = option(1000, ge=2)
+    """Largest matrix side, in frames, that fit_matrices: auto keeps whole."""
 
     def _check(self, ctx: Context, path: str) -> None:
         if not self.output_dir.strip():

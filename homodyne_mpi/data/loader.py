@@ -92,6 +92,14 @@ class XPCSData:
         n = self.n_frames
         return self.n_angles * n * (n - 1) // 2
 
+    def full_rows(self, angle: int, row_start: int, row_stop: int, step: int = 1) -> np.ndarray:
+        """Rows ``row_start:row_stop:step``, columns ``::step`` of angle ``angle``'s ``c2``, a float64 copy.
+
+        The interface of ``data.stream.PointSource.full_rows``, so ``fit.h5`` is written
+        from either the same way.
+        """
+        return np.array(self.c2[angle, row_start:row_stop:step, ::step], dtype=np.float64)
+
     def model_spec(self, mode: str, shear_form: str = "paper", gap: float | None = None):
         """The :class:`~homodyne_mpi.model.ModelSpec` of this data set's grid.
 

@@ -120,21 +120,24 @@ class PointSource:
             )
         return block
 
-    def full_rows(self, angle: int, row_start: int, row_stop: int) -> np.ndarray:
-        """Rows ``row_start:row_stop`` of the loaded ``c2`` (``selection.full_symmetric``), every column, float64.
+    def full_rows(self, angle: int, row_start: int, row_stop: int, step: int = 1) -> np.ndarray:
+        """Rows ``row_start:row_stop:step``, columns ``::step`` of the loaded ``c2`` (``selection.full_symmetric``), float64.
 
-        Bit for bit the rows ``load_xpcs`` builds: a stored half ``H`` gives
-        ``H[i, j] + H[j, i]`` with the diagonal halved, a full matrix its own rows. Reads
-        the row block and the matching column block (``2 x k x N`` values).
+        Bit for bit those entries of the matrix ``load_xpcs`` builds: a stored half ``H``
+        gives ``H[i, j] + H[j, i]`` with the diagonal halved, a full matrix its own rows.
+        Reads the row block and the matching column block (strided hyperslabs of
+        ``2 x k x ceil(N / step)`` values for ``k`` returned rows).
         """
         first = self.start_frame - 1
-        window, rows = slice(first, self.end_frame), slice(first + row_start, first + row_stop)
+        window = slice(first, self.end_frame, step)
+        rows = slice(first + row_start, first + row_stop, step)
         stored = self._read(angle, rows, window)
         if not self._half[angle]:
             return stored.astype(np.float64)
         block = np.add(stored, self._read(angle, window, rows).T, dtype=np.float64)
-        diagonal = np.arange(row_stop - row_start)
-        block[diagonal, row_start + diagonal] *= 0.5
+        frames = np.arange(row_start, row_stop, step)
+        on_diagonal = frames % step == 0  # the row's own frame is one of the returned columns
+        block[np.flatnonzero(on_diagonal), frames[on_diagonal] // step] *= 0.5
         return block
 
     def scaling(self, lag_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

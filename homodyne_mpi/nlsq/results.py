@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..data.loader import XPCSData
-from ..model import c2_grid
 from ..nlsq_summary import RATE_TIMES, degeneracy
 from .bands import band_arrays
 from .fit import NLSQProblem, NLSQResult
@@ -109,24 +106,8 @@ def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
     return summary
 
 
-compiled_c2_grid = jax.jit(c2_grid, static_argnames=("spec",))
-"""``model.c2_grid`` compiled once per spec (the persistent cache then serves later runs)."""
-
-
-def fitted_matrices(result: NLSQResult, problem: NLSQProblem) -> np.ndarray:
-    """Model ``c2`` on the full grid at the fitted parameters, ``(n_angles, N, N)``."""
-    contrast, offset, physical = problem.layout.split(jnp.asarray(result.theta))
-    return np.asarray(compiled_c2_grid(physical, contrast, offset, jnp.asarray(problem.phi), problem.spec))
-
-
-def fit_arrays(result: NLSQResult, problem: NLSQProblem, data: XPCSData) -> dict[str, np.ndarray]:
-    """Datasets of ``nlsq/fit.h5``: measured and fitted ``c2``, residual, grid, covariance."""
-    c2_fit = fitted_matrices(result, problem)
-    return {**small_fit_arrays(result, problem, data), "c2_exp": data.c2, "c2_fit": c2_fit, "residual": data.c2 - c2_fit}
-
-
 def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str, np.ndarray]:
-    """The datasets of ``nlsq/fit.h5`` other than the ``(n_angles, N, N)`` matrices.
+    """The datasets of ``nlsq/fit.h5`` other than the ``c2`` matrices and their ``matrix_frames``.
 
     ``data`` needs only ``t`` and ``phi`` (a loaded ``XPCSData`` or a streamed source).
     """

@@ -152,11 +152,15 @@ class C2Figure:
 
         factor = panels["factor"]
         start, blocks_end, data_end = block_edges(info.t, factor)
-        n_frames = info.t.size
+        n_rows = info.t.size
         shared = [f"reduced \u03c7\u00b2 of the fit = {info.reduced_chi2:.4g}"]
+        unit = "frame"
+        if info.frame_step > 1:
+            shared.append(f"fit.h5 keeps one frame in {info.frame_step} ({n_rows} rows)")
+            unit = "row"
         if factor > 1:
             shared.append(
-                f"drawn as {factor}\u00d7{factor}-frame block means ({n_frames} \u2192 {int(np.ceil(n_frames / factor))} px)"
+                f"drawn as {factor}\u00d7{factor}-{unit} block means ({n_rows} \u2192 {int(np.ceil(n_rows / factor))} px)"
             )
         shared.append(
             "diagonal t\u2081 = t\u2082 not fitted: measured shows the mean of its neighbours, residual leaves it blank"
@@ -208,8 +212,8 @@ def c2_figure() -> C2Figure:
 def draw_c2_angle(path: str | Path, arrays: Mapping[str, Any], k: int, info: NLSQFigureInfo) -> None:
     """Draw angle ``k``: measured, fitted and normalised residual, and save it as PNG at ``path``.
 
-    ``arrays`` maps ``c2_exp`` and ``c2_fit`` to ``(n_angles, N, N)`` arrays or open HDF5
-    datasets; only angle ``k`` is read.
+    ``arrays`` maps ``c2_exp`` and ``c2_fit`` to ``(n_angles, m, m)`` arrays, open HDF5
+    datasets or anything whose ``[k]`` gives angle ``k``'s matrix; only angle ``k`` is read.
     """
     panels = c2_panels(arrays["c2_exp"][k], arrays["c2_fit"][k], info.noise_sigma[k])
     c2_figure().draw(path, panels, info, k)

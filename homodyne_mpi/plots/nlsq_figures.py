@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fit_matrices import matrix_frames_of
 from .backend import decode_names, lookup
 from .c2_figure import draw_c2_angle
 
@@ -61,7 +62,8 @@ class NLSQFigureInfo:
     noise_sigma: np.ndarray
     """Noise standard deviation of ``c2`` per angle (the fit's weights)."""
     t: np.ndarray
-    """Times of the frames, ``k * dt`` (s)."""
+    """Times of the matrices' rows and columns, ``matrix_frames * dt`` (s); every frame's
+    ``k * dt`` unless ``fit.h5`` keeps a downsampled grid."""
     names: tuple[str, ...]
     """Parameter names in the fit's order."""
     values: np.ndarray
@@ -72,6 +74,8 @@ class NLSQFigureInfo:
     """Reduced chi-square of the fit."""
     converged: bool
     """Whether the fit converged."""
+    frame_step: int = 1
+    """Frames between the matrices' rows: 1, or ``k`` of a downsampled ``fit.h5``."""
 
     def value(self, name: str) -> float:
         """Fitted value of parameter ``name``."""
@@ -113,14 +117,16 @@ def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *,
     if sigma.size != phi.size:
         sigma = np.ones(phi.size)
     dt = float(data.get("dt", np.nan))
+    frames = matrix_frames_of(fit_arrays)
     t_raw = lookup(fit_arrays, "t")
     if t_raw is not None:
-        t = np.asarray(t_raw, dtype=np.float64)
+        t_all = np.asarray(t_raw, dtype=np.float64)
     else:
-        n_frames = int(np.asarray(fit_arrays["c2_exp"]).shape[-1])
-        t = np.arange(n_frames, dtype=np.float64) * dt
-    if not np.isfinite(dt) and t.size > 1:
-        dt = float(t[1] - t[0])
+        t_all = np.arange(0 if frames is None or not frames.size else frames[-1] + 1, dtype=np.float64) * dt
+    if not np.isfinite(dt) and t_all.size > 1:
+        dt = float(t_all[1] - t_all[0])
+    t = t_all if frames is None else t_all[frames]
+    step = int(frames[1] - frames[0]) if frames is not None and frames.size > 1 else 1
     return NLSQFigureInfo(
         dataset=str(dataset or result_doc.get("dataset") or ""),
         analysis_mode=str(result_doc.get("analysis_mode", "static")),
@@ -134,6 +140,7 @@ def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *,
         std=std,
         reduced_chi2=float(result_doc.get("reduced_chi2", np.nan)),
         converged=bool(result_doc.get("converged", False)),
+        frame_step=step,
     )
 
 
@@ -291,7 +298,9 @@ def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Map
     fit_arrays:
         The datasets of ``nlsq/fit.h5`` by name (``c2_exp``, ``c2_fit``, ``t``, ``phi``,
         ``covariance``, ``parameters/names``, ``parameters/values``, ``noise_sigma``,
-        optional ``bands/*``), as arrays or open HDF5 datasets. Not copied: leave them
+        optional ``matrix_frames`` and ``bands/*``), as arrays or open HDF5 datasets.
+        Without ``c2_exp`` (``output.fit_matrices: none``) the c2 figures are skipped
+        with a log line. Not copied: leave them
         unchanged (and an HDF5 file open) until the writer has finished.
 
     Returns ``[]`` (and warns once) when matplotlib is not installed.
@@ -302,19 +311,26 @@ def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Map
         return []
     out_dir = Path(out_dir)
     info = figure_info(result_doc, fit_arrays, dataset=result_doc.get("dataset") or out_dir.name)
-    n_angles = int(np.shape(fit_arrays["c2_exp"])[0])
-    if n_angles != info.phi.size:
-        raise ValueError(f"fit arrays hold {n_angles} angles but phi has {info.phi.size}")
     paths = nlsq_plot_paths(out_dir, info.phi)
-    for k, path in enumerate(paths[:-1]):
+    *c2_paths, transport_path = paths
+    if lookup(fit_arrays, "c2_exp") is None:
+        log.info(
+            "%s: fit.h5 holds no c2 matrices (output.fit_matrices: none); skipping the %d c2 figure(s)",
+            info.dataset,
+            len(c2_paths),
+        )
+        c2_paths = []
+    elif int(np.shape(fit_arrays["c2_exp"])[0]) != info.phi.size:
+        raise ValueError(f"fit arrays hold {np.shape(fit_arrays['c2_exp'])[0]} angles but phi has {info.phi.size}")
+    for k, path in enumerate(c2_paths):
         writer.submit_call(path, draw_c2_angle, fit_arrays, k, info)
     curves = transport_curves(info, _bands(fit_arrays))
     if curves is None:
         log.warning(
             "%s: fit.h5 has no bands/t, bands/D, bands/D_std; skipping %s (rerun the fit to write them)",
             info.dataset,
-            paths[-1].name,
+            transport_path.name,
         )
-        return paths[:-1]
-    writer.submit_call(paths[-1], draw_transport, curves, info)
-    return paths
+        return c2_paths
+    writer.submit_call(transport_path, draw_transport, curves, info)
+    return [*c2_paths, transport_path]

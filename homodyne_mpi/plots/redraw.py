@@ -4,7 +4,9 @@
 it) or one data set folder (holding ``nlsq/`` and/or ``cmc/``). The figures are drawn by
 the same functions the pipeline uses, through an :class:`~homodyne_mpi.io.AsyncWriter`,
 so they come out identical. ``fit.h5`` is read one angle at a time, so a 20 x 2000 x 2000
-result never sits in memory whole.
+result never sits in memory whole; a downsampled ``fit.h5`` is drawn on its
+``matrix_frames``, and one without matrices (``output.fit_matrices: none``) gets its
+transport figure only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import h5py
 import numpy as np
 
 from ..errors import HomodyneError, InputError
+from ..fit_matrices import matrix_frames_of
 from ..io import AsyncWriter
 
 __all__ = ["find_dataset_dirs", "read_hdf5_arrays", "read_result_json", "redraw_results"]
@@ -93,19 +96,27 @@ def read_hdf5_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def _check_fit_file(path: Path, handle: h5py.File) -> None:
-    """One-line InputError if ``fit.h5`` lacks what the NLSQ figures need or its shapes disagree."""
+    """One-line InputError if ``fit.h5`` lacks what the NLSQ figures need or its shapes disagree.
+
+    A file written with ``output.fit_matrices: none`` has no matrices to check.
+    """
+    if handle.attrs.get("fit_matrices") == "none" and "c2_exp" not in handle:
+        return
     for key in NLSQ_REQUIRED:
         if key not in handle or not isinstance(handle[key], h5py.Dataset):
             raise InputError(f"{path}: dataset '{key}' is missing -- {RERUN}")
     shape = handle["c2_exp"].shape
     if len(shape) != 3 or shape[1] != shape[2]:
-        raise InputError(f"{path}: 'c2_exp' has shape {shape}, expected (n_angles, N, N) -- {RERUN}")
+        raise InputError(f"{path}: 'c2_exp' has shape {shape}, expected (n_angles, m, m) -- {RERUN}")
     if handle["c2_fit"].shape != shape:
         raise InputError(f"{path}: 'c2_fit' has shape {handle['c2_fit'].shape}, 'c2_exp' {shape} -- {RERUN}")
     if "phi" in handle and handle["phi"].shape != (shape[0],):
         raise InputError(f"{path}: 'phi' has shape {handle['phi'].shape}, expected ({shape[0]},) -- {RERUN}")
-    if "t" in handle and handle["t"].shape != (shape[1],):
-        raise InputError(f"{path}: 't' has shape {handle['t'].shape}, expected ({shape[1]},) -- {RERUN}")
+    frames = matrix_frames_of(handle)
+    if frames is None or frames.shape != (shape[1],) or np.any(np.diff(frames) <= 0) or (frames.size and frames[0] < 0):
+        raise InputError(f"{path}: 'matrix_frames' does not list the {shape[1]} increasing frames of the matrices -- {RERUN}")
+    if "t" in handle and (handle["t"].ndim != 1 or (frames.size and frames[-1] >= handle["t"].shape[0])):
+        raise InputError(f"{path}: 't' has shape {handle['t'].shape}, too short for frame {frames[-1]} -- {RERUN}")
 
 
 def _load_dataset(files: ExitStack, folder: Path) -> dict[str, Any]:
