@@ -18,7 +18,7 @@ if [ -n "${HOMODYNE_TEST_MARKERS:-}" ]; then
 fi
 status=0
 echo "== serial tests ($serial)"
-"$VENV/bin/python" -m pytest -q -m "$serial" "$@" tests || status=1
+"$VENV/bin/python" -m pytest -q --durations=15 -m "$serial" "$@" tests || status=1
 for ranks in 2 4; do
     echo "== MPI tests under mpiexec -n $ranks ($parallel)"
     timeout --signal=KILL 1200 "$VENV/bin/mpiexec" -n "$ranks" \
