@@ -164,12 +164,13 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         bound = cfg.parameter_space.bound(bound_name(name))
         low, high = float(problem.lower[k]), float(problem.upper[k])
         width = high - low
-        have_nlsq = nlsq_std is not None and math.isfinite(nlsq_std[k]) and nlsq_std[k] > 0
+        nlsq_std_k = float(nlsq_std[k]) if nlsq_std is not None else math.nan
+        have_nlsq = math.isfinite(nlsq_std_k) and nlsq_std_k > 0
         centre = float(np.clip(base[k], low, high))
         if have_nlsq and prior_cfg.calibrate:
             fam = "truncated_normal"
             m = centre
-            s = prior_cfg.width_factor * float(nlsq_std[k])
+            s = prior_cfg.width_factor * nlsq_std_k
             used_nlsq = True
         else:
             fam = "uniform" if bound.type == "Uniform" else "truncated_normal"
@@ -177,11 +178,11 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
             s = float(bound.prior_sigma) if bound.prior_sigma is not None else 0.5 * width
             if warm_start is None:
                 centre = m if fam == "truncated_normal" else float(np.clip(problem.theta0[k], low, high))
-        have_model = model_std is not None and math.isfinite(model_std[k]) and model_std[k] > 0
-        if have_model:
-            sc = posterior_width * float(model_std[k])
+        model_std_k = float(model_std[k]) if model_std is not None else math.nan
+        if math.isfinite(model_std_k) and model_std_k > 0:
+            sc = posterior_width * model_std_k
         elif have_nlsq:
-            sc = temper * float(nlsq_std[k])
+            sc = temper * nlsq_std_k
         elif fam == "truncated_normal":
             sc = min(temper * s, 0.5 * width)
         else:
