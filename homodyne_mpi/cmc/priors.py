@@ -49,8 +49,6 @@ NOISE_PRIOR_SCALE = 3.0
 INIT_JITTER = 0.5
 """Spread (in shard-posterior widths) of the chains' starting points around the NLSQ value."""
 
-FAMILIES = ("truncated_normal", "uniform")
-
 
 @dataclass(frozen=True)
 class PriorSpec:
@@ -97,10 +95,6 @@ class PriorSpec:
     def temper(self) -> float:
         """Factor on every Gaussian width from tempering: ``sqrt(K)``."""
         return math.sqrt(self.n_shards)
-
-    def family_index(self, family: str) -> np.ndarray:
-        """Positions (within the sampled parameters) of one family."""
-        return np.asarray([k for k, f in enumerate(self.family) if f == family], dtype=np.int64)
 
     def to_dict(self) -> dict:
         """JSON-ready description for ``cmc/result.json``."""
