@@ -178,6 +178,7 @@ def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
     per_angle: dict[int | None, dict[str, dict]] = {}
     for name in names:
         match = _SCALING.match(name)
+        assert match is not None, "names are the scaling names of _parameter_order"
         index = None if match.group(2) is None else int(match.group(2))
         per_angle.setdefault(index, {})[match.group(1)] = parameters[name] or {}
     rows = []

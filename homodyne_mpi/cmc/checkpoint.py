@@ -69,7 +69,7 @@ def shard_fingerprint(run_fp: str, index: int, columns: dict[str, np.ndarray]) -
     for name in sorted(columns):
         array = np.ascontiguousarray(columns[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
     return digest.hexdigest()
 
 

@@ -68,6 +68,7 @@ def precision(covariance: np.ndarray) -> np.ndarray:
     if not active.any():
         return out
     block = covariance[np.ix_(active, active)]
+    inverse: np.ndarray
     try:
         inverse = np.linalg.inv(np.linalg.cholesky(block))
         inverse = inverse.T @ inverse

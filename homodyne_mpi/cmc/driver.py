@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 from ..data.points import PointSet
@@ -115,10 +116,11 @@ def run_cmc(
     progress = None
     tasks = None
     if comm.is_root:
+        assert points is not None, "plan_run has raised on every rank when rank 0 has no points"
         progress = Progress(plan, state, output_dir)
         sizes = [len(s) for s in state.shards]
         tasks = [
-            Task({"index": k, "n_points": sizes[k]}, (lambda k=k: shard_columns(points, state.shards[k])))
+            Task({"index": k, "n_points": sizes[k]}, partial(shard_columns, points, state.shards[k]))
             for k in dispatch_order(sizes)
             if k not in state.reused
         ]
@@ -132,7 +134,7 @@ def run_cmc(
         task_limit=shard_time_limit(cfg.optimization.cmc.per_shard_mcmc.shard_timeout_s),
     )
     sampled = time.perf_counter()
-    stopped = comm.bcast(stats.stopped if comm.is_root else None)
+    stopped = comm.bcast(stats.stopped if stats is not None else None)  # stats: rank 0 only
     if stopped:
         done = len(progress.results) if progress else 0
         interrupted = Interrupted(
@@ -144,6 +146,7 @@ def run_cmc(
     holder: dict = {}
 
     def finish() -> None:
+        assert progress is not None and stats is not None, "finish runs on rank 0, which has both"
         results = list(progress.results.values())
         try:
             result = combine_shards(cfg, problem, plan, results, comm.size)

@@ -49,8 +49,6 @@ NOISE_PRIOR_SCALE = 3.0
 INIT_JITTER = 0.5
 """Spread (in shard-posterior widths) of the chains' starting points around the NLSQ value."""
 
-FAMILIES = ("truncated_normal", "uniform")
-
 
 @dataclass(frozen=True)
 class PriorSpec:
@@ -97,10 +95,6 @@ class PriorSpec:
     def temper(self) -> float:
         """Factor on every Gaussian width from tempering: ``sqrt(K)``."""
         return math.sqrt(self.n_shards)
-
-    def family_index(self, family: str) -> np.ndarray:
-        """Positions (within the sampled parameters) of one family."""
-        return np.asarray([k for k, f in enumerate(self.family) if f == family], dtype=np.int64)
 
     def to_dict(self) -> dict:
         """JSON-ready description for ``cmc/result.json``."""
@@ -164,12 +158,13 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         bound = cfg.parameter_space.bound(bound_name(name))
         low, high = float(problem.lower[k]), float(problem.upper[k])
         width = high - low
-        have_nlsq = nlsq_std is not None and math.isfinite(nlsq_std[k]) and nlsq_std[k] > 0
+        nlsq_std_k = float(nlsq_std[k]) if nlsq_std is not None else math.nan
+        have_nlsq = math.isfinite(nlsq_std_k) and nlsq_std_k > 0
         centre = float(np.clip(base[k], low, high))
         if have_nlsq and prior_cfg.calibrate:
             fam = "truncated_normal"
             m = centre
-            s = prior_cfg.width_factor * float(nlsq_std[k])
+            s = prior_cfg.width_factor * nlsq_std_k
             used_nlsq = True
         else:
             fam = "uniform" if bound.type == "Uniform" else "truncated_normal"
@@ -177,11 +172,11 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
             s = float(bound.prior_sigma) if bound.prior_sigma is not None else 0.5 * width
             if warm_start is None:
                 centre = m if fam == "truncated_normal" else float(np.clip(problem.theta0[k], low, high))
-        have_model = model_std is not None and math.isfinite(model_std[k]) and model_std[k] > 0
-        if have_model:
-            sc = posterior_width * float(model_std[k])
+        model_std_k = float(model_std[k]) if model_std is not None else math.nan
+        if math.isfinite(model_std_k) and model_std_k > 0:
+            sc = posterior_width * model_std_k
         elif have_nlsq:
-            sc = temper * float(nlsq_std[k])
+            sc = temper * nlsq_std_k
         elif fam == "truncated_normal":
             sc = min(temper * s, 0.5 * width)
         else:

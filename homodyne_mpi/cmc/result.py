@@ -110,6 +110,7 @@ class CMCResult:
             "shards/index": np.asarray(self.used, dtype=np.int64),
         }
         if self.shard_means is not None:
+            assert self.shard_covariances is not None, "shard means and covariances are set together"
             out["shards/mean"] = self.shard_means
             out["shards/covariance"] = self.shard_covariances
         return out
@@ -170,12 +171,16 @@ def shard_verdicts(results: list[ShardResult], combination_cfg) -> dict[int, str
     for r in results:
         if r.failed:
             verdicts[r.index] = f"failed: {r.error}"
-        elif not np.all(np.isfinite(r.draws)):
+            continue
+        assert r.draws is not None, "a shard that did not fail has draws"
+        if not np.all(np.isfinite(r.draws)):
             verdicts[r.index] = "non-finite draws"
-        else:
-            verdicts[r.index] = quality_problem(
-                r.divergence_rate, r.rhat_max, combination_cfg.max_divergence_rate, combination_cfg.max_rhat
-            )
+            continue
+        divergence_rate, rhat_max = r.divergence_rate, r.rhat_max
+        assert divergence_rate is not None and rhat_max is not None, "a shard with draws has its diagnostics"
+        verdicts[r.index] = quality_problem(
+            divergence_rate, rhat_max, combination_cfg.max_divergence_rate, combination_cfg.max_rhat
+        )
     return verdicts
 
 
@@ -209,7 +214,7 @@ def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ra
         ],
     }
     if len(good) < needed:
-        left_out = left_out_reason({r.index: verdicts[r.index] for r in results if verdicts[r.index]})
+        left_out = left_out_reason({index: why for index, why in verdicts.items() if why})
         raise FitError(
             f"CMC: only {len(good)} of {plan.n_shards} shards are good, min_success_rate "
             f"{combination_cfg.min_success_rate:g} needs {needed}: {left_out}"
@@ -223,6 +228,7 @@ def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ra
     names = [*problem.names, "sigma"]
     sampled_names = [*plan.priors.names, "sigma"]
     for position in combined.outliers:
+        assert combined.zscores is not None, "outliers come with their z-scores"
         shard = good[position]
         scores = np.abs(combined.zscores[position])
         worst = int(np.argmax(scores))

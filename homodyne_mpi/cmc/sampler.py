@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -135,8 +137,8 @@ class ShardSampler:
             )
             method = "sequential"
         self.chain_method = method
-        self._parallel = None
-        self._sequential = None
+        self._parallel: Callable[..., Any] | None = None
+        self._sequential: Callable[..., Any] | None = None
 
     def _chain(self, rng_key, angle, frame_i, frame_j, value, weight):
         """One chain: NUTS init, warm-up, sampling; returns (draws, diverging, num_steps)."""
@@ -244,6 +246,7 @@ class ShardResult:
 
     def flat_draws(self) -> np.ndarray:
         """Draws with the chains concatenated, ``(chains * samples, d)``."""
+        assert self.draws is not None, "flat_draws of a failed shard"
         return self.draws.reshape(-1, self.draws.shape[-1])
 
     def meta(self) -> dict:

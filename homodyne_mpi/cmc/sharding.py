@@ -158,8 +158,8 @@ def assign_shards(angle: np.ndarray, n_shards: int, *, strategy: str = "stratifi
 
 def dispatch_order(sizes: Sequence[int]) -> list[int]:
     """Order in which shards are handed out: largest first, ties by shard index."""
-    sizes = np.asarray(sizes, dtype=np.int64)
-    return [int(i) for i in np.lexsort((np.arange(sizes.size), -sizes))]
+    size_array = np.asarray(sizes, dtype=np.int64)
+    return [int(i) for i in np.lexsort((np.arange(size_array.size), -size_array))]
 
 
 def adapted_counts(

@@ -18,7 +18,7 @@ from ..data.points import PointSet
 from ..errors import Interrupted
 from ..parallel.watchdog import TaskLimit
 from .plan import RunPlan
-from .sampler import SamplerSettings, ShardResult, ShardSampler, diagnostics
+from .sampler import SamplerSettings, ShardDraws, ShardResult, ShardSampler, diagnostics
 from .shard_model import ShardData, ShardModel
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def shard_data(arrays: dict, n_padded: int, fill_angle: int) -> tuple[ShardData,
     return ShardData(padded.angle, padded.frame_i, padded.frame_j, padded.value, padded.weight), len(points)
 
 
-def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings | None = None):
+def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings | None = None) -> ShardDraws:
     """NUTS on one shard: the one call that samples (tests make it fail; a time limit
     can wrap it). Returns the sampler's ``ShardDraws``."""
     return worker.sampler_for(settings or worker.plan.settings).run(index, data)
@@ -105,10 +105,9 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     start = time.perf_counter()
     plan = worker.plan
     n_points = int(arrays["floats"].shape[1])
-    base = dict(index=index, n_points=n_points, rank=worker.rank, host=worker.host)
     settings, retried_because = plan.settings, None
     try:
-        data, n_points = shard_data(arrays, plan.n_padded, plan.fill_angle)
+        data, _ = shard_data(arrays, plan.n_padded, plan.fill_angle)
         out = sample_shard(worker, index, data)
         rhat, ess = diagnostics(out.draws)
         problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *retry_thresholds(plan))
@@ -129,13 +128,19 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
         log.warning("CMC: shard %d failed on rank %d: %s: %s", index, worker.rank, type(error).__name__, error)
         return ShardResult(
-            **base,
+            index=index,
+            n_points=n_points,
+            rank=worker.rank,
+            host=worker.host,
             seconds=time.perf_counter() - start,
             error=f"{type(error).__name__}: {error}",
             traceback=traceback_module.format_exc(),
         )
     return ShardResult(
-        **base,
+        index=index,
+        n_points=n_points,
+        rank=worker.rank,
+        host=worker.host,
         seconds=time.perf_counter() - start,
         chain_method=out.chain_method,
         num_warmup=settings.num_warmup,

@@ -162,7 +162,7 @@ def per_angle_values(name: str, values, n_phi: int) -> np.ndarray:
 
 def _check_arguments(
     mode, physical, phi, n_frames, start_frame, noise_sigma, layout, dtype, noise_model, decoy_q, compression, seed
-):
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     from homodyne_mpi.model import PHYSICAL_PARAMETERS
 
     if mode not in PHYSICAL_PARAMETERS:
@@ -236,6 +236,7 @@ def _write_matrix(
         if split > row_start:  # rows on the file's grid (all rows when there is no window)
             block[: split - row_start] = file_grid.rows(projection, contrast, offset, row_start, split, row_start)
         if split < row_stop:  # rows inside the window, on the window's grid, columns >= split
+            assert window_grid is not None, "split == row_stop without a window"
             local = split - window_start
             block[split - row_start :, split - row_start :] = window_grid.rows(
                 projection, contrast, offset, local, row_stop - window_start, local

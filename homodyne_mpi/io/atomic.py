@@ -201,7 +201,10 @@ def atomic_write_npz(path: str | os.PathLike[str], /, **arrays: Any) -> Path:
 
     def write(temp: Path) -> None:
         with open(temp, "wb") as handle:
-            np.savez(handle, **converted)
+            # allow_pickle named explicitly: nothing here needs pickle (object arrays are
+            # refused above), and an array called "allow_pickle" can no longer be taken
+            # for the flag and silently dropped from the archive.
+            np.savez(handle, allow_pickle=False, **converted)
 
     return atomic_write_call(path, write)
 

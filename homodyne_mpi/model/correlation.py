@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .spec import ModelSpec
 from .transport import diffusion_integral, shear_integral
@@ -58,7 +59,7 @@ def shear_factor(phase: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
     return sinc(0.5 * phase)
 
 
-def shear_projection(physical: jnp.ndarray, phi_deg: jnp.ndarray) -> jnp.ndarray:
+def shear_projection(physical: jnp.ndarray | np.ndarray, phi_deg: jnp.ndarray | np.ndarray) -> jnp.ndarray:
     """``cos(phi0 - phi)`` for scattering angles ``phi`` (degrees); ``phi0`` is entry 6."""
     return jnp.cos(jnp.deg2rad(physical[6] - phi_deg))
 
@@ -115,9 +116,9 @@ def c2_points(
     contrast: jnp.ndarray,
     offset: jnp.ndarray,
     phi_deg: jnp.ndarray,
-    angle_index: jnp.ndarray,
-    frame_i: jnp.ndarray,
-    frame_j: jnp.ndarray,
+    angle_index: jnp.ndarray | np.ndarray,
+    frame_i: jnp.ndarray | np.ndarray,
+    frame_j: jnp.ndarray | np.ndarray,
     spec: ModelSpec,
 ) -> jnp.ndarray:
     """``c2`` at points ``(angle_index[n], frame_i[n], frame_j[n])`` (0-based indices)."""

@@ -40,6 +40,7 @@ def checkpoint_path(nlsq_dir: Path) -> Path:
 def save_checkpoint(nlsq_dir: Path, state: LatestState, names: list[str], fingerprint: str) -> Path:
     """Write the LM state atomically (rank 0): resuming from it continues the same path."""
     theta, iteration = state.theta, state.iteration
+    assert theta is not None, "save_checkpoint needs a state that has taken a step (or was resumed)"
     document = {
         "fingerprint": fingerprint,
         "iteration": int(iteration),

@@ -269,8 +269,8 @@ def levenberg_marquardt(
         growth = 2.0
         if on_accept is not None:
             on_accept(trial, iteration, damping, growth)
-        step_norm = np.linalg.norm(scale * step)
-        theta_norm = np.linalg.norm(scale * theta[free])
+        step_norm = float(np.linalg.norm(scale * step))
+        theta_norm = float(np.linalg.norm(scale * theta[free]))
         relative_actual = actual / cost if cost > 0 else 0.0
         relative_predicted = predicted / cost if cost > 0 else 0.0
         theta, hessian, gradient, chi2, cost = trial, t_hessian, t_gradient, t_chi2, t_cost

@@ -61,7 +61,7 @@ class Comm:
         raise NotImplementedError
 
     def scatter_rows(
-        self, array: np.ndarray | None, counts: Sequence[int], root: int = 0, capacity: int | None = None
+        self, array: np.ndarray | None, counts: Sequence[int] | np.ndarray, root: int = 0, capacity: int | None = None
     ) -> np.ndarray:  # pragma: no cover
         """Rank ``r`` gets the next ``counts[r]`` rows of the root's ``array``.
 
@@ -243,6 +243,7 @@ class MPIComm(Comm):
         if self.rank != root:
             self._comm.Gatherv([array, self._MPI._typedict[array.dtype.char]], None, root=root)
             return None
+        assert counts is not None, "gather gives the root every rank's count"
         item_counts, displacements = item_layout(counts, array.shape[1:])
         result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
         mpi_type = self._MPI._typedict[array.dtype.char]

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .comm import Comm
+from .comm import Comm, MPIComm
 from .watchdog import TaskLimit
 
 TAG_READY = 7101
@@ -158,6 +158,7 @@ def _recv(raw, source: int, tag: int):
 
 
 def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | None, passthrough: tuple) -> None:
+    assert isinstance(comm, MPIComm), "a farm worker rank (rank > 0) exists only under MPI"
     raw = comm.raw
     load = RankLoad(rank=comm.rank)
     finished = None  # (task header, result header, arrays, seconds) of the previous task
@@ -240,7 +241,10 @@ def _manager(
     stopped = False
     loads = {rank: RankLoad(rank=rank) for rank in range(comm.size)}
     active_remote = comm.size - 1
-    raw = comm.raw if comm.size > 1 else None
+    raw = None
+    if comm.size > 1:
+        assert isinstance(comm, MPIComm), "more than one rank means MPI"
+        raw = comm.raw
     if raw is not None:
         from mpi4py import MPI
     local = _LocalWorker(work, passthrough)

@@ -18,6 +18,9 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +30,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _stop = threading.Event()
 _installed = False
 _received: list[str] = []
-_previous: dict[int, object] = {}
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+"""What ``signal.signal`` takes and returns (``SIG_DFL``/``SIG_IGN`` are ints)."""
+_previous: dict[int, _Handler] = {}
 
 
-def _handle(signum, frame) -> None:  # noqa: ARG001 - signal-handler signature
+def _handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal-handler signature
     """Record the request; log it the first time only (a handler must stay tiny)."""
     first = not _stop.is_set()
     _stop.set()
