@@ -30,10 +30,14 @@ UNEVEN_BLOCKS = np.array([[0, 1], [1, 4], [4, 12], [12, 29], [29, 30]])
 """Frame blocks of 1 to 17 frames over 30 frames, as influence blocking cuts them."""
 
 
-def objective_of(spec, layout, theta, points, loss: str, chunk_size: int, comm=None) -> DistributedObjective:
-    """The fit's objective over ``points`` (angles ``PHI``), on one rank unless ``comm`` is given."""
+def objective_of(spec, layout, theta, points, loss: str, chunk_size: int, comm=None, n_points=None) -> DistributedObjective:
+    """The fit's objective over ``points`` (angles ``PHI``), on one rank unless ``comm`` is given.
+
+    ``n_points`` is the global count when ``points`` are one rank's share (default: all of them).
+    """
     theta = np.asarray(theta)
-    nlsq = NLSQProblem(spec, layout, PHI, theta, theta - 1.0, theta + 1.0, np.ones(len(theta), bool), len(points))
+    n_points = len(points) if n_points is None else n_points
+    nlsq = NLSQProblem(spec, layout, PHI, theta, theta - 1.0, theta + 1.0, np.ones(len(theta), bool), n_points)
     comm = SerialComm() if comm is None else comm
     return DistributedObjective(nlsq, points, comm, chunk_size=chunk_size, loss=loss, loss_scale=1.5)
 
@@ -154,7 +158,8 @@ def test_mpi_first_systems_have_the_serial_bits():
     theta = np.asarray(theta * 1.01)
     serial = first_systems(objective_of(spec, layout, theta, points, "linear", 64), UNEVEN_BLOCKS, theta)
     local = distribute_points(points if comm.is_root else None, len(points), comm, 64)
-    spread = first_systems(objective_of(spec, layout, theta, local, "linear", 64, comm), UNEVEN_BLOCKS, theta)
+    objective = objective_of(spec, layout, theta, local, "linear", 64, comm, n_points=len(points))
+    spread = first_systems(objective, UNEVEN_BLOCKS, theta)
     for mine, reference in zip(spread, serial):
         for term, expected in zip(mine, reference):
             assert np.array_equal(term, expected)
