@@ -53,6 +53,10 @@ influence and half the frame count (``INFLUENCE_SHARE``), so that no block is cu
 from the influence estimate alone; in the static benchmark (150 frames) the first four
 blocks are single frames and the others 2 to 15 frames.
 
+Every refit's first iteration needs the normal equations of its kept points at the
+optimum; one shared pass gives them all (``left_out.first_systems``: the whole data's
+sums minus each block's part), so a refit's own passes start at its first trial point.
+
 The refits start at the optimum, where Gauss-Newton converges in a few steps, so they
 start with a tiny damping (``REFIT_DAMPING``); the strongly correlated physical
 parameters (``D0``, ``alpha``, ``D_offset``) would otherwise crawl along their valley
