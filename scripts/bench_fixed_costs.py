@@ -1,6 +1,6 @@
 """Where the time of a warm single-rank job goes: 1e6-point static data, jackknife on.
 
-Usage: python scripts/bench_fixed_costs.py [--repeats 3] [--workdir DIR] [--output FILE]
+Usage: python scripts/bench_fixed_costs.py [--repeats 3] [--workdir DIR] [--output FILE] [--passes-both-ways]
 
 Simulates a static data set of 6 angles x 578 frames (1,000,518 upper-triangle points,
 sigma 0.02) once, runs ``homodyne-mpi run`` on it once to fill the compilation cache,
@@ -9,7 +9,13 @@ runs inside a small wrapper that notes the wall clock between phases) and splits
 run's wall time into: Python start-up, imports (JAX and the package), set-up (config,
 devices, compilation cache), the stages the job times itself (``result.json``
 ``timing_s``: load, compile, start search, LM fit, jackknife), the rest of the batch loop
-(writing ``fit.h5`` and waiting for it) and process exit. Prints and writes JSON.
+(writing ``fit.h5`` and waiting for it) and process exit, with the jackknife's passes
+over the data (``result.json`` ``jackknife.passes``). Prints and writes JSON.
+
+``--passes-both-ways`` adds, in this process, one fit of the same data followed by the
+jackknife with the shared first pass and with each refit making its own first pass
+(``run_jackknife(..., shared_first_pass=False)``): the passes and seconds of each, and
+the largest replicate difference in model std.
 """
 
 from __future__ import annotations
@@ -86,6 +92,36 @@ def one_job(config: Path, out: Path) -> dict:
         "phases_s": phases,
         "iterations": result["iterations"],
         "jackknife_refits": result["jackknife"]["blocks"] if result.get("jackknife") else 0,
+        "jackknife_passes": (result.get("jackknife") or {}).get("passes"),
+    }
+
+
+def passes_both_ways(config: Path) -> dict:
+    """One fit, then the jackknife with and without the shared first pass (same fit, this process)."""
+    import numpy as np
+
+    from homodyne_mpi.config import load_config
+    from homodyne_mpi.data.loader import load_config_dataset
+    from homodyne_mpi.data.points import upper_triangle_points
+    from homodyne_mpi.nlsq import build_problem, fit_nlsq
+    from homodyne_mpi.nlsq.jackknife import run_jackknife
+    from homodyne_mpi.parallel import SerialComm
+
+    cfg = load_config(config)
+    data = load_config_dataset(cfg)
+    problem = build_problem(cfg, data)
+    result = fit_nlsq(problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq)
+    run_jackknife(result, problem, cfg.optimization.nlsq)  # compiles the shared pass
+    shared = run_jackknife(result, problem, cfg.optimization.nlsq)
+    own = run_jackknife(result, problem, cfg.optimization.nlsq, shared_first_pass=False)
+    scale = np.where(result.std > 0, result.std, 1.0)
+    return {
+        "passes_shared_first_pass": shared.passes,
+        "passes_own_first_pass": own.passes,
+        "seconds_shared_first_pass": shared.seconds,
+        "seconds_own_first_pass": own.seconds,
+        "refits_converged": int(shared.converged.sum()),
+        "max_replicate_difference_in_model_std": float(np.max(np.abs(shared.replicates - own.replicates) / scale)),
     }
 
 
@@ -94,6 +130,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=str(REPO / "bench_results" / "fixed_costs"))
     parser.add_argument("--output", default=str(REPO / "bench_results" / "fixed_costs.json"))
+    parser.add_argument(
+        "--passes-both-ways", action="store_true", help="also compare the jackknife with and without the shared pass"
+    )
     args = parser.parse_args()
     load_average = os.getloadavg()
     workdir = Path(args.workdir)
@@ -113,6 +152,7 @@ def main() -> None:
             "wall_s_median": wall,
             "phases_s_median": breakdown,
             "runs": runs,
+            **({"jackknife_both_ways": passes_both_ways(config)} if args.passes_both_ways else {}),
         },
     )
 

@@ -85,6 +85,7 @@ def test_fit_is_bit_identical_across_rank_counts(laminar_config, tmp_path):
         assert results[ranks]["jackknife"]["refits_converged"] == results[ranks]["jackknife"]["blocks"]
     assert results[3]["jackknife"]["parallel"] == "replicates" and results[2]["jackknife"]["parallel"] == "points"
     assert results[1]["jackknife"]["effective_dof"] == results[3]["jackknife"]["effective_dof"]
+    assert len({results[ranks]["jackknife"]["passes"] for ranks in results}) == 1  # by rank: all ranks' refits counted
     for ranks in (2, 3, 4):
         assert reported(results[ranks]) == reported(results[1]), ranks
     values = np.array([results[1]["parameters"][n]["value"] for n in ("D0", "gamma_dot_t0", "phi0")])

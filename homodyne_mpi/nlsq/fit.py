@@ -178,7 +178,8 @@ class DistributedObjective:
         self.phi = jnp.asarray(problem.phi, dtype=jnp.float64)
         self.pair_of_angle = jnp.asarray(np.maximum(problem.layout.scaling_pair_of_angle(), 0))
         self.excluded_frames = NO_EXCLUSION
-        self.evaluations = 0
+        self.passes = 0
+        """Full passes over the data so far (every rank's chunks once: one kernel call and one reduction)."""
         self.compute_seconds = 0.0
         self.reduce_seconds = 0.0
         self._compiled = None
@@ -214,10 +215,7 @@ class DistributedObjective:
         if self._compiled_mixed is None:
             self._compiled_mixed = chunk_terms.lower(*arguments, exclusion, model, setup=self.setup).compile()
         rows = np.asarray(jax.block_until_ready(self._compiled_mixed(*arguments, exclusion, model)), dtype=np.float64)
-        middle = time.perf_counter()
-        total, _ = self.comm.sum_in_chunk_order(rows, self.first_chunk, self.layout.n_chunks)
-        self.compute_seconds += middle - start
-        self.reduce_seconds += time.perf_counter() - middle
+        total = self.reduce(rows, start)
         return assemble_normal_equations(unpack_accumulators(total, self.setup), self.setup)[1]
 
     def gathered(self) -> DistributedObjective:
@@ -243,33 +241,38 @@ class DistributedObjective:
 
         See ``kernels.chunk_frame_sensitivity``; the per-chunk sums are added in chunk order.
         """
+        start = time.perf_counter()
         rows = chunk_frame_sensitivities(
             jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, setup=self.setup
         )
-        total, _ = self.comm.sum_in_chunk_order(np.asarray(rows), self.first_chunk, self.layout.n_chunks)
+        total = self.reduce(np.asarray(rows), start)
         return total.reshape(self.problem.spec.n_frames, -1)
 
-    def __call__(self, theta: np.ndarray) -> Evaluation:
-        """The global normal equations at ``theta``.
+    def reduce(self, rows: np.ndarray, started: float) -> np.ndarray:
+        """Sum of every rank's per-chunk ``rows`` in chunk order: the end of one counted pass.
 
-        The reduction also sums this rank's stop flag (SIGTERM/SIGUSR1), so every rank
-        learns of a signal on any rank in the same collective and all raise
-        ``Interrupted`` together.
+        ``rows`` is ``(n_local_chunks, L)``, computed since ``started`` (``perf_counter``
+        seconds, booked as compute time). The reduction also sums this rank's stop flag
+        (SIGTERM/SIGUSR1), so every rank learns of a signal on any rank in the same
+        collective and all raise ``Interrupted`` together.
         """
-        start = time.perf_counter()
-        rows = self.local_terms(theta)
         middle = time.perf_counter()
         total, stops = self.comm.sum_in_chunk_order(
-            rows, self.first_chunk, self.layout.n_chunks, 1.0 if stop_requested() else 0.0
+            np.asarray(rows, dtype=np.float64), self.first_chunk, self.layout.n_chunks, 1.0 if stop_requested() else 0.0
         )
+        self.compute_seconds += middle - started
         self.reduce_seconds += time.perf_counter() - middle
-        self.compute_seconds += middle - start
-        self.evaluations += 1
+        self.passes += 1
         if stops > 0:
             interrupted = Interrupted("stopped by a signal during the NLSQ fit; finished work was saved")
             interrupted.collective = True
             raise interrupted
-        terms = unpack_accumulators(total, self.setup)
+        return total
+
+    def __call__(self, theta: np.ndarray) -> Evaluation:
+        """The global normal equations at ``theta`` (one pass; ``reduce`` checks the stop flags)."""
+        start = time.perf_counter()
+        terms = unpack_accumulators(self.reduce(self.local_terms(theta), start), self.setup)
         hessian, gradient = assemble_normal_equations(terms, self.setup)
         return hessian, gradient, terms[2], terms[3]
 

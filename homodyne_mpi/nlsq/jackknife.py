@@ -53,6 +53,10 @@ influence and half the frame count (``INFLUENCE_SHARE``), so that no block is cu
 from the influence estimate alone; in the static benchmark (150 frames) the first four
 blocks are single frames and the others 2 to 15 frames.
 
+Every refit's first iteration needs the normal equations of its kept points at the
+optimum; one shared pass gives them all (``left_out.first_systems``: the whole data's
+sums minus each block's part), so a refit's own passes start at its first trial point.
+
 The refits start at the optimum, where Gauss-Newton converges in a few steps, so they
 start with a tiny damping (``REFIT_DAMPING``); the strongly correlated physical
 parameters (``D0``, ``alpha``, ``D_offset``) would otherwise crawl along their valley
@@ -80,6 +84,7 @@ import numpy as np
 
 from ..errors import Interrupted
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, lm_options
+from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part
 from .solver import LMOptions, levenberg_marquardt
 
@@ -105,6 +110,8 @@ class JackknifeResult:
     seconds: float
     parallel: str = "points"
     """How the refits used the ranks: ``replicates`` (by rank) or ``points`` (together)."""
+    passes: int = 0
+    """Full passes over the data the jackknife made (block choice, shared first pass, refits; all ranks' refits counted)."""
 
     @property
     def std(self) -> np.ndarray:
@@ -282,8 +289,12 @@ def choose_blocks(objective: DistributedObjective, problem: NLSQProblem, theta_h
     return blocks
 
 
-def refit_without(objective: DistributedObjective, block, theta_hat, lm_options: LMOptions, reduced_chi2: float):
-    """One replicate: the fit without the points touching ``block``; ``(refit, C_b)``."""
+def refit_without(objective: DistributedObjective, block, theta_hat, lm_options: LMOptions, reduced_chi2: float, initial=None):
+    """One replicate: the fit without the points touching ``block``; ``(refit, C_b)``.
+
+    ``initial`` (optional) is the refit's system at ``theta_hat`` (``left_out.first_systems``);
+    without it the refit's first pass computes it.
+    """
     problem = objective.problem
     objective.excluded_frames = np.asarray(block, dtype=np.int32)
     try:
@@ -294,6 +305,7 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
             problem.upper,
             problem.free,
             lm_options,
+            initial=initial,
             quiet=True,
             mixed_gradient=objective.mixed_gradient,
         )
@@ -316,46 +328,54 @@ def log_refit(index: int, blocks: np.ndarray, refit) -> None:
     )
 
 
-def refits_together(objective, blocks, theta_hat, lm_options, reduced_chi2):
-    """All ranks work on each refit in turn: ``(replicates, converged, C_b)`` stacked."""
+def refits_together(objective, blocks, theta_hat, lm_options, reduced_chi2, initial=None):
+    """All ranks work on each refit in turn: ``(replicates, converged, C_b)`` stacked, and the passes.
+
+    ``initial`` (optional): each refit's first system, ``left_out.first_systems``.
+    """
     rows = []
+    passes = objective.passes
     for index, block in enumerate(blocks):
-        refit, covariance_left_out = refit_without(objective, block, theta_hat, lm_options, reduced_chi2)
+        first = None if initial is None else initial[index]
+        refit, covariance_left_out = refit_without(objective, block, theta_hat, lm_options, reduced_chi2, first)
         log_refit(index, blocks, refit)
         rows.append((refit.theta, refit.converged, covariance_left_out))
-    return tuple(np.asarray(column) for column in zip(*rows))
+    return *(np.asarray(column) for column in zip(*rows)), objective.passes - passes
 
 
-def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2):
+def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2, initial=None):
     """Each rank refits blocks ``rank, rank + size, ...`` on its own copy of all points.
 
     No communication inside a refit; the ranks meet once per round of ``size`` refits
     (a stop flag: a signal on any rank stops all of them together) and once at the end
-    (the replicates, summed into one table). Same result as ``refits_together`` up to
-    the order of floating-point sums.
+    (the replicates and every rank's passes, summed into one table). Same result as
+    ``refits_together``: both add the chunks on the same tree.
     """
     comm = objective.comm
     own = objective.gathered()
     n_blocks, n_params = len(blocks), len(theta_hat)
-    table = np.zeros((n_blocks, n_params + 1 + n_params * n_params))
+    table = np.zeros((n_blocks, n_params + 2 + n_params * n_params))
     stopped = False
     for round_start in range(0, n_blocks, comm.size):
         index = round_start + comm.rank
         if index < n_blocks and not stopped:
+            first = None if initial is None else initial[index]
+            passes = own.passes
             try:
-                refit, covariance_left_out = refit_without(own, blocks[index], theta_hat, lm_options, reduced_chi2)
+                refit, covariance_left_out = refit_without(own, blocks[index], theta_hat, lm_options, reduced_chi2, first)
             except Interrupted:
                 stopped = True
             else:
                 log_refit(index, blocks, refit)
-                table[index] = np.concatenate([refit.theta, [float(refit.converged)], covariance_left_out.ravel()])
+                flags = [float(refit.converged), float(own.passes - passes)]
+                table[index] = np.concatenate([refit.theta, flags, covariance_left_out.ravel()])
         if comm.allreduce_sum(np.array([float(stopped)]))[0] > 0:
             interrupted = Interrupted("stopped by a signal during the jackknife refits")
             interrupted.collective = True
             raise interrupted
     table = comm.allreduce_sum(table)
-    replicates, converged = table[:, :n_params], table[:, n_params] > 0.5
-    return replicates, converged, table[:, n_params + 1 :].reshape(n_blocks, n_params, n_params)
+    replicates, converged, passes = table[:, :n_params], table[:, n_params] > 0.5, int(table[:, n_params + 1].sum())
+    return replicates, converged, table[:, n_params + 2 :].reshape(n_blocks, n_params, n_params), passes
 
 
 def refits_by_rank_chosen(objective: DistributedObjective, options) -> bool:
@@ -363,7 +383,7 @@ def refits_by_rank_chosen(objective: DistributedObjective, options) -> bool:
     return objective.comm.size > 1 and options.jackknife_parallel == "replicates"
 
 
-def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> JackknifeResult:
+def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_first_pass: bool = True) -> JackknifeResult:
     """Refit with each frame block left out and build the covariance (collective).
 
     ``result`` is the full fit (its objective, optimum, model covariance ``(J^T J)^-1
@@ -373,11 +393,18 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
     ``jackknife_iterations`` is named in the log and left out: the covariance is built
     from the ``K'`` converged replicates (``jackknife_covariance``); with fewer than
     two converged the reported covariance falls back to the model's.
+
+    ``shared_first_pass`` (default): one pass at the optimum gives every refit its first
+    system (``left_out.first_systems``); False lets each refit make its own first pass
+    (the reference the tests compare with).
     """
     start = time.perf_counter()
     objective: DistributedObjective = result.objective
+    passes = objective.passes
     theta_hat, covariance_model, reduced_chi2 = result.theta, result.covariance, result.reduced_chi2
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
+    initial = first_systems(objective, blocks, theta_hat) if shared_first_pass else None
+    passes = objective.passes - passes
     refit_options = lm_options(
         options,
         max_iterations=options.jackknife_iterations,
@@ -390,7 +417,9 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
         f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit",
     )
     run_refits = refits_by_rank if by_rank else refits_together
-    replicates, converged, covariances_left_out = run_refits(objective, blocks, theta_hat, refit_options, reduced_chi2)
+    replicates, converged, covariances_left_out, refit_passes = run_refits(
+        objective, blocks, theta_hat, refit_options, reduced_chi2, initial
+    )
     converged = np.asarray(converged, dtype=bool)
     kept = np.flatnonzero(converged)
     if len(kept) < len(blocks):
@@ -422,6 +451,7 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> Jackknif
         converged=converged,
         seconds=time.perf_counter() - start,
         parallel="replicates" if by_rank else "points",
+        passes=passes + refit_passes,
     )
 
 

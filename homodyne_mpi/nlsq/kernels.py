@@ -157,28 +157,34 @@ def point_loss_weights(residual, setup: KernelSetup):
     return loss_weight((residual / setup.loss_scale) ** 2, setup.loss)
 
 
-def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None, model_tables=None):
-    """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
+class ChunkDesign(NamedTuple):
+    """One chunk's weighted design at ``theta``: every Gram sum of its points is made of it."""
 
-    Returns ``(gram, pair_moments, chi2, robust_cost)``:
+    stacked: jnp.ndarray
+    """``(B, W)`` rows ``[X, a M, b M]``: ``X = sqrt(W) [J_p, r]`` (``n_phys + 1`` columns),
+    then the contrast and offset columns ``a``, ``b`` spread over the chunk's ``K`` pairs
+    by the one-hot pair membership ``M`` (``W = n_phys + 1 + 2 K``; ``X`` alone without
+    fitted scaling pairs)."""
+    squares: jnp.ndarray
+    """``(B,)`` squared residuals ``r^2`` (c2 units over noise units, i.e. dimensionless)."""
+    rho: jnp.ndarray
+    """``(B,)`` robust loss ``rho((r/f)^2)`` of each point (the cost is ``f^2`` times their sum)."""
+    first: jnp.ndarray
+    """Index of the first scaling pair the chunk touches (0 without fitted pairs)."""
 
-    - ``gram = X^T X`` with ``X = sqrt(W) [J_p, r]``, shape ``(n_phys+1, n_phys+1)``: the
-      physical block of ``J^T W J`` and, in its last column, ``J_p^T W r``;
-    - ``pair_moments`` of shape ``(n_pairs + K, 3 + 2 (n_phys+1))``: per scaling pair the
-      sums ``a^2, ab, b^2, a X, b X`` where ``a`` and ``b`` are the contrast and offset
-      columns (rows past ``n_pairs`` are scratch for the last chunk and dropped);
-    - ``chi2 = sum r^2`` and the robust cost ``f^2 sum rho((r/f)^2)``.
 
-    ``W`` holds the loss weights ``rho'((r/f)^2)``; residuals are ``weight*(model - value)``.
-    A chunk touches at most ``K = pairs_per_chunk`` consecutive pairs; all these sums
-    come from one Gram matrix of ``[X, a M, b M]`` (``M`` the ``(B, K)`` one-hot pair
-    membership), added at the chunk's first pair.
+def chunk_design(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None, model_tables=None):
+    """``ChunkDesign`` of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
+
+    ``X = sqrt(W) [J_p, r]`` with ``W`` the loss weights ``rho'((r/f)^2)`` and residuals
+    ``r = weight*(model - value)``; ``a`` and ``b`` are ``sqrt(W) weight g1^2`` and
+    ``sqrt(W) weight`` (the contrast and offset columns of the Jacobian). A chunk
+    touches at most ``K = pairs_per_chunk`` consecutive pairs, counted from ``first``.
 
     ``excluded_frames = [start, stop)`` (optional) drops every point whose ``i`` or ``j``
-    lies in that frame range, as a frame-block jackknife replicate needs.
+    lies in that frame range (zero weight), as a frame-block jackknife replicate needs.
     ``model_tables`` (optional, the tables at another ``theta'``) takes the residuals
-    from ``theta'`` while the Jacobian stays at ``theta``: the last column then holds
-    ``J(theta)^T W r(theta')``, which the solver's geodesic acceleration needs.
+    from ``theta'`` while the Jacobian stays at ``theta``.
     """
     angle, frame_i, frame_j, value, weight = chunk
     if excluded_frames is not None:
@@ -196,23 +202,33 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
     else:
         root_weight = jnp.sqrt(point_loss_weights(residual, setup))
         design = root_weight[:, None] * design
-    chi2 = jnp.sum(residual * residual)
-    cost = setup.loss_scale**2 * jnp.sum(loss_rho(z, setup.loss))
-    width = 3 + 2 * design.shape[1]
-    span = pairs_per_chunk(setup, chunk[0].shape[0])
+    squares, rho = residual * residual, loss_rho(z, setup.loss)
     if setup.n_pairs == 0:
-        return design.T @ design, jnp.zeros((0, width)), chi2, cost
+        return ChunkDesign(design, squares, rho, jnp.zeros((), dtype=jnp.int32))
+    span = pairs_per_chunk(setup, chunk[0].shape[0])
     pair = pair_of_angle[angle]
     first = pair[0]
     membership = ((pair - first)[:, None] == jnp.arange(span)[None, :]).astype(design.dtype)
     a = root_weight * weight * g1_sq
     b = root_weight * weight
-    # One Gram matrix of [X, a M, b M] (M: the chunk's one-hot pair membership) holds
-    # X^T X and, per pair, a^2, ab, b^2, a X, b X: a single dense product per chunk.
     stacked = jnp.concatenate([design, a[:, None] * membership, b[:, None] * membership], axis=1)
-    full = stacked.T @ stacked
-    n_design = design.shape[1]
+    return ChunkDesign(stacked, squares, rho, first)
+
+
+def gram_terms(full, first, setup: KernelSetup, span: int):
+    """``(gram, pair_moments)`` from a Gram matrix ``S^T S`` of a chunk's stacked design.
+
+    ``full`` is ``(W, W)`` for ``S = ChunkDesign.stacked`` (or the same sum over any
+    subset of its rows). ``gram = X^T X`` is ``(n_phys+1, n_phys+1)``: the physical block
+    of ``J^T W J`` and, in its last column, ``J_p^T W r``. ``pair_moments`` is
+    ``(n_pairs + span, 3 + 2 (n_phys+1))``: per scaling pair the sums ``a^2, ab, b^2, a X,
+    b X``, placed from pair ``first`` on (rows past ``n_pairs`` are scratch and dropped).
+    """
+    n_design = setup.n_physical + 1
+    width = 3 + 2 * n_design
     gram = full[:n_design, :n_design]
+    if setup.n_pairs == 0:
+        return gram, jnp.zeros((0, width))
     a_rows = jnp.arange(span) + n_design
     b_rows = a_rows + span
     local = jnp.concatenate(
@@ -224,13 +240,46 @@ def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelS
         axis=1,
     )
     moments = jnp.zeros((setup.n_pairs + span, width))
-    moments = jax.lax.dynamic_update_slice(moments, local, (first, 0))
-    return gram, moments, chi2, cost
+    return gram, jax.lax.dynamic_update_slice(moments, local, (first, 0))
+
+
+def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None, model_tables=None):
+    """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
+
+    Returns ``(gram, pair_moments, chi2, robust_cost)`` (``gram_terms`` of the chunk's
+    whole ``chunk_design``), with ``chi2 = sum r^2`` and the robust cost
+    ``f^2 sum rho((r/f)^2)``. All these sums come from one Gram matrix of the stacked
+    design: a single dense product per chunk.
+
+    ``excluded_frames`` and ``model_tables`` as in ``chunk_design``; with
+    ``model_tables`` the last column of ``gram`` holds ``J(theta)^T W r(theta')``, which
+    the solver's geodesic acceleration needs.
+    """
+    design = chunk_design(tables, pair_of_angle, chunk, setup, excluded_frames, model_tables)
+    stacked = design.stacked
+    gram, moments = gram_terms(stacked.T @ stacked, design.first, setup, pairs_per_chunk(setup, chunk[0].shape[0]))
+    return gram, moments, jnp.sum(design.squares), setup.loss_scale**2 * jnp.sum(design.rho)
+
+
+def pack_chunk(gram, moments, chi2, cost, setup: KernelSetup):
+    """One chunk's accumulator terms as one row ``[gram, pair moments, chi2, cost]`` (``unpack_accumulators``)."""
+    return jnp.concatenate([gram.ravel(), moments[: setup.n_pairs].ravel(), jnp.reshape(chi2, (1,)), jnp.reshape(cost, (1,))])
+
+
+def packed_sums(full, chi2, rho_sum, first, setup: KernelSetup, span: int):
+    """The packed row (``pack_chunk``) of some points of a chunk from their design sums.
+
+    ``full`` is ``S^T S`` over those points' rows of ``ChunkDesign.stacked``, ``chi2`` the
+    sum of their ``r^2`` and ``rho_sum`` the sum of their ``rho((r/f)^2)`` (the row's cost
+    is ``f^2 rho_sum``); ``first`` and ``span`` as in ``gram_terms``.
+    """
+    gram, moments = gram_terms(full, first, setup, span)
+    return pack_chunk(gram, moments, chi2, setup.loss_scale**2 * rho_sum, setup)
 
 
 @partial(jax.jit, static_argnames=("setup",))
 def chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames=None, theta_model=None, *, setup: KernelSetup):
-    """``(n_chunks, L)``: each chunk's ``chunk_accumulators``, packed (``pack_accumulators``).
+    """``(n_chunks, L)``: each chunk's ``chunk_accumulators``, packed (``pack_chunk``).
 
     The per-frame tables are computed once; ``lax.map`` walks the chunks so the working
     memory is one chunk's, whatever the block size. Chunk sums are returned one by one
@@ -243,8 +292,7 @@ def chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames=None, thet
     model_tables = None if theta_model is None else point_tables(theta_model, phi_deg, setup)
 
     def one_chunk(chunk):
-        gram, moments, chi2, cost = chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames, model_tables)
-        return jnp.concatenate([gram.ravel(), moments[: setup.n_pairs].ravel(), chi2[None], cost[None]])
+        return pack_chunk(*chunk_accumulators(tables, pair_of_angle, chunk, setup, excluded_frames, model_tables), setup)
 
     return jax.lax.map(one_chunk, block)
 

@@ -68,6 +68,7 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
                 name: float(dof) for name, dof, free in zip(result.names, result.jackknife.effective_dof, problem.free) if free
             },
             "seconds": float(result.jackknife.seconds),
+            "passes": int(result.jackknife.passes),
         },
         "parameters": parameters,
         "correlation": {"names": free_names, "matrix": correlation[np.ix_(free_index, free_index)].tolist()},
