@@ -3,7 +3,7 @@
 Checked three ways: the systems equal the normal equations of the kept points computed
 by NumPy from an autodiff Jacobian (no kernel code), and the refit's own masked pass;
 the replicates of the shared-pass jackknife equal those of refits that make their own
-first pass (``shared_first_pass=False``) to 1e-10 model std, on an easy static fit and
+first pass (``shared_first_pass=False``) to 1e-8 model std, on an easy static fit and
 on a laminar fit held on a bound; and the jackknife makes fewer passes over the data.
 """
 
@@ -100,19 +100,21 @@ def jackknife_both_ways(result, problem, options):
 
 
 def assert_same_replicates(result, shared, own, unconverged_tolerance: float = 0.0):
-    """Replicates within 1e-10 model std; refits that hit their iteration ceiling within ``unconverged_tolerance``.
+    """Replicates within 1e-8 model std; refits that hit their iteration ceiling within ``unconverged_tolerance``.
 
     The refits start with a damping of 1e-9 in the D0/alpha/D_offset valley, where a
     relative 1e-16 change of the first system moves a converged replicate by up to
     2e-10 model std (measured on the laminar case below by perturbing the refit's own
-    system): 1e-10 is the rounding level, not a looser check. A refit that crawls for
+    system), so 1e-8 leaves room for another CPU or XLA version while a wrong first system
+    (a block's part added instead of removed, a chunk left out) moves replicates by
+    1e-3 model std or more. A refit that crawls for
     its 100 iterations amplifies the rounding further; it is excluded from the covariance.
     """
     np.testing.assert_array_equal(shared.blocks, own.blocks)
     np.testing.assert_array_equal(shared.converged, own.converged)
     scale = np.where(result.std > 0, result.std, 1.0)
     difference = np.abs(shared.replicates - own.replicates) / scale
-    assert difference[shared.converged].max() <= 1e-10, difference.max(axis=1)
+    assert difference[shared.converged].max() <= 1e-8, difference.max(axis=1)
     assert difference[~shared.converged].max(initial=0.0) <= unconverged_tolerance, difference.max(axis=1)
     np.testing.assert_allclose(shared.std, own.std, rtol=1e-8)
 
