@@ -105,9 +105,9 @@ def assert_same_replicates(result, shared, own, unconverged_tolerance: float = 0
     The refits start with a damping of 1e-9 in the D0/alpha/D_offset valley, where a
     relative 1e-16 change of the first system moves a converged replicate by up to
     2e-10 model std (measured on the laminar case below by perturbing the refit's own
-    system), so 1e-8 leaves room for another CPU or XLA version while a wrong first system
-    (a block's part added instead of removed, a chunk left out) moves replicates by
-    1e-3 model std or more. A refit that crawls for
+    system), so 1e-8 leaves room for another CPU or XLA version. (A wrong first system is
+    caught by the direct comparison with the brute-force systems above; a refit that
+    started from one would mostly still converge to its optimum.) A refit that crawls for
     its 100 iterations amplifies the rounding further; it is excluded from the covariance.
     """
     np.testing.assert_array_equal(shared.blocks, own.blocks)
