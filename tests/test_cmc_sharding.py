@@ -114,8 +114,9 @@ def test_the_automatic_shard_count_gives_every_rank_a_shard():
 
 def test_chain_method_falls_back_to_sequential():
     assert chain_method_for("parallel", 4, 10_000, 4) == ("parallel", None)
-    method, reason = chain_method_for("parallel", 4, 499, 4)
-    assert method == "sequential" and "500" in reason
+    assert chain_method_for("parallel", 4, 250, 4) == ("parallel", None)
+    method, reason = chain_method_for("parallel", 4, 249, 4)
+    assert method == "sequential" and "250" in reason
     method, reason = chain_method_for("parallel", 4, 10_000, 2)
     assert method == "sequential" and "device" in reason
     assert chain_method_for("sequential", 4, 10_000, 4) == ("sequential", None)

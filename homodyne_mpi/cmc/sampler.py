@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 
 CHAIN_METHODS = ("parallel", "sequential")
 
-MIN_POINTS_FOR_PARALLEL = 500
-"""Shards with fewer points run their chains sequentially (parallel overhead dominates)."""
+MIN_POINTS_FOR_PARALLEL = 250
+"""Shards with fewer points run their chains sequentially: parallel chains were faster at
+every size measured, 250 points and up (``scripts/bench_cmc_chains.py``, docs/performance.md)."""
 
 DENSE_MASS = False
 """Adapt a diagonal mass matrix: the model's coordinates are already whitened with the

@@ -84,7 +84,7 @@ class PerShardMCMCConfig:
     num_chains: int = option(4, ge=1)
     """Chains per shard."""
     chain_method: str = option("parallel", choices=("parallel", "sequential"))
-    """parallel: one host device per chain (falls back to sequential below 500 points per
+    """parallel: one host device per chain (falls back to sequential below 250 points per
     shard, with a warning); sequential: one chain after the other."""
     target_accept_prob: float = option(0.8, gt=0, lt=1)
     """NUTS target acceptance probability."""
