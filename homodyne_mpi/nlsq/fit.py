@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +32,9 @@ from .kernels import KernelSetup, assemble_normal_equations, chunk_frame_sensiti
 from .linalg import covariance_from_hessian
 from .search import search_start, subsample_mask
 from .solver import Evaluation, LMOptions, LMResult, levenberg_marquardt
+
+if TYPE_CHECKING:
+    from .jackknife import JackknifeResult  # jackknife imports this module
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +82,13 @@ class NLSQResult:
     hessian: np.ndarray | None = None
     memory: dict = field(default_factory=dict)
     """Peak memory and point-block size per rank (root only)."""
-    jackknife: object | None = None
-    """``JackknifeResult`` when ``uncertainty: jackknife`` (else None)."""
-    at_bound: list = field(default_factory=list)
+    jackknife: JackknifeResult | None = None
+    """The jackknife's result when ``uncertainty: jackknife`` (else None)."""
+    at_bound: list[str | None] = field(default_factory=list)
     """Per parameter ``"lower"``, ``"upper"`` or None: a free parameter on its bound."""
     projected_gradient: float = float("nan")
     """Largest gradient cosine over the free parameters not pinned at a bound."""
-    objective: object | None = None
+    objective: DistributedObjective | None = None
     """The ``DistributedObjective`` of the fit, for the jackknife (dropped after it)."""
 
     @property
@@ -182,8 +186,8 @@ class DistributedObjective:
         """Full passes over the data so far (every rank's chunks once: one kernel call and one reduction)."""
         self.compute_seconds = 0.0
         self.reduce_seconds = 0.0
-        self._compiled = None
-        self._compiled_mixed = None
+        self._compiled: jax.stages.Compiled | None = None
+        self._compiled_mixed: jax.stages.Compiled | None = None
 
     def compile(self, theta: np.ndarray) -> float:
         """Compile the block kernels (normal equations, mixed gradient) ahead of time; returns the seconds."""
@@ -197,6 +201,7 @@ class DistributedObjective:
         """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``."""
         if self._compiled is None:
             self.compile(theta)
+        assert self._compiled is not None, "compile() sets the block kernel"
         rows = self._compiled(
             jnp.asarray(theta, dtype=jnp.float64),
             self.phi,
@@ -367,10 +372,10 @@ def lm_options(
     )
 
 
-def parameters_at_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray) -> list:
+def parameters_at_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray) -> list[str | None]:
     """``"lower"``, ``"upper"`` or None per parameter: free ones within 1e-12 of the range of a bound."""
     margin = 1e-12 * np.maximum(upper - lower, 1e-300)
-    marks = []
+    marks: list[str | None] = []
     for value, low, high, fitted, tolerance in zip(theta, lower, upper, free, margin):
         if fitted and value <= low + tolerance:
             marks.append("lower")
@@ -394,6 +399,7 @@ def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
     everyone = comm.gather(mine)
     if not comm.is_root:
         return {}
+    assert everyone is not None, "Comm.gather returns the gathered list on the root"
     return {
         "chunk_size": int(chunk_size),
         "peak_rss_bytes_per_rank": [int(rss) for rss, _ in everyone],

@@ -175,8 +175,8 @@ def influence_blocks(influence: np.ndarray, n_blocks: int) -> np.ndarray:
         edge = crossing - 1 if target - cumulative[crossing - 1] < cumulative[crossing] - target else crossing
         edges.append(min(max(edge, edges[-1] + 1), n_frames - (n_blocks - b)))
     edges.append(n_frames)
-    edges = np.asarray(edges, dtype=np.int32)
-    return np.stack([edges[:-1], edges[1:]], axis=1)
+    boundaries = np.asarray(edges, dtype=np.int32)
+    return np.stack([boundaries[:-1], boundaries[1:]], axis=1)
 
 
 def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free: np.ndarray, physical: slice) -> np.ndarray:
@@ -399,7 +399,9 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
     (the reference the tests compare with).
     """
     start = time.perf_counter()
-    objective: DistributedObjective = result.objective
+    objective = result.objective
+    if objective is None:
+        raise ValueError("run_jackknife needs the fit's objective (fit_nlsq keeps it; attach_jackknife drops it)")
     passes = objective.passes
     theta_hat, covariance_model, reduced_chi2 = result.theta, result.covariance, result.reduced_chi2
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)

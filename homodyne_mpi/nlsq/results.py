@@ -15,9 +15,10 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
     """The ``nlsq/result.json`` mapping (``docs/architecture.md``, "Results")."""
     std_model = result.std
     std_jackknife = result.std_jackknife
-    use_jackknife = cfg.optimization.nlsq.uncertainty == "jackknife" and std_jackknife is not None
-    std = std_jackknife if use_jackknife else std_model
-    covariance = result.jackknife.covariance if use_jackknife else result.covariance
+    reported = result.jackknife if cfg.optimization.nlsq.uncertainty == "jackknife" else None
+    use_jackknife = reported is not None
+    std = reported.std if reported is not None else std_model
+    covariance = reported.covariance if reported is not None else result.covariance
     correlation = correlation_matrix(covariance)
     physical = list(problem.layout.physical_names)
     parameters = {}
