@@ -85,7 +85,7 @@ class BoundedPrior(dist.Distribution):
     truncated to the bounds. The normalising constants are computed once, in NumPy.
     """
 
-    arg_constraints = {}
+    arg_constraints: dict[str, constraints.Constraint] = {}
     pytree_data_fields = ("loc", "scale", "low", "high", "uniform", "log_norm")
 
     def __init__(self, loc, scale, low, high, uniform, log_norm=None, *, validate_args=None):
