@@ -181,6 +181,11 @@ class BatchRunner:
             ) from None
         return datasets
 
+    def leader_writer(self) -> AsyncWriter:
+        """The group leader's writer: only the leader (``comm.is_root``) writes results."""
+        assert self.writer is not None, "the group leader holds the writer"
+        return self.writer
+
     def close_writer(self) -> list[str]:
         """Group leader: wait for every queued write, stop the writer; the failed writes, described."""
         writer = self.writer
@@ -298,7 +303,7 @@ class BatchRunner:
             futures += self.run_cmc_stage(out, problem, prepared, nlsq_result, outcome)
         if self.comm.is_root and outcome.status == "ok":
             marker = {"fingerprint": fingerprint, "method": self.method, "paths": outcome.paths}
-            self.writer.submit_call(out / COMPLETE_MARKER, write_marker_after, futures, marker)
+            self.leader_writer().submit_call(out / COMPLETE_MARKER, write_marker_after, futures, marker)
             remove_checkpoint(out / "nlsq")
         return outcome
 
@@ -370,12 +375,13 @@ class BatchRunner:
             document = cmc_result.to_json_dict()
             document.setdefault("timing_s", {})
             posterior = cmc_result.posterior_arrays()
-            futures.append(self.writer.submit_json(out / "cmc" / "result.json", document))
-            futures.append(self.writer.submit_hdf5(out / "cmc" / "posterior.h5", posterior))
+            writer = self.leader_writer()
+            futures.append(writer.submit_json(out / "cmc" / "result.json", document))
+            futures.append(writer.submit_hdf5(out / "cmc" / "posterior.h5", posterior))
             if self.cfg.output.plots:
                 from .plots import submit_cmc_figures
 
-                submit_cmc_figures(self.writer, out, document, posterior, nlsq_doc=self.nlsq_documents.get(out))
+                submit_cmc_figures(writer, out, document, posterior, nlsq_doc=self.nlsq_documents.get(out))
             outcome.paths["cmc_result"] = str(out / "cmc" / "result.json")
             outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
         return futures
@@ -390,8 +396,7 @@ class BatchRunner:
         (``homodyne-mpi plot`` draws them from ``fit.h5``).
         Returns the futures of the writes.
         """
-        writer = self.writer
-        assert writer is not None, "the group leader holds the writer"
+        writer = self.leader_writer()
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
         # a streamed data set's PointSource has every metadata field the document reads
