@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
-from .backend import decode_names, lookup
+from .backend import decode_names, lookup, plotting_available
 from .shard_health import cmc_title, draw_shard_health, shard_state
 
 __all__ = [
@@ -434,8 +434,6 @@ def submit_cmc_figures(
     A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
     once) when matplotlib is not installed.
     """
-    from .backend import plotting_available
-
     if not plotting_available():
         return []
     out_dir = Path(out_dir)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..fit_matrices import matrix_frames_of
-from .backend import decode_names, lookup
+from .backend import decode_names, lookup, plotting_available
 from .c2_figure import draw_c2_angle
 
 __all__ = [
@@ -305,8 +305,6 @@ def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Map
 
     Returns ``[]`` (and warns once) when matplotlib is not installed.
     """
-    from .backend import plotting_available
-
     if not plotting_available():
         return []
     out_dir = Path(out_dir)
