@@ -417,21 +417,11 @@ def submit_cmc_figures(
 ) -> list[Path]:
     """Queue the CMC figures of one data set on ``writer``; return the paths queued.
 
-    Parameters
-    ----------
-    writer:
-        The :class:`homodyne_mpi.io.AsyncWriter`; each figure is one ``submit_call``.
-    out_dir:
-        The data set's results folder (the one holding ``cmc/``); figures go to
-        ``out_dir/cmc/plots/``.
-    cmc_doc:
-        The ``cmc/result.json`` mapping.
-    posterior:
-        The arrays of ``cmc/posterior.h5`` by name (copied here).
-    nlsq_doc:
-        Optional ``nlsq/result.json`` mapping: its values are drawn as reference lines.
-
-    A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
+    ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure);
+    the figures go to ``out_dir/cmc/plots/`` of the data set's results folder ``out_dir``.
+    ``cmc_doc`` is the ``cmc/result.json`` mapping, ``posterior`` the arrays of
+    ``cmc/posterior.h5`` by name (copied here), and the optional ``nlsq_doc`` the
+    ``nlsq/result.json`` mapping, whose values are drawn as reference lines. A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
     once) when matplotlib is not installed.
     """
     if not plotting_available():

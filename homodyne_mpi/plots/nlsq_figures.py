@@ -285,23 +285,15 @@ def _bands(fit_arrays: Mapping[str, Any]) -> dict[str, Any] | None:
 def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Mapping[str, Any]) -> list[Path]:
     """Queue every NLSQ figure of one data set on ``writer``; return their paths.
 
-    Parameters
-    ----------
-    writer:
-        The :class:`homodyne_mpi.io.AsyncWriter`; each figure is one ``submit_call``, drawn
-        in its threads.
-    out_dir:
-        The data set's results folder (the one holding ``nlsq/``); figures go to
-        ``out_dir/nlsq/plots/``.
-    result_doc:
-        The ``nlsq/result.json`` mapping.
-    fit_arrays:
-        The datasets of ``nlsq/fit.h5`` by name (``c2_exp``, ``c2_fit``, ``t``, ``phi``,
-        ``covariance``, ``parameters/names``, ``parameters/values``, ``noise_sigma``,
-        optional ``matrix_frames`` and ``bands/*``), as arrays or open HDF5 datasets.
-        Without ``c2_exp`` (``output.fit_matrices: none``) the c2 figures are skipped
-        with a log line. Not copied: leave them
-        unchanged (and an HDF5 file open) until the writer has finished.
+    ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure,
+    drawn in its threads); the figures go to ``out_dir/nlsq/plots/`` of the data set's
+    results folder ``out_dir``. ``result_doc`` is the ``nlsq/result.json`` mapping and
+    ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name (``c2_exp``, ``c2_fit``, ``t``,
+    ``phi``, ``covariance``, ``parameters/names``, ``parameters/values``, ``noise_sigma``,
+    optional ``matrix_frames`` and ``bands/*``), as arrays or open HDF5 datasets, not
+    copied: leave them unchanged (and an HDF5 file open) until the writer has finished.
+    Without ``c2_exp`` (``output.fit_matrices: none``) the c2 figures are skipped with a
+    log line.
 
     Returns ``[]`` (and warns once) when matplotlib is not installed.
     """
