@@ -17,7 +17,7 @@ from typing import Any
 from .errors import InputError
 from .fit_matrices import describe_fit_file
 from .nlsq_summary import degeneracy_lines, parameter_cell, rate_lines
-from .plots.redraw import read_result_json
+from .plots.redraw import find_dataset_dirs, read_result_json
 from .plots.shard_health import shard_reason, shard_state
 from .vocabulary import PARAMETER_UNITS, PHYSICAL_PARAMETERS
 
@@ -83,8 +83,6 @@ def _timings(timing: Any) -> str:
 
 def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
     """Data set folders to report and the batch summary (None if ``root`` has none)."""
-    from .plots.redraw import find_dataset_dirs
-
     summary_path = root / "batch_summary.json"
     summary = read_result_json(summary_path) if summary_path.is_file() else None
     try:
