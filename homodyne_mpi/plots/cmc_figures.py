@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
-from .backend import decode_names, lookup, plotting_available
+from .backend import decode_names, lookup, new_figure, plotting_available, save_png
 from .shard_health import cmc_title, draw_shard_health, shard_state
 
 __all__ = [
@@ -242,8 +242,6 @@ def _marginal_sources(
 
 def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     """Histogram of the combined draws per physical parameter, with each retained shard's posterior."""
-    from .backend import new_figure, save_png
-
     names = info.physical or info.names
     rows, cols = _grid(len(names))
     width, height = 4.2 * cols, 3.4 * rows + 0.9
@@ -326,8 +324,6 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
 
 def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
     """Pairwise plot of the physical parameters from the combined draws."""
-    from .backend import new_figure, save_png
-
     names = info.physical or info.names
     n = len(names)
     if info.draws is None:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..fit_matrices import matrix_frames_of
-from .backend import decode_names, lookup, plotting_available
+from .backend import decode_names, lookup, new_figure, plotting_available, save_png
 from .c2_figure import draw_c2_angle
 
 __all__ = [
@@ -226,8 +226,6 @@ def _draw_rate(ax: Any, t: np.ndarray, rate: np.ndarray, std: np.ndarray | None,
 
 def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureInfo) -> None:
     """Draw ``J(t)`` (and ``gamma_dot(t)``) with their 1-sigma bands; save as PNG at ``path``."""
-    from .backend import new_figure, save_png
-
     laminar = curves.gamma_dot is not None
     width, height = (12.0 if laminar else 6.5), 4.8
     figure = new_figure(width, height, layout=None)  # placed by hand: constrained layout doubles the time
