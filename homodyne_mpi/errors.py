@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class HomodyneError(Exception):
     """Base class of the errors this program raises on purpose."""
@@ -39,3 +41,16 @@ class Interrupted(HomodyneError):
     """The run was asked to stop by a signal; finished work was checkpointed."""
 
     exit_code = 3
+
+
+def check_path(
+    path: Path, error: type[HomodyneError], missing: str, wrong_kind: str, *, folder: bool = False, name: str | None = None
+) -> None:
+    """Raise ``error("<name>: <missing>")`` when ``path`` does not exist, and ``error("<name>:
+    <wrong_kind>")`` when it is a folder (or, with ``folder=True``, when it is not one);
+    ``name`` (default: the path) is how the message names it."""
+    name = str(path) if name is None else name
+    if not path.exists():
+        raise error(f"{name}: {missing}")
+    if path.is_dir() != folder:
+        raise error(f"{name}: {wrong_kind}")

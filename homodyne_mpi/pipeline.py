@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,15 +64,7 @@ class DatasetOutcome:
     timing_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "source": self.source,
-            "status": self.status,
-            "error": self.error,
-            "error_type": self.error_type,
-            "paths": self.paths,
-            "timing_s": self.timing_s,
-        }
+        return asdict(self)
 
 
 class BatchRunner:

@@ -17,24 +17,13 @@ from typing import Any
 from .errors import InputError
 from .fit_matrices import describe_fit_file
 from .nlsq_summary import degeneracy_lines, parameter_cell, rate_lines
-from .plots.redraw import read_result_json
+from .plots.redraw import find_dataset_dirs, read_result_json
 from .plots.shard_health import shard_reason, shard_state
-from .vocabulary import PHYSICAL_PARAMETERS
+from .vocabulary import PARAMETER_UNITS, PHYSICAL_PARAMETERS
 
 __all__ = ["format_report", "print_report"]
 
 PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
-UNITS = {
-    "D0": "Angstrom^2 s^-(1+alpha)",
-    "alpha": "",
-    "D_offset": "Angstrom^2/s",
-    "gamma_dot_t0": "s^-(1+beta)",
-    "beta": "",
-    "gamma_dot_t_offset": "1/s",
-    "phi0": "degrees",
-    "contrast": "",
-    "offset": "",
-}
 _SCALING = re.compile(r"^(contrast|offset)(?:\[(\d+)\])?$")
 
 
@@ -52,6 +41,12 @@ def _num(value: Any, spec: str = ".6g") -> str:
     if math.isnan(number):
         return "nan"
     return format(number, spec)
+
+
+def _unit(name: str) -> str:
+    """The unit column of a parameter: its ``PARAMETER_UNITS`` entry, blank when dimensionless."""
+    unit = PARAMETER_UNITS.get(name, "")
+    return "" if unit == "dimensionless" else unit
 
 
 def _seconds(value: Any) -> str:
@@ -88,8 +83,6 @@ def _timings(timing: Any) -> str:
 
 def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
     """Data set folders to report and the batch summary (None if ``root`` has none)."""
-    from .plots.redraw import find_dataset_dirs
-
     summary_path = root / "batch_summary.json"
     summary = read_result_json(summary_path) if summary_path.is_file() else None
     try:
@@ -151,7 +144,7 @@ def _nlsq_section(doc: dict) -> list[str]:
         ]
         if show_jk:
             row.append(_num(entry.get("std_jackknife"), ".3g"))
-        rows.append(row + [UNITS.get(name, "")])
+        rows.append(row + [_unit(name)])
     if rows:
         lines += _table(header, rows, left=(0, len(header) - 1))
     for name, entry in parameters.items():
@@ -216,7 +209,7 @@ def _cmc_section(doc: dict) -> list[str]:
         rows.append(
             [label]
             + [_num(entry.get(key), ".6g" if key != "std" else ".3g") for key in ("mean", "std", "q05", "q50", "q95")]
-            + [UNITS.get(_SCALING.sub(r"\1", name), "")]
+            + [_unit(_SCALING.sub(r"\1", name))]
         )
     if rows:
         lines += _table(["parameter", "mean", "std", "q05", "q50", "q95", "unit"], rows, left=(0, 6))

@@ -194,6 +194,21 @@ class ShardSampler:
 
 ARRAY_FIELDS = ("draws", "diverging", "num_steps", "rhat", "ess")
 """Array fields of ``ShardResult``; they travel as NumPy buffers and into checkpoints."""
+META_FIELDS: dict[str, Callable[[Any], Any] | None] = {
+    "index": int,
+    "n_points": int,
+    "rank": int,
+    "host": None,
+    "seconds": float,
+    "chain_method": None,
+    "num_warmup": int,
+    "num_samples": int,
+    "error": None,
+    "traceback": None,
+    "target_accept_prob": float,
+    "retried_because": None,
+}
+"""Scalar fields of ``ShardResult`` (``meta()``) and the JSON conversion of each (None: as is)."""
 
 
 @dataclass
@@ -252,20 +267,7 @@ class ShardResult:
 
     def meta(self) -> dict:
         """The scalar fields (JSON-ready)."""
-        return {
-            "index": int(self.index),
-            "n_points": int(self.n_points),
-            "rank": int(self.rank),
-            "host": self.host,
-            "seconds": float(self.seconds),
-            "chain_method": self.chain_method,
-            "num_warmup": int(self.num_warmup),
-            "num_samples": int(self.num_samples),
-            "error": self.error,
-            "traceback": self.traceback,
-            "target_accept_prob": float(self.target_accept_prob),
-            "retried_because": self.retried_because,
-        }
+        return {key: getattr(self, key) if cast is None else cast(getattr(self, key)) for key, cast in META_FIELDS.items()}
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The array fields that are set (booleans as uint8, for MPI buffers and npz)."""
@@ -280,24 +282,7 @@ class ShardResult:
     @classmethod
     def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> ShardResult:
         """Inverse of ``meta()`` + ``arrays()``."""
-        fields = {
-            key: meta[key]
-            for key in (
-                "index",
-                "n_points",
-                "rank",
-                "host",
-                "seconds",
-                "chain_method",
-                "num_warmup",
-                "num_samples",
-                "error",
-                "traceback",
-                "target_accept_prob",
-                "retried_because",
-            )
-            if key in meta
-        }
+        fields = {key: meta[key] for key in META_FIELDS if key in meta}
         for name in ARRAY_FIELDS:
             if name in arrays:
                 value = np.asarray(arrays[name])

@@ -7,6 +7,7 @@ go into the ``ShardResult``). The only call that samples is ``sample_shard``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -104,7 +105,9 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     """
     start = time.perf_counter()
     plan = worker.plan
-    n_points = int(arrays["floats"].shape[1])
+    result = functools.partial(
+        ShardResult, index=index, n_points=int(arrays["floats"].shape[1]), rank=worker.rank, host=worker.host
+    )
     settings, retried_because = plan.settings, None
     try:
         data, _ = shard_data(arrays, plan.n_padded, plan.fill_angle)
@@ -127,20 +130,9 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
         raise
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
         log.warning("CMC: shard %d failed on rank %d: %s: %s", index, worker.rank, type(error).__name__, error)
-        return ShardResult(
-            index=index,
-            n_points=n_points,
-            rank=worker.rank,
-            host=worker.host,
-            seconds=time.perf_counter() - start,
-            error=f"{type(error).__name__}: {error}",
-            traceback=traceback_module.format_exc(),
-        )
-    return ShardResult(
-        index=index,
-        n_points=n_points,
-        rank=worker.rank,
-        host=worker.host,
+        failed = f"{type(error).__name__}: {error}"
+        return result(seconds=time.perf_counter() - start, error=failed, traceback=traceback_module.format_exc())
+    return result(
         seconds=time.perf_counter() - start,
         chain_method=out.chain_method,
         num_warmup=settings.num_warmup,

@@ -9,7 +9,7 @@ reference ``homodyne`` package), ``yaml_io`` (files) and ``template`` (the
 config as a whole.
 """
 
-from ..vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS, SCALING_MODES, SHEAR_FORMS
+from ..vocabulary import ANALYSIS_MODES, PARAMETER_UNITS, PHYSICAL_PARAMETERS, SCALING_MODES, SHEAR_FORMS
 from .fitting import (
     CMCConfig,
     CombinationConfig,
@@ -23,7 +23,6 @@ from .reference import PARAMETER_ALIASES
 from .schema import HomodyneConfig
 from .sections import (
     DEFAULT_BOUNDS,
-    PARAMETER_UNITS,
     SCALING_PARAMETERS,
     AnalyzerConfig,
     AngleRange,

@@ -32,17 +32,6 @@ DEFAULT_BOUNDS = {
     "offset": (0.5, 1.5),
 }
 """Bounds of a parameter that ``parameter_space.bounds`` does not list, in its unit."""
-PARAMETER_UNITS = {
-    "D0": "Angstrom^2 s^-(1+alpha)",
-    "alpha": "dimensionless",
-    "D_offset": "Angstrom^2/s",
-    "gamma_dot_t0": "s^-(1+beta)",
-    "beta": "dimensionless",
-    "gamma_dot_t_offset": "1/s",
-    "phi0": "degrees",
-    "contrast": "dimensionless",
-    "offset": "dimensionless",
-}
 PRIOR_TYPES = ("TruncatedNormal", "Normal", "Uniform")
 
 

@@ -19,11 +19,11 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS
+from ..vocabulary import ANALYSIS_MODES, PARAMETER_UNITS, PHYSICAL_PARAMETERS
 from .context import did_you_mean
 from .generic import describe, limits_text, schema_fields, to_plain, type_hints
 from .schema import HomodyneConfig
-from .sections import DEFAULT_BOUNDS, PARAMETER_UNITS, SCALING_PARAMETERS, ExperimentalDataConfig, ScatteringConfig
+from .sections import DEFAULT_BOUNDS, SCALING_PARAMETERS, ExperimentalDataConfig, ScatteringConfig
 
 EXAMPLE_VALUES = {"D0": 1000.0, "alpha": 0.0, "D_offset": 0.0, "gamma_dot_t0": 0.01, "beta": 0.0,
                   "gamma_dot_t_offset": 0.0, "phi0": 0.0}  # fmt: skip

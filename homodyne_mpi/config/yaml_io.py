@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, check_path
 from .context import one_line
 from .schema import HomodyneConfig
 
@@ -50,13 +50,13 @@ def load_config(path: str | os.PathLike[str]) -> HomodyneConfig:
     """Read and validate a YAML config file; ``ConfigError`` with one line otherwise."""
     source = os.fspath(path)
     file = Path(source).expanduser()
-    if not file.exists():
-        raise ConfigError(
-            f"{source}: config file not found -- check the path, or write one with "
-            "'homodyne-mpi init-config --mode static' (or laminar_flow)"
-        )
-    if file.is_dir():
-        raise ConfigError(f"{source}: is a folder, not a config file -- give the YAML file's path")
+    check_path(
+        file,
+        ConfigError,
+        "config file not found -- check the path, or write one with 'homodyne-mpi init-config --mode static' (or laminar_flow)",
+        "is a folder, not a config file -- give the YAML file's path",
+        name=source,
+    )
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

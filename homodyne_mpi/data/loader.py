@@ -21,7 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from homodyne_mpi.errors import ConfigError, InputError
+from homodyne_mpi.errors import ConfigError, InputError, check_path
 
 from .layouts import (
     AVG_FRAME_KEY,
@@ -113,13 +113,12 @@ class XPCSData:
 
 def _open(path: Path) -> h5py.File:
     source = str(path)
-    if not path.exists():
-        raise InputError(
-            f"{source}: file not found; fix experimental_data.file_path (or the dataset path) "
-            "to point at an existing correlator result"
-        )
-    if path.is_dir():
-        raise InputError(f"{source}: is a folder, not a file; set experimental_data.file_path to the HDF5 result file inside it")
+    check_path(
+        path,
+        InputError,
+        "file not found; fix experimental_data.file_path (or the dataset path) to point at an existing correlator result",
+        "is a folder, not a file; set experimental_data.file_path to the HDF5 result file inside it",
+    )
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as exc:

@@ -11,6 +11,7 @@ Missing parent folders are created.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,66 +23,33 @@ from typing import Any
 import h5py
 import numpy as np
 
-__all__ = [
-    "atomic_write_bytes",
-    "atomic_write_call",
-    "atomic_write_hdf5",
-    "atomic_write_json",
-    "atomic_write_npz",
-    "encode_json",
-    "to_jsonable",
-]
-
 _TEMP_MARKER = ".tmp-"
 _CREATE_ATTEMPTS = 16
 
 
-def _create_temp_file(target: Path) -> tuple[int, Path]:
-    """Create an empty, exclusive temporary file next to ``target``; return (fd, path).
+def _create_temp_file(target: Path) -> Path:
+    """Create an empty, exclusive temporary file next to ``target`` and return its path.
 
     The file is created with mode 0o666 filtered by the process umask, like a normal
     ``open(..., "w")``, so the renamed result has ordinary permissions.
     """
     for _ in range(_CREATE_ATTEMPTS):
-        name = f".{target.stem}{_TEMP_MARKER}{secrets.token_hex(6)}{target.suffix}"
-        temp = target.with_name(name)
+        temp = target.with_name(f".{target.stem}{_TEMP_MARKER}{secrets.token_hex(6)}{target.suffix}")
         try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         except FileExistsError:
             continue
-        return fd, temp
+        return temp
     raise FileExistsError(f"could not create a unique temporary file next to {target}")
 
 
-def _fsync_path(path: Path) -> None:
-    """Flush a file's data to stable storage, by path (for files written by a library)."""
-    fd = os.open(path, os.O_RDWR)
+def _fsync(path: Path, flags: int) -> None:
+    """Flush ``path`` (a file, or a folder after a rename in it) to stable storage."""
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable; silently skipped where folders cannot be fsynced."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: Path) -> None:
-    """Delete ``path`` if it exists, ignoring errors (used while another error propagates)."""
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def atomic_write_call(
@@ -103,35 +71,23 @@ def atomic_write_call(
     """
     target = Path(os.path.abspath(os.fspath(path)))
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = _create_temp_file(target)
-    os.close(fd)
+    temp = _create_temp_file(target)
     try:
         write_fn(temp, *args, **kwargs)
-        _fsync_path(temp)
+        _fsync(temp, os.O_RDWR)
         os.replace(temp, target)
     except BaseException:
-        _remove_quietly(temp)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
         raise
-    _fsync_dir(target.parent)
+    with contextlib.suppress(OSError):  # skipped where folders cannot be fsynced
+        _fsync(target.parent, os.O_RDONLY)
     return target
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> Path:
     """Write the raw bytes ``data`` to ``path`` atomically; return the absolute target path."""
-    target = Path(os.path.abspath(os.fspath(path)))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = _create_temp_file(target)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        _remove_quietly(temp)
-        raise
-    _fsync_dir(target.parent)
-    return target
+    return atomic_write_call(path, Path.write_bytes, data)
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -143,10 +99,10 @@ def to_jsonable(obj: Any) -> Any:
     as ``nan``/``inf`` (see :func:`encode_json`). Raises :class:`TypeError` naming the
     offending type for anything else.
     """
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj.item() if isinstance(obj, np.generic) else obj
     if isinstance(obj, np.generic):
         return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
     if isinstance(obj, Mapping):
         out: dict[Any, Any] = {}
         for key, value in obj.items():

@@ -130,11 +130,6 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
         self._thread: threading.Thread | None = None
 
     @property
-    def depth(self) -> int:
-        """How many items are loaded ahead of the one the caller holds."""
-        return self._depth
-
-    @property
     def closed(self) -> bool:
         """True once :meth:`close` has been called or the source is exhausted."""
         return self._closed

@@ -87,14 +87,9 @@ def _copy_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class AsyncWriter:
-    """A pool of background threads that write result files atomically.
-
-    Parameters
-    ----------
-    max_workers:
-        Number of writer threads (at least 1). Writes to the same path are applied in
-        submission order even with several threads; writes to different paths may finish
-        in any order.
+    """A pool of ``max_workers`` (at least 1) background threads that write result files
+    atomically. Writes to the same path are applied in submission order even with several
+    threads; writes to different paths may finish in any order.
 
     The ``submit_*`` methods return at once with a :class:`concurrent.futures.Future` that
     resolves to the absolute target path. Their data are snapshotted on the calling thread
@@ -124,8 +119,7 @@ class AsyncWriter:
         raises :class:`TypeError` here, in the caller, and later changes to ``obj`` do not
         affect the file.
         """
-        data = encode_json(obj)
-        return self._submit(path, "json", atomic_write_bytes, data)
+        return self._submit(path, "json", atomic_write_bytes, encode_json(obj))
 
     def submit_npz(self, path: str | os.PathLike[str], /, **arrays: Any) -> Future[Path]:
         """Write ``arrays`` (copied now) as an uncompressed ``.npz`` archive to exactly ``path``."""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
-from .backend import decode_names, lookup
+from .backend import decode_names, lookup, new_figure, plotting_available, save_png
 from .shard_health import cmc_title, draw_shard_health, shard_state
 
 __all__ = [
@@ -242,8 +242,6 @@ def _marginal_sources(
 
 def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     """Histogram of the combined draws per physical parameter, with each retained shard's posterior."""
-    from .backend import new_figure, save_png
-
     names = info.physical or info.names
     rows, cols = _grid(len(names))
     width, height = 4.2 * cols, 3.4 * rows + 0.9
@@ -326,8 +324,6 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
 
 def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
     """Pairwise plot of the physical parameters from the combined draws."""
-    from .backend import new_figure, save_png
-
     names = info.physical or info.names
     n = len(names)
     if info.draws is None:
@@ -417,25 +413,13 @@ def submit_cmc_figures(
 ) -> list[Path]:
     """Queue the CMC figures of one data set on ``writer``; return the paths queued.
 
-    Parameters
-    ----------
-    writer:
-        The :class:`homodyne_mpi.io.AsyncWriter`; each figure is one ``submit_call``.
-    out_dir:
-        The data set's results folder (the one holding ``cmc/``); figures go to
-        ``out_dir/cmc/plots/``.
-    cmc_doc:
-        The ``cmc/result.json`` mapping.
-    posterior:
-        The arrays of ``cmc/posterior.h5`` by name (copied here).
-    nlsq_doc:
-        Optional ``nlsq/result.json`` mapping: its values are drawn as reference lines.
-
-    A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
+    ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure);
+    the figures go to ``out_dir/cmc/plots/`` of the data set's results folder ``out_dir``.
+    ``cmc_doc`` is the ``cmc/result.json`` mapping, ``posterior`` the arrays of
+    ``cmc/posterior.h5`` by name (copied here), and the optional ``nlsq_doc`` the
+    ``nlsq/result.json`` mapping, whose values are drawn as reference lines. A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
     once) when matplotlib is not installed.
     """
-    from .backend import plotting_available
-
     if not plotting_available():
         return []
     out_dir = Path(out_dir)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..fit_matrices import matrix_frames_of
-from .backend import decode_names, lookup
+from .backend import decode_names, lookup, new_figure, plotting_available, save_png
 from .c2_figure import draw_c2_angle
 
 __all__ = [
@@ -226,8 +226,6 @@ def _draw_rate(ax: Any, t: np.ndarray, rate: np.ndarray, std: np.ndarray | None,
 
 def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureInfo) -> None:
     """Draw ``J(t)`` (and ``gamma_dot(t)``) with their 1-sigma bands; save as PNG at ``path``."""
-    from .backend import new_figure, save_png
-
     laminar = curves.gamma_dot is not None
     width, height = (12.0 if laminar else 6.5), 4.8
     figure = new_figure(width, height, layout=None)  # placed by hand: constrained layout doubles the time
@@ -285,28 +283,18 @@ def _bands(fit_arrays: Mapping[str, Any]) -> dict[str, Any] | None:
 def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Mapping[str, Any]) -> list[Path]:
     """Queue every NLSQ figure of one data set on ``writer``; return their paths.
 
-    Parameters
-    ----------
-    writer:
-        The :class:`homodyne_mpi.io.AsyncWriter`; each figure is one ``submit_call``, drawn
-        in its threads.
-    out_dir:
-        The data set's results folder (the one holding ``nlsq/``); figures go to
-        ``out_dir/nlsq/plots/``.
-    result_doc:
-        The ``nlsq/result.json`` mapping.
-    fit_arrays:
-        The datasets of ``nlsq/fit.h5`` by name (``c2_exp``, ``c2_fit``, ``t``, ``phi``,
-        ``covariance``, ``parameters/names``, ``parameters/values``, ``noise_sigma``,
-        optional ``matrix_frames`` and ``bands/*``), as arrays or open HDF5 datasets.
-        Without ``c2_exp`` (``output.fit_matrices: none``) the c2 figures are skipped
-        with a log line. Not copied: leave them
-        unchanged (and an HDF5 file open) until the writer has finished.
+    ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure,
+    drawn in its threads); the figures go to ``out_dir/nlsq/plots/`` of the data set's
+    results folder ``out_dir``. ``result_doc`` is the ``nlsq/result.json`` mapping and
+    ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name (``c2_exp``, ``c2_fit``, ``t``,
+    ``phi``, ``covariance``, ``parameters/names``, ``parameters/values``, ``noise_sigma``,
+    optional ``matrix_frames`` and ``bands/*``), as arrays or open HDF5 datasets, not
+    copied: leave them unchanged (and an HDF5 file open) until the writer has finished.
+    Without ``c2_exp`` (``output.fit_matrices: none``) the c2 figures are skipped with a
+    log line.
 
     Returns ``[]`` (and warns once) when matplotlib is not installed.
     """
-    from .backend import plotting_available
-
     if not plotting_available():
         return []
     out_dir = Path(out_dir)

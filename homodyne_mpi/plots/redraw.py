@@ -20,7 +20,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..errors import HomodyneError, InputError
+from ..errors import HomodyneError, InputError, check_path
 from ..fit_matrices import matrix_frames_of
 from ..io import AsyncWriter
 
@@ -43,12 +43,13 @@ def find_dataset_dirs(result_dir: Path) -> list[Path]:
     A method folder (``.../nlsq`` or ``.../cmc``) stands for its data set folder.
     """
     root = Path(result_dir)
-    if not root.exists():
-        raise InputError(
-            f"{root}: no such folder -- give the output folder of `homodyne-mpi run` (its --output-dir) or one data set folder in it"
-        )
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder -- give the output folder of `homodyne-mpi run` or one data set folder in it")
+    check_path(
+        root,
+        InputError,
+        "no such folder -- give the output folder of `homodyne-mpi run` (its --output-dir) or one data set folder in it",
+        "not a folder -- give the output folder of `homodyne-mpi run` or one data set folder in it",
+        folder=True,
+    )
     if root.name in METHODS and (root / "result.json").is_file():
         return [root.parent]
     if _has_results(root):
