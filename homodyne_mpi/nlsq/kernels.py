@@ -348,18 +348,6 @@ def block_frame_sensitivity(theta, phi_deg, pair_of_angle, block, *, setup: Kern
     return rows.sum(axis=0).reshape(setup.spec.n_frames, -1)
 
 
-@partial(jax.jit, static_argnames=("setup",))
-def block_model(theta, phi_deg, block, setup: KernelSetup):
-    """Model ``c2`` at every point of a block shaped ``(n_chunks, chunk_size)``."""
-    tables = point_tables(theta, phi_deg, setup)
-    angle, frame_i, frame_j = block[:3]
-
-    def chunk_model(chunk):
-        return point_model_and_jacobian(tables, *chunk, setup)[0]
-
-    return jax.lax.map(chunk_model, (angle, frame_i, frame_j))
-
-
 def pack_accumulators(terms) -> np.ndarray:
     """One float64 buffer of the accumulator terms, for a single Allreduce."""
     return np.concatenate([np.asarray(term, dtype=np.float64).ravel() for term in terms])
