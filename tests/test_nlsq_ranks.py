@@ -143,3 +143,13 @@ def test_mpi_chunk_order_sum_equals_the_serial_one():
         total, flags = comm.sum_in_chunk_order(rows[first:stop], first, n_chunks, flag=float(comm.rank == 1))
         assert np.array_equal(total, SerialComm().sum_in_chunk_order(rows, 0, n_chunks)[0])
         assert flags == 1.0
+
+
+@pytest.mark.parametrize("n_points, stride, n_ranks", [(1000, 7, 3), (1003, 1, 2), (97, 13, 4), (50, 100, 2), (10, 3, 4)])
+def test_search_subsample_is_every_stride_th_global_point_on_any_rank_count(n_points, stride, n_ranks):
+    from homodyne_mpi.nlsq.search import subsample_indices
+
+    bounds = np.linspace(0, n_points, n_ranks + 1).astype(int)
+    picked = [first + subsample_indices(stop - first, first, stride) for first, stop in zip(bounds[:-1], bounds[1:])]
+    expected = [k for k in range(n_points) if k % stride == 0]
+    np.testing.assert_array_equal(np.concatenate(picked), expected)

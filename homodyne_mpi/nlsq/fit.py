@@ -30,7 +30,7 @@ from ..parallel.chunk_order import ChunkLayout, chunk_layout
 from ..parallel.signals import stop_requested
 from .kernels import KernelSetup, assemble_normal_equations, chunk_frame_sensitivities, chunk_terms, unpack_accumulators
 from .linalg import covariance_from_hessian
-from .search import search_start, subsample_mask
+from .search import search_start, subsample_indices
 from .solver import Evaluation, LMOptions, LMResult, levenberg_marquardt
 
 if TYPE_CHECKING:
@@ -417,9 +417,7 @@ def searched_start(problem: NLSQProblem, local_points: PointSet, comm: Comm, opt
     stride = max(1, problem.n_points // int(options.search_points))
     layout = chunk_layout(problem.n_points, options.chunk_size, comm.size)
     first, stop = layout.points_of(comm.rank)
-    mask = np.zeros(len(local_points), dtype=bool)
-    mask[: stop - first] = subsample_mask(stop - first, first, stride)
-    mine = local_points.take(mask)
+    mine = local_points.take(subsample_indices(stop - first, first, stride))
     everyone = PointSet(*(comm.allgather_rows(getattr(mine, name)) for name in PointSet.column_names()))
     sub_layout = chunk_layout(len(everyone), options.chunk_size, comm.size)
     sub_first, sub_stop = sub_layout.points_of(comm.rank)
