@@ -292,6 +292,10 @@ def choose_blocks(objective: DistributedObjective, problem: NLSQProblem, theta_h
 def refit_without(objective: DistributedObjective, block, theta_hat, lm_options: LMOptions, reduced_chi2: float, initial=None):
     """One replicate: the fit without the points touching ``block``; ``(refit, C_b)``.
 
+    Refits take plain (unaccelerated) steps: they start at the full-data optimum, a
+    fraction of a std from their own, where the acceleration's extra pass per iteration
+    costs more than it saves (docs/nlsq.md, "Jackknife refits").
+
     ``initial`` (optional) is the refit's system at ``theta_hat`` (``left_out.first_systems``);
     without it the refit's first pass computes it.
     """
@@ -307,7 +311,6 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
             lm_options,
             initial=initial,
             quiet=True,
-            mixed_gradient=objective.mixed_gradient,
         )
     finally:
         objective.excluded_frames = NO_EXCLUSION
