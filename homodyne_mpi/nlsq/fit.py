@@ -28,7 +28,14 @@ from ..model import ModelSpec, ParameterLayout
 from ..parallel import Comm, SerialComm
 from ..parallel.chunk_order import ChunkLayout, chunk_layout
 from ..parallel.signals import stop_requested
-from .kernels import KernelSetup, assemble_normal_equations, chunk_frame_sensitivities, chunk_terms, unpack_accumulators
+from .kernels import (
+    KernelSetup,
+    assemble_normal_equations,
+    chunk_frame_sensitivities,
+    chunk_pair_span,
+    chunk_terms,
+    unpack_accumulators,
+)
 from .linalg import covariance_from_hessian
 from .search import search_start, subsample_indices
 from .solver import Evaluation, LMOptions, LMResult, levenberg_marquardt
@@ -174,13 +181,16 @@ class DistributedObjective:
     ):
         self.comm = comm
         self.problem = problem
-        self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale))
         self.layout: ChunkLayout = chunk_layout(problem.n_points if n_points is None else n_points, chunk_size, comm.size)
         self.chunk_size = self.layout.chunk
         self.first_chunk, stop = self.layout.chunks_of(comm.rank)
         self.block = device_block(local_points, self.chunk_size, stop - self.first_chunk)
         self.phi = jnp.asarray(problem.phi, dtype=jnp.float64)
-        self.pair_of_angle = jnp.asarray(np.maximum(problem.layout.scaling_pair_of_angle(), 0))
+        pair_of_angle = np.maximum(problem.layout.scaling_pair_of_angle(), 0)
+        self.pair_of_angle = jnp.asarray(pair_of_angle)
+        # the chunks are global (the same on any rank count), so is the largest span
+        span = max(comm.allgather_rows(np.array([chunk_pair_span(np.asarray(self.block[0]), pair_of_angle)])))
+        self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale), pair_span=int(span))
         self.excluded_frames = NO_EXCLUSION
         self.passes = 0
         """Full passes over the data so far (every rank's chunks once: one kernel call and one reduction)."""

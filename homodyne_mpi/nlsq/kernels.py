@@ -37,6 +37,9 @@ class KernelSetup:
     layout: ParameterLayout
     loss: str = "linear"
     loss_scale: float = 1.0
+    pair_span: int = 0
+    """Most scaling pairs one chunk of the point set touches (``chunk_pair_span``); 0: the
+    bound for whole upper triangles (``pairs_per_chunk``)."""
 
     @property
     def n_pairs(self) -> int:
@@ -141,13 +144,28 @@ def point_model_and_jacobian(tables: PointTables, angle, frame_i, frame_j, setup
 def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
     """Most scaling pairs that one chunk of angle-sorted points can touch.
 
-    Points are in angle-major order and every angle has ``N(N-1)/2`` of them, so a chunk
+    ``setup.pair_span`` when set (the measured span of the point set, which a subsample
+    with fewer points per angle needs); otherwise the bound for whole upper triangles:
+    points are in angle-major order and every angle has ``N(N-1)/2`` of them, so a chunk
     of ``chunk_size`` consecutive points spans at most ``ceil((B-1)/P) + 1`` angles.
+    A point whose pair lies beyond the span would lose its contrast and offset columns.
     """
     if setup.n_pairs <= 1:
         return setup.n_pairs
+    if setup.pair_span > 0:
+        return int(min(setup.n_pairs, setup.pair_span))
     per_angle = setup.spec.n_frames * (setup.spec.n_frames - 1) // 2
     return int(min(setup.n_pairs, -(-(chunk_size - 1) // per_angle) + 1))
+
+
+def chunk_pair_span(angle_chunks: np.ndarray, pair_of_angle: np.ndarray) -> int:
+    """Most scaling pairs any chunk touches: ``pair(last) - pair(first) + 1`` over the rows
+    of ``angle_chunks`` (``(n_chunks, chunk)`` angle indices, angle-sorted, padding
+    repeating the last angle)."""
+    if angle_chunks.size == 0:
+        return 1
+    pairs = np.asarray(pair_of_angle)[np.asarray(angle_chunks)[:, [0, -1]]]
+    return int((pairs[:, 1] - pairs[:, 0]).max()) + 1
 
 
 def point_loss_weights(residual, setup: KernelSetup):
