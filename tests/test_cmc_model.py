@@ -144,18 +144,3 @@ def test_far_out_coordinates_of_a_pair_stay_inside_its_bounds(shard):
             vector = np.asarray(parameters(w))[:-1]
             assert np.all(vector >= priors.low) and np.all(vector <= priors.high)
             assert np.isfinite(float(log_density(w)))
-
-
-@pytest.mark.parametrize("low, high", [(-3.0, 2.0), (0.5, 4.0), (-6.0, -0.2), (-40.0, 40.0)])
-def test_the_truncation_map_carries_a_normal_to_the_truncated_normal(low, high):
-    from homodyne_mpi.cmc.scaling import truncated_standard_normal
-
-    xi = np.linspace(-9.0, 9.0, 721)
-    eps, log_slope = (np.asarray(a) for a in jax.vmap(lambda x: truncated_standard_normal(x, low, high))(jnp.asarray(xi)))
-    assert np.all(np.isfinite(eps)) and np.all(np.diff(eps) >= 0)
-    assert np.all((eps >= low - 1e-9) & (eps <= high + 1e-9))  # to rounding at the ends
-    # the truncated normal's CDF at eps equals the normal CDF at xi (SciPy reference)
-    middle = np.abs(xi) < 6
-    np.testing.assert_allclose(stats.truncnorm.cdf(eps[middle], low, high), stats.norm.cdf(xi[middle]), atol=1e-9)
-    slope = np.asarray(jax.vmap(jax.grad(lambda x: truncated_standard_normal(x, low, high)[0]))(jnp.asarray(xi)))
-    np.testing.assert_allclose(np.exp(log_slope[middle]), slope[middle], rtol=1e-6)

@@ -343,7 +343,7 @@ def test_reparametrisation_scale_is_the_tempered_likelihood_width_not_the_jackkn
 
 @pytest.mark.parametrize("low, high", [(-14.7, 149.0), (-1.0, 1.0), (0.0, 1e-3), (-1e6, 5.0)])
 def test_soft_clamp_maps_the_line_onto_the_bounds_and_is_the_identity_inside(low, high):
-    from homodyne_mpi.cmc.shard_model import soft_clamp, soft_clamp_inverse, soft_clamp_log_slope
+    from homodyne_mpi.cmc.bounded_maps import soft_clamp, soft_clamp_inverse, soft_clamp_log_slope
 
     width = high - low
     z = low + width * np.array([1e-9, 1e-3, 0.25, 0.5, 0.75, 1 - 1e-3, 1 - 1e-9])

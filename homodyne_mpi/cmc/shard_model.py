@@ -35,6 +35,7 @@ from numpyro.distributions import constraints
 from scipy.special import log_ndtr
 
 from ..model import ModelSpec, ParameterLayout, c2_points
+from .bounded_maps import soft_clamp, soft_clamp_inverse, soft_clamp_log_slope
 from .priors import NOISE_PRIOR_SCALE, PriorSpec
 from .scaling import pairs_from_eps
 
@@ -114,30 +115,6 @@ class BoundedPrior(dist.Distribution):
         tn = dist.TruncatedNormal(self.loc, self.scale, low=self.low, high=self.high).sample(key_tn, sample_shape)
         un = jax.random.uniform(key_u, shape, minval=self.low, maxval=self.high)
         return jnp.where(self.uniform, un, tn)
-
-
-def soft_clamp(y, low, high):
-    """``z = low + softplus(y - low) - softplus(y - high)``: a smooth increasing map of the
-    real line onto ``(low, high)`` that is the identity, to ``exp(-distance)``, at points
-    more than a few units from both bounds (JAX)."""
-    return low + jax.nn.softplus(y - low) - jax.nn.softplus(y - high)
-
-
-def soft_clamp_log_slope(y, low, high, xp=jnp):
-    """``log dz/dy`` of ``soft_clamp``: ``sigmoid(y - low) - sigmoid(y - high)``, written as
-    ``log sigmoid(y - low) + log sigmoid(high - y) + log(1 - exp(low - high))``."""
-    if xp is np:
-        log_sigmoid = lambda x: -np.logaddexp(0.0, -x)  # noqa: E731
-    else:
-        log_sigmoid = jax.nn.log_sigmoid
-    return log_sigmoid(y - low) + log_sigmoid(high - y) + xp.log(-xp.expm1(low - high))
-
-
-def soft_clamp_inverse(z, low, high) -> np.ndarray:
-    """The ``y`` with ``soft_clamp(y) = z`` for ``low < z < high`` (NumPy):
-    ``y = z + log(1 - exp(low - z)) - log(1 - exp(z - high))``."""
-    z = np.asarray(z, dtype=float)
-    return z + np.log(-np.expm1(low - z)) - np.log(-np.expm1(z - high))
 
 
 class UnitPriors(NamedTuple):
