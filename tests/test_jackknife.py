@@ -183,6 +183,28 @@ def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("shear_offset", [-2e-5, -1.5e-3])  # the second floors the shear rate early on
+def test_rate_curves_and_their_jacobian_are_the_models_rates_and_their_autodiff_slopes(shear_offset):
+    """The bands' NumPy rates against ``model.transport`` (JAX) and ``jax.jacfwd`` of it."""
+    import jax
+    import jax.numpy as jnp
+
+    from homodyne_mpi.model import ModelSpec
+    from homodyne_mpi.model.transport import power_law_rate, rate_times
+    from homodyne_mpi.nlsq.bands import rate_curves_and_jacobian
+
+    spec = ModelSpec("laminar_flow", "paper", 0.005, 0.1, 40, gap=2e6)
+    physical = np.array([1.0e4, -0.5, 5.0, 1e-3, 0.3, shear_offset, 4.0])
+    t = rate_times(spec.n_frames, spec.dt)
+
+    def rates(p):
+        return jnp.stack([power_law_rate(t, p[0], p[1], p[2]), power_law_rate(t, p[3], p[4], p[5])])
+
+    curves, jacobian = rate_curves_and_jacobian(physical, spec)
+    np.testing.assert_allclose(curves, np.asarray(rates(jnp.asarray(physical))), rtol=1e-13)
+    np.testing.assert_allclose(jacobian, np.asarray(jax.jacfwd(rates)(jnp.asarray(physical))), rtol=1e-12, atol=1e-300)
+
+
 def test_fit_file_holds_rate_bands(tmp_path):
     from conftest import run_cli, write_config
 

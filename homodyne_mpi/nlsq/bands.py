@@ -8,40 +8,49 @@ with the same correction for independent noise as the parameters (``jackknife.py
 
 from __future__ import annotations
 
-from functools import partial
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..model import ModelSpec, ParameterLayout
-from ..model.transport import power_law_rate, rate_times
+from ..model.transport import RATE_FLOOR
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def rate_curves(physical: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
-    """``(D(t), gamma_dot(t))`` stacked, shape ``(2, N)`` (Angstrom^2/s and 1/s).
+def rate_times(spec: ModelSpec) -> np.ndarray:
+    """Times (s) the rates are evaluated at, as the model does: ``k * dt``, ``dt/2`` for ``k = 0``."""
+    t = np.arange(spec.n_frames, dtype=float) * spec.dt
+    t[0] = 0.5 * spec.dt
+    return t
 
-    Static modes give ``gamma_dot = 0``. Times as the model uses them (``dt/2`` at 0).
+
+def power_law_with_slopes(t: np.ndarray, prefactor: float, exponent: float, offset: float):
+    """``(rate, slopes)``: ``max(prefactor t^exponent + offset, RATE_FLOOR)`` and its
+    derivatives by ``(prefactor, exponent, offset)``, shape ``(N, 3)`` (0 where floored)."""
+    power = t**exponent
+    rate = prefactor * power + offset
+    above = rate > RATE_FLOOR
+    slopes = np.stack([power, prefactor * power * np.log(t), np.ones_like(t)], axis=1) * above[:, None]
+    return np.where(above, rate, RATE_FLOOR), slopes
+
+
+def rate_curves_and_jacobian(physical: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``(D(t), gamma_dot(t))`` stacked ``(2, N)`` (Angstrom^2/s and 1/s) and their
+    derivatives by the physical parameters ``(2, N, n_phys)``; ``gamma_dot = 0`` when static.
+
+    NumPy, in closed form: the model's own rates (``model.transport``) in JAX would cost
+    a compilation per job for a few thousand numbers.
     """
-    t = rate_times(spec.n_frames, spec.dt)
-    diffusion = power_law_rate(t, physical[0], physical[1], physical[2])
-    if not spec.has_shear:
-        return jnp.stack([diffusion, jnp.zeros_like(diffusion)])
-    return jnp.stack([diffusion, power_law_rate(t, physical[3], physical[4], physical[5])])
-
-
-@partial(jax.jit, static_argnames=("spec",))
-def rate_jacobian(physical: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
-    """``(2, N, n_phys)`` derivative of ``rate_curves`` by the physical parameters (compiled once per spec)."""
-    return jax.jacfwd(rate_curves)(physical, spec)
+    t = rate_times(spec)
+    curves = np.zeros((2, len(t)))
+    jacobian = np.zeros((2, len(t), len(physical)))
+    curves[0], jacobian[0, :, 0:3] = power_law_with_slopes(t, *physical[0:3])
+    if spec.has_shear:
+        curves[1], jacobian[1, :, 3:6] = power_law_with_slopes(t, *physical[3:6])
+    return curves, jacobian
 
 
 def delta_method_std(theta: np.ndarray, covariance: np.ndarray, layout: ParameterLayout, spec: ModelSpec) -> np.ndarray:
     """1-sigma of both curves, ``(2, N)``, by linear propagation of the covariance."""
     physical_slice = layout.physical_slice
-    physical = jnp.asarray(theta[physical_slice])
-    jacobian = np.asarray(rate_jacobian(physical, spec))  # (2, N, n_phys)
+    jacobian = rate_curves_and_jacobian(np.asarray(theta[physical_slice], dtype=float), spec)[1]
     block = covariance[physical_slice, physical_slice]
     variance = np.einsum("cnp,pq,cnq->cn", jacobian, block, jacobian)
     return np.sqrt(np.clip(variance, 0.0, None))
@@ -57,7 +66,7 @@ def jackknife_std(theta: np.ndarray, jackknife, model_std: np.ndarray, layout: P
     """
     if len(jackknife.kept) < 2:
         return model_std
-    curves = np.stack([np.asarray(rate_curves(jnp.asarray(r[layout.physical_slice]), spec)) for r in jackknife.kept])
+    curves = np.stack([rate_curves_and_jacobian(r[layout.physical_slice], spec)[0] for r in jackknife.kept])
     deviations = curves - curves.mean(axis=0)
     replicate_variance = (len(jackknife.blocks) - 1) / curves.shape[0] * np.sum(deviations**2, axis=0)
     independent_variance = delta_method_std(theta, jackknife.covariance_independent, layout, spec) ** 2
@@ -69,10 +78,10 @@ def band_arrays(theta, covariance_model, jackknife, layout: ParameterLayout, spe
 
     ``bands/t`` holds the times the rates are evaluated at (``dt/2`` for frame 0).
     """
-    curves = np.asarray(rate_curves(jnp.asarray(theta[layout.physical_slice]), spec))
+    curves = rate_curves_and_jacobian(np.asarray(theta[layout.physical_slice], dtype=float), spec)[0]
     model_std = delta_method_std(theta, covariance_model, layout, spec)
     arrays = {
-        "bands/t": np.asarray(rate_times(spec.n_frames, spec.dt)),
+        "bands/t": rate_times(spec),
         "bands/D": curves[0],
         "bands/D_std_model": model_std[0],
     }
