@@ -153,3 +153,20 @@ def test_search_subsample_is_every_stride_th_global_point_on_any_rank_count(n_po
     picked = [first + subsample_indices(stop - first, first, stride) for first, stop in zip(bounds[:-1], bounds[1:])]
     expected = [k for k in range(n_points) if k % stride == 0]
     np.testing.assert_array_equal(np.concatenate(picked), expected)
+
+
+def test_search_candidates_are_the_start_and_the_rest_of_the_grid_each_once():
+    """A start that lies on the grid (the template's D0 1000, alpha 0) is scored and refined once."""
+    from homodyne_mpi.model import ParameterLayout
+    from homodyne_mpi.nlsq.search import candidate_starts, parameter_grid
+
+    layout = ParameterLayout("static", 2, "individual")
+    theta0 = layout.join([0.5, 0.5], [1.0, 1.0], [1000.0, 0.0, 0.0])
+    lower = layout.join([0.0, 0.0], [0.5, 0.5], [100.0, -2.0, -1e4])
+    upper = layout.join([1.0, 1.0], [1.5, 1.5], [1e5, 2.0, 1e4])
+    candidates = np.array(candidate_starts(theta0, lower, upper, np.ones(len(theta0), bool), layout))
+    d0_grid, alpha_grid = parameter_grid("D0", 1000.0, 100.0, 1e5), parameter_grid("alpha", 0.0, -2.0, 2.0)
+    assert 1000.0 in d0_grid and 0.0 in alpha_grid  # the start is a grid point
+    assert len(candidates) == len(d0_grid) * len(alpha_grid)
+    assert len(np.unique(candidates, axis=0)) == len(candidates)
+    np.testing.assert_array_equal(candidates[0], theta0)

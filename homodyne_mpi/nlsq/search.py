@@ -57,7 +57,7 @@ def parameter_grid(name: str, start: float, low: float, high: float) -> np.ndarr
 
 
 def candidate_starts(theta0, lower, upper, free, layout: ParameterLayout) -> list[np.ndarray]:
-    """The start itself and every grid combination of the free searched parameters."""
+    """The start itself and every other grid combination of the free searched parameters."""
     base = np.asarray(theta0, dtype=float)
     offset = layout.physical_slice.start
     axes = []
@@ -70,7 +70,8 @@ def candidate_starts(theta0, lower, upper, free, layout: ParameterLayout) -> lis
         candidate = base.copy()
         for (index, _), value in zip(axes, values):
             candidate[index] = value
-        candidates.append(candidate)
+        if not np.array_equal(candidate, base):  # a start on the grid is scored once
+            candidates.append(candidate)
     return candidates
 
 
