@@ -86,6 +86,10 @@ PROBE = 0.1
 ACCELERATION_LIMIT = 0.75
 """Largest ``2 |a| / |v|`` (scaled) for which the acceleration is added (Transtrum and Sethna's alpha)."""
 
+GOOD_RATIO = 0.5
+"""After an accepted step whose actual/predicted cost reduction was at least this, the
+quadratic model is trusted and the next step goes without the acceleration's pass."""
+
 
 def _diagonal_scale(hessian: np.ndarray) -> np.ndarray:
     """``sqrt(diag H)``, floored so that a dead column does not divide by zero."""
@@ -193,14 +197,18 @@ def levenberg_marquardt(
     the state a resumed fit needs (``theta0=theta``, ``initial_damping=damping``,
     ``initial_growth=growth``, ``first_iteration=iteration + 1`` continue the same path). ``mixed_gradient(theta, theta')``
     (``J(theta)^T W r(theta')``, optional) turns on geodesic acceleration
-    (``acceleration``): one more pass per iteration; an acceleration of more than
-    ``ACCELERATION_LIMIT`` of the step (scaled norms) is not used (the plain step is tried).
+    (``acceleration``): one more pass in the iterations that follow a rejected step or
+    one whose cost reduction fell short of the quadratic model's (ratio below
+    ``GOOD_RATIO``), the steps of a curved valley; the first step and those after a
+    well-predicted one are plain. An acceleration of more than ``ACCELERATION_LIMIT`` of
+    the step (scaled norms) is not used (the plain step is tried).
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
     lo, hi = lower[free], upper[free]
     hessian, gradient, chi2, cost = initial if initial is not None else evaluate(theta)
     damping, growth = options.initial_damping, options.initial_growth
+    trusted = True  # the quadratic model predicted the last step well (or there was none)
     history: list[dict] = []
     reason, converged = f"reached max_iterations={options.max_iterations}", False
     iteration = first_iteration - 1
@@ -220,7 +228,7 @@ def levenberg_marquardt(
                 break
         scale = _diagonal_scale(h_free)
         step, held = bounded_step(h_free, g_free, theta[free], lo, hi, damping, scale)
-        if mixed_gradient is not None and np.any(step):
+        if mixed_gradient is not None and not trusted and np.any(step):
             probe = theta.copy()
             probe[free] = np.clip(theta[free] + PROBE * step, lo, hi)
             mixed = mixed_gradient(theta, probe)[free]
@@ -256,6 +264,7 @@ def levenberg_marquardt(
             history[-1]["seconds"],
         )
         if not accepted:
+            trusted = False
             damping *= growth
             growth *= 2.0
             if on_accept is not None:
@@ -265,6 +274,7 @@ def levenberg_marquardt(
                 break
             continue
         ratio = actual / predicted if predicted > 0 else 0.0
+        trusted = ratio >= GOOD_RATIO
         damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
         growth = 2.0
         if on_accept is not None:
