@@ -18,20 +18,8 @@ matplotlib the ``submit_*`` functions log one warning and queue nothing.
 
 from __future__ import annotations
 
-from .backend import DPI, decode_names, matplotlib_available, new_figure, plotting_available, save_png, write_png
+from .backend import new_figure, plotting_available, write_png
 from .cmc_figures import submit_cmc_figures
 from .nlsq_figures import submit_nlsq_figures
-from .redraw import redraw_results
 
-__all__ = [
-    "DPI",
-    "decode_names",
-    "matplotlib_available",
-    "new_figure",
-    "plotting_available",
-    "redraw_results",
-    "save_png",
-    "submit_cmc_figures",
-    "submit_nlsq_figures",
-    "write_png",
-]
+__all__ = ["new_figure", "plotting_available", "submit_cmc_figures", "submit_nlsq_figures", "write_png"]
