@@ -150,14 +150,14 @@ def _require(h5: h5py.File, key: str, layout: str, kind=h5py.Dataset):
     return obj
 
 
-def _read_vector(h5: h5py.File, key: str, layout: str, *, numeric_kind: str = "fc") -> np.ndarray:
+def _read_vector(h5: h5py.File, key: str, layout: str) -> np.ndarray:
     """A small 1-D list (q, phi or bins), flattening shapes such as ``(1, n)``."""
     dataset = _require(h5, key, layout)
     try:
         values = np.asarray(dataset[()])
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"{_source_name(h5)}: cannot read '{key}' ({exc}); the file is damaged") from exc
-    if values.dtype.kind not in numeric_kind + "iu":
+    if values.dtype.kind not in "fciu":
         raise InputError(
             f"{_source_name(h5)}: '{key}' holds {values.dtype} values, expected numbers; the file is not a correlator result"
         )

@@ -366,17 +366,16 @@ def config_dataset_arguments(cfg, dataset=None) -> tuple:
             wavevector_q = own_q[0] if isinstance(own_q, (list, tuple)) else own_q
     else:
         path = dataset
-    phi_filtering = getattr(cfg, "phi_filtering", None)
     ranges = None
-    if phi_filtering is not None and getattr(phi_filtering, "enabled", False):
-        ranges = list(getattr(phi_filtering, "target_ranges", None) or [])
+    if cfg.phi_filtering.enabled:
+        ranges = list(cfg.phi_filtering.target_ranges)
         if not ranges:
             raise ConfigError(
                 "config: phi_filtering.enabled is true but phi_filtering.target_ranges is "
                 "empty; add ranges such as [{min_angle: -10, max_angle: 10}] or set enabled: false"
             )
-    window = {"start_frame": getattr(analyzer, "start_frame", 1), "end_frame": getattr(analyzer, "end_frame", None)}
-    return path, {"wavevector_q": wavevector_q, "phi_ranges": ranges, **window, "dt": getattr(analyzer, "dt", None)}
+    window = {"start_frame": analyzer.start_frame, "end_frame": analyzer.end_frame}
+    return path, {"wavevector_q": wavevector_q, "phi_ranges": ranges, **window, "dt": analyzer.dt}
 
 
 def load_config_dataset(cfg, dataset=None) -> XPCSData:

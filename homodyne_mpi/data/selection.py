@@ -95,10 +95,7 @@ def angles_in_ranges(phi_deg: np.ndarray, ranges: Iterable) -> np.ndarray:
 
 def format_ranges(ranges: Iterable) -> str:
     """``[-10, 10], [170, 190]`` for messages."""
-    parts = []
-    for angle_range in ranges:
-        lo, hi = range_bounds(angle_range)
-        parts.append(f"[{lo:g}, {hi:g}]")
+    parts = [f"[{lo:g}, {hi:g}]" for lo, hi in map(range_bounds, ranges)]
     return ", ".join(parts) if parts else "(none)"
 
 
