@@ -161,8 +161,6 @@ def _nlsq_section(doc: dict) -> list[str]:
         lines += ["      " + line for line in rate_lines(doc)]
     if scaling:
         lines += _scaling_table(parameters, scaling, data.get("phi") or [])
-    lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
-    lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
     return lines
 
 
@@ -251,8 +249,6 @@ def _cmc_section(doc: dict) -> list[str]:
         ]
         others = [f"{key} ({len(value)} entries)" for key, value in combination.items() if isinstance(value, (list, dict))]
         lines.append(f"    combination   {'; '.join(scalars + others)}")
-    lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
-    lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
     return lines
 
 
@@ -265,7 +261,10 @@ def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
         path = folder / method / "result.json"
         if path.is_file():
             found = True
-            lines += section(read_result_json(path))
+            doc = read_result_json(path)
+            lines += section(doc)
+            lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
+            lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
             matrices = describe_fit_file(folder / method / "fit.h5") if method == "nlsq" else None
             if matrices is not None:
                 lines.append(f"    fit.h5        {matrices}")

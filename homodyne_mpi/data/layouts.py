@@ -82,11 +82,6 @@ class BinTable:
     matrix_keys: tuple[str, ...]
     """Full HDF5 path of each bin's two-time matrix."""
 
-    @property
-    def n_bins(self) -> int:
-        """Number of stored matrices."""
-        return len(self.matrix_keys)
-
 
 @dataclass(frozen=True)
 class FramePeriod:

@@ -100,16 +100,6 @@ class XPCSData:
         """
         return np.array(self.c2[angle, row_start:row_stop:step, ::step], dtype=np.float64)
 
-    def model_spec(self, mode: str, shear_form: str = "paper", gap: float | None = None):
-        """The :class:`~homodyne_mpi.model.ModelSpec` of this data set's grid.
-
-        Imports the model (and JAX) only when called.
-        """
-        from homodyne_mpi.model import ModelSpec
-
-        kwargs = {} if gap is None else {"gap": float(gap)}
-        return ModelSpec(mode=mode, shear_form=shear_form, q=self.q, dt=self.dt, n_frames=self.n_frames, **kwargs)
-
 
 def _open(path: Path) -> h5py.File:
     source = str(path)
