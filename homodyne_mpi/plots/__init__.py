@@ -10,10 +10,9 @@ R-hat / ESS / divergences (``shard_health.png``). Both only queue work on an
 critical path. :func:`redraw_results` (``homodyne-mpi plot``) draws the same figures from
 the saved result files.
 
-matplotlib is optional (the ``plots`` extra). It is imported lazily, only in the threads
-that draw, and figures use the object-oriented API (:class:`matplotlib.figure.Figure` on
-an Agg canvas; no ``pyplot`` state), so drawing is safe in the writer's threads. Without
-matplotlib the ``submit_*`` functions log one warning and queue nothing.
+matplotlib is optional (the ``plots`` extra; how it is used in threads:
+:mod:`~homodyne_mpi.plots.backend`). Without it the ``submit_*`` functions log one warning
+and queue nothing.
 """
 
 from __future__ import annotations
