@@ -189,8 +189,7 @@ def type_error(value: Any, desc: str, path: str, ctx: Context, f: Any, quote: bo
     if f is not None and f.metadata.get("example"):
         fix = f"write it like '{key}: {f.metadata['example']}'"
     elif f is not None and f.default not in (MISSING, None):
-        default = f.default
-        fix = f"write it like '{key}: {yaml_scalar(default)}'"
+        fix = f"write it like '{key}: {yaml_scalar(f.default)}'"
     elif quote:
         fix = "put the value in quotes"
     else:
