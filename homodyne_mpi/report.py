@@ -21,8 +21,6 @@ from .plots.redraw import find_dataset_dirs, read_result_json
 from .plots.shard_health import shard_reason, shard_state
 from .vocabulary import PARAMETER_UNITS, PHYSICAL_PARAMETERS
 
-__all__ = ["format_report", "print_report"]
-
 PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
 _SCALING = re.compile(r"^(contrast|offset)(?:\[(\d+)\])?$")
 

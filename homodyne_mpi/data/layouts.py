@@ -32,18 +32,6 @@ import numpy as np
 
 from homodyne_mpi.errors import InputError
 
-__all__ = [
-    "APS_LEGACY",
-    "APS_U",
-    "LAYOUTS",
-    "BinTable",
-    "FramePeriod",
-    "detect_layout",
-    "matrix_dataset",
-    "read_bin_table",
-    "read_frame_period",
-]
-
 APS_U = "aps-u"
 APS_LEGACY = "aps-legacy"
 LAYOUTS = (APS_U, APS_LEGACY)

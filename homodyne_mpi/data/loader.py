@@ -34,8 +34,6 @@ from .layouts import (
 )
 from .selection import angles_in_ranges, format_ranges, frame_window, full_symmetric, select_nearest_q
 
-__all__ = ["XPCSData", "count_config_dataset_points", "load_config_dataset", "load_xpcs"]
-
 logger = logging.getLogger(__name__)
 
 _Q_WARN_RELATIVE = 0.05

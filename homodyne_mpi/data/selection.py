@@ -26,17 +26,6 @@ import numpy as np
 
 from homodyne_mpi.errors import InputError
 
-__all__ = [
-    "ANGLE_TOLERANCE_DEG",
-    "angles_in_ranges",
-    "format_ranges",
-    "frame_window",
-    "full_symmetric",
-    "is_triangular_half",
-    "range_bounds",
-    "select_nearest_q",
-]
-
 ANGLE_TOLERANCE_DEG = 1e-9
 """Slack on inclusive angle-range bounds, degrees."""
 

@@ -73,13 +73,6 @@ from .layouts import (
     aps_u_matrix_key,
 )
 
-__all__ = [
-    "DEFAULT_SIMULATED_PHI",
-    "NOISE_MODELS",
-    "simulate_dataset",
-    "truth_path",
-]
-
 logger = logging.getLogger(__name__)
 
 NOISE_MODELS = ("gaussian", "speckle")

@@ -19,8 +19,6 @@ from .layouts import APS_U
 from .selection import angles_in_ranges, format_ranges
 from .simulate import DEFAULT_SIMULATED_PHI, per_angle_values, simulate_dataset
 
-__all__ = ["simulate_from_config"]
-
 logger = logging.getLogger(__name__)
 
 

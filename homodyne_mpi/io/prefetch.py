@@ -30,8 +30,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Loaded", "PrefetchLoader"]
-
 log = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")

@@ -42,8 +42,6 @@ from homodyne_mpi.io.atomic import (
     encode_json,
 )
 
-__all__ = ["AsyncWriter", "WriteError", "WriteFailure"]
-
 log = logging.getLogger(__name__)
 
 _PRUNE_AT = 256

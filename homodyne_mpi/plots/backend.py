@@ -14,8 +14,6 @@ import threading
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["DPI", "decode_names", "lookup", "matplotlib_available", "new_figure", "plotting_available", "save_png", "write_png"]
-
 log = logging.getLogger(__name__)
 
 DPI = 100

@@ -33,8 +33,6 @@ from .downsample import (
 if TYPE_CHECKING:
     from .nlsq_figures import NLSQFigureInfo
 
-__all__ = ["C2Figure", "c2_figure", "c2_panels", "draw_c2_angle"]
-
 
 def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
     """The three drawn matrices of one angle, downsampled, and their colour limits.

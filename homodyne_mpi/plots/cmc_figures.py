@@ -31,17 +31,6 @@ from ..vocabulary import PHYSICAL_PARAMETERS
 from .backend import decode_names, figure_with_grid, lookup, plotting_available, save_png
 from .shard_health import cmc_title, draw_shard_health, shard_state
 
-__all__ = [
-    "CMCFigureInfo",
-    "PHYSICAL_ORDER",
-    "cmc_figure_info",
-    "cmc_plot_paths",
-    "draw_marginals",
-    "draw_pairs",
-    "draw_shard_health",
-    "submit_cmc_figures",
-]
-
 log = logging.getLogger(__name__)
 
 PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]

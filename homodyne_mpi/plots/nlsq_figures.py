@@ -25,17 +25,6 @@ from ..fit_matrices import matrix_frames_of
 from .backend import decode_names, figure_with_grid, lookup, plotting_available, save_png
 from .c2_figure import draw_c2_angle
 
-__all__ = [
-    "NLSQFigureInfo",
-    "TransportCurves",
-    "c2_plot_name",
-    "draw_transport",
-    "figure_info",
-    "nlsq_plot_paths",
-    "submit_nlsq_figures",
-    "transport_curves",
-]
-
 log = logging.getLogger(__name__)
 
 DIFFUSION_NAMES = ("D0", "alpha", "D_offset")
