@@ -175,17 +175,13 @@ def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
         entry = per_angle[index]
         angle = "all" if index is None else str(index)
         angle_phi = "-" if index is None or index >= len(phi) else _num(phi[index], "g")
-        contrast, offset = entry.get("contrast", {}), entry.get("offset", {})
-        rows.append(
-            [
-                angle,
-                angle_phi,
-                _num(contrast.get("value"), ".5g") + (" (fixed)" if contrast.get("fixed") else ""),
-                _num(contrast.get("std"), ".2g"),
-                _num(offset.get("value"), ".5g") + (" (fixed)" if offset.get("fixed") else ""),
-                _num(offset.get("std"), ".2g"),
+        row = [angle, angle_phi]
+        for scaling in (entry.get("contrast", {}), entry.get("offset", {})):
+            row += [
+                _num(scaling.get("value"), ".5g") + (" (fixed)" if scaling.get("fixed") else ""),
+                _num(scaling.get("std"), ".2g"),
             ]
-        )
+        rows.append(row)
     return ["    per-angle scaling"] + _table(["angle", "phi (deg)", "contrast", "std", "offset", "std"], rows, indent="      ")
 
 
