@@ -192,7 +192,6 @@ def command_simulate(args, comm) -> int:
     cfg = load_config(args.config)
     from .data.simulate_config import simulate_from_config
 
-    options = {"noise_model": args.noise_model} if args.noise_model != "gaussian" else {}
     truth = simulate_from_config(
         cfg,
         args.output,
@@ -201,7 +200,7 @@ def command_simulate(args, comm) -> int:
         noise=args.noise,
         seed=args.seed,
         dtype=args.dtype,
-        **options,
+        noise_model=args.noise_model,
     )
     print(
         f"wrote {args.output} ({truth.get('layout', args.layout)}, {len(truth.get('phi', []))} angles, {truth.get('n_frames')} frames) and its truth sidecar"
@@ -273,16 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(attach_negative_values(parser, sys.argv[1:] if argv is None else list(argv)))
     from .logging_setup import configure_logging
-    from .parallel import get_comm, run_guarded
+    from .parallel import SerialComm, get_comm, run_guarded
 
-    verbose = bool(getattr(args, "verbose", False))
-    if args.command == "run":
-        comm = get_comm()
-    else:
-        from .parallel import SerialComm
-
-        comm = SerialComm()
-    configure_logging(comm.rank, comm.size, verbose=verbose)
+    comm = get_comm() if args.command == "run" else SerialComm()
+    configure_logging(comm.rank, comm.size, verbose=bool(getattr(args, "verbose", False)))
     if args.command != "run":
         from .parallel.devices import configure_host_devices
 

@@ -38,12 +38,10 @@ compiled_c2_points = jax.jit(c2_points, static_argnames=("spec",))
 
 def write_attributes(handle: h5py.File, problem: NLSQProblem, plan: MatrixPlan) -> None:
     """The model's mode, form, ``q`` (1/A), ``dt`` (s) and the matrix plan as file attributes."""
-    handle.attrs["analysis_mode"] = problem.spec.mode
-    handle.attrs["shear_form"] = problem.spec.shear_form
-    handle.attrs["q"] = problem.spec.q
-    handle.attrs["dt"] = problem.spec.dt
-    for name, value in plan.attributes().items():
-        handle.attrs[name] = value
+    spec = problem.spec
+    handle.attrs.update(
+        {"analysis_mode": spec.mode, "shear_form": spec.shear_form, "q": spec.q, "dt": spec.dt, **plan.attributes()}
+    )
 
 
 def block_rows(plan: MatrixPlan, block_values: int = ROW_BLOCK_VALUES) -> int:

@@ -62,9 +62,9 @@ def bound_lines(doc: dict) -> list[str]:
 def degeneracy_lines(doc: dict) -> list[str]:
     """Warning lines (empty when the parameters are determined) pointing to ``D(t)``/``gamma_dot(t)``."""
     entry = doc.get("degeneracy") or {}
-    if not entry.get("warning"):
-        return bound_lines(doc)
     lines = bound_lines(doc)
+    if not entry.get("warning"):
+        return lines
     for a, b, value in entry.get("pairs", []):
         lines.append(
             f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one"
@@ -119,11 +119,7 @@ def log_lines(doc: dict) -> list[str]:
     lines.append(f"  {'parameter':<20} value +- std ({uncertainty})      [std_model]")
     for name, entry in (doc.get("parameters") or {}).items():
         model = entry.get("std_model")
-        lines.append(
-            f"  {name:<20} {parameter_cell(entry)}    [{model:.3g}]"
-            if model is not None
-            else f"  {name:<20} {parameter_cell(entry)}"
-        )
+        lines.append(f"  {name:<20} {parameter_cell(entry)}" + (f"    [{model:.3g}]" if model is not None else ""))
     jackknife = doc.get("jackknife") or {}
     if jackknife.get("refits_unconverged"):
         lines.append(

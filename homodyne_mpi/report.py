@@ -21,8 +21,6 @@ from .plots.redraw import find_dataset_dirs, read_result_json
 from .plots.shard_health import shard_reason, shard_state
 from .vocabulary import PARAMETER_UNITS, PHYSICAL_PARAMETERS
 
-__all__ = ["format_report", "print_report"]
-
 PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
 _SCALING = re.compile(r"^(contrast|offset)(?:\[(\d+)\])?$")
 
@@ -161,8 +159,6 @@ def _nlsq_section(doc: dict) -> list[str]:
         lines += ["      " + line for line in rate_lines(doc)]
     if scaling:
         lines += _scaling_table(parameters, scaling, data.get("phi") or [])
-    lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
-    lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
     return lines
 
 
@@ -179,17 +175,13 @@ def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
         entry = per_angle[index]
         angle = "all" if index is None else str(index)
         angle_phi = "-" if index is None or index >= len(phi) else _num(phi[index], "g")
-        contrast, offset = entry.get("contrast", {}), entry.get("offset", {})
-        rows.append(
-            [
-                angle,
-                angle_phi,
-                _num(contrast.get("value"), ".5g") + (" (fixed)" if contrast.get("fixed") else ""),
-                _num(contrast.get("std"), ".2g"),
-                _num(offset.get("value"), ".5g") + (" (fixed)" if offset.get("fixed") else ""),
-                _num(offset.get("std"), ".2g"),
+        row = [angle, angle_phi]
+        for scaling in (entry.get("contrast", {}), entry.get("offset", {})):
+            row += [
+                _num(scaling.get("value"), ".5g") + (" (fixed)" if scaling.get("fixed") else ""),
+                _num(scaling.get("std"), ".2g"),
             ]
-        )
+        rows.append(row)
     return ["    per-angle scaling"] + _table(["angle", "phi (deg)", "contrast", "std", "offset", "std"], rows, indent="      ")
 
 
@@ -251,8 +243,6 @@ def _cmc_section(doc: dict) -> list[str]:
         ]
         others = [f"{key} ({len(value)} entries)" for key, value in combination.items() if isinstance(value, (list, dict))]
         lines.append(f"    combination   {'; '.join(scalars + others)}")
-    lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
-    lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
     return lines
 
 
@@ -265,7 +255,10 @@ def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
         path = folder / method / "result.json"
         if path.is_file():
             found = True
-            lines += section(read_result_json(path))
+            doc = read_result_json(path)
+            lines += section(doc)
+            lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
+            lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
             matrices = describe_fit_file(folder / method / "fit.h5") if method == "nlsq" else None
             if matrices is not None:
                 lines.append(f"    fit.h5        {matrices}")

@@ -189,8 +189,7 @@ def type_error(value: Any, desc: str, path: str, ctx: Context, f: Any, quote: bo
     if f is not None and f.metadata.get("example"):
         fix = f"write it like '{key}: {f.metadata['example']}'"
     elif f is not None and f.default not in (MISSING, None):
-        default = f.default
-        fix = f"write it like '{key}: {yaml_scalar(default)}'"
+        fix = f"write it like '{key}: {yaml_scalar(f.default)}'"
     elif quote:
         fix = "put the value in quotes"
     else:
@@ -209,8 +208,8 @@ def check_tree(obj: Any, path: str, ctx: Context) -> None:
                 raise ctx.error(f"'{key_path}' must be a {hints[name].__name__}, got {show(value)}", "fix the code")
             check_tree(value, key_path, ctx)
             continue
-        item_type = _list_item_type(hints[name])
-        if isinstance(item_type, type) and is_dataclass(item_type) and isinstance(value, list):
+        item_type = entry_dataclass(hints[name])
+        if item_type is not None and isinstance(value, list):
             for i, item in enumerate(value):
                 if not isinstance(item, item_type):
                     raise ctx.error(f"'{key_path}[{i}]' must be a mapping, got {show(item)}", "fix the code")
@@ -225,10 +224,12 @@ def check_tree(obj: Any, path: str, ctx: Context) -> None:
         hook(ctx, path)
 
 
-def _list_item_type(tp: Any) -> Any:
+def entry_dataclass(tp: Any) -> Any:
+    """The dataclass of the entries of a list field (``list[X]`` or ``list[X] | None``), else None."""
     for candidate in typing.get_args(tp) if _is_union(tp) else (tp,):
         if typing.get_origin(candidate) is list:
-            return typing.get_args(candidate)[0]
+            item = typing.get_args(candidate)[0]
+            return item if isinstance(item, type) and is_dataclass(item) else None
     return None
 
 

@@ -181,17 +181,10 @@ class HomodyneConfig:
 
     def physical_initial_values(self) -> np.ndarray:
         """Starting values, canonical order; the middle of the bounds where none given."""
-        given = {}
-        if self.initial_parameters.values is not None:
-            given = dict(zip(self.initial_parameters.parameter_names, self.initial_parameters.values, strict=True))
-        out = []
-        for name in self.physical_parameter_names():
-            if name in given:
-                out.append(float(given[name]))
-            else:
-                lo, hi = self.parameter_space.bounds_for(name)
-                out.append(0.5 * (lo + hi))
-        return np.asarray(out, dtype=float)
+        init = self.initial_parameters
+        given = {} if init.values is None else dict(zip(init.parameter_names, init.values, strict=True))
+        names, (lower, upper) = self.physical_parameter_names(), self.physical_bounds()
+        return np.asarray([float(given[n]) if n in given else 0.5 * (lo + hi) for n, lo, hi in zip(names, lower, upper)])
 
     def physical_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """``(lower, upper)`` bound arrays, canonical order."""

@@ -21,7 +21,7 @@ import yaml
 from ..errors import ConfigError
 from ..vocabulary import ANALYSIS_MODES, PARAMETER_UNITS, PHYSICAL_PARAMETERS
 from .context import did_you_mean
-from .generic import describe, limits_text, schema_fields, to_plain, type_hints
+from .generic import describe, entry_dataclass, limits_text, schema_fields, to_plain, type_hints
 from .schema import HomodyneConfig
 from .sections import DEFAULT_BOUNDS, SCALING_PARAMETERS, ExperimentalDataConfig, ScatteringConfig
 
@@ -117,7 +117,7 @@ def _render(obj: Any, indent: str) -> list[str]:
             lines.append(f"{indent}{name}:")
             lines += _render(value, indent + "  ")
             continue
-        item = _dataclass_items(tp)
+        item = entry_dataclass(tp)
         if item is None:
             lines += _comment(f"({allowed(tp, f.metadata)})", indent)
             plain = "auto" if value is None and f.metadata.get("auto") else to_plain(value)
@@ -149,13 +149,6 @@ def _comment(text: str, indent: str, hang: str = "", lead: str = "") -> list[str
         more = hang + ("  " if block.startswith("- ") else "")
         out += [f"{indent}# {part}" for part in textwrap.wrap(lead + block, width=width, subsequent_indent=more)]
     return out
-
-
-def _dataclass_items(tp: Any) -> type | None:
-    """The dataclass of the entries of a list field, or ``None``."""
-    if typing.get_origin(tp) is list and is_dataclass(typing.get_args(tp)[0]):
-        return typing.get_args(tp)[0]
-    return None
 
 
 def _flow(value: Any) -> str:

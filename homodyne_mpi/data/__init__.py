@@ -11,39 +11,16 @@
 Importing this package does not import JAX: the simulator loads the model on first use.
 """
 
-from .layouts import (
-    APS_LEGACY,
-    APS_U,
-    LAYOUTS,
-    BinTable,
-    FramePeriod,
-    detect_layout,
-    matrix_dataset,
-    read_bin_table,
-    read_frame_period,
-)
 from .loader import XPCSData, load_config_dataset, load_xpcs
 from .noise import estimate_noise_sigma, estimate_noise_sigmas
-from .selection import (
-    angles_in_ranges,
-    frame_window,
-    full_symmetric,
-    is_triangular_half,
-    select_nearest_q,
-)
+from .selection import angles_in_ranges, frame_window, full_symmetric, is_triangular_half, select_nearest_q
 from .simulate import DEFAULT_SIMULATED_PHI, simulate_dataset, truth_path
 from .simulate_config import simulate_from_config
 
 __all__ = [
-    "APS_LEGACY",
-    "APS_U",
     "DEFAULT_SIMULATED_PHI",
-    "LAYOUTS",
-    "BinTable",
-    "FramePeriod",
     "XPCSData",
     "angles_in_ranges",
-    "detect_layout",
     "estimate_noise_sigma",
     "estimate_noise_sigmas",
     "frame_window",
@@ -51,9 +28,6 @@ __all__ = [
     "is_triangular_half",
     "load_config_dataset",
     "load_xpcs",
-    "matrix_dataset",
-    "read_bin_table",
-    "read_frame_period",
     "select_nearest_q",
     "simulate_dataset",
     "simulate_from_config",

@@ -32,18 +32,6 @@ import numpy as np
 
 from homodyne_mpi.errors import InputError
 
-__all__ = [
-    "APS_LEGACY",
-    "APS_U",
-    "LAYOUTS",
-    "BinTable",
-    "FramePeriod",
-    "detect_layout",
-    "matrix_dataset",
-    "read_bin_table",
-    "read_frame_period",
-]
-
 APS_U = "aps-u"
 APS_LEGACY = "aps-legacy"
 LAYOUTS = (APS_U, APS_LEGACY)
@@ -81,11 +69,6 @@ class BinTable:
     """Azimuthal angle of each bin, degrees, as stored (float64, shape ``(n_bins,)``)."""
     matrix_keys: tuple[str, ...]
     """Full HDF5 path of each bin's two-time matrix."""
-
-    @property
-    def n_bins(self) -> int:
-        """Number of stored matrices."""
-        return len(self.matrix_keys)
 
 
 @dataclass(frozen=True)
@@ -150,14 +133,14 @@ def _require(h5: h5py.File, key: str, layout: str, kind=h5py.Dataset):
     return obj
 
 
-def _read_vector(h5: h5py.File, key: str, layout: str, *, numeric_kind: str = "fc") -> np.ndarray:
+def _read_vector(h5: h5py.File, key: str, layout: str) -> np.ndarray:
     """A small 1-D list (q, phi or bins), flattening shapes such as ``(1, n)``."""
     dataset = _require(h5, key, layout)
     try:
         values = np.asarray(dataset[()])
     except (OSError, ValueError, TypeError) as exc:
         raise InputError(f"{_source_name(h5)}: cannot read '{key}' ({exc}); the file is damaged") from exc
-    if values.dtype.kind not in numeric_kind + "iu":
+    if values.dtype.kind not in "fciu":
         raise InputError(
             f"{_source_name(h5)}: '{key}' holds {values.dtype} values, expected numbers; the file is not a correlator result"
         )

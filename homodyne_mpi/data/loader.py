@@ -34,8 +34,6 @@ from .layouts import (
 )
 from .selection import angles_in_ranges, format_ranges, frame_window, full_symmetric, select_nearest_q
 
-__all__ = ["XPCSData", "count_config_dataset_points", "load_config_dataset", "load_xpcs"]
-
 logger = logging.getLogger(__name__)
 
 _Q_WARN_RELATIVE = 0.05
@@ -99,16 +97,6 @@ class XPCSData:
         from either the same way.
         """
         return np.array(self.c2[angle, row_start:row_stop:step, ::step], dtype=np.float64)
-
-    def model_spec(self, mode: str, shear_form: str = "paper", gap: float | None = None):
-        """The :class:`~homodyne_mpi.model.ModelSpec` of this data set's grid.
-
-        Imports the model (and JAX) only when called.
-        """
-        from homodyne_mpi.model import ModelSpec
-
-        kwargs = {} if gap is None else {"gap": float(gap)}
-        return ModelSpec(mode=mode, shear_form=shear_form, q=self.q, dt=self.dt, n_frames=self.n_frames, **kwargs)
 
 
 def _open(path: Path) -> h5py.File:
@@ -366,17 +354,16 @@ def config_dataset_arguments(cfg, dataset=None) -> tuple:
             wavevector_q = own_q[0] if isinstance(own_q, (list, tuple)) else own_q
     else:
         path = dataset
-    phi_filtering = getattr(cfg, "phi_filtering", None)
     ranges = None
-    if phi_filtering is not None and getattr(phi_filtering, "enabled", False):
-        ranges = list(getattr(phi_filtering, "target_ranges", None) or [])
+    if cfg.phi_filtering.enabled:
+        ranges = list(cfg.phi_filtering.target_ranges)
         if not ranges:
             raise ConfigError(
                 "config: phi_filtering.enabled is true but phi_filtering.target_ranges is "
                 "empty; add ranges such as [{min_angle: -10, max_angle: 10}] or set enabled: false"
             )
-    window = {"start_frame": getattr(analyzer, "start_frame", 1), "end_frame": getattr(analyzer, "end_frame", None)}
-    return path, {"wavevector_q": wavevector_q, "phi_ranges": ranges, **window, "dt": getattr(analyzer, "dt", None)}
+    window = {"start_frame": analyzer.start_frame, "end_frame": analyzer.end_frame}
+    return path, {"wavevector_q": wavevector_q, "phi_ranges": ranges, **window, "dt": analyzer.dt}
 
 
 def load_config_dataset(cfg, dataset=None) -> XPCSData:

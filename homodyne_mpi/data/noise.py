@@ -38,8 +38,6 @@ import math
 
 import numpy as np
 
-__all__ = ["NOISE_FLOOR_RELATIVE", "estimate_noise_sigma", "estimate_noise_sigmas", "noise_row_stride", "noise_sigma_from_rows"]
-
 MAD_TO_SIGMA = 1.0 / 0.6744897501960817
 """Ratio of the standard deviation to the median absolute deviation of a normal law."""
 

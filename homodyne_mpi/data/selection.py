@@ -26,17 +26,6 @@ import numpy as np
 
 from homodyne_mpi.errors import InputError
 
-__all__ = [
-    "ANGLE_TOLERANCE_DEG",
-    "angles_in_ranges",
-    "format_ranges",
-    "frame_window",
-    "full_symmetric",
-    "is_triangular_half",
-    "range_bounds",
-    "select_nearest_q",
-]
-
 ANGLE_TOLERANCE_DEG = 1e-9
 """Slack on inclusive angle-range bounds, degrees."""
 
@@ -95,10 +84,7 @@ def angles_in_ranges(phi_deg: np.ndarray, ranges: Iterable) -> np.ndarray:
 
 def format_ranges(ranges: Iterable) -> str:
     """``[-10, 10], [170, 190]`` for messages."""
-    parts = []
-    for angle_range in ranges:
-        lo, hi = range_bounds(angle_range)
-        parts.append(f"[{lo:g}, {hi:g}]")
+    parts = [f"[{lo:g}, {hi:g}]" for lo, hi in map(range_bounds, ranges)]
     return ", ".join(parts) if parts else "(none)"
 
 

@@ -43,6 +43,7 @@ importing :mod:`homodyne_mpi.data` leaves the XLA device setup free.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -71,13 +72,6 @@ from .layouts import (
     STRIDE_FRAME_KEY,
     aps_u_matrix_key,
 )
-
-__all__ = [
-    "DEFAULT_SIMULATED_PHI",
-    "NOISE_MODELS",
-    "simulate_dataset",
-    "truth_path",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -384,23 +378,11 @@ def simulate_dataset(
 
             position = 0
             for q_index, q_value in enumerate(q_values):
-                spec_file = (
-                    spec_main
-                    if q_value == q
-                    else ModelSpec(mode=mode, shear_form=shear_form, q=q_value, dt=dt, n_frames=n_frames, gap=gap)
-                )
+                spec_file = dataclasses.replace(spec_main, q=q_value)
                 file_grid = _Integrals(physical, spec_file)
                 window_grid = None
                 if start_frame > 1:
-                    spec_window = ModelSpec(
-                        mode=mode,
-                        shear_form=shear_form,
-                        q=q_value,
-                        dt=dt,
-                        n_frames=n_frames - start_frame + 1,
-                        gap=gap,
-                    )
-                    window_grid = _Integrals(physical, spec_window)
+                    window_grid = _Integrals(physical, dataclasses.replace(spec_file, n_frames=n_frames - start_frame + 1))
                 projections = np.asarray(shear_projection(physical, phi)) if spec_file.has_shear else None
                 for angle_index in range(n_phi):
                     started = time.perf_counter()

@@ -19,8 +19,6 @@ from .layouts import APS_U
 from .selection import angles_in_ranges, format_ranges
 from .simulate import DEFAULT_SIMULATED_PHI, per_angle_values, simulate_dataset
 
-__all__ = ["simulate_from_config"]
-
 logger = logging.getLogger(__name__)
 
 
@@ -30,8 +28,8 @@ def _config_physical_values(cfg, mode: str) -> np.ndarray:
 
     initial = cfg.initial_parameters
     wanted = PHYSICAL_PARAMETERS[mode]
-    names = list(getattr(initial, "parameter_names", None) or wanted)  # empty: canonical order
-    values = getattr(initial, "values", None)
+    names = list(initial.parameter_names or wanted)  # empty: canonical order
+    values = initial.values
     if values is None:
         raise ConfigError(
             "config: simulate needs initial_parameters.values (the truth to simulate); "
@@ -84,14 +82,13 @@ def simulate_from_config(
     """
     mode = cfg.analysis_mode
     analyzer = cfg.analyzer_parameters
-    dt = getattr(analyzer, "dt", None)
+    dt = analyzer.dt
     if dt is None or isinstance(dt, str) or isinstance(dt, bool):
         raise InputError(
             f"config: simulate needs analyzer_parameters.dt as a number of seconds, got {dt!r}; "
             "'auto' has no file to read it from -- set e.g. dt: 0.1"
         )
-    start_frame = getattr(analyzer, "start_frame", 1) or 1
-    end_frame = getattr(analyzer, "end_frame", None)
+    start_frame, end_frame = analyzer.start_frame, analyzer.end_frame
     if end_frame is None:
         raise InputError(
             "config: simulate needs analyzer_parameters.end_frame (the number of frames to write); set it, e.g. end_frame: 1000"
@@ -101,7 +98,7 @@ def simulate_from_config(
             f"config: analyzer_parameters.start_frame={start_frame}, end_frame={end_frame}; "
             "simulate needs 1 <= start_frame < end_frame"
         )
-    from homodyne_mpi.model import PHYSICAL_PARAMETERS, ModelSpec
+    from homodyne_mpi.model import PHYSICAL_PARAMETERS
 
     if mode not in PHYSICAL_PARAMETERS:
         raise ConfigError(f"config: analysis_mode {mode!r} is unknown; use one of {tuple(PHYSICAL_PARAMETERS)}")
@@ -111,9 +108,8 @@ def simulate_from_config(
     contrast = per_angle_values("contrast", scaling.contrast, angles.size)
     offset = per_angle_values("offset", scaling.offset, angles.size)
 
-    phi_filtering = getattr(cfg, "phi_filtering", None)
-    if phi_filtering is not None and getattr(phi_filtering, "enabled", False):
-        ranges = list(getattr(phi_filtering, "target_ranges", None) or [])
+    if cfg.phi_filtering.enabled:
+        ranges = list(cfg.phi_filtering.target_ranges)
         kept = angles_in_ranges(angles, ranges)
         if not np.all(kept):
             logger.warning(
@@ -130,14 +126,10 @@ def simulate_from_config(
             "simulate: analyzer_parameters.scattering.wavevector_q is null (the data file's q) -- "
             "give the q to simulate, in 1/Angstrom"
         )
-    geometry = getattr(analyzer, "geometry", None)
-    gap = getattr(geometry, "stator_rotor_gap", None)
-    if gap is None:  # static configs may leave the geometry out
-        gap = ModelSpec.gap  # the dataclass default
     return simulate_dataset(
         output,
         mode=mode,
-        shear_form=getattr(cfg, "shear_form", "paper") or "paper",
+        shear_form=cfg.shear_form,
         q=analyzer.scattering.wavevector_q,
         dt=dt,
         n_frames=int(end_frame),
@@ -151,5 +143,5 @@ def simulate_from_config(
         dtype=dtype,
         noise_model=noise_model,
         start_frame=int(start_frame),
-        gap=gap,
+        gap=analyzer.geometry.stator_rotor_gap,
     )

@@ -26,8 +26,6 @@ from .noise import noise_row_stride, noise_sigma_from_rows
 from .points import stream_points
 from .selection import frame_window
 
-__all__ = ["PointSource"]
-
 NOISE_READ_ROWS = 256
 """Rows per read while estimating the noise from every row pair (a ``256 x N`` float64 block)."""
 

@@ -9,29 +9,18 @@
 Nothing here imports MPI or JAX.
 """
 
-from homodyne_mpi.io.atomic import (
-    atomic_write_bytes,
-    atomic_write_call,
-    atomic_write_hdf5,
-    atomic_write_json,
-    atomic_write_npz,
-    encode_json,
-    to_jsonable,
-)
+from homodyne_mpi.io.atomic import atomic_write_bytes, atomic_write_call, atomic_write_hdf5, atomic_write_json, atomic_write_npz
 from homodyne_mpi.io.prefetch import Loaded, PrefetchLoader
-from homodyne_mpi.io.writer import AsyncWriter, WriteError, WriteFailure
+from homodyne_mpi.io.writer import AsyncWriter, WriteError
 
 __all__ = [
     "AsyncWriter",
     "Loaded",
     "PrefetchLoader",
     "WriteError",
-    "WriteFailure",
     "atomic_write_bytes",
     "atomic_write_call",
     "atomic_write_hdf5",
     "atomic_write_json",
     "atomic_write_npz",
-    "encode_json",
-    "to_jsonable",
 ]

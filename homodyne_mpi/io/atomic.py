@@ -63,11 +63,8 @@ def atomic_write_call(
 
     ``write_fn`` must create the complete file at the temporary path it is given (it may
     overwrite the empty file that is already there), for example
-    ``lambda tmp: fig.savefig(tmp, format="png")``. Its return value is ignored. The file is
-    then fsynced and renamed onto ``path``. If ``write_fn`` raises, or anything after it
-    fails, the temporary file is removed and the exception propagates.
-
-    Returns the target path as an absolute :class:`~pathlib.Path`.
+    ``lambda tmp: fig.savefig(tmp, format="png")``. Its return value is ignored. Returns the
+    target path as an absolute :class:`~pathlib.Path`.
     """
     target = Path(os.path.abspath(os.fspath(path)))
     target.parent.mkdir(parents=True, exist_ok=True)

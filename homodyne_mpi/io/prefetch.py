@@ -30,8 +30,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-__all__ = ["Loaded", "PrefetchLoader"]
-
 log = logging.getLogger(__name__)
 
 ItemT = TypeVar("ItemT")
@@ -78,31 +76,16 @@ _Task = tuple[int, object, "Future[Loaded]"]
 class PrefetchLoader(Generic[ItemT, ValueT]):
     """Iterate ``Loaded`` records for ``source``, loading ahead in one background thread.
 
-    Parameters
-    ----------
-    source:
-        Any iterable of work items. It is iterated lazily, on the caller's thread, at most
-        ``depth`` items ahead of the record last returned.
-    load_fn:
-        Called as ``load_fn(item)`` in the background thread, one item at a time, in
-        source order. It may raise; the exception is delivered with that item's record.
-    depth:
-        How many items are loaded ahead of the one the caller holds (at least 1). Memory
-        use is at most ``depth + 1`` loaded values. Default 1: load item k+1 while the
-        caller works on item k.
-    strict:
-        If False (default), a failed load yields a record whose ``error`` is set. If True,
-        ``__next__`` re-raises the load's exception at exactly the failing item; records
-        before it were returned normally, and calling ``next`` again continues with the
-        following item.
+    ``source`` is iterated lazily on the caller's thread, at most ``depth`` (>= 1) items
+    ahead of the record last returned, so at most ``depth + 1`` loaded values are held;
+    ``load_fn(item)`` runs in the background thread, one item at a time, in source order.
+    With ``strict``, calling ``next`` again after a re-raised load error continues with the
+    following item. An exception raised by iterating ``source`` itself is raised from
+    ``__next__`` after the items before it, and ends the iteration.
 
-    If iterating ``source`` raises, that exception is raised from ``__next__`` after all
-    items before it have been returned, and iteration then ends.
-
-    The loader is meant to be consumed by one thread. Use it as a context manager, or call
-    :meth:`close`, to stop the background thread early (for example when the caller
-    breaks out of the loop). The thread is a daemon thread, so a load that never returns
-    cannot keep the interpreter from exiting.
+    Meant for one consuming thread. Use it as a context manager, or call :meth:`close`, to
+    stop the background thread early; it is a daemon, so a load that never returns cannot
+    keep the interpreter from exiting.
     """
 
     def __init__(

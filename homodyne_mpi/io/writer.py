@@ -42,8 +42,6 @@ from homodyne_mpi.io.atomic import (
     encode_json,
 )
 
-__all__ = ["AsyncWriter", "WriteError", "WriteFailure"]
-
 log = logging.getLogger(__name__)
 
 _PRUNE_AT = 256
@@ -123,7 +121,7 @@ class AsyncWriter:
 
     def submit_npz(self, path: str | os.PathLike[str], /, **arrays: Any) -> Future[Path]:
         """Write ``arrays`` (copied now) as an uncompressed ``.npz`` archive to exactly ``path``."""
-        return self._submit(path, "npz", _write_npz, _copy_arrays(arrays))
+        return self._submit(path, "npz", atomic_write_npz, **_copy_arrays(arrays))
 
     def submit_hdf5(
         self,
@@ -158,7 +156,7 @@ class AsyncWriter:
         return self._submit(path, "call", atomic_write_call, fn, *args, **kwargs)
 
     def _submit(
-        self, path: str | os.PathLike[str], kind: str, write: Callable[..., Path], *args: Any, **kwargs: Any
+        self, path: str | os.PathLike[str], kind: str, write: Callable[..., Path], /, *args: Any, **kwargs: Any
     ) -> Future[Path]:
         """Queue one write, ordered after any pending write to the same path."""
         target = Path(os.path.abspath(os.fspath(path)))
@@ -285,8 +283,3 @@ class AsyncWriter:
             len(failures),
             "; ".join(failure.describe() for failure in failures),
         )
-
-
-def _write_npz(target: Path, arrays: dict[str, np.ndarray]) -> Path:
-    """Adapter: :func:`atomic_write_npz` takes the arrays as keyword arguments."""
-    return atomic_write_npz(target, **arrays)

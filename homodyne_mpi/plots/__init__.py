@@ -10,28 +10,15 @@ R-hat / ESS / divergences (``shard_health.png``). Both only queue work on an
 critical path. :func:`redraw_results` (``homodyne-mpi plot``) draws the same figures from
 the saved result files.
 
-matplotlib is optional (the ``plots`` extra). It is imported lazily, only in the threads
-that draw, and figures use the object-oriented API (:class:`matplotlib.figure.Figure` on
-an Agg canvas; no ``pyplot`` state), so drawing is safe in the writer's threads. Without
-matplotlib the ``submit_*`` functions log one warning and queue nothing.
+matplotlib is optional (the ``plots`` extra; how it is used in threads:
+:mod:`~homodyne_mpi.plots.backend`). Without it the ``submit_*`` functions log one warning
+and queue nothing.
 """
 
 from __future__ import annotations
 
-from .backend import DPI, decode_names, matplotlib_available, new_figure, plotting_available, save_png, write_png
+from .backend import new_figure, plotting_available, write_png
 from .cmc_figures import submit_cmc_figures
 from .nlsq_figures import submit_nlsq_figures
-from .redraw import redraw_results
 
-__all__ = [
-    "DPI",
-    "decode_names",
-    "matplotlib_available",
-    "new_figure",
-    "plotting_available",
-    "redraw_results",
-    "save_png",
-    "submit_cmc_figures",
-    "submit_nlsq_figures",
-    "write_png",
-]
+__all__ = ["new_figure", "plotting_available", "submit_cmc_figures", "submit_nlsq_figures", "write_png"]

@@ -33,8 +33,6 @@ from .downsample import (
 if TYPE_CHECKING:
     from .nlsq_figures import NLSQFigureInfo
 
-__all__ = ["C2Figure", "c2_figure", "c2_panels", "draw_c2_angle"]
-
 
 def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
     """The three drawn matrices of one angle, downsampled, and their colour limits.
@@ -80,14 +78,13 @@ def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: 
 class C2Figure:
     """The three-panel ``c2`` figure, built once per thread and redrawn for every angle.
 
-    Measured and fitted ``c2`` share one colour scale and one colour bar; the residual has
-    its own, symmetric about 0. Building and fully rendering a figure costs several times
-    what changes from one angle to the next, so each writer thread keeps one figure
-    (:func:`c2_figure`): the parts shared by every angle of a data set (axes, ticks, axis
-    labels, panel titles) are rendered once into a background, and each angle restores it
-    and draws only its images, colour bars, title and notes on top (Agg blitting). Axes
-    are placed by hand (constrained layout would double the time); the three panels share
-    the ``t2`` axis, labelled once.
+    Building and fully rendering a figure costs several times what changes from one angle
+    to the next, so each writer thread keeps one figure (:func:`c2_figure`): the parts
+    shared by every angle of a data set (axes, ticks, axis labels, panel titles) are
+    rendered once into a background, and each angle restores it and draws only its images,
+    colour bars, title and notes on top (Agg blitting). Axes are placed by hand
+    (constrained layout would double the time); the three panels share the ``t2`` axis,
+    labelled once.
     """
 
     WIDTH, HEIGHT = 15.5, 5.6

@@ -28,19 +28,8 @@ from typing import Any
 import numpy as np
 
 from ..vocabulary import PHYSICAL_PARAMETERS
-from .backend import decode_names, lookup, new_figure, plotting_available, save_png
+from .backend import decode_names, figure_with_grid, lookup, plotting_available, save_png
 from .shard_health import cmc_title, draw_shard_health, shard_state
-
-__all__ = [
-    "CMCFigureInfo",
-    "PHYSICAL_ORDER",
-    "cmc_figure_info",
-    "cmc_plot_paths",
-    "draw_marginals",
-    "draw_pairs",
-    "draw_shard_health",
-    "submit_cmc_figures",
-]
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +57,16 @@ def _label(name: str, exponent: int = 0) -> str:
     return f"{name} ({inside})" if inside else name
 
 
-def _exponent(low: float, high: float) -> int:
-    """Power of ten to divide an axis by so its tick labels stay short (0 if not needed)."""
+def _axis_range(low: float, high: float) -> tuple[float, float, int]:
+    """``(low, high)``, widened when empty, and the power of ten to divide the axis by so its
+    tick labels stay short (0 if not needed)."""
+    if not high > low:
+        low, high = low - 0.5 * (abs(low) + 1e-12), high + 0.5 * (abs(high) + 1e-12)
     size = max(abs(low), abs(high))
     if not np.isfinite(size) or size == 0:
-        return 0
+        return low, high, 0
     exponent = int(math.floor(math.log10(size)))
-    return 3 * (exponent // 3) if exponent >= 4 or exponent <= -3 else 0
+    return low, high, 3 * (exponent // 3) if exponent >= 4 or exponent <= -3 else 0
 
 
 @dataclass
@@ -245,16 +237,10 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     names = info.physical or info.names
     rows, cols = _grid(len(names))
     width, height = 4.2 * cols, 3.4 * rows + 0.9
-    figure = new_figure(width, height, layout=None)
-    spacing = {
-        "left": 0.7 / width,
-        "right": 1 - 0.25 / width,
-        "bottom": 1.15 / height,
-        "top": 1 - 0.75 / height,
-        "wspace": 0.32,
-        "hspace": 0.55,
-    }
-    axes = np.atleast_1d(figure.subplots(rows, cols, squeeze=False, gridspec_kw=spacing)).ravel()
+    figure, axes_grid = figure_with_grid(
+        width, height, rows, cols, left=0.7, right=0.25, bottom=1.15, top=0.75, wspace=0.32, hspace=0.55
+    )
+    axes = axes_grid.ravel()
     shard_rows = _retained_rows(info)
     for ax, name in zip(axes, names):
         j = info.column(name)
@@ -263,11 +249,7 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
             ax.text(0.5, 0.5, "no draws saved", ha="center", va="center", transform=ax.transAxes)
             ax.set_title(name)
             continue
-        low = min(s[0] for s in spans)
-        high = max(s[1] for s in spans)
-        if not high > low:
-            low, high = low - 0.5 * (abs(low) + 1e-12), high + 0.5 * (abs(high) + 1e-12)
-        exponent = _exponent(low, high)
+        low, high, exponent = _axis_range(min(s[0] for s in spans), max(s[1] for s in spans))
         unit = 10.0**exponent
         grid = np.linspace(low, high, 300)
         for n_curve, (mean, std) in enumerate(curves):
@@ -302,14 +284,14 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
         ax.set_xlim(low / unit, high / unit)
     for ax in axes[len(names) :]:
         ax.set_axis_off()
-    handles, labels = [], []
+    legend: dict[str, Any] = {}  # label -> the first handle drawn with it
     for ax in axes[: len(names)]:
         for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    if handles:
-        figure.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=len(labels), fontsize=9)
+            legend.setdefault(label, handle)
+    if legend:
+        figure.legend(
+            list(legend.values()), list(legend), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=len(legend), fontsize=9
+        )
     kept = len(shard_rows) if info.shard_index is not None and info.shard_index.size else len(info.retained)
     figure.suptitle(
         cmc_title(info, f"posterior marginals: combined and {kept} retained shard(s) of {len(info.shards) or '?'}"),
@@ -331,25 +313,16 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
     draws = info.draws[:, [info.column(name) for name in names]]
     draws = draws[np.all(np.isfinite(draws), axis=1)]
     size = max(2.0 * n, 5.0)
-    figure = new_figure(size + 0.3, size + 0.4, layout=None)
-    spacing = {
-        "left": 1.0 / (size + 0.3),
-        "right": 1 - 0.15 / (size + 0.3),
-        "bottom": 0.8 / (size + 0.4),
-        "top": 1 - 0.45 / (size + 0.4),
-        "wspace": 0.1,
-        "hspace": 0.1,
-    }
-    axes = figure.subplots(n, n, squeeze=False, gridspec_kw=spacing)
+    figure, axes = figure_with_grid(
+        size + 0.3, size + 0.4, n, n, left=1.0, right=0.15, bottom=0.8, top=0.45, wspace=0.1, hspace=0.1
+    )
     ranges, units, exponents = [], [], []
     for j in range(n):
-        low, high = np.percentile(draws[:, j], [0.5, 99.5]) if draws.shape[0] else (0.0, 1.0)
-        if not high > low:
-            low, high = low - 0.5 * (abs(low) + 1e-12), high + 0.5 * (abs(high) + 1e-12)
-        exponent = _exponent(float(low), float(high))
+        percentiles = np.percentile(draws[:, j], [0.5, 99.5]) if draws.shape[0] else (0.0, 1.0)
+        low, high, exponent = _axis_range(float(percentiles[0]), float(percentiles[1]))
         exponents.append(exponent)
         units.append(10.0**exponent)
-        ranges.append((float(low) / units[j], float(high) / units[j]))
+        ranges.append((low / units[j], high / units[j]))
     scaled = draws / np.array(units)
     nlsq = [info.nlsq.get(name, np.nan) / units[j] for j, name in enumerate(names)]
     correlation = np.atleast_2d(np.corrcoef(draws, rowvar=False)) if draws.shape[0] > 2 else np.full((n, n), np.nan)

@@ -12,19 +12,6 @@ import math
 
 import numpy as np
 
-__all__ = [
-    "MAX_PIXELS",
-    "block_factor",
-    "block_mean",
-    "block_sums",
-    "diagonal_block_sums",
-    "mean_of",
-    "block_edges",
-    "corrected_diagonal",
-    "robust_limits",
-    "symmetric_limit",
-]
-
 MAX_PIXELS = 500
 """Largest side of a drawn matrix; larger matrices are block-averaged down to this."""
 

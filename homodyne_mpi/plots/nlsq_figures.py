@@ -22,19 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..fit_matrices import matrix_frames_of
-from .backend import decode_names, lookup, new_figure, plotting_available, save_png
+from .backend import decode_names, figure_with_grid, lookup, plotting_available, save_png
 from .c2_figure import draw_c2_angle
-
-__all__ = [
-    "NLSQFigureInfo",
-    "TransportCurves",
-    "c2_plot_name",
-    "draw_transport",
-    "figure_info",
-    "nlsq_plot_paths",
-    "submit_nlsq_figures",
-    "transport_curves",
-]
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +217,10 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
     """Draw ``J(t)`` (and ``gamma_dot(t)``) with their 1-sigma bands; save as PNG at ``path``."""
     laminar = curves.gamma_dot is not None
     width, height = (12.0 if laminar else 6.5), 4.8
-    figure = new_figure(width, height, layout=None)  # placed by hand: constrained layout doubles the time
-    spacing = {"left": 0.95 / width, "right": 1 - 0.2 / width, "bottom": 0.6 / height, "top": 1 - 0.75 / height, "wspace": 0.28}
-    axes = figure.subplots(1, 2 if laminar else 1, squeeze=False, gridspec_kw=spacing)[0]
+    figure, grid = figure_with_grid(
+        width, height, 1, 2 if laminar else 1, left=0.95, right=0.2, bottom=0.6, top=0.75, wspace=0.28
+    )
+    axes = grid[0]
 
     def fitted(names: tuple[str, ...]) -> str:
         parts = []

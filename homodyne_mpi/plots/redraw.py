@@ -24,8 +24,6 @@ from ..errors import HomodyneError, InputError, check_path
 from ..fit_matrices import matrix_frames_of
 from ..io import AsyncWriter
 
-__all__ = ["find_dataset_dirs", "read_hdf5_arrays", "read_result_json", "redraw_results"]
-
 log = logging.getLogger(__name__)
 
 METHODS = ("nlsq", "cmc")

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RHAT_CLIP", "cmc_title", "draw_shard_health", "shard_reason", "shard_state"]
-
 RHAT_CLIP = 2.0
 """R-hat bars are cut here (their value written on top), so a diverged shard does not
 flatten the others and the limit line stays readable."""
