@@ -285,7 +285,7 @@ class TaskLimit:
 # -- the launcher ------------------------------------------------------------------------
 
 
-def watch_launcher(poll_s: float = LAUNCHER_POLL_S) -> bool:
+def watch_launcher() -> bool:
     """Start a daemon thread that ends this process when its parent (the launcher) exits.
 
     Returns False (nothing started) when the parent is already init (pid 1): there is no
@@ -298,7 +298,7 @@ def watch_launcher(poll_s: float = LAUNCHER_POLL_S) -> bool:
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(poll_s)
+            time.sleep(LAUNCHER_POLL_S)
         say(f"error: {where()}: its launcher (process {parent}) is gone; exiting so that no rank outlives the job")
         os._exit(LAUNCHER_GONE_EXIT_CODE)
 
@@ -322,15 +322,14 @@ class ExitGuard:
         raw = getattr(comm, "raw", None) if comm.size > 1 else None
         self._raw = raw.Dup() if raw is not None else None
 
-    def leave(self, code: int, wait_s: float | None = None) -> None:
-        """Wait for every rank to reach its ``leave``; after ``wait_s`` seconds abort the job.
+    def leave(self, code: int) -> None:
+        """Wait for every rank to reach its ``leave``; after ``EXIT_WAIT_S`` seconds abort the job.
 
-        ``wait_s`` defaults to ``EXIT_WAIT_S`` (read at the call).
         The abort carries ``code`` (1 if ``code`` is 0: a rank missing at the end is a failure).
         """
         if self._raw is None:
             return
-        wait_s = EXIT_WAIT_S if wait_s is None else wait_s
+        wait_s = EXIT_WAIT_S
         request = self._raw.Ibarrier()
         deadline = time.monotonic() + wait_s
         while not request.Test():
