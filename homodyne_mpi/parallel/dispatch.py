@@ -159,17 +159,18 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
     assert isinstance(comm, MPIComm), "a farm worker rank (rank > 0) exists only under MPI"
     raw = comm.raw
     load = RankLoad(rank=comm.rank)
-    finished = None  # (task header, result header, arrays, seconds) of the previous task
+    task, out_header, seconds = None, None, 0.0  # the previous task, its result header and time
+    out_arrays: dict[str, np.ndarray] = {}
     while True:
         ready = {
             "load": vars(load).copy(),
             "stop": bool(should_stop()) if should_stop else False,
             "host": comm.host,
-            "task": finished[0] if finished else None,
-            "result": finished[1] if finished else None,
-            "seconds": finished[3] if finished else 0.0,
+            "task": task,
+            "result": out_header,
+            "seconds": seconds,
         }
-        _send(raw, ready, finished[2] if finished else {}, dest=0, tag=TAG_READY)
+        _send(raw, ready, out_arrays, dest=0, tag=TAG_READY)
         waited = time.perf_counter()
         task, spec = raw.recv(source=0, tag=TAG_TASK)
         arrays = _recv_arrays(raw, spec, 0)
@@ -179,7 +180,6 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
         out_header, out_arrays, seconds = _guarded_work(work, task, arrays, passthrough)
         load.tasks += 1
         load.busy_s += seconds
-        finished = (task, out_header, out_arrays, seconds)
 
 
 # -- rank 0 -----------------------------------------------------------------------------

@@ -77,12 +77,7 @@ def _run_main(main: Callable[[], int], comm: Comm) -> int:
             abort_job(comm, 130)
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence
-        details = traceback.format_exc()
-        print(
-            f"fatal error on {failure_message(comm, error)}\n{details}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"fatal error on {failure_message(comm, error)}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         if comm.size > 1:
             abort_job(comm, 1)
         return 1

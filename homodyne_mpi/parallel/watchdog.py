@@ -118,13 +118,6 @@ def end_job(code: int) -> None:
 # -- deadlines ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Deadline:
-    at: float
-    """``time.monotonic()`` when it passes."""
-    message: str
-
-
 class Watchdog:
     """Deadlines watched by one daemon thread; ``on_expiry(message)`` runs when one passes.
 
@@ -137,7 +130,7 @@ class Watchdog:
     def __init__(self, on_expiry: Callable[[str], None], *, backstop_s: float | None = None) -> None:
         self._on_expiry = on_expiry
         self._backstop_s = backstop_s
-        self._deadlines: dict[int, _Deadline] = {}
+        self._deadlines: dict[int, tuple[float, str]] = {}  # token -> (time.monotonic() when it passes, message)
         self._tokens = itertools.count()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -146,7 +139,7 @@ class Watchdog:
         """Start a deadline ``seconds`` from now; returns the token that ``disarm`` takes."""
         with self._changed:
             token = next(self._tokens)
-            self._deadlines[token] = _Deadline(time.monotonic() + float(seconds), message)
+            self._deadlines[token] = (time.monotonic() + float(seconds), message)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
                 self._thread.start()
@@ -167,28 +160,28 @@ class Watchdog:
         if not self._deadlines:
             faulthandler.cancel_dump_traceback_later()
             return
-        first = min(d.at for d in self._deadlines.values())
+        first = min(at for at, _ in self._deadlines.values())
         delay = max(first - time.monotonic(), 0.0) + self._backstop_s
         faulthandler.dump_traceback_later(delay, exit=True)
 
-    def _next_expired(self) -> _Deadline:
-        """Block until a deadline passes; remove and return it."""
+    def _next_expired(self) -> str:
+        """Block until a deadline passes; remove it and return its message."""
         with self._changed:
             while True:
                 if not self._deadlines:
                     self._changed.wait()
                     continue
-                token, first = min(self._deadlines.items(), key=lambda item: item[1].at)
-                left = first.at - time.monotonic()
+                token, (at, message) = min(self._deadlines.items(), key=lambda item: item[1][0])
+                left = at - time.monotonic()
                 if left > 0:
                     self._changed.wait(left)
                     continue
                 del self._deadlines[token]
-                return first
+                return message
 
     def _watch(self) -> None:
         while True:
-            self._on_expiry(self._next_expired().message)
+            self._on_expiry(self._next_expired())
 
 
 def _report_and_end_job(message: str) -> None:
