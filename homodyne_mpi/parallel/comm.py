@@ -139,9 +139,6 @@ class Comm:
 class SerialComm(Comm):
     """One process, no MPI: every collective is the identity."""
 
-    rank = 0
-    size = 1
-
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return obj
 
