@@ -42,10 +42,10 @@ class Interrupted(HomodyneError):
     exit_code = 3
 
 
-E = TypeVar("E", bound=HomodyneError)
+_E = TypeVar("_E", bound=HomodyneError)
 
 
-def collective(error: E) -> E:
+def collective(error: _E) -> _E:
     """``error``, marked as raised on every rank together (``parallel.entry`` then exits cleanly)."""
     error.collective = True
     return error
