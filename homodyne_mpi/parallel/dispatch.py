@@ -247,26 +247,23 @@ def _manager(
     handed: dict[int, tuple[dict, float]] = {}  # rank -> (task it is running, when it got it)
     hosts = {0: comm.host}
 
-    def give_local(task: dict, arrays: dict) -> None:
-        handed[0] = (task, time.perf_counter())
-        local.give(task, arrays)
-
-    def stop_now() -> bool:
-        nonlocal stopped
-        if not stopped and should_stop is not None and should_stop():
-            stopped = True
-        return stopped
-
     def next_task():
-        if pending and not stop_now():
+        nonlocal stopped
+        if pending and not stopped and should_stop is not None and should_stop():
+            stopped = True
+        if pending and not stopped:
             task = pending.popleft()
             return task.header, task.load()
         return None, {}
 
-    try:
+    def feed_local() -> None:
         task, arrays = next_task()
         if task is not None:
-            give_local(task, arrays)
+            handed[0] = (task, time.perf_counter())
+            local.give(task, arrays)
+
+    try:
+        feed_local()
         while local.busy or active_remote > 0:
             if task_limit is not None:
                 task_limit.check(handed, hosts)
@@ -302,9 +299,7 @@ def _manager(
                     local.busy = False
                     handed.pop(0, None)
                     on_result(FarmResult(task_done, payload[0], payload[1], 0, seconds))
-                    task, arrays = next_task()
-                    if task is not None:
-                        give_local(task, arrays)
+                    feed_local()
                     progressed = True
             if not progressed and raw is not None:
                 time.sleep(POLL_S)
