@@ -258,11 +258,9 @@ class TaskLimit:
         return limited
 
     def check(self, handed: dict[int, tuple[dict, float]], hosts: dict[int, str]) -> None:
-        """Rank 0: end the job when a task is ``OVERDUE_GRACE_S`` past its limit.
+        """Rank 0: end the job when a task is ``OVERDUE_GRACE_S`` past its limit (its rank no longer responds).
 
         ``handed``: rank -> (task header, ``time.perf_counter()`` when it was handed out).
-        By then the rank's own watchdog, or its backstop, should have ended the job: the
-        rank, or its node, no longer responds (stopped, frozen), so rank 0 decides.
         """
         now = time.perf_counter()
         for rank, (task, since) in handed.items():
