@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 
 class HomodyneError(Exception):
@@ -34,13 +35,20 @@ class ConfigError(HomodyneError):
 class FitError(HomodyneError):
     """A fit that cannot produce a result (for example too few good CMC shards)."""
 
-    exit_code = 1
-
 
 class Interrupted(HomodyneError):
     """The run was asked to stop by a signal; finished work was checkpointed."""
 
     exit_code = 3
+
+
+_E = TypeVar("_E", bound=HomodyneError)
+
+
+def collective(error: _E) -> _E:
+    """``error``, marked as raised on every rank together (``parallel.entry`` then exits cleanly)."""
+    error.collective = True
+    return error
 
 
 def check_path(

@@ -7,8 +7,7 @@
   ``gamma_dot(t)``; ``shear_factor = sinc(Phi/2)`` (``paper``) or
   ``sinc(Phi/(2 pi))**2`` (``homodyne-v2``).
 
-``homodyne-v2`` also replaces every ``|C_j - C_i|`` by ``dt * sqrt(d**2 + 1e-12)`` with
-``d = (C_j - C_i)/dt``, as the reference package does.
+``homodyne-v2`` also smooths every ``|C_j - C_i|`` as the reference package does (``interval``).
 
 Two evaluators share these pieces: ``c2_grid`` on the full ``(phi, t1, t2)`` grid and
 ``c2_points`` on a list of points ``(angle index, i, j)`` for sharded work.

@@ -62,15 +62,11 @@ class ParameterLayout:
 
     @property
     def names(self) -> list[str]:
-        """Parameter names in vector order."""
+        """Parameter names in vector order: ``contrast[a]``/``offset[a]``, ``contrast``/``offset`` when shared."""
+        pairs = [""] * self.n_scaling_pairs
         if self.scaling == "individual":
-            scaling = [f"contrast[{a}]" for a in range(self.n_angles)]
-            scaling += [f"offset[{a}]" for a in range(self.n_angles)]
-        elif self.scaling == "averaged":
-            scaling = ["contrast", "offset"]
-        else:
-            scaling = []
-        return scaling + list(self.physical_names)
+            pairs = [f"[{a}]" for a in range(self.n_angles)]
+        return [f"{name}{pair}" for name in ("contrast", "offset") for pair in pairs] + list(self.physical_names)
 
     @property
     def physical_slice(self) -> slice:

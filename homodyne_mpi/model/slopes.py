@@ -90,9 +90,4 @@ def paper_shear_g1_squared_and_slopes(diffusion_step, strain_step, projection, s
     factor, factor_slope = sinc_and_slope_from_trig(half_amplitude * projection * strain_step, sine, cosine)
     g1_sq = g1_diff_sq * factor * factor
     d_half_phase = 2.0 * g1_diff_sq * factor * factor_slope * half_amplitude
-    return (
-        g1_sq,
-        -(spec.q**2) * diffusion_slope * g1_sq,
-        d_half_phase * projection,
-        d_half_phase * strain_step,
-    )
+    return g1_sq, -(spec.q**2) * diffusion_slope * g1_sq, d_half_phase * projection, d_half_phase * strain_step

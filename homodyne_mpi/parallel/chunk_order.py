@@ -24,13 +24,6 @@ MIN_CHUNK = 256
 """Smallest chunk length used for problems smaller than one configured chunk."""
 
 
-def chunk_length(n_points: int, chunk_size: int) -> int:
-    """Points per chunk: ``chunk_size``, or the next power of two (>= 256) for fewer points."""
-    if n_points >= chunk_size:
-        return int(chunk_size)
-    return max(MIN_CHUNK, 1 << max(0, int(np.ceil(np.log2(max(n_points, 1))))))
-
-
 @dataclass(frozen=True)
 class ChunkLayout:
     """Global chunks of a point set and which rank holds which (a pure function of its inputs).
@@ -75,8 +68,13 @@ class ChunkLayout:
 
 
 def chunk_layout(n_points: int, chunk_size: int, n_ranks: int) -> ChunkLayout:
-    """The layout of ``n_points`` in chunks of ``chunk_length(n_points, chunk_size)``."""
-    return ChunkLayout(int(n_points), chunk_length(int(n_points), int(chunk_size)), int(n_ranks))
+    """The layout of ``n_points`` in chunks of ``chunk_size`` points, or, for fewer points, of the
+    next power of two (>= ``MIN_CHUNK``) above ``n_points``."""
+    n_points, chunk_size = int(n_points), int(chunk_size)
+    chunk = chunk_size
+    if n_points < chunk_size:
+        chunk = max(MIN_CHUNK, 1 << max(0, int(np.ceil(np.log2(max(n_points, 1))))))
+    return ChunkLayout(n_points, chunk, int(n_ranks))
 
 
 def level_count(n_chunks: int) -> int:

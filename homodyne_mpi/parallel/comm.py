@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..errors import HomodyneError
+from ..errors import HomodyneError, collective
 
 XLA_ALIGNMENT = 64
 """Bytes: XLA's CPU client shares (does not copy) host buffers aligned to this."""
 
 
-def aligned_zeros(shape: tuple[int, ...], dtype, alignment: int = XLA_ALIGNMENT) -> np.ndarray:
-    """A zero-filled array whose data starts on an ``alignment``-byte boundary.
+def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A zero-filled array whose data starts on an ``XLA_ALIGNMENT``-byte boundary.
 
     ``jax.device_put`` of such an array on the CPU uses its memory instead of a copy.
     """
     dtype = np.dtype(dtype)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.zeros(n_bytes + alignment, dtype=np.uint8)
-    offset = (-raw.ctypes.data) % alignment
+    raw = np.zeros(n_bytes + XLA_ALIGNMENT, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % XLA_ALIGNMENT
     return raw[offset : offset + n_bytes].view(dtype).reshape(shape)
 
 
@@ -132,16 +132,12 @@ class Comm:
                 outcome = (False, error)
         ok, value = self.bcast(outcome, root=root)
         if not ok:
-            value.collective = True
-            raise value
+            raise collective(value)
         return value
 
 
 class SerialComm(Comm):
     """One process, no MPI: every collective is the identity."""
-
-    rank = 0
-    size = 1
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
         return obj
@@ -211,12 +207,7 @@ class MPIComm(Comm):
         return receive
 
     def scatter_rows(self, array, counts, root: int = 0, capacity: int | None = None) -> np.ndarray:
-        """Give rank ``r`` the next ``counts[r]`` rows of the root's ``array``.
-
-        Only the root needs ``array``; dtype and trailing shape are broadcast first. With
-        ``capacity`` the receive buffer has ``max(capacity, counts[r])`` rows, zeros after
-        the received ones.
-        """
+        """``Comm.scatter_rows``; only the root needs ``array`` (dtype and trailing shape are broadcast first)."""
         counts = [int(c) for c in counts]
         if len(counts) != self.size:
             raise ValueError(f"scatter_rows needs {self.size} counts, got {len(counts)}")
@@ -230,52 +221,36 @@ class MPIComm(Comm):
         dtype = np.dtype(dtype_str)
         rows = max(counts[self.rank], int(capacity or 0))
         local = aligned_zeros((rows, *trailing), dtype)
-        item_counts, displacements = item_layout(counts, trailing)
         mpi_type = self._MPI._typedict[dtype.char]
-        send = [array, (item_counts, displacements), mpi_type] if self.rank == root else None
+        send = [array, item_layout(counts, trailing), mpi_type] if self.rank == root else None
         self._comm.Scatterv(send, [local[: counts[self.rank]], mpi_type], root=root)
         return local
+
+    def _typed(self, array: np.ndarray) -> list:
+        """``[array, its MPI datatype]``, a buffer argument of the ``*v`` collectives."""
+        return [array, self._MPI._typedict[array.dtype.char]]
+
+    def _receive_rows(self, counts, like: np.ndarray) -> tuple[np.ndarray, list]:
+        """A buffer for ``sum(counts)`` rows shaped like those of ``like``, and its ``*v`` receive argument."""
+        result = np.empty((sum(counts), *like.shape[1:]), dtype=like.dtype)
+        return result, [result, item_layout(counts, like.shape[1:]), self._MPI._typedict[like.dtype.char]]
 
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:
         """Concatenate every rank's rows on the root (``None`` elsewhere)."""
         array = np.ascontiguousarray(array)
         counts = self._comm.gather(array.shape[0], root=root)
-        if self.rank != root:
-            self._comm.Gatherv([array, self._MPI._typedict[array.dtype.char]], None, root=root)
-            return None
-        assert counts is not None, "gather gives the root every rank's count"
-        item_counts, displacements = item_layout(counts, array.shape[1:])
-        result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
-        mpi_type = self._MPI._typedict[array.dtype.char]
-        self._comm.Gatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type], root=root)
+        result, receive = self._receive_rows(counts, array) if self.rank == root else (None, None)
+        self._comm.Gatherv(self._typed(array), receive, root=root)
         return result
 
     def allgather_rows(self, array: np.ndarray) -> np.ndarray:
-        """Every rank's rows, concatenated in rank order, on every rank (``Allgatherv``)."""
         array = np.ascontiguousarray(array)
-        counts = self._comm.allgather(array.shape[0])
-        item_counts, displacements = item_layout(counts, array.shape[1:])
-        result = np.empty((sum(counts), *array.shape[1:]), dtype=array.dtype)
-        mpi_type = self._MPI._typedict[array.dtype.char]
-        self._comm.Allgatherv([array, mpi_type], [result, (item_counts, displacements), mpi_type])
+        result, receive = self._receive_rows(self._comm.allgather(array.shape[0]), array)
+        self._comm.Allgatherv(self._typed(array), receive)
         return result
 
     def gather(self, obj: Any, root: int = 0) -> list | None:
         return self._comm.gather(obj, root=root)
-
-    def send(self, obj: Any, dest: int, tag: int = 0) -> None:
-        """Point-to-point send of a small picklable object."""
-        self._comm.send(obj, dest=dest, tag=tag)
-
-    def recv(self, source: int | None = None, tag: int | None = None) -> tuple[Any, int, int]:
-        """Receive a small object; returns ``(obj, source, tag)``."""
-        status = self._MPI.Status()
-        obj = self._comm.recv(
-            source=self._MPI.ANY_SOURCE if source is None else source,
-            tag=self._MPI.ANY_TAG if tag is None else tag,
-            status=status,
-        )
-        return obj, status.Get_source(), status.Get_tag()
 
     def barrier(self) -> None:
         self._comm.Barrier()
@@ -288,13 +263,17 @@ class MPIComm(Comm):
         return MPIComm(self._comm.Split(color, self.rank))
 
 
-def mpi_world_size_hint() -> int:
-    """World size announced by the launcher's environment, without importing MPI (0: none)."""
-    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        value = os.environ.get(key)
-        if value and value.isdigit():
-            return int(value)
-    return 0
+LAUNCHER_SIZE_KEYS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
+"""Variables in which a launcher announces how many processes it started."""
+
+
+def launcher_size(environ: Mapping[str, str]) -> tuple[str, int]:
+    """``(variable, size)`` announced by an MPI launcher, read without importing MPI; ``("", 0)``: none."""
+    for key in LAUNCHER_SIZE_KEYS:
+        value = environ.get(key, "").strip()
+        if value.isdigit() and int(value):
+            return key, int(value)
+    return "", 0
 
 
 def get_comm(*, use_mpi: bool | None = None) -> Comm:
@@ -309,7 +288,5 @@ def get_comm(*, use_mpi: bool | None = None) -> Comm:
         if forced in ("0", "1", "true", "false", "yes", "no"):
             use_mpi = forced in ("1", "true", "yes")
         else:
-            use_mpi = mpi_world_size_hint() > 0
-    if not use_mpi:
-        return SerialComm()
-    return MPIComm()
+            use_mpi = launcher_size(os.environ)[1] > 0
+    return MPIComm() if use_mpi else SerialComm()

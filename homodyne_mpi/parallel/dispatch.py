@@ -25,10 +25,11 @@ in the main thread; on another rank they propagate out of ``run_task_farm`` (the
 caller's guard then aborts the job).
 
 ``task_limit`` (``watchdog.TaskLimit``) ends the job, exit code 3, when a task runs too
-long: the rank running it decides; rank 0 also gives up on a rank whose task is long
-overdue. ``should_stop`` (checked by the manager between tasks, and on every rank with each
-request) stops handing out new tasks: tasks already running finish and are delivered,
-then ``FarmStats.stopped`` is True.
+long: the rank running it decides (``TaskLimit.guarded``); rank 0 also gives up on a rank
+(or node) that no longer responds, ``watchdog.OVERDUE_GRACE_S`` after the limit
+(``TaskLimit.check``). ``should_stop`` (checked by the manager between tasks, and on every
+rank with each request) stops handing out new tasks: tasks already running finish and are
+delivered, then ``FarmStats.stopped`` is True.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ TAG_TASK = 7102
 """Manager -> worker: a task header, or ``None`` to stop."""
 TAG_ARRAY = 7103
 """The arrays that follow a header, in the order the header lists them."""
+POLL_S = 0.002
+"""Rank 0's sleep (seconds) between polls when neither a message nor its own result came."""
 
 WorkFn = Callable[[dict, dict], tuple[dict, dict]]
 
@@ -149,11 +152,6 @@ def _recv_arrays(raw, spec, source: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _recv(raw, source: int, tag: int):
-    header, spec = raw.recv(source=source, tag=tag)
-    return header, _recv_arrays(raw, spec, source)
-
-
 # -- worker ranks -----------------------------------------------------------------------
 
 
@@ -161,26 +159,27 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
     assert isinstance(comm, MPIComm), "a farm worker rank (rank > 0) exists only under MPI"
     raw = comm.raw
     load = RankLoad(rank=comm.rank)
-    finished = None  # (task header, result header, arrays, seconds) of the previous task
+    task, out_header, seconds = None, None, 0.0  # the previous task, its result header and time
+    out_arrays: dict[str, np.ndarray] = {}
     while True:
         ready = {
             "load": vars(load).copy(),
             "stop": bool(should_stop()) if should_stop else False,
             "host": comm.host,
-            "task": finished[0] if finished else None,
-            "result": finished[1] if finished else None,
-            "seconds": finished[3] if finished else 0.0,
+            "task": task,
+            "result": out_header,
+            "seconds": seconds,
         }
-        _send(raw, ready, finished[2] if finished else {}, dest=0, tag=TAG_READY)
+        _send(raw, ready, out_arrays, dest=0, tag=TAG_READY)
         waited = time.perf_counter()
-        task, arrays = _recv(raw, source=0, tag=TAG_TASK)
+        task, spec = raw.recv(source=0, tag=TAG_TASK)
+        arrays = _recv_arrays(raw, spec, 0)
         if task is None:
             return
         load.idle_pending_s += time.perf_counter() - waited
         out_header, out_arrays, seconds = _guarded_work(work, task, arrays, passthrough)
         load.tasks += 1
         load.busy_s += seconds
-        finished = (task, out_header, out_arrays, seconds)
 
 
 # -- rank 0 -----------------------------------------------------------------------------
@@ -196,7 +195,6 @@ class _LocalWorker:
         self.outbox: queue.Queue = queue.Queue()
         self.load = RankLoad(rank=0)
         self.busy = False
-        self._waiting_since = time.perf_counter()
         self.thread = threading.Thread(target=self._run, name="farm-worker-0", daemon=True)
         self.thread.start()
 
@@ -232,7 +230,6 @@ def _manager(
     work: WorkFn,
     on_result: Callable[[FarmResult], None],
     should_stop,
-    poll_interval: float,
     passthrough: tuple,
     task_limit: TaskLimit | None = None,
 ) -> FarmStats:
@@ -245,32 +242,28 @@ def _manager(
     if comm.size > 1:
         assert isinstance(comm, MPIComm), "more than one rank means MPI"
         raw = comm.raw
-    if raw is not None:
         from mpi4py import MPI
     local = _LocalWorker(work, passthrough)
     handed: dict[int, tuple[dict, float]] = {}  # rank -> (task it is running, when it got it)
     hosts = {0: comm.host}
 
-    def give_local(task: dict, arrays: dict) -> None:
-        handed[0] = (task, time.perf_counter())
-        local.give(task, arrays)
-
-    def stop_now() -> bool:
-        nonlocal stopped
-        if not stopped and should_stop is not None and should_stop():
-            stopped = True
-        return stopped
-
     def next_task():
-        if pending and not stop_now():
+        nonlocal stopped
+        if pending and not stopped and should_stop is not None and should_stop():
+            stopped = True
+        if pending and not stopped:
             task = pending.popleft()
             return task.header, task.load()
         return None, {}
 
-    try:
+    def feed_local() -> None:
         task, arrays = next_task()
         if task is not None:
-            give_local(task, arrays)
+            handed[0] = (task, time.perf_counter())
+            local.give(task, arrays)
+
+    try:
+        feed_local()
         while local.busy or active_remote > 0:
             if task_limit is not None:
                 task_limit.check(handed, hosts)
@@ -306,12 +299,10 @@ def _manager(
                     local.busy = False
                     handed.pop(0, None)
                     on_result(FarmResult(task_done, payload[0], payload[1], 0, seconds))
-                    task, arrays = next_task()
-                    if task is not None:
-                        give_local(task, arrays)
+                    feed_local()
                     progressed = True
             if not progressed and raw is not None:
-                time.sleep(poll_interval)
+                time.sleep(POLL_S)
     finally:
         if local.thread.is_alive() and not local.busy:
             local.close()
@@ -326,21 +317,14 @@ def run_task_farm(
     on_result: Callable[[FarmResult], None] | None = None,
     *,
     should_stop: Callable[[], bool] | None = None,
-    poll_interval: float = 0.002,
     passthrough: tuple[type[BaseException], ...] = (),
     task_limit: TaskLimit | None = None,
 ) -> FarmStats | None:
-    """Run ``work`` on every task, spread over all ranks; rank 0 returns the stats.
+    """Run ``work`` on every task, spread over all ranks; rank 0 returns the stats, other ranks None.
 
-    Call on every rank. ``tasks`` is only read on rank 0 (in order); ``on_result`` runs
-    on rank 0's main thread for each finished task, in completion order. Exceptions of
-    the ``passthrough`` types raised by ``work`` are not recorded but re-raised (on rank 0
-    in the main thread). Other ranks return None.
-
-    ``task_limit`` bounds each task's wall time: the rank running a task ends the job
-    when it runs past the limit (``TaskLimit.guard``), and rank 0 ends it when a task has
-    not come back ``watchdog.OVERDUE_GRACE_S`` after that (a rank, or node, that no longer
-    responds; ``TaskLimit.check``).
+    Collective: call on every rank. ``tasks`` is only read on rank 0 (in order);
+    ``on_result`` runs on rank 0's main thread for each finished task, in completion
+    order. ``passthrough``, ``should_stop`` and ``task_limit``: see the module docstring.
     """
     if task_limit is not None:
         work = task_limit.guarded(work)
@@ -351,7 +335,6 @@ def run_task_farm(
             work,
             on_result or (lambda result: None),
             should_stop,
-            poll_interval,
             tuple(passthrough),
             task_limit,
         )

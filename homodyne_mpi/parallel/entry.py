@@ -5,9 +5,8 @@
 - Any other exception on any rank is logged once with rank, host and traceback, then the
   whole job is aborted (``MPI_Abort``), because the other ranks may already be waiting in
   a collective that the failed rank will never join.
-- With several ranks, each rank watches its launcher and ends if it goes away, and the
-  ranks leave together: a rank that returns while another is still busy waits at most
-  ``watchdog.EXIT_WAIT_S`` and then aborts the job (``watchdog.ExitGuard``).
+- With several ranks, each rank ends if its launcher goes away (``watchdog.watch_launcher``),
+  and the ranks leave together or the job is aborted (``watchdog.ExitGuard``).
 """
 
 from __future__ import annotations
@@ -77,12 +76,7 @@ def _run_main(main: Callable[[], int], comm: Comm) -> int:
             abort_job(comm, 130)
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence
-        details = traceback.format_exc()
-        print(
-            f"fatal error on {failure_message(comm, error)}\n{details}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(f"fatal error on {failure_message(comm, error)}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         if comm.size > 1:
             abort_job(comm, 1)
         return 1

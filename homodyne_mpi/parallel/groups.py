@@ -3,9 +3,8 @@
 Pure functions, no MPI. A batch of many data sets (one per q bin, say) fits them faster
 on several groups of ranks at once than one after another on all ranks, because part of
 each fit does not shrink with ranks: start-up, compilation, the leader's reading and
-each LM iteration's Allreduce. ``plan_groups`` cuts the world into
-``n_groups`` contiguous blocks of ranks (sizes differ by at most one) and hands each group
-a list of data sets, the largest first to the group with the least work so far.
+each LM iteration's Allreduce. ``plan_groups`` cuts the world into contiguous groups and
+shares the data sets out among them.
 """
 
 from __future__ import annotations

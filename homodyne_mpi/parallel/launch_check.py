@@ -23,11 +23,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from ..errors import ConfigError
-from .comm import Comm, MPIComm
-
-LAUNCHER_SIZE_KEYS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS")
-"""Variables in which a launcher announces how many processes it started."""
+from ..errors import ConfigError, collective
+from .comm import Comm, MPIComm, launcher_size
 
 SRUN_HINT = (
     "inside the job use `srun --mpi=pmi2 homodyne-mpi run CONFIG` (MPICH, Intel MPI, MVAPICH; "
@@ -54,15 +51,6 @@ def slurm_task_count(environ: Mapping[str, str]) -> int:
     if "SLURM_JOB_ID" in environ or "SLURM_JOBID" in environ or "SLURM_NTASKS" in environ:
         return _int(environ, "SLURM_NTASKS") or _int(environ, "SLURM_NPROCS")
     return 0
-
-
-def launcher_size(environ: Mapping[str, str]) -> tuple[str, int]:
-    """``(variable, size)`` announced by an MPI launcher; ``("", 0)`` when none is."""
-    for key in LAUNCHER_SIZE_KEYS:
-        size = _int(environ, key)
-        if size:
-            return key, size
-    return "", 0
 
 
 def launcher_family(environ: Mapping[str, str]) -> str:
@@ -96,9 +84,8 @@ def library_version(comm: Comm) -> str:
 
 
 def _launch_error(message: str) -> ConfigError:
-    error = ConfigError(message)
-    error.collective = True  # every rank sees the same environment and reaches this verdict
-    return error
+    """Every rank sees the same environment and reaches the same verdict: a collective error."""
+    return collective(ConfigError(message))
 
 
 def check_launch(comm: Comm, environ: Mapping[str, str] | None = None, version: str | None = None) -> None:

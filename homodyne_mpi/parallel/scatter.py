@@ -16,22 +16,15 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..data.points import PointSet
-from ..errors import HomodyneError, InputError
+from ..errors import HomodyneError, InputError, collective
 from .chunk_order import chunk_layout
 from .comm import Comm, aligned_zeros
 
-COLUMN_DTYPES = {"angle": np.int32, "frame_i": np.int32, "frame_j": np.int32, "value": np.float64, "weight": np.float64}
+COLUMN_DTYPES = {name: column.dtype for name, column in PointSet.padding_columns(0).items()}
 """The dtype of each ``PointSet`` column."""
-
 
 STREAM_FAILED = -2
 """Length the root broadcasts when reading a block failed (the stream ends on every rank)."""
-
-
-def collective(error: HomodyneError) -> HomodyneError:
-    """``error``, marked as raised on every rank together (``parallel.entry`` then exits cleanly)."""
-    error.collective = True
-    return error
 
 
 def block_counts(block_start: int, block_length: int, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -28,11 +28,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 """Signals that ask for a checkpoint and a clean exit (code 3)."""
 
 _stop = threading.Event()
-_installed = False
 _received: list[str] = []
 _Handler = Callable[[int, FrameType | None], Any] | int | None
 """What ``signal.signal`` takes and returns (``SIG_DFL``/``SIG_IGN`` are ints)."""
 _previous: dict[int, _Handler] = {}
+"""The handlers ``install_stop_handlers`` replaced (empty: not installed)."""
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal-handler signature
@@ -54,26 +54,20 @@ def install_stop_handlers() -> bool:
     Returns False (and does nothing) outside the main thread, where Python cannot install
     signal handlers; True once the handlers are in place.
     """
-    global _installed
-    if _installed:
+    if _previous:
         return True
     if threading.current_thread() is not threading.main_thread():
         return False
     for signum in STOP_SIGNALS:
         _previous[signum] = signal.signal(signum, _handle)
-    _installed = True
     return True
 
 
 def uninstall_stop_handlers() -> None:
     """Put back the handlers that were there before ``install_stop_handlers`` (tests)."""
-    global _installed
-    if not _installed:
-        return
     for signum, previous in _previous.items():
         signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
     _previous.clear()
-    _installed = False
 
 
 def stop_requested() -> bool:

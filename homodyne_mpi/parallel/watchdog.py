@@ -118,13 +118,6 @@ def end_job(code: int) -> None:
 # -- deadlines ---------------------------------------------------------------------------
 
 
-@dataclass
-class _Deadline:
-    at: float
-    """``time.monotonic()`` when it passes."""
-    message: str
-
-
 class Watchdog:
     """Deadlines watched by one daemon thread; ``on_expiry(message)`` runs when one passes.
 
@@ -137,7 +130,7 @@ class Watchdog:
     def __init__(self, on_expiry: Callable[[str], None], *, backstop_s: float | None = None) -> None:
         self._on_expiry = on_expiry
         self._backstop_s = backstop_s
-        self._deadlines: dict[int, _Deadline] = {}
+        self._deadlines: dict[int, tuple[float, str]] = {}  # token -> (time.monotonic() when it passes, message)
         self._tokens = itertools.count()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -146,7 +139,7 @@ class Watchdog:
         """Start a deadline ``seconds`` from now; returns the token that ``disarm`` takes."""
         with self._changed:
             token = next(self._tokens)
-            self._deadlines[token] = _Deadline(time.monotonic() + float(seconds), message)
+            self._deadlines[token] = (time.monotonic() + float(seconds), message)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
                 self._thread.start()
@@ -167,28 +160,28 @@ class Watchdog:
         if not self._deadlines:
             faulthandler.cancel_dump_traceback_later()
             return
-        first = min(d.at for d in self._deadlines.values())
+        first = min(at for at, _ in self._deadlines.values())
         delay = max(first - time.monotonic(), 0.0) + self._backstop_s
         faulthandler.dump_traceback_later(delay, exit=True)
 
-    def _next_expired(self) -> _Deadline:
-        """Block until a deadline passes; remove and return it."""
+    def _next_expired(self) -> str:
+        """Block until a deadline passes; remove it and return its message."""
         with self._changed:
             while True:
                 if not self._deadlines:
                     self._changed.wait()
                     continue
-                token, first = min(self._deadlines.items(), key=lambda item: item[1].at)
-                left = first.at - time.monotonic()
+                token, (at, message) = min(self._deadlines.items(), key=lambda item: item[1][0])
+                left = at - time.monotonic()
                 if left > 0:
                     self._changed.wait(left)
                     continue
                 del self._deadlines[token]
-                return first
+                return message
 
     def _watch(self) -> None:
         while True:
-            self._on_expiry(self._next_expired().message)
+            self._on_expiry(self._next_expired())
 
 
 def _report_and_end_job(message: str) -> None:
@@ -265,11 +258,9 @@ class TaskLimit:
         return limited
 
     def check(self, handed: dict[int, tuple[dict, float]], hosts: dict[int, str]) -> None:
-        """Rank 0: end the job when a task is ``OVERDUE_GRACE_S`` past its limit.
+        """Rank 0: end the job when a task is ``OVERDUE_GRACE_S`` past its limit (its rank no longer responds).
 
         ``handed``: rank -> (task header, ``time.perf_counter()`` when it was handed out).
-        By then the rank's own watchdog, or its backstop, should have ended the job: the
-        rank, or its node, no longer responds (stopped, frozen), so rank 0 decides.
         """
         now = time.perf_counter()
         for rank, (task, since) in handed.items():
@@ -285,7 +276,7 @@ class TaskLimit:
 # -- the launcher ------------------------------------------------------------------------
 
 
-def watch_launcher(poll_s: float = LAUNCHER_POLL_S) -> bool:
+def watch_launcher() -> bool:
     """Start a daemon thread that ends this process when its parent (the launcher) exits.
 
     Returns False (nothing started) when the parent is already init (pid 1): there is no
@@ -298,7 +289,7 @@ def watch_launcher(poll_s: float = LAUNCHER_POLL_S) -> bool:
 
     def watch() -> None:
         while os.getppid() == parent:
-            time.sleep(poll_s)
+            time.sleep(LAUNCHER_POLL_S)
         say(f"error: {where()}: its launcher (process {parent}) is gone; exiting so that no rank outlives the job")
         os._exit(LAUNCHER_GONE_EXIT_CODE)
 
@@ -322,15 +313,14 @@ class ExitGuard:
         raw = getattr(comm, "raw", None) if comm.size > 1 else None
         self._raw = raw.Dup() if raw is not None else None
 
-    def leave(self, code: int, wait_s: float | None = None) -> None:
-        """Wait for every rank to reach its ``leave``; after ``wait_s`` seconds abort the job.
+    def leave(self, code: int) -> None:
+        """Wait for every rank to reach its ``leave``; after ``EXIT_WAIT_S`` seconds abort the job.
 
-        ``wait_s`` defaults to ``EXIT_WAIT_S`` (read at the call).
         The abort carries ``code`` (1 if ``code`` is 0: a rank missing at the end is a failure).
         """
         if self._raw is None:
             return
-        wait_s = EXIT_WAIT_S if wait_s is None else wait_s
+        wait_s = EXIT_WAIT_S
         request = self._raw.Ibarrier()
         deadline = time.monotonic() + wait_s
         while not request.Test():
