@@ -39,7 +39,7 @@ from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, sa
 from .nlsq.results import result_document
 from .parallel import Comm
 from .parallel.groups import GroupPlan, plan_groups
-from .parallel.scatter import scatter_point_source
+from .parallel.scatter import collective, scatter_point_source
 from .parallel.signals import stop_requested
 from .prepare import STREAM_BLOCK_POINTS, PreparedDataset, prepare_dataset
 
@@ -197,12 +197,12 @@ class BatchRunner:
         if self.world.allreduce_sum(np.array([0.0 if interrupted is None else 1.0]))[0] > 0:
             if self.comm.is_root:
                 self.close_writer()
-            if interrupted is None:
-                interrupted = Interrupted(
+            raise collective(
+                interrupted
+                or Interrupted(
                     "stopped by a signal in another rank group; finished work was saved -- run the same command to resume"
                 )
-            interrupted.collective = True
-            raise interrupted
+            )
         failures = self.close_writer() if self.comm.is_root and not self.world.is_root else []
         gathered = self.world.gather((outcomes, failures) if self.comm.is_root else None)
         code = 0
@@ -447,9 +447,7 @@ def raise_if_stop_requested(comm: Comm, where: str) -> None:
     """Collective check of the ranks' stop flags; every rank raises ``Interrupted`` together."""
     flag = comm.allreduce_sum(np.array([1.0 if stop_requested() else 0.0]))[0]
     if flag > 0:
-        error = Interrupted(f"stopped by a signal {where}; finished work was saved -- run the same command to resume")
-        error.collective = True
-        raise error
+        raise collective(Interrupted(f"stopped by a signal {where}; finished work was saved -- run the same command to resume"))
 
 
 def is_complete(out: Path, fingerprint: str, method: str) -> bool:

@@ -27,6 +27,7 @@ from ..errors import Interrupted
 from ..model import ModelSpec, ParameterLayout
 from ..parallel import Comm, SerialComm
 from ..parallel.chunk_order import ChunkLayout, chunk_layout
+from ..parallel.scatter import collective
 from ..parallel.signals import stop_requested
 from .kernels import (
     KernelSetup,
@@ -279,9 +280,7 @@ class DistributedObjective:
         self.reduce_seconds += time.perf_counter() - middle
         self.passes += 1
         if stops > 0:
-            interrupted = Interrupted("stopped by a signal during the NLSQ fit; finished work was saved")
-            interrupted.collective = True
-            raise interrupted
+            raise collective(Interrupted("stopped by a signal during the NLSQ fit; finished work was saved"))
         return total
 
     def __call__(self, theta: np.ndarray) -> Evaluation:

@@ -83,6 +83,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Interrupted
+from ..parallel.scatter import collective
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, lm_options
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part
@@ -373,9 +374,7 @@ def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2, initi
                 flags = [float(refit.converged), float(own.passes - passes)]
                 table[index] = np.concatenate([refit.theta, flags, covariance_left_out.ravel()])
         if comm.allreduce_sum(np.array([float(stopped)]))[0] > 0:
-            interrupted = Interrupted("stopped by a signal during the jackknife refits")
-            interrupted.collective = True
-            raise interrupted
+            raise collective(Interrupted("stopped by a signal during the jackknife refits"))
     table = comm.allreduce_sum(table)
     replicates, converged, passes = table[:, :n_params], table[:, n_params] > 0.5, int(table[:, n_params + 1].sum())
     return replicates, converged, table[:, n_params + 2 :].reshape(n_blocks, n_params, n_params), passes
