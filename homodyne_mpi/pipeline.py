@@ -37,6 +37,7 @@ from .io import AsyncWriter, PrefetchLoader
 from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import result_document
+from .nlsq_summary import log_lines
 from .parallel import Comm
 from .parallel.groups import GroupPlan, plan_groups
 from .parallel.scatter import collective, scatter_point_source
@@ -62,9 +63,6 @@ class DatasetOutcome:
     error_type: str | None = None
     paths: dict[str, str] = field(default_factory=dict)
     timing_s: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class BatchRunner:
@@ -206,7 +204,6 @@ class BatchRunner:
         failures = self.close_writer() if self.comm.is_root and not self.world.is_root else []
         gathered = self.world.gather((outcomes, failures) if self.comm.is_root else None)
         code = 0
-        seconds = 0.0
         if self.world.is_root and gathered is not None and self.writer is not None:
             everything: dict[int, DatasetOutcome] = {}
             for part in gathered:
@@ -224,7 +221,7 @@ class BatchRunner:
                 "n_ranks": self.world.size,
                 "rank_groups": list(plan.rank_counts),
                 "wall_s": seconds,
-                "datasets": [{**everything[index].to_dict(), "group": group_of[index]} for index in sorted(everything)],
+                "datasets": [{**asdict(everything[index]), "group": group_of[index]} for index in sorted(everything)],
             }
             self.writer.submit_json(self.output_dir / "batch_summary.json", summary)
             failures += self.close_writer()
@@ -365,7 +362,6 @@ class BatchRunner:
         if self.comm.is_root and cmc_result is not None:
             cmc_result.extra["calibration_warning"] = warning
             document = cmc_result.to_json_dict()
-            document.setdefault("timing_s", {})
             posterior = cmc_result.posterior_arrays()
             writer = self.leader_writer()
             futures.append(writer.submit_json(out / "cmc" / "result.json", document))
@@ -420,16 +416,9 @@ class BatchRunner:
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
         outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")
-        self.log_nlsq(document)
-        return futures
-
-    @staticmethod
-    def log_nlsq(document: dict) -> None:
-        """Rank 0: the fit as result.json reports it (value +- std, std_model beside it, warnings)."""
-        from .nlsq_summary import log_lines
-
-        for line in log_lines(document):
+        for line in log_lines(document):  # the fit as result.json reports it (value +- std, std_model beside it, warnings)
             (log.warning if line.startswith("WARNING") else log.info)(line.removeprefix("WARNING: "))
+        return futures
 
     @staticmethod
     def record_failure(outcome: DatasetOutcome, error: BaseException) -> None:

@@ -14,6 +14,7 @@ every rank.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ from ..parallel import Comm, SerialComm
 from ..parallel.chunk_order import ChunkLayout, chunk_layout
 from ..parallel.scatter import collective
 from ..parallel.signals import stop_requested
+from .checkpoint import LatestState
 from .kernels import (
     KernelSetup,
     assemble_normal_equations,
@@ -312,45 +314,38 @@ def fit_nlsq(
     comm: Comm,
     options,
     *,
-    theta0: np.ndarray | None = None,
     on_accept=None,
-    resume=None,
+    resume: LatestState | None = None,
 ) -> NLSQResult:
     """Fit the problem with every rank holding its own chunks; same bits on all ranks.
 
     ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
     ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
-    ``start_search``, ``search_points``). A given ``theta0`` (a resumed state) skips the
-    start search; ``on_accept(theta, iteration, damping, growth)`` sees the LM state after
-    every step.
-    ``resume`` (a ``LatestState`` from a checkpoint) continues an interrupted fit on the
-    same path: its parameters, damping and iteration count. The result keeps the
-    objective (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
+    ``start_search``, ``search_points``); ``on_accept(theta, iteration, damping, growth)``
+    sees the LM state after every step. ``resume`` (a ``LatestState`` from a checkpoint)
+    continues an interrupted fit on the same path, without the start search: its
+    parameters, damping and iteration count. The result keeps the objective
+    (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
     """
     objective = make_objective(problem, local_points, comm, options)
-    if resume is not None:
-        theta0 = resume.theta
-    start_theta = problem.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
+    start_theta = problem.theta0 if resume is None else np.asarray(resume.theta, dtype=float)
     compile_seconds = objective.compile(start_theta)
     search_seconds = 0.0
-    if options.start_search and theta0 is None:
+    if options.start_search and resume is None:
         search_start_time = time.perf_counter()
         start_theta = searched_start(problem, local_points, comm, options)
         search_seconds = time.perf_counter() - search_start_time
     fit_start = time.perf_counter()
+    state = resume or LatestState()
     lm = levenberg_marquardt(
         objective,
         start_theta,
         problem.lower,
         problem.upper,
         problem.free,
-        lm_options(
-            options,
-            initial_damping=resume.damping if resume is not None else LMOptions.initial_damping,
-            initial_growth=resume.growth if resume is not None else LMOptions.initial_growth,
-        ),
+        lm_options(options, initial_damping=state.damping, initial_growth=state.growth),
         on_accept=on_accept,
-        first_iteration=resume.iteration + 1 if resume is not None else 1,
+        first_iteration=state.iteration + 1,
         mixed_gradient=objective.mixed_gradient,
     )
     fit_seconds = time.perf_counter() - fit_start
@@ -395,16 +390,9 @@ def parameters_at_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray,
     return marks
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far, bytes (Linux ``ru_maxrss`` is KiB)."""
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
-    """Per-rank peak memory next to the size of each rank's points (gathered on root)."""
-    mine = (peak_rss_bytes(), local_points.nbytes)
+    """Per-rank peak memory next to the size of each rank's points, bytes (gathered on root)."""
+    mine = (int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, local_points.nbytes)  # Linux ru_maxrss: KiB
     everyone = comm.gather(mine)
     if not comm.is_root:
         return {}

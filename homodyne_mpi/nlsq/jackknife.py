@@ -84,7 +84,7 @@ import numpy as np
 
 from ..errors import Interrupted
 from ..parallel.scatter import collective
-from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, lm_options
+from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, fit_nlsq, lm_options
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part
 from .solver import LMOptions, levenberg_marquardt
@@ -468,8 +468,6 @@ def attach_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> NLSQR
     return result
 
 
-def fit_with_uncertainty(problem: NLSQProblem, local_points, comm, options, **fit_options) -> NLSQResult:
+def fit_with_uncertainty(problem: NLSQProblem, local_points, comm, options) -> NLSQResult:
     """``fit_nlsq`` followed by ``attach_jackknife``: what the pipeline does, for scripts and tests."""
-    from .fit import fit_nlsq
-
-    return attach_jackknife(fit_nlsq(problem, local_points, comm, options, **fit_options), problem, options)
+    return attach_jackknife(fit_nlsq(problem, local_points, comm, options), problem, options)

@@ -97,15 +97,8 @@ def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
     bands = band_arrays(result.theta, result.covariance, result.jackknife, problem.layout, problem.spec)
     n_frames = len(bands["bands/t"])
     frames = np.unique(np.geomspace(1, max(n_frames - 1, 1), RATE_TIMES).round().astype(int))
-    summary = {
-        "t": bands["bands/t"][frames].tolist(),
-        "D": bands["bands/D"][frames].tolist(),
-        "D_std": bands["bands/D_std"][frames].tolist(),
-    }
-    if "bands/gamma_dot" in bands:
-        summary["gamma_dot"] = bands["bands/gamma_dot"][frames].tolist()
-        summary["gamma_dot_std"] = bands["bands/gamma_dot_std"][frames].tolist()
-    return summary
+    keys = ("t", "D", "D_std", "gamma_dot", "gamma_dot_std")  # gamma_dot only with shear
+    return {key: bands[f"bands/{key}"][frames].tolist() for key in keys if f"bands/{key}" in bands}
 
 
 def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str, np.ndarray]:
