@@ -55,22 +55,20 @@ class Progress:
             result = ShardResult(
                 index=index,
                 n_points=int(finished.task["n_points"]),
-                rank=finished.rank,
                 seconds=finished.seconds,
                 error=finished.header["farm_error"],
                 traceback=finished.header.get("traceback"),
             )
         else:
             result = ShardResult.from_parts(finished.header, finished.arrays)
-            result.rank = finished.rank
+        result.rank = finished.rank
         self.results[index] = result
         if not result.failed and self.output_dir is not None:
             checkpoint.save_shard(self.output_dir, result, self.state.fingerprints[index])
         self.ran += 1
         elapsed = time.perf_counter() - self.start
-        rate = self.ran / elapsed if elapsed > 0 else float("inf")
-        left = self.to_run - self.ran
-        eta = left / rate if rate > 0 else float("inf")
+        rate = self.ran / elapsed if elapsed > 0 else float("inf")  # > 0: a shard has finished
+        eta = (self.to_run - self.ran) / rate
         if result.failed:
             detail = f"FAILED ({result.error})"
         else:

@@ -145,24 +145,15 @@ def run_record(plan: RunPlan, n_ranks: int, **counts) -> dict:
 
 
 def shard_record(result: ShardResult, excluded_reason: str | None) -> dict:
-    """One entry of ``shards`` in ``cmc/result.json``."""
+    """One entry of ``shards`` in ``cmc/result.json``: the shard's scalar fields but ``num_samples``
+    (``ShardResult.meta``), its diagnostics and whether it was used."""
     return {
-        "index": int(result.index),
-        "n_points": int(result.n_points),
-        "rank": int(result.rank),
-        "host": result.host,
+        **{key: value for key, value in result.meta().items() if key != "num_samples"},
         "rhat_max": result.rhat_max,
         "ess_min": result.ess_min,
         "divergences": result.divergences,
         "divergence_rate": result.divergence_rate,
         "ok": excluded_reason is None,
-        "error": result.error,
-        "traceback": result.traceback,
-        "seconds": float(result.seconds),
-        "chain_method": result.chain_method,
-        "num_warmup": int(result.num_warmup),
-        "target_accept_prob": float(result.target_accept_prob),
-        "retried_because": result.retried_because,
         "reused": bool(result.reused),
         "excluded_reason": excluded_reason,
     }

@@ -102,14 +102,9 @@ class NLSQResult:
     """The ``DistributedObjective`` of the fit, for the jackknife (dropped after it)."""
 
     @property
-    def degrees_of_freedom(self) -> int:
-        """Points minus free parameters (at least 1)."""
-        return max(self.n_points - self.n_free, 1)
-
-    @property
     def reduced_chi2(self) -> float:
-        """``chi2 / (n_points - n_free)``."""
-        return self.chi2 / self.degrees_of_freedom
+        """``chi2 / (n_points - n_free)`` (the degrees of freedom at least 1)."""
+        return self.chi2 / max(self.n_points - self.n_free, 1)
 
     @property
     def std(self) -> np.ndarray:
@@ -202,38 +197,35 @@ class DistributedObjective:
         self._compiled: jax.stages.Compiled | None = None
         self._compiled_mixed: jax.stages.Compiled | None = None
 
+    def arguments(self, theta: np.ndarray) -> tuple:
+        """The block kernel's arguments at ``theta``, with the current ``excluded_frames``."""
+        exclusion = jnp.asarray(self.excluded_frames, dtype=jnp.int32)
+        return jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, exclusion
+
     def compile(self, theta: np.ndarray) -> float:
         """Compile the block kernels (normal equations, mixed gradient) ahead of time; returns the seconds."""
         start = time.perf_counter()
-        arguments = (jnp.asarray(theta), self.phi, self.pair_of_angle, self.block, jnp.asarray(self.excluded_frames))
+        arguments = self.arguments(theta)
         self._compiled = chunk_terms.lower(*arguments, setup=self.setup).compile()
-        self._compiled_mixed = chunk_terms.lower(*arguments, jnp.asarray(theta), setup=self.setup).compile()
+        self._compiled_mixed = chunk_terms.lower(*arguments, arguments[0], setup=self.setup).compile()
         return time.perf_counter() - start
 
-    def local_terms(self, theta: np.ndarray) -> np.ndarray:
-        """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``."""
-        if self._compiled is None:
+    def local_terms(self, theta: np.ndarray, theta_model: np.ndarray | None = None) -> np.ndarray:
+        """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``
+        (residuals at ``theta_model`` when given: ``chunk_terms``)."""
+        if self._compiled is None or self._compiled_mixed is None:
             self.compile(theta)
-        assert self._compiled is not None, "compile() sets the block kernel"
-        rows = self._compiled(
-            jnp.asarray(theta, dtype=jnp.float64),
-            self.phi,
-            self.pair_of_angle,
-            self.block,
-            jnp.asarray(self.excluded_frames, dtype=jnp.int32),
-        )
+        assert self._compiled is not None and self._compiled_mixed is not None, "compile() sets the block kernels"
+        if theta_model is None:
+            rows = self._compiled(*self.arguments(theta))
+        else:
+            rows = self._compiled_mixed(*self.arguments(theta), jnp.asarray(theta_model, dtype=jnp.float64))
         return np.asarray(jax.block_until_ready(rows), dtype=np.float64)
 
     def mixed_gradient(self, theta: np.ndarray, theta_model: np.ndarray) -> np.ndarray:
         """``J(theta)^T W r(theta_model)`` over every rank's points (for geodesic acceleration)."""
         start = time.perf_counter()
-        arguments = (jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block)
-        exclusion = jnp.asarray(self.excluded_frames, dtype=jnp.int32)
-        model = jnp.asarray(theta_model, dtype=jnp.float64)
-        if self._compiled_mixed is None:
-            self._compiled_mixed = chunk_terms.lower(*arguments, exclusion, model, setup=self.setup).compile()
-        rows = np.asarray(jax.block_until_ready(self._compiled_mixed(*arguments, exclusion, model)), dtype=np.float64)
-        total = self.reduce(rows, start)
+        total = self.reduce(self.local_terms(theta, theta_model), start)
         return assemble_normal_equations(unpack_accumulators(total, self.setup), self.setup)[1]
 
     def gathered(self) -> DistributedObjective:
