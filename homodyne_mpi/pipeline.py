@@ -243,10 +243,8 @@ class BatchRunner:
         """Fit one data set on every rank; rank 0 returns its outcome (others a stub)."""
         outcome = DatasetOutcome(name=dataset.name, source=str(dataset.file_path))
         out = self.output_dir / dataset.name
-        status = None
-        if self.comm.is_root:
-            status = self.root_status(record, out, outcome)
-        kind, payload, fingerprint, resume_state, streamed = self.comm.bcast(status if self.comm.is_root else None)
+        status = self.root_status(record, out, outcome) if self.comm.is_root else None
+        kind, payload, fingerprint, resume_state, streamed = self.comm.bcast(status)
         if kind == "failed":
             if self.comm.is_root:
                 self.record_failure(outcome, payload)
