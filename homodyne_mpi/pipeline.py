@@ -37,9 +37,10 @@ from .io import AsyncWriter, PrefetchLoader
 from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import result_document
+from .nlsq_summary import log_lines
 from .parallel import Comm
 from .parallel.groups import GroupPlan, plan_groups
-from .parallel.scatter import scatter_point_source
+from .parallel.scatter import collective, scatter_point_source
 from .parallel.signals import stop_requested
 from .prepare import STREAM_BLOCK_POINTS, PreparedDataset, prepare_dataset
 
@@ -62,9 +63,6 @@ class DatasetOutcome:
     error_type: str | None = None
     paths: dict[str, str] = field(default_factory=dict)
     timing_s: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class BatchRunner:
@@ -197,16 +195,15 @@ class BatchRunner:
         if self.world.allreduce_sum(np.array([0.0 if interrupted is None else 1.0]))[0] > 0:
             if self.comm.is_root:
                 self.close_writer()
-            if interrupted is None:
-                interrupted = Interrupted(
+            raise collective(
+                interrupted
+                or Interrupted(
                     "stopped by a signal in another rank group; finished work was saved -- run the same command to resume"
                 )
-            interrupted.collective = True
-            raise interrupted
+            )
         failures = self.close_writer() if self.comm.is_root and not self.world.is_root else []
         gathered = self.world.gather((outcomes, failures) if self.comm.is_root else None)
         code = 0
-        seconds = 0.0
         if self.world.is_root and gathered is not None and self.writer is not None:
             everything: dict[int, DatasetOutcome] = {}
             for part in gathered:
@@ -224,7 +221,7 @@ class BatchRunner:
                 "n_ranks": self.world.size,
                 "rank_groups": list(plan.rank_counts),
                 "wall_s": seconds,
-                "datasets": [{**everything[index].to_dict(), "group": group_of[index]} for index in sorted(everything)],
+                "datasets": [{**asdict(everything[index]), "group": group_of[index]} for index in sorted(everything)],
             }
             self.writer.submit_json(self.output_dir / "batch_summary.json", summary)
             failures += self.close_writer()
@@ -246,10 +243,8 @@ class BatchRunner:
         """Fit one data set on every rank; rank 0 returns its outcome (others a stub)."""
         outcome = DatasetOutcome(name=dataset.name, source=str(dataset.file_path))
         out = self.output_dir / dataset.name
-        status = None
-        if self.comm.is_root:
-            status = self.root_status(record, out, outcome)
-        kind, payload, fingerprint, resume_state, streamed = self.comm.bcast(status if self.comm.is_root else None)
+        status = self.root_status(record, out, outcome) if self.comm.is_root else None
+        kind, payload, fingerprint, resume_state, streamed = self.comm.bcast(status)
         if kind == "failed":
             if self.comm.is_root:
                 self.record_failure(outcome, payload)
@@ -365,7 +360,6 @@ class BatchRunner:
         if self.comm.is_root and cmc_result is not None:
             cmc_result.extra["calibration_warning"] = warning
             document = cmc_result.to_json_dict()
-            document.setdefault("timing_s", {})
             posterior = cmc_result.posterior_arrays()
             writer = self.leader_writer()
             futures.append(writer.submit_json(out / "cmc" / "result.json", document))
@@ -420,16 +414,9 @@ class BatchRunner:
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
         outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")
-        self.log_nlsq(document)
-        return futures
-
-    @staticmethod
-    def log_nlsq(document: dict) -> None:
-        """Rank 0: the fit as result.json reports it (value +- std, std_model beside it, warnings)."""
-        from .nlsq_summary import log_lines
-
-        for line in log_lines(document):
+        for line in log_lines(document):  # the fit as result.json reports it (value +- std, std_model beside it, warnings)
             (log.warning if line.startswith("WARNING") else log.info)(line.removeprefix("WARNING: "))
+        return futures
 
     @staticmethod
     def record_failure(outcome: DatasetOutcome, error: BaseException) -> None:
@@ -447,9 +434,7 @@ def raise_if_stop_requested(comm: Comm, where: str) -> None:
     """Collective check of the ranks' stop flags; every rank raises ``Interrupted`` together."""
     flag = comm.allreduce_sum(np.array([1.0 if stop_requested() else 0.0]))[0]
     if flag > 0:
-        error = Interrupted(f"stopped by a signal {where}; finished work was saved -- run the same command to resume")
-        error.collective = True
-        raise error
+        raise collective(Interrupted(f"stopped by a signal {where}; finished work was saved -- run the same command to resume"))
 
 
 def is_complete(out: Path, fingerprint: str, method: str) -> bool:

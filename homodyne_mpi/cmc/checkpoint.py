@@ -29,13 +29,12 @@ from .sampler import ShardResult
 
 log = logging.getLogger(__name__)
 
-SHARD_FOLDER = Path("cmc") / "shards"
 FORMAT_VERSION = 1
 
 
 def shard_folder(output_dir: Path) -> Path:
     """``<output_dir>/cmc/shards``."""
-    return Path(output_dir) / SHARD_FOLDER
+    return Path(output_dir) / "cmc" / "shards"
 
 
 def shard_path(output_dir: Path, index: int) -> Path:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-METHODS = ("consensus_mc", "robust_consensus_mc", "gaussian_product")
+from ..config.fitting import COMBINATION_METHODS as METHODS
 
 MAD_TO_Z = 0.6745
 """Modified z-score factor: the MAD of a normal law is 0.6745 standard deviations."""

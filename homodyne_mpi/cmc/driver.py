@@ -25,6 +25,8 @@ from ..data.points import PointSet
 from ..errors import FitError, Interrupted
 from ..io.atomic import atomic_write_json
 from ..parallel.dispatch import FarmResult, FarmStats, Task, run_task_farm
+from ..parallel.scatter import collective
+from ..parallel.signals import stop_requested as _stop_requested  # tests replace it
 from . import checkpoint
 from .plan import RootState, RunPlan, plan_run, shard_columns
 from .result import CMCResult, combine_shards, failure_document
@@ -33,13 +35,6 @@ from .sharding import dispatch_order
 from .worker import ShardWorker, shard_time_limit
 
 log = logging.getLogger(__name__)
-
-
-def _stop_requested() -> bool:
-    """The process's stop flag (SIGTERM/SIGUSR1)."""
-    from ..parallel.signals import stop_requested
-
-    return bool(stop_requested())
 
 
 class Progress:
@@ -60,22 +55,20 @@ class Progress:
             result = ShardResult(
                 index=index,
                 n_points=int(finished.task["n_points"]),
-                rank=finished.rank,
                 seconds=finished.seconds,
                 error=finished.header["farm_error"],
                 traceback=finished.header.get("traceback"),
             )
         else:
             result = ShardResult.from_parts(finished.header, finished.arrays)
-            result.rank = finished.rank
+        result.rank = finished.rank
         self.results[index] = result
         if not result.failed and self.output_dir is not None:
             checkpoint.save_shard(self.output_dir, result, self.state.fingerprints[index])
         self.ran += 1
         elapsed = time.perf_counter() - self.start
-        rate = self.ran / elapsed if elapsed > 0 else float("inf")
-        left = self.to_run - self.ran
-        eta = left / rate if rate > 0 else float("inf")
+        rate = self.ran / elapsed if elapsed > 0 else float("inf")  # > 0: a shard has finished
+        eta = (self.to_run - self.ran) / rate
         if result.failed:
             detail = f"FAILED ({result.error})"
         else:
@@ -137,12 +130,12 @@ def run_cmc(
     stopped = comm.bcast(stats.stopped if stats is not None else None)  # stats: rank 0 only
     if stopped:
         done = len(progress.results) if progress else 0
-        interrupted = Interrupted(
-            f"CMC stopped on request after {done} of {plan.n_shards} shards; finished shards are in "
-            f"{checkpoint.shard_folder(output_dir) if output_dir else '(no output folder)'} -- rerun the same command to resume"
+        raise collective(  # raised on every rank together: exit 3, no abort
+            Interrupted(
+                f"CMC stopped on request after {done} of {plan.n_shards} shards; finished shards are in "
+                f"{checkpoint.shard_folder(output_dir) if output_dir else '(no output folder)'} -- rerun the same command to resume"
+            )
         )
-        interrupted.collective = True  # raised on every rank together: exit 3, no abort
-        raise interrupted
     holder: dict = {}
 
     def finish() -> None:

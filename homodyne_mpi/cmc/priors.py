@@ -112,11 +112,6 @@ class PriorSpec:
         return {"source": self.source, "tempering_power": 1.0 / self.n_shards, "parameters": out}
 
 
-def bound_name(parameter: str) -> str:
-    """The ``parameter_space`` entry of a parameter: ``contrast[3]`` -> ``contrast``."""
-    return parameter.split("[", 1)[0]
-
-
 def warm_start_std(cfg, warm_start) -> np.ndarray | None:
     """The NLSQ standard errors used for priors: the configured kind when available."""
     if warm_start is None:
@@ -155,7 +150,7 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
     used_nlsq = False
     for k in index:
         name = names[k]
-        bound = cfg.parameter_space.bound(bound_name(name))
+        bound = cfg.parameter_space.bound(name.split("[", 1)[0])  # contrast[3] -> contrast
         low, high = float(problem.lower[k]), float(problem.upper[k])
         width = high - low
         nlsq_std_k = float(nlsq_std[k]) if nlsq_std is not None else math.nan

@@ -88,12 +88,7 @@ class CMCResult:
             "parameters": self.parameters(),
             "shards": [shard_record(s, self.status.get(s.index)) for s in self.shards],
             "combination": self.combination,
-            "n_ranks": int(self.n_ranks),
-            "n_points": int(plan.n_points),
-            "n_shards": int(plan.n_shards),
-            "n_draws": int(self.draws.shape[0]),
-            "sampler": sampler_record(plan),
-            "priors": plan.priors.to_dict(),
+            **run_record(plan, self.n_ranks, n_draws=int(self.draws.shape[0])),
             "timing_s": {k: float(v) for k, v in self.timing_s.items()},
             "dispatch": self.dispatch,
             **self.extra,
@@ -121,11 +116,11 @@ def left_out_reason(left_out: dict[int, str]) -> str:
     return "; ".join(f"shard {index} {why}" for index, why in sorted(left_out.items()))
 
 
-def sampler_record(plan: RunPlan) -> dict:
-    """The ``sampler`` entry of ``cmc/result.json``."""
+def run_record(plan: RunPlan, n_ranks: int, **counts) -> dict:
+    """The ``n_ranks``, ``n_points``, ``n_shards``, ``counts``, ``sampler`` and ``priors`` entries of ``cmc/result.json``."""
     s = plan.settings
     retry = plan.retry_settings
-    return {
+    sampler = {
         "num_warmup": s.num_warmup,
         "num_samples": s.num_samples,
         "num_chains": s.num_chains,
@@ -139,27 +134,26 @@ def sampler_record(plan: RunPlan) -> dict:
         "seed": plan.seed,
         "calibration": plan.calibration,
     }
+    return {
+        "n_ranks": int(n_ranks),
+        "n_points": int(plan.n_points),
+        "n_shards": int(plan.n_shards),
+        **counts,
+        "sampler": sampler,
+        "priors": plan.priors.to_dict(),
+    }
 
 
 def shard_record(result: ShardResult, excluded_reason: str | None) -> dict:
-    """One entry of ``shards`` in ``cmc/result.json``."""
+    """One entry of ``shards`` in ``cmc/result.json``: the shard's scalar fields but ``num_samples``
+    (``ShardResult.meta``), its diagnostics and whether it was used."""
     return {
-        "index": int(result.index),
-        "n_points": int(result.n_points),
-        "rank": int(result.rank),
-        "host": result.host,
+        **{key: value for key, value in result.meta().items() if key != "num_samples"},
         "rhat_max": result.rhat_max,
         "ess_min": result.ess_min,
         "divergences": result.divergences,
         "divergence_rate": result.divergence_rate,
         "ok": excluded_reason is None,
-        "error": result.error,
-        "traceback": result.traceback,
-        "seconds": float(result.seconds),
-        "chain_method": result.chain_method,
-        "num_warmup": int(result.num_warmup),
-        "target_accept_prob": float(result.target_accept_prob),
-        "retried_because": result.retried_because,
         "reused": bool(result.reused),
         "excluded_reason": excluded_reason,
     }
@@ -274,10 +268,5 @@ def failure_document(plan: RunPlan, results: list[ShardResult], error: Exception
         "error": str(error),
         "parameters": {},
         "shards": [shard_record(r, verdicts.get(r.index)) for r in results],
-        "n_ranks": int(n_ranks),
-        "n_points": int(plan.n_points),
-        "n_shards": int(plan.n_shards),
-        "n_good": sum(1 for v in verdicts.values() if v is None),
-        "sampler": sampler_record(plan),
-        "priors": plan.priors.to_dict(),
+        **run_record(plan, n_ranks, n_good=sum(1 for v in verdicts.values() if v is None)),
     }

@@ -18,7 +18,6 @@ before. R-hat and ESS come from ``numpyro.diagnostics``.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,14 +82,9 @@ def chain_method_for(requested: str, num_chains: int, shard_points: int, n_devic
     return "parallel", None
 
 
-def shard_key(seed: int, shard_index: int) -> jax.Array:
-    """The PRNG key of a shard: ``fold_in(PRNGKey(seed), shard_index)``."""
-    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(shard_index))
-
-
 def chain_keys(seed: int, shard_index: int, num_chains: int) -> jax.Array:
-    """One key per chain of a shard."""
-    return jax.random.split(shard_key(seed, shard_index), num_chains)
+    """One key per chain of a shard: ``split(fold_in(PRNGKey(seed), shard_index), num_chains)``."""
+    return jax.random.split(jax.random.fold_in(jax.random.PRNGKey(int(seed)), int(shard_index)), num_chains)
 
 
 @dataclass
@@ -104,7 +98,6 @@ class ShardDraws:
     num_steps: np.ndarray
     """``(num_chains, num_samples)`` leapfrog steps per draw."""
     chain_method: str
-    seconds: float
 
 
 def diagnostics(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +163,6 @@ class ShardSampler:
 
     def run(self, shard_index: int, data: ShardData) -> ShardDraws:
         """Sample one shard (arrays already padded to the run's length)."""
-        start = time.perf_counter()
         keys = chain_keys(self.seed, shard_index, self.settings.num_chains)
         arrays = tuple(np.asarray(a) for a in data)
         if self.chain_method == "parallel":
@@ -188,7 +180,6 @@ class ShardSampler:
             diverging=np.asarray(diverging, dtype=bool),
             num_steps=np.asarray(steps, dtype=np.int64),
             chain_method=self.chain_method,
-            seconds=time.perf_counter() - start,
         )
 
 

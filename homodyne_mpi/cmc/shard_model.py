@@ -2,7 +2,7 @@
 and the Gaussian likelihood of the shard's strict-upper-triangle points.
 
 Parameters: every sampled model parameter in unit-scale coordinates ``z``,
-``theta = loc + scale * z`` (``priors.PriorSpec``), with ``BoundedPrior``: per entry a
+``theta = loc + scale * z`` (``priors.PriorSpec``), with a bounded prior: per entry a
 tempered truncated normal or a uniform on the bounds, both exact; and the noise
 ``u = sigma / noise_scale`` with a tempered half-normal prior.
 
@@ -68,8 +68,8 @@ def log_normal_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def bounded_prior_constants(loc, scale, low, high, uniform):
-    """``(loc, scale, log_norm)`` of ``BoundedPrior`` in NumPy: placeholders for the
-    uniform entries and every entry's log normalising constant."""
+    """``(loc, scale, log_norm)`` of the bounded prior of ``z`` in NumPy (``ShardModel.log_prior``):
+    placeholders for the uniform entries and every entry's log normalising constant."""
     low = np.asarray(low, dtype=float)
     high = np.asarray(high, dtype=float)
     uniform = np.asarray(uniform, dtype=bool)
@@ -77,44 +77,6 @@ def bounded_prior_constants(loc, scale, low, high, uniform):
     scale = np.where(uniform, high - low, np.asarray(scale, dtype=float))
     tn_norm = log_normal_mass((low - loc) / scale, (high - loc) / scale) + np.log(scale) + _LOG_SQRT_2PI
     return loc, scale, np.where(uniform, np.log(high - low), tn_norm)
-
-
-class BoundedPrior(dist.Distribution):
-    """Independent bounded priors, one per entry: truncated normal or uniform on ``[low, high]``.
-
-    Entries with ``uniform[k]`` true are uniform; the others are ``Normal(loc, scale)``
-    truncated to the bounds. The normalising constants are computed once, in NumPy.
-    """
-
-    arg_constraints: dict[str, constraints.Constraint] = {}
-    pytree_data_fields = ("loc", "scale", "low", "high", "uniform", "log_norm")
-
-    def __init__(self, loc, scale, low, high, uniform, log_norm=None, *, validate_args=None):
-        if log_norm is None:
-            loc, scale, log_norm = bounded_prior_constants(loc, scale, low, high, uniform)
-        self.loc = loc
-        self.scale = scale
-        self.low = low
-        self.high = high
-        self.uniform = uniform
-        self.log_norm = log_norm
-        super().__init__(batch_shape=jnp.shape(low), validate_args=validate_args)
-
-    @constraints.dependent_property(is_discrete=False, event_dim=0)
-    def support(self):
-        return constraints.interval(self.low, self.high)
-
-    def log_prob(self, value):
-        standard = (value - self.loc) / self.scale
-        quadratic = jnp.where(self.uniform, 0.0, -0.5 * standard * standard)
-        return quadratic - self.log_norm
-
-    def sample(self, key, sample_shape=()):
-        shape = tuple(sample_shape) + self.batch_shape
-        key_tn, key_u = jax.random.split(key)
-        tn = dist.TruncatedNormal(self.loc, self.scale, low=self.low, high=self.high).sample(key_tn, sample_shape)
-        un = jax.random.uniform(key_u, shape, minval=self.low, maxval=self.high)
-        return jnp.where(self.uniform, un, tn)
 
 
 class UnitPriors(NamedTuple):
@@ -162,7 +124,7 @@ class ShardModel:
     ``soft_clamp`` is the identity except within a few posterior widths of a bound (a
     logit transform bends every coordinate everywhere and, across the strong
     ``D0``/``alpha``/``D_offset`` correlation, curved the whitened Gaussian into a
-    banana). The prior of ``z`` (``BoundedPrior``), the half-normal of ``u`` and the log-Jacobians of all transforms
+    banana). The prior of ``z`` (``log_prior``), the half-normal of ``u`` and the log-Jacobians of all transforms
     enter as factors, so the posterior is exact; NUTS then sees a nearly isotropic
     target and a diagonal mass matrix adapts quickly.
     """
@@ -193,7 +155,7 @@ class ShardModel:
         self._base = jnp.asarray(priors.base_theta)
         unit = self.unit
         loc, scale, log_norm = bounded_prior_constants(unit.loc, unit.scale, unit.low, unit.high, unit.uniform)
-        self._prior_args = tuple(jnp.asarray(a) for a in (loc, scale, unit.low, unit.high, unit.uniform, log_norm))
+        self._prior = tuple(jnp.asarray(a) for a in (loc, scale, unit.uniform, log_norm))
         n_pairs = layout.n_scaling_pairs
         self.n_pairs = n_pairs if n_pairs and set(range(2 * n_pairs)) <= set(priors.index.tolist()) else 0
         other = np.arange(2 * self.n_pairs, priors.n_sampled)
@@ -228,10 +190,6 @@ class ShardModel:
     def n_site(self) -> int:
         """Length of the sample site ``w``."""
         return self.priors.n_sampled + 1
-
-    def prior(self) -> BoundedPrior:
-        """The tempered prior of ``z``."""
-        return BoundedPrior(*self._prior_args)
 
     def transform(self, w, data: ShardData):
         """``(theta, u, g1_sq, log_jacobian)`` at ``w`` for the shard ``data``.
@@ -279,9 +237,13 @@ class ShardModel:
 
     def log_prior(self, theta, u) -> jnp.ndarray:
         """Log prior of the sampled parameters of ``theta`` (inside their bounds) and of
-        the noise factor ``u``."""
+        the noise factor ``u``: per entry of ``z`` the tempered truncated normal or uniform
+        on its bounds (``bounded_prior_constants``), and the tempered half-normal of ``u``."""
         z = (theta[self._index] - self._loc) / self._scale
-        return jnp.sum(self.prior().log_prob(z)) + dist.HalfNormal(self.unit.noise_scale).log_prob(u)
+        loc, scale, uniform, log_norm = self._prior
+        standard = (z - loc) / scale
+        quadratic = jnp.where(uniform, 0.0, -0.5 * standard * standard)
+        return jnp.sum(quadratic - log_norm) + dist.HalfNormal(self.unit.noise_scale).log_prob(u)
 
     def log_likelihood(self, theta, noise, data: ShardData, g1_sq=None) -> jnp.ndarray:
         """Gaussian log-likelihood of the shard's points (constants dropped), untempered;

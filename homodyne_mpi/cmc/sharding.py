@@ -38,13 +38,6 @@ SHARDING_STREAM = 0x5348_4152
 """Second word of the sharding seed sequence, so the split is independent of NUTS keys."""
 
 
-def minimum_shard_points(n_sampled_params: int, min_points_per_parameter: int) -> int:
-    """Smallest shard the automatic rule allows: points per parameter times parameters."""
-    if n_sampled_params < 1 or min_points_per_parameter < 1:
-        raise ValueError("minimum_shard_points needs at least one parameter and one point per parameter")
-    return int(n_sampled_params) * int(min_points_per_parameter)
-
-
 def shard_count(
     n_points: int,
     n_sampled_params: int,
@@ -60,9 +53,9 @@ def shard_count(
     ``None`` means ``'auto'``). A configured ``num_shards`` is used as given (capped at
     ``n_points``), with a warning when its shards fall below the per-parameter minimum.
     """
-    if n_points < 1:
-        raise ValueError("shard_count needs at least one point")
-    smallest = minimum_shard_points(n_sampled_params, min_points_per_parameter)
+    if n_points < 1 or n_sampled_params < 1 or min_points_per_parameter < 1:
+        raise ValueError("shard_count needs at least one point, one parameter and one point per parameter")
+    smallest = int(n_sampled_params) * int(min_points_per_parameter)  # the smallest shard of the automatic rule
     if num_shards not in (None, "auto"):
         count = min(int(num_shards), n_points)
         if count < 1:
@@ -168,7 +161,6 @@ def adapted_counts(
     num_warmup: int,
     num_samples: int,
     min_samples: int,
-    reference_points: int | None = None,
 ) -> tuple[int, int]:
     """Warm-up and kept samples per chain for a shard of ``shard_points`` points.
 
@@ -179,8 +171,7 @@ def adapted_counts(
     ``shard_points / REFERENCE_SHARD_POINTS``, rounded up, but never below
     ``min_samples`` (nor above the configured count).
     """
-    reference = REFERENCE_SHARD_POINTS if reference_points is None else int(reference_points)
-    fraction = min(1.0, shard_points / reference)
+    fraction = min(1.0, shard_points / REFERENCE_SHARD_POINTS)
     warmup = max(int(num_warmup), 0)
     samples = min(num_samples, max(min(min_samples, num_samples), math.ceil(num_samples * fraction)))
     return int(warmup), int(samples)

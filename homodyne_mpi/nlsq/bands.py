@@ -80,20 +80,12 @@ def band_arrays(theta, covariance_model, jackknife, layout: ParameterLayout, spe
     """
     curves = rate_curves_and_jacobian(np.asarray(theta[layout.physical_slice], dtype=float), spec)[0]
     model_std = delta_method_std(theta, covariance_model, layout, spec)
-    arrays = {
-        "bands/t": rate_times(spec),
-        "bands/D": curves[0],
-        "bands/D_std_model": model_std[0],
-    }
-    chosen = model_std
-    if jackknife is not None:
-        chosen = jackknife_std(theta, jackknife, model_std, layout, spec)
-        arrays["bands/D_std_jackknife"] = chosen[0]
-    arrays["bands/D_std"] = chosen[0]
-    if spec.has_shear:
-        arrays["bands/gamma_dot"] = curves[1]
-        arrays["bands/gamma_dot_std_model"] = model_std[1]
-        arrays["bands/gamma_dot_std"] = chosen[1]
+    chosen = model_std if jackknife is None else jackknife_std(theta, jackknife, model_std, layout, spec)
+    arrays = {"bands/t": rate_times(spec)}
+    for row, name in enumerate(("D", "gamma_dot") if spec.has_shear else ("D",)):
+        arrays[f"bands/{name}"] = curves[row]
+        arrays[f"bands/{name}_std_model"] = model_std[row]
+        arrays[f"bands/{name}_std"] = chosen[row]
         if jackknife is not None:
-            arrays["bands/gamma_dot_std_jackknife"] = chosen[1]
+            arrays[f"bands/{name}_std_jackknife"] = chosen[row]
     return arrays

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_json
+from .solver import LMOptions
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_NAME = "checkpoint.json"
 
 
 @dataclass
@@ -22,10 +21,10 @@ class LatestState:
 
     theta: np.ndarray | None = None
     iteration: int = 0
-    damping: float = 1e-3
-    growth: float = 2.0
+    damping: float = LMOptions.initial_damping
+    growth: float = LMOptions.initial_growth
 
-    def update(self, theta: np.ndarray, iteration: int, damping: float, growth: float = 2.0) -> None:
+    def update(self, theta: np.ndarray, iteration: int, damping: float, growth: float) -> None:
         self.theta = np.array(theta, dtype=float)
         self.iteration = int(iteration)
         self.damping = float(damping)
@@ -34,7 +33,7 @@ class LatestState:
 
 def checkpoint_path(nlsq_dir: Path) -> Path:
     """``<dataset>/nlsq/checkpoint.json``."""
-    return Path(nlsq_dir) / CHECKPOINT_NAME
+    return Path(nlsq_dir) / "checkpoint.json"
 
 
 def save_checkpoint(nlsq_dir: Path, state: LatestState, names: list[str], fingerprint: str) -> Path:
@@ -71,8 +70,8 @@ def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> Lates
     return LatestState(
         np.asarray(document["theta"], dtype=float),
         int(document.get("iteration", 0)),
-        float(document.get("damping", 1e-3)),
-        float(document.get("growth", 2.0)),
+        float(document.get("damping", LMOptions.initial_damping)),
+        float(document.get("growth", LMOptions.initial_growth)),
     )
 
 

@@ -14,6 +14,7 @@ every rank.
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,7 +28,9 @@ from ..errors import Interrupted
 from ..model import ModelSpec, ParameterLayout
 from ..parallel import Comm, SerialComm
 from ..parallel.chunk_order import ChunkLayout, chunk_layout
+from ..parallel.scatter import collective
 from ..parallel.signals import stop_requested
+from .checkpoint import LatestState
 from .kernels import (
     KernelSetup,
     assemble_normal_equations,
@@ -99,14 +102,9 @@ class NLSQResult:
     """The ``DistributedObjective`` of the fit, for the jackknife (dropped after it)."""
 
     @property
-    def degrees_of_freedom(self) -> int:
-        """Points minus free parameters (at least 1)."""
-        return max(self.n_points - self.n_free, 1)
-
-    @property
     def reduced_chi2(self) -> float:
-        """``chi2 / (n_points - n_free)``."""
-        return self.chi2 / self.degrees_of_freedom
+        """``chi2 / (n_points - n_free)`` (the degrees of freedom at least 1)."""
+        return self.chi2 / max(self.n_points - self.n_free, 1)
 
     @property
     def std(self) -> np.ndarray:
@@ -199,38 +197,35 @@ class DistributedObjective:
         self._compiled: jax.stages.Compiled | None = None
         self._compiled_mixed: jax.stages.Compiled | None = None
 
+    def arguments(self, theta: np.ndarray) -> tuple:
+        """The block kernel's arguments at ``theta``, with the current ``excluded_frames``."""
+        exclusion = jnp.asarray(self.excluded_frames, dtype=jnp.int32)
+        return jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, exclusion
+
     def compile(self, theta: np.ndarray) -> float:
         """Compile the block kernels (normal equations, mixed gradient) ahead of time; returns the seconds."""
         start = time.perf_counter()
-        arguments = (jnp.asarray(theta), self.phi, self.pair_of_angle, self.block, jnp.asarray(self.excluded_frames))
+        arguments = self.arguments(theta)
         self._compiled = chunk_terms.lower(*arguments, setup=self.setup).compile()
-        self._compiled_mixed = chunk_terms.lower(*arguments, jnp.asarray(theta), setup=self.setup).compile()
+        self._compiled_mixed = chunk_terms.lower(*arguments, arguments[0], setup=self.setup).compile()
         return time.perf_counter() - start
 
-    def local_terms(self, theta: np.ndarray) -> np.ndarray:
-        """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``."""
-        if self._compiled is None:
+    def local_terms(self, theta: np.ndarray, theta_model: np.ndarray | None = None) -> np.ndarray:
+        """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``
+        (residuals at ``theta_model`` when given: ``chunk_terms``)."""
+        if self._compiled is None or self._compiled_mixed is None:
             self.compile(theta)
-        assert self._compiled is not None, "compile() sets the block kernel"
-        rows = self._compiled(
-            jnp.asarray(theta, dtype=jnp.float64),
-            self.phi,
-            self.pair_of_angle,
-            self.block,
-            jnp.asarray(self.excluded_frames, dtype=jnp.int32),
-        )
+        assert self._compiled is not None and self._compiled_mixed is not None, "compile() sets the block kernels"
+        if theta_model is None:
+            rows = self._compiled(*self.arguments(theta))
+        else:
+            rows = self._compiled_mixed(*self.arguments(theta), jnp.asarray(theta_model, dtype=jnp.float64))
         return np.asarray(jax.block_until_ready(rows), dtype=np.float64)
 
     def mixed_gradient(self, theta: np.ndarray, theta_model: np.ndarray) -> np.ndarray:
         """``J(theta)^T W r(theta_model)`` over every rank's points (for geodesic acceleration)."""
         start = time.perf_counter()
-        arguments = (jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block)
-        exclusion = jnp.asarray(self.excluded_frames, dtype=jnp.int32)
-        model = jnp.asarray(theta_model, dtype=jnp.float64)
-        if self._compiled_mixed is None:
-            self._compiled_mixed = chunk_terms.lower(*arguments, exclusion, model, setup=self.setup).compile()
-        rows = np.asarray(jax.block_until_ready(self._compiled_mixed(*arguments, exclusion, model)), dtype=np.float64)
-        total = self.reduce(rows, start)
+        total = self.reduce(self.local_terms(theta, theta_model), start)
         return assemble_normal_equations(unpack_accumulators(total, self.setup), self.setup)[1]
 
     def gathered(self) -> DistributedObjective:
@@ -279,9 +274,7 @@ class DistributedObjective:
         self.reduce_seconds += time.perf_counter() - middle
         self.passes += 1
         if stops > 0:
-            interrupted = Interrupted("stopped by a signal during the NLSQ fit; finished work was saved")
-            interrupted.collective = True
-            raise interrupted
+            raise collective(Interrupted("stopped by a signal during the NLSQ fit; finished work was saved"))
         return total
 
     def __call__(self, theta: np.ndarray) -> Evaluation:
@@ -313,45 +306,38 @@ def fit_nlsq(
     comm: Comm,
     options,
     *,
-    theta0: np.ndarray | None = None,
     on_accept=None,
-    resume=None,
+    resume: LatestState | None = None,
 ) -> NLSQResult:
     """Fit the problem with every rank holding its own chunks; same bits on all ranks.
 
     ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
     ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
-    ``start_search``, ``search_points``). A given ``theta0`` (a resumed state) skips the
-    start search; ``on_accept(theta, iteration, damping, growth)`` sees the LM state after
-    every step.
-    ``resume`` (a ``LatestState`` from a checkpoint) continues an interrupted fit on the
-    same path: its parameters, damping and iteration count. The result keeps the
-    objective (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
+    ``start_search``, ``search_points``); ``on_accept(theta, iteration, damping, growth)``
+    sees the LM state after every step. ``resume`` (a ``LatestState`` from a checkpoint)
+    continues an interrupted fit on the same path, without the start search: its
+    parameters, damping and iteration count. The result keeps the objective
+    (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
     """
     objective = make_objective(problem, local_points, comm, options)
-    if resume is not None:
-        theta0 = resume.theta
-    start_theta = problem.theta0 if theta0 is None else np.asarray(theta0, dtype=float)
+    start_theta = problem.theta0 if resume is None else np.asarray(resume.theta, dtype=float)
     compile_seconds = objective.compile(start_theta)
     search_seconds = 0.0
-    if options.start_search and theta0 is None:
+    if options.start_search and resume is None:
         search_start_time = time.perf_counter()
         start_theta = searched_start(problem, local_points, comm, options)
         search_seconds = time.perf_counter() - search_start_time
     fit_start = time.perf_counter()
+    state = resume or LatestState()
     lm = levenberg_marquardt(
         objective,
         start_theta,
         problem.lower,
         problem.upper,
         problem.free,
-        lm_options(
-            options,
-            initial_damping=resume.damping if resume is not None else LMOptions.initial_damping,
-            initial_growth=resume.growth if resume is not None else LMOptions.initial_growth,
-        ),
+        lm_options(options, initial_damping=state.damping, initial_growth=state.growth),
         on_accept=on_accept,
-        first_iteration=resume.iteration + 1 if resume is not None else 1,
+        first_iteration=state.iteration + 1,
         mixed_gradient=objective.mixed_gradient,
     )
     fit_seconds = time.perf_counter() - fit_start
@@ -396,16 +382,9 @@ def parameters_at_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray,
     return marks
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process so far, bytes (Linux ``ru_maxrss`` is KiB)."""
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
 def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
-    """Per-rank peak memory next to the size of each rank's points (gathered on root)."""
-    mine = (peak_rss_bytes(), local_points.nbytes)
+    """Per-rank peak memory next to the size of each rank's points, bytes (gathered on root)."""
+    mine = (int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, local_points.nbytes)  # Linux ru_maxrss: KiB
     everyone = comm.gather(mine)
     if not comm.is_root:
         return {}

@@ -83,7 +83,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import Interrupted
-from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, lm_options
+from ..parallel.scatter import collective
+from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, fit_nlsq, lm_options
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part
 from .solver import LMOptions, levenberg_marquardt
@@ -182,13 +183,10 @@ def influence_blocks(influence: np.ndarray, n_blocks: int) -> np.ndarray:
 def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free: np.ndarray, physical: slice) -> np.ndarray:
     """``(N,)`` each frame's share of the frame-shared variance of the physical parameters.
 
-    ``sensitivity`` is ``(N, P)`` (``DistributedObjective.frame_sensitivity``): moving
-    every residual that touches frame ``f`` by one noise unit moves the fit by
-    ``a_f = H^-1 s_f``, and ``H^-1`` is the model covariance up to a factor that the
-    shares do not see. A parameter's variance from independent per-frame noise is
-    ``sum_f a_f^2``; frame ``f``'s share of it, averaged over the free physical
-    parameters, is the frame's influence (the shares sum to 1). Without free physical
-    parameters every frame gets the same share.
+    ``sensitivity`` holds the ``(N, P)`` rows ``s_f`` (``DistributedObjective.frame_sensitivity``);
+    the shares of ``sum_f a_f^2``, ``a_f = H^-1 s_f``, are those of the module docstring
+    ("Block sizes"; the model covariance stands for ``H^-1``, a factor the shares do not see)
+    and sum to 1. Without free physical parameters every frame gets the same share.
     """
     free = np.asarray(free, dtype=bool)
     physical_free = free.copy()
@@ -253,12 +251,6 @@ def frame_corrected_covariance(
         excess = psd_part((covariance_replicates[index] - covariance_independent[index]) / outer)
         corrected[index] = covariance_model[index] + excess * outer
     return corrected
-
-
-def parameter_groups(problem: NLSQProblem) -> list[np.ndarray]:
-    """Indices of the scaling (contrast, offset) and of the physical parameters."""
-    physical = problem.layout.physical_slice
-    return [np.arange(physical.start), np.arange(physical.start, physical.stop)]
 
 
 def jackknife_covariance(replicates: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
@@ -373,17 +365,10 @@ def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2, initi
                 flags = [float(refit.converged), float(own.passes - passes)]
                 table[index] = np.concatenate([refit.theta, flags, covariance_left_out.ravel()])
         if comm.allreduce_sum(np.array([float(stopped)]))[0] > 0:
-            interrupted = Interrupted("stopped by a signal during the jackknife refits")
-            interrupted.collective = True
-            raise interrupted
+            raise collective(Interrupted("stopped by a signal during the jackknife refits"))
     table = comm.allreduce_sum(table)
     replicates, converged, passes = table[:, :n_params], table[:, n_params] > 0.5, int(table[:, n_params + 1].sum())
     return replicates, converged, table[:, n_params + 2 :].reshape(n_blocks, n_params, n_params), passes
-
-
-def refits_by_rank_chosen(objective: DistributedObjective, options) -> bool:
-    """Whether the refits go by rank (``jackknife_parallel: replicates``) on several ranks."""
-    return objective.comm.size > 1 and options.jackknife_parallel == "replicates"
 
 
 def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_first_pass: bool = True) -> JackknifeResult:
@@ -416,7 +401,7 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
         initial_damping=REFIT_DAMPING,
         decrement_tol=REFIT_DISTANCE**2 * reduced_chi2,
     )
-    by_rank = refits_by_rank_chosen(objective, options)
+    by_rank = objective.comm.size > 1 and options.jackknife_parallel == "replicates"
     log.info(
         "jackknife refits: %s",
         f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit",
@@ -440,9 +425,9 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
     if len(kept) >= 2:
         covariance_replicates = jackknife_covariance(replicates[kept], len(blocks))
         covariance_independent = independent_noise_covariance(covariance_model, covariances_left_out[kept], len(blocks))
-        covariance = frame_corrected_covariance(
-            covariance_replicates, covariance_model, covariance_independent, parameter_groups(problem)
-        )
+        physical = problem.layout.physical_slice  # the scaling and the physical parameters are clipped apart
+        groups = [np.arange(physical.start), np.arange(physical.start, physical.stop)]
+        covariance = frame_corrected_covariance(covariance_replicates, covariance_model, covariance_independent, groups)
     else:
         log.warning("jackknife: fewer than 2 converged refits; the reported std is the model std")
         covariance_replicates = covariance_independent = np.zeros_like(covariance_model)
@@ -469,8 +454,6 @@ def attach_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> NLSQR
     return result
 
 
-def fit_with_uncertainty(problem: NLSQProblem, local_points, comm, options, **fit_options) -> NLSQResult:
+def fit_with_uncertainty(problem: NLSQProblem, local_points, comm, options) -> NLSQResult:
     """``fit_nlsq`` followed by ``attach_jackknife``: what the pipeline does, for scripts and tests."""
-    from .fit import fit_nlsq
-
-    return attach_jackknife(fit_nlsq(problem, local_points, comm, options, **fit_options), problem, options)
+    return attach_jackknife(fit_nlsq(problem, local_points, comm, options), problem, options)

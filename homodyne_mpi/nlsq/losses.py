@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-LOSSES = ("linear", "soft_l1", "huber", "cauchy")
+from ..config.fitting import NLSQ_LOSSES as LOSSES
 
 
 def loss_rho(z: jnp.ndarray, loss: str) -> jnp.ndarray:

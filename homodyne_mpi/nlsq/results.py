@@ -16,7 +16,6 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
     std_model = result.std
     std_jackknife = result.std_jackknife
     reported = result.jackknife if cfg.optimization.nlsq.uncertainty == "jackknife" else None
-    use_jackknife = reported is not None
     std = reported.std if reported is not None else std_model
     covariance = reported.covariance if reported is not None else result.covariance
     correlation = correlation_matrix(covariance)
@@ -53,7 +52,7 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         "n_points": int(result.n_points),
         "n_free_parameters": int(result.n_free),
         "n_ranks": int(result.n_ranks),
-        "uncertainty": "jackknife" if use_jackknife else "model",
+        "uncertainty": "model" if reported is None else "jackknife",
         "jackknife": None
         if result.jackknife is None
         else {
@@ -97,15 +96,8 @@ def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
     bands = band_arrays(result.theta, result.covariance, result.jackknife, problem.layout, problem.spec)
     n_frames = len(bands["bands/t"])
     frames = np.unique(np.geomspace(1, max(n_frames - 1, 1), RATE_TIMES).round().astype(int))
-    summary = {
-        "t": bands["bands/t"][frames].tolist(),
-        "D": bands["bands/D"][frames].tolist(),
-        "D_std": bands["bands/D_std"][frames].tolist(),
-    }
-    if "bands/gamma_dot" in bands:
-        summary["gamma_dot"] = bands["bands/gamma_dot"][frames].tolist()
-        summary["gamma_dot_std"] = bands["bands/gamma_dot_std"][frames].tolist()
-    return summary
+    keys = ("t", "D", "D_std", "gamma_dot", "gamma_dot_std")  # gamma_dot only with shear
+    return {key: bands[f"bands/{key}"][frames].tolist() for key in keys if f"bands/{key}" in bands}
 
 
 def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str, np.ndarray]:
@@ -116,21 +108,8 @@ def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str
     jackknife = result.jackknife
     covariance = jackknife.covariance if jackknife is not None else result.covariance
     bands = band_arrays(result.theta, result.covariance, jackknife, problem.layout, problem.spec)
-    extra = (
-        {
-            "covariance_jackknife": jackknife.covariance,
-            "jackknife/replicates": jackknife.replicates,
-            "jackknife/covariance_replicates": jackknife.covariance_replicates,
-            "jackknife/covariance_independent": jackknife.covariance_independent,
-            "jackknife/blocks": jackknife.blocks,
-            "jackknife/converged": jackknife.converged,
-        }
-        if jackknife is not None
-        else {}
-    )
-    return {
+    arrays = {
         **bands,
-        **extra,
         "covariance_model": result.covariance,
         "t": data.t,
         "phi": np.asarray(data.phi, dtype=float),
@@ -140,3 +119,8 @@ def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str
         "parameters/std_model": result.std,
         "noise_sigma": problem.noise_sigma,
     }
+    if jackknife is not None:
+        arrays["covariance_jackknife"] = jackknife.covariance
+        for name in ("replicates", "covariance_replicates", "covariance_independent", "blocks", "converged"):
+            arrays[f"jackknife/{name}"] = getattr(jackknife, name)
+    return arrays

@@ -94,9 +94,7 @@ def profile_scaling(theta, evaluation: Evaluation, layout: ParameterLayout, lowe
     return theta, chi2 - reduction
 
 
-def search_start(
-    evaluate, theta0, lower, upper, free, layout: ParameterLayout, *, refine_options: LMOptions | None = None
-) -> np.ndarray:
+def search_start(evaluate, theta0, lower, upper, free, layout: ParameterLayout) -> np.ndarray:
     """Best starting point found by the grid and the short refinements.
 
     ``evaluate`` is the subsample's objective (the same on every rank).
@@ -109,7 +107,7 @@ def search_start(
             scored.append((cost, profiled))
     scored.sort(key=lambda item: item[0])
     log.info("start search: %d grid points scored; best profiled chi2 %.6e", len(candidates), scored[0][0])
-    options = refine_options or LMOptions(max_iterations=REFINE_ITERATIONS, xtol=1e-6, gtol=1e-6, ftol=1e-6)
+    options = LMOptions(max_iterations=REFINE_ITERATIONS, xtol=1e-6, gtol=1e-6, ftol=1e-6)
     best_cost, best_theta = np.inf, scored[0][1]
     for _cost, start in scored[:REFINED_CANDIDATES]:
         refined = levenberg_marquardt(
