@@ -29,7 +29,7 @@ import numpy as np
 from .data.loader import count_config_dataset_points
 from .data.points import PointSet
 from .data.stream import PointSource
-from .errors import ConfigError, HomodyneError, InputError, Interrupted
+from .errors import ConfigError, HomodyneError, InputError, Interrupted, collective
 from .fingerprint import run_fingerprint
 from .fit_file import write_fit_file, write_streamed_fit_file
 from .fit_matrices import matrix_plan
@@ -40,7 +40,7 @@ from .nlsq.results import result_document
 from .nlsq_summary import log_lines
 from .parallel import Comm
 from .parallel.groups import GroupPlan, plan_groups
-from .parallel.scatter import collective, scatter_point_source
+from .parallel.scatter import scatter_point_source
 from .parallel.signals import stop_requested
 from .prepare import STREAM_BLOCK_POINTS, PreparedDataset, prepare_dataset
 

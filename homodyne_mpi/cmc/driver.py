@@ -22,10 +22,9 @@ from functools import partial
 from pathlib import Path
 
 from ..data.points import PointSet
-from ..errors import FitError, Interrupted
+from ..errors import FitError, Interrupted, collective
 from ..io.atomic import atomic_write_json
 from ..parallel.dispatch import FarmResult, FarmStats, Task, run_task_farm
-from ..parallel.scatter import collective
 from ..parallel.signals import stop_requested as _stop_requested  # tests replace it
 from . import checkpoint
 from .plan import RootState, RunPlan, plan_run, shard_columns

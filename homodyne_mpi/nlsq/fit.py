@@ -24,11 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data.points import PointSet
-from ..errors import Interrupted
+from ..errors import Interrupted, collective
 from ..model import ModelSpec, ParameterLayout
 from ..parallel import Comm, SerialComm
 from ..parallel.chunk_order import ChunkLayout, chunk_layout
-from ..parallel.scatter import collective
 from ..parallel.signals import stop_requested
 from .checkpoint import LatestState
 from .kernels import (

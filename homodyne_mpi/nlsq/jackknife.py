@@ -82,8 +82,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import Interrupted
-from ..parallel.scatter import collective
+from ..errors import Interrupted, collective
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, fit_nlsq, lm_options
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part
