@@ -186,7 +186,9 @@ class DistributedObjective:
         pair_of_angle = np.maximum(problem.layout.scaling_pair_of_angle(), 0)
         self.pair_of_angle = jnp.asarray(pair_of_angle)
         # the chunks are global (the same on any rank count), so is the largest span
-        span = max(comm.allgather_rows(np.array([chunk_pair_span(np.asarray(self.block[0]), pair_of_angle)])))
+        span = max(
+            comm.allgather_rows(np.array([chunk_pair_span(np.asarray(self.block[0][:, jnp.array([0, -1])]), pair_of_angle)]))
+        )
         self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale), pair_span=int(span))
         self.excluded_frames = NO_EXCLUSION
         self.passes = 0
