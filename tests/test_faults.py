@@ -166,11 +166,11 @@ FAILING_RANK_DRIVER = textwrap.dedent(
     original = fit.DistributedObjective.local_terms
     calls = []
 
-    def local_terms(self, theta):
+    def local_terms(self, *args, **kwargs):
         calls.append(1)
         if self.comm.rank == failing_rank and len(calls) == 3:
             raise RuntimeError(f"injected failure on rank {failing_rank}")
-        return original(self, theta)
+        return original(self, *args, **kwargs)
 
     fit.DistributedObjective.local_terms = local_terms
     raise SystemExit(main(sys.argv[2:]))
