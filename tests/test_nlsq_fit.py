@@ -156,6 +156,25 @@ def test_soft_l1_resists_outliers(tmp_path):
     assert abs(robust.theta[k] - STATIC_TRUTH[0]) < abs(plain.theta[k] - STATIC_TRUTH[0])
 
 
+@pytest.mark.parametrize("n_points, n_chunks", [(3000, 3), (3000, 5), (1024, 1), (0, 2)])
+def test_chunk_edge_angles_read_from_the_host_equal_the_device_blocks_first_and_last_columns(n_points, n_chunks):
+    """The pair span is taken from the host columns: they must match the padded device block."""
+    from homodyne_mpi.data.points import PointSet
+    from homodyne_mpi.nlsq.fit import chunk_edge_angles, device_block
+
+    rng = np.random.default_rng(n_points + n_chunks)
+    frame_i = rng.integers(0, 50, n_points).astype(np.int32)
+    points = PointSet(
+        angle=np.sort(rng.integers(0, 10 * n_points + 1, n_points)).astype(np.int32),  # mostly distinct
+        frame_i=frame_i,
+        frame_j=(frame_i + 1).astype(np.int32),
+        value=rng.random(n_points),
+        weight=np.ones(n_points),
+    )
+    angles = np.asarray(device_block(points, 1024, n_chunks)[0])
+    np.testing.assert_array_equal(chunk_edge_angles(points, 1024, n_chunks), angles[:, [0, -1]])
+
+
 def test_distributed_block_is_whole_chunks_and_the_device_block_shares_its_memory():
     """A rank holds its points once: the padded receive buffer is the device block's memory."""
     from homodyne_mpi.data.points import PointSet

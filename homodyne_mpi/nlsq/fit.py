@@ -152,6 +152,19 @@ def device_block(points: PointSet, chunk: int, n_chunks: int | None = None) -> t
     return tuple(jax.device_put(getattr(padded, name).reshape(n_chunks, chunk)) for name in PointSet.column_names())
 
 
+def chunk_edge_angles(points: PointSet, chunk: int, n_chunks: int) -> np.ndarray:
+    """``(n_chunks, 2)`` first and last angle index of each chunk of ``device_block(points,
+    chunk, n_chunks)`` (padding repeats the last angle), read from the host columns."""
+    n = len(points)
+    if n == 0:
+        return np.zeros((n_chunks, 2), dtype=np.int64)
+    starts = np.arange(n_chunks) * chunk
+    inside = starts < n
+    first = np.where(inside, points.angle[np.minimum(starts, n - 1)], points.angle[-1])
+    last = np.where(inside, points.angle[np.minimum(starts + chunk, n) - 1], points.angle[-1])
+    return np.stack([first, last], axis=1)
+
+
 NO_EXCLUSION = np.array([-1, -1], dtype=np.int32)
 """``excluded_frames`` value that keeps every point."""
 
@@ -186,9 +199,8 @@ class DistributedObjective:
         pair_of_angle = np.maximum(problem.layout.scaling_pair_of_angle(), 0)
         self.pair_of_angle = jnp.asarray(pair_of_angle)
         # the chunks are global (the same on any rank count), so is the largest span
-        span = max(
-            comm.allgather_rows(np.array([chunk_pair_span(np.asarray(self.block[0][:, jnp.array([0, -1])]), pair_of_angle)]))
-        )
+        edges = chunk_edge_angles(local_points, self.chunk_size, stop - self.first_chunk)
+        span = max(comm.allgather_rows(np.array([chunk_pair_span(edges, pair_of_angle)])))
         self.setup = KernelSetup(problem.spec, problem.layout, loss, float(loss_scale), pair_span=int(span))
         self.excluded_frames = NO_EXCLUSION
         self.passes = 0
@@ -204,23 +216,28 @@ class DistributedObjective:
         return jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, exclusion
 
     def compile(self, theta: np.ndarray) -> float:
-        """Compile the block kernels (normal equations, mixed gradient) ahead of time; returns the seconds."""
+        """Compile the normal-equation block kernel ahead of time; returns the seconds.
+
+        The mixed-gradient kernel is compiled on its first use (the solver asks for it
+        only after a rejected or poorly predicted step, and many fits have none).
+        """
         start = time.perf_counter()
-        arguments = self.arguments(theta)
-        self._compiled = chunk_terms.lower(*arguments, setup=self.setup).compile()
-        self._compiled_mixed = chunk_terms.lower(*arguments, arguments[0], setup=self.setup).compile()
+        self._compiled = chunk_terms.lower(*self.arguments(theta), setup=self.setup).compile()
         return time.perf_counter() - start
 
     def local_terms(self, theta: np.ndarray, theta_model: np.ndarray | None = None) -> np.ndarray:
         """``(n_local_chunks, L)`` packed accumulator rows of this rank's chunks at ``theta``
         (residuals at ``theta_model`` when given: ``chunk_terms``)."""
-        if self._compiled is None or self._compiled_mixed is None:
+        if self._compiled is None:
             self.compile(theta)
-        assert self._compiled is not None and self._compiled_mixed is not None, "compile() sets the block kernels"
+        assert self._compiled is not None, "compile() sets the block kernel"
         if theta_model is None:
             rows = self._compiled(*self.arguments(theta))
         else:
-            rows = self._compiled_mixed(*self.arguments(theta), jnp.asarray(theta_model, dtype=jnp.float64))
+            model = jnp.asarray(theta_model, dtype=jnp.float64)
+            if self._compiled_mixed is None:
+                self._compiled_mixed = chunk_terms.lower(*self.arguments(theta), model, setup=self.setup).compile()
+            rows = self._compiled_mixed(*self.arguments(theta), model)
         return np.asarray(jax.block_until_ready(rows), dtype=np.float64)
 
     def mixed_gradient(self, theta: np.ndarray, theta_model: np.ndarray) -> np.ndarray:
