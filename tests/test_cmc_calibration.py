@@ -38,8 +38,20 @@ def test_tempering_factor_is_the_median_of_the_widened_ratios_of_the_chosen_para
     assert tempering_factor(std_jackknife, std_model, None, use) == pytest.approx(16.0)
     dof = np.array([1e6, 1e6, 4.0, 1e6])
     widened = tempering_factor(std_jackknife, std_model, dof, use)
-    assert 16.0 * t_widening(4.0) > 25.0  # the widened third ratio now lies above the second
+    assert 1.0 + 15.0 * t_widening(4.0) > 25.0  # the widened third ratio now lies above the second
     assert widened == pytest.approx(25.0, rel=1e-4)
+
+
+def test_tempering_widens_only_the_excess_over_the_model_variance():
+    """Independent noise (jackknife = model error) is not tempered, however few the degrees of freedom."""
+    std_model = np.array([1.0, 2.0, 0.5])
+    use = np.ones(3, dtype=bool)
+    dof = np.full(3, MIN_DOF)
+    assert tempering_factor(std_model, std_model, dof, use) == 1.0
+    assert tempering_factor(0.9 * std_model, std_model, dof, use) == 1.0
+    slightly = tempering_factor(1.1 * std_model, std_model, dof, use)
+    assert slightly == pytest.approx(1.0 + 0.21 * t_widening(MIN_DOF), rel=1e-9)
+    assert slightly < 1.21 * t_widening(MIN_DOF) / 2  # the whole ratio widened: 3.8
 
 
 def test_tempering_factor_is_one_without_usable_parameters_and_never_below_one():
