@@ -174,10 +174,10 @@ def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
     assert np.all(speckle_ratio > 2.0), speckle_ratio
     assert np.all(speckle_ratio > plain_ratio)
     assert plain.jackknife.converged.mean() > 0.7
-    # the CMC tempering: the median variance ratio, widened by t at the replicates' dof
+    # the CMC tempering: the median variance ratio, its excess over 1 widened by t at the replicates' dof
     dof = speckled.jackknife.effective_dof[physical]
     assert np.all((dof >= 1.0) & (dof <= 10.0)), dof
-    widened = speckle_ratio**2 * t_widening(dof)
+    widened = 1.0 + (speckle_ratio**2 - 1.0) * t_widening(dof)
     assert likelihood_calibration(speckled, problem) == pytest.approx(np.median(widened), rel=1e-9)
     assert likelihood_calibration(speckled, problem) > np.median(speckle_ratio**2)
 
@@ -262,11 +262,30 @@ def test_groups_are_clipped_apart_and_their_cross_excess_is_left_out():
     np.testing.assert_allclose(corrected[:3, :3], model[:3, :3], rtol=1e-12)
     assert np.all(corrected[:3, 3:] == 0.0)
     scale = np.sqrt(np.diag(model)[3:])
-    from homodyne_mpi.nlsq.jackknife import psd_part
+    from homodyne_mpi.nlsq.linalg import psd_part_keeping_variances
 
-    expected = model[3:, 3:] + psd_part(difference[3:, 3:] / np.outer(scale, scale)) * np.outer(scale, scale)
+    excess = psd_part_keeping_variances(difference[3:, 3:] / np.outer(scale, scale)) * np.outer(scale, scale)
+    expected = model[3:, 3:] + excess
     np.testing.assert_allclose(corrected[3:, 3:], expected, rtol=1e-12)
     assert np.all(np.linalg.eigvalsh(corrected) > 0)
-    # one group of all parameters: the whole matrix is clipped together
+    # one group of all parameters: each variance is still its own difference clipped at
+    # zero (eigenvalue clipping alone would raise the first three above the model's)
     together = frame_corrected_covariance(independent + difference, model, independent)
-    assert not np.allclose(together[:3, :3], model[:3, :3])
+    np.testing.assert_allclose(together[:3, :3], model[:3, :3], rtol=1e-12)
+    np.testing.assert_allclose(np.diag(together), np.diag(corrected), rtol=1e-12)
+    assert np.all(np.linalg.eigvalsh(together - model) > -1e-12)
+
+
+def test_excess_variances_of_zero_mean_noise_have_median_zero():
+    """Eigenvalue clipping biases every variance up; the kept variances are unbiased in median."""
+    from homodyne_mpi.nlsq.linalg import psd_part, psd_part_keeping_variances
+
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((2000, 3, 3))
+    differences = (noise + noise.transpose(0, 2, 1)) / 2
+    kept = np.array([np.diag(psd_part_keeping_variances(d)) for d in differences])
+    clipped = np.array([np.diag(psd_part(d)) for d in differences])
+    assert np.all(np.abs(np.mean(kept > 0, axis=0) - 0.5) < 0.04)  # positive half the time: median 0
+    assert np.all(np.mean(clipped > 0, axis=0) > 0.8) and np.all(np.median(clipped, axis=0) > 0.3)
+    np.testing.assert_allclose(kept, np.clip(np.diagonal(differences, axis1=1, axis2=2), 0, None), atol=1e-12)
+    assert min(np.linalg.eigvalsh(psd_part_keeping_variances(d)).min() for d in differences[:200]) > -1e-12

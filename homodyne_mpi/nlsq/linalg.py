@@ -25,6 +25,21 @@ def psd_part(matrix: np.ndarray) -> np.ndarray:
     return (vectors * np.clip(values, 0.0, None)) @ vectors.T
 
 
+def psd_part_keeping_variances(matrix: np.ndarray) -> np.ndarray:
+    """A positive semi-definite matrix with diagonal ``max(0, matrix_ii)`` and the
+    correlations of ``psd_part(matrix)``.
+
+    Clipping the negative eigenvalues of a noisy symmetric matrix raises its diagonal
+    (``psd_part(M)_ii >= M_ii``) whenever any eigenvalue is negative, so the variances of
+    a zero-mean noisy difference come out positive on most draws instead of half of them.
+    Keeping ``max(0, M_ii)`` instead leaves each variance's median unbiased where its
+    noise is symmetric; the correlations keep the result positive semi-definite.
+    """
+    clipped = psd_part(matrix)
+    target = np.clip(np.diag(matrix), 0.0, None)
+    return correlation_matrix(clipped) * np.sqrt(np.outer(target, target))
+
+
 def correlation_matrix(covariance: np.ndarray) -> np.ndarray:
     """``cov_ij / (std_i std_j)``; rows and columns of zero-variance (fixed) parameters are 0."""
     std = np.sqrt(np.clip(np.diag(covariance), 0.0, None))
