@@ -1,5 +1,5 @@
 """``python -m homodyne_mpi`` is the ``homodyne-mpi`` command."""
 
-from .cli import main
+from .cli import console_main
 
-raise SystemExit(main())
+console_main()

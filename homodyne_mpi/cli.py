@@ -283,5 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_guarded(lambda: COMMANDS[args.command](args, comm), comm)
 
 
+def console_main() -> None:
+    """The ``homodyne-mpi`` console command: ``main``, then a prompt exit (``exit_process``)."""
+    from .parallel.entry import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())
+    console_main()

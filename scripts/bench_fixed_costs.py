@@ -63,7 +63,8 @@ from homodyne_mpi.cli import main
 code = main(sys.argv[1:])
 marks["main_returned"] = time.time()
 print("MARKS " + json.dumps(marks), flush=True)
-sys.exit(code)
+from homodyne_mpi.parallel.entry import exit_process
+exit_process(code)  # as the homodyne-mpi command ends
 """
 """Runs the CLI in one process and prints wall-clock marks of its phases."""
 
