@@ -373,28 +373,46 @@ def test_soft_clamp_maps_the_line_onto_the_bounds_and_is_the_identity_inside(low
         assert np.max(np.abs(np.asarray(soft_clamp(jnp.asarray(inside), low, high)) - inside)) < 1e-6
 
 
-def diverging_first_attempt(monkeypatch):
-    """Make every shard's first attempt (at the configured target) look all-divergent;
-    returns the list of ``(shard, target_accept_prob)`` sampled."""
+def diverging_first_attempt(monkeypatch, attempts: int = 1):
+    """Make every shard's first ``attempts`` attempts look all-divergent; returns the list
+    of ``(shard, target_accept_prob)`` sampled and the list of their warm-up lengths."""
     import homodyne_mpi.cmc.worker as runner
 
     original = runner.sample_shard
     calls = []
+    calls_warmups: list[int] = []
 
     def first_diverges(worker, index, data, settings=None):
         settings = settings or worker.plan.settings
         calls.append((index, settings.target_accept_prob))
+        calls_warmups.append(settings.num_warmup)
         out = original(worker, index, data, settings)
-        if settings is worker.plan.settings:
+        if sum(1 for shard, _ in calls if shard == index) <= attempts:
             out.diverging = np.ones_like(out.diverging)
         return out
 
     monkeypatch.setattr(runner, "sample_shard", first_diverges)
-    return calls
+    return calls, calls_warmups
+
+
+def test_a_retry_that_would_be_left_out_is_extended_once_more_and_kept(monkeypatch):
+    calls, warmups = diverging_first_attempt(monkeypatch, attempts=2)
+    sim = simulate(
+        "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
+    result = run(sim)
+    assert calls == [(0, 0.8), (0, 0.95), (0, 0.95)]
+    assert warmups[1] == 2 * max(warmups[0], 1) and warmups[2] == 2 * warmups[1]
+    shard = result.to_json_dict()["shards"][0]
+    assert shard["num_warmup"] == warmups[2] and shard["ok"] is True
+    assert (
+        shard["retried_because"].startswith("divergence rate 1.000 >")
+        and "; then divergence rate 1.000 >" in shard["retried_because"]
+    )
 
 
 def test_a_shard_that_diverges_is_sampled_again_with_a_higher_target_accept_prob(monkeypatch, tmp_path):
-    calls = diverging_first_attempt(monkeypatch)
+    calls, _ = diverging_first_attempt(monkeypatch)
     sim = simulate(
         "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
     )
@@ -411,7 +429,7 @@ def test_a_shard_that_diverges_is_sampled_again_with_a_higher_target_accept_prob
 
 
 def test_without_a_retry_the_diverging_shard_is_left_out(monkeypatch):
-    calls = diverging_first_attempt(monkeypatch)
+    calls, _ = diverging_first_attempt(monkeypatch)
     mcmc = {**FAST_MCMC, "retry_target_accept_prob": 0.0}
     sim = simulate("static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": mcmc, "combination": LENIENT})
     with pytest.raises(FitError, match="divergence rate 1.000"):

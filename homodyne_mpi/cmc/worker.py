@@ -7,6 +7,7 @@ go into the ``ShardResult``). The only call that samples is ``sample_shard``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import socket
@@ -89,6 +90,27 @@ def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate
     return None
 
 
+def extended_settings(settings: SamplerSettings) -> SamplerSettings:
+    """The last attempt of a shard whose retry would still be left out: twice the retry's
+    warm-up (the same number of draws, which the combination needs from every shard)."""
+    return dataclasses.replace(settings, num_warmup=2 * settings.num_warmup)
+
+
+def resample(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings, problem: str):
+    """Sample the shard again with ``settings`` (logged with the ``problem`` that asks for
+    it); returns ``(draws, rhat, ess)``."""
+    log.info(
+        "CMC: shard %d: %s; sampling again with %d warm-up draws at target_accept_prob %g",
+        index,
+        problem,
+        settings.num_warmup,
+        settings.target_accept_prob,
+    )
+    out = sample_shard(worker, index, data, settings)
+    rhat, ess = diagnostics(out.draws)
+    return out, rhat, ess
+
+
 def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
     """``(divergence rate, R-hat)`` above which a shard is sampled again: a tenth of the
     combination's divergence limit and half its R-hat excess (0.01 and 1.05 for the
@@ -100,8 +122,10 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     """One shard, start to end: its draws and diagnostics, or its error and traceback.
 
     Draws above the ``retry_thresholds`` are sampled once more with the plan's
-    ``retry_settings`` (twice the warm-up, a higher ``target_accept_prob``); the second
-    attempt is kept, whatever its checks say, and ``retried_because`` says why.
+    ``retry_settings`` (twice the warm-up, a higher ``target_accept_prob``). If that
+    attempt would still be left out (the combination's own thresholds), it is extended
+    once more (``extended_settings``: twice its warm-up); the last attempt is
+    kept, whatever its checks say, and ``retried_because`` says why.
     """
     start = time.perf_counter()
     plan = worker.plan
@@ -115,17 +139,12 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
         rhat, ess = diagnostics(out.draws)
         problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *retry_thresholds(plan))
         if problem is not None and plan.retry_settings is not None:
-            retry = plan.retry_settings
-            log.info(
-                "CMC: shard %d: %s; sampling again with %d warm-up draws at target_accept_prob %g",
-                index,
-                problem,
-                retry.num_warmup,
-                retry.target_accept_prob,
-            )
-            settings, retried_because = retry, problem
-            out = sample_shard(worker, index, data, settings)
-            rhat, ess = diagnostics(out.draws)
+            settings, retried_because = plan.retry_settings, problem
+            out, rhat, ess = resample(worker, index, data, settings, problem)
+            problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), plan.max_divergence_rate, plan.max_rhat)
+            if problem is not None:
+                settings, retried_because = extended_settings(settings), f"{retried_because}; then {problem}"
+                out, rhat, ess = resample(worker, index, data, settings, problem)
     except Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
