@@ -1,6 +1,7 @@
 """Where the time of a warm single-rank job goes: 1e6-point static data, jackknife on.
 
 Usage: python scripts/bench_fixed_costs.py [--repeats 3] [--workdir DIR] [--output FILE] [--passes-both-ways]
+                                          [--baseline DIR]
 
 Simulates a static data set of 6 angles x 578 frames (1,000,518 upper-triangle points,
 sigma 0.02) once, runs ``homodyne-mpi run`` on it once to fill the compilation cache,
@@ -11,6 +12,10 @@ devices, compilation cache), the stages the job times itself (``result.json``
 ``timing_s``: load, compile, start search, LM fit, jackknife), the rest of the batch loop
 (writing ``fit.h5`` and waiting for it) and process exit, with the jackknife's passes
 over the data (``result.json`` ``jackknife.passes``). Prints and writes JSON.
+
+``--baseline DIR`` (a git worktree of other code, for example ``git worktree add
+/tmp/base <commit>``) runs that code's job after each of this code's, in the same
+minutes, and reports both (``baseline``).
 
 ``--passes-both-ways`` adds, in this process, one fit of the same data followed by the
 jackknife with the shared first pass and with each refit making its own first pass
@@ -72,11 +77,20 @@ exit_process(code)
 """Runs the CLI in one process and prints wall-clock marks of its phases."""
 
 
-def one_job(config: Path, out: Path) -> dict:
-    """One warm job: its phases by wall clock and the stages it timed itself."""
+def one_job(config: Path, out: Path, source_tree: str | None = None) -> dict:
+    """One warm job: its phases by wall clock and the stages it timed itself.
+
+    ``source_tree``: run the package found in that folder (a checkout of other code)
+    instead of the installed one; the job then starts in ``out``, so that the current
+    folder's package cannot shadow it.
+    """
     command = [sys.executable, "-c", WRAPPER, "run", str(config), "--output-dir", str(out), "--fresh"]
+    env = single_core_environment()
+    if source_tree is not None:
+        env["PYTHONPATH"] = str(Path(source_tree).resolve())
+    out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    completed = subprocess.run(command, capture_output=True, text=True, env=single_core_environment())
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out)
     end = time.time()
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr[-2000:])
@@ -129,6 +143,14 @@ def passes_both_ways(config: Path) -> dict:
     }
 
 
+def summary(runs: list[dict]) -> dict:
+    """Median wall time and median of each phase over ``runs``."""
+    return {
+        "wall_s_median": statistics.median(run["wall_s"] for run in runs),
+        "phases_s_median": {name: statistics.median(run["phases_s"][name] for run in runs) for name in runs[0]["phases_s"]},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -137,15 +159,24 @@ def main() -> None:
     parser.add_argument(
         "--passes-both-ways", action="store_true", help="also compare the jackknife with and without the shared pass"
     )
+    parser.add_argument(
+        "--baseline", metavar="DIR", help="a checkout of other code (git worktree) whose jobs alternate with this code's"
+    )
     args = parser.parse_args()
     load_average = os.getloadavg()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    config = make_dataset(workdir)
-    one_job(config, workdir / "out")  # fills the compilation cache
-    runs = [one_job(config, workdir / "out") for _ in range(args.repeats)]
-    wall = statistics.median(run["wall_s"] for run in runs)
-    breakdown = {name: statistics.median(run["phases_s"][name] for run in runs) for name in runs[0]["phases_s"]}
+    config = make_dataset(workdir).resolve()
+    out = (workdir / "out").resolve()
+    one_job(config, out)  # fills the compilation cache
+    baseline_runs = []
+    if args.baseline:
+        one_job(config, out, args.baseline)  # the baseline's kernels may differ: fill the cache for them too
+    runs = []
+    for _ in range(args.repeats):  # alternating, so that both see the same machine
+        runs.append(one_job(config, out))
+        if args.baseline:
+            baseline_runs.append(one_job(config, out, args.baseline))
     write_json(
         args.output,
         {
@@ -153,9 +184,13 @@ def main() -> None:
             "load_average_at_start": load_average,
             "n_points": 6 * N_FRAMES * (N_FRAMES - 1) // 2,
             "command": f"{Path(sys.executable).name} -m homodyne_mpi run {config.name} --fresh (warm cache, 1 XLA thread)",
-            "wall_s_median": wall,
-            "phases_s_median": breakdown,
+            **summary(runs),
             "runs": runs,
+            **(
+                {"baseline": {"source_tree": args.baseline, **summary(baseline_runs), "runs": baseline_runs}}
+                if args.baseline
+                else {}
+            ),
             **({"jackknife_both_ways": passes_both_ways(config)} if args.passes_both_ways else {}),
         },
     )
