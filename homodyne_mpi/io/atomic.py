@@ -1,12 +1,9 @@
 """Atomic result files: write a temporary file beside the target, then rename it into place.
 
-Every function here writes to a fresh temporary file in the same folder as the target
-(named ``.<stem>.tmp-<random><suffix>``, so tools that look at the extension, such as
-matplotlib, still see the right one), flushes and fsyncs it, and then moves it over the
-target with :func:`os.replace`, which is atomic on POSIX file systems. A reader therefore
-sees either the old file or the complete new one, never a partial file. On any failure
-the temporary file is removed and the exception propagates; the target is left untouched.
-Missing parent folders are created.
+The temporary file ``.<stem>.tmp-<random><suffix>`` (keeping the extension that tools such
+as matplotlib look at) is written, fsynced and moved over the target with :func:`os.replace`,
+atomic on POSIX: a reader sees the old file or the complete new one. On failure the temporary
+file is removed, the exception propagates and the target is untouched. Parent folders are created.
 """
 
 from __future__ import annotations
@@ -28,11 +25,8 @@ _CREATE_ATTEMPTS = 16
 
 
 def _create_temp_file(target: Path) -> Path:
-    """Create an empty, exclusive temporary file next to ``target`` and return its path.
-
-    The file is created with mode 0o666 filtered by the process umask, like a normal
-    ``open(..., "w")``, so the renamed result has ordinary permissions.
-    """
+    """Create an empty, exclusive temporary file next to ``target`` (mode 0o666 less the umask, as
+    ``open(..., "w")``, so the result has ordinary permissions) and return its path."""
     for _ in range(_CREATE_ATTEMPTS):
         temp = target.with_name(f".{target.stem}{_TEMP_MARKER}{secrets.token_hex(6)}{target.suffix}")
         try:
@@ -52,19 +46,11 @@ def _fsync(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-def atomic_write_call(
-    path: str | os.PathLike[str],
-    write_fn: Callable[..., Any],
-    /,
-    *args: Any,
-    **kwargs: Any,
-) -> Path:
-    """Write ``path`` atomically by calling ``write_fn(temp_path, *args, **kwargs)``.
+def atomic_write_call(path: str | os.PathLike[str], write_fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Path:
+    """Write ``path`` atomically by calling ``write_fn(temp_path, *args, **kwargs)``; return the absolute target.
 
-    ``write_fn`` must create the complete file at the temporary path it is given (it may
-    overwrite the empty file that is already there), for example
-    ``lambda tmp: fig.savefig(tmp, format="png")``. Its return value is ignored. Returns the
-    target path as an absolute :class:`~pathlib.Path`.
+    ``write_fn`` creates the complete file at the (already existing, empty) temporary path,
+    e.g. ``lambda tmp: fig.savefig(tmp, format="png")``; its return value is ignored.
     """
     target = Path(os.path.abspath(os.fspath(path)))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -88,13 +74,10 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
 
 
 def to_jsonable(obj: Any) -> Any:
-    """Return a copy of ``obj`` built only from types :mod:`json` can encode.
+    """A copy of ``obj`` built only from types :mod:`json` can encode, or :class:`TypeError` naming the type.
 
-    NumPy scalars become Python scalars, arrays (and objects with ``__array__``, such as
-    JAX arrays) become nested lists, tuples become lists, paths become strings, and
-    mapping keys that are NumPy scalars become Python scalars. Non-finite floats are kept
-    as ``nan``/``inf`` (see :func:`encode_json`). Raises :class:`TypeError` naming the
-    offending type for anything else.
+    NumPy scalars (values and keys) become Python scalars, arrays (and JAX arrays) and tuples
+    lists, paths strings; non-finite floats stay ``nan``/``inf``.
     """
     if isinstance(obj, np.generic):
         return obj.item()
@@ -122,31 +105,23 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def encode_json(obj: Any) -> bytes:
-    """Encode ``obj`` as UTF-8 JSON text: indent 2, keys in insertion order, trailing newline.
+    """``obj`` (through :func:`to_jsonable`) as UTF-8 JSON: indent 2, insertion order, trailing newline.
 
-    NumPy types are converted with :func:`to_jsonable`. Non-finite floats are written as
-    ``NaN``, ``Infinity`` and ``-Infinity`` (Python's ``allow_nan=True``), which
-    :func:`json.load` reads back; strict JSON parsers in other languages may reject them.
+    Non-finite floats are written ``NaN``, ``Infinity``, ``-Infinity``: :func:`json.load` reads
+    them back, strict parsers in other languages may not.
     """
-    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=True)
-    return (text + "\n").encode("utf-8")
+    return (json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=True) + "\n").encode("utf-8")
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as JSON (see :func:`encode_json`) to ``path`` atomically.
-
-    The object is encoded before anything touches the disk, so an object that cannot be
-    encoded raises :class:`TypeError` and leaves no file behind.
-    """
+    """Write ``obj`` as JSON (:func:`encode_json`) to ``path`` atomically; encoded first, so a
+    :class:`TypeError` leaves no file."""
     return atomic_write_bytes(path, encode_json(obj))
 
 
 def atomic_write_npz(path: str | os.PathLike[str], /, **arrays: Any) -> Path:
-    """Write ``arrays`` as an uncompressed ``.npz`` archive to exactly ``path``, atomically.
-
-    Unlike :func:`numpy.savez`, no ``.npz`` extension is appended to ``path``. Object
-    arrays are refused (they would need pickling to read back).
-    """
+    """Write ``arrays`` as an uncompressed ``.npz`` archive to exactly ``path`` (no extension
+    appended), atomically. Object arrays are refused (they would need pickle to read back)."""
     converted = {name: np.asarray(value) for name, value in arrays.items()}
     for name, array in converted.items():
         if array.dtype == object:
@@ -154,9 +129,7 @@ def atomic_write_npz(path: str | os.PathLike[str], /, **arrays: Any) -> Path:
 
     def write(temp: Path) -> None:
         with open(temp, "wb") as handle:
-            # allow_pickle named explicitly: nothing here needs pickle (object arrays are
-            # refused above), and an array called "allow_pickle" can no longer be taken
-            # for the flag and silently dropped from the archive.
+            # allow_pickle named, so that an array called "allow_pickle" is not taken for the flag
             np.savez(handle, allow_pickle=False, **converted)
 
     return atomic_write_call(path, write)
@@ -171,21 +144,12 @@ def _hdf5_attr_value(name: str, value: Any) -> Any:
     return value
 
 
-def atomic_write_hdf5(
-    path: str | os.PathLike[str],
-    datasets: Mapping[str, Any],
-    attrs: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write an HDF5 file with the given datasets and root attributes to ``path`` atomically.
-
-    ``datasets`` maps a name to an array-like; a name with ``/`` (``"fit/c2"``) creates
-    the intermediate groups. ``attrs`` become attributes of the file's root group
-    (strings, numbers and arrays; ``None`` is refused). Returns the absolute target path.
-    """
+def atomic_write_hdf5(path: str | os.PathLike[str], datasets: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> Path:
+    """Write an HDF5 file of ``datasets`` (``"fit/c2"`` creates the group ``fit``) and root
+    ``attrs`` (strings, numbers, arrays; not ``None``) to ``path`` atomically; return the absolute path."""
     converted = {name.strip("/"): np.asarray(value) for name, value in datasets.items()}
-    for name in converted:
-        if not name:
-            raise ValueError("HDF5 dataset names must not be empty")
+    if "" in converted:
+        raise ValueError("HDF5 dataset names must not be empty")
     root_attrs = {name: _hdf5_attr_value(name, value) for name, value in (attrs or {}).items()}
 
     def write(temp: Path) -> None:

@@ -1,14 +1,10 @@
 """Load the next item of a batch in a background thread while the caller works on this one.
 
-:class:`PrefetchLoader` wraps any iterable of work items (file paths, dataset names) and a
-``load_fn`` that turns one item into its data. Iterating it yields one :class:`Loaded`
-record per item, in the order of the source, while a single background thread is already
-loading the next ``depth`` items. A failing load does not end the batch: its record carries
-the exception, and the caller decides whether to skip it (``record.ok``) or re-raise it
-(``record.get()``). With ``strict=True`` the loader raises the exception itself, at exactly
-the item that failed.
-
-Typical batch driver on rank 0::
+:class:`PrefetchLoader` wraps an iterable of work items and a ``load_fn`` that loads one;
+iterating it yields one :class:`Loaded` record per item, in source order, while one
+background thread loads the next ``depth`` items. A failed load's record carries the
+exception: skip it (``record.ok``) or re-raise it (``record.get()``); ``strict=True``
+raises it at that item. On rank 0::
 
     with PrefetchLoader(paths, read_dataset) as loader:
         for record in loader:
@@ -63,38 +59,28 @@ class Loaded(Generic[ItemT, ValueT]):
         return self.value  # type: ignore[return-value]
 
 
+@dataclass(frozen=True)
 class _SourceFailed:
     """Marks the position where iterating the source itself raised."""
 
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
+    error: BaseException
 
 
 _Task = tuple[int, object, "Future[Loaded]"]
 
 
 class PrefetchLoader(Generic[ItemT, ValueT]):
-    """Iterate ``Loaded`` records for ``source``, loading ahead in one background thread.
+    """Iterate ``Loaded`` records for ``source``, loading ahead in one background (daemon) thread.
 
-    ``source`` is iterated lazily on the caller's thread, at most ``depth`` (>= 1) items
-    ahead of the record last returned, so at most ``depth + 1`` loaded values are held;
-    ``load_fn(item)`` runs in the background thread, one item at a time, in source order.
-    With ``strict``, calling ``next`` again after a re-raised load error continues with the
-    following item. An exception raised by iterating ``source`` itself is raised from
-    ``__next__`` after the items before it, and ends the iteration.
-
-    Meant for one consuming thread. Use it as a context manager, or call :meth:`close`, to
-    stop the background thread early; it is a daemon, so a load that never returns cannot
-    keep the interpreter from exiting.
+    ``source`` is iterated lazily on the caller's thread, at most ``depth`` (>= 1) items ahead
+    of the record last returned, so at most ``depth + 1`` loaded values are held. With
+    ``strict``, ``next`` after a re-raised load error goes on with the following item. An
+    exception from iterating ``source`` itself is raised after the items before it and ends
+    the iteration. For one consuming thread; a context manager (or :meth:`close`) stops it early.
     """
 
     def __init__(
-        self,
-        source: Iterable[ItemT],
-        load_fn: Callable[[ItemT], ValueT],
-        *,
-        depth: int = 1,
-        strict: bool = False,
+        self, source: Iterable[ItemT], load_fn: Callable[[ItemT], ValueT], *, depth: int = 1, strict: bool = False
     ) -> None:
         if not callable(load_fn):
             raise ValueError(f"load_fn must be callable, got {type(load_fn).__name__}")
@@ -132,19 +118,14 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
         if isinstance(head, _SourceFailed):
             self.close()
             raise head.error
-        # Queue the next load before waiting, so it starts as soon as this one finishes.
-        self._fill(self._depth)
+        self._fill(self._depth)  # queued before waiting, to start as soon as this load finishes
         record = head.result()
         if self._strict and record.error is not None:
             raise record.error
         return record
 
     def values(self) -> Iterator[ValueT]:
-        """Yield the loaded values in order, re-raising a load's exception at its item.
-
-        A convenience for drivers that stop at the first failure; it consumes the same
-        underlying records as iterating the loader.
-        """
+        """Yield the loaded values in order, re-raising a load's exception at its item (consumes the records)."""
         for record in self:
             yield record.get()
 
@@ -162,15 +143,11 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
                 break
             future: Future[Loaded[ItemT, ValueT]] = Future()
             self._ahead.append(future)
-            self._ensure_thread()
+            if self._thread is None:  # started on first use
+                self._thread = threading.Thread(target=self._run, name="homodyne-prefetch", daemon=True)
+                self._thread.start()
             self._tasks.put((self._next_index, item, future))
             self._next_index += 1
-
-    def _ensure_thread(self) -> None:
-        """Start the background thread on first use."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="homodyne-prefetch", daemon=True)
-            self._thread.start()
 
     def _run(self) -> None:
         """Background thread: load queued items one at a time until told to stop."""
@@ -181,8 +158,7 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
             index, item, future = task
             if future.set_running_or_notify_cancel():
                 future.set_result(self._load_one(index, item))  # type: ignore[arg-type]
-            # Drop references so a finished value is held only by its record.
-            task = item = future = None  # type: ignore[assignment]
+            task = item = future = None  # type: ignore[assignment]  # a finished value is held only by its record
 
     def _load_one(self, index: int, item: ItemT) -> Loaded[ItemT, ValueT]:
         """Run ``load_fn`` on one item and wrap its value or exception in a record."""
@@ -198,12 +174,10 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
         return Loaded(index, item, value, None, elapsed)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop prefetching: drop loads not yet started and stop the background thread.
+        """Stop prefetching: drop loads not yet started and stop the background thread (idempotent).
 
-        A load already running cannot be interrupted; ``close`` waits up to ``timeout``
-        seconds (default: until it finishes) for it, and logs a warning if the thread is
-        still busy afterwards. Further iteration raises :class:`StopIteration`. Calling
-        ``close`` again is harmless.
+        A running load cannot be interrupted: wait up to ``timeout`` seconds (default: until it
+        finishes), then warn if the thread is still busy. Further iteration stops.
         """
         self._closed = True
         self._source_done = True

@@ -1,12 +1,9 @@
 """Write result files in background threads, atomically, and fail loudly if any write fails.
 
-:class:`AsyncWriter` lets rank 0 hand off result files (JSON, ``.npz``, HDF5, raw bytes, or
-anything a function can write, such as a PNG) and go on to the next data set. Every write
-goes through :mod:`homodyne_mpi.io.atomic` (temporary file in the target's folder, fsync,
-rename), so a target is either absent, the previous version, or complete. Failures are
-collected, never lost: :meth:`AsyncWriter.wait_all` returns them, and
-:meth:`AsyncWriter.raise_if_failed` and leaving the ``with`` block raise :class:`WriteError`
-naming every failed path::
+:class:`AsyncWriter` lets rank 0 hand off result files (JSON, ``.npz``, HDF5, bytes, or what
+a function writes, such as a PNG) and go on. Every write is atomic (:mod:`homodyne_mpi.io.atomic`).
+Failures are never lost: :meth:`AsyncWriter.wait_all` returns them; ``raise_if_failed`` and
+leaving the ``with`` block raise :class:`WriteError` naming every failed path::
 
     with AsyncWriter() as writer:
         for dataset in batch:
@@ -34,13 +31,7 @@ from typing import Any
 import numpy as np
 
 from homodyne_mpi.errors import HomodyneError
-from homodyne_mpi.io.atomic import (
-    atomic_write_bytes,
-    atomic_write_call,
-    atomic_write_hdf5,
-    atomic_write_npz,
-    encode_json,
-)
+from homodyne_mpi.io.atomic import atomic_write_bytes, atomic_write_call, atomic_write_hdf5, atomic_write_npz, encode_json
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +66,7 @@ class WriteError(HomodyneError):
         self.failures = list(failures)
         count = len(self.failures)
         lines = "; ".join(failure.describe() for failure in self.failures)
-        noun = "write" if count == 1 else "writes"
-        super().__init__(f"{count} result file {noun} failed: {lines}")
+        super().__init__(f"{count} result file {'write' if count == 1 else 'writes'} failed: {lines}")
 
 
 def _copy_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -85,15 +75,12 @@ def _copy_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class AsyncWriter:
-    """A pool of ``max_workers`` (at least 1) background threads that write result files
-    atomically. Writes to the same path are applied in submission order even with several
-    threads; writes to different paths may finish in any order.
+    """``max_workers`` (>= 1) background threads that write result files atomically; writes to
+    one path are applied in submission order, to different paths in any order.
 
-    The ``submit_*`` methods return at once with a :class:`concurrent.futures.Future` that
-    resolves to the absolute target path. Their data are snapshotted on the calling thread
-    (arrays copied, JSON encoded, bytes copied), so the caller may reuse its buffers right
-    away; only :meth:`submit_call` passes its arguments through as they are. A failed write
-    does not raise in the caller: it is logged and recorded (see :meth:`wait_all`).
+    ``submit_*`` return at once a :class:`~concurrent.futures.Future` of the absolute target
+    path. Their data are snapshotted on the calling thread (copied or encoded), except the
+    arguments of :meth:`submit_call`. A failed write is logged and recorded (:meth:`wait_all`).
     """
 
     def __init__(self, max_workers: int = 2) -> None:
@@ -108,15 +95,9 @@ class AsyncWriter:
         self._completed = 0
         self._shut_down = False
 
-    # -- submitting -------------------------------------------------------------------
-
     def submit_json(self, path: str | os.PathLike[str], obj: Any) -> Future[Path]:
-        """Write ``obj`` as JSON (NumPy types converted, NaN kept) to ``path``.
-
-        The object is encoded immediately, so an object that cannot be written as JSON
-        raises :class:`TypeError` here, in the caller, and later changes to ``obj`` do not
-        affect the file.
-        """
+        """Write ``obj`` as JSON (NumPy types converted, NaN kept) to ``path``; encoded now, so a
+        :class:`TypeError` is raised here and later changes to ``obj`` do not reach the file."""
         return self._submit(path, "json", atomic_write_bytes, encode_json(obj))
 
     def submit_npz(self, path: str | os.PathLike[str], /, **arrays: Any) -> Future[Path]:
@@ -124,10 +105,7 @@ class AsyncWriter:
         return self._submit(path, "npz", atomic_write_npz, **_copy_arrays(arrays))
 
     def submit_hdf5(
-        self,
-        path: str | os.PathLike[str],
-        datasets: Mapping[str, Any],
-        attrs: Mapping[str, Any] | None = None,
+        self, path: str | os.PathLike[str], datasets: Mapping[str, Any], attrs: Mapping[str, Any] | None = None
     ) -> Future[Path]:
         """Write ``datasets`` (copied now; ``"a/b"`` names create groups) and root ``attrs`` as HDF5."""
         attrs_copy = copy.deepcopy(dict(attrs)) if attrs else None
@@ -137,21 +115,10 @@ class AsyncWriter:
         """Write the raw bytes ``data`` (copied now) to ``path``."""
         return self._submit(path, "bytes", atomic_write_bytes, bytes(data))
 
-    def submit_call(
-        self,
-        path: str | os.PathLike[str],
-        fn: Callable[..., Any],
-        /,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Future[Path]:
-        """Write ``path`` by calling ``fn(temp_path, *args, **kwargs)`` in a writer thread.
-
-        ``fn`` writes the whole file at the temporary path it receives (the temporary name
-        keeps the target's extension); the writer then fsyncs and renames it onto ``path``.
-        ``args`` and ``kwargs`` are NOT copied: do not mutate them until the returned
-        future is done. Example: ``writer.submit_call(png, fig.savefig, format="png")``
-        (and keep ``fig`` open until the write is done).
+    def submit_call(self, path: str | os.PathLike[str], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Path]:
+        """Write ``path`` by calling ``fn(temp_path, *args, **kwargs)`` (the temporary name keeps the
+        extension) in a writer thread. ``args`` and ``kwargs`` are NOT copied: leave them (and e.g.
+        the figure of ``writer.submit_call(png, fig.savefig, format="png")``) alone until the future is done.
         """
         return self._submit(path, "call", atomic_write_call, fn, *args, **kwargs)
 
@@ -175,13 +142,7 @@ class AsyncWriter:
         return future
 
     def _run_write(
-        self,
-        target: Path,
-        kind: str,
-        previous: Future[Path] | None,
-        write: Callable[..., Path],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
+        self, target: Path, kind: str, previous: Future[Path] | None, write: Callable[..., Path], args: tuple, kwargs: dict
     ) -> Path:
         """Writer thread: wait for an earlier write to the same path, write, record the outcome."""
         if previous is not None:
@@ -199,8 +160,6 @@ class AsyncWriter:
         with self._lock:
             self._completed += 1
         return result
-
-    # -- waiting and reporting --------------------------------------------------------
 
     @property
     def pending(self) -> int:
@@ -225,11 +184,9 @@ class AsyncWriter:
             return list(self._failures)
 
     def wait_all(self, timeout: float | None = None) -> list[WriteFailure]:
-        """Block until every write submitted so far has finished; return all failures.
+        """Block until every write submitted so far has finished; return every failure since the start.
 
         Raises :class:`TimeoutError` if writes are still running after ``timeout`` seconds.
-        The returned list holds every failure since the writer was created, not only those
-        of this wait.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -246,16 +203,12 @@ class AsyncWriter:
 
     def raise_if_failed(self) -> None:
         """Raise :class:`WriteError` naming every failed write so far; do nothing if none failed."""
-        failures = self.failures
-        if failures:
+        if failures := self.failures:
             raise WriteError(failures)
 
     def shutdown(self, wait: bool = True) -> None:
-        """Refuse new writes and release the threads; with ``wait``, first finish queued writes.
-
-        Queued writes are never cancelled: with ``wait=False`` they still complete in the
-        background. Calling it again is harmless.
-        """
+        """Refuse new writes and release the threads; with ``wait``, first finish queued writes
+        (never cancelled: with ``wait=False`` they complete in the background). Idempotent."""
         with self._lock:
             self._shut_down = True
         self._executor.shutdown(wait=wait)
@@ -264,11 +217,8 @@ class AsyncWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        """Wait for every write, shut down, and raise :class:`WriteError` if any failed.
-
-        If the ``with`` block is already raising, failed writes are logged instead, so the
-        original exception is not masked.
-        """
+        """Wait for every write, shut down, and raise :class:`WriteError` if any failed (only logged
+        if the ``with`` block is already raising, so as not to mask its exception)."""
         try:
             self.wait_all()
         finally:
