@@ -16,10 +16,9 @@ Both may carry the frame period: ``entry/instrument/detector_1/frame_time`` (s) 
 ``xpcs/twotime/config/stride_frame`` times ``xpcs/twotime/config/avg_frame`` (each of the
 last two taken as 1 when absent).
 
-Nothing here reads a matrix: :func:`read_bin_table` returns dataset keys, and
-:func:`matrix_dataset` returns the lazy ``h5py.Dataset`` of one of them, so a caller
-reads only the matrices it needs. Every problem raises a one-line
-:class:`~homodyne_mpi.errors.InputError` that names the file, the key and the fix.
+Nothing here reads a matrix (:func:`matrix_dataset` returns a lazy ``h5py.Dataset``).
+Every problem raises a one-line :class:`~homodyne_mpi.errors.InputError` that names the
+file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -50,6 +49,8 @@ LEGACY_KEYS = (LEGACY_Q_KEY, LEGACY_PHI_KEY, LEGACY_MATRIX_GROUP)
 FRAME_TIME_KEY = "entry/instrument/detector_1/frame_time"
 STRIDE_FRAME_KEY = "xpcs/twotime/config/stride_frame"
 AVG_FRAME_KEY = "xpcs/twotime/config/avg_frame"
+FRAME_PERIOD_KEYS = (FRAME_TIME_KEY, STRIDE_FRAME_KEY, AVG_FRAME_KEY)
+_USE_CONFIG_DT = "set analyzer_parameters.dt in the config instead of taking it from the file"
 
 
 def aps_u_matrix_key(position: int) -> str:
@@ -162,9 +163,8 @@ def _read_aps_u(h5: h5py.File) -> BinTable:
     phi_list = _read_vector(h5, APS_U_PHI_KEY, APS_U).astype(np.float64)
     bins = _read_vector(h5, APS_U_BINS_KEY, APS_U)
     _require(h5, APS_U_MATRIX_GROUP, APS_U, kind=h5py.Group)
-    if bins.dtype.kind == "f":
-        if not np.all(bins == np.round(bins)):
-            raise InputError(f"{source}: '{APS_U_BINS_KEY}' holds non-integer bin labels; the file is not a correlator result")
+    if bins.dtype.kind == "f" and not np.all(bins == np.round(bins)):
+        raise InputError(f"{source}: '{APS_U_BINS_KEY}' holds non-integer bin labels; the file is not a correlator result")
     bins = bins.astype(np.int64)
     n_q, n_phi = q_list.size, phi_list.size
     index = bins - 1
@@ -216,19 +216,17 @@ def read_bin_table(h5: h5py.File, layout: str | None = None) -> BinTable:
     raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
 
 
-def _scalar(h5: h5py.File, key: str) -> float | None:
+def _scalar(h5: h5py.File, key: str) -> float:
+    """The single number stored at ``key``; 1 when absent (the default of stride and avg)."""
     if key not in h5:
-        return None
+        return 1.0
     obj = h5[key]
     try:
         values = np.asarray(obj[()]).reshape(-1) if isinstance(obj, h5py.Dataset) else np.empty(0)
     except (OSError, ValueError, TypeError):
         values = np.empty(0)
     if values.size != 1 or values.dtype.kind not in "fiu":
-        raise InputError(
-            f"{_source_name(h5)}: '{key}' is not a single number; set analyzer_parameters.dt "
-            "in the config instead of taking it from the file"
-        )
+        raise InputError(f"{_source_name(h5)}: '{key}' is not a single number; {_USE_CONFIG_DT}")
     return float(values[0])
 
 
@@ -238,25 +236,15 @@ def read_frame_period(h5: h5py.File) -> FramePeriod | None:
     ``stride_frame`` and ``avg_frame`` default to 1 when absent. A present but unusable
     value (not one positive finite number) is an :class:`InputError`.
     """
-    frame_time = _scalar(h5, FRAME_TIME_KEY)
-    if frame_time is None:
+    if FRAME_TIME_KEY not in h5:
         return None
-    stride = _scalar(h5, STRIDE_FRAME_KEY)
-    avg = _scalar(h5, AVG_FRAME_KEY)
-    stride = 1.0 if stride is None else stride
-    avg = 1.0 if avg is None else avg
-    for key, value in ((FRAME_TIME_KEY, frame_time), (STRIDE_FRAME_KEY, stride), (AVG_FRAME_KEY, avg)):
+    frame_time, stride, avg = (_scalar(h5, key) for key in FRAME_PERIOD_KEYS)
+    for key, value in zip(FRAME_PERIOD_KEYS, (frame_time, stride, avg)):
         if not (np.isfinite(value) and value > 0):
-            raise InputError(
-                f"{_source_name(h5)}: '{key}' is {value}, not a positive number; set "
-                "analyzer_parameters.dt in the config instead of taking it from the file"
-            )
+            raise InputError(f"{_source_name(h5)}: '{key}' is {value}, not a positive number; {_USE_CONFIG_DT}")
     for key, value in ((STRIDE_FRAME_KEY, stride), (AVG_FRAME_KEY, avg)):
         if value != round(value):
-            raise InputError(
-                f"{_source_name(h5)}: '{key}' is {value}, not a whole number of frames; set "
-                "analyzer_parameters.dt in the config instead of taking it from the file"
-            )
+            raise InputError(f"{_source_name(h5)}: '{key}' is {value}, not a whole number of frames; {_USE_CONFIG_DT}")
     return FramePeriod(frame_time, int(round(stride)), int(round(avg)))
 
 

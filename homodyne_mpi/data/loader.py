@@ -1,14 +1,11 @@
 """Load one data set: the selected angles' two-time matrices at one q, over a frame window.
 
-:func:`load_xpcs` opens an APS-U or APS legacy result file (see
-:mod:`homodyne_mpi.data.layouts`), selects the bins whose q is nearest ``wavevector_q``,
-keeps the angles inside ``phi_ranges`` (see :mod:`homodyne_mpi.data.selection` for the
-angle convention), sorts them by angle, and reads only those matrices, one at a time,
-sliced to the frame window and rebuilt into full symmetric float64 matrices. Peak memory
-is the result plus one stored window being read.
-
-Every problem ends in a one-line :class:`~homodyne_mpi.errors.InputError` naming the
-file, the key and the fix; nothing partial is returned.
+:func:`load_xpcs` opens an APS-U or APS legacy result file, selects the bins whose q is
+nearest ``wavevector_q`` and the angles inside ``phi_ranges`` (convention in
+:mod:`homodyne_mpi.data.selection`), and reads only those matrices, one at a time, sliced
+to the frame window and rebuilt full symmetric in float64: peak memory is the result plus
+one stored window. Every problem is a one-line :class:`~homodyne_mpi.errors.InputError`
+naming the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -23,15 +20,7 @@ import numpy as np
 
 from homodyne_mpi.errors import ConfigError, InputError, check_path
 
-from .layouts import (
-    AVG_FRAME_KEY,
-    FRAME_TIME_KEY,
-    STRIDE_FRAME_KEY,
-    detect_layout,
-    matrix_dataset,
-    read_bin_table,
-    read_frame_period,
-)
+from . import layouts
 from .selection import angles_in_ranges, format_ranges, frame_window, full_symmetric, select_nearest_q
 
 logger = logging.getLogger(__name__)
@@ -91,11 +80,8 @@ class XPCSData:
         return self.n_angles * n * (n - 1) // 2
 
     def full_rows(self, angle: int, row_start: int, row_stop: int, step: int = 1) -> np.ndarray:
-        """Rows ``row_start:row_stop:step``, columns ``::step`` of angle ``angle``'s ``c2``, a float64 copy.
-
-        The interface of ``data.stream.PointSource.full_rows``, so ``fit.h5`` is written
-        from either the same way.
-        """
+        """Rows ``row_start:row_stop:step``, columns ``::step`` of angle ``angle``'s ``c2``, a float64 copy
+        (as ``PointSource.full_rows``, so ``fit.h5`` is written from either the same way)."""
         return np.array(self.c2[angle, row_start:row_stop:step, ::step], dtype=np.float64)
 
 
@@ -137,7 +123,7 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
     """``(dt, 'config'|'file')``; the file's period is used (and logged) when ``dt`` is None."""
     if isinstance(dt, str) and dt.strip().lower() == "auto":
         dt = None
-    period = read_frame_period(h5) if dt is None else _optional_period(h5)
+    period = layouts.read_frame_period(h5) if dt is None else _optional_period(h5)
     if dt is not None:
         try:
             dt = float(dt)
@@ -156,7 +142,7 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
     if period is None:
         raise InputError(
             f"{source}: no dt: analyzer_parameters.dt is auto but the file has no "
-            f"'{FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
+            f"'{layouts.FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
         )
     logger.info(
         "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s (%s, %s, %s)",
@@ -164,9 +150,7 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
         period.stride_frame,
         period.avg_frame,
         period.dt,
-        FRAME_TIME_KEY,
-        STRIDE_FRAME_KEY,
-        AVG_FRAME_KEY,
+        *layouts.FRAME_PERIOD_KEYS,
     )
     return period.dt, "file"
 
@@ -174,20 +158,17 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
 def _optional_period(h5: h5py.File):
     """The file's frame period for a consistency warning; never an error."""
     try:
-        return read_frame_period(h5)
+        return layouts.read_frame_period(h5)
     except InputError:
         return None
 
 
 def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ranges, warn: bool = True) -> tuple:
-    """``(layout, q, phi, [(key, dataset), ...])``: the matrices at the q nearest ``target_q``.
-
-    ``target_q`` ``None``: the first q the file stores. Angles outside ``phi_ranges`` are
-    dropped and the rest sorted ascending; every matrix must have the same shape. Reads no
-    matrix data; ``warn`` logs a distant q.
-    """
-    layout = detect_layout(h5)
-    table = read_bin_table(h5, layout)
+    """``(layout, q, phi, [(key, dataset), ...])``: the matrices at the q nearest ``target_q``
+    (``None``: the first q stored), angles in ``phi_ranges``, sorted ascending; all of one
+    shape. Reads no matrix data; ``warn`` logs a distant q."""
+    layout = layouts.detect_layout(h5)
+    table = layouts.read_bin_table(h5, layout)
     target_q = float(table.q.reshape(-1)[0]) if target_q is None else float(target_q)
 
     chosen, q_selected = select_nearest_q(table.q, target_q)
@@ -216,7 +197,7 @@ def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ran
     chosen = chosen[order]
     phi = table.phi[chosen].astype(np.float64)
 
-    datasets = [(table.matrix_keys[b], matrix_dataset(h5, table.matrix_keys[b], layout)) for b in chosen]
+    datasets = [(table.matrix_keys[b], layouts.matrix_dataset(h5, table.matrix_keys[b], layout)) for b in chosen]
     first_key, first = datasets[0]
     for key, dataset in datasets[1:]:
         if dataset.shape != first.shape:
@@ -237,20 +218,16 @@ def load_xpcs(
     end_frame: int | None = None,
     dt: float | None = None,
 ) -> XPCSData:
-    """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom; ``None``: the
-    first q stored) from ``path``.
+    """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom; ``None``: the first q stored).
 
-    - ``phi_ranges``: inclusive ``(min, max)`` degree ranges (or ``AngleRange`` objects);
-      ``None`` keeps every angle. Compared modulo 360 degrees.
-    - ``start_frame``, ``end_frame``: 1-based inclusive window; ``None`` means the first /
-      last frame.
-    - ``dt``: seconds per frame; ``None`` (or ``'auto'``) takes
-      ``frame_time * stride_frame * avg_frame`` from the file and logs it.
+    - ``phi_ranges``: inclusive ``(min, max)`` degree ranges (or ``AngleRange`` objects),
+      compared modulo 360 degrees; ``None`` keeps every angle.
+    - ``start_frame``, ``end_frame``: 1-based inclusive window; ``None``: first / last frame.
+    - ``dt``: seconds per frame; ``None`` (or ``'auto'``) takes ``frame_time * stride_frame * avg_frame``
+      from the file and logs it.
 
-    Returns an :class:`XPCSData` with angles sorted ascending. Raises :class:`InputError`
-    for a missing or non-HDF5 file, an unknown layout, missing keys, mismatched shapes,
-    NaN or inf in a selected window, no angle left after filtering, frames out of range
-    or no dt.
+    Returns an :class:`XPCSData`, angles ascending. Any unusable file, selection, window or
+    dt raises :class:`InputError`.
     """
     file_path = Path(os.fspath(path))
     source = str(file_path)
@@ -317,18 +294,11 @@ def load_xpcs(
 def config_dataset_arguments(cfg, dataset=None) -> tuple:
     """``(path, keyword arguments of load_xpcs)`` for a data set of a ``HomodyneConfig``.
 
-    ``dataset`` selects the file:
-
-    - ``None``: the config's only dataset (``cfg.resolved_datasets()``, relative paths
-      read from the config file's folder; ``experimental_data.file_path`` as given for
-      configs without that method). A config listing several datasets raises
-      :class:`ConfigError`: loop over ``cfg.resolved_datasets()`` and pass each.
-    - a ``DatasetConfig``-like object (``file_path``, ``wavevector_q``): that file, at its
-      own q when it has one, else at ``analyzer_parameters.scattering.wavevector_q``.
-    - a path: that file.
-
-    The angle ranges apply only when ``cfg.phi_filtering.enabled``; frames and ``dt``
-    come from ``analyzer_parameters`` (``dt`` ``None`` reads it from the file).
+    ``dataset``: ``None`` for the config's only dataset (``cfg.resolved_datasets()``, or
+    ``experimental_data.file_path`` for configs without it; several datasets raise
+    :class:`ConfigError`); a ``DatasetConfig``-like object (``file_path``, its own
+    ``wavevector_q`` if any, else the analyzer's); or a path. Angle ranges apply only when
+    ``cfg.phi_filtering.enabled``; frames and ``dt`` come from ``analyzer_parameters``.
     """
     analyzer = cfg.analyzer_parameters
     wavevector_q = analyzer.scattering.wavevector_q
@@ -373,11 +343,8 @@ def load_config_dataset(cfg, dataset=None) -> XPCSData:
 
 
 def count_config_dataset_points(cfg, dataset) -> int:
-    """Points a data set will fit (``n_angles * N * (N - 1) / 2``), from the file's metadata only.
-
-    Reads no matrix. 0 when the file cannot be opened or does not fit the config: the
-    load itself then reports the error.
-    """
+    """Points a data set will fit (``n_angles * N * (N - 1) / 2``), from the file's metadata only;
+    0 when the file cannot be opened or does not fit the config (the load then reports why)."""
     try:
         path, arguments = config_dataset_arguments(cfg, dataset)
         source = str(path)

@@ -89,11 +89,7 @@ def format_ranges(ranges: Iterable) -> str:
 
 
 def frame_window(
-    start_frame: int | None,
-    end_frame: int | None,
-    n_frames: int,
-    *,
-    source: str = "the data file",
+    start_frame: int | None, end_frame: int | None, n_frames: int, *, source: str = "the data file"
 ) -> tuple[int, int]:
     """Resolved 1-based inclusive ``(start_frame, end_frame)`` within ``1..n_frames``.
 

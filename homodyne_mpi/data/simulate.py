@@ -1,44 +1,32 @@
 """Synthetic correlator files from the model, for tests, demos and benchmarks.
 
 :func:`simulate_dataset` writes an HDF5 file in the APS-U or APS legacy layout that
-:func:`~homodyne_mpi.data.load_xpcs` reads back, and the truth beside it in
-``<output>.truth.json``. Each matrix is stored like the correlator stores it: the upper
-triangle including the diagonal, the strict lower triangle 0 (the loader rebuilds
-``C = H + H^T`` with the diagonal halved, so the stored diagonal is the model's diagonal,
-stored once). With ``noise_sigma = 0`` and float64 the loader gives back the model
-exactly (to rounding of the last bit).
-
-Memory: one angle at a time, computed in blocks of rows (about 4 million entries, 32 MiB
-per block in float64), noise added, converted, written and freed; no full N x N matrix is
-ever held, so 1e8-point files (10 angles x 4,472 frames) take a few hundred MiB.
+:func:`~homodyne_mpi.data.load_xpcs` reads back, and the truth in ``<output>.truth.json``.
+Each matrix is stored as the correlator stores it: the upper triangle with the diagonal,
+the strict lower triangle 0, so the loader's rebuild ``C = H + H^T`` (diagonal halved)
+gives back the model, exactly (to the last bit) for ``noise_sigma = 0`` and float64.
+Memory: one angle at a time, in blocks of rows (about 4 million entries, 32 MiB in
+float64), never a full N x N matrix, so 1e8-point files take a few hundred MiB.
 
 Noise: independent Gaussian noise of standard deviation ``noise_sigma`` on every stored
-entry (upper triangle and diagonal), seeded by ``(seed, q index, angle index)``; the
-rebuilt matrix mirrors it, so it stays symmetric.
-
-``noise_model='speckle'`` adds noise correlated along rows and columns, as in two-time
-data from a correlator, where every entry of row ``i`` shares frame ``i``'s speckle
-pattern and intensity normalisation::
+entry, seeded by ``(seed, q index, angle index)``; the rebuilt matrix mirrors it.
+``noise_model='speckle'`` adds the terms that a correlator's shared per-frame speckle
+pattern and intensity normalisation give to every entry of row and column ``i``::
 
     c2[i, j] + frame_sigma * (u_i + u_j) + noise_sigma * e_ij,   u_i, e_ij ~ N(0, 1)
 
-with one ``u`` per frame and angle (seeded like the rest) and ``frame_sigma`` equal to
-``noise_sigma`` unless given. Each entry then has a standard deviation of
-``sqrt(2 frame_sigma^2 + noise_sigma^2)``, and entries that share a frame are
-correlated, so least squares that treats points as independent underestimates its
-errors (the frame-block jackknife does not).
+with one ``u`` per frame and angle and ``frame_sigma`` equal to ``noise_sigma`` unless
+given: each entry has standard deviation ``sqrt(2 frame_sigma^2 + noise_sigma^2)`` and
+entries sharing a frame are correlated, so least squares that treats points as
+independent underestimates its errors (the frame-block jackknife does not).
 
-Frame window (``start_frame``): the model's time origin is the first frame of the fitted
-window (``docs/architecture.md``, "The model": ``t_k = k*dt`` over the selected frames). A file of ``n_frames`` frames
-simulated with ``start_frame = s`` holds, in frames ``s..n_frames``, exactly
-``c2_grid`` on a grid of ``n_frames - s + 1`` frames; the earlier frames (rows and
-columns before ``s``) hold the model on the whole file's grid, with its origin at frame 1.
-Loading the window ``s..n_frames`` therefore gives exactly the model the fit uses, and
-the truth is recovered; the block before the window is only there so that the file has
-the frames the config's window refers to. For ``s = 1`` the whole file is the model.
+Frame window (``start_frame = s``): the model's time origin is the first fitted frame
+(``docs/architecture.md``, "The model": ``t_k = k*dt``). Frames ``s..n_frames`` hold exactly
+``c2_grid`` on a grid of ``n_frames - s + 1`` frames, so loading that window recovers the
+truth; the earlier rows and columns hold the model on the whole file's grid (origin at
+frame 1), only so that the file has the frames the config's window refers to.
 
-JAX (through :mod:`homodyne_mpi.model`) is imported only when a function here runs, so
-importing :mod:`homodyne_mpi.data` leaves the XLA device setup free.
+JAX (through :mod:`homodyne_mpi.model`) is imported only when a function here runs.
 """
 
 from __future__ import annotations
@@ -58,20 +46,7 @@ import numpy as np
 
 from homodyne_mpi.errors import InputError
 
-from .layouts import (
-    APS_U,
-    APS_U_BINS_KEY,
-    APS_U_PHI_KEY,
-    APS_U_Q_KEY,
-    AVG_FRAME_KEY,
-    FRAME_TIME_KEY,
-    LAYOUTS,
-    LEGACY_MATRIX_GROUP,
-    LEGACY_PHI_KEY,
-    LEGACY_Q_KEY,
-    STRIDE_FRAME_KEY,
-    aps_u_matrix_key,
-)
+from . import layouts
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +77,8 @@ def _c2_rows_function():
 
     def c2_rows(diffusion_rows, diffusion_cols, strain_rows, strain_cols, projection, contrast, offset, spec):
         diffusion_ij = interval(diffusion_cols[None, :], diffusion_rows[:, None], spec)
-        if spec.has_shear:
-            strain_ij = interval(strain_cols[None, :], strain_rows[:, None], spec)
-        else:
-            strain_ij = None
-        g1_sq = g1_squared_from_integrals(diffusion_ij, strain_ij, projection, spec)
-        return offset + contrast * g1_sq
+        strain_ij = interval(strain_cols[None, :], strain_rows[:, None], spec) if spec.has_shear else None
+        return offset + contrast * g1_squared_from_integrals(diffusion_ij, strain_ij, projection, spec)
 
     return jax.jit(c2_rows, static_argnames=("spec",))
 
@@ -123,19 +94,11 @@ class _Integrals:
         self.diffusion = np.asarray(diffusion)
         self.strain = None if strain is None else np.asarray(strain)
 
-    def rows(self, physical_projection, contrast, offset, row_start, row_stop, col_start):
+    def rows(self, projection, contrast, offset, row_start, row_stop, col_start):
         """Model block for rows ``row_start:row_stop`` and columns ``col_start:`` of this grid."""
-        strain = self.strain
-        block = _c2_rows_function()(
-            self.diffusion[row_start:row_stop],
-            self.diffusion[col_start:],
-            None if strain is None else strain[row_start:row_stop],
-            None if strain is None else strain[col_start:],
-            physical_projection,
-            contrast,
-            offset,
-            self.spec,
-        )
+        rows, cols = slice(row_start, row_stop), slice(col_start, None)
+        strain = (None, None) if self.strain is None else (self.strain[rows], self.strain[cols])
+        block = _c2_rows_function()(self.diffusion[rows], self.diffusion[cols], *strain, projection, contrast, offset, self.spec)
         return np.asarray(block)
 
 
@@ -179,8 +142,8 @@ def _check_arguments(
         )
     if not (math.isfinite(noise_sigma) and noise_sigma >= 0):
         raise InputError(f"simulate: noise sigma is {noise_sigma!r}; use a number >= 0")
-    if layout not in LAYOUTS:
-        raise InputError(f"simulate: layout {layout!r} is unknown; use one of {LAYOUTS}")
+    if layout not in layouts.LAYOUTS:
+        raise InputError(f"simulate: layout {layout!r} is unknown; use one of {layouts.LAYOUTS}")
     if dtype not in DTYPES:
         raise InputError(f"simulate: dtype {dtype!r} is unsupported; use one of {DTYPES}")
     if noise_model not in NOISE_MODELS:
@@ -204,20 +167,18 @@ def _frame_noise(noise_model: str, frame_sigma: float, n_frames: int, seed: int,
 
 def _write_matrix(
     dataset: h5py.Dataset,
-    projection,
-    contrast: float,
-    offset: float,
+    scaling: tuple[float | None, float, float],
     file_grid: _Integrals,
     window_grid: _Integrals | None,
     window_start: int,
     noise_sigma: float,
     rng: np.random.Generator,
     block_rows: int,
-    frame_noise: np.ndarray | None = None,
+    frame_noise: np.ndarray | None,
 ) -> None:
     """Compute, perturb and store one angle's upper half, one block of rows at a time.
 
-    A block of rows ``r0:r1`` covers only the columns ``r0:`` (the rest of those rows is
+    ``scaling`` is ``(shear projection, contrast, offset)`` of the angle. A block of rows ``r0:r1`` covers only the columns ``r0:`` (the rest of those rows is
     lower triangle, left at the dataset's fill value 0), so the model and the noise are
     computed for about half the matrix.
     """
@@ -228,13 +189,11 @@ def _write_matrix(
         block = np.zeros((rows, n - row_start), dtype=np.float64)
         split = row_stop if window_grid is None else min(row_stop, max(row_start, window_start))
         if split > row_start:  # rows on the file's grid (all rows when there is no window)
-            block[: split - row_start] = file_grid.rows(projection, contrast, offset, row_start, split, row_start)
+            block[: split - row_start] = file_grid.rows(*scaling, row_start, split, row_start)
         if split < row_stop:  # rows inside the window, on the window's grid, columns >= split
             assert window_grid is not None, "split == row_stop without a window"
             local = split - window_start
-            block[split - row_start :, split - row_start :] = window_grid.rows(
-                projection, contrast, offset, local, row_stop - window_start, local
-            )
+            block[split - row_start :, split - row_start :] = window_grid.rows(*scaling, local, row_stop - window_start, local)
         if noise_sigma > 0:
             noise = rng.standard_normal(block.shape)
             noise *= noise_sigma
@@ -263,7 +222,7 @@ def simulate_dataset(
     phi: Sequence[float] | np.ndarray,
     noise_sigma: float = 0.0,
     seed: int = 0,
-    layout: str = APS_U,
+    layout: str = layouts.APS_U,
     dtype: str = "float64",
     noise_model: str = "gaussian",
     frame_noise_sigma: float | None = None,
@@ -271,26 +230,21 @@ def simulate_dataset(
     decoy_q: Sequence[float] = (),
     compression: str | None = "auto",
 ) -> dict:
-    """Write a synthetic correlator file at ``output`` and its truth; return the truth.
+    """Write a synthetic correlator file at ``output`` and its truth (returned), both atomically.
 
-    - ``mode`` (``static``/``laminar_flow``), ``shear_form``, ``q`` (1/Angstrom), ``dt``
-      (s), ``gap`` (Angstrom) and ``physical`` (canonical order, ``docs/architecture.md``, "The model") define
-      the model; ``contrast`` and ``offset`` hold one value or one per angle; ``phi`` in
-      degrees, stored in the given order.
-    - ``n_frames``: frames in the file. ``start_frame``: first frame of the fitted window,
-      the model's time origin (see the module docstring); 1 by default.
-    - ``noise_sigma``, ``seed``, ``noise_model``: seeded Gaussian noise (0 = exact model);
-      ``speckle`` adds per-frame terms of ``frame_noise_sigma`` (default ``noise_sigma``)
-      shared along rows and columns (module docstring).
-    - ``layout``: ``aps-u`` or ``aps-legacy``; ``dtype``: ``float64`` or ``float32``.
-    - ``decoy_q``: further q values written with the same angles (the model at that q),
-      to exercise q selection. The file's q list is sorted ascending.
-    - ``compression``: ``auto`` (lzf for float32, as the correlator; none for float64),
-      ``lzf``, ``gzip`` or ``None``.
+    - Model: ``mode``, ``shear_form``, ``q`` (1/Angstrom), ``dt`` (s), ``gap`` (Angstrom),
+      ``physical`` (canonical order, ``docs/architecture.md``, "The model"); ``contrast`` and
+      ``offset`` one value or one per angle; ``phi`` in degrees, stored in the given order.
+    - ``n_frames`` frames in the file; ``start_frame`` is the model's time origin (module docstring).
+    - Noise (module docstring): ``noise_sigma`` (0 = exact model), ``seed``, ``noise_model``,
+      ``frame_noise_sigma`` (``speckle`` only, default ``noise_sigma``).
+    - ``layout`` ``aps-u`` or ``aps-legacy``; ``dtype`` ``float64`` or ``float32``;
+      ``compression`` ``auto`` (lzf for float32, as the correlator; none for float64), ``lzf``,
+      ``gzip`` or ``None``; ``decoy_q``: further q values with the same angles, to exercise q
+      selection (the q list is sorted ascending).
 
     The frame period is stored as ``frame_time = dt``, ``stride_frame = avg_frame = 1``, so
-    ``dt: auto`` recovers ``dt`` exactly. The file and ``<output>.truth.json`` are written
-    atomically. Raises :class:`InputError` for unusable arguments.
+    ``dt: auto`` recovers ``dt`` exactly. Raises :class:`InputError` for unusable arguments.
     """
     from homodyne_mpi.io.atomic import atomic_write_call, atomic_write_json
     from homodyne_mpi.model import ModelSpec, shear_projection
@@ -301,18 +255,7 @@ def simulate_dataset(
     except TypeError:
         pass  # reported by _check_arguments
     names, physical, phi = _check_arguments(
-        mode,
-        physical,
-        phi,
-        n_frames,
-        start_frame,
-        float(noise_sigma),
-        layout,
-        dtype,
-        noise_model,
-        decoy_q,
-        compression,
-        seed,
+        mode, physical, phi, n_frames, start_frame, float(noise_sigma), layout, dtype, noise_model, decoy_q, compression, seed
     )
     n_frames, start_frame, noise_sigma = int(n_frames), int(start_frame), float(noise_sigma)
     frame_sigma = noise_sigma if frame_noise_sigma is None else float(frame_noise_sigma)
@@ -361,59 +304,41 @@ def simulate_dataset(
         with h5py.File(temp, "w") as h5:
             h5.attrs["homodyne_mpi_simulated"] = json.dumps(truth)
             n_bins = len(q_values) * n_phi
-            bin_q = np.repeat(np.asarray(q_values), n_phi)
-            bin_phi = np.tile(phi, len(q_values))
-            if layout == APS_U:
-                h5.create_dataset(APS_U_Q_KEY, data=np.asarray(q_values, dtype=np.float64))
-                h5.create_dataset(APS_U_PHI_KEY, data=phi)
-                h5.create_dataset(APS_U_BINS_KEY, data=np.arange(1, n_bins + 1, dtype=np.int64))
-                keys = [aps_u_matrix_key(position) for position in range(n_bins)]
+            if layout == layouts.APS_U:
+                h5.create_dataset(layouts.APS_U_Q_KEY, data=np.asarray(q_values, dtype=np.float64))
+                h5.create_dataset(layouts.APS_U_PHI_KEY, data=phi)
+                h5.create_dataset(layouts.APS_U_BINS_KEY, data=np.arange(1, n_bins + 1, dtype=np.int64))
+                keys = [layouts.aps_u_matrix_key(position) for position in range(n_bins)]
             else:
-                h5.create_dataset(LEGACY_Q_KEY, data=bin_q[None, :])
-                h5.create_dataset(LEGACY_PHI_KEY, data=bin_phi[None, :])
-                keys = [f"{LEGACY_MATRIX_GROUP}/c2_{position + 1:05d}" for position in range(n_bins)]
-            h5.create_dataset(FRAME_TIME_KEY, data=dt)
-            h5.create_dataset(STRIDE_FRAME_KEY, data=1)
-            h5.create_dataset(AVG_FRAME_KEY, data=1)
+                h5.create_dataset(layouts.LEGACY_Q_KEY, data=np.repeat(np.asarray(q_values), n_phi)[None, :])
+                h5.create_dataset(layouts.LEGACY_PHI_KEY, data=np.tile(phi, len(q_values))[None, :])
+                keys = [f"{layouts.LEGACY_MATRIX_GROUP}/c2_{position + 1:05d}" for position in range(n_bins)]
+            h5.create_dataset(layouts.FRAME_TIME_KEY, data=dt)
+            h5.create_dataset(layouts.STRIDE_FRAME_KEY, data=1)
+            h5.create_dataset(layouts.AVG_FRAME_KEY, data=1)
 
-            position = 0
+            chunks = (chunk_rows, n_frames) if compression else None
             for q_index, q_value in enumerate(q_values):
                 spec_file = dataclasses.replace(spec_main, q=q_value)
                 file_grid = _Integrals(physical, spec_file)
-                window_grid = None
-                if start_frame > 1:
-                    window_grid = _Integrals(physical, dataclasses.replace(spec_file, n_frames=n_frames - start_frame + 1))
+                window_spec = dataclasses.replace(spec_file, n_frames=n_frames - start_frame + 1)
+                window_grid = _Integrals(physical, window_spec) if start_frame > 1 else None
                 projections = np.asarray(shear_projection(physical, phi)) if spec_file.has_shear else None
                 for angle_index in range(n_phi):
                     started = time.perf_counter()
+                    key = keys[q_index * n_phi + angle_index]
                     dataset = h5.create_dataset(
-                        keys[position],
-                        shape=(n_frames, n_frames),
-                        dtype=dtype,
-                        chunks=(chunk_rows, n_frames) if compression else None,
-                        compression=compression,
+                        key, shape=(n_frames, n_frames), dtype=dtype, chunks=chunks, compression=compression
                     )
+                    projection = None if projections is None else float(projections[angle_index])
+                    scaling = (projection, float(contrast[angle_index]), float(offset[angle_index]))
+                    rng = np.random.default_rng([int(seed), q_index, angle_index])
+                    frame_noise = _frame_noise(noise_model, frame_sigma, n_frames, seed, q_index, angle_index)
                     _write_matrix(
-                        dataset,
-                        None if projections is None else float(projections[angle_index]),
-                        float(contrast[angle_index]),
-                        float(offset[angle_index]),
-                        file_grid,
-                        window_grid,
-                        start_frame - 1,
-                        noise_sigma,
-                        np.random.default_rng([int(seed), q_index, angle_index]),
-                        block_rows,
-                        frame_noise=_frame_noise(noise_model, frame_sigma, n_frames, seed, q_index, angle_index),
+                        dataset, scaling, file_grid, window_grid, start_frame - 1, noise_sigma, rng, block_rows, frame_noise
                     )
-                    logger.debug(
-                        "simulated %s (q = %g, phi = %g) in %.2f s",
-                        keys[position],
-                        q_value,
-                        phi[angle_index],
-                        time.perf_counter() - started,
-                    )
-                    position += 1
+                    elapsed = time.perf_counter() - started
+                    logger.debug("simulated %s (q = %g, phi = %g) in %.2f s", key, q_value, phi[angle_index], elapsed)
 
     started = time.perf_counter()
     try:

@@ -1,9 +1,5 @@
-"""``homodyne-mpi simulate``: a synthetic file whose truth is a config's start point.
-
-Reads the grid (dt, q, frames, gap, shear form), the truth (``initial_parameters``) and
-the per-angle scaling from a parsed config and hands them to
-:func:`homodyne_mpi.data.simulate.simulate_dataset`, which writes the file.
-"""
+"""``homodyne-mpi simulate``: the grid, truth and scaling of a parsed config, handed to
+:func:`homodyne_mpi.data.simulate.simulate_dataset`."""
 
 from __future__ import annotations
 
@@ -26,6 +22,8 @@ def _config_physical_values(cfg, mode: str) -> np.ndarray:
     """The config's initial values in canonical physical order, matched by name."""
     from homodyne_mpi.model import PHYSICAL_PARAMETERS
 
+    if mode not in PHYSICAL_PARAMETERS:
+        raise ConfigError(f"config: analysis_mode {mode!r} is unknown; use one of {tuple(PHYSICAL_PARAMETERS)}")
     initial = cfg.initial_parameters
     wanted = PHYSICAL_PARAMETERS[mode]
     names = list(initial.parameter_names or wanted)  # empty: canonical order
@@ -66,19 +64,15 @@ def simulate_from_config(
 ) -> dict:
     """``homodyne-mpi simulate``: a synthetic file whose truth is the config's start point.
 
-    - Truth: ``initial_parameters.values`` matched to ``parameter_names`` and put in the
-      canonical physical order; contrast and offset from
-      ``initial_parameters.per_angle_scaling`` (one value or one per angle).
-    - Grid: ``analyzer_parameters.dt`` (a number: ``auto`` is an error here),
-      ``scattering.wavevector_q``, ``geometry.stator_rotor_gap`` and ``shear_form``.
-    - Frames: the file holds ``end_frame`` frames (``end_frame`` must be set) and frames
-      ``start_frame..end_frame`` hold exactly the model on that window, its time origin at
-      ``start_frame`` (see the module docstring). Loading the file with the same config
-      therefore gives exactly the model (plus noise) that the fit evaluates.
-    - Angles: ``phi`` (degrees), default :data:`DEFAULT_SIMULATED_PHI`. A warning lists
-      the angles the config's ``phi_filtering`` would drop.
-    - ``noise``, ``seed``, ``dtype``, ``noise_model``: as :func:`simulate_dataset`'s
-      ``noise_sigma``, ``seed``, ``dtype`` and ``noise_model``.
+    - Truth: ``initial_parameters.values`` by ``parameter_names``, in canonical physical
+      order; contrast and offset from ``initial_parameters.per_angle_scaling``.
+    - Grid: ``analyzer_parameters.dt`` (a number, not ``auto``), ``scattering.wavevector_q``,
+      ``geometry.stator_rotor_gap`` and ``shear_form``.
+    - Frames: the file holds ``end_frame`` frames (which must be set); frames
+      ``start_frame..end_frame`` hold exactly the model the fit evaluates on that window.
+    - Angles: ``phi`` (degrees), default :data:`DEFAULT_SIMULATED_PHI`; a warning lists
+      those the config's ``phi_filtering`` would drop.
+    - ``noise`` is :func:`simulate_dataset`'s ``noise_sigma``; ``seed``, ``dtype``, ``noise_model`` as there.
     """
     mode = cfg.analysis_mode
     analyzer = cfg.analyzer_parameters
@@ -98,10 +92,6 @@ def simulate_from_config(
             f"config: analyzer_parameters.start_frame={start_frame}, end_frame={end_frame}; "
             "simulate needs 1 <= start_frame < end_frame"
         )
-    from homodyne_mpi.model import PHYSICAL_PARAMETERS
-
-    if mode not in PHYSICAL_PARAMETERS:
-        raise ConfigError(f"config: analysis_mode {mode!r} is unknown; use one of {tuple(PHYSICAL_PARAMETERS)}")
     physical = _config_physical_values(cfg, mode)
     angles = np.asarray(DEFAULT_SIMULATED_PHI if phi is None else phi, dtype=np.float64).reshape(-1)
     scaling = cfg.initial_parameters.per_angle_scaling
