@@ -129,11 +129,8 @@ def did_you_mean(word: str, candidates: list[str]) -> str:
 
 def suggest_fix(word: str, candidates: list[str], valid_keys: bool = False) -> str:
     """The fix part of a message for an unknown name: the nearest one, else the list."""
-    matches = difflib.get_close_matches(str(word), candidates, n=1, cutoff=0.6)
-    if matches:
-        return f"did you mean '{matches[0]}'?"
     label = "valid keys here" if valid_keys else "valid names"
-    return f"{label}: {', '.join(candidates)}"
+    return did_you_mean(word, candidates).strip(" ()") or f"{label}: {', '.join(candidates)}"
 
 
 def number(value: Any) -> float | None:
@@ -157,16 +154,11 @@ def show(value: Any) -> str:
     kinds = {bool: "a boolean", str: "a string", list: "a list", tuple: "a list", dict: "a mapping"}
     if value is None:
         return "null"
-    kind = kinds.get(type(value))
+    kind = kinds.get(type(value)) or ("a mapping" if isinstance(value, Mapping) else None)
     if kind is None:
-        if isinstance(value, Mapping):
-            kind = "a mapping"
-        else:
-            kind = "a number" if number(value) is not None else type(value).__name__
+        kind = "a number" if number(value) is not None else type(value).__name__
     text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({kind})"
+    return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind})"
 
 
 def yaml_scalar(value: Any) -> str:

@@ -21,33 +21,20 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, fields, is_dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
-from .context import (
-    Context,
-    did_you_mean,
-    format_number,
-    join,
-    pattern,
-    show,
-    suggest_fix,
-    yaml_scalar,
-)
-from .context import (
-    number as as_number,
-)
-
-_HINTS: dict[type, dict[str, Any]] = {}
+from .context import Context, did_you_mean, format_number, join, pattern, show, suggest_fix, yaml_scalar
+from .context import number as as_number
 
 
+@cache
 def type_hints(cls: type) -> dict[str, Any]:
     """The resolved type hints of dataclass ``cls`` (cached)."""
-    if cls not in _HINTS:
-        _HINTS[cls] = typing.get_type_hints(cls)
-    return _HINTS[cls]
+    return typing.get_type_hints(cls)
 
 
 def schema_fields(cls: type) -> dict[str, Any]:
@@ -57,22 +44,17 @@ def schema_fields(cls: type) -> dict[str, Any]:
 
 def parse(cls: type, raw: Any, path: str, ctx: Context) -> Any:
     """Build dataclass ``cls`` from mapping ``raw``: strict keys, typed values."""
-    if raw is None:
-        raw = {}
+    raw = {} if raw is None else raw
     if not isinstance(raw, Mapping):
         raise ctx.error(
             f"'{path}' must be a mapping (a YAML section of key: value lines), got {show(raw)}",
             f"indent its keys under '{path.rsplit('.', 1)[-1]}:'",
         )
-    known = schema_fields(cls)
-    hints = type_hints(cls)
+    known, hints = schema_fields(cls), type_hints(cls)
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str):
-            raise ctx.error(
-                f"key {key!r} in '{path or 'the top level'}' is not a name",
-                "use the key names of the template",
-            )
+            raise ctx.error(f"key {key!r} in '{path or 'the top level'}' is not a name", "use the key names of the template")
         key_path = join(path, key)
         if key in known:
             f = known[key]
@@ -133,32 +115,23 @@ def coerce(value: Any, tp: Any, path: str, ctx: Context, f: Any = None, desc: st
             raise type_error(value, desc or describe(tp, meta), path, ctx, f)
         return [coerce(item, item_type, join(path, i), ctx) for i, item in enumerate(value)]
     if isinstance(tp, type) and is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return parse(tp, value, path, ctx)
-    if tp is bool:
-        if isinstance(value, (bool, np.bool_)):
-            return bool(value)
-        raise type_error(value, desc or describe(tp, meta), path, ctx, f)
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise type_error(value, desc or describe(tp, meta), path, ctx, f, quote=True)
-    if tp is float:
-        number = as_number(value)
-        if number is None:
-            raise type_error(value, desc or describe(tp, meta), path, ctx, f)
+        return value if isinstance(value, tp) else parse(tp, value, path, ctx)
+    if tp is bool and isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if tp is str and isinstance(value, str):
+        return value
+    number = as_number(value)
+    if tp is float and number is not None:
         if not math.isfinite(number):
             raise ctx.error(f"'{path}' must be a finite number, got {show(value)}", "give a finite value")
         return number
-    if tp is int:
-        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
-            return int(value)
-        number = as_number(value)
-        if number is None or not math.isfinite(number) or number != int(number):
-            raise type_error(value, desc or describe(tp, meta), path, ctx, f)
+    if tp is int and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if tp is int and number is not None and math.isfinite(number) and number == int(number):
         return int(number)
-    raise TypeError(f"config field type {tp!r} has no parser")  # a bug here, not in the file
+    if tp not in (bool, str, float, int):
+        raise TypeError(f"config field type {tp!r} has no parser")  # a bug here, not in the file
+    raise type_error(value, desc or describe(tp, meta), path, ctx, f, quote=tp is str)
 
 
 def describe(tp: Any, meta: Mapping[str, Any]) -> str:
@@ -199,7 +172,7 @@ def type_error(value: Any, desc: str, path: str, ctx: Context, f: Any, quote: bo
 
 def check_tree(obj: Any, path: str, ctx: Context) -> None:
     """Validate a dataclass tree: types, field ranges and choices, then ``_check`` hooks."""
-    hints = type_hints(type(obj))
+    hints = type_hints(obj.__class__)
     for name, f in schema_fields(type(obj)).items():
         value = getattr(obj, name)
         key_path = join(path, name)
@@ -219,9 +192,8 @@ def check_tree(obj: Any, path: str, ctx: Context) -> None:
             raise ctx.error(f"'{key_path}' must not be null", "give a value or leave the key out")
         coerce(value, hints[name], key_path, ctx, f)
         _check_range(value, f.metadata, key_path, ctx)
-    hook = getattr(obj, "_check", None)
-    if hook is not None:
-        hook(ctx, path)
+    if hasattr(obj, "_check"):
+        obj._check(ctx, path)
 
 
 def entry_dataclass(tp: Any) -> Any:
@@ -264,13 +236,10 @@ def limits_text(meta: Mapping[str, Any]) -> str:
 def to_plain(obj: Any) -> Any:
     """Dataclass tree -> dicts, lists and scalars; ``dt: None`` is written ``auto``."""
     if is_dataclass(obj):
-        out = {}
-        for name, f in schema_fields(type(obj)).items():
-            value = getattr(obj, name)
-            if value is None and f.metadata.get("auto"):
-                value = "auto"
-            out[name] = to_plain(value)
-        return out
+        return {
+            name: "auto" if getattr(obj, name) is None and f.metadata.get("auto") else to_plain(getattr(obj, name))
+            for name, f in schema_fields(type(obj)).items()
+        }
     if isinstance(obj, (list, tuple)):
         return [to_plain(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):

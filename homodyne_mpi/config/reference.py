@@ -1,14 +1,11 @@
 """Configs of the reference ``homodyne`` package (v2.x): recognise them and adapt them.
 
-The table ``reference_keys.yaml`` (next to this module) classifies every key path that the
-reference package's templates and config generator write: ``same`` (the same key here),
-``mapped`` (moved to a key here, its values renamed or refused), ``refused`` (accepted
-only with the reference's default value) and ``ignored``. A config that uses a key of
-the table with no own equivalent is a reference-format config: it is adapted in place
-(``adapt_reference``), then parsed leniently, so that any key left without an equivalent
-is ignored (listed once in the log, never an error). A config in this program's own
-format is parsed strictly. Besides the table's moves, four rules here read what a
-simple move cannot:
+The table ``reference_keys.yaml`` (next to this module; its header explains the classes
+``same``, ``mapped``, ``refused`` and ``ignored``) classifies every key path that the
+reference package writes. A config that uses a key of the table with no own equivalent
+is a reference-format config: adapted in place (``adapt_reference``), then parsed
+leniently, any key left without an equivalent ignored (logged once, never an error). A
+config in this program's own format is parsed strictly. Four rules read what a move cannot:
 
 - ``static_mode``: a missing ``analysis_mode`` is taken from ``analysis_settings.static_mode``;
   a missing ``wavevector_q`` means the first q the data file stores (as the reference does).
@@ -161,9 +158,6 @@ def apply_fixed_values(cfg: Any, ctx: Context) -> None:
     init.values = values
 
 
-# --- moving keys ----------------------------------------------------------------------------
-
-
 def _get(raw: Any, path: str) -> tuple[bool, Any]:
     node = raw
     for key in path.split("."):
@@ -243,9 +237,6 @@ def _apply_move(raw: dict[str, Any], path: str, entry: Mapping[str, Any], ctx: C
     section[leaf] = value
     ctx.origin[target] = ctx.where(path)
     ctx.info(f"'{ctx.where(path)}' (reference package) read as '{target}'")
-
-
-# --- the rules ---------------------------------------------------------------------------
 
 
 def _static_mode(raw: dict[str, Any], ctx: Context) -> None:

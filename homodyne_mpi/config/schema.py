@@ -73,16 +73,12 @@ class HomodyneConfig:
         if not self.initial_parameters.parameter_names and self.analysis_mode in PHYSICAL_PARAMETERS:
             self.initial_parameters.parameter_names = list(PHYSICAL_PARAMETERS[self.analysis_mode])
 
-    # --- construction and serialisation ------------------------------------------------
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None, validate: bool = True) -> HomodyneConfig:
         """Parse a config mapping (as read from YAML); ``source`` names it in messages.
 
-        A config in the reference package's format is recognised and adapted
-        (:mod:`homodyne_mpi.config.reference`): its keys are mapped or ignored, the
-        ignored ones logged once and kept in ``ignored_keys``. Validates unless
-        ``validate=False``.
+        A reference-package config is adapted first (:mod:`.reference`; its ignored keys are
+        logged once and kept in ``ignored_keys``). Validates unless ``validate=False``.
         """
         ctx = Context(source)
         if not isinstance(d, Mapping):
@@ -96,8 +92,7 @@ class HomodyneConfig:
         apply_fixed_values(cfg, ctx)
         finish_reference(ctx)
         ctx.flush_log()
-        cfg.source_path = source
-        cfg.ignored_keys = list(ctx.ignored)
+        cfg.source_path, cfg.ignored_keys = source, list(ctx.ignored)
         if validate:
             cfg.validate()
         return cfg
@@ -108,16 +103,12 @@ class HomodyneConfig:
 
     def validate(self) -> None:
         """Check types, ranges and the rules between fields; raise ``ConfigError``."""
-        ctx = Context(self.source_path)
-        check_tree(self, "", ctx)
+        check_tree(self, "", Context(self.source_path))
 
     def _check(self, ctx: Context, path: str) -> None:
         """The rules between sections: parameter names, values inside bounds, fixed names."""
-        mode = self.analysis_mode
-        names_all = PHYSICAL_PARAMETERS[mode]
-        init = self.initial_parameters
-        space = self.parameter_space
-        names = init.parameter_names
+        mode, init, space = self.analysis_mode, self.initial_parameters, self.parameter_space
+        names_all, names = PHYSICAL_PARAMETERS[mode], init.parameter_names
         for i, name in enumerate(names):
             key = f"initial_parameters.parameter_names[{i}]"
             if name not in names_all:
@@ -172,8 +163,6 @@ class HomodyneConfig:
                         f"'{key}' = {x!r} is outside the {name} bounds [{lo:g}, {hi:g}]",
                         f"move it inside, or change parameter_space.bounds for {name}",
                     )
-
-    # --- views used by the fits -----------------------------------------------------------
 
     def physical_parameter_names(self) -> list[str]:
         """Physical parameter names of the mode, canonical order."""

@@ -148,24 +148,20 @@ class ExperimentalDataConfig:
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         resolved: list[DatasetConfig] = []
         for entry in entries:
-            file_path = Path(entry.file_path).expanduser()
-            if not file_path.is_absolute():
-                file_path = base / file_path
-            absolute = os.path.abspath(file_path)
+            absolute = os.path.abspath(base / Path(entry.file_path).expanduser())  # an absolute path replaces base
             name = entry.name if entry.name is not None else Path(absolute).stem
             qs = entry.wavevector_q
             if qs is None or len(qs) == 1:
                 resolved.append(DatasetConfig(file_path=absolute, name=name, wavevector_q=None if qs is None else list(qs)))
             else:
                 resolved += [DatasetConfig(file_path=absolute, name=f"{name}_q{q:g}", wavevector_q=[q]) for q in qs]
-        seen: set[str | None] = set()
-        for entry in resolved:
-            if entry.name in seen:
+        names = [entry.name for entry in resolved]
+        for i, entry in enumerate(resolved):
+            if entry.name in names[:i]:
                 raise ctx.error(
                     f"two datasets resolve to the name '{entry.name}' in 'experimental_data.datasets'",
                     "give them distinct 'name' values (each names a results folder)",
                 )
-            seen.add(entry.name)
         return resolved
 
 
@@ -219,15 +215,12 @@ class PerAngleScalingConfig:
         out = []
         for name in SCALING_PARAMETERS:
             value = getattr(self, name)
-            if isinstance(value, list):
-                if len(value) != n_angles:
-                    raise ConfigError(
-                        f"config: 'initial_parameters.per_angle_scaling.{name}' has {len(value)} values "
-                        f"but {n_angles} angles are selected -- give one value, or one per selected angle"
-                    )
-                out.append(np.asarray(value, dtype=float))
-            else:
-                out.append(np.full(n_angles, float(value)))
+            if isinstance(value, list) and len(value) != n_angles:
+                raise ConfigError(
+                    f"config: 'initial_parameters.per_angle_scaling.{name}' has {len(value)} values "
+                    f"but {n_angles} angles are selected -- give one value, or one per selected angle"
+                )
+            out.append(np.asarray(value, dtype=float) if isinstance(value, list) else np.full(n_angles, float(value)))
         return out[0], out[1]
 
     def _check(self, ctx: Context, path: str) -> None:
@@ -289,11 +282,8 @@ class ParameterSpaceConfig:
 
     def bound(self, name: str) -> ParameterBound:
         """The listed bound of ``name``, or its default (``KeyError`` for an unknown name)."""
-        for entry in self.bounds:
-            if entry.name == name:
-                return entry
-        lo, hi = DEFAULT_BOUNDS[name]
-        return ParameterBound(name=name, min=lo, max=hi)
+        listed = [entry for entry in self.bounds if entry.name == name]
+        return listed[0] if listed else ParameterBound(name=name, min=DEFAULT_BOUNDS[name][0], max=DEFAULT_BOUNDS[name][1])
 
     def bounds_for(self, name: str) -> tuple[float, float]:
         """``(min, max)`` of ``name``: the listed bound or the default (``DEFAULT_BOUNDS``)."""

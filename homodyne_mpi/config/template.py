@@ -14,6 +14,7 @@ import inspect
 import textwrap
 import typing
 from dataclasses import is_dataclass
+from functools import cache
 from typing import Any
 
 import yaml
@@ -77,10 +78,9 @@ def render_template(mode: str) -> str:
     return _HEAD.format(mode=mode) + "\n" + "\n".join(_render(example_config(mode), "")) + "\n"
 
 
+@cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of dataclass ``cls``, by field name."""
-    if cls in _DOCS:
-        return _DOCS[cls]
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
@@ -88,11 +88,7 @@ def field_docs(cls: type) -> dict[str, str]:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr):
             if isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
                 docs[node.target.id] = inspect.cleandoc(after.value.value)
-    _DOCS[cls] = docs
     return docs
-
-
-_DOCS: dict[type, dict[str, str]] = {}
 
 
 def allowed(tp: Any, meta: typing.Mapping[str, Any]) -> str:
@@ -105,8 +101,8 @@ def allowed(tp: Any, meta: typing.Mapping[str, Any]) -> str:
 
 def _render(obj: Any, indent: str) -> list[str]:
     """Lines of the YAML block of dataclass ``obj``, each key under its comment."""
-    cls = type(obj)
-    hints, docs = type_hints(cls), field_docs(cls)
+    cls = obj.__class__
+    hints, docs, plain = type_hints(cls), field_docs(cls), to_plain(obj)
     lines: list[str] = []
     for name, f in schema_fields(cls).items():
         value, tp = getattr(obj, name), hints[name]
@@ -120,8 +116,7 @@ def _render(obj: Any, indent: str) -> list[str]:
         item = entry_dataclass(tp)
         if item is None:
             lines += _comment(f"({allowed(tp, f.metadata)})", indent)
-            plain = "auto" if value is None and f.metadata.get("auto") else to_plain(value)
-            lines.append(f"{indent}{name}: {_flow(plain)}")
+            lines.append(f"{indent}{name}: {_flow(plain[name])}")
             continue
         item_docs = field_docs(item)
         lines.append(f"{indent}# Each entry:")
