@@ -104,9 +104,8 @@ def detect_layout(h5: h5py.File) -> str:
     legacy = sum(key in h5 for key in LEGACY_KEYS)
     if aps_u == 0 and legacy == 0:
         raise InputError(
-            f"{_source_name(h5)}: unknown HDF5 layout: found none of the APS-U keys "
-            f"({', '.join(APS_U_KEYS)}) nor the APS legacy keys ({', '.join(LEGACY_KEYS)}); "
-            "point experimental_data.file_path at a two-time correlation result of the "
+            f"{_source_name(h5)}: unknown HDF5 layout: found none of the APS-U keys ({', '.join(APS_U_KEYS)}) nor the APS "
+            f"legacy keys ({', '.join(LEGACY_KEYS)}); point experimental_data.file_path at a two-time correlation result of the "
             "APS 8-ID-I correlator"
         )
     if aps_u == len(APS_U_KEYS):
@@ -120,9 +119,8 @@ def _require(h5: h5py.File, key: str, layout: str, kind=h5py.Dataset):
     """The object at ``key``, of the given kind, or a one-line :class:`InputError`."""
     if key not in h5:
         raise InputError(
-            f"{_source_name(h5)}: missing key '{key}' needed by the {layout} layout; "
-            "the file is incomplete or not a two-time correlation result -- rerun the "
-            "correlator or pick another file"
+            f"{_source_name(h5)}: missing key '{key}' needed by the {layout} layout; the file is incomplete or not a two-time "
+            "correlation result -- rerun the correlator or pick another file"
         )
     obj = h5[key]
     if not isinstance(obj, kind):
@@ -171,9 +169,8 @@ def _read_aps_u(h5: h5py.File) -> BinTable:
     bad = (index < 0) | (index >= n_q * n_phi)
     if np.any(bad):
         raise InputError(
-            f"{source}: '{APS_U_BINS_KEY}' has bin {int(bins[bad][0])} outside 1..{n_q * n_phi} "
-            f"= len('{APS_U_Q_KEY}') {n_q} x len('{APS_U_PHI_KEY}') {n_phi}; the q/phi lists "
-            "do not match the processed bins -- the file is inconsistent"
+            f"{source}: '{APS_U_BINS_KEY}' has bin {int(bins[bad][0])} outside 1..{n_q * n_phi} = len('{APS_U_Q_KEY}') {n_q} x "
+            f"len('{APS_U_PHI_KEY}') {n_phi}; the q/phi lists do not match the processed bins -- the file is inconsistent"
         )
     q_index, phi_index = np.divmod(index, n_phi)
     keys = tuple(aps_u_matrix_key(position) for position in range(bins.size))
@@ -193,9 +190,8 @@ def _read_legacy(h5: h5py.File) -> BinTable:
     names = sorted(group.keys(), key=_natural_key)
     if len(names) != q.size:
         raise InputError(
-            f"{source}: '{LEGACY_MATRIX_GROUP}' holds {len(names)} matrices but "
-            f"'{LEGACY_Q_KEY}' lists {q.size} bins; every bin needs exactly one matrix -- "
-            "the file is inconsistent"
+            f"{source}: '{LEGACY_MATRIX_GROUP}' holds {len(names)} matrices but '{LEGACY_Q_KEY}' lists {q.size} bins; every bin "
+            "needs exactly one matrix -- the file is inconsistent"
         )
     keys = tuple(f"{LEGACY_MATRIX_GROUP}/{name}" for name in names)
     return BinTable(APS_LEGACY, q, phi, keys)
@@ -252,9 +248,8 @@ def matrix_dataset(h5: h5py.File, key: str, layout: str) -> h5py.Dataset:
     """The lazy dataset of one two-time matrix, checked to be a square 2-D array."""
     if key not in h5:
         raise InputError(
-            f"{_source_name(h5)}: missing key '{key}': a processed bin has no two-time "
-            "matrix (bins are never shifted onto the next matrix); rerun the correlator or "
-            "exclude that angle with phi_filtering"
+            f"{_source_name(h5)}: missing key '{key}': a processed bin has no two-time matrix (bins are never shifted onto the "
+            "next matrix); rerun the correlator or exclude that angle with phi_filtering"
         )
     dataset = h5[key]
     if not isinstance(dataset, h5py.Dataset):

@@ -187,10 +187,8 @@ def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ran
         if not np.any(keep):
             available = ", ".join(f"{a:g}" for a in np.sort(phi_at_q))
             raise InputError(
-                f"{source}: no angle left after phi_filtering: the angles at q = "
-                f"{q_selected:g} 1/A are [{available}] degrees and "
-                f"phi_filtering.target_ranges is {format_ranges(ranges)}; widen the "
-                "ranges or disable phi_filtering"
+                f"{source}: no angle left after phi_filtering: the angles at q = {q_selected:g} 1/A are [{available}] degrees "
+                f"and phi_filtering.target_ranges is {format_ranges(ranges)}; widen the ranges or disable phi_filtering"
             )
         chosen = chosen[keep]
     order = np.argsort(table.phi[chosen], kind="stable")
@@ -202,9 +200,8 @@ def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ran
     for key, dataset in datasets[1:]:
         if dataset.shape != first.shape:
             raise InputError(
-                f"{source}: dataset '{key}' has shape {dataset.shape} but '{first_key}' "
-                f"has {first.shape}; all matrices at one q must cover the same frames -- "
-                "the file is inconsistent"
+                f"{source}: dataset '{key}' has shape {dataset.shape} but '{first_key}' has {first.shape}; all matrices at one "
+                "q must cover the same frames -- the file is inconsistent"
             )
     return layout, q_selected, phi, datasets
 
@@ -259,9 +256,8 @@ def load_xpcs(
             bad = _count_nonfinite(stored)
             if bad:
                 raise InputError(
-                    f"{source}: dataset '{key}' (phi = {phi[index]:g} deg) has {bad} NaN/inf "
-                    f"values in frames {start}..{end}; exclude that angle with phi_filtering "
-                    "or choose a frame window without them"
+                    f"{source}: dataset '{key}' (phi = {phi[index]:g} deg) has {bad} NaN/inf values in frames {start}..{end}; "
+                    "exclude that angle with phi_filtering or choose a frame window without them"
                 )
             full_symmetric(stored, out=c2[index])
             del stored

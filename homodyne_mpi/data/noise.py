@@ -1,35 +1,25 @@
 """A robust, cheap estimate of the noise level of a measured two-time matrix.
 
-Estimator
----------
-Along an off-diagonal (fixed lag ``j - i``) the model ``c2`` changes slowly: not at all
-for stationary dynamics, smoothly for aging or shear. The difference of two neighbours on
-the same off-diagonal, ``d = c2[i, j] - c2[i+1, j+1]``, therefore removes the model and
-leaves the difference of two noise values, whose standard deviation is ``sigma * sqrt(2)``
-for independent noise of level ``sigma``. The estimate is the normal-consistent median
-absolute deviation of those differences::
+Along an off-diagonal (fixed lag ``j - i``) the model ``c2`` changes slowly (not at all for
+stationary dynamics), so the difference of two neighbours on it, ``d = c2[i, j] - c2[i+1, j+1]``,
+leaves the difference of two noise values, of standard deviation ``sigma * sqrt(2)``. The
+estimate is the normal-consistent median absolute deviation of those differences::
 
     sigma = median(|d - median(d)|) / 0.6745 / sqrt(2)
 
-The median makes it robust to the places where the model does change fast (early times
-of an aging sample, shear oscillations) and to outliers.
+robust to where the model changes fast (early times of an aging sample, shear) and to outliers.
 
-- Only the strict upper triangle ``j > i`` enters: the diagonal carries the speckle-noise
-  spike, and the lower triangle mirrors the upper one.
-- The first off-diagonal (lag 1) is excluded when the matrix has at least 4 frames: in
-  measured data neighbouring frames share detector and speckle correlations, and the
-  lag-1 values are often contaminated like the diagonal. Lags >= 2 are used.
-- Cost is O(N^2) at most: the differences are taken row by row (each row one vectorised
-  NumPy operation, no N x N temporary); above ``max_samples`` differences, rows are
-  sub-sampled with an even stride (every row still samples all its lags).
-- Floor: a noiseless matrix would give 0 (or float32 rounding noise), which would make
-  weights infinite. The result is at least ``1e-6 * median(|c2|)`` over the sampled
-  entries (about 1e-6 for ``c2 ~ 1``, far below measured noise of 1e-3 to 1e-1), and at
-  least 1e-12 in absolute terms.
+- Only the strict upper triangle enters (the diagonal carries the speckle-noise spike), and
+  from 4 frames on the lag-1 off-diagonal is left out too: in measured data neighbouring
+  frames share detector and speckle correlations.
+- O(N^2) at most, row by row (no N x N temporary); above ``max_samples`` differences, rows
+  are sub-sampled with an even stride (each sampled row keeps all its lags).
+- Floor: at least ``1e-6 * median(|c2|)`` over the sampled entries and 1e-12, so a noiseless
+  matrix does not make the weights infinite.
 
-For independent Gaussian noise the estimate is within a few percent of the truth once a
-few thousand differences are available (a 100-frame matrix gives ~4,800). Noise that is
-correlated between neighbouring frames is underestimated.
+For independent Gaussian noise the estimate is within a few percent once a few thousand
+differences are available (a 100-frame matrix gives ~4,800); noise correlated between
+neighbouring frames is underestimated.
 """
 
 from __future__ import annotations
@@ -49,11 +39,8 @@ NOISE_FLOOR_ABSOLUTE = 1e-12
 
 
 def estimate_noise_sigma(c2_matrix: np.ndarray, *, max_samples: int = 2_000_000) -> float:
-    """Noise level (``c2`` units) of one angle's ``(N, N)`` two-time matrix, ``N >= 3``.
-
-    See the module docstring for the estimator, the lag-1 exclusion and the floor. The
-    matrix should be the full symmetric one (or at least hold its upper triangle).
-    """
+    """Noise level (``c2`` units) of one angle's ``(N, N)`` two-time matrix, ``N >= 3`` (module
+    docstring); only its upper triangle is read."""
     matrix = np.asarray(c2_matrix)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"estimate_noise_sigma needs a square matrix, got shape {matrix.shape}")
@@ -68,12 +55,9 @@ def noise_row_stride(n: int, max_samples: int = 2_000_000) -> int:
 
 
 def noise_sigma_from_rows(row_pair, n: int, *, max_samples: int = 2_000_000) -> float:
-    """``estimate_noise_sigma`` of an ``(n, n)`` matrix seen only through ``row_pair(i)``.
-
-    ``row_pair(i)`` returns rows ``i`` and ``i + 1`` (shape ``(2, n)``; only their entries
-    right of the diagonal are used). Only the sampled rows are asked for, so a streamed
-    reader needs two rows at a time, not the matrix; the result is the same number.
-    """
+    """``estimate_noise_sigma`` of an ``(n, n)`` matrix seen only through ``row_pair(i)``, which
+    returns rows ``i`` and ``i + 1`` (only entries right of the diagonal are used), asked only
+    for the sampled rows: a streamed reader needs two rows at a time, not the matrix."""
     if n < 3:
         raise ValueError(f"estimate_noise_sigma needs at least 3 frames, got {n}")
     min_lag = 2 if n >= 4 else 1

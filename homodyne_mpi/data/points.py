@@ -51,10 +51,8 @@ class PointSet:
         }
 
     def padded(self, length: int, fill_angle: int = 0) -> PointSet:
-        """A copy extended to ``length`` points with zero-weight padding (``i=0, j=1``); itself if long enough.
-
-        Padding points carry ``fill_angle``; use the last angle to keep the order sorted.
-        """
+        """A copy extended to ``length`` points with padding (see ``padding_columns``; the last angle
+        as ``fill_angle`` keeps the order sorted); itself if long enough."""
         extra = length - len(self)
         if extra < 0:
             raise ValueError("padded length is shorter than the point set")
@@ -72,10 +70,8 @@ class PointSet:
 def upper_triangle_points(c2: np.ndarray, sigma: np.ndarray) -> PointSet:
     """All points ``i < j`` of ``c2`` (shape ``(n_angles, N, N)``), weighted ``1/sigma[angle]``."""
     n_angles, n_frames, _ = c2.shape
-    rows, cols = np.triu_indices(n_frames, k=1)
+    rows, cols = (index.astype(np.int32) for index in np.triu_indices(n_frames, k=1))
     per_angle = rows.size
-    rows = rows.astype(np.int32)
-    cols = cols.astype(np.int32)
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_angles,))
     if np.any(~np.isfinite(sigma)) or np.any(sigma <= 0):
         raise ValueError("noise sigma must be finite and positive for every angle")
@@ -98,12 +94,8 @@ def points_before_row(row, n_frames: int):
 
 
 def row_block_points(rows: np.ndarray, first_row: int, angle: int, weight: float, first_column: int = 0) -> PointSet:
-    """The points ``j > i`` of rows ``first_row ..`` of one angle's matrix, row-major.
-
-    ``rows`` (shape ``(k, N - first_column)``) holds columns ``first_column ..`` of those
-    rows of the full symmetric matrix; only entries right of the diagonal are read. Every
-    point gets ``weight`` (``1 / sigma``).
-    """
+    """The points ``j > i``, row-major, weighted ``weight`` (``1 / sigma``), of rows ``first_row ..``
+    of one angle's full symmetric matrix, given as their columns ``first_column ..`` (``rows``)."""
     k, width = rows.shape
     row_index = first_row + np.arange(k)
     upper = (first_column + np.arange(width))[None, :] > row_index[:, None]
@@ -121,13 +113,10 @@ def row_block_points(rows: np.ndarray, first_row: int, angle: int, weight: float
 def stream_points(read_rows, n_angles: int, n_frames: int, sigma, max_points: int):
     """Yield the points of ``upper_triangle_points`` in the same global order, in blocks.
 
-    ``read_rows(angle, r0, r1, c0)`` returns columns ``c0:`` of rows ``r0:r1`` of that
-    angle's full symmetric matrix (see ``PointSource.read_rows``); it is asked for
-    ``c0 = r0 + 1``, the first column right of the diagonal. Each block holds whole rows
-    and at most ``B = max(max_points, N - 1)`` points (a row is never split); the rows read
-    for it hold at most about ``2 B`` values (a ``k x (N - r0 - 1)`` rectangle around a
-    triangle of ``B`` points), so a reader holds ``16 B`` bytes of rows and ``28 B`` of
-    points at a time, whatever ``N``.
+    ``read_rows(angle, r0, r1, c0)`` returns columns ``c0:`` of rows ``r0:r1`` of that angle's
+    full symmetric matrix (``PointSource.read_rows``), asked with ``c0 = r0 + 1``. A block holds
+    whole rows, at most ``B = max(max_points, N - 1)`` points, read as about ``2 B`` values:
+    ``16 B`` bytes of rows and ``28 B`` of points at a time, whatever ``N``.
     """
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_angles,))
     before = points_before_row(np.arange(n_frames + 1), n_frames)

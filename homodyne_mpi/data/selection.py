@@ -1,21 +1,11 @@
-"""Pure selection steps between the stored bins and the fitted data set.
+"""Pure selection steps between the stored bins and the fitted data set: nearest q, angle
+ranges, frame window, and the full symmetric matrix from the half the correlator stores.
 
-- :func:`select_nearest_q`: the bins whose q is the one nearest the config's
-  ``wavevector_q``.
-- :func:`angles_in_ranges`: angles inside any of a list of inclusive degree ranges.
-- :func:`frame_window`: the 1-based inclusive frame window, checked against the file.
-- :func:`is_triangular_half` / :func:`full_symmetric`: rebuild a full symmetric matrix
-  from the upper-triangular half the correlator stores.
-
-Angle convention
-----------------
-Angles are directions, so an angle and a range are compared modulo 360 degrees: ``phi``
-lies in ``[lo, hi]`` when ``phi + 360 k`` does for some integer ``k``. The stored angles
-and the configured ranges may therefore each use ``[-180, 180]`` or ``[0, 360)``: the range
-``[170, 190]`` holds ``-175`` and ``185``, and ``[-10, 10]`` holds ``355``. A range with
-``hi < lo`` wraps through 360 (``[350, 10]`` is the same as ``[-10, 10]``); a range at
-least 360 degrees wide holds every angle. Bounds are inclusive with a tolerance of 1e-9
-degree. Angles are never rewritten: the data set keeps the stored values.
+Angle convention: angles are directions, so ``phi`` lies in ``[lo, hi]`` when ``phi + 360 k``
+does for some integer ``k``; stored angles and configured ranges may each use ``[-180, 180]``
+or ``[0, 360)`` (``[170, 190]`` holds ``-175`` and ``185``, ``[-10, 10]`` holds ``355``). A range
+with ``hi < lo`` wraps through 360 (``[350, 10]`` is ``[-10, 10]``); one at least 360 degrees
+wide holds every angle. Bounds are inclusive within 1e-9 degree. Stored angles are never rewritten.
 """
 
 from __future__ import annotations
@@ -44,9 +34,7 @@ def select_nearest_q(q_per_bin: np.ndarray, target_q: float) -> tuple[np.ndarray
     if q_per_bin.size == 0:
         raise ValueError("select_nearest_q needs at least one bin")
     distance = np.abs(q_per_bin - float(target_q))
-    nearest = float(distance.min())
-    candidates = q_per_bin[distance == nearest]
-    q_selected = float(candidates.min())
+    q_selected = float(q_per_bin[distance == distance.min()].min())
     chosen = np.flatnonzero(np.abs(q_per_bin - q_selected) <= Q_MATCH_RTOL * abs(q_selected))
     return chosen, q_selected
 
@@ -69,9 +57,7 @@ def angles_in_ranges(phi_deg: np.ndarray, ranges: Iterable) -> np.ndarray:
     mask = np.zeros(phi.shape, dtype=bool)
     for angle_range in ranges:
         lo, hi = range_bounds(angle_range)
-        width = hi - lo
-        if width < 0:
-            width += 360.0
+        width = hi - lo + 360.0 if hi < lo else hi - lo
         if width >= 360.0 - ANGLE_TOLERANCE_DEG:
             mask[:] = True
             continue
@@ -107,9 +93,8 @@ def frame_window(
     start, end = int(start), int(end)
     if not (1 <= start < end <= n_frames):
         raise InputError(
-            f"{source}: frames out of range: analyzer_parameters.start_frame={start}, "
-            f"end_frame={end}, but the matrices hold {n_frames} frames; use "
-            f"1 <= start_frame < end_frame <= {n_frames} (frames are 1-based, inclusive)"
+            f"{source}: frames out of range: analyzer_parameters.start_frame={start}, end_frame={end}, but the matrices hold "
+            f"{n_frames} frames; use 1 <= start_frame < end_frame <= {n_frames} (frames are 1-based, inclusive)"
         )
     return start, end
 
@@ -125,36 +110,28 @@ def _strict_triangle_is_zero(matrix: np.ndarray, *, lower: bool) -> bool:
 
 
 def is_triangular_half(matrix: np.ndarray) -> bool:
-    """True when one strict triangle is all zero: a stored half (upper or lower).
-
-    The correlator stores the upper triangle including the diagonal, the strict lower
-    triangle left at 0. A measured ``c2`` is close to 1 off the diagonal, so a full matrix
-    never has a zero triangle. Runs row by row (no N x N temporaries) and stops at the
-    first non-zero entry, so a full matrix is recognised after one row.
-    """
+    """True when one strict triangle is all zero: a stored half (the correlator stores the upper
+    one with the diagonal), never a full measured ``c2`` (about 1 off the diagonal). Row by row,
+    stopping at the first non-zero entry: a full matrix is recognised after one row."""
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {matrix.shape}")
     return _strict_triangle_is_zero(matrix, lower=True) or _strict_triangle_is_zero(matrix, lower=False)
 
 
 def full_symmetric(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Full symmetric float64 matrix from a stored one (half or full).
+    """Full symmetric float64 matrix from a stored one (half or full, copied as it is).
 
-    A half ``H`` (see :func:`is_triangular_half`) becomes ``C = H + H^T`` with the diagonal
-    halved, so ``C[i, i] = H[i, i]`` (the correlator's half includes the diagonal value once)
-    and ``C[i, j] = C[j, i] = H[i, j]`` off it; both are exact in float64. A full matrix is
-    copied as it is. ``out`` (float64, same shape) receives the result without any other
-    N x N temporary.
+    A half ``H`` becomes ``C = H + H^T`` with the diagonal halved: ``C[i, i] = H[i, i]`` and
+    ``C[i, j] = C[j, i] = H[i, j]``, exact in float64. ``out`` (float64, same shape) receives
+    the result without any other N x N temporary.
     """
     stored = np.asarray(stored)
     if out is None:
         out = np.empty(stored.shape, dtype=np.float64)
     if is_triangular_half(stored):
         np.add(stored, stored.T, out=out, dtype=np.float64)
-        n = out.shape[0]
-        flat_diagonal = out.reshape(-1)[:: n + 1] if out.flags.c_contiguous else None
-        if flat_diagonal is not None:
-            flat_diagonal *= 0.5
+        if out.flags.c_contiguous:
+            out.reshape(-1)[:: out.shape[0] + 1] *= 0.5
         else:
             np.fill_diagonal(out, 0.5 * np.diagonal(out))
     else:

@@ -1,16 +1,11 @@
 """Read a data set's matrices a block of rows at a time, never the whole matrix.
 
-:class:`PointSource` opens the same file, bins, angles and frame window as
-:func:`~homodyne_mpi.data.loader.load_xpcs`, but keeps the HDF5 file open and reads
-row blocks (h5py hyperslabs) on request. With :func:`~homodyne_mpi.data.points.stream_points`
-it yields the fit's points in the global order of ``upper_triangle_points`` while holding
-only one block; :meth:`PointSource.noise_sigmas` gives the same per-angle noise levels as
-``estimate_noise_sigmas`` on the loaded matrices, reading only the sampled row pairs.
-
-Storage: the correlator stores the upper triangle (lower left at 0); a full matrix and a
-lower half are read too. Rows of the full symmetric matrix ``C`` are then
-``C[i, j > i] = stored[i, j]`` (upper half or full) or ``stored[j, i]`` (lower half, read
-as column blocks). Only the entries right of the diagonal of a returned row are defined.
+:class:`PointSource` selects what :func:`~homodyne_mpi.data.loader.load_xpcs` selects, but keeps
+the HDF5 file open and reads row blocks (hyperslabs) on request: the fit's points in the
+order of ``upper_triangle_points`` one block at a time, and the noise levels and scaling of
+the loaded matrices from the rows they need. Rows of the full symmetric ``C`` are
+``C[i, j > i] = stored[i, j]`` for an upper half (as the correlator stores) or a full matrix,
+``stored[j, i]`` for a lower half (read as column blocks).
 """
 
 from __future__ import annotations
@@ -75,11 +70,8 @@ class PointSource:
         return np.arange(self.n_frames, dtype=np.float64) * self.dt
 
     def _first_row_and_column_zero(self, dataset) -> tuple[bool, bool]:
-        """Whether the window's first row right of the diagonal, and its first column below it, are all 0.
-
-        A stored upper half has a zero column, a lower half a zero row, a full matrix
-        neither (what ``selection.is_triangular_half`` finds from the whole matrix).
-        """
+        """Whether the window's first row right of the diagonal, and its first column below it, are all 0
+        (an upper half has a zero column, a lower half a zero row, a full matrix neither)."""
         first = self.start_frame - 1
         row = np.asarray(dataset[first, first + 1 : self.end_frame])
         column = np.asarray(dataset[first + 1 : self.end_frame, first])
@@ -98,11 +90,8 @@ class PointSource:
     def read_rows(
         self, angle: int, row_start: int, row_stop: int, first_column: int = 0, column_stop: int | None = None
     ) -> np.ndarray:
-        """Rows ``row_start:row_stop``, columns ``first_column:column_stop`` of angle ``angle``'s window, float64.
-
-        Entries right of the diagonal are those of the full symmetric matrix; NaN or inf
-        there is an ``InputError`` naming the dataset and rows.
-        """
+        """Rows ``row_start:row_stop``, columns ``first_column:column_stop`` of angle ``angle``'s window, float64;
+        defined (and checked for NaN or inf) right of the diagonal, where they are the full symmetric matrix's."""
         key = self._datasets[angle][0]
         first = self.start_frame - 1
         rows = slice(first + row_start, first + row_stop)
@@ -119,13 +108,8 @@ class PointSource:
         return block
 
     def full_rows(self, angle: int, row_start: int, row_stop: int, step: int = 1) -> np.ndarray:
-        """Rows ``row_start:row_stop:step``, columns ``::step`` of the loaded ``c2`` (``selection.full_symmetric``), float64.
-
-        Bit for bit those entries of the matrix ``load_xpcs`` builds: a stored half ``H``
-        gives ``H[i, j] + H[j, i]`` with the diagonal halved, a full matrix its own rows.
-        Reads the row block and the matching column block (strided hyperslabs of
-        ``2 x k x ceil(N / step)`` values for ``k`` returned rows).
-        """
+        """Rows ``row_start:row_stop:step``, columns ``::step`` of the loaded ``c2``, float64, bit for bit
+        (``H[i, j] + H[j, i]``, diagonal halved, for a half ``H``), from a row and a column block."""
         first = self.start_frame - 1
         window = slice(first, self.end_frame, step)
         rows = slice(first + row_start, first + row_stop, step)
@@ -139,46 +123,31 @@ class PointSource:
         return block
 
     def scaling(self, lag_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-        """Per-angle ``(contrast, offset)`` equal to ``nlsq.start.scaling_from_data`` of the loaded ``c2``.
-
-        The same medians of the same entries: the offset from the lags ``>= N - L``
-        (``L = round(lag_fraction (N - 1))``, an ``L x L`` corner of the first rows), the
-        contrast from the lag-1 diagonal (read in ``NOISE_READ_ROWS``-row squares) minus
-        the offset.
-        """
+        """Per-angle ``(contrast, offset)`` equal to ``nlsq.start.scaling_from_data`` of the loaded ``c2``:
+        the offset the median of lags ``>= N - L`` (``L = round(lag_fraction (N - 1))``), the
+        contrast the median of the lag-1 diagonal minus the offset."""
         n = self.n_frames
         long_lag = max(1, int(round(lag_fraction * (n - 1))))
         contrast, offset = np.empty(self.n_angles), np.empty(self.n_angles)
         for angle in range(self.n_angles):
             corner = self.read_rows(angle, 0, long_lag, n - long_lag)
             offset[angle] = np.median(corner[np.triu_indices(long_lag)])
-            lag_one = [
-                np.diagonal(
-                    self.read_rows(angle, r0, min(r0 + NOISE_READ_ROWS, n - 1), r0 + 1, min(r0 + NOISE_READ_ROWS, n - 1) + 1)
-                )
-                for r0 in range(0, n - 1, NOISE_READ_ROWS)
-            ]
+            lag_one = []
+            for r0 in range(0, n - 1, NOISE_READ_ROWS):  # NOISE_READ_ROWS-row squares along the diagonal
+                r1 = min(r0 + NOISE_READ_ROWS, n - 1)
+                lag_one.append(np.diagonal(self.read_rows(angle, r0, r1, r0 + 1, r1 + 1)))
             contrast[angle] = np.median(np.concatenate(lag_one)) - offset[angle]
         return contrast, offset
 
     def noise_sigmas(self, max_samples: int = 2_000_000) -> np.ndarray:
         """Per-angle noise levels, equal to ``estimate_noise_sigmas`` of the loaded matrices."""
-        every_row = noise_row_stride(self.n_frames, max_samples) == 1
-        return np.array(
-            [
-                noise_sigma_from_rows(
-                    self.row_pairs(angle, NOISE_READ_ROWS if every_row else 2), self.n_frames, max_samples=max_samples
-                )
-                for angle in range(self.n_angles)
-            ]
-        )
+        rows_per_read = NOISE_READ_ROWS if noise_row_stride(self.n_frames, max_samples) == 1 else 2
+        pairs = (self.row_pairs(angle, rows_per_read) for angle in range(self.n_angles))
+        return np.array([noise_sigma_from_rows(row_pair, self.n_frames, max_samples=max_samples) for row_pair in pairs])
 
     def row_pairs(self, angle: int, rows_per_read: int):
-        """``row_pair(i)``: rows ``i, i + 1`` of an angle, read ``rows_per_read`` rows at a time.
-
-        The noise estimator asks for pairs in increasing order; when it samples every row,
-        one read then serves ``rows_per_read - 1`` pairs.
-        """
+        """``row_pair(i)``: rows ``i, i + 1`` of an angle, read ``rows_per_read`` rows at a time (asked
+        in increasing order, one read serves ``rows_per_read - 1`` pairs when every row is sampled)."""
         start, rows = 0, np.zeros((0, self.n_frames))
 
         def row_pair(row: int) -> np.ndarray:
