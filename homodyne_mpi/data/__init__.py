@@ -1,14 +1,7 @@
-"""Data in: HDF5 readers for both correlator layouts, selection, noise level, simulation.
-
-- :func:`load_xpcs` / :func:`load_config_dataset` -> :class:`XPCSData` (full symmetric
-  float64 ``c2`` per angle at one q, over a frame window).
-- :mod:`~homodyne_mpi.data.layouts`: APS-U and APS legacy keys, detection, bin table.
-- :mod:`~homodyne_mpi.data.selection`: q selection, angle ranges (modulo 360 degrees),
-  frame window, half-matrix rebuild.
-- :func:`estimate_noise_sigma`: robust per-angle noise level.
-- :func:`simulate_dataset` / :func:`simulate_from_config`: synthetic correlator files.
-
-Importing this package does not import JAX: the simulator loads the model on first use.
+"""Data in: :func:`load_xpcs` / :func:`load_config_dataset` read either correlator layout into
+an :class:`XPCSData` (full symmetric float64 ``c2`` per angle at one q, over a frame window);
+selection, robust per-angle noise level, and synthetic files (:func:`simulate_dataset`).
+Importing this package does not import JAX.
 """
 
 from .loader import XPCSData, load_config_dataset, load_xpcs

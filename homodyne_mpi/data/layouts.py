@@ -8,17 +8,12 @@
   ``processed_bins`` (the correlator numbers them by position, starting at 1). A processed
   bin without its matrix is an error, never a shift of the remaining bins.
 - **APS legacy** (``aps-legacy``): ``xpcs/dqlist`` and ``xpcs/dphilist`` of shape
-  ``(1, n_bins)`` (one ``(q, phi)`` pair per bin) and the matrices ``exchange/C2T_all/<key>``,
-  taken in key order (natural order: digit runs compare as numbers, which is plain sorted
-  order for zero-padded names such as ``c2_00001``).
+  ``(1, n_bins)`` (one ``(q, phi)`` pair per bin) and the matrices ``exchange/C2T_all/<key>``
+  in natural key order (digit runs compare as numbers).
 
-Both may carry the frame period: ``entry/instrument/detector_1/frame_time`` (s) times
-``xpcs/twotime/config/stride_frame`` times ``xpcs/twotime/config/avg_frame`` (each of the
-last two taken as 1 when absent).
-
-Nothing here reads a matrix (:func:`matrix_dataset` returns a lazy ``h5py.Dataset``).
-Every problem raises a one-line :class:`~homodyne_mpi.errors.InputError` that names the
-file, the key and the fix.
+Both may carry the frame period (:class:`FramePeriod`). Nothing here reads a matrix
+(:func:`matrix_dataset` returns a lazy ``h5py.Dataset``). Every problem raises a one-line
+:class:`~homodyne_mpi.errors.InputError` that names the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -74,7 +69,8 @@ class BinTable:
 
 @dataclass(frozen=True)
 class FramePeriod:
-    """The frame period stored by the correlator: ``frame_time * stride_frame * avg_frame``."""
+    """The frame period stored by the correlator: ``frame_time * stride_frame * avg_frame`` (``frame_time`` at
+    ``entry/instrument/detector_1/frame_time``, the others in ``xpcs/twotime/config``)."""
 
     frame_time: float
     """Detector frame time, seconds."""
@@ -89,22 +85,17 @@ class FramePeriod:
         return self.frame_time * self.stride_frame * self.avg_frame
 
 
-def _source_name(h5: h5py.File) -> str:
-    return str(h5.filename)
-
-
 def detect_layout(h5: h5py.File) -> str:
     """``aps-u`` or ``aps-legacy`` from the keys present; :class:`InputError` if neither.
 
-    A file with every key of one layout is that layout (APS-U wins if both are complete);
-    otherwise the layout with more of its keys present is chosen, so that the missing
-    ones are reported as missing keys rather than as an unknown layout.
+    A layout with all its keys wins (APS-U first); else the one with the larger share of its
+    keys, so that the missing ones are reported as missing keys, not as an unknown layout.
     """
     aps_u = sum(key in h5 for key in APS_U_KEYS)
     legacy = sum(key in h5 for key in LEGACY_KEYS)
     if aps_u == 0 and legacy == 0:
         raise InputError(
-            f"{_source_name(h5)}: unknown HDF5 layout: found none of the APS-U keys ({', '.join(APS_U_KEYS)}) nor the APS "
+            f"{h5.filename}: unknown HDF5 layout: found none of the APS-U keys ({', '.join(APS_U_KEYS)}) nor the APS "
             f"legacy keys ({', '.join(LEGACY_KEYS)}); point experimental_data.file_path at a two-time correlation result of the "
             "APS 8-ID-I correlator"
         )
@@ -119,14 +110,14 @@ def _require(h5: h5py.File, key: str, layout: str, kind=h5py.Dataset):
     """The object at ``key``, of the given kind, or a one-line :class:`InputError`."""
     if key not in h5:
         raise InputError(
-            f"{_source_name(h5)}: missing key '{key}' needed by the {layout} layout; the file is incomplete or not a two-time "
+            f"{h5.filename}: missing key '{key}' needed by the {layout} layout; the file is incomplete or not a two-time "
             "correlation result -- rerun the correlator or pick another file"
         )
     obj = h5[key]
     if not isinstance(obj, kind):
         what = "dataset" if kind is h5py.Dataset else "group"
         raise InputError(
-            f"{_source_name(h5)}: key '{key}' is not an HDF5 {what} as the {layout} layout "
+            f"{h5.filename}: key '{key}' is not an HDF5 {what} as the {layout} layout "
             "requires; the file is not a correlator result of that layout"
         )
     return obj
@@ -138,16 +129,16 @@ def _read_vector(h5: h5py.File, key: str, layout: str) -> np.ndarray:
     try:
         values = np.asarray(dataset[()])
     except (OSError, ValueError, TypeError) as exc:
-        raise InputError(f"{_source_name(h5)}: cannot read '{key}' ({exc}); the file is damaged") from exc
+        raise InputError(f"{h5.filename}: cannot read '{key}' ({exc}); the file is damaged") from exc
     if values.dtype.kind not in "fciu":
         raise InputError(
-            f"{_source_name(h5)}: '{key}' holds {values.dtype} values, expected numbers; the file is not a correlator result"
+            f"{h5.filename}: '{key}' holds {values.dtype} values, expected numbers; the file is not a correlator result"
         )
     values = values.reshape(-1)
     if values.size == 0:
-        raise InputError(f"{_source_name(h5)}: '{key}' is empty; the file holds no processed bins")
+        raise InputError(f"{h5.filename}: '{key}' is empty; the file holds no processed bins")
     if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
-        raise InputError(f"{_source_name(h5)}: '{key}' contains NaN or inf; the file is damaged -- rerun the correlator")
+        raise InputError(f"{h5.filename}: '{key}' contains NaN or inf; the file is damaged -- rerun the correlator")
     return values
 
 
@@ -156,7 +147,7 @@ def _natural_key(name: str):
 
 
 def _read_aps_u(h5: h5py.File) -> BinTable:
-    source = _source_name(h5)
+    source = h5.filename
     q_list = _read_vector(h5, APS_U_Q_KEY, APS_U).astype(np.float64)
     phi_list = _read_vector(h5, APS_U_PHI_KEY, APS_U).astype(np.float64)
     bins = _read_vector(h5, APS_U_BINS_KEY, APS_U)
@@ -178,7 +169,7 @@ def _read_aps_u(h5: h5py.File) -> BinTable:
 
 
 def _read_legacy(h5: h5py.File) -> BinTable:
-    source = _source_name(h5)
+    source = h5.filename
     q = _read_vector(h5, LEGACY_Q_KEY, APS_LEGACY).astype(np.float64)
     phi = _read_vector(h5, LEGACY_PHI_KEY, APS_LEGACY).astype(np.float64)
     group = _require(h5, LEGACY_MATRIX_GROUP, APS_LEGACY, kind=h5py.Group)
@@ -198,11 +189,9 @@ def _read_legacy(h5: h5py.File) -> BinTable:
 
 
 def read_bin_table(h5: h5py.File, layout: str | None = None) -> BinTable:
-    """The ``(q, phi)`` and matrix key of every stored bin; reads no matrix.
+    """The ``(q, phi)`` and matrix key of every stored bin (``layout`` defaults to :func:`detect_layout`).
 
-    ``layout`` defaults to :func:`detect_layout`. Matrix keys are not checked for
-    existence here (that is a metadata lookup per bin); :func:`matrix_dataset` checks the
-    ones a caller actually opens.
+    Reads no matrix, nor checks that the keys exist: :func:`matrix_dataset` checks those opened.
     """
     layout = layout or detect_layout(h5)
     if layout == APS_U:
@@ -222,25 +211,22 @@ def _scalar(h5: h5py.File, key: str) -> float:
     except (OSError, ValueError, TypeError):
         values = np.empty(0)
     if values.size != 1 or values.dtype.kind not in "fiu":
-        raise InputError(f"{_source_name(h5)}: '{key}' is not a single number; {_USE_CONFIG_DT}")
+        raise InputError(f"{h5.filename}: '{key}' is not a single number; {_USE_CONFIG_DT}")
     return float(values[0])
 
 
 def read_frame_period(h5: h5py.File) -> FramePeriod | None:
-    """The stored frame period, or ``None`` when ``frame_time`` is absent.
-
-    ``stride_frame`` and ``avg_frame`` default to 1 when absent. A present but unusable
-    value (not one positive finite number) is an :class:`InputError`.
-    """
+    """The stored frame period, or ``None`` when ``frame_time`` is absent (``stride_frame`` and
+    ``avg_frame`` default to 1); a present value that is not one positive number is an :class:`InputError`."""
     if FRAME_TIME_KEY not in h5:
         return None
     frame_time, stride, avg = (_scalar(h5, key) for key in FRAME_PERIOD_KEYS)
     for key, value in zip(FRAME_PERIOD_KEYS, (frame_time, stride, avg)):
         if not (np.isfinite(value) and value > 0):
-            raise InputError(f"{_source_name(h5)}: '{key}' is {value}, not a positive number; {_USE_CONFIG_DT}")
+            raise InputError(f"{h5.filename}: '{key}' is {value}, not a positive number; {_USE_CONFIG_DT}")
     for key, value in ((STRIDE_FRAME_KEY, stride), (AVG_FRAME_KEY, avg)):
         if value != round(value):
-            raise InputError(f"{_source_name(h5)}: '{key}' is {value}, not a whole number of frames; {_USE_CONFIG_DT}")
+            raise InputError(f"{h5.filename}: '{key}' is {value}, not a whole number of frames; {_USE_CONFIG_DT}")
     return FramePeriod(frame_time, int(round(stride)), int(round(avg)))
 
 
@@ -248,21 +234,21 @@ def matrix_dataset(h5: h5py.File, key: str, layout: str) -> h5py.Dataset:
     """The lazy dataset of one two-time matrix, checked to be a square 2-D array."""
     if key not in h5:
         raise InputError(
-            f"{_source_name(h5)}: missing key '{key}': a processed bin has no two-time matrix (bins are never shifted onto the "
+            f"{h5.filename}: missing key '{key}': a processed bin has no two-time matrix (bins are never shifted onto the "
             "next matrix); rerun the correlator or exclude that angle with phi_filtering"
         )
     dataset = h5[key]
     if not isinstance(dataset, h5py.Dataset):
-        raise InputError(f"{_source_name(h5)}: key '{key}' is not a dataset; expected the two-time matrix of the {layout} layout")
+        raise InputError(f"{h5.filename}: key '{key}' is not a dataset; expected the two-time matrix of the {layout} layout")
     shape = dataset.shape
     if len(shape) != 2 or shape[0] != shape[1]:
         raise InputError(
-            f"{_source_name(h5)}: dataset '{key}' has shape {shape}, expected a square "
+            f"{h5.filename}: dataset '{key}' has shape {shape}, expected a square "
             "(frames, frames) two-time matrix; the file is damaged or not a correlator result"
         )
     if dataset.dtype.kind not in "fiu":
         raise InputError(
-            f"{_source_name(h5)}: dataset '{key}' holds {dataset.dtype} values, expected "
+            f"{h5.filename}: dataset '{key}' holds {dataset.dtype} values, expected "
             "real numbers; the file is not a correlator result"
         )
     return dataset

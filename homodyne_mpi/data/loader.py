@@ -123,44 +123,40 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
     """``(dt, 'config'|'file')``; the file's period is used (and logged) when ``dt`` is None."""
     if isinstance(dt, str) and dt.strip().lower() == "auto":
         dt = None
-    period = layouts.read_frame_period(h5) if dt is None else _optional_period(h5)
-    if dt is not None:
-        try:
-            dt = float(dt)
-        except (TypeError, ValueError):
-            raise InputError(f"{source}: analyzer_parameters.dt is {dt!r}; use a positive number of seconds or 'auto'") from None
-        if not (np.isfinite(dt) and dt > 0):
-            raise InputError(f"{source}: analyzer_parameters.dt is {dt}; use a positive number of seconds or 'auto'")
-        if period is not None and abs(period.dt - dt) > _DT_WARN_RELATIVE * dt:
-            logger.warning(
-                "dt from the config (%g s) differs from the file's frame period (%g s = "
-                "frame_time x stride x avg); using the config's",
-                dt,
-                period.dt,
+    if dt is None:
+        period = layouts.read_frame_period(h5)
+        if period is None:
+            raise InputError(
+                f"{source}: no dt: analyzer_parameters.dt is auto but the file has no "
+                f"'{layouts.FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
             )
-        return dt, "config"
-    if period is None:
-        raise InputError(
-            f"{source}: no dt: analyzer_parameters.dt is auto but the file has no "
-            f"'{layouts.FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
+        logger.info(
+            "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s (%s, %s, %s)",
+            period.frame_time,
+            period.stride_frame,
+            period.avg_frame,
+            period.dt,
+            *layouts.FRAME_PERIOD_KEYS,
         )
-    logger.info(
-        "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s (%s, %s, %s)",
-        period.frame_time,
-        period.stride_frame,
-        period.avg_frame,
-        period.dt,
-        *layouts.FRAME_PERIOD_KEYS,
-    )
-    return period.dt, "file"
-
-
-def _optional_period(h5: h5py.File):
-    """The file's frame period for a consistency warning; never an error."""
+        return period.dt, "file"
     try:
-        return layouts.read_frame_period(h5)
-    except InputError:
-        return None
+        period = layouts.read_frame_period(h5)
+    except InputError:  # the file's period only serves the consistency warning below
+        period = None
+    try:
+        dt = float(dt)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: analyzer_parameters.dt is {dt!r}; use a positive number of seconds or 'auto'") from None
+    if not (np.isfinite(dt) and dt > 0):
+        raise InputError(f"{source}: analyzer_parameters.dt is {dt}; use a positive number of seconds or 'auto'")
+    if period is not None and abs(period.dt - dt) > _DT_WARN_RELATIVE * dt:
+        logger.warning(
+            "dt from the config (%g s) differs from the file's frame period (%g s = frame_time x stride x avg); "
+            "using the config's",
+            dt,
+            period.dt,
+        )
+    return dt, "config"
 
 
 def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ranges, warn: bool = True) -> tuple:
@@ -237,7 +233,7 @@ def load_xpcs(
             f"{source}: analyzer_parameters.scattering.wavevector_q is {wavevector_q!r}; use a positive number in 1/Angstrom"
         )
     with _open(file_path) as h5:
-        layout, q_selected, phi, datasets = _select_matrices(h5, source, target_q, phi_ranges)
+        layout, q, phi, datasets = _select_matrices(h5, source, target_q, phi_ranges)
         n_file_frames = datasets[0][1].shape[0]
         start, end = frame_window(start_frame, end_frame, n_file_frames, source=source)
         dt_value, dt_source = _resolve_dt(h5, dt, source)
@@ -266,7 +262,7 @@ def load_xpcs(
         "%s: %s layout, q = %g 1/A, %d angles, frames %d..%d (%d), dt = %g s (%s)",
         source,
         layout,
-        q_selected,
+        q,
         len(phi),
         start,
         end,
@@ -275,15 +271,7 @@ def load_xpcs(
         dt_source,
     )
     return XPCSData(
-        c2=c2,
-        phi=phi,
-        q=q_selected,
-        dt=dt_value,
-        start_frame=start,
-        end_frame=end,
-        source=source,
-        layout=layout,
-        dt_source=dt_source,
+        c2=c2, phi=phi, q=q, dt=dt_value, start_frame=start, end_frame=end, source=source, layout=layout, dt_source=dt_source
     )
 
 

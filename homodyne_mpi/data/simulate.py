@@ -178,9 +178,9 @@ def _write_matrix(
 ) -> None:
     """Compute, perturb and store one angle's upper half, one block of rows at a time.
 
-    ``scaling`` is ``(shear projection, contrast, offset)`` of the angle. A block of rows ``r0:r1`` covers only the columns ``r0:`` (the rest of those rows is
-    lower triangle, left at the dataset's fill value 0), so the model and the noise are
-    computed for about half the matrix.
+    ``scaling`` is ``(shear projection, contrast, offset)`` of the angle. A block of rows ``r0:r1``
+    covers only the columns ``r0:`` (the rest is lower triangle, left at the fill value 0), so
+    the model and the noise are computed for about half the matrix.
     """
     n = dataset.shape[0]
     for row_start in range(0, n, block_rows):
