@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError
+from .errors import ConfigError, collective
 
 log = logging.getLogger("homodyne_mpi.cli")
 
@@ -180,9 +180,8 @@ def group_size(args, cfg) -> int | None:
     """Ranks per rank group: ``--group-size``, else ``compute.rank_group_size`` (None: automatic)."""
     size = args.group_size if args.group_size is not None else cfg.compute.rank_group_size
     if size is not None and size < 1:
-        error = ConfigError(f"--group-size {size} is not a rank count -- give a whole number of at least 1, or leave it out")
-        error.collective = True  # every rank parsed the same arguments
-        raise error
+        message = f"--group-size {size} is not a rank count -- give a whole number of at least 1, or leave it out"
+        raise collective(ConfigError(message))  # every rank parsed the same arguments
     return size
 
 
@@ -192,16 +191,8 @@ def command_simulate(args, comm) -> int:
     cfg = load_config(args.config)
     from .data.simulate_config import simulate_from_config
 
-    truth = simulate_from_config(
-        cfg,
-        args.output,
-        layout=args.layout,
-        phi=parse_phi(args.phi),
-        noise=args.noise,
-        seed=args.seed,
-        dtype=args.dtype,
-        noise_model=args.noise_model,
-    )
+    options = {name: getattr(args, name) for name in ("layout", "noise", "seed", "dtype", "noise_model")}
+    truth = simulate_from_config(cfg, args.output, phi=parse_phi(args.phi), **options)
     print(
         f"wrote {args.output} ({truth.get('layout', args.layout)}, {len(truth.get('phi', []))} angles, {truth.get('n_frames')} frames) and its truth sidecar"
     )

@@ -1,10 +1,7 @@
 """Rank 0's preparation of a data set before its fit: loaded whole, or opened for streaming.
 
-``prepare_dataset`` runs in the group leader's prefetch thread (``io.PrefetchLoader``). The
-loaded path reads every matrix and builds all points; the streamed path
-(``compute.stream_points``) opens the file as a ``data.stream.PointSource`` and reads only
-what the problem's noise levels and start values need, the points being read later while
-they are scattered (``pipeline.BatchRunner.distribute``).
+``prepare_dataset`` runs in the group leader's prefetch thread (``io.PrefetchLoader``). A
+streamed data set's points are read later, while they are scattered (``pipeline.BatchRunner.distribute``).
 """
 
 from __future__ import annotations

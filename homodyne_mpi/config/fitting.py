@@ -1,8 +1,4 @@
-"""The config sections of the fits: ``optimization.nlsq`` and ``optimization.cmc``.
-
-One dataclass per YAML section, keyword-only, a docstring per field (written by the
-template as comments); each field's ``option(...)`` carries its checks.
-"""
+"""The config sections of the fits, ``optimization.nlsq`` and ``optimization.cmc``, written like :mod:`.sections`."""
 
 from __future__ import annotations
 
@@ -143,13 +139,9 @@ class CMCConfig:
     """Global seed; a shard's seed comes from (seed, shard index), so results do not
     depend on the number of ranks."""
     sharding: ShardingConfig = option(factory=ShardingConfig)
-    """How the points are cut into shards."""
     per_shard_mcmc: PerShardMCMCConfig = option(factory=PerShardMCMCConfig)
-    """NUTS on each shard."""
     combination: CombinationConfig = option(factory=CombinationConfig)
-    """Shard filtering and consensus."""
     prior: PriorConfig = option(factory=PriorConfig)
-    """How CMC priors are built."""
     calibrate: bool = True
     """Points of a two-time matrix share frames, so they carry less information than
     their number says. true: divide the log-likelihood by the ratio of the NLSQ jackknife

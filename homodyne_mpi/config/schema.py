@@ -49,21 +49,15 @@ class HomodyneConfig:
     - homodyne-v2: g1 = g1_diff * sinc(Phi/(2 pi))^2, what the reference package
       computes; reproduces its results (to 1e-9 relative)"""
     analyzer_parameters: AnalyzerConfig = option()
-    """Time grid and scattering geometry."""
     experimental_data: ExperimentalDataConfig = option(factory=ExperimentalDataConfig)
-    """Which files to fit."""
     phi_filtering: PhiFilteringConfig = option(factory=PhiFilteringConfig)
-    """Which azimuthal angles to fit."""
     initial_parameters: InitialParametersConfig = option(factory=InitialParametersConfig)
-    """Starting values (and the truth that ``homodyne-mpi simulate`` uses)."""
     parameter_space: ParameterSpaceConfig = option(factory=ParameterSpaceConfig)
     """Bounds and CMC priors of each parameter."""
     optimization: OptimizationConfig = option(factory=OptimizationConfig)
     """NLSQ and CMC settings."""
     output: OutputConfig = option(factory=OutputConfig)
-    """Where results go."""
     compute: ComputeConfig = option(factory=ComputeConfig)
-    """Compilation cache and rank groups."""
     source_path: str | None = field(default=None, compare=False, metadata={"internal": True})
     """File the config was loaded from (not serialised)."""
     ignored_keys: list[str] = field(default_factory=list, compare=False, metadata={"internal": True})

@@ -1,10 +1,9 @@
 """The config sections that describe the data, the parameters and the output.
 
-One dataclass per YAML section, keyword-only, a docstring per field (the template
-``homodyne-mpi init-config`` writes these docstrings as comments and the defaults as
-values). Checks of a single value come from each field's ``option(...)``; the rules that
-tie fields of a section together live in its ``_check`` method. Angles are in degrees,
-times in seconds, lengths in Angstrom, q in 1/Angstrom.
+One dataclass per YAML section, keyword-only, a docstring per field (``init-config`` writes
+them as comments, the defaults as values); ``option(...)`` holds the checks of one value,
+``_check`` the rules between the fields of a section. Angles in degrees, times in seconds,
+lengths in Angstrom, q in 1/Angstrom.
 """
 
 from __future__ import annotations
@@ -63,9 +62,7 @@ class AnalyzerConfig:
     end_frame: int | None = option(None, ge=1, example="1000' or 'end_frame: null")
     """Last frame fitted, 1-based, inclusive, >= start_frame; null: the file's last frame."""
     scattering: ScatteringConfig = option()
-    """Scattering vector."""
     geometry: GeometryConfig = option(factory=GeometryConfig)
-    """Shear-cell geometry."""
 
     def _check(self, ctx: Context, path: str) -> None:
         if self.end_frame is not None and self.end_frame < self.start_frame:

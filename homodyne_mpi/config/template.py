@@ -80,10 +80,11 @@ def render_template(mode: str) -> str:
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of dataclass ``cls``, by field name."""
+    """The docstring written under each field of dataclass ``cls``, by field name; a section
+    field with none has its section's class docstring."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
+    docs = {name: inspect.cleandoc(tp.__doc__ or "") for name, tp in type_hints(cls).items() if is_dataclass(tp)}
     for node, after in zip(body, body[1:], strict=False):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr):
             if isinstance(after.value, ast.Constant) and isinstance(after.value.value, str):
