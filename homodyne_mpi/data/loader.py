@@ -1,11 +1,8 @@
 """Load one data set: the selected angles' two-time matrices at one q, over a frame window.
 
-:func:`load_xpcs` opens an APS-U or APS legacy result file, selects the bins whose q is
-nearest ``wavevector_q`` and the angles inside ``phi_ranges`` (convention in
-:mod:`homodyne_mpi.data.selection`), and reads only those matrices, one at a time, sliced
-to the frame window and rebuilt full symmetric in float64: peak memory is the result plus
-one stored window. Every problem is a one-line :class:`~homodyne_mpi.errors.InputError`
-naming the file, the key and the fix.
+:func:`load_xpcs` reads only the selected matrices, one at a time, sliced to the window and
+rebuilt full symmetric in float64 (peak memory: the result plus one stored window). Every
+problem is a one-line :class:`~homodyne_mpi.errors.InputError` naming the file, key and fix.
 """
 
 from __future__ import annotations
@@ -39,8 +36,7 @@ class XPCSData:
     """One data set ready to fit: full symmetric ``c2`` per angle at one q."""
 
     c2: np.ndarray
-    """Two-time correlation, float64, shape ``(n_angles, n_frames, n_frames)``, symmetric,
-    sliced to the frame window."""
+    """Two-time correlation over the frame window, float64, symmetric, ``(n_angles, n_frames, n_frames)``."""
     phi: np.ndarray
     """Azimuthal angle of each matrix, degrees, ascending (as stored in the file)."""
     q: float
@@ -213,14 +209,10 @@ def load_xpcs(
 ) -> XPCSData:
     """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom; ``None``: the first q stored).
 
-    - ``phi_ranges``: inclusive ``(min, max)`` degree ranges (or ``AngleRange`` objects),
-      compared modulo 360 degrees; ``None`` keeps every angle.
-    - ``start_frame``, ``end_frame``: 1-based inclusive window; ``None``: first / last frame.
-    - ``dt``: seconds per frame; ``None`` (or ``'auto'``) takes ``frame_time * stride_frame * avg_frame``
-      from the file and logs it.
-
-    Returns an :class:`XPCSData`, angles ascending. Any unusable file, selection, window or
-    dt raises :class:`InputError`.
+    ``phi_ranges``: inclusive ``(min, max)`` degree ranges or ``AngleRange`` objects, modulo 360
+    degrees (``None``: every angle). ``start_frame``, ``end_frame``: 1-based inclusive window.
+    ``dt``: seconds per frame; ``None`` or ``'auto'`` takes the file's frame period (logged).
+    Returns an :class:`XPCSData`, angles ascending; anything unusable raises :class:`InputError`.
     """
     file_path = Path(os.fspath(path))
     source = str(file_path)
@@ -234,8 +226,7 @@ def load_xpcs(
         )
     with _open(file_path) as h5:
         layout, q, phi, datasets = _select_matrices(h5, source, target_q, phi_ranges)
-        n_file_frames = datasets[0][1].shape[0]
-        start, end = frame_window(start_frame, end_frame, n_file_frames, source=source)
+        start, end = frame_window(start_frame, end_frame, datasets[0][1].shape[0], source=source)
         dt_value, dt_source = _resolve_dt(h5, dt, source)
 
         window = slice(start - 1, end)

@@ -1,25 +1,19 @@
 """A robust, cheap estimate of the noise level of a measured two-time matrix.
 
-Along an off-diagonal (fixed lag ``j - i``) the model ``c2`` changes slowly (not at all for
-stationary dynamics), so the difference of two neighbours on it, ``d = c2[i, j] - c2[i+1, j+1]``,
-leaves the difference of two noise values, of standard deviation ``sigma * sqrt(2)``. The
-estimate is the normal-consistent median absolute deviation of those differences::
+Along an off-diagonal (fixed lag) the model ``c2`` changes slowly, so the difference of two
+neighbours on it, ``d = c2[i, j] - c2[i+1, j+1]``, is the difference of two noise values, of
+standard deviation ``sigma * sqrt(2)``. The estimate is their normal-consistent median
+absolute deviation, robust to fast model changes (aging, shear) and outliers::
 
     sigma = median(|d - median(d)|) / 0.6745 / sqrt(2)
 
-robust to where the model changes fast (early times of an aging sample, shear) and to outliers.
-
-- Only the strict upper triangle enters (the diagonal carries the speckle-noise spike), and
-  from 4 frames on the lag-1 off-diagonal is left out too: in measured data neighbouring
-  frames share detector and speckle correlations.
-- O(N^2) at most, row by row (no N x N temporary); above ``max_samples`` differences, rows
-  are sub-sampled with an even stride (each sampled row keeps all its lags).
-- Floor: at least ``1e-6 * median(|c2|)`` over the sampled entries and 1e-12, so a noiseless
-  matrix does not make the weights infinite.
-
-For independent Gaussian noise the estimate is within a few percent once a few thousand
-differences are available (a 100-frame matrix gives ~4,800); noise correlated between
-neighbouring frames is underestimated.
+Only the strict upper triangle enters, and from 4 frames on not lag 1 either (the diagonal
+carries the speckle spike; neighbouring frames share detector and speckle correlations).
+Rows are read one at a time, sub-sampled with an even stride above ``max_samples``
+differences. The result is at least ``1e-6 * median(|c2|)`` and 1e-12, so that a noiseless
+matrix gives finite weights. For independent Gaussian noise it is within a few percent
+once a few thousand differences are available (~4,800 at 100 frames); noise correlated
+between neighbouring frames is underestimated.
 """
 
 from __future__ import annotations

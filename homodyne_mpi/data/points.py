@@ -1,8 +1,5 @@
-"""Strict-upper-triangle points of the two-time matrices, the unit of all fitting work.
-
-``c2`` is symmetric and its diagonal carries the speckle-noise spike, so fits and
-likelihoods use only the points ``t1 < t2``: ``(angle, i, j)`` with ``i < j``, in
-angle-major, row-major order.
+"""Strict-upper-triangle points ``(angle, i < j)`` of the two-time matrices, angle-major and
+row-major: the unit of all fitting work (``c2`` is symmetric, its diagonal a speckle-noise spike).
 """
 
 from __future__ import annotations
@@ -111,13 +108,9 @@ def row_block_points(rows: np.ndarray, first_row: int, angle: int, weight: float
 
 
 def stream_points(read_rows, n_angles: int, n_frames: int, sigma, max_points: int):
-    """Yield the points of ``upper_triangle_points`` in the same global order, in blocks.
-
-    ``read_rows(angle, r0, r1, c0)`` returns columns ``c0:`` of rows ``r0:r1`` of that angle's
-    full symmetric matrix (``PointSource.read_rows``), asked with ``c0 = r0 + 1``. A block holds
-    whole rows, at most ``B = max(max_points, N - 1)`` points, read as about ``2 B`` values:
-    ``16 B`` bytes of rows and ``28 B`` of points at a time, whatever ``N``.
-    """
+    """Yield the points of ``upper_triangle_points`` in the same order, in blocks of whole rows
+    of at most ``B = max(max_points, N - 1)`` points (``16 B`` bytes of rows read and ``28 B`` of
+    points at a time), from ``read_rows(angle, r0, r1, c0 = r0 + 1)`` (``PointSource.read_rows``)."""
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (n_angles,))
     before = points_before_row(np.arange(n_frames + 1), n_frames)
     for angle in range(n_angles):

@@ -24,12 +24,8 @@ Q_MATCH_RTOL = 1e-6
 
 
 def select_nearest_q(q_per_bin: np.ndarray, target_q: float) -> tuple[np.ndarray, float]:
-    """Indices of the bins whose q is nearest ``target_q`` (1/Angstrom), and that q.
-
-    Several bins share a q (one per angle): every bin within a relative ``1e-6`` of the
-    nearest value is selected. Ties between two distinct q values equally far from the
-    target go to the smaller q.
-    """
+    """Indices of the bins (one per angle) within ``Q_MATCH_RTOL`` of the q nearest ``target_q``
+    (1/Angstrom), and that q; of two equally near, the smaller."""
     q_per_bin = np.asarray(q_per_bin, dtype=np.float64).reshape(-1)
     if q_per_bin.size == 0:
         raise ValueError("select_nearest_q needs at least one bin")
@@ -48,11 +44,8 @@ def range_bounds(angle_range) -> tuple[float, float]:
 
 
 def angles_in_ranges(phi_deg: np.ndarray, ranges: Iterable) -> np.ndarray:
-    """Boolean mask: which angles (degrees) lie in at least one inclusive range.
-
-    Comparison is modulo 360 degrees (see the module docstring). ``ranges`` holds
-    ``AngleRange`` objects (``min_angle``, ``max_angle``) or ``(min, max)`` pairs.
-    """
+    """Which angles (degrees) lie in at least one inclusive range, modulo 360 degrees (module
+    docstring); ``ranges`` holds ``AngleRange`` objects or ``(min, max)`` pairs."""
     phi = np.asarray(phi_deg, dtype=np.float64).reshape(-1)
     mask = np.zeros(phi.shape, dtype=bool)
     for angle_range in ranges:
@@ -77,12 +70,8 @@ def format_ranges(ranges: Iterable) -> str:
 def frame_window(
     start_frame: int | None, end_frame: int | None, n_frames: int, *, source: str = "the data file"
 ) -> tuple[int, int]:
-    """Resolved 1-based inclusive ``(start_frame, end_frame)`` within ``1..n_frames``.
-
-    ``start_frame`` ``None`` means 1 and ``end_frame`` ``None`` the last frame. The window
-    must hold at least two frames. The matching 0-based slice is
-    ``slice(start_frame - 1, end_frame)``. Raises :class:`InputError` naming the valid range.
-    """
+    """Resolved 1-based inclusive ``(start_frame, end_frame)`` of at least two frames within
+    ``1..n_frames`` (``None``: the first / last frame), or :class:`InputError` naming the valid range."""
     start = 1 if start_frame is None else start_frame
     end = n_frames if end_frame is None else end_frame
     for name, value in (("start_frame", start), ("end_frame", end)):

@@ -1,32 +1,22 @@
 """Synthetic correlator files from the model, for tests, demos and benchmarks.
 
-:func:`simulate_dataset` writes an HDF5 file in the APS-U or APS legacy layout that
+:func:`simulate_dataset` writes an APS-U or APS legacy HDF5 file that
 :func:`~homodyne_mpi.data.load_xpcs` reads back, and the truth in ``<output>.truth.json``.
-Each matrix is stored as the correlator stores it: the upper triangle with the diagonal,
-the strict lower triangle 0, so the loader's rebuild ``C = H + H^T`` (diagonal halved)
-gives back the model, exactly (to the last bit) for ``noise_sigma = 0`` and float64.
-Memory: one angle at a time, in blocks of rows (about 4 million entries, 32 MiB in
-float64), never a full N x N matrix, so 1e8-point files take a few hundred MiB.
+Matrices are stored as the correlator stores them (upper triangle with the diagonal, the
+rest 0), so the loader's rebuild gives back the model, exactly for ``noise_sigma = 0`` in
+float64. One angle at a time, in blocks of rows of about 32 MiB: 1e8 points take a few
+hundred MiB.
 
-Noise: independent Gaussian noise of standard deviation ``noise_sigma`` on every stored
-entry, seeded by ``(seed, q index, angle index)``; the rebuilt matrix mirrors it.
-``noise_model='speckle'`` adds the terms that a correlator's shared per-frame speckle
-pattern and intensity normalisation give to every entry of row and column ``i``::
+Noise, seeded by ``(seed, q index, angle index)``: Gaussian of ``noise_sigma`` on every stored
+entry; ``noise_model='speckle'`` adds the per-frame terms of a shared speckle pattern and
+intensity normalisation, ``c2[i, j] + frame_sigma (u_i + u_j) + noise_sigma e_ij`` with
+``u_i, e_ij ~ N(0, 1)``, so that entries sharing a frame are correlated (least squares then
+underestimates its errors, the frame-block jackknife does not).
 
-    c2[i, j] + frame_sigma * (u_i + u_j) + noise_sigma * e_ij,   u_i, e_ij ~ N(0, 1)
-
-with one ``u`` per frame and angle and ``frame_sigma`` equal to ``noise_sigma`` unless
-given: each entry has standard deviation ``sqrt(2 frame_sigma^2 + noise_sigma^2)`` and
-entries sharing a frame are correlated, so least squares that treats points as
-independent underestimates its errors (the frame-block jackknife does not).
-
-Frame window (``start_frame = s``): the model's time origin is the first fitted frame
-(``docs/architecture.md``, "The model": ``t_k = k*dt``). Frames ``s..n_frames`` hold exactly
-``c2_grid`` on a grid of ``n_frames - s + 1`` frames, so loading that window recovers the
-truth; the earlier rows and columns hold the model on the whole file's grid (origin at
-frame 1), only so that the file has the frames the config's window refers to.
-
-JAX (through :mod:`homodyne_mpi.model`) is imported only when a function here runs.
+Frame window: frames ``start_frame..n_frames`` hold exactly the model on that window's grid
+(its time origin, as in the fit: ``t_k = k*dt``); the earlier rows and columns hold the model
+on the file's grid, only so that the file has the frames the config's window refers to.
+JAX is imported only when a function here runs.
 """
 
 from __future__ import annotations
@@ -176,12 +166,8 @@ def _write_matrix(
     block_rows: int,
     frame_noise: np.ndarray | None,
 ) -> None:
-    """Compute, perturb and store one angle's upper half, one block of rows at a time.
-
-    ``scaling`` is ``(shear projection, contrast, offset)`` of the angle. A block of rows ``r0:r1``
-    covers only the columns ``r0:`` (the rest is lower triangle, left at the fill value 0), so
-    the model and the noise are computed for about half the matrix.
-    """
+    """Compute, perturb and store one angle's upper half (``scaling``: its shear projection,
+    contrast, offset) in blocks of rows ``r0:r1`` over columns ``r0:``, the rest left at 0."""
     n = dataset.shape[0]
     for row_start in range(0, n, block_rows):
         row_stop = min(n, row_start + block_rows)
@@ -232,19 +218,15 @@ def simulate_dataset(
 ) -> dict:
     """Write a synthetic correlator file at ``output`` and its truth (returned), both atomically.
 
-    - Model: ``mode``, ``shear_form``, ``q`` (1/Angstrom), ``dt`` (s), ``gap`` (Angstrom),
-      ``physical`` (canonical order, ``docs/architecture.md``, "The model"); ``contrast`` and
-      ``offset`` one value or one per angle; ``phi`` in degrees, stored in the given order.
-    - ``n_frames`` frames in the file; ``start_frame`` is the model's time origin (module docstring).
-    - Noise (module docstring): ``noise_sigma`` (0 = exact model), ``seed``, ``noise_model``,
-      ``frame_noise_sigma`` (``speckle`` only, default ``noise_sigma``).
-    - ``layout`` ``aps-u`` or ``aps-legacy``; ``dtype`` ``float64`` or ``float32``;
-      ``compression`` ``auto`` (lzf for float32, as the correlator; none for float64), ``lzf``,
-      ``gzip`` or ``None``; ``decoy_q``: further q values with the same angles, to exercise q
-      selection (the q list is sorted ascending).
+    - Model: ``mode``, ``shear_form``, ``q`` (1/Angstrom), ``dt`` (s, stored as ``frame_time``),
+      ``gap`` (Angstrom), ``physical`` (canonical order); ``contrast`` and ``offset`` one value or
+      one per angle; ``phi`` in degrees, stored in the given order.
+    - ``n_frames`` in the file, ``start_frame`` the model's time origin; noise: ``noise_sigma``
+      (0 = exact model), ``seed``, ``noise_model``, ``frame_noise_sigma`` (default ``noise_sigma``).
+    - ``layout``, ``dtype`` (``float64``/``float32``), ``compression`` (``auto``: lzf for float32,
+      as the correlator, else none); ``decoy_q``: further q values, to exercise q selection.
 
-    The frame period is stored as ``frame_time = dt``, ``stride_frame = avg_frame = 1``, so
-    ``dt: auto`` recovers ``dt`` exactly. Raises :class:`InputError` for unusable arguments.
+    Raises :class:`InputError` for unusable arguments.
     """
     from homodyne_mpi.io.atomic import atomic_write_call, atomic_write_json
     from homodyne_mpi.model import ModelSpec, shear_projection

@@ -64,15 +64,11 @@ def simulate_from_config(
 ) -> dict:
     """``homodyne-mpi simulate``: a synthetic file whose truth is the config's start point.
 
-    - Truth: ``initial_parameters.values`` by ``parameter_names``, in canonical physical
-      order; contrast and offset from ``initial_parameters.per_angle_scaling``.
-    - Grid: ``analyzer_parameters.dt`` (a number, not ``auto``), ``scattering.wavevector_q``,
-      ``geometry.stator_rotor_gap`` and ``shear_form``.
-    - Frames: the file holds ``end_frame`` frames (which must be set); frames
-      ``start_frame..end_frame`` hold exactly the model the fit evaluates on that window.
-    - Angles: ``phi`` (degrees), default :data:`DEFAULT_SIMULATED_PHI`; a warning lists
-      those the config's ``phi_filtering`` would drop.
-    - ``noise`` is :func:`simulate_dataset`'s ``noise_sigma``; ``seed``, ``dtype``, ``noise_model`` as there.
+    Truth from ``initial_parameters`` (values by name, per-angle scaling); grid from
+    ``analyzer_parameters`` (numeric ``dt``, ``wavevector_q``, gap) and ``shear_form``; the file
+    holds ``end_frame`` frames, and ``start_frame..end_frame`` exactly the model the fit evaluates.
+    ``phi`` (degrees) defaults to :data:`DEFAULT_SIMULATED_PHI`; a warning lists the angles that
+    ``phi_filtering`` would drop. ``noise`` is :func:`simulate_dataset`'s ``noise_sigma``.
     """
     mode = cfg.analysis_mode
     analyzer = cfg.analyzer_parameters

@@ -1,10 +1,8 @@
 """Read a data set's matrices a block of rows at a time, never the whole matrix.
 
 :class:`PointSource` selects what :func:`~homodyne_mpi.data.loader.load_xpcs` selects, but keeps
-the HDF5 file open and reads row blocks (hyperslabs) on request: the fit's points in the
-order of ``upper_triangle_points`` one block at a time, and the noise levels and scaling of
-the loaded matrices from the rows they need. Rows of the full symmetric ``C`` are
-``C[i, j > i] = stored[i, j]`` for an upper half (as the correlator stores) or a full matrix,
+the file open and reads row blocks on request (the fit's points, noise levels, scaling). Rows of
+the full symmetric ``C`` are ``C[i, j > i] = stored[i, j]`` for an upper half or a full matrix,
 ``stored[j, i]`` for a lower half (read as column blocks).
 """
 
@@ -33,8 +31,9 @@ class PointSource:
         self._h5 = _open(Path(os.fspath(path)))
         try:
             self.layout, self.q, self.phi, self._datasets = _select_matrices(self._h5, self.source, wavevector_q, phi_ranges)
-            n_file = self._datasets[0][1].shape[0]
-            self.start_frame, self.end_frame = frame_window(start_frame, end_frame, n_file, source=self.source)
+            self.start_frame, self.end_frame = frame_window(
+                start_frame, end_frame, self._datasets[0][1].shape[0], source=self.source
+            )
             self.dt, self.dt_source = _resolve_dt(self._h5, dt, self.source)
             sides = [self._first_row_and_column_zero(dataset) for _, dataset in self._datasets]
             self._lower = [row_zero and not column_zero for row_zero, column_zero in sides]

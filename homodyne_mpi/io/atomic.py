@@ -47,11 +47,8 @@ def _fsync(path: Path, flags: int) -> None:
 
 
 def atomic_write_call(path: str | os.PathLike[str], write_fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Path:
-    """Write ``path`` atomically by calling ``write_fn(temp_path, *args, **kwargs)``; return the absolute target.
-
-    ``write_fn`` creates the complete file at the (already existing, empty) temporary path,
-    e.g. ``lambda tmp: fig.savefig(tmp, format="png")``; its return value is ignored.
-    """
+    """Write ``path`` atomically by calling ``write_fn(temp_path, *args, **kwargs)``, which creates the
+    complete file at the (existing, empty) temporary path; return the absolute target."""
     target = Path(os.path.abspath(os.fspath(path)))
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = _create_temp_file(target)
@@ -74,11 +71,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
 
 
 def to_jsonable(obj: Any) -> Any:
-    """A copy of ``obj`` built only from types :mod:`json` can encode, or :class:`TypeError` naming the type.
-
-    NumPy scalars (values and keys) become Python scalars, arrays (and JAX arrays) and tuples
-    lists, paths strings; non-finite floats stay ``nan``/``inf``.
-    """
+    """A copy of ``obj`` built only from types :mod:`json` can encode (NumPy scalars as Python ones, arrays
+    and tuples as lists, paths as strings, non-finite floats kept), or :class:`TypeError` naming the type."""
     if isinstance(obj, np.generic):
         return obj.item()
     if obj is None or isinstance(obj, (bool, int, float, str)):
@@ -105,11 +99,8 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def encode_json(obj: Any) -> bytes:
-    """``obj`` (through :func:`to_jsonable`) as UTF-8 JSON: indent 2, insertion order, trailing newline.
-
-    Non-finite floats are written ``NaN``, ``Infinity``, ``-Infinity``: :func:`json.load` reads
-    them back, strict parsers in other languages may not.
-    """
+    """``obj`` (through :func:`to_jsonable`) as UTF-8 JSON: indent 2, insertion order, trailing newline;
+    non-finite floats as ``NaN``/``Infinity``, which :func:`json.load` reads (strict parsers may not)."""
     return (json.dumps(to_jsonable(obj), indent=2, sort_keys=False, allow_nan=True) + "\n").encode("utf-8")
 
 

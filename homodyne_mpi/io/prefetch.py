@@ -72,11 +72,9 @@ _Task = tuple[int, object, "Future[Loaded]"]
 class PrefetchLoader(Generic[ItemT, ValueT]):
     """Iterate ``Loaded`` records for ``source``, loading ahead in one background (daemon) thread.
 
-    ``source`` is iterated lazily on the caller's thread, at most ``depth`` (>= 1) items ahead
-    of the record last returned, so at most ``depth + 1`` loaded values are held. With
-    ``strict``, ``next`` after a re-raised load error goes on with the following item. An
-    exception from iterating ``source`` itself is raised after the items before it and ends
-    the iteration. For one consuming thread; a context manager (or :meth:`close`) stops it early.
+    ``source`` is iterated lazily, at most ``depth`` (>= 1) items ahead of the record last
+    returned (at most ``depth + 1`` values held). After a ``strict`` re-raise, ``next`` goes on;
+    an exception from ``source`` itself is raised in its place and ends the iteration.
     """
 
     def __init__(
@@ -174,11 +172,8 @@ class PrefetchLoader(Generic[ItemT, ValueT]):
         return Loaded(index, item, value, None, elapsed)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop prefetching: drop loads not yet started and stop the background thread (idempotent).
-
-        A running load cannot be interrupted: wait up to ``timeout`` seconds (default: until it
-        finishes), then warn if the thread is still busy. Further iteration stops.
-        """
+        """Stop prefetching (idempotent): drop loads not yet started, wait up to ``timeout`` seconds
+        (default: no limit) for a running one, and stop the background thread."""
         self._closed = True
         self._source_done = True
         while self._ahead:

@@ -7,9 +7,7 @@ leaving the ``with`` block raise :class:`WriteError` naming every failed path::
 
     with AsyncWriter() as writer:
         for dataset in batch:
-            result = fit(dataset)
-            writer.submit_json(out / dataset.name / "nlsq" / "result.json", result.summary)
-            writer.submit_hdf5(out / dataset.name / "nlsq" / "fit.h5", result.arrays)
+            writer.submit_json(out / dataset.name / "result.json", fit(dataset).summary)
     # here every write has finished, or WriteError was raised
 """
 
@@ -75,12 +73,9 @@ def _copy_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class AsyncWriter:
-    """``max_workers`` (>= 1) background threads that write result files atomically; writes to
-    one path are applied in submission order, to different paths in any order.
-
-    ``submit_*`` return at once a :class:`~concurrent.futures.Future` of the absolute target
-    path. Their data are snapshotted on the calling thread (copied or encoded), except the
-    arguments of :meth:`submit_call`. A failed write is logged and recorded (:meth:`wait_all`).
+    """``max_workers`` (>= 1) background threads that write result files atomically, in submission
+    order per path. ``submit_*`` return at once a :class:`~concurrent.futures.Future` of the absolute
+    target path, their data snapshotted (except :meth:`submit_call`'s); failures are logged and kept.
     """
 
     def __init__(self, max_workers: int = 2) -> None:
