@@ -120,11 +120,8 @@ _NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
 
 
 def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``--phi -30,0,30`` -> ``--phi=-30,0,30`` for every option that takes a value.
-
-    argparse reads a value that starts with '-' as an option unless it is a single
-    number, so a list of numbers such as ``-30,0,30`` would be refused.
-    """
+    """``--phi -30,0,30`` -> ``--phi=-30,0,30`` for every option that takes a value (argparse
+    reads a value that starts with '-' as an option unless it is a single number)."""
     takes_value: set[str] = set()
     parsers = [parser]
     while parsers:

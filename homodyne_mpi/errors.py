@@ -1,8 +1,7 @@
 """Exception types that the command line maps to exit codes.
 
-``InputError`` and ``ConfigError`` mean the user gave something the program cannot use
-(exit code 2); their message is one line that names what, where and how to fix it.
-``Interrupted`` means a signal asked the run to stop after checkpointing (exit code 3).
+``InputError`` and ``ConfigError`` (exit code 2): unusable user input, in a one-line message
+naming what, where and the fix. ``Interrupted`` (exit code 3): a signal stopped the run after checkpointing.
 """
 
 from __future__ import annotations

@@ -10,10 +10,7 @@ _FORMAT = "%(asctime)s [rank {rank}/{size}] %(levelname)s %(name)s: %(message)s"
 
 def configure_logging(rank: int = 0, size: int = 1, *, verbose: bool = False) -> None:
     """Send log lines to stderr, tagged with the rank; other ranks log warnings only.
-
-    Calling it again replaces the previous handler, so a rank learnt after start-up can
-    be filled in.
-    """
+    Calling it again replaces the previous handler (a rank learnt after start-up)."""
     root = logging.getLogger("homodyne_mpi")
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -46,9 +46,7 @@ class PreparedDataset:
 
 def streams(cfg, method: str, count_points) -> bool:
     """Whether a data set's points are streamed (``compute.stream_points``; ``count_points()`` gives its size).
-
-    Only ``--method nlsq`` streams: CMC shards need every point on rank 0.
-    """
+    Only ``--method nlsq`` streams: CMC shards need every point on rank 0."""
     choice = cfg.compute.stream_points
     if method != "nlsq" or choice is False:
         if choice is True:
@@ -62,9 +60,8 @@ def streams(cfg, method: str, count_points) -> bool:
 def prepare_dataset(cfg, dataset, method: str = "nlsq") -> PreparedDataset:
     """Rank 0, background thread: read the file (or open it for streaming), build the problem and its points.
 
-    Streamed, only the noise sampling rows and the scaling corner and lag-1 diagonal are
-    read here (``PointSource.noise_sigmas``, ``PointSource.scaling``): the same noise
-    levels and start values as the loaded path.
+    Streamed, only the noise sampling rows, the scaling corner and the lag-1 diagonal are read
+    here (``PointSource.noise_sigmas``, ``.scaling``): the loaded path's noise levels and start values.
     """
     if streams(cfg, method, lambda: count_config_dataset_points(cfg, dataset)):
         source = PointSource.from_config(cfg, dataset)

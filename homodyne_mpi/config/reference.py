@@ -93,12 +93,10 @@ def is_reference_format(raw: Mapping[str, Any]) -> bool:
 
 
 def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
-    """Rewrite a reference-format config into this program's layout, in place.
+    """Rewrite a reference-format config (no other) into this program's layout, in place.
 
-    Does nothing to a config in this program's own format. Otherwise makes ``ctx``
-    lenient (keys left without an equivalent are ignored by the parser) and applies the
-    rules and the table's moves; a value that has no equivalent and would change the
-    results is a ``ConfigError`` naming the key.
+    Makes ``ctx`` lenient and applies the rules and the table's moves; a value with no
+    equivalent here that would change the results is a ``ConfigError`` naming the key.
     """
     if not isinstance(raw, dict) or not is_reference_format(raw):
         return
@@ -320,8 +318,7 @@ def _parameter_names(raw: dict[str, Any], ctx: Context) -> None:
             raise ctx.error(f"'{path}[{i}]' = '{name}' is not in parameter_names", suggest_fix(name, list(names)))
     held = [n for n in names if n not in active]
     if held:
-        fixed_list = init.get("fixed_parameters")
-        fixed_list = list(fixed_list) if isinstance(fixed_list, list) else []
+        fixed_list = init["fixed_parameters"] if isinstance(init.get("fixed_parameters"), list) else []
         init["fixed_parameters"] = fixed_list + [n for n in held if n not in fixed_list]
         ctx.info(f"'{path}' (reference package): the other parameters ({', '.join(held)}) are held fixed")
 

@@ -125,13 +125,11 @@ class ExperimentalDataConfig:
     def resolved_datasets(
         self, base_dir: str | os.PathLike[str] | None = None, *, source: str | None = None
     ) -> list[DatasetConfig]:
-        """The datasets to fit, with absolute paths, names and one q each (or ``None``).
+        """The datasets to fit (``datasets``, else ``file_path``), with absolute paths, names and one q each.
 
-        ``datasets`` if given, else one built from ``file_path``. Relative paths are
-        resolved against ``base_dir`` (the config file's folder; the working directory
-        when ``None``). A dataset's name defaults to the file's stem; a dataset with
-        several q values becomes one entry per q named ``{name}_q{q}``. A ``None``
-        ``wavevector_q`` means "use ``analyzer_parameters.scattering.wavevector_q``".
+        Relative paths are resolved against ``base_dir`` (the config file's folder; the working
+        directory when ``None``). A name defaults to the file's stem; several q values make one
+        entry per q named ``{name}_q{q}``; ``wavevector_q`` ``None``: the analyzer's q.
         """
         ctx = Context(source)
         entries = list(self.datasets)
@@ -205,10 +203,8 @@ class PerAngleScalingConfig:
     """Starting (or fixed) offset (baseline, near 1): one number, or one per selected angle."""
 
     def scaling_arrays(self, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-angle (contrast, offset) arrays for ``n_angles`` selected angles.
-
-        A single value is repeated; a list must have exactly ``n_angles`` entries.
-        """
+        """Per-angle (contrast, offset) arrays for ``n_angles`` selected angles: a single value
+        repeated, or a list of exactly ``n_angles`` entries."""
         out = []
         for name in SCALING_PARAMETERS:
             value = getattr(self, name)
