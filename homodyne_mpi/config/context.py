@@ -61,8 +61,8 @@ class Context:
     def __init__(self, source: str | None) -> None:
         self.source = source or "config"
         self.ignored: list[str] = []
-        self.infos: list[str] = []
-        self.warnings: list[str] = []
+        self.infos: dict[str, None] = {}  # ordered sets: each note once
+        self.warnings: dict[str, None] = {}
         self.fixed_values: dict[str, Any] = {}
         self.origin: dict[str, str] = {}  # moved key's path here -> path in the file
         self.lenient = False  # a reference-format config: unknown keys are ignored, not errors
@@ -86,12 +86,10 @@ class Context:
             self.ignored.append(path)
 
     def info(self, message: str) -> None:
-        if message not in self.infos:
-            self.infos.append(message)
+        self.infos[message] = None
 
     def warn(self, message: str) -> None:
-        if message not in self.warnings:
-            self.warnings.append(message)
+        self.warnings[message] = None
 
     def flush_log(self) -> None:
         """Log what was mapped and ignored: each note once, the ignored keys in one line."""

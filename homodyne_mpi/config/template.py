@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import textwrap
 import typing
 from dataclasses import is_dataclass
@@ -133,17 +134,11 @@ def _render(obj: Any, indent: str) -> list[str]:
 
 def _comment(text: str, indent: str, hang: str = "", lead: str = "") -> list[str]:
     """``text`` as ``#`` lines that fit 90 columns; a line starting ``- `` starts an item."""
-    blocks: list[str] = []
-    for line in text.replace("``", "").splitlines():
-        if line.startswith("- ") or not blocks:
-            blocks.append(line.strip())
-        else:
-            blocks[-1] += " " + line.strip()
-    width = 88 - len(indent)
+    blocks = [" ".join(line.strip() for line in block.splitlines()) for block in re.split(r"\n(?=- )", text.replace("``", ""))]
     out = []
     for block in blocks:
         more = hang + ("  " if block.startswith("- ") else "")
-        out += [f"{indent}# {part}" for part in textwrap.wrap(lead + block, width=width, subsequent_indent=more)]
+        out += [f"{indent}# {part}" for part in textwrap.wrap(lead + block, width=88 - len(indent), subsequent_indent=more)]
     return out
 
 
