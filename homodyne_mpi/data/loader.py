@@ -108,11 +108,8 @@ def _count_nonfinite(array: np.ndarray) -> int:
     """Number of NaN/inf entries, in row blocks (no N x N boolean temporary)."""
     if array.dtype.kind in "iu":
         return 0
-    bad = 0
-    for row in range(0, array.shape[0], _FINITE_CHECK_ROWS):
-        block = array[row : row + _FINITE_CHECK_ROWS]
-        bad += block.size - int(np.count_nonzero(np.isfinite(block)))
-    return bad
+    blocks = (array[row : row + _FINITE_CHECK_ROWS] for row in range(0, array.shape[0], _FINITE_CHECK_ROWS))
+    return sum(block.size - int(np.count_nonzero(np.isfinite(block))) for block in blocks)
 
 
 def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, str]:
@@ -126,14 +123,8 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
                 f"{source}: no dt: analyzer_parameters.dt is auto but the file has no "
                 f"'{layouts.FRAME_TIME_KEY}'; set analyzer_parameters.dt (seconds per frame) in the config"
             )
-        logger.info(
-            "dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s (%s, %s, %s)",
-            period.frame_time,
-            period.stride_frame,
-            period.avg_frame,
-            period.dt,
-            *layouts.FRAME_PERIOD_KEYS,
-        )
+        factors = (period.frame_time, period.stride_frame, period.avg_frame, period.dt, *layouts.FRAME_PERIOD_KEYS)
+        logger.info("dt taken from file: frame_time x stride x avg = %g s x %d x %d = %g s (%s, %s, %s)", *factors)
         return period.dt, "file"
     try:
         period = layouts.read_frame_period(h5)
@@ -249,18 +240,8 @@ def load_xpcs(
             full_symmetric(stored, out=c2[index])
             del stored
 
-    logger.info(
-        "%s: %s layout, q = %g 1/A, %d angles, frames %d..%d (%d), dt = %g s (%s)",
-        source,
-        layout,
-        q,
-        len(phi),
-        start,
-        end,
-        n,
-        dt_value,
-        dt_source,
-    )
+    loaded = (source, layout, q, len(phi), start, end, n, dt_value, dt_source)
+    logger.info("%s: %s layout, q = %g 1/A, %d angles, frames %d..%d (%d), dt = %g s (%s)", *loaded)
     return XPCSData(
         c2=c2, phi=phi, q=q, dt=dt_value, start_frame=start, end_frame=end, source=source, layout=layout, dt_source=dt_source
     )

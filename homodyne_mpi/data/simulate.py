@@ -21,6 +21,7 @@ JAX is imported only when a function here runs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -181,14 +182,10 @@ def _write_matrix(
             local = split - window_start
             block[split - row_start :, split - row_start :] = window_grid.rows(*scaling, local, row_stop - window_start, local)
         if noise_sigma > 0:
-            noise = rng.standard_normal(block.shape)
-            noise *= noise_sigma
-            block += noise
-            del noise
+            block += noise_sigma * rng.standard_normal(block.shape)
         if frame_noise is not None:
             block += frame_noise[row_start:row_stop, None] + frame_noise[None, row_start:]
-        square = block[:, :rows]
-        square[...] = np.triu(square)  # zero the strict lower triangle of the block
+        block[:, :rows] = np.triu(block[:, :rows])  # zero the strict lower triangle of the block
         dataset[row_start:row_stop, row_start:] = block.astype(dataset.dtype, copy=False)
         del block
 
@@ -232,10 +229,8 @@ def simulate_dataset(
     from homodyne_mpi.model import ModelSpec, shear_projection
 
     decoy_q = tuple(float(v) for v in decoy_q)
-    try:
+    with contextlib.suppress(TypeError):  # reported by _check_arguments
         dtype = np.dtype(dtype).name
-    except TypeError:
-        pass  # reported by _check_arguments
     names, physical, phi = _check_arguments(
         mode, physical, phi, n_frames, start_frame, float(noise_sigma), layout, dtype, noise_model, decoy_q, compression, seed
     )
@@ -328,15 +323,7 @@ def simulate_dataset(
         atomic_write_json(truth_path(target), truth)
     except OSError as exc:
         raise InputError(f"{output}: cannot write the simulated file ({exc}); choose a writable --output path") from exc
-    logger.info(
-        "simulated %s: %s layout, %s, %d angles x %d frames%s in %.1f s; truth in %s",
-        target,
-        layout,
-        dtype,
-        n_phi,
-        n_frames,
-        f" (+{len(decoy_q)} decoy q)" if decoy_q else "",
-        time.perf_counter() - started,
-        truth_path(target),
-    )
+    decoys = f" (+{len(decoy_q)} decoy q)" if decoy_q else ""
+    written = (target, layout, dtype, n_phi, n_frames, decoys, time.perf_counter() - started, truth_path(target))
+    logger.info("simulated %s: %s layout, %s, %d angles x %d frames%s in %.1f s; truth in %s", *written)
     return truth
