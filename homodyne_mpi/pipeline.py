@@ -1,13 +1,9 @@
 """Load -> distribute -> NLSQ -> CMC -> write, for each data set of a batch.
 
-Every rank runs ``run_batch``. The ranks split into groups (``parallel.groups``) that fit
-different data sets at the same time; one data set uses every rank. In each group only
-its rank 0 (the leader) touches files: it prefetches the group's data set ``k+1`` in a
-background thread while the group fits data set ``k``, and hands results to a background
-writer, so neither reading nor writing sits on the critical path. A data set that fails
-(bad file, fit error) is recorded and the batch goes on; world rank 0 gathers every
-group's outcomes into ``batch_summary.json``; the exit code says whether everything
-succeeded.
+Every rank runs ``run_batch``; rank groups (``parallel.groups``) fit different data sets at
+once. Only a group's rank 0 (the leader) touches files: it prefetches data set ``k+1`` while
+the group fits ``k`` and hands results to a background writer. A failed data set is recorded
+and the batch goes on; world rank 0 gathers the outcomes into ``batch_summary.json``.
 """
 
 from __future__ import annotations
@@ -85,9 +81,9 @@ class BatchRunner:
         self.world = comm
         """Every rank of the job; its rank 0 writes ``batch_summary.json``."""
         self.comm = comm
-        """This rank's group (the world until ``run`` splits it): fits, reads and writes."""
+        """This rank's group (the world until ``run`` splits it)."""
         self.group_size = group_size
-        """Ranks per group; ``None``: automatic (``parallel.groups.auto_group_size``)."""
+        """Ranks per group; ``None``: automatic."""
         self.method = method
         self.output_dir = Path(output_dir)
         self.nlsq_warm_start = nlsq_warm_start
@@ -96,15 +92,10 @@ class BatchRunner:
         self.nlsq_documents: dict[Path, dict] = {}
         """Rank 0: each data set's NLSQ result document (reference lines in CMC figures)."""
 
-    # -- the batch ------------------------------------------------------------------------
-
     def run(self) -> int:
         """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise).
 
-        The world is split into rank groups (``parallel.groups.plan_groups``) that fit
-        their data sets at the same time; each group's first rank reads and writes them.
-        A signal (SIGTERM/SIGUSR1) ends the batch with ``Interrupted`` after the finished
-        work is saved; the same command then resumes.
+        A signal (SIGTERM/SIGUSR1) ends the batch with ``Interrupted`` once finished work is saved.
         """
         datasets = self.world.run_on_root(self.prepare_output)
         plan = self.world.run_on_root(lambda: self.plan_groups(datasets))
@@ -122,13 +113,10 @@ class BatchRunner:
             )
             if not self.world.is_root:
                 logging.getLogger("homodyne_mpi").setLevel(min(logging.getLogger("homodyne_mpi").level, logging.INFO))
-            log.info(
-                "batch of %d data set(s), method %s, %d rank(s)%s",
-                len(datasets),
-                self.method,
-                self.world.size,
-                f"; group {group + 1}/{plan.n_groups} of {self.comm.size} rank(s) fits {len(mine)}" if plan.n_groups > 1 else "",
+            groups = (
+                f"; group {group + 1}/{plan.n_groups} of {self.comm.size} rank(s) fits {len(mine)}" if plan.n_groups > 1 else ""
             )
+            log.info("batch of %d data set(s), method %s, %d rank(s)%s", len(datasets), self.method, self.world.size, groups)
         try:
             for position, index in enumerate(mine):
                 raise_if_stop_requested(self.comm, "between data sets")
@@ -148,12 +136,9 @@ class BatchRunner:
             return plan_groups(self.world.size, [1] * len(datasets), self.world.size)
         counts = [count_config_dataset_points(self.cfg, entry) for entry in datasets]
         plan = plan_groups(self.world.size, counts, self.group_size)
-        log.info(
-            "rank groups: %d group(s) of %s rank(s) (%s)",
-            plan.n_groups,
-            "/".join(map(str, sorted(set(plan.rank_counts)))),
-            "compute.rank_group_size" if self.group_size else "automatic from the data set sizes",
-        )
+        sizes = "/".join(map(str, sorted(set(plan.rank_counts))))
+        how = "compute.rank_group_size" if self.group_size else "automatic from the data set sizes"
+        log.info("rank groups: %d group(s) of %s rank(s) (%s)", plan.n_groups, sizes, how)
         return plan
 
     def prepare_output(self) -> list:
@@ -206,10 +191,9 @@ class BatchRunner:
         code = 0
         if self.world.is_root and gathered is not None and self.writer is not None:
             everything: dict[int, DatasetOutcome] = {}
-            for part in gathered:
-                if part is not None:
-                    everything.update(part[0])
-                    failures += part[1]
+            for group_outcomes, group_failures in filter(None, gathered):
+                everything.update(group_outcomes)
+                failures += group_failures
             ordered = [everything[index] for index in sorted(everything)]
             group_of = {index: group for group, indices in enumerate(plan.datasets) for index in indices}
             seconds = time.perf_counter() - batch_start
@@ -236,8 +220,6 @@ class BatchRunner:
                 code = 2 if input_only else 1
             log.info("batch done in %.1f s: %d ok, %d failed", seconds, len(ordered) - len(failed), len(failed))
         return int(self.world.bcast(code))
-
-    # -- one data set ---------------------------------------------------------------------
 
     def run_dataset(self, dataset, record) -> DatasetOutcome:
         """Fit one data set on every rank; rank 0 returns its outcome (others a stub)."""
@@ -375,13 +357,9 @@ class BatchRunner:
     def write_nlsq(
         self, out: Path, dataset, result: NLSQResult, problem, prepared: PreparedDataset, outcome: DatasetOutcome
     ) -> list:
-        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer.
-
-        ``fit.h5`` is written by row blocks, with the matrices ``output.fit_matrices`` keeps;
-        a streamed data set's from a reopened file, and its figures are not drawn
-        (``homodyne-mpi plot`` draws them from ``fit.h5``).
-        Returns the futures of the writes.
-        """
+        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` (by row blocks, the matrices ``output.fit_matrices``
+        keeps) on the background writer; returns the futures. A streamed data set's ``fit.h5`` comes from a
+        reopened file and its figures are not drawn (``homodyne-mpi plot`` draws them from ``fit.h5``)."""
         writer = self.leader_writer()
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
@@ -458,9 +436,5 @@ def write_marker_after(temp_path: Path, futures: list, document: dict) -> None:
 
 
 def run_batch(cfg, comm: Comm, **options) -> int:
-    """Fit every data set of ``cfg``; returns the exit code.
-
-    ``options`` are ``BatchRunner``'s keywords: ``method``, ``output_dir``,
-    ``nlsq_warm_start``, ``fresh`` and ``group_size`` (None: automatic rank groups).
-    """
+    """Fit every data set of ``cfg``; returns the exit code. ``options``: ``BatchRunner``'s keywords."""
     return BatchRunner(cfg, comm, **options).run()

@@ -1,15 +1,12 @@
 """Pure functions of the rank-independent reduction: chunk layout and a fixed summation tree.
 
-The points of a fit are cut into global chunks of ``chunk`` consecutive points (by global
-index); ``ChunkLayout`` gives each rank a contiguous, balanced run of whole chunks. Sums
-over the chunks are then taken on one fixed binary tree over chunk indices: node
-``(level, k)`` covers chunks ``[k 2^level, (k+1) 2^level)`` (clipped to the chunk count)
-and its value is ``left + right`` (or ``left`` alone when the right child is empty). Each
-rank evaluates the largest nodes that lie inside its own run (``local_cover``), and every
-rank completes the tree from all ranks' nodes (``combine_cover``). Every node is the
-same floating-point expression of the same leaves whichever rank evaluates it, so the
-total has the same bits on any number of ranks. No MPI here: ``Comm.sum_in_chunk_order``
-moves the nodes.
+A fit's points are cut into global chunks of ``chunk`` consecutive points; ``ChunkLayout``
+gives each rank a balanced run of whole chunks. Sums are taken on one fixed binary tree
+over chunk indices: node ``(level, k)`` covers chunks ``[k 2^level, (k+1) 2^level)`` and is
+``left + right`` (``left`` alone when the right child is empty). Each rank evaluates the
+largest nodes inside its run (``local_cover``); every rank completes the tree
+(``combine_cover``). Every node is the same floating-point expression whichever rank
+evaluates it, so the total has the same bits on any number of ranks.
 """
 
 from __future__ import annotations
@@ -26,11 +23,9 @@ MIN_CHUNK = 256
 
 @dataclass(frozen=True)
 class ChunkLayout:
-    """Global chunks of a point set and which rank holds which (a pure function of its inputs).
+    """Global chunks of a point set (the last padded with zero-weight points) and which rank holds which.
 
-    ``chunk`` points per chunk, ``n_chunks`` chunks (the last one padded with zero-weight
-    points), rank ``r`` holding chunks ``edges[r]:edges[r+1]`` (``balanced_counts`` of the
-    chunks, so runs differ by at most one chunk).
+    Rank ``r`` holds chunks ``edges[r]:edges[r+1]`` (``balanced_counts``: runs differ by at most one chunk).
     """
 
     n_points: int
@@ -88,11 +83,10 @@ def nodes_at(level: int, n_chunks: int) -> int:
 
 
 def local_cover(rows: np.ndarray, first: int, n_chunks: int) -> list[tuple[int, int, np.ndarray]]:
-    """The largest tree nodes inside chunks ``[first, first + len(rows))``, with their values.
+    """``(level, index, value)`` of the largest tree nodes inside chunks ``[first, first + len(rows))``.
 
-    ``rows`` is ``(n_local, L)``, one row per chunk. Returns ``(level, index, value)``
-    for nodes that no larger node inside the range contains; their ranges tile the run.
-    Pairs are added level by level, vectorised, in the tree's own order.
+    ``rows`` is ``(n_local, L)``, one row per chunk; the nodes' ranges tile the run. Pairs
+    are added level by level, vectorised, in the tree's own order.
     """
     values = np.asarray(rows, dtype=np.float64)
     lo, cover = int(first), []

@@ -1,9 +1,7 @@
 """The communicator the rest of the program talks to: MPI or a one-rank serial stand-in.
 
-Every ``mpi4py`` import of the project lives in this package. ``SerialComm`` implements
-the same methods for one process, so a single-rank run is the same code path as an MPI
-run, not a copy of it. Large arrays travel as NumPy buffers (``Scatterv``/``Gatherv``
-after their counts), never as pickles.
+Every ``mpi4py`` import of the project lives in this package. Large arrays travel as NumPy
+buffers (``Scatterv``/``Gatherv`` after their counts), never as pickles.
 """
 
 from __future__ import annotations
@@ -22,10 +20,7 @@ XLA_ALIGNMENT = 64
 
 
 def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A zero-filled array whose data starts on an ``XLA_ALIGNMENT``-byte boundary.
-
-    ``jax.device_put`` of such an array on the CPU uses its memory instead of a copy.
-    """
+    """Zeros starting on an ``XLA_ALIGNMENT``-byte boundary: ``jax.device_put`` on the CPU uses them without a copy."""
     dtype = np.dtype(dtype)
     n_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = np.zeros(n_bytes + XLA_ALIGNMENT, dtype=np.uint8)
@@ -34,7 +29,11 @@ def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 class Comm:
-    """Interface shared by ``MPIComm`` and ``SerialComm``."""
+    """Interface shared by ``MPIComm`` and ``SerialComm``; its collectives are those of one rank.
+
+    ``MPIComm`` overrides every collective; ``SerialComm`` is this class as it is, so a
+    single-rank run is the same code as an MPI run.
+    """
 
     rank: int = 0
     size: int = 1
@@ -53,33 +52,48 @@ class Comm:
         """``rank r of n on host`` for messages."""
         return f"rank {self.rank} of {self.size} on {self.host}"
 
-    # Collectives every subclass provides.
-    def bcast(self, obj: Any, root: int = 0) -> Any:  # pragma: no cover - interface
-        raise NotImplementedError
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        return obj
 
-    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        return np.array(array, dtype=np.float64, copy=True)
 
     def scatter_rows(
         self, array: np.ndarray | None, counts: Sequence[int] | np.ndarray, root: int = 0, capacity: int | None = None
-    ) -> np.ndarray:  # pragma: no cover
+    ) -> np.ndarray:
         """Rank ``r`` gets the next ``counts[r]`` rows of the root's ``array``.
 
-        With ``capacity`` the result has ``max(capacity, counts[r])`` rows: the received
-        ones first, zeros after (room for padding without a second copy), in a buffer
-        that JAX can use without copying (``aligned_zeros``).
+        With ``capacity`` the result has ``max(capacity, counts[r])`` rows, zeros after the
+        received ones (room for padding), in a buffer JAX uses without a copy (``aligned_zeros``).
         """
-        raise NotImplementedError
+        if array is None or len(counts) != 1 or counts[0] != len(array):
+            raise ValueError("SerialComm.scatter_rows needs counts == [len(array)]")
+        if capacity is None or capacity <= len(array):
+            return np.ascontiguousarray(array)
+        local = aligned_zeros((capacity, *np.shape(array)[1:]), np.asarray(array).dtype)
+        local[: len(array)] = array
+        return local
 
-    def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:  # pragma: no cover
-        raise NotImplementedError
+    def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:
+        """Every rank's rows, concatenated in rank order, on the root (``None`` elsewhere)."""
+        return np.ascontiguousarray(array)
 
-    def allgather_rows(self, array: np.ndarray) -> np.ndarray:  # pragma: no cover
+    def allgather_rows(self, array: np.ndarray) -> np.ndarray:
         """Every rank's rows, concatenated in rank order, on every rank."""
-        raise NotImplementedError
+        return np.array(array, copy=True)
 
-    def gather(self, obj: Any, root: int = 0) -> list | None:  # pragma: no cover
-        raise NotImplementedError
+    def gather(self, obj: Any, root: int = 0) -> list | None:
+        return [obj]
+
+    def barrier(self) -> None:
+        return None
+
+    def abort(self, code: int = 1) -> None:
+        os._exit(code)
+
+    def split(self, color: int) -> Comm:
+        """A sub-communicator of the ranks that pass the same ``color`` (collective); one rank: itself."""
+        return self
 
     def sum_in_chunk_order(
         self, rows: np.ndarray, first_chunk: int, n_chunks: int, flag: float = 0.0
@@ -87,11 +101,10 @@ class Comm:
         """Sum of every rank's per-chunk rows, added on one fixed tree over chunk indices.
 
         ``rows`` is ``(n_local, L)``: this rank's chunks ``first_chunk, first_chunk + 1,
-        ...`` of ``n_chunks`` in all. Each rank sends the tree nodes that lie inside its
-        chunks (``chunk_order.local_cover``, about ``2 log2(n_chunks)`` rows) in one
-        ``Allgatherv``, and every rank completes the tree: the result has the same bits
-        whatever the number of ranks (``SerialComm`` runs the same arithmetic). ``flag``
-        (a stop request) is summed alongside and returned second.
+        ...`` of ``n_chunks``. Each rank sends the tree nodes inside its chunks
+        (``chunk_order.local_cover``) in one ``Allgatherv`` and every rank completes the
+        tree, so the result has the same bits on any number of ranks. ``flag`` (a stop
+        request) is summed alongside and returned second.
         """
         from .chunk_order import combine_cover, local_cover
 
@@ -106,16 +119,6 @@ class Comm:
         header = everything[:, 0] < 0
         nodes = {(int(row[0]), int(row[1])): row[2:] for row in everything[~header]}
         return combine_cover(nodes, n_chunks), float(everything[header, 2].sum())
-
-    def barrier(self) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def abort(self, code: int = 1) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def split(self, color: int) -> Comm:  # pragma: no cover
-        """A sub-communicator of the ranks that pass the same ``color`` (collective)."""
-        raise NotImplementedError
 
     def run_on_root(self, fn: Callable[[], Any], root: int = 0) -> Any:
         """Run ``fn`` on the root only and give its value to every rank.
@@ -137,41 +140,7 @@ class Comm:
 
 
 class SerialComm(Comm):
-    """One process, no MPI: every collective is the identity."""
-
-    def bcast(self, obj: Any, root: int = 0) -> Any:
-        return obj
-
-    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, dtype=np.float64, copy=True)
-
-    def scatter_rows(self, array, counts, root: int = 0, capacity: int | None = None) -> np.ndarray:
-        if len(counts) != 1 or counts[0] != len(array):
-            raise ValueError("SerialComm.scatter_rows needs counts == [len(array)]")
-        if capacity is None or capacity <= len(array):
-            return np.ascontiguousarray(array)
-        local = aligned_zeros((capacity, *np.shape(array)[1:]), np.asarray(array).dtype)
-        local[: len(array)] = array
-        return local
-
-    def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray:
-        return np.ascontiguousarray(array)
-
-    def allgather_rows(self, array: np.ndarray) -> np.ndarray:
-        return np.array(array, copy=True)
-
-    def gather(self, obj: Any, root: int = 0) -> list:
-        return [obj]
-
-    def barrier(self) -> None:
-        return None
-
-    def abort(self, code: int = 1) -> None:
-        os._exit(code)
-
-    def split(self, color: int) -> SerialComm:
-        """A sub-communicator of the ranks with the same ``color``: itself."""
-        return self
+    """One process, no MPI: every collective is the identity (``Comm``'s own)."""
 
 
 def item_layout(counts, trailing: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -236,7 +205,6 @@ class MPIComm(Comm):
         return result, [result, item_layout(counts, like.shape[1:]), self._MPI._typedict[like.dtype.char]]
 
     def gather_rows(self, array: np.ndarray, root: int = 0) -> np.ndarray | None:
-        """Concatenate every rank's rows on the root (``None`` elsewhere)."""
         array = np.ascontiguousarray(array)
         counts = self._comm.gather(array.shape[0], root=root)
         result, receive = self._receive_rows(counts, array) if self.rank == root else (None, None)
@@ -259,7 +227,6 @@ class MPIComm(Comm):
         self._comm.Abort(code)
 
     def split(self, color: int) -> MPIComm:
-        """A sub-communicator of the ranks that pass the same ``color``."""
         return MPIComm(self._comm.Split(color, self.rank))
 
 
@@ -277,11 +244,9 @@ def launcher_size(environ: Mapping[str, str]) -> tuple[str, int]:
 
 
 def get_comm(*, use_mpi: bool | None = None) -> Comm:
-    """``MPIComm`` when launched by an MPI launcher (or forced), else ``SerialComm``.
+    """``MPIComm`` when launched by an MPI launcher (or ``HOMODYNE_MPI=1``), else ``SerialComm`` (``HOMODYNE_MPI=0``).
 
-    A plain ``python``/``homodyne-mpi`` start, with no launcher environment, never
-    imports MPI, so a laptop without an MPI library still runs the sequential fallback.
-    ``HOMODYNE_MPI=1`` (or ``0``) forces the choice.
+    Without a launcher environment MPI is never imported: a laptop without MPI still runs.
     """
     if use_mpi is None:
         forced = os.environ.get("HOMODYNE_MPI", "").strip().lower()

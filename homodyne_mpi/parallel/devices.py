@@ -17,10 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def with_host_device_count(xla_flags: str, count: int) -> str:
-    """``XLA_FLAGS`` text with the host device count set to ``count``.
-
-    An existing count is replaced; every other flag is kept in order.
-    """
+    """``XLA_FLAGS`` text with the host device count set to ``count`` (replaced if present; other flags kept)."""
     if count < 1:
         raise ValueError(f"host device count must be >= 1, got {count}")
     flag = f"--xla_force_host_platform_device_count={int(count)}"
@@ -32,8 +29,7 @@ def with_host_device_count(xla_flags: str, count: int) -> str:
 def configure_host_devices(count: int) -> bool:
     """Ask XLA for ``count`` CPU devices and enable float64 in JAX.
 
-    Returns True if the flag took effect, False (with a warning) if JAX was already
-    imported, in which case the device count cannot change any more.
+    False (with a warning) if JAX was imported before with fewer devices: the count cannot change any more.
     """
     os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), count)
     os.environ.setdefault("JAX_ENABLE_X64", "1")
@@ -42,21 +38,16 @@ def configure_host_devices(count: int) -> bool:
 
         have = jax.local_device_count()
         if have < count:
-            log.warning(
-                "JAX was imported before the device setup: %d host device(s) instead of %d; "
-                "parallel chains will fall back to sequential",
-                have,
-                count,
-            )
+            message = "JAX was imported before the device setup: %d host device(s) instead of %d; parallel chains will fall back to sequential"
+            log.warning(message, have, count)
             return False
     return True
 
 
 def enable_compilation_cache(directory: str | None) -> str | None:
-    """Turn on JAX's persistent compilation cache in ``directory`` (None: leave it off).
+    """Turn on JAX's persistent compilation cache in ``directory`` (None: off); returns the resolved directory.
 
-    A second run with the same shapes then loads its compiled kernels instead of
-    compiling them. Returns the resolved directory.
+    A second run with the same shapes then loads its compiled kernels instead of compiling them.
     """
     if not directory:
         return None

@@ -1,34 +1,22 @@
-"""A dynamic task farm: rank 0 hands out tasks one at a time to whichever rank is free.
+"""A dynamic task farm: rank 0 hands out tasks one at a time to whichever rank is free (CMC shards).
 
-Used by CMC to run shards. Every rank, rank 0 included, works on tasks:
+Every rank works on tasks. Rank 0's main thread is the manager, the only thread that calls
+MPI (``MPI_THREAD_FUNNELED`` is enough): it owns the queue, answers requests, receives
+results and calls ``on_result`` for each as it arrives (CMC checkpoints the shard there).
+Rank 0's own share runs in a worker thread fed from the same queue (JAX releases the GIL).
+Every other rank sends ``READY`` (with its previous result) and receives a task or ``STOP``.
+With one rank there are no messages: the worker thread runs every task. Arrays travel as
+NumPy buffers (``Send``/``Recv`` after a pickled header of dtypes and shapes).
 
-- Rank 0's **main thread** is the manager. It owns the queue of tasks, answers the
-  other ranks' requests and receives their results, and calls ``on_result`` for every
-  finished task as soon as it arrives (CMC checkpoints the shard there). It is the only
-  thread of the process that calls MPI, so ``MPI_THREAD_FUNNELED`` is enough.
-- Rank 0's own share of the work runs in a **worker thread** fed from the same queue
-  (JAX releases the GIL while it computes, so the manager stays responsive).
-- Every other rank loops: send ``READY`` (with the result of its previous task), receive
-  the next task or ``STOP``.
-
-So no rank waits for work while tasks remain, apart from the round trip of one request.
-With one rank (``SerialComm`` or ``size == 1``) there are no messages at all: the worker
-thread runs every task in this process. Task and result arrays travel as NumPy buffers
-(``Send``/``Recv`` after a small pickled header listing their dtypes and shapes), never
-pickled.
-
-A task's ``work`` may raise an ``Exception``: the farm turns it into a result header with
-``farm_error`` and ``traceback`` so nothing hangs and the manager can record it. The
-exception types named in ``passthrough``, and any other ``BaseException``
-(``KeyboardInterrupt``), are not recorded: on rank 0's worker thread they are re-raised
-in the main thread; on another rank they propagate out of ``run_task_farm`` (the
-caller's guard then aborts the job).
+An ``Exception`` from ``work`` becomes a result header with ``farm_error`` and
+``traceback``, so nothing hangs. The types in ``passthrough`` and any other ``BaseException``
+are not recorded: re-raised in rank 0's main thread, or propagated out of
+``run_task_farm`` on another rank (whose guard then aborts the job).
 
 ``task_limit`` (``watchdog.TaskLimit``) ends the job, exit code 3, when a task runs too
-long: the rank running it decides (``TaskLimit.guarded``); rank 0 also gives up on a rank
-(or node) that no longer responds, ``watchdog.OVERDUE_GRACE_S`` after the limit
-(``TaskLimit.check``). ``should_stop`` (checked by the manager between tasks, and on every
-rank with each request) stops handing out new tasks: tasks already running finish and are
+long (``TaskLimit.guarded`` on the rank running it; ``TaskLimit.check`` on rank 0 for a
+rank that no longer responds). ``should_stop`` (checked by the manager between tasks and
+on every rank with each request) stops handing out tasks: running ones finish and are
 delivered, then ``FarmStats.stopped`` is True.
 """
 
@@ -79,6 +67,9 @@ class FarmResult:
     rank: int
     seconds: float
     """Time ``work`` took on that rank."""
+
+
+ResultFn = Callable[[FarmResult], None]
 
 
 @dataclass
@@ -132,9 +123,6 @@ def _guarded_work(work: WorkFn, header: dict, arrays: dict, passthrough: tuple =
     return out_header, out_arrays, time.perf_counter() - start
 
 
-# -- messages (MPI only) ----------------------------------------------------------------
-
-
 def _send(raw, header, arrays: dict[str, np.ndarray], dest: int, tag: int) -> None:
     arrays = {name: np.ascontiguousarray(a) for name, a in (arrays or {}).items()}
     spec = [(name, a.dtype.str, a.shape) for name, a in arrays.items()]
@@ -144,15 +132,10 @@ def _send(raw, header, arrays: dict[str, np.ndarray], dest: int, tag: int) -> No
 
 
 def _recv_arrays(raw, spec, source: int) -> dict[str, np.ndarray]:
-    out = {}
-    for name, dtype, shape in spec:
-        buffer = np.empty(shape, dtype=np.dtype(dtype))
+    out = {name: np.empty(shape, dtype=np.dtype(dtype)) for name, dtype, shape in spec}
+    for buffer in out.values():
         raw.Recv(buffer, source=source, tag=TAG_ARRAY)
-        out[name] = buffer
     return out
-
-
-# -- worker ranks -----------------------------------------------------------------------
 
 
 def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | None, passthrough: tuple) -> None:
@@ -162,14 +145,8 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
     task, out_header, seconds = None, None, 0.0  # the previous task, its result header and time
     out_arrays: dict[str, np.ndarray] = {}
     while True:
-        ready = {
-            "load": vars(load).copy(),
-            "stop": bool(should_stop()) if should_stop else False,
-            "host": comm.host,
-            "task": task,
-            "result": out_header,
-            "seconds": seconds,
-        }
+        stop = bool(should_stop()) if should_stop else False
+        ready = dict(load=vars(load).copy(), stop=stop, host=comm.host, task=task, result=out_header, seconds=seconds)
         _send(raw, ready, out_arrays, dest=0, tag=TAG_READY)
         waited = time.perf_counter()
         task, spec = raw.recv(source=0, tag=TAG_TASK)
@@ -180,9 +157,6 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
         out_header, out_arrays, seconds = _guarded_work(work, task, arrays, passthrough)
         load.tasks += 1
         load.busy_s += seconds
-
-
-# -- rank 0 -----------------------------------------------------------------------------
 
 
 class _LocalWorker:
@@ -225,13 +199,7 @@ class _LocalWorker:
 
 
 def _manager(
-    comm: Comm,
-    tasks: Sequence[Task],
-    work: WorkFn,
-    on_result: Callable[[FarmResult], None],
-    should_stop,
-    passthrough: tuple,
-    task_limit: TaskLimit | None = None,
+    comm: Comm, tasks: list[Task], work: WorkFn, on_result: ResultFn, should_stop, passthrough: tuple, limit: TaskLimit | None
 ) -> FarmStats:
     start = time.perf_counter()
     pending = deque(tasks)
@@ -265,8 +233,8 @@ def _manager(
     try:
         feed_local()
         while local.busy or active_remote > 0:
-            if task_limit is not None:
-                task_limit.check(handed, hosts)
+            if limit is not None:
+                limit.check(handed, hosts)
             progressed = False
             if raw is not None and raw.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_READY):
                 status = MPI.Status()
@@ -314,7 +282,7 @@ def run_task_farm(
     comm: Comm,
     tasks: Sequence[Task] | None,
     work: WorkFn,
-    on_result: Callable[[FarmResult], None] | None = None,
+    on_result: ResultFn | None = None,
     *,
     should_stop: Callable[[], bool] | None = None,
     passthrough: tuple[type[BaseException], ...] = (),
@@ -330,13 +298,7 @@ def run_task_farm(
         work = task_limit.guarded(work)
     if comm.is_root:
         return _manager(
-            comm,
-            list(tasks or []),
-            work,
-            on_result or (lambda result: None),
-            should_stop,
-            tuple(passthrough),
-            task_limit,
+            comm, list(tasks or []), work, on_result or (lambda result: None), should_stop, tuple(passthrough), task_limit
         )
     _worker_loop(comm, work, should_stop, tuple(passthrough))
     return None

@@ -1,12 +1,11 @@
 """Running the program on every rank so that no failure leaves a rank hanging.
 
-- A ``HomodyneError`` raised on every rank together (``collective``, see
-  ``Comm.run_on_root``) ends every rank with its exit code: bad input gives 2.
-- Any other exception on any rank is logged once with rank, host and traceback, then the
-  whole job is aborted (``MPI_Abort``), because the other ranks may already be waiting in
-  a collective that the failed rank will never join.
-- With several ranks, each rank ends if its launcher goes away (``watchdog.watch_launcher``),
-  and the ranks leave together or the job is aborted (``watchdog.ExitGuard``).
+- A ``HomodyneError`` raised on every rank together (``collective``, see ``Comm.run_on_root``)
+  ends every rank with its exit code: bad input gives 2.
+- Any other exception on any rank is logged once with rank, host and traceback, then the job
+  is aborted (``MPI_Abort``): the other ranks may be waiting in a collective it will never join.
+- With several ranks, a rank ends if its launcher goes away (``watchdog.watch_launcher``), and
+  the ranks leave together or the job is aborted (``watchdog.ExitGuard``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import NoReturn
 
 from ..errors import HomodyneError
 from .comm import Comm
-from .watchdog import ExitGuard, flush_and_pause, watch_launcher
+from .watchdog import ExitGuard, flush_and_pause, flush_streams, mpi_world, watch_launcher
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,7 @@ def failure_message(comm: Comm, error: BaseException) -> str:
 
 
 def run_guarded(main: Callable[[], int], comm: Comm) -> int:
-    """Run ``main`` and turn its outcome into an exit code, aborting the job if needed.
-
-    Returns the exit code for collective outcomes (once every rank has reached this
-    point); never returns after an abort.
-    """
+    """Run ``main`` and turn its outcome into an exit code (once every rank got here); never returns after an abort."""
     if comm.size > 1:
         watch_launcher()
     guard = ExitGuard(comm)
@@ -56,23 +51,16 @@ def run_guarded(main: Callable[[], int], comm: Comm) -> int:
 def exit_process(code: int) -> NoReturn:
     """End the process with ``code``: at once for a single process, normally under MPI.
 
-    Without MPI it flushes the logs and standard streams and calls ``os._exit``,
-    skipping the interpreter's teardown (unloading JAX and XLA: 0.3 s of every job,
-    docs/performance.md). Under MPI it raises ``SystemExit`` as usual, so that mpi4py
-    finalises MPI at interpreter exit: finalising and leaving with ``os._exit`` made
-    MPICH's launcher report a 4-rank job as killed (exit code 9) now and then. Only for
-    the end of a command-line run: everything the run writes is closed by then (the
-    batch waits for its writer threads).
+    Without MPI: flush logs and streams, then ``os._exit``, skipping the interpreter's
+    teardown (unloading JAX and XLA: 0.3 s of every job, docs/performance.md). Under MPI:
+    ``SystemExit``, so that mpi4py finalises MPI at exit (finalising then ``os._exit``
+    made MPICH report a 4-rank job as killed, exit code 9, now and then). Only for the end
+    of a command-line run, when everything it writes is closed.
     """
-    mpi = sys.modules.get("mpi4py.MPI")
-    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+    if mpi_world() is not None:
         raise SystemExit(code)
     logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed or broken stream: nothing left to save
-            pass
+    flush_streams()
     os._exit(code)
 
 

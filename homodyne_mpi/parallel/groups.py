@@ -1,10 +1,8 @@
-"""Rank groups for a batch: how many ranks fit each data set, and which group fits which.
+"""Rank groups for a batch: how many ranks fit each data set, and which group fits which (pure, no MPI).
 
-Pure functions, no MPI. A batch of many data sets (one per q bin, say) fits them faster
-on several groups of ranks at once than one after another on all ranks, because part of
-each fit does not shrink with ranks: start-up, compilation, the leader's reading and
-each LM iteration's Allreduce. ``plan_groups`` cuts the world into contiguous groups and
-shares the data sets out among them.
+Many data sets (one per q bin, say) fit faster on several rank groups at once than one after
+another on all ranks: start-up, compilation, the leader's reading and each LM iteration's
+Allreduce do not shrink with ranks.
 """
 
 from __future__ import annotations
@@ -19,9 +17,7 @@ POINT_BYTES = 28
 """Bytes a rank holds per point of its share (angle, two frame indices, value, weight)."""
 
 SHARE_BYTES_PER_RANK = 2 * 1024**3
-"""Automatic group size: the most point-share memory a rank should need, bytes (2 GiB).
-Data sets larger than ``SHARE_BYTES_PER_RANK / POINT_BYTES`` points (7.7e7) get groups of
-several ranks however many data sets there are."""
+"""Automatic group size: the most point-share memory a rank should need, bytes (2 GiB, 7.7e7 points)."""
 
 
 @dataclass(frozen=True)
@@ -54,12 +50,9 @@ class GroupPlan:
 def auto_group_size(world_size: int, point_counts, share_bytes: int = SHARE_BYTES_PER_RANK) -> int:
     """Ranks per group for a batch whose data sets have ``point_counts`` points.
 
-    As many groups as data sets, up to one per rank: every group then pays its start-up,
-    compilation and leader's reading side by side instead of one data set after another
-    (the cost model in docs/performance.md), while the kernel work per data set is the
-    same total. Groups are made larger only where the largest data set's points would
-    need more than ``share_bytes`` on a rank. One data set (or none): every rank.
-    Unknown sizes (0: a file that cannot be read) do not count.
+    As many groups as data sets, up to one per rank, so their fixed costs run side by side
+    (docs/performance.md); larger only where the largest data set would need more than
+    ``share_bytes`` on a rank. One data set (or none): every rank. Sizes of 0 (unknown) do not count.
     """
     if world_size < 1:
         raise ValueError("auto_group_size needs world_size >= 1")
@@ -74,12 +67,10 @@ def auto_group_size(world_size: int, point_counts, share_bytes: int = SHARE_BYTE
 def plan_groups(world_size: int, point_counts, group_size: int | None = None) -> GroupPlan:
     """Split ``world_size`` ranks into groups of about ``group_size`` and share out the data sets.
 
-    ``group_size`` ``None`` chooses it with ``auto_group_size``; a size above the world is
-    the world. The number of groups is ``world_size // group_size`` (leftover ranks join
-    the first groups), never more than the number of data sets. Data sets go, largest
-    first (by ``point_counts``, ties by position), to the group with the fewest ranks-
-    weighted points so far (ties: the lower group); a size of 0 (unknown) counts as the
-    largest. Each group fits its own in batch order.
+    ``group_size`` ``None``: ``auto_group_size``; above the world: the world. There are
+    ``world_size // group_size`` groups (leftover ranks join the first), at most one per
+    data set. Data sets go, largest first (ties by position; size 0 counts as the largest),
+    to the group with the fewest points per rank so far (ties: the lower group).
     """
     counts = [int(c) for c in point_counts]
     size = auto_group_size(world_size, counts) if group_size is None else int(group_size)

@@ -1,21 +1,16 @@
 """Catch a wrong launch before any work: N copies of one fit instead of one fit on N ranks.
 
-Two classic mistakes end in a world of one rank while the scheduler started several
-processes, each of which would then read all the data and run the whole fit alone (and
-all exit 0):
+Two classic mistakes give each of several processes a world of one rank, so each reads all
+the data and runs the whole fit alone (and all exit 0):
 
-- ``srun`` without the MPI plugin the library needs (``--mpi=none``, or ``pmix`` for
-  MPICH): Slurm says ``SLURM_STEP_NUM_TASKS=4`` but no PMI environment reaches the
-  process, so ``get_comm()`` falls back to one rank. The same happens when a batch script
-  with ``--ntasks=4`` starts ``homodyne-mpi run`` without ``srun``/``mpiexec``.
-- an ``mpiexec`` from another MPI than the one ``mpi4py`` loaded: Open MPI's ``mpirun``
-  (``OMPI_COMM_WORLD_SIZE``) with MPICH loaded, or MPICH's hydra (``PMI_SIZE``) with Open
-  MPI loaded; each process initialises as a singleton.
+- ``srun`` without the MPI plugin the library needs (``--mpi=none``, or ``pmix`` for MPICH):
+  ``SLURM_STEP_NUM_TASKS=4`` but no PMI environment; likewise a ``--ntasks=4`` batch script
+  that starts ``homodyne-mpi run`` without ``srun``/``mpiexec``.
+- an ``mpiexec`` of another MPI than ``mpi4py`` loaded (Open MPI's ``mpirun`` with MPICH, or
+  hydra's ``PMI_SIZE`` with Open MPI): each process initialises as a singleton.
 
-``check_launch`` raises ``ConfigError`` (exit code 2) with one line saying how to launch
-correctly. It reads only environment variables and the MPI library's version string, so
-it is cheap; every rank reaches the same verdict, so the error is collective.
-``HOMODYNE_LAUNCH_CHECK=0`` turns the check off (for an unusual launcher it misjudges).
+``check_launch`` raises a collective ``ConfigError`` (exit code 2) saying how to launch; it
+reads only the environment and the MPI version string. ``HOMODYNE_LAUNCH_CHECK=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -40,12 +35,8 @@ def _int(environ: Mapping[str, str], key: str) -> int:
 
 
 def slurm_task_count(environ: Mapping[str, str]) -> int:
-    """Processes Slurm started for this step (0 outside Slurm).
-
-    Inside ``srun`` that is ``SLURM_STEP_NUM_TASKS``; in the batch script itself, where
-    there is no step yet, the job's ``SLURM_NTASKS``. (Under ``mpiexec`` inside an
-    allocation the step is hydra's proxy, one task per node, which is consistent.)
-    """
+    """Processes Slurm started for this step: ``SLURM_STEP_NUM_TASKS`` inside ``srun``, the job's
+    ``SLURM_NTASKS`` in the batch script (no step yet), 0 outside Slurm."""
     if "SLURM_STEP_NUM_TASKS" in environ:
         return _int(environ, "SLURM_STEP_NUM_TASKS")
     if "SLURM_JOB_ID" in environ or "SLURM_JOBID" in environ or "SLURM_NTASKS" in environ:
@@ -84,15 +75,14 @@ def library_version(comm: Comm) -> str:
 
 
 def _launch_error(message: str) -> ConfigError:
-    """Every rank sees the same environment and reaches the same verdict: a collective error."""
     return collective(ConfigError(message))
 
 
 def check_launch(comm: Comm, environ: Mapping[str, str] | None = None, version: str | None = None) -> None:
     """Raise ``ConfigError`` (exit 2) when the launch would run N copies of the same fit.
 
-    ``environ`` and ``version`` (the MPI library version string) default to this
-    process's; tests pass their own.
+    ``environ`` and ``version`` (the MPI library's version string) default to this process's.
+    Every rank sees the same environment and reaches the same verdict: the error is collective.
     """
     environ = os.environ if environ is None else environ
     if environ.get("HOMODYNE_LAUNCH_CHECK", "").strip().lower() in ("0", "no", "false", "off"):
@@ -129,8 +119,5 @@ def check_launch(comm: Comm, environ: Mapping[str, str] | None = None, version: 
                 f"is missing or wrong), so each would run the whole fit alone"
             )
         else:
-            what = (
-                f"the Slurm job has {tasks} tasks but this is a single process started without srun or mpiexec, "
-                f"so {tasks - 1} task(s) would sit idle"
-            )
+            what = f"the Slurm job has {tasks} tasks but this is a single process started without srun or mpiexec, so {tasks - 1} task(s) would sit idle"
         raise _launch_error(f"{what} -- {SRUN_HINT}; for one process ask for --ntasks=1")

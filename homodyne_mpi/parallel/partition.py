@@ -6,10 +6,9 @@ import numpy as np
 
 
 def balanced_counts(n_items: int, n_parts: int) -> np.ndarray:
-    """Sizes of ``n_parts`` contiguous blocks covering ``n_items``, differing by at most 1.
+    """Sizes of ``n_parts`` contiguous blocks covering ``n_items``, the first ``n_items % n_parts`` one larger.
 
-    The first ``n_items % n_parts`` blocks get one extra item; a part may be empty when
-    there are fewer items than parts (it then contributes zeros to every sum).
+    A part may be empty when there are fewer items than parts (it then contributes zeros to every sum).
     """
     if n_parts < 1 or n_items < 0:
         raise ValueError("balanced_counts needs n_parts >= 1 and n_items >= 0")

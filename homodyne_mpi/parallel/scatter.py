@@ -1,12 +1,9 @@
 """Scatter a stream of point blocks: every rank receives its contiguous share, block by block.
 
-The root iterates blocks of points in global order (``data.stream.PointSource``
-``point_blocks``), never the whole point set. For each block it broadcasts the block's
-length, then one ``Scatterv`` per column sends each rank the part of the block that
-falls inside that rank's range ``[offset_r, offset_r + counts[r])``. Each rank writes
-the pieces into its own buffer (allocated once, padded to ``capacity``), so a rank holds
-its share plus, on the root, one block: the root's bound beyond its share is one block's
-points (28 bytes each) and the rows they were read from (``rows x N x 8`` bytes).
+The root iterates blocks in global order (``PointSource.point_blocks``), never the whole
+point set: per block it broadcasts the length, then one ``Scatterv`` per column sends each
+rank the part inside its range. The root holds one block beyond its share (28 bytes a
+point, plus the ``rows x N x 8`` bytes of rows it was read from).
 """
 
 from __future__ import annotations
@@ -37,12 +34,9 @@ def block_counts(block_start: int, block_length: int, offsets: np.ndarray, count
 def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, capacity: int | None = None) -> PointSet:
     """Every rank's contiguous share of the root's stream of point blocks (collective).
 
-    ``counts[r]``: points of rank ``r``, in global order; ``blocks`` (root only) must
-    hold exactly ``sum(counts)`` points. With ``capacity`` the columns have
-    ``max(capacity, counts[rank])`` rows, zeros after the received points (in memory JAX
-    can use without a copy), as ``Comm.scatter_rows`` gives. A ``HomodyneError`` while the
-    root reads a block (NaN rows, a damaged file) is raised on every rank, marked
-    ``collective``: the root's own error, an ``InputError`` pointing to it elsewhere.
+    ``counts[r]``: points of rank ``r``; ``blocks`` (root only) hold ``sum(counts)`` points.
+    ``capacity`` pads as ``Comm.scatter_rows`` does. A ``HomodyneError`` while the root reads
+    a block is raised on every rank, ``collective``: the root's own, an ``InputError`` elsewhere.
     """
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -76,9 +70,8 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
 def scatter_point_source(blocks: Iterable[PointSet] | None, n_points: int, comm: Comm, chunk_size: int) -> PointSet:
     """``nlsq.fit.distribute_points`` from the root's stream of point blocks (collective).
 
-    Rank ``r`` gets the global points of its chunk run, ``chunk_layout(...).points_of(r)``,
-    in a buffer of ``capacity_of(r)`` points whose tail is zero-weight padding of its last
-    angle: the same ``PointSet`` that ``distribute_points`` builds from the whole set.
+    Rank ``r`` gets ``chunk_layout(...).points_of(r)`` in ``capacity_of(r)`` points, the tail
+    zero-weight padding of its last angle: the ``PointSet`` ``distribute_points`` builds.
     """
     layout = chunk_layout(n_points, chunk_size, comm.size)
     counts = layout.point_counts()

@@ -1,15 +1,10 @@
 """SIGTERM and SIGUSR1 as a polite request to stop: set a flag, let the fit checkpoint.
 
-Slurm sends SIGTERM at the time limit or on preemption (``KillWait`` seconds before
-SIGKILL), and SIGUSR1 (or any signal) ahead of the limit when the job asks for it with
-``#SBATCH --signal=USR1@120``. The handler only sets a process-local flag and logs once;
-it never raises inside NumPy/JAX/MPI code. The fit reads the flag at its own safe points:
-the NLSQ loop adds it to the one packed Allreduce of each iteration, so every rank learns
-of a signal on any rank in the same iteration, checkpoints and exits with code 3
-(``Interrupted``); CMC stops between shards. The same command then resumes.
-
-A second signal of the same kind does not kill the process either: the checkpoint is
-on its way, and Slurm's SIGKILL after ``KillWait`` is the hard stop.
+Slurm sends SIGTERM at the time limit or on preemption (``KillWait`` seconds before SIGKILL),
+and SIGUSR1 ahead of the limit with ``#SBATCH --signal=USR1@120``. The handler only sets a
+process-local flag and logs once (a second signal does not kill either: SIGKILL is the hard
+stop). The fit reads the flag at safe points: NLSQ in each iteration's packed Allreduce, so
+every rank checkpoints and exits with code 3 (``Interrupted``) together; CMC between shards.
 """
 
 from __future__ import annotations
@@ -38,22 +33,15 @@ _previous: dict[int, _Handler] = {}
 def _handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal-handler signature
     """Record the request; log it the first time only (a handler must stay tiny)."""
     first = not _stop.is_set()
+    name = signal.Signals(signum).name
     _stop.set()
-    _received.append(signal.Signals(signum).name)
+    _received.append(name)
     if first:
-        log.warning(
-            "received %s (pid %d): stopping at the next safe point, checkpointing, exit code 3",
-            signal.Signals(signum).name,
-            os.getpid(),
-        )
+        log.warning("received %s (pid %d): stopping at the next safe point, checkpointing, exit code 3", name, os.getpid())
 
 
 def install_stop_handlers() -> bool:
-    """Route SIGTERM and SIGUSR1 to the stop flag; idempotent.
-
-    Returns False (and does nothing) outside the main thread, where Python cannot install
-    signal handlers; True once the handlers are in place.
-    """
+    """Route SIGTERM and SIGUSR1 to the stop flag (idempotent); False outside the main thread, where Python cannot."""
     if _previous:
         return True
     if threading.current_thread() is not threading.main_thread():

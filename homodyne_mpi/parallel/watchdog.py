@@ -2,26 +2,20 @@
 
 Three guards; each ends the whole job (``MPI_Abort``) rather than leave a rank behind.
 
-- ``time_limit(seconds, what)`` gives a block of work a wall-time limit (``TaskLimit``
-  applies it to every task of the task farm: a CMC shard). A
-  daemon thread of the same process (``Watchdog``) watches the deadline; when it passes,
-  the thread prints one line naming the work, the rank, the host and the limit, and
-  aborts the job with exit code 3 ("rerun to resume"). The work itself is never asked to
-  stop: a stuck XLA call cannot be interrupted from Python, but JAX releases the GIL while
-  it computes, so the watchdog thread runs. Should a C call hang while holding the GIL,
-  Python's ``faulthandler`` (a C thread that needs no GIL) is armed ``BACKSTOP_S`` later:
-  it prints every thread's traceback and ends the process with exit code 1, and the
-  launcher then ends the other ranks. Should the whole rank stop responding (a stopped
-  process, a frozen node), rank 0 of the task farm, which knows when it handed out each
-  task, ends the job ``OVERDUE_GRACE_S`` after the limit.
-- ``watch_launcher()`` starts a daemon thread that notices the launcher's process (the
-  rank's parent: MPICH's ``hydra_pmi_proxy``, Slurm's ``slurmstepd``) going away, and
-  ends this rank within ``LAUNCHER_POLL_S``: a rank whose launcher was killed would
-  otherwise spin in its next collective for ever.
-- ``ExitGuard.leave`` makes the ranks leave the program together: a rank that reaches the
-  end waits at most ``EXIT_WAIT_S`` for the others, then aborts the job. Without it, a
-  rank that returns while another waits in a collective blocks in ``MPI_Finalize`` and
-  the other spins at full speed until the launcher is killed (seen: for over 40 minutes).
+- ``time_limit(seconds, what)`` gives a block of work (``TaskLimit``: each CMC shard of the
+  task farm) a wall-time limit. A daemon thread (``Watchdog``) watches the deadline; past
+  it, the thread prints one line naming the work, rank, host and limit, and aborts the job
+  with exit code 3 ("rerun to resume"). The work is never interrupted (a stuck XLA call
+  cannot be; JAX releases the GIL, so the thread runs). For a C call that hangs holding
+  the GIL, ``faulthandler`` is armed ``BACKSTOP_S`` later (tracebacks, exit code 1); for a
+  rank that stops responding, rank 0 of the task farm ends the job ``OVERDUE_GRACE_S``
+  after the limit.
+- ``watch_launcher()``: a daemon thread ends this rank within ``LAUNCHER_POLL_S`` once its
+  launcher (the parent: ``hydra_pmi_proxy``, ``slurmstepd``) is gone, instead of spinning
+  in its next collective for ever.
+- ``ExitGuard.leave``: a rank that reaches the end waits at most ``EXIT_WAIT_S`` for the
+  others, then aborts the job. Without it, a rank blocks in ``MPI_Finalize`` while another
+  spins in a collective until the launcher is killed (seen: for over 40 minutes).
 """
 
 from __future__ import annotations
@@ -40,15 +34,11 @@ from dataclasses import dataclass
 TIME_LIMIT_EXIT_CODE = 3
 """Exit code of a job ended by a time limit: finished work is saved, rerun to resume."""
 ABORT_GRACE_S = 1.0
-"""Seconds between printing a rank's last line and ``MPI_Abort``.
-
-The launcher forwards each rank's output through its own processes and kills them all on
-an abort; without a pause, a message still on its way can be lost (seen under load with
-MPICH's hydra), and it is the one line the user needs.
-"""
+"""Seconds between a rank's last line and ``MPI_Abort``, for the launcher to forward it
+(without the pause it could be lost, seen under load with MPICH's hydra)."""
 BACKSTOP_S = 30.0
-"""Seconds after a missed deadline at which ``faulthandler`` ends the process, in case
-the watchdog thread could not run (a C call that hangs holding the GIL)."""
+"""Seconds after a missed deadline at which ``faulthandler`` ends the process (a C call
+that hangs holding the GIL, so the watchdog thread cannot run)."""
 OVERDUE_GRACE_S = 60.0
 """Seconds past a task's limit after which rank 0's task farm gives up on the rank running
 it (``TaskLimit.check``): later than that rank's own watchdog and backstop."""
@@ -57,17 +47,11 @@ LAUNCHER_POLL_S = 1.0
 LAUNCHER_GONE_EXIT_CODE = 1
 """Exit code of a rank that ends because its launcher is gone (nobody is left to read it)."""
 EXIT_WAIT_S = 30.0
-"""Longest wait (seconds) of a finished rank for the others before it aborts the job.
-
-The ranks of a run end together (the batch ends with a broadcast of the exit code), so a
-healthy end waits milliseconds; the limit only matters when a rank is stuck elsewhere.
-"""
+"""Longest wait (seconds) of a finished rank for the others before it aborts the job
+(a healthy end waits milliseconds: the batch ends with a broadcast)."""
 
 
-# -- this process in the MPI world -------------------------------------------------------
-
-
-def _mpi_world():
+def mpi_world():
     """mpi4py's ``COMM_WORLD`` while MPI is initialised and not finalised, else None."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
@@ -77,11 +61,9 @@ def _mpi_world():
 
 def where() -> str:
     """``rank r of n on HOST`` (world rank) for messages; ``process PID on HOST`` outside MPI."""
-    host = socket.gethostname()
-    world = _mpi_world()
-    if world is None:
-        return f"process {os.getpid()} on {host}"
-    return f"rank {world.Get_rank()} of {world.Get_size()} on {host}"
+    world = mpi_world()
+    who = f"process {os.getpid()}" if world is None else f"rank {world.Get_rank()} of {world.Get_size()}"
+    return f"{who} on {socket.gethostname()}"
 
 
 def say(line: str) -> None:
@@ -92,39 +74,38 @@ def say(line: str) -> None:
         pass
 
 
-def flush_and_pause() -> None:
-    """Flush this process's output and give the launcher ``ABORT_GRACE_S`` to forward it."""
+def flush_streams() -> None:
+    """Flush stdout and stderr; a closed or broken stream is skipped."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe must not stop the abort
+        except (OSError, ValueError):
             pass
+
+
+def flush_and_pause() -> None:
+    """Flush this process's output and give the launcher ``ABORT_GRACE_S`` to forward it."""
+    flush_streams()
     time.sleep(ABORT_GRACE_S)
 
 
 def end_job(code: int) -> None:
     """End every rank of the MPI world with ``code`` (``MPI_Abort``), or this process outside MPI.
 
-    Never returns. Callable from any thread (mpi4py initialises MPI with
-    ``MPI_THREAD_MULTIPLE``).
+    Never returns; callable from any thread (mpi4py initialises ``MPI_THREAD_MULTIPLE``).
     """
     flush_and_pause()
-    world = _mpi_world()
+    world = mpi_world()
     if world is not None and world.Get_size() > 1:
         world.Abort(code)
     os._exit(code)
 
 
-# -- deadlines ---------------------------------------------------------------------------
-
-
 class Watchdog:
-    """Deadlines watched by one daemon thread; ``on_expiry(message)`` runs when one passes.
+    """Deadlines watched by one daemon thread; ``on_expiry(message)`` runs there once per missed deadline.
 
-    ``on_expiry`` runs in the watchdog thread, once per missed deadline (the production
-    one, ``_report_and_end_job``, never returns). With ``backstop_s``, ``faulthandler``
-    is kept armed at the earliest deadline plus ``backstop_s`` (process-wide: only one
-    watchdog per process may use it).
+    With ``backstop_s``, ``faulthandler`` stays armed at the earliest deadline plus
+    ``backstop_s`` (process-wide: one such watchdog per process).
     """
 
     def __init__(self, on_expiry: Callable[[str], None], *, backstop_s: float | None = None) -> None:
@@ -143,41 +124,36 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
                 self._thread.start()
-            self._set_backstop()
-            self._changed.notify_all()
+            self._changed_deadlines()
         return token
 
     def disarm(self, token: int) -> None:
         """Forget a deadline (the work finished in time)."""
         with self._changed:
             self._deadlines.pop(token, None)
-            self._set_backstop()
-            self._changed.notify_all()
+            self._changed_deadlines()
 
-    def _set_backstop(self) -> None:
-        if self._backstop_s is None:
-            return
-        if not self._deadlines:
+    def _changed_deadlines(self) -> None:
+        """Move the backstop to the earliest deadline and wake the thread (lock held)."""
+        if self._backstop_s is not None and not self._deadlines:
             faulthandler.cancel_dump_traceback_later()
-            return
-        first = min(at for at, _ in self._deadlines.values())
-        delay = max(first - time.monotonic(), 0.0) + self._backstop_s
-        faulthandler.dump_traceback_later(delay, exit=True)
+        elif self._backstop_s is not None:
+            first = min(at for at, _ in self._deadlines.values())
+            faulthandler.dump_traceback_later(max(first - time.monotonic(), 0.0) + self._backstop_s, exit=True)
+        self._changed.notify_all()
 
     def _next_expired(self) -> str:
         """Block until a deadline passes; remove it and return its message."""
         with self._changed:
             while True:
-                if not self._deadlines:
-                    self._changed.wait()
-                    continue
-                token, (at, message) = min(self._deadlines.items(), key=lambda item: item[1][0])
-                left = at - time.monotonic()
-                if left > 0:
-                    self._changed.wait(left)
-                    continue
-                del self._deadlines[token]
-                return message
+                wait_s = None
+                if self._deadlines:
+                    token, (at, message) = min(self._deadlines.items(), key=lambda item: item[1][0])
+                    wait_s = at - time.monotonic()
+                    if wait_s <= 0:
+                        del self._deadlines[token]
+                        return message
+                self._changed.wait(wait_s)
 
     def _watch(self) -> None:
         while True:
@@ -219,12 +195,11 @@ def time_limit(
     advice: str = "finished work is saved -- run the same command to resume",
     watchdog: Watchdog | None = None,
 ) -> Iterator[None]:
-    """Run the block with a wall-time limit of ``seconds``; ``None``: no limit.
+    """Run the block with a wall-time limit of ``seconds`` (``None``: no limit); never raises.
 
-    Past the limit the job ends from the watchdog thread (one line from
-    ``time_limit_message``, ``MPI_Abort`` with exit code 3); the block is not interrupted
-    and this never raises. ``what`` names the work ("CMC shard 7"), ``setting`` the config
-    key of the limit.
+    Past the limit the watchdog thread prints ``time_limit_message`` and ends the job
+    (exit code 3); the block is not interrupted. ``what`` names the work ("CMC shard 7"),
+    ``setting`` the config key of the limit.
     """
     if seconds is None:
         yield
@@ -273,15 +248,12 @@ class TaskLimit:
                 end_job(TIME_LIMIT_EXIT_CODE)
 
 
-# -- the launcher ------------------------------------------------------------------------
-
-
 def watch_launcher() -> bool:
     """Start a daemon thread that ends this process when its parent (the launcher) exits.
 
-    Returns False (nothing started) when the parent is already init (pid 1): there is no
-    launcher process to watch. The rank cannot ``MPI_Abort`` (there is no launcher left to
-    carry it); it prints one line and exits with ``LAUNCHER_GONE_EXIT_CODE``.
+    Returns False (nothing started) when the parent is already init (pid 1). The rank
+    cannot ``MPI_Abort`` (no launcher is left to carry it): it prints one line and exits
+    with ``LAUNCHER_GONE_EXIT_CODE``.
     """
     parent = os.getppid()
     if parent <= 1:
@@ -297,15 +269,11 @@ def watch_launcher() -> bool:
     return True
 
 
-# -- leaving together --------------------------------------------------------------------
-
-
 class ExitGuard:
     """Makes the ranks of a communicator leave the program together, or abort the job.
 
     Build it on every rank at the same point (it duplicates the communicator, so its
-    barrier can never be mistaken for another collective); call ``leave`` on every rank
-    before returning an exit code.
+    barrier is never mistaken for another collective); call ``leave`` on every rank.
     """
 
     def __init__(self, comm) -> None:
@@ -320,14 +288,13 @@ class ExitGuard:
         """
         if self._raw is None:
             return
-        wait_s = EXIT_WAIT_S
         request = self._raw.Ibarrier()
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + EXIT_WAIT_S
         while not request.Test():
             if time.monotonic() >= deadline:
                 say(
                     f"error: {self.comm.describe()} ended with exit code {code}, but other ranks did not reach the end "
-                    f"within {wait_s:g} s (still in a collective?); aborting the job so that no rank is left waiting"
+                    f"within {EXIT_WAIT_S:g} s (still in a collective?); aborting the job so that no rank is left waiting"
                 )
                 end_job(code or 1)
             time.sleep(0.01)
