@@ -1,22 +1,19 @@
 """Writing ``nlsq/fit.h5`` row block by row block, with the matrices ``output.fit_matrices`` keeps.
 
-``write_fit_file`` writes the small datasets (parameters, covariance, bands, ``t``,
-``phi``, ``noise_sigma``), the plan of :mod:`homodyne_mpi.fit_matrices` (dataset
-``matrix_frames``, attributes ``fit_matrices`` and ``matrix_frame_step``) and, unless the
-plan is ``none``, ``c2_exp``, ``c2_fit`` and ``residual`` of shape ``(n_angles, m, m)``
-on the plan's frames. The matrices are never built whole: for each block of kept rows of
-each angle it reads the measured rows from the data set's source (``full_rows(angle,
-row_start, row_stop, step)``: a loaded ``XPCSData`` slices its ``c2``, a streamed
-``data.stream.PointSource`` reads strided hyperslabs from the file), computes the model
-on those rows (``model.c2_points``, one compiled shape per file) and writes the three
-row blocks into datasets created at their final size. The writer then holds about
-``ROW_BLOCK_VALUES`` values of each of five arrays (``5 x 8 x ROW_BLOCK_VALUES`` bytes,
-40 MiB) whatever ``N``. The loaded and the streamed path write the same file.
+``write_fit_file`` writes the small datasets (parameters, covariance, bands, ``t``, ``phi``,
+``noise_sigma``), the plan of :mod:`homodyne_mpi.fit_matrices` and, unless it is ``none``,
+``c2_exp``, ``c2_fit`` and ``residual`` of shape ``(n_angles, m, m)`` on the plan's frames.
+The matrices are never built whole: per block of kept rows of each angle, the measured rows
+come from the source's ``full_rows(angle, row_start, row_stop, step)`` (a loaded ``XPCSData``
+slices its ``c2``, a streamed ``data.stream.PointSource`` reads strided hyperslabs), the
+model from ``model.c2_points`` (one compiled shape per file), and the three row blocks go
+into datasets created at their final size: about ``5 x 8 x ROW_BLOCK_VALUES`` bytes (40 MiB)
+in memory whatever ``N``. The loaded and the streamed path write the same file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -36,14 +33,6 @@ compiled_c2_points = jax.jit(c2_points, static_argnames=("spec",))
 """``model.c2_points`` compiled once per spec and block shape."""
 
 
-def write_attributes(handle: h5py.File, problem: NLSQProblem, plan: MatrixPlan) -> None:
-    """The model's mode, form, ``q`` (1/A), ``dt`` (s) and the matrix plan as file attributes."""
-    spec = problem.spec
-    handle.attrs.update(
-        {"analysis_mode": spec.mode, "shear_form": spec.shear_form, "q": spec.q, "dt": spec.dt, **plan.attributes()}
-    )
-
-
 def block_rows(plan: MatrixPlan, block_values: int = ROW_BLOCK_VALUES) -> int:
     """Kept rows per written block: as many whole rows of ``m`` entries as fit in ``block_values``."""
     return max(1, min(plan.side, block_values // max(plan.side, 1)))
@@ -61,23 +50,15 @@ def fitted_rows(
     frame_i[: len(row_frames)] = row_frames
     columns = np.asarray(column_frames, dtype=np.int32)
     contrast, offset, physical = problem.layout.split(jnp.asarray(result.theta))
-    values = compiled_c2_points(
-        physical,
-        contrast,
-        offset,
-        jnp.asarray(problem.phi),
-        jnp.full(rows * columns.size, angle, jnp.int32),
-        jnp.asarray(np.repeat(frame_i, columns.size)),
-        jnp.asarray(np.tile(columns, rows)),
-        problem.spec,
-    )
+    angles = jnp.full(rows * columns.size, angle, jnp.int32)
+    points_i, points_j = jnp.asarray(np.repeat(frame_i, columns.size)), jnp.asarray(np.tile(columns, rows))
+    values = compiled_c2_points(physical, contrast, offset, jnp.asarray(problem.phi), angles, points_i, points_j, problem.spec)
     return np.asarray(values).reshape(rows, columns.size)[: len(row_frames)]
 
 
-def row_blocks(plan: MatrixPlan, rows: int) -> Iterator[tuple[int, int]]:
+def row_blocks(plan: MatrixPlan, rows: int) -> list[tuple[int, int]]:
     """``(b0, b1)``: the kept rows ``b0:b1`` of each block of at most ``rows`` rows."""
-    for b0 in range(0, plan.side, rows):
-        yield b0, min(b0 + rows, plan.side)
+    return [(b0, min(b0 + rows, plan.side)) for b0 in range(0, plan.side, rows)]
 
 
 def measured_rows(source, plan: MatrixPlan, angle: int, b0: int, b1: int) -> np.ndarray:
@@ -87,8 +68,7 @@ def measured_rows(source, plan: MatrixPlan, angle: int, b0: int, b1: int) -> np.
 
 def write_matrices(handle: h5py.File, result: NLSQResult, problem: NLSQProblem, source, plan: MatrixPlan, rows: int) -> None:
     """``c2_exp``, ``c2_fit``, ``residual`` of shape ``(n_angles, m, m)``, written ``rows`` kept rows at a time."""
-    shape = (source.n_angles, plan.side, plan.side)
-    chunks = (1, rows, plan.side)
+    shape, chunks = (source.n_angles, plan.side, plan.side), (1, rows, plan.side)
     datasets = {name: handle.create_dataset(name, shape=shape, dtype=np.float64, chunks=chunks) for name in MATRICES}
     for angle in range(source.n_angles):
         for b0, b1 in row_blocks(plan, rows):
@@ -100,11 +80,8 @@ def write_matrices(handle: h5py.File, result: NLSQResult, problem: NLSQProblem, 
 
 
 class AngleMatrices:
-    """A read-only ``(n_angles, m, m)`` stand-in whose ``[k]`` builds angle ``k``'s matrix on demand.
-
-    What the figures read instead of a whole ``c2_exp`` or ``c2_fit`` in memory: each
-    figure builds only its own angle, from ``angle_matrix(k)``.
-    """
+    """A read-only ``(n_angles, m, m)`` stand-in for ``c2_exp`` or ``c2_fit`` whose ``[k]`` builds
+    angle ``k``'s matrix on demand: each figure builds only its own angle, from ``angle_matrix(k)``."""
 
     def __init__(self, angle_matrix: Callable[[int], np.ndarray], n_angles: int, side: int) -> None:
         self._angle_matrix = angle_matrix
@@ -120,14 +97,11 @@ def figure_arrays(result: NLSQResult, problem: NLSQProblem, source, plan: Matrix
     if plan.mode == "none":
         return arrays
 
-    def measured(k: int) -> np.ndarray:
-        return measured_rows(source, plan, k, 0, plan.side)
-
     def fitted(k: int) -> np.ndarray:
         blocks = [fitted_rows(result, problem, k, plan.frames[b0:b1], plan.frames, rows) for b0, b1 in row_blocks(plan, rows)]
         return np.concatenate(blocks)
 
-    arrays["c2_exp"] = AngleMatrices(measured, source.n_angles, plan.side)
+    arrays["c2_exp"] = AngleMatrices(lambda k: measured_rows(source, plan, k, 0, plan.side), source.n_angles, plan.side)
     arrays["c2_fit"] = AngleMatrices(fitted, source.n_angles, plan.side)
     return arrays
 
@@ -154,7 +128,10 @@ def write_fit_file(
         for name, array in small.items():
             handle.create_dataset(name, data=np.asarray(array))
         handle.create_dataset("matrix_frames", data=plan.frames)
-        write_attributes(handle, problem, plan)
+        spec = problem.spec  # the model's mode, form, q (1/A) and dt (s), and the matrix plan
+        handle.attrs.update(
+            {"analysis_mode": spec.mode, "shear_form": spec.shear_form, "q": spec.q, "dt": spec.dt, **plan.attributes()}
+        )
         if plan.mode != "none":
             write_matrices(handle, result, problem, source, plan, rows)
 

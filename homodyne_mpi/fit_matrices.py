@@ -1,21 +1,16 @@
 """Which frames the ``c2`` matrices of ``nlsq/fit.h5`` keep (``output.fit_matrices``).
 
-A data set of ``N`` frames has ``(n_angles, N, N)`` matrices ``c2_exp``, ``c2_fit`` and
-``residual``: ``3 x 8 N^2`` bytes per angle, 24 GB at 20 angles of 10,000 frames. The
-setting picks a :class:`MatrixPlan`:
+The matrices ``c2_exp``, ``c2_fit`` and ``residual`` of ``N`` frames take ``3 x 8 N^2`` bytes
+per angle (24 GB at 20 angles of 10,000 frames). The setting picks a :class:`MatrixPlan`:
+``full`` (every frame), ``none`` (no matrices) or ``auto`` (default): ``full`` while
+``N <= max_frames``, else ``downsampled`` to the frames ``0, k, 2k, ...`` with
+``k = ceil(N / max_frames)``, a subsample (not a block mean) of side ``m = ceil(N / k)``.
 
-- ``full``: every frame, matrices ``(n_angles, N, N)``;
-- ``auto`` (default): ``full`` while ``N <= max_frames``, else ``downsampled``: the frames
-  ``0, k, 2k, ...`` with ``k = ceil(N / max_frames)``, matrices ``(n_angles, m, m)`` with
-  ``m = ceil(N / k) <= max_frames``. Entry ``[a, i, j]`` is the full matrix's
-  ``[a, frames[i], frames[j]]`` (a subsample, not a block mean);
-- ``none``: no matrices.
-
-``fit.h5`` records the plan: dataset ``matrix_frames`` (the 0-based window frames the
-matrices' rows and columns are, empty for ``none``), attributes ``fit_matrices`` (the mode
-used: ``full``, ``downsampled`` or ``none``) and ``matrix_frame_step`` (``k``; 0 for
-``none``). A file written before these existed holds full matrices and no record;
-:func:`matrix_frames_of` reads either. Pure NumPy and h5py: the plots import it.
+``fit.h5`` records the plan: dataset ``matrix_frames`` (the 0-based window frames of the
+rows and columns, empty for ``none``) and attributes ``fit_matrices`` (``full``,
+``downsampled`` or ``none``) and ``matrix_frame_step`` (``k``; 0 for ``none``). An older
+file holds full matrices and no record; :func:`matrix_frames_of` reads either. Pure NumPy
+and h5py: the plots import it.
 """
 
 from __future__ import annotations
@@ -31,9 +26,6 @@ from .vocabulary import FIT_MATRIX_MODES
 
 MATRICES = ("c2_exp", "c2_fit", "residual")
 """The ``(n_angles, m, m)`` datasets of ``fit.h5``."""
-
-BYTES_PER_ENTRY = 8
-"""float64."""
 
 
 @dataclass(frozen=True)
@@ -54,9 +46,9 @@ class MatrixPlan:
 
     def summary(self, n_frames: int | None) -> str:
         """``keeps the c2 matrices on one frame in 5 (200 of 1000 frames)`` and the like."""
-        of = "" if n_frames is None else f" of {n_frames}"
         if self.mode == "none":
             return "keeps no c2 matrices"
+        of = "" if n_frames is None else f" of {n_frames}"
         if self.mode == "downsampled":
             return f"keeps the c2 matrices on one frame in {self.step} ({self.side}{of} frames)"
         return f"keeps the c2 matrices on all {self.side}{of} frames"
@@ -66,12 +58,16 @@ class MatrixPlan:
         return {"fit_matrices": self.mode, "matrix_frame_step": self.step}
 
 
+NO_MATRICES = MatrixPlan("none", 0, np.zeros(0, dtype=np.int64))
+"""The plan of ``output.fit_matrices: none``."""
+
+
 def matrix_plan(setting: str, max_frames: int, n_frames: int) -> MatrixPlan:
     """The plan of ``output.fit_matrices`` = ``setting`` for a data set of ``n_frames`` frames."""
     if setting not in FIT_MATRIX_MODES:
         raise ValueError(f"fit_matrices must be one of {', '.join(FIT_MATRIX_MODES)}, got {setting!r}")
     if setting == "none":
-        return MatrixPlan("none", 0, np.zeros(0, dtype=np.int64))
+        return NO_MATRICES
     if setting == "full" or n_frames <= max_frames:
         return MatrixPlan("full", 1, np.arange(n_frames, dtype=np.int64))
     step = math.ceil(n_frames / max_frames)
@@ -80,7 +76,7 @@ def matrix_plan(setting: str, max_frames: int, n_frames: int) -> MatrixPlan:
 
 def matrix_bytes(n_angles: int, plan: MatrixPlan) -> int:
     """Bytes of the three matrices of a plan: ``3 x 8 x n_angles x m^2``."""
-    return len(MATRICES) * BYTES_PER_ENTRY * n_angles * plan.side**2
+    return len(MATRICES) * 8 * n_angles * plan.side**2  # float64
 
 
 def matrix_frames_of(arrays: Any) -> np.ndarray | None:
@@ -100,9 +96,8 @@ def stored_plan(handle: Any) -> MatrixPlan:
     """The plan an open ``fit.h5`` was written with (a file without the record: ``full``)."""
     frames = matrix_frames_of(handle)
     if frames is None:
-        return MatrixPlan("none", 0, np.zeros(0, dtype=np.int64))
-    mode = str(handle.attrs.get("fit_matrices", "full"))
-    return MatrixPlan(mode, int(handle.attrs.get("matrix_frame_step", 1)), frames)
+        return NO_MATRICES
+    return MatrixPlan(str(handle.attrs.get("fit_matrices", "full")), int(handle.attrs.get("matrix_frame_step", 1)), frames)
 
 
 def describe_fit_file(path: Path) -> str | None:

@@ -25,11 +25,10 @@ def degeneracy(
 ) -> dict:
     """Pairs of free physical parameters with ``|corr| > 0.99`` and those with ``std > |value|``.
 
-    ``correlation`` is over ``names`` (zeros for fixed parameters); ``model_correlation``
-    (optional, from the model covariance) is checked too, and the larger ``|corr|`` of the
-    two is reported: the jackknife's replicates of a parameter held on a bound barely
-    move, which hides its correlations there. Returns the
-    ``degeneracy`` entry of result.json: ``pairs`` ``[[a, b, corr], ...]``,
+    ``correlation`` is over ``names`` (zeros for fixed parameters). Where ``model_correlation``
+    (from the model covariance) has the larger ``|corr|``, that is reported: the jackknife's
+    replicates of a parameter held on a bound barely move, which hides its correlations.
+    Returns result.json's ``degeneracy`` entry: ``pairs`` ``[[a, b, corr], ...]``,
     ``poorly_determined`` names and ``warning`` (True when either is non-empty).
     """
     index = {name: k for k, name in enumerate(names)}
@@ -48,15 +47,12 @@ def degeneracy(
 
 def bound_lines(doc: dict) -> list[str]:
     """A warning per physical parameter held on a bound: the others' errors are conditional on it."""
-    lines = []
-    for name, side in (doc.get("at_bound") or {}).items():
-        if name.split("[")[0] in ("contrast", "offset"):
-            continue
-        lines.append(
-            f"{name} is held at its {side} bound: the errors of the parameters that trade against it are"
-            " conditional on that bound and may be too small; widen the bound unless it is physical"
-        )
-    return lines
+    return [
+        f"{name} is held at its {side} bound: the errors of the parameters that trade against it are"
+        " conditional on that bound and may be too small; widen the bound unless it is physical"
+        for name, side in (doc.get("at_bound") or {}).items()
+        if name.split("[")[0] not in ("contrast", "offset")
+    ]
 
 
 def degeneracy_lines(doc: dict) -> list[str]:
@@ -65,10 +61,10 @@ def degeneracy_lines(doc: dict) -> list[str]:
     lines = bound_lines(doc)
     if not entry.get("warning"):
         return lines
-    for a, b, value in entry.get("pairs", []):
-        lines.append(
-            f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one"
-        )
+    lines += [
+        f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one"
+        for a, b, value in entry.get("pairs", [])
+    ]
     if entry.get("poorly_determined"):
         lines.append("std exceeds |value| for " + ", ".join(entry["poorly_determined"]))
     shear = "gamma_dot" in (doc.get("rates") or {})
@@ -87,10 +83,9 @@ def parameter_cell(entry: dict) -> str:
     if entry.get("fixed"):
         return f"{value:.6g} (fixed)"
     side = entry.get("at_bound")
-    if side == "upper":
-        return f"{value:.6g} at its upper bound (no symmetric error; the data allow down to about {value - std:.4g}, 1 std)"
-    if side == "lower":
-        return f"{value:.6g} at its lower bound (no symmetric error; the data allow up to about {value + std:.4g}, 1 std)"
+    if side in ("upper", "lower"):
+        reach = f"down to about {value - std:.4g}" if side == "upper" else f"up to about {value + std:.4g}"
+        return f"{value:.6g} at its {side} bound (no symmetric error; the data allow {reach}, 1 std)"
     return f"{value:.6g} +- {std:.3g}"
 
 
@@ -115,8 +110,7 @@ def log_lines(doc: dict) -> list[str]:
     lines = [
         f"NLSQ {state} after {doc.get('iterations')} iterations ({doc.get('reason')}); reduced chi2 {doc.get('reduced_chi2', float('nan')):.4f}"
     ]
-    uncertainty = doc.get("uncertainty", "model")
-    lines.append(f"  {'parameter':<20} value +- std ({uncertainty})      [std_model]")
+    lines.append(f"  {'parameter':<20} value +- std ({doc.get('uncertainty', 'model')})      [std_model]")
     for name, entry in (doc.get("parameters") or {}).items():
         model = entry.get("std_model")
         lines.append(f"  {name:<20} {parameter_cell(entry)}" + (f"    [{model:.3g}]" if model is not None else ""))

@@ -23,9 +23,8 @@ from .vocabulary import PARAMETER_UNITS, PHYSICAL_PARAMETERS
 
 PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
 _SCALING = re.compile(r"^(contrast|offset)(?:\[(\d+)\])?$")
-
-
-# -- number formatting ---------------------------------------------------------------------
+SHARD_COLUMNS = (("rhat_max", ".4f"), ("ess_min", ".0f"), ("divergences", ".0f"), ("seconds", ".1f"))
+"""Per-shard numbers of the CMC shard table and their formats."""
 
 
 def _num(value: Any, spec: str = ".6g") -> str:
@@ -33,12 +32,9 @@ def _num(value: Any, spec: str = ".6g") -> str:
     if value is None:
         return "-"
     try:
-        number = float(value)
+        return format(float(value), spec)
     except (TypeError, ValueError):
         return str(value)
-    if math.isnan(number):
-        return "nan"
-    return format(number, spec)
 
 
 def _unit(name: str) -> str:
@@ -52,11 +48,7 @@ def _seconds(value: Any) -> str:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
-    if number >= 100:
-        return f"{number:.0f}"
-    if number >= 1:
-        return f"{number:.2f}"
-    return f"{number:.3g}"
+    return format(number, ".0f" if number >= 100 else ".2f" if number >= 1 else ".3g")
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "    ", left: tuple[int, ...] = (0,)) -> list[str]:
@@ -76,9 +68,6 @@ def _timings(timing: Any) -> str:
     return ", ".join(f"{key} {_seconds(value)}" for key, value in timing.items())
 
 
-# -- reading ---------------------------------------------------------------------------------
-
-
 def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
     """Data set folders to report and the batch summary (None if ``root`` has none)."""
     summary_path = root / "batch_summary.json"
@@ -92,9 +81,6 @@ def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
     return folders, summary
 
 
-# -- sections ----------------------------------------------------------------------------------
-
-
 def _parameter_order(names: list[str]) -> tuple[list[str], list[str]]:
     physical = [n for n in PHYSICAL_ORDER if n in names]
     physical += [n for n in names if n not in physical and not _SCALING.match(n)]
@@ -103,51 +89,42 @@ def _parameter_order(names: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _nlsq_section(doc: dict) -> list[str]:
+    state = "converged" if doc.get("converged") else "NOT CONVERGED"
     lines = [
-        f"  NLSQ ({doc.get('analysis_mode', '?')}, shear_form {doc.get('shear_form', '?')}, per-angle scaling {doc.get('per_angle_scaling', '?')})"
-    ]
-    converged = doc.get("converged")
-    state = "converged" if converged else "NOT CONVERGED"
-    lines.append(
-        f"    status        {state} after {doc.get('iterations', '?')} iterations ({doc.get('reason', 'no reason recorded')})"
-    )
-    lines.append(
+        f"  NLSQ ({doc.get('analysis_mode', '?')}, shear_form {doc.get('shear_form', '?')}, per-angle scaling {doc.get('per_angle_scaling', '?')})",
+        f"    status        {state} after {doc.get('iterations', '?')} iterations ({doc.get('reason', 'no reason recorded')})",
         f"    fit quality   reduced chi2 {_num(doc.get('reduced_chi2'), '.4f')} "
-        f"(chi2 {_num(doc.get('chi2'), '.6g')} over {doc.get('n_points', '?')} points, {doc.get('n_free_parameters', '?')} free parameters)"
-    )
+        f"(chi2 {_num(doc.get('chi2'), '.6g')} over {doc.get('n_points', '?')} points, {doc.get('n_free_parameters', '?')} free parameters)",
+    ]
     data = doc.get("data") or {}
     if data:
-        phi = data.get("phi") or []
-        frames = f"frames {data.get('start_frame', '?')}..{data.get('end_frame', '?')}"
         lines.append(
             f"    data          {data.get('source', '?')} ({data.get('layout', '?')}); q {_num(data.get('q'))} 1/Angstrom; "
-            f"dt {_num(data.get('dt'))} s ({data.get('dt_source', '?')}); {frames}; {len(phi)} angle(s)"
+            f"dt {_num(data.get('dt'))} s ({data.get('dt_source', '?')}); frames {data.get('start_frame', '?')}..{data.get('end_frame', '?')}; "
+            f"{len(data.get('phi') or [])} angle(s)"
         )
-    uncertainty = doc.get("uncertainty", "model")
-    lines.append(f"    uncertainty   std = {uncertainty} standard error")
+    lines.append(f"    uncertainty   std = {doc.get('uncertainty', 'model')} standard error")
     parameters = doc.get("parameters") or {}
     physical, scaling = _parameter_order(list(parameters))
-    show_jk = any((parameters[n] or {}).get("std_jackknife") is not None for n in parameters)
+    show_jk = any((entry or {}).get("std_jackknife") is not None for entry in parameters.values())
     header = ["parameter", "value", "std", "std_model"] + (["std_jackknife"] if show_jk else []) + ["unit"]
     rows = []
     for name in physical:
         entry = parameters[name] or {}
-        bound = entry.get("at_bound")
-        std_cell = f"at {bound} bound, one-sided {_num(entry.get('std'), '.3g')}" if bound else _num(entry.get("std"), ".3g")
-        row = [
-            name + (" (fixed)" if entry.get("fixed") else ""),
-            _num(entry.get("value")),
-            std_cell,
-            _num(entry.get("std_model"), ".3g"),
-        ]
-        if show_jk:
-            row.append(_num(entry.get("std_jackknife"), ".3g"))
-        rows.append(row + [_unit(name)])
+        std, bound = _num(entry.get("std"), ".3g"), entry.get("at_bound")
+        rows.append(
+            [name + (" (fixed)" if entry.get("fixed") else ""), _num(entry.get("value"))]
+            + [f"at {bound} bound, one-sided {std}" if bound else std, _num(entry.get("std_model"), ".3g")]
+            + ([_num(entry.get("std_jackknife"), ".3g")] if show_jk else [])
+            + [_unit(name)]
+        )
     if rows:
         lines += _table(header, rows, left=(0, len(header) - 1))
-    for name, entry in parameters.items():
-        if (entry or {}).get("at_bound") and name in physical:
-            lines.append(f"    bound         {name}: {parameter_cell(entry)}")
+    lines += [
+        f"    bound         {name}: {parameter_cell(entry)}"
+        for name, entry in parameters.items()
+        if (entry or {}).get("at_bound") and name in physical
+    ]
     jackknife = doc.get("jackknife") or {}
     if jackknife.get("refits_unconverged"):
         lines.append(
@@ -165,22 +142,14 @@ def _nlsq_section(doc: dict) -> list[str]:
 def _scaling_table(parameters: dict, names: list[str], phi: list) -> list[str]:
     """Contrast and offset per angle in one table (or the shared pair)."""
     per_angle: dict[int | None, dict[str, dict]] = {}
-    for name in names:
-        match = _SCALING.match(name)
-        assert match is not None, "names are the scaling names of _parameter_order"
-        index = None if match.group(2) is None else int(match.group(2))
-        per_angle.setdefault(index, {})[match.group(1)] = parameters[name] or {}
+    for name in names:  # contrast, offset, contrast[k] or offset[k]
+        base, _, angle = name.rstrip("]").partition("[")
+        per_angle.setdefault(int(angle) if angle else None, {})[base] = parameters[name] or {}
     rows = []
     for index in sorted(per_angle, key=lambda i: -1 if i is None else i):
-        entry = per_angle[index]
-        angle = "all" if index is None else str(index)
-        angle_phi = "-" if index is None or index >= len(phi) else _num(phi[index], "g")
-        row = [angle, angle_phi]
-        for scaling in (entry.get("contrast", {}), entry.get("offset", {})):
-            row += [
-                _num(scaling.get("value"), ".5g") + (" (fixed)" if scaling.get("fixed") else ""),
-                _num(scaling.get("std"), ".2g"),
-            ]
+        row = ["all" if index is None else str(index), "-" if index is None or index >= len(phi) else _num(phi[index], "g")]
+        for entry in (per_angle[index].get("contrast", {}), per_angle[index].get("offset", {})):
+            row += [_num(entry.get("value"), ".5g") + (" (fixed)" if entry.get("fixed") else ""), _num(entry.get("std"), ".2g")]
         rows.append(row)
     return ["    per-angle scaling"] + _table(["angle", "phi (deg)", "contrast", "std", "offset", "std"], rows, indent="      ")
 
@@ -197,12 +166,8 @@ def _cmc_section(doc: dict) -> list[str]:
     rows = []
     for name in physical + scaling:
         entry = parameters[name] or {}
-        label = name + (" (fixed)" if entry.get("fixed") else "")
-        rows.append(
-            [label]
-            + [_num(entry.get(key), ".6g" if key != "std" else ".3g") for key in ("mean", "std", "q05", "q50", "q95")]
-            + [_unit(_SCALING.sub(r"\1", name))]
-        )
+        cells = [_num(entry.get(key), ".6g" if key != "std" else ".3g") for key in ("mean", "std", "q05", "q50", "q95")]
+        rows.append([name + (" (fixed)" if entry.get("fixed") else ""), *cells, _unit(_SCALING.sub(r"\1", name))])
     if rows:
         lines += _table(["parameter", "mean", "std", "q05", "q50", "q95", "unit"], rows, left=(0, 6))
     shards = doc.get("shards") or []
@@ -222,18 +187,9 @@ def _cmc_section(doc: dict) -> list[str]:
         rows = []
         for shard, state in zip(shards, states):
             why = shard_reason(shard, state) if state != "retained" else ""
-            rows.append(
-                [
-                    str(shard.get("index", "?")),
-                    str(shard.get("rank", "-")),
-                    str(shard.get("n_points", "-")),
-                    _num(shard.get("rhat_max"), ".4f"),
-                    _num(shard.get("ess_min"), ".0f"),
-                    _num(shard.get("divergences"), ".0f"),
-                    _num(shard.get("seconds"), ".1f"),
-                    state + (f": {why[:100]}" if why else ""),
-                ]
-            )
+            ids = [str(shard.get(key, default)) for key, default in (("index", "?"), ("rank", "-"), ("n_points", "-"))]
+            metrics = [_num(shard.get(key), spec) for key, spec in SHARD_COLUMNS]
+            rows.append([*ids, *metrics, state + (f": {why[:100]}" if why else "")])
         header = ["shard", "rank", "points", "R-hat max", "ESS min", "divergences", "seconds", "status"]
         lines += _table(header, rows, indent="      ", left=(0, len(header) - 1))
     combination = doc.get("combination") or {}
@@ -256,16 +212,17 @@ def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
         if path.is_file():
             found = True
             doc = read_result_json(path)
-            lines += section(doc)
-            lines.append(f"    timings (s)   {_timings(doc.get('timing_s'))}")
-            lines.append(f"    ranks         {doc.get('n_ranks', '?')}")
+            lines += [
+                *section(doc),
+                f"    timings (s)   {_timings(doc.get('timing_s'))}",
+                f"    ranks         {doc.get('n_ranks', '?')}",
+            ]
             matrices = describe_fit_file(folder / method / "fit.h5") if method == "nlsq" else None
             if matrices is not None:
                 lines.append(f"    fit.h5        {matrices}")
             plots = folder / method / "plots"
             if plots.is_dir():
-                count = len(list(plots.glob("*.png")))
-                lines.append(f"    figures       {count} PNG in {plots}")
+                lines.append(f"    figures       {len(list(plots.glob('*.png')))} PNG in {plots}")
     if not found:
         lines.append("  no results")
     return lines
@@ -284,11 +241,9 @@ def format_report(result_dir: Path) -> str:
             f"batch: {summary.get('n_datasets', len(datasets))} data set(s), {summary.get('n_failed', 0)} failed; "
             f"method {summary.get('method', '?')}; {summary.get('n_ranks', '?')} rank(s); wall {_seconds(summary.get('wall_s', '?'))} s"
         )
-    reported = set()
     for folder in folders:
-        lines.append("")
-        lines += _dataset_section(folder, outcomes.get(folder.name))
-        reported.add(folder.name)
+        lines += ["", *_dataset_section(folder, outcomes.get(folder.name))]
+    reported = {folder.name for folder in folders}
     for name, outcome in outcomes.items():
         if name not in reported and outcome.get("status") != "ok":
             lines += [

@@ -1,19 +1,15 @@
 """CMC figures: posterior marginals, a pairwise plot, and per-shard health.
 
-- ``cmc/plots/marginals.png``: one panel per physical parameter -- a histogram of the
-  combined posterior draws and, for each retained shard, its Gaussian summary, with the
-  NLSQ estimate when one is known.
-- ``cmc/plots/pairs.png``: the physical parameters pairwise: 2-D histograms of the
-  combined draws below the diagonal, marginals on it, correlation coefficients above.
-- ``cmc/plots/shard_health.png``: per-shard R-hat, ESS and divergences
-  (:mod:`homodyne_mpi.plots.shard_health`).
+- ``cmc/plots/marginals.png``: per physical parameter, a histogram of the combined draws,
+  each retained shard's Gaussian summary and the NLSQ estimate when known;
+- ``cmc/plots/pairs.png``: 2-D histograms of the combined draws below the diagonal,
+  marginals on it, correlation coefficients above;
+- ``cmc/plots/shard_health.png``: per-shard R-hat, ESS and divergences (:mod:`.shard_health`).
 
-The inputs are ``cmc/result.json`` and the arrays of ``cmc/posterior.h5``: ``draws``
-(n_draws, P) and ``names`` (P,) of the combined posterior, and, when saved, per-shard
-``shards/mean`` (S, P), ``shards/covariance`` (S, P, P) and ``shards/index`` (S,) of the
-shards that entered the combination; ``fixed`` (P,) marks parameters held fixed, which
-have no posterior and are not drawn. A missing array skips its panel with one warning,
-never the whole figure set.
+Inputs: ``cmc/result.json`` and ``cmc/posterior.h5``'s ``draws`` (n_draws, P), ``names`` (P,),
+``fixed`` (P,; fixed parameters are not drawn) and, when saved, ``shards/mean`` (S, P),
+``shards/covariance`` (S, P, P) and ``shards/index`` (S,) of the combined shards. A missing
+array skips its panel with one warning, never the whole figure set.
 """
 
 from __future__ import annotations
@@ -38,10 +34,8 @@ PHYSICAL_ORDER = PHYSICAL_PARAMETERS["laminar_flow"]
 
 UNITS = {
     "D0": "\u00c5$^2$ s$^{-(1+\\alpha)}$",
-    "alpha": "",
     "D_offset": "\u00c5$^2$/s",
     "gamma_dot_t0": "s$^{-(1+\\beta)}$",
-    "beta": "",
     "gamma_dot_t_offset": "1/s",
     "phi0": "deg",
 }
@@ -58,8 +52,7 @@ def _label(name: str, exponent: int = 0) -> str:
 
 
 def _axis_range(low: float, high: float) -> tuple[float, float, int]:
-    """``(low, high)``, widened when empty, and the power of ten to divide the axis by so its
-    tick labels stay short (0 if not needed)."""
+    """``(low, high)``, widened when empty, and the power of ten (0 if none) that keeps tick labels short."""
     if not high > low:
         low, high = low - 0.5 * (abs(low) + 1e-12), high + 0.5 * (abs(high) + 1e-12)
     size = max(abs(low), abs(high))
@@ -186,12 +179,6 @@ def cmc_figure_info(
     return info
 
 
-def cmc_plot_paths(dataset_dir: Path) -> list[Path]:
-    """The three CMC figure paths of a data set folder."""
-    folder = Path(dataset_dir) / "cmc" / "plots"
-    return [folder / name for name in FIGURE_NAMES]
-
-
 def _retained_rows(info: CMCFigureInfo) -> list[int]:
     """Rows of the per-shard arrays that belong to retained shards (all rows if unknown)."""
     if info.shard_index is None:
@@ -202,8 +189,7 @@ def _retained_rows(info: CMCFigureInfo) -> list[int]:
 
 
 def _grid(n: int) -> tuple[int, int]:
-    cols = min(n, 4) if n != 4 else 2
-    cols = max(cols, 1)
+    cols = 2 if n == 4 else max(min(n, 4), 1)
     return math.ceil(n / cols), cols
 
 
@@ -259,15 +245,8 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
             )
         if info.draws is not None:
             column = info.draws[:, j]
-            ax.hist(
-                column[np.isfinite(column)] / unit,
-                bins=50,
-                range=(low / unit, high / unit),
-                density=True,
-                color="tab:blue",
-                alpha=0.55,
-                label="combined",
-            )
+            shown = column[np.isfinite(column)] / unit
+            ax.hist(shown, bins=50, range=(low / unit, high / unit), density=True, color="tab:blue", alpha=0.55, label="combined")
         entry = info.summary.get(name) or {}
         if entry.get("q05") is not None and entry.get("q95") is not None:
             ax.axvspan(
@@ -333,16 +312,8 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
                 ax.set_axis_off()
                 value = correlation[i, j]
                 if np.isfinite(value):
-                    ax.text(
-                        0.5,
-                        0.5,
-                        f"\u03c1 = {value:+.2f}",
-                        ha="center",
-                        va="center",
-                        transform=ax.transAxes,
-                        fontsize=10,
-                        color="tab:red" if abs(value) > 0.7 else "0.2",
-                    )
+                    label, color = f"\u03c1 = {value:+.2f}", "tab:red" if abs(value) > 0.7 else "0.2"
+                    ax.text(0.5, 0.5, label, ha="center", va="center", transform=ax.transAxes, fontsize=10, color=color)
                 continue
             if i == j:
                 ax.hist(scaled[:, j], bins=bins, range=ranges[j], color="tab:blue", alpha=0.7)
@@ -352,14 +323,9 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
                 ax.set_xlim(*ranges[j])
             else:
                 counts, _, _ = np.histogram2d(scaled[:, j], scaled[:, i], bins=bins, range=[ranges[j], ranges[i]])
-                ax.imshow(
-                    np.ma.masked_equal(counts.T, 0),
-                    origin="lower",
-                    extent=(*ranges[j], *ranges[i]),
-                    aspect="auto",
-                    cmap="Blues",
-                    interpolation="nearest",
-                )
+                shown = np.ma.masked_equal(counts.T, 0)
+                extent = (*ranges[j], *ranges[i])
+                ax.imshow(shown, origin="lower", extent=extent, aspect="auto", cmap="Blues", interpolation="nearest")
                 if np.isfinite(nlsq[j]) and np.isfinite(nlsq[i]):
                     ax.plot(nlsq[j], nlsq[i], marker="+", color="k", ms=8)
             ax.tick_params(labelsize=7)
@@ -390,23 +356,20 @@ def submit_cmc_figures(
     the figures go to ``out_dir/cmc/plots/`` of the data set's results folder ``out_dir``.
     ``cmc_doc`` is the ``cmc/result.json`` mapping, ``posterior`` the arrays of
     ``cmc/posterior.h5`` by name (copied here), and the optional ``nlsq_doc`` the
-    ``nlsq/result.json`` mapping, whose values are drawn as reference lines. A figure whose inputs are missing is skipped with a warning. Returns ``[]`` (and warns
-    once) when matplotlib is not installed.
+    ``nlsq/result.json`` mapping, whose values are drawn as reference lines. A figure whose
+    inputs are missing is skipped with a warning; without matplotlib, returns ``[]`` (warns once).
     """
     if not plotting_available():
         return []
     out_dir = Path(out_dir)
     info = cmc_figure_info(cmc_doc, posterior, dataset=cmc_doc.get("dataset") or out_dir.name, nlsq_doc=nlsq_doc)
-    marginals, pairs, health = cmc_plot_paths(out_dir)
+    marginals, pairs, health = (out_dir / "cmc" / "plots" / name for name in FIGURE_NAMES)
     queued = []
     can_marginals = bool(info.names) and (info.draws is not None or info.shard_means is not None)
     can_pairs = bool(info.names) and info.draws is not None and info.draws.shape[0] > 1
     if not can_marginals and not can_pairs:
         log.warning(
-            "%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s",
-            info.dataset,
-            marginals.name,
-            pairs.name,
+            "%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s", info.dataset, *FIGURE_NAMES[:2]
         )
     else:
         if can_marginals:

@@ -1,14 +1,11 @@
 """NLSQ figures: measured vs fitted ``c2`` with the normalised residual, and J(t), gamma_dot(t).
 
-Per angle ``k``: ``nlsq/plots/c2_phi_<k>_<angle>deg.png``, drawn by
-:mod:`homodyne_mpi.plots.c2_figure` (measured, fitted, normalised residual).
-
-``nlsq/plots/transport.png``: ``J(t) = D0 t^alpha + D_offset`` (Angstrom^2/s) and, for
-laminar flow, ``gamma_dot(t) = gamma_dot_t0 t^beta + gamma_dot_t_offset`` (1/s), on the
-model's own time grid (``t = dt/2`` at frame 0), with 1-sigma bands, as the fit saved
-them under ``bands/`` in ``fit.h5`` (:func:`homodyne_mpi.nlsq.bands.band_arrays`
-computes them; nothing here recomputes a rate). Without saved bands the figure is
-skipped with a warning.
+Per angle ``k``: ``nlsq/plots/c2_phi_<k>_<angle>deg.png`` (:mod:`homodyne_mpi.plots.c2_figure`).
+``nlsq/plots/transport.png``: ``J(t) = D0 t^alpha + D_offset`` (Angstrom^2/s) and, for laminar
+flow, ``gamma_dot(t) = gamma_dot_t0 t^beta + gamma_dot_t_offset`` (1/s) on the model's time
+grid (``t = dt/2`` at frame 0) with 1-sigma bands, as saved under ``bands/`` in ``fit.h5``
+(by :func:`homodyne_mpi.nlsq.bands.band_arrays`; nothing here recomputes a rate). Without
+saved bands that figure is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -29,9 +26,6 @@ log = logging.getLogger(__name__)
 
 DIFFUSION_NAMES = ("D0", "alpha", "D_offset")
 SHEAR_NAMES = ("gamma_dot_t0", "beta", "gamma_dot_t_offset")
-
-
-# -- what the figures need ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -74,13 +68,11 @@ class NLSQFigureInfo:
         """``contrast 0.500 +- 0.002, offset 1.000 +- 0.001`` for angle ``k`` ('' if unknown)."""
         parts = []
         for base in ("contrast", "offset"):
-            for name in (f"{base}[{k}]", base):
-                if name in self.names:
-                    j = self.names.index(name)
-                    std = self.std[j]
-                    spread = f" \u00b1 {std:.2g}" if np.isfinite(std) and std > 0 else ""
-                    parts.append(f"{base} {self.values[j]:.4g}{spread}")
-                    break
+            name = next((name for name in (f"{base}[{k}]", base) if name in self.names), None)
+            if name is not None:
+                j = self.names.index(name)
+                spread = f" \u00b1 {self.std[j]:.2g}" if np.isfinite(self.std[j]) and self.std[j] > 0 else ""
+                parts.append(f"{base} {self.values[j]:.4g}{spread}")
         return ", ".join(parts)
 
 
@@ -133,27 +125,9 @@ def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *,
     )
 
 
-# -- file names --------------------------------------------------------------------------
-
-
-def _angle_token(phi: float) -> str:
-    """``-57.0`` -> ``-57``, ``12.345`` -> ``12.35``: the angle as written in a file name."""
-    value = round(float(phi), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return f"{value:g}"
-
-
 def c2_plot_name(k: int, phi: float) -> str:
-    """File name of angle ``k``'s ``c2`` figure: ``c2_phi_<k>_<angle>deg.png``."""
-    return f"c2_phi_{k}_{_angle_token(phi)}deg.png"
-
-
-def nlsq_plot_paths(dataset_dir: Path, phi: np.ndarray) -> list[Path]:
-    """Every NLSQ figure path of a data set folder: one per angle, then ``transport.png``."""
-    folder = Path(dataset_dir) / "nlsq" / "plots"
-    return [folder / c2_plot_name(k, p) for k, p in enumerate(np.asarray(phi).tolist())] + [folder / "transport.png"]
-
-
-# -- J(t) and gamma_dot(t) ---------------------------------------------------------------
+    """File name of angle ``k``'s ``c2`` figure: ``c2_phi_<k>_<angle>deg.png``, the angle to 0.01 deg (``-57``, ``12.35``)."""
+    return f"c2_phi_{k}_{round(float(phi), 2) + 0.0:g}deg.png"  # + 0.0 turns -0.0 into 0.0
 
 
 @dataclass(frozen=True)
@@ -163,13 +137,11 @@ class TransportCurves:
     t: np.ndarray
     """Times (s): ``k * dt``, with ``dt/2`` for ``k = 0``."""
     D: np.ndarray
-    """Transport coefficient ``J(t)``, Angstrom^2/s."""
+    """Transport coefficient ``J(t)`` and its 1-sigma ``D_std``, Angstrom^2/s."""
     D_std: np.ndarray
-    """Its 1-sigma."""
     gamma_dot: np.ndarray | None
-    """Shear rate, 1/s (laminar flow only)."""
+    """Shear rate and its 1-sigma ``gamma_dot_std``, 1/s (laminar flow only, else None)."""
     gamma_dot_std: np.ndarray | None
-    """Its 1-sigma, or None."""
     band_source: str
     """``jackknife`` or ``covariance``: what the saved bands came from."""
 
@@ -184,18 +156,13 @@ def transport_curves(info: NLSQFigureInfo, bands: Mapping[str, Any] | None) -> T
     if bands is None or any(lookup(bands, key) is None for key in ("t", "D", "D_std")):
         return None
     laminar = info.analysis_mode == "laminar_flow"
-    gamma = lookup(bands, "gamma_dot") if laminar else None
-    gamma_std = lookup(bands, "gamma_dot_std") if laminar else None
+    shear = [lookup(bands, key) if laminar else None for key in ("gamma_dot", "gamma_dot_std")]
+    gamma, gamma_std = (None if band is None else np.asarray(band, dtype=np.float64) for band in shear)
     jackknife = lookup(bands, "D_std_jackknife")
     saved_std = np.asarray(bands["D_std"], dtype=np.float64)
-    return TransportCurves(
-        t=np.asarray(bands["t"], dtype=np.float64),
-        D=np.asarray(bands["D"], dtype=np.float64),
-        D_std=saved_std,
-        gamma_dot=None if gamma is None else np.asarray(gamma, dtype=np.float64),
-        gamma_dot_std=None if gamma_std is None else np.asarray(gamma_std, dtype=np.float64),
-        band_source="jackknife" if jackknife is not None and np.array_equal(np.asarray(jackknife), saved_std) else "covariance",
-    )
+    from_jackknife = jackknife is not None and np.array_equal(np.asarray(jackknife), saved_std)
+    t, D = (np.asarray(bands[key], dtype=np.float64) for key in ("t", "D"))
+    return TransportCurves(t, D, saved_std, gamma, gamma_std, "jackknife" if from_jackknife else "covariance")
 
 
 def _draw_rate(ax: Any, t: np.ndarray, rate: np.ndarray, std: np.ndarray | None, color: str, label: str) -> None:
@@ -216,10 +183,8 @@ def _draw_rate(ax: Any, t: np.ndarray, rate: np.ndarray, std: np.ndarray | None,
 def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureInfo) -> None:
     """Draw ``J(t)`` (and ``gamma_dot(t)``) with their 1-sigma bands; save as PNG at ``path``."""
     laminar = curves.gamma_dot is not None
-    width, height = (12.0 if laminar else 6.5), 4.8
-    figure, grid = figure_with_grid(
-        width, height, 1, 2 if laminar else 1, left=0.95, right=0.2, bottom=0.6, top=0.75, wspace=0.28
-    )
+    width, height, cols = (12.0 if laminar else 6.5), 4.8, (2 if laminar else 1)
+    figure, grid = figure_with_grid(width, height, 1, cols, left=0.95, right=0.2, bottom=0.6, top=0.75, wspace=0.28)
     axes = grid[0]
 
     def fitted(names: tuple[str, ...]) -> str:
@@ -236,37 +201,22 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
     axes[0].set_title("transport coefficient J(t)")
     axes[0].text(0.02, 0.02, fitted(DIFFUSION_NAMES), transform=axes[0].transAxes, fontsize=8, va="bottom", family="monospace")
     if curves.gamma_dot is not None:
-        _draw_rate(
-            axes[1],
-            curves.t,
-            curves.gamma_dot,
-            curves.gamma_dot_std,
-            "tab:red",
-            "$\\dot\\gamma(t) = \\dot\\gamma_0 t^{\\beta} + \\dot\\gamma_{\\mathrm{offset}}$",
-        )
+        label = "$\\dot\\gamma(t) = \\dot\\gamma_0 t^{\\beta} + \\dot\\gamma_{\\mathrm{offset}}$"
+        _draw_rate(axes[1], curves.t, curves.gamma_dot, curves.gamma_dot_std, "tab:red", label)
         axes[1].set_ylabel("$\\dot\\gamma(t)$ (1/s)")
         axes[1].set_title("shear rate $\\dot\\gamma(t)$")
         axes[1].text(0.02, 0.02, fitted(SHEAR_NAMES), transform=axes[1].transAxes, fontsize=8, va="bottom", family="monospace")
     head = f"{info.dataset}: " if info.dataset else ""
     band = {"jackknife": "bands from the jackknife", "covariance": "bands from the parameter covariance"}[curves.band_source]
-    figure.suptitle(
-        f"{head}NLSQ, {info.analysis_mode}, q = {info.q:g} \u00c5$^{{-1}}$; 1$\\sigma$ {band}",
-        fontsize=12,
-        y=1 - 0.1 / height,
-        va="top",
-    )
+    title = f"{head}NLSQ, {info.analysis_mode}, q = {info.q:g} \u00c5$^{{-1}}$; 1$\\sigma$ {band}"
+    figure.suptitle(title, fontsize=12, y=1 - 0.1 / height, va="top")
     save_png(figure, path)
-
-
-# -- the hook the pipeline calls -----------------------------------------------------------
 
 
 def _bands(fit_arrays: Mapping[str, Any]) -> dict[str, Any] | None:
     """The saved ``bands/*`` arrays of ``fit.h5`` by their short names, or None if there are none."""
     keys = ("t", "D", "D_std", "D_std_jackknife", "gamma_dot", "gamma_dot_std")
-    found = {
-        key: np.asarray(lookup(fit_arrays, f"bands/{key}")) for key in keys if lookup(fit_arrays, f"bands/{key}") is not None
-    }
+    found = {key: np.asarray(band) for key in keys if (band := lookup(fit_arrays, f"bands/{key}")) is not None}
     return found or None
 
 
@@ -274,29 +224,24 @@ def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Map
     """Queue every NLSQ figure of one data set on ``writer``; return their paths.
 
     ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure,
-    drawn in its threads); the figures go to ``out_dir/nlsq/plots/`` of the data set's
-    results folder ``out_dir``. ``result_doc`` is the ``nlsq/result.json`` mapping and
-    ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name (``c2_exp``, ``c2_fit``, ``t``,
-    ``phi``, ``covariance``, ``parameters/names``, ``parameters/values``, ``noise_sigma``,
-    optional ``matrix_frames`` and ``bands/*``), as arrays or open HDF5 datasets, not
-    copied: leave them unchanged (and an HDF5 file open) until the writer has finished.
-    Without ``c2_exp`` (``output.fit_matrices: none``) the c2 figures are skipped with a
-    log line.
-
-    Returns ``[]`` (and warns once) when matplotlib is not installed.
+    drawn in its threads); the figures go to ``out_dir/nlsq/plots/``. ``result_doc`` is the
+    ``nlsq/result.json`` mapping and ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name
+    (``c2_exp``, ``c2_fit``, ``t``, ``phi``, ``parameters/*``, ``noise_sigma``, optional
+    ``matrix_frames`` and ``bands/*``), arrays or open HDF5 datasets, not copied: leave them
+    unchanged (an HDF5 file open) until the writer has finished. Without ``c2_exp``
+    (``output.fit_matrices: none``) the c2 figures are skipped; without matplotlib, returns
+    ``[]`` (warns once).
     """
     if not plotting_available():
         return []
     out_dir = Path(out_dir)
     info = figure_info(result_doc, fit_arrays, dataset=result_doc.get("dataset") or out_dir.name)
-    paths = nlsq_plot_paths(out_dir, info.phi)
-    *c2_paths, transport_path = paths
+    folder = out_dir / "nlsq" / "plots"
+    c2_paths = [folder / c2_plot_name(k, p) for k, p in enumerate(info.phi.tolist())]
+    transport_path = folder / "transport.png"
     if lookup(fit_arrays, "c2_exp") is None:
-        log.info(
-            "%s: fit.h5 holds no c2 matrices (output.fit_matrices: none); skipping the %d c2 figure(s)",
-            info.dataset,
-            len(c2_paths),
-        )
+        message = "%s: fit.h5 holds no c2 matrices (output.fit_matrices: none); skipping the %d c2 figure(s)"
+        log.info(message, info.dataset, len(c2_paths))
         c2_paths = []
     elif int(np.shape(fit_arrays["c2_exp"])[0]) != info.phi.size:
         raise ValueError(f"fit arrays hold {np.shape(fit_arrays['c2_exp'])[0]} angles but phi has {info.phi.size}")
@@ -304,11 +249,8 @@ def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Map
         writer.submit_call(path, draw_c2_angle, fit_arrays, k, info)
     curves = transport_curves(info, _bands(fit_arrays))
     if curves is None:
-        log.warning(
-            "%s: fit.h5 has no bands/t, bands/D, bands/D_std; skipping %s (rerun the fit to write them)",
-            info.dataset,
-            transport_path.name,
-        )
+        message = "%s: fit.h5 has no bands/t, bands/D, bands/D_std; skipping %s (rerun the fit to write them)"
+        log.warning(message, info.dataset, transport_path.name)
         return c2_paths
     writer.submit_call(transport_path, draw_transport, curves, info)
     return [*c2_paths, transport_path]

@@ -15,7 +15,6 @@ import json
 import logging
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -118,9 +117,10 @@ def _check_fit_file(path: Path, handle: h5py.File) -> None:
         raise InputError(f"{path}: 't' has shape {handle['t'].shape}, too short for frame {frames[-1]} -- {RERUN}")
 
 
-def _load_dataset(files: ExitStack, folder: Path) -> dict[str, Any]:
-    """Read and check one data set folder's results (``fit.h5`` stays open in ``files``)."""
-    loaded: dict[str, Any] = {"folder": folder, "nlsq": None, "cmc": None}
+def _load_dataset(files: ExitStack, folder: Path) -> tuple[Path, tuple | None, tuple | None]:
+    """One data set folder's ``(folder, (nlsq_doc, fit.h5), (cmc_doc, posterior))``, read and checked;
+    None for a method without results. ``fit.h5`` stays open in ``files``."""
+    nlsq, cmc = None, None
     nlsq_dir, cmc_dir = folder / "nlsq", folder / "cmc"
     if (nlsq_dir / "result.json").is_file():
         nlsq_doc = read_result_json(nlsq_dir / "result.json")
@@ -129,29 +129,13 @@ def _load_dataset(files: ExitStack, folder: Path) -> dict[str, Any]:
         _check_fit_file(fit_path, handle)
         if "phi" not in handle and not (nlsq_doc.get("data") or {}).get("phi"):
             raise InputError(f"{fit_path}: dataset 'phi' is missing and result.json has no data.phi -- {RERUN}")
-        loaded["nlsq"] = (nlsq_doc, handle)
+        nlsq = (nlsq_doc, handle)
     if (cmc_dir / "result.json").is_file():
         cmc_doc = read_result_json(cmc_dir / "result.json")
         posterior_path = cmc_dir / "posterior.h5"
         posterior = read_hdf5_arrays(posterior_path) if posterior_path.is_file() else {}
-        loaded["cmc"] = (cmc_doc, posterior)
-    return loaded
-
-
-def _submit_dataset(writer: AsyncWriter, loaded: dict[str, Any]) -> list[Path]:
-    from .cmc_figures import submit_cmc_figures
-    from .nlsq_figures import submit_nlsq_figures
-
-    folder = loaded["folder"]
-    paths: list[Path] = []
-    nlsq_doc = None
-    if loaded["nlsq"] is not None:
-        nlsq_doc, handle = loaded["nlsq"]
-        paths += submit_nlsq_figures(writer, folder, nlsq_doc, handle)
-    if loaded["cmc"] is not None:
-        cmc_doc, posterior = loaded["cmc"]
-        paths += submit_cmc_figures(writer, folder, cmc_doc, posterior, nlsq_doc=nlsq_doc)
-    return paths
+        cmc = (cmc_doc, posterior)
+    return folder, nlsq, cmc
 
 
 def redraw_results(result_dir: Path) -> int:
@@ -162,6 +146,8 @@ def redraw_results(result_dir: Path) -> int:
     (exit code 1) naming the extra to install.
     """
     from .backend import matplotlib_available
+    from .cmc_figures import submit_cmc_figures
+    from .nlsq_figures import submit_nlsq_figures
 
     if not matplotlib_available():
         raise HomodyneError(
@@ -173,8 +159,10 @@ def redraw_results(result_dir: Path) -> int:
     with ExitStack() as files:
         loaded = [_load_dataset(files, folder) for folder in folders]
         with AsyncWriter(max_workers=2) as writer:
-            for entry in loaded:
-                written[entry["folder"]] = _submit_dataset(writer, entry)
+            for folder, nlsq, cmc in loaded:
+                written[folder] = submit_nlsq_figures(writer, folder, *nlsq) if nlsq else []
+                if cmc:
+                    written[folder] += submit_cmc_figures(writer, folder, *cmc, nlsq_doc=nlsq[0] if nlsq else None)
     for folder, paths in written.items():
         print(f"{folder}: wrote {len(paths)} figure(s)" + (f" in {paths[0].parent}" if paths else ""))
         for path in paths:

@@ -65,19 +65,12 @@ def draw_shard_health(path: str | Path, info: Any) -> None:
     status = [shard_state(s) for s in shards]
     style = {"retained": ("tab:blue", ""), "excluded": ("tab:red", "//"), "failed": ("0.6", "xx")}
     rates = [s.get("divergence_rate") for s, state in zip(shards, status) if state != "failed"]
+    # (result.json key, axis label, the combination's limit drawn as a line, if any)
+    metrics = [("rhat_max", "R-hat (max over parameters)", "max_rhat"), ("ess_min", "ESS (min over parameters)", "")]
     if rates and all(isinstance(rate, (int, float)) for rate in rates):
-        divergence = (
-            "divergence_rate",
-            "divergent transitions\n(fraction of draws)",
-            info.combination.get("max_divergence_rate"),
-        )
+        metrics.append(("divergence_rate", "divergent transitions\n(fraction of draws)", "max_divergence_rate"))
     else:
-        divergence = ("divergences", "divergent transitions", None)
-    metrics = [
-        ("rhat_max", "R-hat (max over parameters)", info.combination.get("max_rhat")),
-        ("ess_min", "ESS (min over parameters)", None),
-        divergence,
-    ]
+        metrics.append(("divergences", "divergent transitions", ""))
     reasons = [
         f"shard {int(s.get('index', i))} {state}: {shard_reason(s, state)}"
         for i, (s, state) in enumerate(zip(shards, status))
@@ -87,29 +80,25 @@ def draw_shard_health(path: str | Path, info: Any) -> None:
         reasons.insert(0, f"CMC failed: {info.error}")
     width = min(max(8.0, 0.28 * len(shards) + 3.0), 24.0)
     wrapped = [line for reason in reasons for line in textwrap.wrap(reason, width=int(width * 15), subsequent_indent="    ")]
-    shown_reasons = wrapped[:10] + (
-        [f"... and {len(wrapped) - 10} more lines (see cmc/result.json)"] if len(wrapped) > 10 else []
-    )
+    more = [f"... and {len(wrapped) - 10} more lines (see cmc/result.json)"] if len(wrapped) > 10 else []
+    shown_reasons = wrapped[:10] + more
     figure = new_figure(width, 7.5 + 0.18 * len(shown_reasons))
-    grid = figure.add_gridspec(
-        4 if shown_reasons else 3, 1, height_ratios=[1, 1, 1] + ([0.05 + 0.07 * len(shown_reasons)] if shown_reasons else [])
-    )
+    height_ratios = [1, 1, 1] + ([0.05 + 0.07 * len(shown_reasons)] if shown_reasons else [])
+    grid = figure.add_gridspec(len(height_ratios), 1, height_ratios=height_ratios)
     axes = [figure.add_subplot(grid[0])]
     axes += [figure.add_subplot(grid[k], sharex=axes[0]) for k in (1, 2)]
-    for ax, (key, label, threshold) in zip(axes, metrics):
+    for ax, (key, label, limit) in zip(axes, metrics):
+        threshold = info.combination.get(limit) if limit else None
         values = np.array([_number(s.get(key)) for s in shards])
         finite = values[np.isfinite(values)]
-        base = 0.0
-        clip = np.inf  # only R-hat bars are cut
+        base, clip = 0.0, np.inf  # only R-hat bars are cut
         if key == "rhat_max":
             base = min(1.0, float(finite.min()) if finite.size else 1.0) - 0.005
             clip = max(RHAT_CLIP, 1.5 * float(threshold or 1.0))
-        shown_values = np.minimum(values, clip)
-        heights = np.where(np.isfinite(values), shown_values - base, 0.0)
-        for state in ("retained", "excluded", "failed"):
+        heights = np.where(np.isfinite(values), np.minimum(values, clip) - base, 0.0)
+        for state, (color, hatch) in style.items():
             chosen = np.array([st == state for st in status], dtype=bool)
             if chosen.any():
-                color, hatch = style[state]
                 ax.bar(index[chosen], heights[chosen], bottom=base, color=color, hatch=hatch, edgecolor="k", linewidth=0.4)
         for x in index[~np.isfinite(values)]:
             ax.text(x, 0.03, "n/a", ha="center", va="bottom", fontsize=7, color="0.3", transform=ax.get_xaxis_transform())
@@ -128,19 +117,12 @@ def draw_shard_health(path: str | Path, info: Any) -> None:
     axes[-1].set_xlabel("shard index")
     if index.size and index.size <= 40:
         axes[-1].set_xticks(index)
-    counts = {state: status.count(state) for state in style}
     handles = [
-        Patch(facecolor=style[state][0], edgecolor="k", hatch=style[state][1], label=f"{state} ({counts[state]})")
-        for state in style
+        Patch(facecolor=color, edgecolor="k", hatch=hatch, label=f"{state} ({status.count(state)})")
+        for state, (color, hatch) in style.items()
     ]
-    threshold_handles, threshold_labels = axes[0].get_legend_handles_labels()
-    axes[0].legend(
-        handles=handles + threshold_handles,
-        loc="upper left",
-        ncols=len(handles) + len(threshold_handles),
-        fontsize=8,
-        framealpha=0.9,
-    )
+    handles += axes[0].get_legend_handles_labels()[0]  # and the limit line's
+    axes[0].legend(handles=handles, loc="upper left", ncols=len(handles), fontsize=8, framealpha=0.9)
     if shown_reasons:
         text_ax = figure.add_subplot(grid[3])
         text_ax.set_axis_off()
