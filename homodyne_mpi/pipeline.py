@@ -320,16 +320,11 @@ class BatchRunner:
         if warning is not None and self.comm.is_root:
             log.warning("%s", warning)
         warm_start = nlsq_result if self.nlsq_warm_start else None
+        points, output_dir = (prepared.points, out) if prepared else (None, None)
         try:
             check_warm_start(warm_start)
             cmc_result = run_cmc(
-                self.cfg,
-                problem,
-                prepared.points if prepared else None,
-                self.comm,
-                warm_start=warm_start,
-                output_dir=out if self.comm.is_root else None,
-                calibration=calibration,
+                self.cfg, problem, points, self.comm, warm_start=warm_start, output_dir=output_dir, calibration=calibration
             )
         except Interrupted:
             raise
@@ -357,9 +352,10 @@ class BatchRunner:
     def write_nlsq(
         self, out: Path, dataset, result: NLSQResult, problem, prepared: PreparedDataset, outcome: DatasetOutcome
     ) -> list:
-        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` (by row blocks, the matrices ``output.fit_matrices``
-        keeps) on the background writer; returns the futures. A streamed data set's ``fit.h5`` comes from a
-        reopened file and its figures are not drawn (``homodyne-mpi plot`` draws them from ``fit.h5``)."""
+        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer; returns the futures.
+
+        A streamed data set's ``fit.h5`` is written from a reopened file, without figures (``homodyne-mpi plot``).
+        """
         writer = self.leader_writer()
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
@@ -385,9 +381,8 @@ class BatchRunner:
             fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_streamed_fit_file, result, problem, reopen, plan)
         else:
             fit_file = writer.submit_call(out / "nlsq" / "fit.h5", write_fit_file, result, problem, prepared.data, plan, figures)
-        futures = [fit_file]
         document["timing_s"]["write"] = time.perf_counter() - start
-        futures.append(writer.submit_json(out / "nlsq" / "result.json", document))
+        futures = [fit_file, writer.submit_json(out / "nlsq" / "result.json", document)]
         self.nlsq_documents[out] = document
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
         outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
@@ -417,12 +412,9 @@ def raise_if_stop_requested(comm: Comm, where: str) -> None:
 
 def is_complete(out: Path, fingerprint: str, method: str) -> bool:
     """True if ``out`` holds finished results of this config, data and method."""
-    marker = out / COMPLETE_MARKER
-    if not marker.exists():
-        return False
     try:
-        document = json.loads(marker.read_text())
-    except (OSError, ValueError):
+        document = json.loads((out / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):  # no marker (FileNotFoundError), or a damaged one
         return False
     return document.get("fingerprint") == fingerprint and document.get("method") == method
 

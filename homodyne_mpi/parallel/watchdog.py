@@ -218,9 +218,8 @@ class TaskLimit:
 
     seconds: float
     name: Callable[[dict], str]
-    """A task's name in messages, from its header ("CMC shard 7")."""
+    """A task's name in messages, from its header ("CMC shard 7"); ``setting``: the config key of the limit."""
     setting: str = "time limit"
-    """The config key of the limit, for messages."""
     advice: str = "finished work is saved -- run the same command to resume"
 
     def guarded(self, work: Callable[[dict, dict], tuple[dict, dict]]) -> Callable[[dict, dict], tuple[dict, dict]]:
