@@ -9,8 +9,7 @@
 
 ``homodyne-v2`` also smooths every ``|C_j - C_i|`` as the reference package does (``interval``).
 
-Two evaluators share these pieces: ``c2_grid`` on the full ``(phi, t1, t2)`` grid and
-``c2_points`` on a list of points ``(angle index, i, j)`` for sharded work.
+``c2_points`` evaluates it at points ``(angle index, i, j)``; ``c2_grid`` at every one of them.
 """
 
 from __future__ import annotations
@@ -39,11 +38,8 @@ def sinc(x: jnp.ndarray) -> jnp.ndarray:
 
 
 def interval(cumulative_j: jnp.ndarray, cumulative_i: jnp.ndarray, spec: ModelSpec) -> jnp.ndarray:
-    """Integral of a rate between two frames from its running integral at each end.
-
-    ``|C_j - C_i|`` for the ``paper`` form; the reference's smooth absolute value
-    ``dt * sqrt(((C_j - C_i)/dt)**2 + 1e-12)`` for ``homodyne-v2``.
-    """
+    """Integral of a rate between two frames: ``|C_j - C_i|`` (``paper``), or the reference's
+    smooth absolute value ``dt * sqrt(((C_j - C_i)/dt)**2 + 1e-12)`` (``homodyne-v2``)."""
     difference = cumulative_j - cumulative_i
     if spec.shear_form == "homodyne-v2":
         index_space = difference / spec.dt
@@ -64,16 +60,10 @@ def shear_projection(physical: jnp.ndarray | np.ndarray, phi_deg: jnp.ndarray | 
 
 
 def g1_squared_from_integrals(
-    diffusion: jnp.ndarray,
-    strain: jnp.ndarray | None,
-    projection: jnp.ndarray | None,
-    spec: ModelSpec,
+    diffusion: jnp.ndarray, strain: jnp.ndarray | None, projection: jnp.ndarray | None, spec: ModelSpec
 ) -> jnp.ndarray:
-    """``g1**2`` from the diffusion integral (Angstrom^2) and the accumulated strain.
-
-    ``strain`` and ``projection`` (``cos(phi0 - phi)``) broadcast together; both are
-    None (and ignored) for static modes.
-    """
+    """``g1**2`` from the diffusion integral (Angstrom^2) and the accumulated strain; ``strain``
+    and ``projection`` (``cos(phi0 - phi)``) broadcast together, both None for static modes."""
     g1_diff_sq = jnp.exp(-(spec.q**2) * diffusion)
     if strain is None or projection is None:
         return g1_diff_sq
@@ -89,25 +79,11 @@ def transport_integrals(physical: jnp.ndarray, spec: ModelSpec) -> tuple[jnp.nda
 
 
 def c2_grid(
-    physical: jnp.ndarray,
-    contrast: jnp.ndarray,
-    offset: jnp.ndarray,
-    phi_deg: jnp.ndarray,
-    spec: ModelSpec,
+    physical: jnp.ndarray, contrast: jnp.ndarray, offset: jnp.ndarray, phi_deg: jnp.ndarray, spec: ModelSpec
 ) -> jnp.ndarray:
-    """``c2`` on the full grid, shape ``(n_phi, n_frames, n_frames)``.
-
-    ``contrast`` and ``offset`` hold one value per angle (shape ``(n_phi,)``).
-    """
-    diffusion, strain = transport_integrals(physical, spec)
-    diffusion_ij = interval(diffusion[None, :], diffusion[:, None], spec)
-    strain_ij: jnp.ndarray | None = None
-    projection: jnp.ndarray | None = None
-    if strain is not None:
-        strain_ij = interval(strain[None, :], strain[:, None], spec)[None]
-        projection = shear_projection(physical, phi_deg)[:, None, None]
-    g1_sq = g1_squared_from_integrals(diffusion_ij[None], strain_ij, projection, spec)
-    return offset[:, None, None] + contrast[:, None, None] * g1_sq
+    """``c2`` on the full grid, shape ``(n_phi, n_frames, n_frames)``; ``contrast`` and ``offset`` hold one value per angle."""
+    every = slice(None)  # broadcasting indices: angle [:, None, None], frame_i [:, None], frame_j [None, :]
+    return c2_points(physical, contrast, offset, phi_deg, (every, None, None), (every, None), (None, every), spec)
 
 
 def c2_points(
@@ -115,12 +91,12 @@ def c2_points(
     contrast: jnp.ndarray,
     offset: jnp.ndarray,
     phi_deg: jnp.ndarray,
-    angle_index: jnp.ndarray | np.ndarray,
-    frame_i: jnp.ndarray | np.ndarray,
-    frame_j: jnp.ndarray | np.ndarray,
+    angle_index: jnp.ndarray | np.ndarray | tuple,
+    frame_i: jnp.ndarray | np.ndarray | tuple,
+    frame_j: jnp.ndarray | np.ndarray | tuple,
     spec: ModelSpec,
 ) -> jnp.ndarray:
-    """``c2`` at points ``(angle_index[n], frame_i[n], frame_j[n])`` (0-based indices)."""
+    """``c2`` at points ``(angle_index, frame_i, frame_j)`` (0-based indices, or index tuples, that broadcast together)."""
     diffusion, strain = transport_integrals(physical, spec)
     diffusion_ij = interval(diffusion[frame_j], diffusion[frame_i], spec)
     strain_ij: jnp.ndarray | None = None

@@ -91,11 +91,7 @@ class ParameterLayout:
         if self.scaling == "averaged":
             ones = jnp.ones(self.n_angles, dtype=theta.dtype)
             return theta[0] * ones, theta[1] * ones, physical
-        return (
-            jnp.asarray(self.fixed_contrast, dtype=theta.dtype),
-            jnp.asarray(self.fixed_offset, dtype=theta.dtype),
-            physical,
-        )
+        return (jnp.asarray(self.fixed_contrast, dtype=theta.dtype), jnp.asarray(self.fixed_offset, dtype=theta.dtype), physical)
 
     def join(self, contrast, offset, physical) -> np.ndarray:
         """Flat vector from per-angle contrast/offset (averaged over angles if shared)."""

@@ -1,11 +1,9 @@
 """``g1**2`` of a point with its analytic partial derivatives, for the NLSQ Jacobian.
 
-A point's ``g1**2`` depends on the parameters only through three scalars: the difference
-of the running diffusion integral ``x_C = C_j - C_i`` (Angstrom^2), of the running
-strain ``x_G = G_j - G_i`` and the projection ``cos(phi0 - phi)``. This module gives
-``g1**2`` and its derivatives with respect to those three, written out by hand so the
-kernel costs one ``exp``, one ``sin`` and one ``cos`` per point. The tests check them
-against ``jax.grad`` of ``correlation.g1_squared_from_integrals``.
+``g1**2`` depends on the parameters only through ``x_C = C_j - C_i`` (Angstrom^2),
+``x_G = G_j - G_i`` (strain) and ``cos(phi0 - phi)``; its derivatives by those three are
+written out by hand (one ``exp``, ``sin`` and ``cos`` per point) and tested against
+``jax.grad`` of ``correlation.g1_squared_from_integrals``.
 """
 
 from __future__ import annotations
@@ -24,11 +22,8 @@ def sinc_and_slope(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
 
 
 def sinc_and_slope_from_trig(x, sine, cosine) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``sinc(x)`` and its slope given ``sin(x)`` and ``cos(x)`` computed elsewhere.
-
-    Below ``|x| < 1e-2`` a Taylor series is used (error < 1e-20), so a ``sin(x)`` formed
-    by the angle-addition rule, accurate to ~1e-16 absolute, never meets a tiny ``x``.
-    """
+    """``sinc(x)`` and its slope given ``sin(x)`` and ``cos(x)``; a Taylor series below ``|x| < 1e-2``
+    (error < 1e-20), so a ``sin(x)`` from the angle-addition rule (~1e-16) never meets a tiny ``x``."""
     small = jnp.abs(x) < _TAYLOR_BELOW
     x_safe = jnp.where(small, 1.0, x)
     x2 = x * x
@@ -58,10 +53,7 @@ def shear_factor_and_slope(phase: jnp.ndarray, spec: ModelSpec) -> tuple[jnp.nda
 
 
 def g1_squared_and_slopes(diffusion_step, strain_step, projection, spec: ModelSpec):
-    """``(g1**2, d/dx_C, d/dx_G, d/dprojection)`` at each point.
-
-    For static modes the last two are zeros and ``strain_step``/``projection`` are unused.
-    """
+    """``(g1**2, d/dx_C, d/dx_G, d/dprojection)`` at each point (the last two zeros when static)."""
     diffusion, diffusion_slope = interval_and_slope(diffusion_step, spec)
     g1_diff_sq = jnp.exp(-(spec.q**2) * diffusion)
     d_diffusion_factor = -(spec.q**2) * diffusion_slope
@@ -79,10 +71,8 @@ def g1_squared_and_slopes(diffusion_step, strain_step, projection, spec: ModelSp
 def paper_shear_g1_squared_and_slopes(diffusion_step, strain_step, projection, sine, cosine, spec: ModelSpec):
     """``g1_squared_and_slopes`` for the ``paper`` form with ``sin``/``cos`` of ``Phi/2`` given.
 
-    ``Phi/2 = q h cos(phi0 - phi) (G_j - G_i) / 2`` may be taken signed: the shear factor
-    is even in it, so ``sin(Phi/2)`` can come from per-frame tables of ``sin`` and ``cos``
-    of ``q h cos(phi0 - phi) G_n / 2`` by the angle-addition rule (two products instead
-    of a ``sin`` and a ``cos`` per point).
+    ``Phi/2 = q h cos(phi0 - phi) (G_j - G_i) / 2`` may be signed (the shear factor is even),
+    so its ``sin`` comes from per-frame tables by the angle-addition rule.
     """
     diffusion, diffusion_slope = interval_and_slope(diffusion_step, spec)
     g1_diff_sq = jnp.exp(-(spec.q**2) * diffusion)

@@ -9,10 +9,7 @@ from ..vocabulary import ANALYSIS_MODES, PHYSICAL_PARAMETERS, SHEAR_FORMS
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything the forward model needs besides the fitted parameters.
-
-    Hashable, so it can be a static argument of jitted functions.
-    """
+    """Everything the forward model needs besides the fitted parameters (hashable: a static jit argument)."""
 
     mode: str
     """``static`` or ``laminar_flow``."""

@@ -1,13 +1,10 @@
 """Transport coefficients and their running time integrals on the frame grid.
 
-The model of He et al., PNAS 121(31) e2401162121 (2024) needs two time-dependent rates:
-
-- the transport coefficient ``D(t) = D0 * t**alpha + D_offset`` in Angstrom^2/s, and
-- the shear rate ``gamma_dot(t) = gamma_dot_t0 * t**beta + gamma_dot_t_offset`` in 1/s,
-
-both floored at ``RATE_FLOOR`` and evaluated at ``t = dt/2`` instead of ``t = 0`` so that
-negative exponents stay finite. Their integrals between two frames are differences of a
-cumulative trapezoid on the grid ``t_k = k * dt``.
+The model of He et al., PNAS 121(31) e2401162121 (2024) has two rates, the transport
+coefficient ``D(t) = D0 * t**alpha + D_offset`` (Angstrom^2/s) and the shear rate
+``gamma_dot(t) = gamma_dot_t0 * t**beta + gamma_dot_t_offset`` (1/s), both floored at
+``RATE_FLOOR`` and evaluated at ``t = dt/2`` instead of ``t = 0`` (negative exponents stay
+finite), integrated by a cumulative trapezoid on the grid ``t_k = k * dt``.
 """
 
 from __future__ import annotations
@@ -30,28 +27,19 @@ def power_law_rate(t: jnp.ndarray, prefactor, exponent, offset) -> jnp.ndarray:
 
 
 def cumulative_trapezoid(rate: jnp.ndarray, dt: float) -> jnp.ndarray:
-    """Running integral ``C_i = dt * sum_{k<i} (r_k + r_{k+1}) / 2``, with ``C_0 = 0``.
-
-    The integral of the rate between frames ``i`` and ``j`` is ``|C_j - C_i|``.
-    """
+    """Running integral ``C_i = dt * sum_{k<i} (r_k + r_{k+1}) / 2``, ``C_0 = 0`` (from frame ``i`` to ``j``: ``|C_j - C_i|``)."""
     steps = 0.5 * dt * (rate[:-1] + rate[1:])
     return jnp.concatenate([jnp.zeros(1, dtype=rate.dtype), jnp.cumsum(steps)])
 
 
 def diffusion_integral(physical: jnp.ndarray, n_frames: int, dt: float) -> jnp.ndarray:
-    """Cumulative integral of ``D(t)`` (Angstrom^2) on the frame grid.
-
-    ``physical`` starts with ``[D0, alpha, D_offset]``; further entries are ignored.
-    """
+    """Cumulative integral of ``D(t)`` (Angstrom^2) on the frame grid; ``physical`` starts ``[D0, alpha, D_offset]``."""
     t = rate_times(n_frames, dt)
     return cumulative_trapezoid(power_law_rate(t, physical[0], physical[1], physical[2]), dt)
 
 
 def shear_integral(physical: jnp.ndarray, n_frames: int, dt: float) -> jnp.ndarray:
-    """Cumulative integral of ``gamma_dot(t)`` (dimensionless strain) on the frame grid.
-
-    ``physical`` holds the seven laminar-flow parameters; entries 3..5 are
-    ``[gamma_dot_t0, beta, gamma_dot_t_offset]``.
-    """
+    """Cumulative integral of ``gamma_dot(t)`` (strain) on the frame grid; ``physical[3:6]`` are
+    ``[gamma_dot_t0, beta, gamma_dot_t_offset]``."""
     t = rate_times(n_frames, dt)
     return cumulative_trapezoid(power_law_rate(t, physical[3], physical[4], physical[5]), dt)

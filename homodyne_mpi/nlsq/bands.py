@@ -1,9 +1,8 @@
 """``D(t)`` and ``gamma_dot(t)`` with 1-sigma bands from a fit's covariance or replicates.
 
-The derived rates are often far better determined than ``D0`` and ``alpha`` separately
-(their errors are strongly correlated), so the bands are propagated from the full
-covariance (delta method) or, for the jackknife, taken from the replicates' own curves
-with the same correction for independent noise as the parameters (``jackknife.py``).
+The rates are often far better determined than the strongly correlated ``D0`` and
+``alpha``, so the bands come from the full covariance (delta method) or the jackknife
+replicates' own curves, corrected for independent noise as the parameters are.
 """
 
 from __future__ import annotations
@@ -32,12 +31,9 @@ def power_law_with_slopes(t: np.ndarray, prefactor: float, exponent: float, offs
 
 
 def rate_curves_and_jacobian(physical: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``(D(t), gamma_dot(t))`` stacked ``(2, N)`` (Angstrom^2/s and 1/s) and their
-    derivatives by the physical parameters ``(2, N, n_phys)``; ``gamma_dot = 0`` when static.
-
-    NumPy, in closed form: the model's own rates (``model.transport``) in JAX would cost
-    a compilation per job for a few thousand numbers.
-    """
+    """``(D(t), gamma_dot(t))`` stacked ``(2, N)`` (Angstrom^2/s and 1/s) and their derivatives
+    by the physical parameters ``(2, N, n_phys)``; ``gamma_dot = 0`` when static. NumPy in
+    closed form: JAX would cost a compilation per job for a few thousand numbers."""
     t = rate_times(spec)
     curves = np.zeros((2, len(t)))
     jacobian = np.zeros((2, len(t), len(physical)))
@@ -57,13 +53,9 @@ def delta_method_std(theta: np.ndarray, covariance: np.ndarray, layout: Paramete
 
 
 def jackknife_std(theta: np.ndarray, jackknife, model_std: np.ndarray, layout: ParameterLayout, spec: ModelSpec) -> np.ndarray:
-    """1-sigma of both curves, ``(2, N)``, from the jackknife replicates' curves.
-
-    Pointwise ``var_model + max(0, var_replicates - var_independent)`` over the converged
-    refits (scaled as ``jackknife_covariance``), where
-    ``var_independent`` propagates ``jackknife.covariance_independent``: what the
-    replicates' spread would be from independent noise alone (``jackknife.py``).
-    """
+    """1-sigma of both curves, ``(2, N)``: ``var_model + max(0, var_replicates - var_independent)``
+    over the converged refits (scaled as ``jackknife_covariance``), ``var_independent`` from
+    ``jackknife.covariance_independent``."""
     if len(jackknife.kept) < 2:
         return model_std
     curves = np.stack([rate_curves_and_jacobian(r[layout.physical_slice], spec)[0] for r in jackknife.kept])
@@ -74,10 +66,7 @@ def jackknife_std(theta: np.ndarray, jackknife, model_std: np.ndarray, layout: P
 
 
 def band_arrays(theta, covariance_model, jackknife, layout: ParameterLayout, spec: ModelSpec) -> dict[str, np.ndarray]:
-    """``bands/...`` datasets of ``fit.h5``; ``*_std`` follow the jackknife when present.
-
-    ``bands/t`` holds the times the rates are evaluated at (``dt/2`` for frame 0).
-    """
+    """``bands/...`` datasets of ``fit.h5`` (``bands/t``: ``rate_times``); ``*_std`` follow the jackknife when present."""
     curves = rate_curves_and_jacobian(np.asarray(theta[layout.physical_slice], dtype=float), spec)[0]
     model_std = delta_method_std(theta, covariance_model, layout, spec)
     chosen = model_std if jackknife is None else jackknife_std(theta, jackknife, model_std, layout, spec)

@@ -38,18 +38,17 @@ def checkpoint_path(nlsq_dir: Path) -> Path:
 
 def save_checkpoint(nlsq_dir: Path, state: LatestState, names: list[str], fingerprint: str) -> Path:
     """Write the LM state atomically (rank 0): resuming from it continues the same path."""
-    theta, iteration = state.theta, state.iteration
-    assert theta is not None, "save_checkpoint needs a state that has taken a step (or was resumed)"
+    assert state.theta is not None, "save_checkpoint needs a state that has taken a step (or was resumed)"
     document = {
         "fingerprint": fingerprint,
-        "iteration": int(iteration),
+        "iteration": int(state.iteration),
         "damping": float(state.damping),
         "growth": float(state.growth),
         "names": list(names),
-        "theta": [float(x) for x in theta],
+        "theta": [float(x) for x in state.theta],
     }
     path = atomic_write_json(checkpoint_path(nlsq_dir), document)
-    log.warning("NLSQ state saved to %s (iteration %d); run the same command to resume", path, iteration)
+    log.warning("NLSQ state saved to %s (iteration %d); run the same command to resume", path, state.iteration)
     return path
 
 

@@ -1,14 +1,10 @@
 """NLSQ across ranks: scatter whole chunks of points once, then one ordered reduction per LM iteration.
 
-Rank 0 builds the problem (starting values, bounds, noise weights) and the points. The
-points are cut into global chunks by global index and each rank receives a contiguous,
-balanced run of whole chunks (``parallel.chunk_order.chunk_layout``), which it keeps for
-the whole fit. ``DistributedObjective`` turns a parameter vector into the global normal
-equations: one packed row of sums per chunk, added on a fixed tree over chunk indices
-(``Comm.sum_in_chunk_order``), assembly. Every chunk is the same set of points whatever
-rank holds it and the sums are added in the same order, so the fit has the same bits on
-any number of ranks. The solver above it is the same serial Levenberg-Marquardt on
-every rank.
+Rank 0 builds the problem and the points; each rank keeps a contiguous, balanced run of
+whole global chunks (``parallel.chunk_order.chunk_layout``). ``DistributedObjective``
+turns a parameter vector into the global normal equations: one packed row of sums per
+chunk, added on a fixed tree over chunk indices (``Comm.sum_in_chunk_order``), so the fit
+has the same bits on any number of ranks. The serial Levenberg-Marquardt runs on every rank.
 """
 
 from __future__ import annotations
@@ -117,14 +113,8 @@ class NLSQResult:
 
 
 def distribute_points(points: PointSet | None, n_points: int, comm: Comm, chunk_size: int) -> PointSet:
-    """Scatter the root's points to every rank as whole global chunks.
-
-    The chunk layout is ``chunk_layout(n_points, chunk_size, comm.size)``: rank ``r``
-    receives the real points of its chunk run (``layout.points_of(r)``) in a buffer of
-    ``layout.capacity_of(r)`` points, so the last global chunk arrives padded with
-    zero-weight points of its last angle. Each column travels as one ``Scatterv`` of its
-    NumPy buffer, into memory the fit's device block then shares.
-    """
+    """Scatter the root's points as whole chunks of ``chunk_layout(n_points, chunk_size, comm.size)``,
+    one ``Scatterv`` per column; the last chunk arrives padded with zero-weight points of its last angle."""
     layout = chunk_layout(n_points, chunk_size, comm.size)
     counts = layout.point_counts()
     mine = int(counts[comm.rank])
@@ -141,12 +131,8 @@ def distribute_points(points: PointSet | None, n_points: int, comm: Comm, chunk_
 
 
 def device_block(points: PointSet, chunk: int, n_chunks: int | None = None) -> tuple[jnp.ndarray, ...]:
-    """The points as device arrays of shape ``(n_chunks, chunk)``, zero-weight padded.
-
-    Padding repeats the last angle so that every chunk stays angle-sorted. A block that
-    is already whole chunks is not copied: on the CPU the device arrays share its memory
-    when it is 64-byte aligned, as ``distribute_points`` leaves it.
-    """
+    """The points as device arrays ``(n_chunks, chunk)``, padded with zero weight and the last angle;
+    whole chunks are not copied (on the CPU they share 64-byte aligned memory)."""
     n_chunks = -(-len(points) // chunk) if n_chunks is None else n_chunks
     padded = points.padded(n_chunks * chunk, fill_angle=int(points.angle[-1]) if len(points) else 0)
     return tuple(jax.device_put(getattr(padded, name).reshape(n_chunks, chunk)) for name in PointSet.column_names())
@@ -170,13 +156,9 @@ NO_EXCLUSION = np.array([-1, -1], dtype=np.int32)
 
 
 class DistributedObjective:
-    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's chunks.
-
-    ``local_points`` are this rank's chunks of the layout of ``n_points`` points
-    (default ``problem.n_points``), padded or not. Setting ``excluded_frames = [start,
-    stop)`` leaves out the points that touch those frames (a jackknife replicate)
-    without recompiling.
-    """
+    """``theta -> (J^T W J, J^T W r, chi2, cost)`` summed over every rank's chunks of ``n_points``
+    (default ``problem.n_points``); ``excluded_frames = [start, stop)`` leaves out the points
+    touching those frames (a jackknife replicate) without recompiling."""
 
     def __init__(
         self,
@@ -216,11 +198,8 @@ class DistributedObjective:
         return jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, exclusion
 
     def compile(self, theta: np.ndarray) -> float:
-        """Compile the normal-equation block kernel ahead of time; returns the seconds.
-
-        The mixed-gradient kernel is compiled on its first use (the solver asks for it
-        only after a rejected or poorly predicted step, and many fits have none).
-        """
+        """Compile the normal-equation block kernel ahead of time; returns the seconds
+        (the mixed-gradient kernel is compiled on first use: many fits never need it)."""
         start = time.perf_counter()
         self._compiled = chunk_terms.lower(*self.arguments(theta), setup=self.setup).compile()
         return time.perf_counter() - start
@@ -247,12 +226,8 @@ class DistributedObjective:
         return assemble_normal_equations(unpack_accumulators(total, self.setup), self.setup)[1]
 
     def gathered(self) -> DistributedObjective:
-        """The same objective over every rank's points, on this rank alone (collective).
-
-        Each rank then holds all the chunks in global order (padding included: its
-        weight is zero), so it can run whole fits without talking to the others and
-        still add the chunks in the same order.
-        """
+        """The same objective over every rank's points (all chunks in global order, padding
+        included), on this rank alone (collective): whole fits without messages, same bits."""
         columns = [self.comm.allgather_rows(np.asarray(column).ravel()) for column in self.block]
         return DistributedObjective(
             self.problem,
@@ -265,10 +240,8 @@ class DistributedObjective:
         )
 
     def frame_sensitivity(self, theta: np.ndarray) -> np.ndarray:
-        """``(N, P)`` per-frame sums of the weighted Jacobian over every rank's points.
-
-        See ``kernels.chunk_frame_sensitivity``; the per-chunk sums are added in chunk order.
-        """
+        """``(N, P)`` per-frame sums of the weighted Jacobian over every rank's points
+        (``kernels.chunk_frame_sensitivity``, added in chunk order)."""
         start = time.perf_counter()
         rows = chunk_frame_sensitivities(
             jnp.asarray(theta, dtype=jnp.float64), self.phi, self.pair_of_angle, self.block, setup=self.setup
@@ -277,13 +250,8 @@ class DistributedObjective:
         return total.reshape(self.problem.spec.n_frames, -1)
 
     def reduce(self, rows: np.ndarray, started: float) -> np.ndarray:
-        """Sum of every rank's per-chunk ``rows`` in chunk order: the end of one counted pass.
-
-        ``rows`` is ``(n_local_chunks, L)``, computed since ``started`` (``perf_counter``
-        seconds, booked as compute time). The reduction also sums this rank's stop flag
-        (SIGTERM/SIGUSR1), so every rank learns of a signal on any rank in the same
-        collective and all raise ``Interrupted`` together.
-        """
+        """Sum of every rank's ``(n_local_chunks, L)`` ``rows`` in chunk order (one counted pass, compute
+        timed from ``started``), with the stop flags: all ranks raise ``Interrupted`` together."""
         middle = time.perf_counter()
         total, stops = self.comm.sum_in_chunk_order(
             np.asarray(rows, dtype=np.float64), self.first_chunk, self.layout.n_chunks, 1.0 if stop_requested() else 0.0
@@ -307,35 +275,20 @@ def make_objective(
     problem: NLSQProblem, local_points: PointSet, comm: Comm, options, n_points: int | None = None
 ) -> DistributedObjective:
     """The objective of ``options`` (the config's ``optimization.nlsq``) over these points."""
+    loss, loss_scale = options.loss, options.loss_scale
     return DistributedObjective(
-        problem,
-        local_points,
-        comm,
-        chunk_size=options.chunk_size,
-        loss=options.loss,
-        loss_scale=options.loss_scale,
-        n_points=n_points,
+        problem, local_points, comm, chunk_size=options.chunk_size, loss=loss, loss_scale=loss_scale, n_points=n_points
     )
 
 
 def fit_nlsq(
-    problem: NLSQProblem,
-    local_points: PointSet,
-    comm: Comm,
-    options,
-    *,
-    on_accept=None,
-    resume: LatestState | None = None,
+    problem: NLSQProblem, local_points: PointSet, comm: Comm, options, *, on_accept=None, resume: LatestState | None = None
 ) -> NLSQResult:
-    """Fit the problem with every rank holding its own chunks; same bits on all ranks.
+    """Fit with every rank holding its own chunks (same bits on all ranks); ``options``: ``optimization.nlsq``.
 
-    ``options`` is the config's ``optimization.nlsq`` section (``max_iterations``,
-    ``xtol``, ``gtol``, ``ftol``, ``loss``, ``loss_scale``, ``chunk_size``,
-    ``start_search``, ``search_points``); ``on_accept(theta, iteration, damping, growth)``
-    sees the LM state after every step. ``resume`` (a ``LatestState`` from a checkpoint)
-    continues an interrupted fit on the same path, without the start search: its
-    parameters, damping and iteration count. The result keeps the objective
-    (``result.objective``) for the jackknife (``jackknife.run_jackknife``).
+    ``on_accept(theta, iteration, damping, growth)`` sees the LM state after every step;
+    ``resume`` (a checkpoint's ``LatestState``) continues on the same path, without the start
+    search; ``result.objective`` is kept for the jackknife.
     """
     objective = make_objective(problem, local_points, comm, options)
     start_theta = problem.theta0 if resume is None else np.asarray(resume.theta, dtype=float)
@@ -389,15 +342,8 @@ def lm_options(
 def parameters_at_bound(theta: np.ndarray, lower: np.ndarray, upper: np.ndarray, free: np.ndarray) -> list[str | None]:
     """``"lower"``, ``"upper"`` or None per parameter: free ones within 1e-12 of the range of a bound."""
     margin = 1e-12 * np.maximum(upper - lower, 1e-300)
-    marks: list[str | None] = []
-    for value, low, high, fitted, tolerance in zip(theta, lower, upper, free, margin):
-        if fitted and value <= low + tolerance:
-            marks.append("lower")
-        elif fitted and value >= high - tolerance:
-            marks.append("upper")
-        else:
-            marks.append(None)
-    return marks
+    near_lower, near_upper = free & (theta <= lower + margin), free & (theta >= upper - margin)
+    return ["lower" if low else "upper" if high else None for low, high in zip(near_lower, near_upper)]
 
 
 def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
@@ -415,12 +361,8 @@ def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
 
 
 def searched_start(problem: NLSQProblem, local_points: PointSet, comm: Comm, options) -> np.ndarray:
-    """Starting point from the coarse grid search on a rank-independent subsample.
-
-    The subsample is every ``stride``-th point by global index; it is gathered in global
-    order on every rank and cut into its own chunk layout, so the search's sums, like
-    the fit's, do not depend on the number of ranks.
-    """
+    """Starting point from the coarse grid search on every ``stride``-th point by global index,
+    gathered on every rank and cut into its own chunk layout (rank-independent sums)."""
     stride = max(1, problem.n_points // int(options.search_points))
     layout = chunk_layout(problem.n_points, options.chunk_size, comm.size)
     first, stop = layout.points_of(comm.rank)
@@ -436,7 +378,7 @@ def result_from_lm(
     lm: LMResult, problem: NLSQProblem, n_ranks: int, objective: DistributedObjective, compile_seconds: float, fit_seconds: float
 ) -> NLSQResult:
     """Package the solver's outcome with the model covariance and the bound flags."""
-    n_free = int(np.count_nonzero(problem.free))
+    timing = dict(compile=compile_seconds, fit=fit_seconds, accumulate=objective.compute_seconds, reduce=objective.reduce_seconds)
     result = NLSQResult(
         names=problem.names,
         theta=lm.theta,
@@ -446,15 +388,10 @@ def result_from_lm(
         iterations=lm.iterations,
         chi2=lm.chi2,
         n_points=problem.n_points,
-        n_free=n_free,
+        n_free=int(np.count_nonzero(problem.free)),
         n_ranks=n_ranks,
         history=lm.history,
-        timing_s={
-            "compile": compile_seconds,
-            "fit": fit_seconds,
-            "accumulate": objective.compute_seconds,
-            "reduce": objective.reduce_seconds,
-        },
+        timing_s=timing,
         hessian=lm.hessian,
         at_bound=parameters_at_bound(lm.theta, problem.lower, problem.upper, problem.free),
         projected_gradient=lm.projected_gradient,

@@ -1,78 +1,44 @@
 """Frame-block jackknife: standard errors that respect the correlations of two-time data.
 
-Every ``c2(t1, t2)`` shares frame ``t1`` with its whole row and ``t2`` with its whole
-column, so the speckle noise of the points is correlated along rows and columns and the
-model covariance ``(J^T J)^-1 chi2_red``, which treats the points as independent, is far
-too small. The delete-a-block jackknife resamples whole frames instead:
+Every ``c2(t1, t2)`` shares frame ``t1`` with its row and ``t2`` with its column, so the
+speckle noise is correlated along rows and columns and the model covariance
+``C = (J^T J)^-1 chi2_red``, which treats the points as independent, is far too small.
+The delete-a-block jackknife resamples whole frames, as for a U-statistic:
 
 1. split the frames ``0..N-1`` into ``K`` contiguous blocks (``jackknife_blocks``) of
    equal influence (below; ``jackknife_blocking: equal`` gives equal frame counts);
-2. for each block ``b``, drop every point whose ``t1`` or ``t2`` lies in it and refit,
-   starting from the full-data optimum, for at most ``jackknife_iterations`` steps;
+2. for each block ``b``, drop every point whose ``t1`` or ``t2`` lies in it and refit from
+   the full-data optimum, for at most ``jackknife_iterations`` steps;
 3. ``cov_replicates = (K-1)/K * sum_b (theta_b - mean)(theta_b - mean)^T``.
 
-The unit being resampled is the frame, as in the jackknife of a U-statistic: for noise
-shared along a frame's row and column, ``cov_replicates`` is the consistent estimate.
-Noise that is independent from point to point, which two-time data always also carry,
-it over-counts: a point off the block diagonal is left out by two replicates (its row's
-block and its column's block), and a block of early frames carries more than its share
-of the information on ``D(t)`` at short times. Both effects are known exactly for
-independent noise: linearised at the optimum, a least-squares refit without the points
-of block ``b`` moves by ``-H_b'^-1 J_b^T r_b`` (``H_b'`` the Gauss-Newton matrix of the
-kept points, ``r_b`` the residuals of the left-out ones), whose covariance for
-independent noise of variance ``s^2`` is ``s^2 (H_b'^-1 - H^-1) = C_b - C``. So the
-replicates hold
-
-    cov_independent = (K-1)/K * sum_b (C_b - C)
-
-of independent noise (``C`` the model covariance ``(J^T J)^-1 chi2_red``, ``C_b`` the same
-with block ``b`` left out and the full fit's ``chi2_red``; 2.05 ``C`` for 20 equal blocks,
-about 2.4 ``C`` for 20 influence blocks),
-and the frame-shared noise once. The reported covariance is
+This is consistent for frame-shared noise but over-counts independent noise: a point off
+the block diagonal is left out by two replicates, and early frames carry more than their
+share of ``D(t)`` at short times. Linearised at the optimum, a refit without block ``b``
+moves by ``-H_b'^-1 J_b^T r_b``, whose covariance for independent noise is ``C_b - C``
+(``C_b``: the model covariance with block ``b`` left out and the full fit's ``chi2_red``),
+so the replicates hold ``cov_independent = (K-1)/K * sum_b (C_b - C)`` of it (2.05 ``C``
+for 20 equal blocks, about 2.4 ``C`` for 20 influence blocks). The reported covariance is
 
     cov = C + psd(cov_replicates - cov_independent),
 
-the independent part once plus the frame-shared excess, clipped to a positive
-semi-definite matrix (in the parameters' own scale, separately for the scaling and the
-physical parameters; each variance is its own difference clipped at zero, the
-correlations those of the eigenvalue-clipped matrix) so that it is never below the
-model error. ``C`` estimates the
-independent part from above (its ``chi2_red`` also holds the
-frame-shared variance, which there is spread over ``N^2/2`` points). With independent
-noise the result is the model error within the jackknife's own scatter; with frame-shared
-noise, where the excess dominates, it is ``cov_replicates`` less about two ``C``.
+clipped in the parameters' own scale, separately for the scaling and the physical
+parameters (``frame_corrected_covariance``), so it is never below the model error. With
+independent noise it is the model error within the jackknife's scatter; with frame-shared
+noise it is ``cov_replicates`` less about two ``C``.
 
-Block sizes. A frame's lever on the fit is very uneven: for ``D(t) = D0 t^alpha + D_offset``
-the first few frames and the last ones move ``D0`` and ``alpha`` far more than the middle
-ones. With blocks of equal frame counts one or two replicates then carry most of the
-spread, the variance estimate has only a few degrees of freedom, and a 2-std interval
-misses far more often than it should (static speckle data: 73% coverage). So the blocks
-are cut to carry equal shares of influence: one kernel pass sums each frame's weighted
-Jacobian rows (``s_f``), ``a_f = H^-1 s_f`` is how far unit noise on frame ``f`` moves
-the fit, and frame ``f``'s influence is its share of ``sum_f a_f^2``, averaged over the
-free physical parameters (``frame_influence``). Half of the weight follows the
-influence and half the frame count (``INFLUENCE_SHARE``), so that no block is cut
-from the influence estimate alone; in the static benchmark (150 frames) the first four
-blocks are single frames and the others 2 to 15 frames.
+Block sizes. The first and last frames move ``D0`` and ``alpha`` far more than the middle
+ones; with equal frame counts one or two replicates carry most of the spread and a 2-std
+interval misses far too often (static speckle data: 73% coverage). So blocks carry equal
+shares of influence, frame ``f``'s share of ``sum_f a_f^2`` (``a_f = H^-1 s_f``: how far unit
+noise on it moves the fit; ``frame_influence``), mixed half and half with the frame count.
 
-Every refit's first iteration needs the normal equations of its kept points at the
-optimum; one shared pass gives them all (``left_out.first_systems``: the whole data's
-sums minus each block's part), so a refit's own passes start at its first trial point.
+One shared pass at the optimum gives every refit its first normal equations
+(``left_out.first_systems``); refits start with a tiny damping (``REFIT_DAMPING``), or the
+correlated ``D0``, ``alpha``, ``D_offset`` would crawl along their valley.
 
-The refits start at the optimum, where Gauss-Newton converges in a few steps, so they
-start with a tiny damping (``REFIT_DAMPING``); the strongly correlated physical
-parameters (``D0``, ``alpha``, ``D_offset``) would otherwise crawl along their valley
-and leave the replicates unconverged.
-
-Distribution (``jackknife_parallel``). ``points`` (default): every replicate is an
-ordinary distributed fit, all ranks working on each in turn on their own points (the
-kernel masks the dropped frames with zero weight, without recompiling). ``replicates``:
-every rank receives a copy of all points (one ``Allgatherv``) and refits blocks
-``rank, rank + size, ...`` on its own, with no messages inside a refit; the ranks meet
-once per round of refits (a stop flag) and once at the end. It costs the memory of all
-points on every rank and was not faster on the 2-core test machine (docs/performance.md).
-With one rank the replicates simply run one after the other. The replicates also give
-bands for ``D(t)`` and ``gamma_dot(t)``.
+Distribution (``jackknife_parallel``): ``points`` (default) runs each replicate as a
+distributed fit on all ranks; ``replicates`` gives every rank a copy of all points and
+refits blocks ``rank, rank + size, ...`` alone (not faster on 2 cores; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -132,13 +98,8 @@ class JackknifeResult:
 
 
 def replicate_dof(replicates: np.ndarray) -> np.ndarray:
-    """``(P,)`` effective degrees of freedom of the replicates' variance, per parameter.
-
-    ``(sum_b d_b^2)^2 / sum_b d_b^4`` with ``d_b`` the deviation of replicate ``b`` from
-    the replicates' mean (Satterthwaite's formula with every block's share estimated by
-    its own ``d_b^2``): ``K`` when all blocks move the fit equally, 1 when one block
-    carries all of the spread. A parameter that no replicate moves gets ``K - 1``.
-    """
+    """``(P,)`` Satterthwaite degrees of freedom ``(sum_b d_b^2)^2 / sum_b d_b^4`` of the replicates'
+    variance (``d_b``: deviation from the mean): ``K`` for equal blocks, 1 when one carries all; unmoved ``K - 1``."""
     replicates = np.asarray(replicates, dtype=float)
     squared = (replicates - replicates.mean(axis=0)) ** 2
     fourth = np.sum(squared**2, axis=0)
@@ -149,21 +110,21 @@ def replicate_dof(replicates: np.ndarray) -> np.ndarray:
     return dof
 
 
-def frame_blocks(n_frames: int, n_blocks: int) -> np.ndarray:
-    """``(K, 2)`` contiguous ``[start, stop)`` ranges covering the frames, sizes within 1."""
-    n_blocks = int(min(max(n_blocks, 2), n_frames))
-    edges = np.linspace(0, n_frames, n_blocks + 1).round().astype(np.int32)
+def frame_ranges(edges) -> np.ndarray:
+    """``(K, 2)`` ranges ``[start, stop)`` between consecutive block edges (int32)."""
+    edges = np.asarray(edges, dtype=np.int32)
     return np.stack([edges[:-1], edges[1:]], axis=1)
 
 
-def influence_blocks(influence: np.ndarray, n_blocks: int) -> np.ndarray:
-    """``(K, 2)`` contiguous frame ranges that each carry about ``1/K`` of the influence.
+def frame_blocks(n_frames: int, n_blocks: int) -> np.ndarray:
+    """``(K, 2)`` contiguous ``[start, stop)`` ranges covering the frames, sizes within 1."""
+    n_blocks = int(min(max(n_blocks, 2), n_frames))
+    return frame_ranges(np.linspace(0, n_frames, n_blocks + 1).round())
 
-    ``influence`` is ``(N,)``, non-negative (``frame_influence``). Boundary ``b`` sits
-    where the cumulative share comes nearest ``b/K``; every block keeps at least one
-    frame, so a frame with more than ``1/K`` of the influence is a block of its own.
-    Without any influence the blocks are ``frame_blocks``'s.
-    """
+
+def influence_blocks(influence: np.ndarray, n_blocks: int) -> np.ndarray:
+    """``(K, 2)`` contiguous frame ranges of about ``1/K`` of the ``(N,)`` influence each (boundary ``b``
+    nearest the cumulative share ``b/K``, at least one frame per block; ``frame_blocks`` without any)."""
     n_frames = len(influence)
     n_blocks = int(min(max(n_blocks, 2), n_frames))
     total = float(np.sum(influence))
@@ -176,24 +137,16 @@ def influence_blocks(influence: np.ndarray, n_blocks: int) -> np.ndarray:
         crossing = int(np.searchsorted(cumulative, target - 1e-12))  # 1e-12: rounding of the sums
         edge = crossing - 1 if target - cumulative[crossing - 1] < cumulative[crossing] - target else crossing
         edges.append(min(max(edge, edges[-1] + 1), n_frames - (n_blocks - b)))
-    edges.append(n_frames)
-    boundaries = np.asarray(edges, dtype=np.int32)
-    return np.stack([boundaries[:-1], boundaries[1:]], axis=1)
+    return frame_ranges([*edges, n_frames])
 
 
 def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free: np.ndarray, physical: slice) -> np.ndarray:
-    """``(N,)`` each frame's share of the frame-shared variance of the physical parameters.
-
-    ``sensitivity`` holds the ``(N, P)`` rows ``s_f`` (``DistributedObjective.frame_sensitivity``);
-    the shares of ``sum_f a_f^2``, ``a_f = H^-1 s_f``, are those of the module docstring
-    ("Block sizes"; the model covariance stands for ``H^-1``, a factor the shares do not see)
-    and sum to 1. Without free physical parameters every frame gets the same share.
-    """
+    """``(N,)`` each frame's share of ``sum_f a_f^2``, ``a_f = H^-1 s_f`` (``H^-1``: the model covariance;
+    ``s_f``: the ``(N, P)`` ``sensitivity`` rows) over the free physical parameters; equal if none."""
     free = np.asarray(free, dtype=bool)
     physical_free = free.copy()
     physical_free[: physical.start] = physical_free[physical.stop :] = False
-    moves = sensitivity[:, free] @ covariance_model[np.ix_(free, physical_free)]
-    squared = moves**2
+    squared = (sensitivity[:, free] @ covariance_model[np.ix_(free, physical_free)]) ** 2
     totals = squared.sum(axis=0)
     if not np.any(totals > 0):
         return np.full(sensitivity.shape[0], 1.0 / sensitivity.shape[0])
@@ -212,11 +165,8 @@ INFLUENCE_SHARE = 0.5
 def independent_noise_covariance(
     covariance_model: np.ndarray, covariances_left_out: np.ndarray, n_blocks: int | None = None
 ) -> np.ndarray:
-    """``(K-1)/K' sum_b (C_b - C)``: the replicates' covariance if all noise were independent.
-
-    ``covariances_left_out`` is ``(K', P, P)``, the model covariance of each kept refit's
-    points with the full fit's ``chi2_red``; ``n_blocks`` is ``K`` (default ``K'``).
-    """
+    """``(K-1)/K' sum_b (C_b - C)``: the replicates' covariance if all noise were independent, from the
+    ``(K', P, P)`` model covariances of the kept refits (full fit's ``chi2_red``); ``n_blocks``: ``K``."""
     kept = len(covariances_left_out)
     n_blocks = kept if n_blocks is None else n_blocks
     return (n_blocks - 1) / kept * np.sum(covariances_left_out - covariance_model, axis=0)
@@ -230,19 +180,11 @@ def frame_corrected_covariance(
 ) -> np.ndarray:
     """``C + psd(cov_replicates - cov_independent)``, clipped in the parameters' scale.
 
-    ``groups`` (index arrays; default: all parameters together) are clipped each on its
-    own, and the excess between two groups is left out. The fit passes the scaling and
-    the physical parameters as two groups: clipping the negative eigenvalues of a noisy
-    difference inflates what is left, and the more dimensions it has the more, so the
-    contrast and offset parameters (12 for 6 angles) would otherwise widen ``D0`` or ``alpha``
-    on data without any frame-shared noise (median 1.25 times the model error with
-    Gaussian noise, against 1.08 to 1.11 when clipped apart; docs/uncertainty.md).
-    Within a group the excess keeps each parameter's own estimated variance, clipped at
-    zero, with the correlations of the clipped matrix (``psd_part_keeping_variances``):
-    clipping eigenvalues alone raises every variance of a zero-mean noisy difference
-    (median 0.41 of the noise's scale for three parameters, against 0), which is the
-    upward bias independent noise showed.
-    Parameters with zero model variance (fixed ones) keep the replicates' (zero) values.
+    ``groups`` (index arrays; default: all) are clipped apart, the excess between them left out:
+    clipping inflates what is left, the more dimensions the more, so the scaling parameters
+    would widen ``D0`` or ``alpha`` without frame-shared noise (median 1.25 times the model
+    error, against 1.08 to 1.11 when clipped apart; docs/uncertainty.md). Within a group
+    ``psd_part_keeping_variances``; fixed parameters keep the replicates' (zero) values.
     """
     n_params = covariance_model.shape[0]
     groups = [np.arange(n_params)] if groups is None else [np.asarray(g, dtype=int) for g in groups]
@@ -260,12 +202,8 @@ def frame_corrected_covariance(
 
 
 def jackknife_covariance(replicates: np.ndarray, n_blocks: int | None = None) -> np.ndarray:
-    """``(K-1)/K' * sum (theta_b - mean)(theta_b - mean)^T`` of ``(K', P)`` kept replicates.
-
-    ``n_blocks`` is the number of blocks ``K`` (default ``K'``): with ``K' < K`` kept
-    refits each deviation still has the size of a ``K``-block replicate's, so the sum is
-    scaled by ``(K-1)/K'`` rather than ``(K-1)/K``.
-    """
+    """``(K-1)/K' * sum (theta_b - mean)(theta_b - mean)^T`` of ``(K', P)`` kept replicates (``n_blocks``:
+    ``K``, default ``K'``; each deviation keeps a ``K``-block replicate's size)."""
     kept = replicates.shape[0]
     n_blocks = kept if n_blocks is None else n_blocks
     deviations = replicates - replicates.mean(axis=0)
@@ -288,27 +226,15 @@ def choose_blocks(objective: DistributedObjective, problem: NLSQProblem, theta_h
 
 
 def refit_without(objective: DistributedObjective, block, theta_hat, lm_options: LMOptions, reduced_chi2: float, initial=None):
-    """One replicate: the fit without the points touching ``block``; ``(refit, C_b)``.
+    """``(refit, C_b)`` without the points touching ``block``, from ``theta_hat`` (``initial``: its system there).
 
-    Refits take plain (unaccelerated) steps: they start at the full-data optimum, a
-    fraction of a std from their own, where the acceleration's extra pass per iteration
-    costs more than it saves (docs/nlsq.md, "Jackknife refits").
-
-    ``initial`` (optional) is the refit's system at ``theta_hat`` (``left_out.first_systems``);
-    without it the refit's first pass computes it.
+    Plain steps: a fraction of a std from the optimum, acceleration costs more than it saves (docs/nlsq.md).
     """
     problem = objective.problem
     objective.excluded_frames = np.asarray(block, dtype=np.int32)
     try:
         refit = levenberg_marquardt(
-            objective,
-            theta_hat,
-            problem.lower,
-            problem.upper,
-            problem.free,
-            lm_options,
-            initial=initial,
-            quiet=True,
+            objective, theta_hat, problem.lower, problem.upper, problem.free, lm_options, initial=initial, quiet=True
         )
     finally:
         objective.excluded_frames = NO_EXCLUSION
@@ -316,24 +242,15 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
 
 
 def log_refit(index: int, blocks: np.ndarray, refit) -> None:
+    """Log one refit's outcome, with its left-out frames counted from 1."""
     first, stop = blocks[index]
     state = "converged" if refit.converged else refit.reason
-    log.info(
-        "jackknife %d/%d (frames %d..%d left out): %d iterations, %s",
-        index + 1,
-        len(blocks),
-        first + 1,
-        stop,
-        refit.iterations,
-        state,
-    )
+    message = "jackknife %d/%d (frames %d..%d left out): %d iterations, %s"
+    log.info(message, index + 1, len(blocks), first + 1, stop, refit.iterations, state)
 
 
 def refits_together(objective, blocks, theta_hat, lm_options, reduced_chi2, initial=None):
-    """All ranks work on each refit in turn: ``(replicates, converged, C_b)`` stacked, and the passes.
-
-    ``initial`` (optional): each refit's first system, ``left_out.first_systems``.
-    """
+    """All ranks work on each refit in turn: ``(replicates, converged, C_b)`` stacked, and the passes."""
     rows = []
     passes = objective.passes
     for index, block in enumerate(blocks):
@@ -345,13 +262,8 @@ def refits_together(objective, blocks, theta_hat, lm_options, reduced_chi2, init
 
 
 def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2, initial=None):
-    """Each rank refits blocks ``rank, rank + size, ...`` on its own copy of all points.
-
-    No communication inside a refit; the ranks meet once per round of ``size`` refits
-    (a stop flag: a signal on any rank stops all of them together) and once at the end
-    (the replicates and every rank's passes, summed into one table). Same result as
-    ``refits_together``: both add the chunks on the same tree.
-    """
+    """Each rank refits blocks ``rank, rank + size, ...`` on its own copy of all points, meeting once per
+    round (a stop flag) and at the end (one summed table); same bits as ``refits_together``."""
     comm = objective.comm
     own = objective.gathered()
     n_blocks, n_params = len(blocks), len(theta_hat)
@@ -378,19 +290,10 @@ def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2, initi
 
 
 def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_first_pass: bool = True) -> JackknifeResult:
-    """Refit with each frame block left out and build the covariance (collective).
+    """Refit the full fit ``result`` with each frame block left out and build the covariance (collective).
 
-    ``result`` is the full fit (its objective, optimum, model covariance ``(J^T J)^-1
-    chi2_red`` and ``chi2_red``): with each refit's Gauss-Newton matrix they give the
-    replicates' independent-noise part (module docstring). Refits use the fit's bounded
-    step from the full-data optimum. A refit that does not converge within
-    ``jackknife_iterations`` is named in the log and left out: the covariance is built
-    from the ``K'`` converged replicates (``jackknife_covariance``); with fewer than
-    two converged the reported covariance falls back to the model's.
-
-    ``shared_first_pass`` (default): one pass at the optimum gives every refit its first
-    system (``left_out.first_systems``); False lets each refit make its own first pass
-    (the reference the tests compare with).
+    Unconverged refits are logged and left out (the model covariance with fewer than two
+    converged); ``shared_first_pass=False`` lets each refit make its own first pass (tests).
     """
     start = time.perf_counter()
     objective = result.objective
@@ -401,17 +304,13 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
     initial = first_systems(objective, blocks, theta_hat) if shared_first_pass else None
     passes = objective.passes - passes
+    decrement_tol = REFIT_DISTANCE**2 * reduced_chi2
     refit_options = lm_options(
-        options,
-        max_iterations=options.jackknife_iterations,
-        initial_damping=REFIT_DAMPING,
-        decrement_tol=REFIT_DISTANCE**2 * reduced_chi2,
+        options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING, decrement_tol=decrement_tol
     )
     by_rank = objective.comm.size > 1 and options.jackknife_parallel == "replicates"
-    log.info(
-        "jackknife refits: %s",
-        f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit",
-    )
+    how = f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit"
+    log.info("jackknife refits: %s", how)
     run_refits = refits_by_rank if by_rank else refits_together
     replicates, converged, covariances_left_out, refit_passes = run_refits(
         objective, blocks, theta_hat, refit_options, reduced_chi2, initial

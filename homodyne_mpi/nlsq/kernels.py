@@ -1,13 +1,10 @@
 """Chunk kernels: ``J^T J``, ``J^T r`` and ``chi2`` of one rank's points, in JAX.
 
-The model's time integrals and their parameter derivatives are per-frame vectors
-(``C``, ``dC/dp``, ``G``, ``dG/dp``), so a point's Jacobian row is a chain rule of three
-scalar derivatives of ``g1**2`` -- with respect to the diffusion integral, the strain
-and ``cos(phi0 - phi)`` -- with two gathered rows of those tables. No autodiff pass over
-the points is needed.
-
+A point's Jacobian row is the chain rule of three scalar derivatives of ``g1**2`` (by the
+diffusion integral, the strain and ``cos(phi0 - phi)``) with gathered rows of per-frame
+tables of the integrals and their parameter derivatives: no autodiff over the points.
 Contrast and offset columns are sparse (a point touches one pair), so their blocks of
-``J^T J`` are accumulated per scaling pair with segment sums instead of a dense matmul.
+``J^T J`` are accumulated per scaling pair.
 """
 
 from __future__ import annotations
@@ -53,12 +50,9 @@ class KernelSetup:
 
 
 def frame_tables(physical: jnp.ndarray, spec: ModelSpec):
-    """Per-frame integrals and their derivatives with respect to the parameters they use.
-
-    Returns ``(C, dC, G, dG)``: ``C`` (Angstrom^2) and ``G`` (strain) of shape ``(N,)``;
-    ``dC`` of shape ``(N, 3)`` (by ``D0, alpha, D_offset``) and ``dG`` of shape ``(N, 3)``
-    (by ``gamma_dot_t0, beta, gamma_dot_t_offset``); ``G``/``dG`` are zeros when static.
-    """
+    """``(C, dC, G, dG)``: the running integrals ``C`` (Angstrom^2) and ``G`` (strain), ``(N,)``,
+    and their ``(N, 3)`` derivatives by ``D0, alpha, D_offset`` and by ``gamma_dot_t0, beta,
+    gamma_dot_t_offset``; ``G``/``dG`` are zeros when static."""
     diffusion = partial(diffusion_integral, n_frames=spec.n_frames, dt=spec.dt)
     C, dC = diffusion(physical), jax.jacfwd(diffusion)(physical)[:, :3]
     if not spec.has_shear:
@@ -80,12 +74,8 @@ class PointTables(NamedTuple):
 
 
 def point_tables(theta, phi_deg, setup: KernelSetup) -> PointTables:
-    """The tables of ``point_model_and_jacobian`` at ``theta``.
-
-    ``n_angles x N`` transcendentals for the half phase ``Phi/2 = k_a (G_j - G_i)``,
-    ``k_a = q h cos(phi0 - phi_a) / 2``: the points then need only products (the
-    angle-addition rule).
-    """
+    """The tables of ``point_model_and_jacobian`` at ``theta`` (``paper``: ``sin``/``cos`` of ``k_a G_n``,
+    ``k_a = q h cos(phi0 - phi_a) / 2``, give ``Phi/2 = k_a (G_j - G_i)`` by angle addition)."""
     spec, layout = setup.spec, setup.layout
     contrast, offset, physical = layout.split(theta)
     C, dC, G, dG = frame_tables(physical, spec)
@@ -110,11 +100,7 @@ def half_phase_trig(half_phase, angle, frame_i, frame_j, n_frames: int):
 
 
 def point_model_and_jacobian(tables: PointTables, angle, frame_i, frame_j, setup: KernelSetup):
-    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points.
-
-    A point gathers rows of the stacked tables (frame ``j``, frame ``i``, its angle, and
-    for the ``paper`` form two half-phase rows) rather than some twenty single numbers.
-    """
+    """Model ``c2``, physical Jacobian ``(B, n_physical)`` and ``g1**2`` at a chunk of points."""
     spec = setup.spec
     steps = tables.frames[frame_j] - tables.frames[frame_i]
     diffusion_step, diffusion_slopes = steps[:, 0], steps[:, 1:4]
@@ -142,14 +128,8 @@ def point_model_and_jacobian(tables: PointTables, angle, frame_i, frame_j, setup
 
 
 def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
-    """Most scaling pairs that one chunk of angle-sorted points can touch.
-
-    ``setup.pair_span`` when set (the measured span of the point set, which a subsample
-    with fewer points per angle needs); otherwise the bound for whole upper triangles:
-    points are in angle-major order and every angle has ``N(N-1)/2`` of them, so a chunk
-    of ``chunk_size`` consecutive points spans at most ``ceil((B-1)/P) + 1`` angles.
-    A point whose pair lies beyond the span would lose its contrast and offset columns.
-    """
+    """Most scaling pairs one chunk can touch: ``setup.pair_span`` when set (measured), else the bound
+    ``ceil((B-1)/P) + 1`` for whole upper triangles of ``P = N(N-1)/2`` points per angle."""
     if setup.n_pairs <= 1:
         return setup.n_pairs
     if setup.pair_span > 0:
@@ -159,9 +139,8 @@ def pairs_per_chunk(setup: KernelSetup, chunk_size: int) -> int:
 
 
 def chunk_pair_span(angle_chunks: np.ndarray, pair_of_angle: np.ndarray) -> int:
-    """Most scaling pairs any chunk touches: ``pair(last) - pair(first) + 1`` over the rows
-    of ``angle_chunks`` (``(n_chunks, chunk)`` angle indices, angle-sorted, padding
-    repeating the last angle)."""
+    """Most scaling pairs any chunk touches, from ``(n_chunks, >= 2)`` angle indices whose first
+    and last columns are each chunk's first and last angle."""
     if angle_chunks.size == 0:
         return 1
     pairs = np.asarray(pair_of_angle)[np.asarray(angle_chunks)[:, [0, -1]]]
@@ -179,12 +158,10 @@ class ChunkDesign(NamedTuple):
     """One chunk's weighted design at ``theta``: every Gram sum of its points is made of it."""
 
     stacked: jnp.ndarray
-    """``(B, W)`` rows ``[X, a M, b M]``: ``X = sqrt(W) [J_p, r]`` (``n_phys + 1`` columns),
-    then the contrast and offset columns ``a``, ``b`` spread over the chunk's ``K`` pairs
-    by the one-hot pair membership ``M`` (``W = n_phys + 1 + 2 K``; ``X`` alone without
-    fitted scaling pairs)."""
+    """``(B, n_phys + 1 + 2 K)`` rows ``[X, a M, b M]``: ``X = sqrt(W) [J_p, r]``, then the
+    contrast and offset columns over the chunk's ``K`` pairs (one-hot membership ``M``)."""
     squares: jnp.ndarray
-    """``(B,)`` squared residuals ``r^2`` (c2 units over noise units, i.e. dimensionless)."""
+    """``(B,)`` squared residuals ``r^2`` (dimensionless: c2 over noise units)."""
     rho: jnp.ndarray
     """``(B,)`` robust loss ``rho((r/f)^2)`` of each point (the cost is ``f^2`` times their sum)."""
     first: jnp.ndarray
@@ -194,15 +171,9 @@ class ChunkDesign(NamedTuple):
 def chunk_design(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None, model_tables=None):
     """``ChunkDesign`` of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
 
-    ``X = sqrt(W) [J_p, r]`` with ``W`` the loss weights ``rho'((r/f)^2)`` and residuals
-    ``r = weight*(model - value)``; ``a`` and ``b`` are ``sqrt(W) weight g1^2`` and
-    ``sqrt(W) weight`` (the contrast and offset columns of the Jacobian). A chunk
-    touches at most ``K = pairs_per_chunk`` consecutive pairs, counted from ``first``.
-
-    ``excluded_frames = [start, stop)`` (optional) drops every point whose ``i`` or ``j``
-    lies in that frame range (zero weight), as a frame-block jackknife replicate needs.
-    ``model_tables`` (optional, the tables at another ``theta'``) takes the residuals
-    from ``theta'`` while the Jacobian stays at ``theta``.
+    ``W = rho'((r/f)^2)``, ``r = weight*(model - value)``, ``a = sqrt(W) weight g1^2``, ``b = sqrt(W) weight``.
+    ``excluded_frames = [start, stop)`` zero-weights the points with ``i`` or ``j`` in it;
+    ``model_tables`` (at ``theta'``) takes the residuals from ``theta'``, the Jacobian at ``theta``.
     """
     angle, frame_i, frame_j, value, weight = chunk
     if excluded_frames is not None:
@@ -234,13 +205,10 @@ def chunk_design(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, 
 
 
 def gram_terms(full, first, setup: KernelSetup, span: int):
-    """``(gram, pair_moments)`` from a Gram matrix ``S^T S`` of a chunk's stacked design.
+    """``(gram, pair_moments)`` from ``full = S^T S`` over (some) rows of ``ChunkDesign.stacked``.
 
-    ``full`` is ``(W, W)`` for ``S = ChunkDesign.stacked`` (or the same sum over any
-    subset of its rows). ``gram = X^T X`` is ``(n_phys+1, n_phys+1)``: the physical block
-    of ``J^T W J`` and, in its last column, ``J_p^T W r``. ``pair_moments`` is
-    ``(n_pairs + span, 3 + 2 (n_phys+1))``: per scaling pair the sums ``a^2, ab, b^2, a X,
-    b X``, placed from pair ``first`` on (rows past ``n_pairs`` are scratch and dropped).
+    ``gram = X^T X`` (physical ``J^T W J``, last column ``J_p^T W r``); ``pair_moments``: per pair
+    the sums ``a^2, ab, b^2, a X, b X`` from pair ``first`` on (rows past ``n_pairs``: scratch).
     """
     n_design = setup.n_physical + 1
     width = 3 + 2 * n_design
@@ -262,17 +230,8 @@ def gram_terms(full, first, setup: KernelSetup, span: int):
 
 
 def chunk_accumulators(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup, excluded_frames=None, model_tables=None):
-    """Accumulator terms of one chunk ``(angle, i, j, value, weight)`` of angle-sorted points.
-
-    Returns ``(gram, pair_moments, chi2, robust_cost)`` (``gram_terms`` of the chunk's
-    whole ``chunk_design``), with ``chi2 = sum r^2`` and the robust cost
-    ``f^2 sum rho((r/f)^2)``. All these sums come from one Gram matrix of the stacked
-    design: a single dense product per chunk.
-
-    ``excluded_frames`` and ``model_tables`` as in ``chunk_design``; with
-    ``model_tables`` the last column of ``gram`` holds ``J(theta)^T W r(theta')``, which
-    the solver's geodesic acceleration needs.
-    """
+    """``(gram, pair_moments, sum r^2, f^2 sum rho((r/f)^2))`` of one chunk from one Gram matrix of its
+    ``chunk_design`` (with ``model_tables`` ``gram``'s last column is ``J(theta)^T W r(theta')``)."""
     design = chunk_design(tables, pair_of_angle, chunk, setup, excluded_frames, model_tables)
     stacked = design.stacked
     gram, moments = gram_terms(stacked.T @ stacked, design.first, setup, pairs_per_chunk(setup, chunk[0].shape[0]))
@@ -285,27 +244,16 @@ def pack_chunk(gram, moments, chi2, cost, setup: KernelSetup):
 
 
 def packed_sums(full, chi2, rho_sum, first, setup: KernelSetup, span: int):
-    """The packed row (``pack_chunk``) of some points of a chunk from their design sums.
-
-    ``full`` is ``S^T S`` over those points' rows of ``ChunkDesign.stacked``, ``chi2`` the
-    sum of their ``r^2`` and ``rho_sum`` the sum of their ``rho((r/f)^2)`` (the row's cost
-    is ``f^2 rho_sum``); ``first`` and ``span`` as in ``gram_terms``.
-    """
+    """The packed row (``pack_chunk``) of some points of a chunk from their sums ``S^T S``,
+    ``r^2`` and ``rho((r/f)^2)``; ``first`` and ``span`` as in ``gram_terms``."""
     gram, moments = gram_terms(full, first, setup, span)
     return pack_chunk(gram, moments, chi2, setup.loss_scale**2 * rho_sum, setup)
 
 
 @partial(jax.jit, static_argnames=("setup",))
 def chunk_terms(theta, phi_deg, pair_of_angle, block, excluded_frames=None, theta_model=None, *, setup: KernelSetup):
-    """``(n_chunks, L)``: each chunk's ``chunk_accumulators``, packed (``pack_chunk``).
-
-    The per-frame tables are computed once; ``lax.map`` walks the chunks so the working
-    memory is one chunk's, whatever the block size. Chunk sums are returned one by one
-    so that they can be added in a fixed global order (``Comm.sum_in_chunk_order``).
-    ``excluded_frames`` (int array ``[start, stop)``, or None) drops the points touching
-    those frames. ``theta_model`` (or None) takes the residuals from there
-    (``chunk_accumulators``' ``model_tables``).
-    """
+    """``(n_chunks, L)``: each chunk's packed ``chunk_accumulators`` (``lax.map``: one chunk's memory),
+    to be added in global chunk order; ``excluded_frames``, ``theta_model`` as in ``chunk_design``."""
     tables = point_tables(theta, phi_deg, setup)
     model_tables = None if theta_model is None else point_tables(theta_model, phi_deg, setup)
 
@@ -322,15 +270,8 @@ def block_accumulators(theta, phi_deg, pair_of_angle, block, excluded_frames=Non
 
 
 def chunk_frame_sensitivity(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup):
-    """Per-frame sums of the weighted Jacobian rows of one chunk, ``(N, P)``.
-
-    Row ``f`` is ``sum_{p touches f} w_p J_p`` over the points with ``i == f`` or
-    ``j == f``, where ``J_p`` is the point's row of the weighted Jacobian
-    ``d(weight*(model - value))/d theta`` (columns in parameter-vector order: contrasts,
-    offsets, physical) and ``w_p`` its loss weight at the current residual. It is the
-    change of ``J^T W r`` when every residual touching frame ``f`` moves by one noise
-    unit: the frame's lever on the fit, from which the jackknife sizes its blocks.
-    """
+    """``(N, P)`` per-frame sums ``sum_{p touches f} w_p J_p`` of one chunk's weighted Jacobian rows:
+    the change of ``J^T W r`` when every residual on frame ``f`` moves by one noise unit."""
     angle, frame_i, frame_j, value, weight = chunk
     model, jac_phys, g1_sq = point_model_and_jacobian(tables, angle, frame_i, frame_j, setup)
     lever = point_loss_weights(weight * (model - value), setup) * weight
@@ -377,12 +318,7 @@ def unpack_accumulators(buffer: np.ndarray, setup: KernelSetup):
     width = 3 + 2 * n_design
     sizes = [n_design * n_design, setup.n_pairs * width, 1, 1]
     parts = np.split(np.asarray(buffer), np.cumsum(sizes)[:-1])
-    return (
-        parts[0].reshape(n_design, n_design),
-        parts[1].reshape(setup.n_pairs, width),
-        float(parts[2][0]),
-        float(parts[3][0]),
-    )
+    return (parts[0].reshape(n_design, n_design), parts[1].reshape(setup.n_pairs, width), float(parts[2][0]), float(parts[3][0]))
 
 
 def assemble_normal_equations(terms, setup: KernelSetup):
@@ -395,14 +331,11 @@ def assemble_normal_equations(terms, setup: KernelSetup):
     phys = slice(2 * n_pairs, size)
     hessian[phys, phys] = gram[:n_phys, :n_phys]
     gradient[phys] = gram[:n_phys, n_phys]
-    n_design = n_phys + 1
-    for k in range(n_pairs):
-        c, o = k, n_pairs + k
-        aa, ab, bb = moments[k, :3]
-        a_design = moments[k, 3 : 3 + n_design]
-        b_design = moments[k, 3 + n_design :]
-        hessian[c, c], hessian[c, o], hessian[o, c], hessian[o, o] = aa, ab, ab, bb
-        hessian[c, phys] = hessian[phys, c] = a_design[:n_phys]
-        hessian[o, phys] = hessian[phys, o] = b_design[:n_phys]
-        gradient[c], gradient[o] = a_design[n_phys], b_design[n_phys]
+    contrast, offset = np.arange(n_pairs), n_pairs + np.arange(n_pairs)
+    a_design, b_design = moments[:, 3 : 4 + n_phys], moments[:, 4 + n_phys :]
+    hessian[contrast, contrast], hessian[offset, offset] = moments[:, 0], moments[:, 2]
+    hessian[contrast, offset] = hessian[offset, contrast] = moments[:, 1]
+    hessian[contrast, phys], hessian[phys, contrast] = a_design[:, :n_phys], a_design[:, :n_phys].T
+    hessian[offset, phys], hessian[phys, offset] = b_design[:, :n_phys], b_design[:, :n_phys].T
+    gradient[contrast], gradient[offset] = a_design[:, n_phys], b_design[:, n_phys]
     return hessian, gradient

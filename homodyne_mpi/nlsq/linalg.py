@@ -27,14 +27,8 @@ def psd_part(matrix: np.ndarray) -> np.ndarray:
 
 def psd_part_keeping_variances(matrix: np.ndarray) -> np.ndarray:
     """A positive semi-definite matrix with diagonal ``max(0, matrix_ii)`` and the
-    correlations of ``psd_part(matrix)``.
-
-    Clipping the negative eigenvalues of a noisy symmetric matrix raises its diagonal
-    (``psd_part(M)_ii >= M_ii``) whenever any eigenvalue is negative, so the variances of
-    a zero-mean noisy difference come out positive on most draws instead of half of them.
-    Keeping ``max(0, M_ii)`` instead leaves each variance's median unbiased where its
-    noise is symmetric; the correlations keep the result positive semi-definite.
-    """
+    correlations of ``psd_part(matrix)``: eigenvalue clipping alone raises every variance
+    of a zero-mean noisy difference, while ``max(0, M_ii)`` keeps its median unbiased."""
     clipped = psd_part(matrix)
     target = np.clip(np.diag(matrix), 0.0, None)
     return correlation_matrix(clipped) * np.sqrt(np.outer(target, target))

@@ -1,8 +1,7 @@
 """Robust losses applied by iteratively reweighted least squares.
 
-For a weighted residual ``r`` and scale ``f`` let ``z = (r/f)**2``. The fit minimises
-``f**2 * sum(rho(z))``; each Gauss-Newton step weights the normal equations by
-``rho'(z)`` (exactly what ``linear`` gives when ``rho(z) = z``).
+With ``z = (r/f)**2`` for a weighted residual ``r`` and scale ``f``, the fit minimises
+``f**2 * sum(rho(z))``; each Gauss-Newton step weights the normal equations by ``rho'(z)``.
 """
 
 from __future__ import annotations

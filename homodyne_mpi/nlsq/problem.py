@@ -37,16 +37,9 @@ def parameter_layout(cfg, n_angles: int) -> ParameterLayout:
 
 
 def build_problem(cfg, data: XPCSData, *, noise_sigma: np.ndarray | None = None, scaling: tuple | None = None) -> NLSQProblem:
-    """Starting point, bounds, free mask and noise weights for fitting ``data``.
-
-    Physical starting values come from ``initial_parameters.values`` (the middle of the
-    bounds where none are given); contrast and offset start from values read off the
-    data (``nlsq.start.scaling_from_data``), clipped into their bounds. Fixed physical
-    parameters stay at their starting value. ``noise_sigma`` (per angle) and ``scaling``
-    (``(contrast, offset)`` per angle), when given, replace what is read off ``data.c2``:
-    ``data`` then needs only its metadata (``q``, ``dt``, ``n_frames``, ``n_angles``,
-    ``phi``, ``n_points``), as a streamed source has.
-    """
+    """Starting point (``initial_parameters.values``, else mid-bounds; scaling read off the data), bounds,
+    free mask and noise weights for fitting ``data``; ``noise_sigma`` and ``scaling`` (``(contrast,
+    offset)``), per angle, replace what is read off ``data.c2`` (a streamed source's metadata suffices)."""
     spec = model_spec(cfg, data)
     layout = parameter_layout(cfg, data.n_angles)
     contrast0, offset0 = scaling_from_data(data.c2) if scaling is None else (np.asarray(s, dtype=float) for s in scaling)

@@ -101,10 +101,8 @@ def rate_summary(result: NLSQResult, problem: NLSQProblem) -> dict:
 
 
 def small_fit_arrays(result: NLSQResult, problem: NLSQProblem, data) -> dict[str, np.ndarray]:
-    """The datasets of ``nlsq/fit.h5`` other than the ``c2`` matrices and their ``matrix_frames``.
-
-    ``data`` needs only ``t`` and ``phi`` (a loaded ``XPCSData`` or a streamed source).
-    """
+    """The datasets of ``nlsq/fit.h5`` other than the ``c2`` matrices and ``matrix_frames``
+    (``data`` needs only ``t`` and ``phi``: a loaded ``XPCSData`` or a streamed source)."""
     jackknife = result.jackknife
     covariance = jackknife.covariance if jackknife is not None else result.covariance
     bands = band_arrays(result.theta, result.covariance, jackknife, problem.layout, problem.spec)

@@ -1,15 +1,10 @@
 """A coarse global search for the starting point of the Levenberg-Marquardt fit.
 
-The laminar-flow model oscillates in the shear rate (``sinc`` of the accumulated phase)
-and a start far from the data's time scale sees no gradient at all, so a local fit from
-an arbitrary start can stall in a wrong basin. Before the fit, a grid of physical
-starting values is scored on a fixed subsample of the points, each with its contrast
-and offset *profiled out* (for fixed physics ``c2`` is linear in them, so one
-Gauss-Newton step on those alone is exact); the best few are refined by a short fit on
-the subsample and the best of those starts the full fit.
-
-The subsample is a fixed set of global point indices (every ``stride``-th point), so the
-search, and hence the fit, does not depend on the number of ranks.
+The laminar-flow model oscillates in the shear rate and a start far from the data's time
+scale sees no gradient, so a local fit can stall in a wrong basin. A grid of physical
+starting values is scored on a fixed subsample of global point indices (rank-independent),
+each with contrast and offset *profiled out* (``c2`` is linear in them: one Gauss-Newton
+step is exact); the best few are refined by a short fit and the best of those starts the fit.
 """
 
 from __future__ import annotations
@@ -35,11 +30,8 @@ REFINE_ITERATIONS = 40
 
 
 def subsample_indices(n_local: int, global_offset: int, stride: int) -> np.ndarray:
-    """Local indices of this rank's points whose global index is a multiple of ``stride``.
-
-    Built as a strided range, so no temporary grows with ``n_local`` (a mask computed as
-    ``(global_offset + arange(n_local)) % stride`` took 17 bytes per point at its peak).
-    """
+    """Local indices of this rank's points whose global index is a multiple of ``stride``
+    (a strided range: a mask over ``n_local`` points took 17 bytes per point at its peak)."""
     stride = max(int(stride), 1)
     return np.arange((-global_offset) % stride, n_local, stride)
 
@@ -76,11 +68,8 @@ def candidate_starts(theta0, lower, upper, free, layout: ParameterLayout) -> lis
 
 
 def profile_scaling(theta, evaluation: Evaluation, layout: ParameterLayout, lower, upper):
-    """Contrast/offset optimal for the physics of ``theta``, and the chi2 they reach.
-
-    Returns ``(theta with profiled scaling, profiled chi2)``; with ``fixed`` scaling it
-    is ``theta`` and its chi2.
-    """
+    """``(theta with profiled scaling, profiled chi2)``: the contrast/offset optimal for the
+    physics of ``theta`` (``theta`` and its chi2 with ``fixed`` scaling)."""
     hessian, gradient, chi2, _ = evaluation
     pairs = layout.n_scaling_pairs
     theta = np.array(theta, dtype=float)
@@ -95,10 +84,7 @@ def profile_scaling(theta, evaluation: Evaluation, layout: ParameterLayout, lowe
 
 
 def search_start(evaluate, theta0, lower, upper, free, layout: ParameterLayout) -> np.ndarray:
-    """Best starting point found by the grid and the short refinements.
-
-    ``evaluate`` is the subsample's objective (the same on every rank).
-    """
+    """Best starting point of the grid and the short refinements on ``evaluate``, the subsample's objective."""
     candidates = candidate_starts(theta0, lower, upper, free, layout)
     scored = []
     for candidate in candidates:

@@ -1,31 +1,22 @@
 """Bounded Levenberg-Marquardt with an active set, written against an ``evaluate`` callback.
 
-The solver is serial code: ``evaluate(theta)`` returns the *global* ``J^T W J``,
-``J^T W r``, ``chi2`` and robust cost (the reduction across ranks hides inside it), and
-every rank takes the same decisions because it sees the same numbers.
-
-Each iteration evaluates one trial point, so it costs one pass over the data and one
-reduction: the accumulators at an accepted trial are the next iteration's normal
-equations, and a rejected trial only raises the damping.
+Serial code: ``evaluate(theta)`` returns the *global* ``J^T W J``, ``J^T W r``, ``chi2`` and
+robust cost (the reduction across ranks hides inside it), so every rank takes the same
+decisions. Each iteration evaluates one trial point (one pass, one reduction): an accepted
+trial's sums are the next normal equations; a rejected one only raises the damping.
 
 Bounds (``bounded_step``). A parameter on a bound whose descent direction points out of
-the box is *pinned*: it is held there and the damped system is solved for the others.
-If the step then carries a moving parameter past a bound, that parameter is moved
-exactly to the bound and held, and the others are solved again with its (now fixed)
-move on the right-hand side; this repeats until the step stays inside the box (at most
-once per parameter). The step is therefore the damped Gauss-Newton step on the face of
-the box it ends on, never a clipped unconstrained step: clipping breaks the coupling of
-strongly correlated parameters, and a fit whose optimum lies on a bound then alternates
-accepted and rejected steps without converging.
+the box is *pinned* there and the damped system is solved for the others. A moving
+parameter that the step carries past a bound is put exactly on it and held, and the
+others are solved again (at most once per parameter): the damped Gauss-Newton step on the
+face of the box, never a clipped step, which breaks the coupling of correlated
+parameters and makes a fit with its optimum on a bound alternate without converging.
 
-Convergence (tested on accepted steps, or before the first step, so a huge damping can
-never pass for it):
+Convergence (tested on accepted steps, or before the first step):
 
-- ``gtol``: the projected gradient ``max_i |g_i| / sqrt(H_ii * cost) <= gtol`` over free
-  parameters that are not pinned (the cosine between the residual and each Jacobian
-  column; a pinned parameter's gradient component is zero after projection);
-- ``ftol``: the relative cost reduction of the step and the one predicted are both
-  ``<= ftol``;
+- ``gtol``: ``max_i |g_i| / sqrt(H_ii * cost) <= gtol`` over the free, not pinned parameters
+  (the cosine between the residual and each Jacobian column);
+- ``ftol``: the actual and the predicted relative cost reduction are both ``<= ftol``;
 - ``xtol``: ``||D dx|| <= xtol * (||D x|| + xtol)`` with ``D = sqrt(diag H)``.
 
 Hitting ``max_iterations``, or a damping above ``max_damping`` without any decrease of
@@ -100,9 +91,7 @@ def _diagonal_scale(hessian: np.ndarray) -> np.ndarray:
 
 def pinned(theta, gradient, lower, upper) -> np.ndarray:
     """Parameters at a bound whose descent direction (``-gradient``) points out of the box."""
-    at_lower = (theta <= lower) & (gradient > 0)
-    at_upper = (theta >= upper) & (gradient < 0)
-    return at_lower | at_upper
+    return ((theta <= lower) & (gradient > 0)) | ((theta >= upper) & (gradient < 0))
 
 
 def projected_cosine(theta, hessian, gradient, cost, lower, upper) -> float:
@@ -114,9 +103,8 @@ def projected_cosine(theta, hessian, gradient, cost, lower, upper) -> float:
 
 
 def newton_decrement(theta, hessian, gradient, lower, upper) -> float:
-    """``g^T H^-1 g`` over the parameters not pinned at a bound: the cost the full
-    Gauss-Newton step would still remove, i.e. the squared distance to the local quadratic
-    optimum in the metric ``H`` (in units of the noise variance when divided by it)."""
+    """``g^T H^-1 g`` over the parameters not pinned at a bound: the cost the full Gauss-Newton
+    step would still remove (the squared distance to the quadratic optimum in the metric ``H``)."""
     movable = ~pinned(theta, gradient, lower, upper)
     if not movable.any():
         return 0.0
@@ -132,12 +120,8 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray) -> np.ndarray:
 
 
 def bounded_step(hessian, gradient, theta, lower, upper, damping: float, scale) -> tuple[np.ndarray, np.ndarray]:
-    """Damped Gauss-Newton step that stays in ``[lower, upper]`` (active set; module docstring).
-
-    All arrays are over the free parameters; ``scale`` is ``sqrt(diag H)`` (Marquardt's
-    damping ``damping * scale^2``). Returns the step and the mask of the held parameters
-    (pinned, or stopped on a bound by this step).
-    """
+    """Damped (``damping * scale^2``) Gauss-Newton step in ``[lower, upper]`` over the free parameters
+    (active set; module docstring) and the mask of the held ones (pinned, or stopped on a bound)."""
     held = pinned(theta, gradient, lower, upper)
     step = np.zeros_like(theta)
     for _ in range(len(theta) + 1):
@@ -158,14 +142,9 @@ def bounded_step(hessian, gradient, theta, lower, upper, damping: float, scale) 
 
 
 def acceleration(hessian, gradient, mixed_gradient, velocity, held, damping: float, scale, probe: float) -> np.ndarray:
-    """Geodesic acceleration ``a`` of the step ``velocity`` (free parameters; held ones get 0).
-
-    ``mixed_gradient`` is ``J(theta)^T W r(theta + probe * velocity)``; then
-    ``J^T r_vv ~ (2 / probe) ((mixed_gradient - gradient) / probe - H velocity)`` is the
-    residuals' second directional derivative seen by the Jacobian, and ``a`` solves the
-    same damped system with it on the right-hand side. The step ``velocity + a / 2`` then
-    follows a curved valley instead of leaving it along the tangent.
-    """
+    """Geodesic acceleration ``a`` of the step ``velocity`` (held parameters get 0): the damped system
+    solved for ``J^T r_vv ~ (2 / probe) ((mixed_gradient - gradient) / probe - H velocity)``,
+    ``mixed_gradient = J(theta)^T W r(theta + probe * velocity)``."""
     move = ~held
     second = (2.0 / probe) * ((mixed_gradient - gradient) / probe - hessian @ velocity)
     result = np.zeros_like(velocity)
@@ -188,26 +167,19 @@ def levenberg_marquardt(
     first_iteration: int = 1,
     mixed_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> LMResult:
-    """Minimise the robust cost from ``theta0`` within ``[lower, upper]``.
+    """Minimise the robust cost from ``theta0`` within ``[lower, upper]`` over the ``free`` mask.
 
-    ``free`` (bool mask) selects the fitted parameters; the others stay at ``theta0``.
-    ``initial`` may carry the evaluation at ``theta0`` if the caller already has it;
-    ``quiet`` logs the iterations at DEBUG instead of INFO; ``on_accept(theta,
-    iteration, damping, growth)`` is called after every step, accepted or rejected, with
-    the state a resumed fit needs (``theta0=theta``, ``initial_damping=damping``,
-    ``initial_growth=growth``, ``first_iteration=iteration + 1`` continue the same path). ``mixed_gradient(theta, theta')``
-    (``J(theta)^T W r(theta')``, optional) turns on geodesic acceleration
-    (``acceleration``): one more pass in the iterations that follow a rejected step or
-    one whose cost reduction fell short of the quadratic model's (ratio below
-    ``GOOD_RATIO``), the steps of a curved valley; the first step and those after a
-    well-predicted one are plain. An acceleration of more than ``ACCELERATION_LIMIT`` of
-    the step (scaled norms) is not used (the plain step is tried).
+    ``initial``: the evaluation at ``theta0``; ``quiet``: iterations at DEBUG; ``on_accept(theta,
+    iteration, damping, growth)`` sees the state after every step (enough to resume on the same
+    path). ``mixed_gradient(theta, theta')`` (``J(theta)^T W r(theta')``) turns on geodesic
+    acceleration after a rejected or poorly predicted step (ratio below ``GOOD_RATIO``).
     """
     theta = np.clip(np.asarray(theta0, dtype=float), lower, upper)
     free = np.asarray(free, dtype=bool)
     lo, hi = lower[free], upper[free]
     hessian, gradient, chi2, cost = initial if initial is not None else evaluate(theta)
     damping, growth = options.initial_damping, options.initial_growth
+    level = logging.DEBUG if quiet else logging.INFO
     trusted = True  # the quadratic model predicted the last step well (or there was none)
     history: list[dict] = []
     reason, converged = f"reached max_iterations={options.max_iterations}", False
@@ -242,27 +214,22 @@ def levenberg_marquardt(
         t_hessian, t_gradient, t_chi2, t_cost = evaluate(trial)
         actual = cost - t_cost
         accepted = bool(np.isfinite(t_cost) and actual > 0)
+        step_norm = float(np.linalg.norm(scale * step))
+        seconds = time.perf_counter() - start
         history.append(
             {
                 "iteration": iteration,
                 "chi2": float(t_chi2),
                 "cost": float(t_cost),
-                "step_norm": float(np.linalg.norm(scale * step)),
+                "step_norm": step_norm,
                 "damping": float(damping),
                 "accepted": accepted,
-                "seconds": time.perf_counter() - start,
+                "seconds": seconds,
             }
         )
-        log.log(
-            logging.DEBUG if quiet else logging.INFO,
-            "LM %3d  chi2 %.6e  step %.3e  damping %.1e  %s  %.2fs",
-            iteration,
-            t_chi2 if accepted else chi2,
-            history[-1]["step_norm"],
-            damping,
-            "accepted" if accepted else "rejected",
-            history[-1]["seconds"],
-        )
+        verdict = "accepted" if accepted else "rejected"
+        message = "LM %3d  chi2 %.6e  step %.3e  damping %.1e  %s  %.2fs"
+        log.log(level, message, iteration, t_chi2 if accepted else chi2, step_norm, damping, verdict, seconds)
         if not accepted:
             trusted = False
             damping *= growth
@@ -279,7 +246,6 @@ def levenberg_marquardt(
         growth = 2.0
         if on_accept is not None:
             on_accept(trial, iteration, damping, growth)
-        step_norm = float(np.linalg.norm(scale * step))
         theta_norm = float(np.linalg.norm(scale * theta[free]))
         relative_actual = actual / cost if cost > 0 else 0.0
         relative_predicted = predicted / cost if cost > 0 else 0.0

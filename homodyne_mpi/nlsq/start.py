@@ -6,12 +6,8 @@ import numpy as np
 
 
 def scaling_from_data(c2: np.ndarray, lag_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Per-angle ``(contrast, offset)`` estimated from ``c2`` of shape ``(n_angles, N, N)``.
-
-    The offset is the median of the longest-lag points (the last ``lag_fraction`` of
-    lags, where ``g1`` has decayed most), the contrast the median of the lag-1 points
-    minus that offset. Both are rough: they only need to start the fit in the right basin.
-    """
+    """Rough per-angle ``(contrast, offset)`` from ``c2`` ``(n_angles, N, N)``: the offset is the median
+    of the last ``lag_fraction`` of lags, the contrast the median of lag 1 minus the offset."""
     n_angles, n_frames, _ = c2.shape
     long_lag = max(1, int(round(lag_fraction * (n_frames - 1))))
     contrast = np.empty(n_angles)
