@@ -1,14 +1,11 @@
 """Writing ``nlsq/fit.h5`` row block by row block, with the matrices ``output.fit_matrices`` keeps.
 
-``write_fit_file`` writes the small datasets (parameters, covariance, bands, ``t``, ``phi``,
-``noise_sigma``), the plan of :mod:`homodyne_mpi.fit_matrices` and, unless it is ``none``,
-``c2_exp``, ``c2_fit`` and ``residual`` of shape ``(n_angles, m, m)`` on the plan's frames.
-The matrices are never built whole: per block of kept rows of each angle, the measured rows
-come from the source's ``full_rows(angle, row_start, row_stop, step)`` (a loaded ``XPCSData``
-slices its ``c2``, a streamed ``data.stream.PointSource`` reads strided hyperslabs), the
-model from ``model.c2_points`` (one compiled shape per file), and the three row blocks go
-into datasets created at their final size: about ``5 x 8 x ROW_BLOCK_VALUES`` bytes (40 MiB)
-in memory whatever ``N``. The loaded and the streamed path write the same file.
+Besides the small datasets and the plan of :mod:`homodyne_mpi.fit_matrices`: ``c2_exp``,
+``c2_fit``, ``residual`` ``(n_angles, m, m)``, never built whole. Per block of kept rows, the
+measured rows come from the source's ``full_rows(angle, row_start, row_stop, step)`` (a loaded
+``XPCSData`` or a streamed ``PointSource``, which write the same file), the model from
+``model.c2_points`` (one compiled shape per file): about ``5 x 8 x ROW_BLOCK_VALUES`` bytes
+(40 MiB) in memory whatever ``N``.
 """
 
 from __future__ import annotations
@@ -41,11 +38,8 @@ def block_rows(plan: MatrixPlan, block_values: int = ROW_BLOCK_VALUES) -> int:
 def fitted_rows(
     result: NLSQResult, problem: NLSQProblem, angle: int, row_frames: np.ndarray, column_frames: np.ndarray, rows: int
 ) -> np.ndarray:
-    """Model ``c2`` of one angle at frames ``row_frames x column_frames``, ``(len(row_frames), len(column_frames))``.
-
-    ``row_frames`` is padded to ``rows`` entries with its last frame (the padding is
-    dropped), so one compiled shape serves every block of a file.
-    """
+    """Model ``c2`` of one angle at frames ``row_frames x column_frames``, ``(len(row_frames), len(column_frames))``;
+    ``row_frames`` is padded to ``rows`` (then dropped), so one compiled shape serves every block."""
     frame_i = np.full(rows, row_frames[-1], dtype=np.int32)
     frame_i[: len(row_frames)] = row_frames
     columns = np.asarray(column_frames, dtype=np.int32)
@@ -80,8 +74,7 @@ def write_matrices(handle: h5py.File, result: NLSQResult, problem: NLSQProblem, 
 
 
 class AngleMatrices:
-    """A read-only ``(n_angles, m, m)`` stand-in for ``c2_exp`` or ``c2_fit`` whose ``[k]`` builds
-    angle ``k``'s matrix on demand: each figure builds only its own angle, from ``angle_matrix(k)``."""
+    """A read-only ``(n_angles, m, m)`` stand-in for ``c2_exp`` or ``c2_fit``: ``[k]`` builds ``angle_matrix(k)``."""
 
     def __init__(self, angle_matrix: Callable[[int], np.ndarray], n_angles: int, side: int) -> None:
         self._angle_matrix = angle_matrix
@@ -115,11 +108,8 @@ def write_fit_file(
     figures=None,
     block_values: int = ROW_BLOCK_VALUES,
 ) -> None:
-    """Writer thread: write ``nlsq/fit.h5`` at ``temp_path`` from ``source`` (``XPCSData`` or ``PointSource``).
-
-    ``figures(arrays)``, when given, is called first with :func:`figure_arrays` and
-    queues the figures, which build their angles' matrices as they draw them.
-    """
+    """Writer thread: write ``nlsq/fit.h5`` at ``temp_path`` from ``source`` (``XPCSData`` or ``PointSource``);
+    first ``figures(arrays)``, when given, queues the figures on :func:`figure_arrays`."""
     small = small_fit_arrays(result, problem, source)
     rows = block_rows(plan, block_values)
     if figures is not None:

@@ -1,16 +1,10 @@
 """Which frames the ``c2`` matrices of ``nlsq/fit.h5`` keep (``output.fit_matrices``).
 
-The matrices ``c2_exp``, ``c2_fit`` and ``residual`` of ``N`` frames take ``3 x 8 N^2`` bytes
-per angle (24 GB at 20 angles of 10,000 frames). The setting picks a :class:`MatrixPlan`:
-``full`` (every frame), ``none`` (no matrices) or ``auto`` (default): ``full`` while
-``N <= max_frames``, else ``downsampled`` to the frames ``0, k, 2k, ...`` with
-``k = ceil(N / max_frames)``, a subsample (not a block mean) of side ``m = ceil(N / k)``.
-
-``fit.h5`` records the plan: dataset ``matrix_frames`` (the 0-based window frames of the
-rows and columns, empty for ``none``) and attributes ``fit_matrices`` (``full``,
-``downsampled`` or ``none``) and ``matrix_frame_step`` (``k``; 0 for ``none``). An older
-file holds full matrices and no record; :func:`matrix_frames_of` reads either. Pure NumPy
-and h5py: the plots import it.
+``c2_exp``, ``c2_fit`` and ``residual`` of ``N`` frames take ``3 x 8 N^2`` bytes per angle (24 GB
+at 20 angles of 10,000 frames). ``auto`` keeps all while ``N <= max_frames``, else the frames
+``0, k, 2k, ...`` with ``k = ceil(N / max_frames)`` (a subsample, not a block mean). ``fit.h5``
+records the plan (``matrix_frames``, attributes ``fit_matrices``, ``matrix_frame_step``); an older
+file holds full matrices and no record.
 """
 
 from __future__ import annotations
@@ -80,11 +74,8 @@ def matrix_bytes(n_angles: int, plan: MatrixPlan) -> int:
 
 
 def matrix_frames_of(arrays: Any) -> np.ndarray | None:
-    """The frames of the matrices in ``arrays`` (``fit.h5``'s datasets, a dict or an open file).
-
-    ``matrix_frames`` when stored; every frame (``0 .. m-1``) for a file without it; None
-    when there are no matrices.
-    """
+    """The frames of the matrices in ``arrays`` (``fit.h5``'s datasets, a dict or an open file): ``matrix_frames``,
+    else every frame ``0 .. m-1``; None when there are no matrices."""
     if "c2_exp" not in arrays:
         return None
     if "matrix_frames" in arrays:

@@ -1,10 +1,8 @@
 """``homodyne-mpi report RESULT_DIR``: a plain-text summary of saved results.
 
-For each data set folder under ``RESULT_DIR`` (an output root or one data set folder): the
-NLSQ fit (convergence, chi2 and reduced chi2, parameters with uncertainties, per-angle
-scaling, timings, ranks) and the CMC posterior (parameter summaries, shard health with the
-excluded and failed shards and why, the combination, timings, ranks). The batch summary
-of an output root adds the data sets that failed. Reads only the JSON result files.
+Per data set folder under ``RESULT_DIR``: the NLSQ fit (convergence, chi2, parameters with
+uncertainties, scaling) and the CMC posterior (summaries, shard health and why shards were left
+out, the combination), with timings and ranks; a batch summary adds the failed data sets.
 """
 
 from __future__ import annotations
@@ -63,22 +61,7 @@ def _table(header: list[str], rows: list[list[str]], indent: str = "    ", left:
 
 
 def _timings(timing: Any) -> str:
-    if not isinstance(timing, dict) or not timing:
-        return "-"
-    return ", ".join(f"{key} {_seconds(value)}" for key, value in timing.items())
-
-
-def _dataset_dirs(root: Path) -> tuple[list[Path], dict | None]:
-    """Data set folders to report and the batch summary (None if ``root`` has none)."""
-    summary_path = root / "batch_summary.json"
-    summary = read_result_json(summary_path) if summary_path.is_file() else None
-    try:
-        folders = find_dataset_dirs(root)
-    except InputError:
-        if summary is None:
-            raise
-        folders = []
-    return folders, summary
+    return ", ".join(f"{key} {_seconds(value)}" for key, value in timing.items()) if isinstance(timing, dict) and timing else "-"
 
 
 def _parameter_order(names: list[str]) -> tuple[list[str], list[str]]:
@@ -172,10 +155,8 @@ def _cmc_section(doc: dict) -> list[str]:
         lines += _table(["parameter", "mean", "std", "q05", "q50", "q95", "unit"], rows, left=(0, 6))
     shards = doc.get("shards") or []
     states = [shard_state(s) for s in shards]
-    counts = {state: states.count(state) for state in ("retained", "excluded", "failed")}
-    lines.append(
-        f"    shards        {len(shards)} total: {counts['retained']} retained, {counts['excluded']} excluded, {counts['failed']} failed"
-    )
+    counts = ", ".join(f"{states.count(state)} {state}" for state in ("retained", "excluded", "failed"))
+    lines.append(f"    shards        {len(shards)} total: {counts}")
     finite = lambda key: [float(s[key]) for s in shards if isinstance(s.get(key), (int, float)) and not math.isnan(float(s[key]))]  # noqa: E731
     rhat, ess, div = finite("rhat_max"), finite("ess_min"), finite("divergences")
     if rhat or ess or div:
@@ -231,7 +212,14 @@ def _dataset_section(folder: Path, outcome: dict | None) -> list[str]:
 def format_report(result_dir: Path) -> str:
     """The report of ``result_dir`` as text (what ``homodyne-mpi report`` prints)."""
     root = Path(result_dir)
-    folders, summary = _dataset_dirs(root)
+    summary_path = root / "batch_summary.json"
+    summary = read_result_json(summary_path) if summary_path.is_file() else None
+    try:
+        folders = find_dataset_dirs(root)
+    except InputError:  # no data set folders: the batch summary alone is reported
+        if summary is None:
+            raise
+        folders = []
     lines = [f"homodyne-mpi report: {root}"]
     outcomes: dict[str, dict] = {}
     if summary is not None:

@@ -1,9 +1,8 @@
 """What every figure module shares: matplotlib's presence, a thread-safe figure, the PNG writer.
 
-matplotlib is optional (the ``plots`` extra) and is imported only inside these functions,
-in the threads that draw. Figures use the object-oriented API (a
-:class:`matplotlib.figure.Figure` on its own Agg canvas, never ``pyplot``), so drawing
-is safe in the background writer's threads.
+matplotlib is optional (the ``plots`` extra), imported only inside these functions, in the
+threads that draw. A :class:`matplotlib.figure.Figure` on its own Agg canvas, never
+``pyplot``, makes drawing safe in the background writer's threads.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ log = logging.getLogger(__name__)
 DPI = 100
 """Resolution of every PNG (pixels per inch of figure size)."""
 
+INSTALL = "install the extra: pip install 'homodyne-mpi[plots]'"
 _MISSING_WARNED = False
 _MISSING_LOCK = threading.Lock()
 
@@ -35,20 +35,14 @@ def plotting_available() -> bool:
         return True
     with _MISSING_LOCK:
         if not _MISSING_WARNED:
-            log.warning(
-                "matplotlib is not installed: no PNG plots are written (install the extra: pip install 'homodyne-mpi[plots]')"
-            )
+            log.warning(f"matplotlib is not installed: no PNG plots are written ({INSTALL})")
             _MISSING_WARNED = True
     return False
 
 
 def new_figure(width: float, height: float, *, layout: Literal["constrained"] | None = "constrained") -> Any:
-    """A :class:`matplotlib.figure.Figure` of ``width x height`` inches on its own Agg canvas.
-
-    ``layout`` is matplotlib's layout engine (``"constrained"``, or None for figures that
-    place their axes themselves: constrained layout costs about a second per figure).
-    Never touches ``pyplot``, so it is safe in any thread.
-    """
+    """A :class:`matplotlib.figure.Figure` of ``width x height`` inches on its own Agg canvas (any thread);
+    ``layout`` None for figures that place their axes themselves (constrained costs about 1 s a figure)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -60,12 +54,8 @@ def new_figure(width: float, height: float, *, layout: Literal["constrained"] | 
 def figure_with_grid(
     width: float, height: float, rows: int, cols: int, *, left: float, right: float, bottom: float, top: float, **gaps: float
 ) -> tuple[Any, Any]:
-    """A ``width x height``-inch figure and its ``(rows, cols)`` array of axes, placed by hand.
-
-    ``left``, ``right``, ``bottom`` and ``top`` are the margins in inches; ``gaps``
-    (``wspace``, ``hspace``) are matplotlib's, fractions of an axis. Constrained layout
-    would double the time a figure takes.
-    """
+    """A ``width x height``-inch figure and its ``(rows, cols)`` array of axes, placed by hand: margins
+    in inches, ``gaps`` (``wspace``, ``hspace``) in fractions of an axis."""
     figure = new_figure(width, height, layout=None)
     spacing = {"left": left / width, "right": 1 - right / width, "bottom": bottom / height, "top": 1 - top / height, **gaps}
     return figure, figure.subplots(rows, cols, squeeze=False, gridspec_kw=spacing)
@@ -83,12 +73,8 @@ def save_png(figure: Any, path: str | Path) -> None:
 
 
 def write_png(canvas: Any, path: str | Path) -> None:
-    """Write what an Agg ``canvas`` holds now as an RGB PNG at ``path``, without redrawing it.
-
-    Figures that blit (redraw only what changes between angles) need this: a ``savefig``
-    would draw the whole figure again. The encoder is Pillow's (a dependency of
-    matplotlib), at zlib level :data:`PNG_COMPRESS_LEVEL`, on the RGB channels only.
-    """
+    """Write what an Agg ``canvas`` holds now as an RGB PNG at ``path`` without redrawing it (as
+    figures that blit need: ``savefig`` would draw the whole figure again), encoded by Pillow."""
     import numpy as np
     from PIL import Image
 

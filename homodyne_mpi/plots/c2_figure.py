@@ -1,12 +1,9 @@
 """The per-angle ``c2`` figure of an NLSQ fit: measured, fitted and normalised residual.
 
-Three panels on a ``t1, t2`` grid in seconds -- measured ``c2``, fitted ``c2`` (one colour
-scale shared by both) and the normalised residual ``(c2_exp - c2_fit) / noise_sigma[k]``
-on its own scale, symmetric about 0. Matrices larger than
-:data:`~homodyne_mpi.plots.downsample.MAX_PIXELS` per side are drawn as block means; the
-diagonal ``t1 == t2`` is never fitted, so the measured matrix shows it corrected (mean of
-its neighbours) and the residual leaves it blank. One figure per thread is built once and
-redrawn for every angle (blitting), which is what keeps a 20-angle data set cheap.
+Three panels on a ``t1, t2`` grid in seconds: measured and fitted ``c2`` on one colour scale,
+and ``(c2_exp - c2_fit) / noise_sigma[k]`` on a scale symmetric about 0. Matrices larger than
+:data:`~.downsample.MAX_PIXELS` are drawn as block means; the never-fitted diagonal
+``t1 == t2`` is shown corrected (measured) or blank (residual).
 """
 
 from __future__ import annotations
@@ -18,43 +15,31 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .downsample import (
-    MAX_PIXELS,
-    block_edges,
-    block_factor,
-    block_sums,
-    corrected_diagonal,
-    diagonal_block_sums,
-    mean_of,
-    robust_limits,
-    symmetric_limit,
-)
+from . import downsample
+from .downsample import block_sums, diagonal_block_sums, mean_of
 
 if TYPE_CHECKING:
     from .nlsq_figures import NLSQFigureInfo
 
 
-def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: int = MAX_PIXELS) -> dict[str, Any]:
+def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: int = downsample.MAX_PIXELS) -> dict[str, Any]:
     """The three drawn matrices of one angle, downsampled, and their colour limits.
 
-    Returns ``measured`` (diagonal replaced by :func:`corrected_diagonal`), ``fitted``,
-    ``residual`` (normalised by ``sigma``, diagonal left out; NaN where a block holds only
-    the diagonal), ``factor`` (frames per drawn pixel), ``c2_limits`` (shared by measured
-    and fitted) and ``residual_limit`` (half-width of its symmetric scale). Block means
-    are linear, so the residual's blocks come from the two matrices' block sums: two
-    passes over the data, no full-size temporary.
+    ``measured`` (corrected diagonal), ``fitted``, ``residual`` (over ``sigma``, no diagonal), ``factor``
+    (frames per pixel), ``c2_limits`` and ``residual_limit``. The residual's block means come from the
+    two matrices' block sums (means are linear): no full-size temporary.
     """
     exp = np.asarray(c2_exp)
     fit = np.asarray(c2_fit)
     if exp.shape != fit.shape or exp.ndim != 2:
         raise ValueError(f"measured {exp.shape} and fitted {fit.shape} matrices differ or are not 2-D")
     scale = float(sigma) if np.isfinite(sigma) and sigma > 0 else 1.0
-    factor = block_factor(max(exp.shape), max_pixels)
+    factor = downsample.block_factor(max(exp.shape), max_pixels)
     exp_sums, exp_counts = block_sums(exp, factor)
     fit_sums, fit_counts = block_sums(fit, factor)
     exp_diag, exp_diag_counts = diagonal_block_sums(np.diagonal(exp), factor, exp.shape)
     fit_diag, fit_diag_counts = diagonal_block_sums(np.diagonal(fit), factor, fit.shape)
-    new_diag, new_diag_counts = diagonal_block_sums(corrected_diagonal(exp), factor, exp.shape)
+    new_diag, new_diag_counts = diagonal_block_sums(downsample.corrected_diagonal(exp), factor, exp.shape)
     measured = mean_of(exp_sums - exp_diag + new_diag, exp_counts - exp_diag_counts + new_diag_counts)
     fitted = mean_of(fit_sums, fit_counts)
     off_exp, off_exp_counts = exp_sums - exp_diag, exp_counts - exp_diag_counts
@@ -65,27 +50,13 @@ def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: 
         residual_full = np.subtract(exp, fit, dtype=np.float64) / scale
         np.fill_diagonal(residual_full, np.nan)
         residual = mean_of(*block_sums(residual_full, factor))
-    return {
-        "measured": measured,
-        "fitted": fitted,
-        "residual": residual,
-        "factor": factor,
-        "c2_limits": robust_limits(measured, fitted),
-        "residual_limit": symmetric_limit(residual),
-    }
+    limits = {"c2_limits": downsample.robust_limits(measured, fitted), "residual_limit": downsample.symmetric_limit(residual)}
+    return {"measured": measured, "fitted": fitted, "residual": residual, "factor": factor, **limits}
 
 
 class C2Figure:
-    """The three-panel ``c2`` figure, built once per thread and redrawn for every angle.
-
-    Building and fully rendering a figure costs several times what changes from one angle
-    to the next, so each writer thread keeps one figure (:func:`c2_figure`): the parts
-    shared by every angle of a data set (axes, ticks, axis labels, panel titles) are
-    rendered once into a background, and each angle restores it and draws only its images,
-    colour bars, title and notes on top (Agg blitting). Axes are placed by hand
-    (constrained layout would double the time); the three panels share the ``t2`` axis,
-    labelled once.
-    """
+    """The three-panel ``c2`` figure, one per writer thread (:func:`c2_figure`): what every angle of a
+    data set shares is rendered once into a background, each angle blits only its own artists on top."""
 
     WIDTH, HEIGHT = 15.5, 5.6
     """Figure size, inches (1550 x 560 pixels)."""
@@ -97,14 +68,12 @@ class C2Figure:
 
         self.figure = new_figure(self.WIDTH, self.HEIGHT, layout=None)
         self.canvas = self.figure.canvas
-        bottom = 0.95 / self.HEIGHT
-        height = self.SIDE / self.HEIGHT
+        bottom, height = 0.95 / self.HEIGHT, self.SIDE / self.HEIGHT
         lefts = (0.8, 4.7, 10.0)  # inches: measured, fitted | colour bar | residual | colour bar
         placeholder = np.zeros((2, 2))
         self.axes, self.images = [], []
-        for left, title, cmap in zip(
-            lefts, ("measured c\u2082", "fitted c\u2082", "normalised residual"), ("viridis", "viridis", "RdBu_r")
-        ):
+        panels = zip(lefts, ("measured c\u2082", "fitted c\u2082", "normalised residual"), ("viridis", "viridis", "RdBu_r"))
+        for left, title, cmap in panels:
             ax = self.figure.add_axes((left / self.WIDTH, bottom, self.SIDE / self.WIDTH, height))
             image = ax.imshow(placeholder, origin="lower", cmap=cmap, aspect="auto", interpolation="antialiased")
             ax.set_title(title)
@@ -116,8 +85,7 @@ class C2Figure:
             ax.tick_params(labelleft=False)
         c2_bar = self.figure.add_axes(((lefts[1] + self.SIDE + 0.12) / self.WIDTH, bottom, 0.16 / self.WIDTH, height))
         residual_bar = self.figure.add_axes(((lefts[2] + self.SIDE + 0.12) / self.WIDTH, bottom, 0.16 / self.WIDTH, height))
-        self.c2_colorbar = self.figure.colorbar(self.images[0], cax=c2_bar)
-        self.c2_colorbar.set_label("c\u2082, measured and fitted (dimensionless)")
+        self.figure.colorbar(self.images[0], cax=c2_bar).set_label("c\u2082, measured and fitted (dimensionless)")
         self.residual_colorbar = self.figure.colorbar(self.images[2], cax=residual_bar)
         self.title = self.figure.suptitle("", fontsize=13, y=1 - 0.12 / self.HEIGHT, va="top")
         # notes: this angle's (drawn per angle) above the data set's (in the background)
@@ -131,8 +99,7 @@ class C2Figure:
         """Render everything that does not change between the angles of a data set."""
         self.shared_notes.set_text(shared_notes)
         for ax in self.axes:
-            ax.set_xlim(*limits)
-            ax.set_ylim(*limits)
+            ax.set(xlim=limits, ylim=limits)
         for artist in self.changing:
             artist.set_visible(False)
         try:
@@ -148,21 +115,16 @@ class C2Figure:
         from .backend import write_png
 
         factor = panels["factor"]
-        start, blocks_end, data_end = block_edges(info.t, factor)
+        start, blocks_end, data_end = downsample.block_edges(info.t, factor)
         n_rows = info.t.size
         shared = [f"reduced \u03c7\u00b2 of the fit = {info.reduced_chi2:.4g}"]
-        unit = "frame"
         if info.frame_step > 1:
             shared.append(f"fit.h5 keeps one frame in {info.frame_step} ({n_rows} rows)")
-            unit = "row"
         if factor > 1:
-            shared.append(
-                f"drawn as {factor}\u00d7{factor}-{unit} block means ({n_rows} \u2192 {int(np.ceil(n_rows / factor))} px)"
-            )
-        shared.append(
-            "diagonal t\u2081 = t\u2082 not fitted: measured shows the mean of its neighbours, residual leaves it blank"
-        )
-        shared_notes = "; ".join(shared)
+            unit, pixels = ("row" if info.frame_step > 1 else "frame"), int(np.ceil(n_rows / factor))
+            shared.append(f"drawn as {factor}\u00d7{factor}-{unit} block means ({n_rows} \u2192 {pixels} px)")
+        diagonal = "diagonal t\u2081 = t\u2082 not fitted: measured shows the mean of its neighbours, residual leaves it blank"
+        shared_notes = "; ".join([*shared, diagonal])
         if self.background_key != ((start, data_end), shared_notes):
             self._render_background((start, data_end), shared_notes)
         vmin, vmax = panels["c2_limits"]
@@ -172,18 +134,13 @@ class C2Figure:
             image.set_data(matrix)
             image.set_extent((start, blocks_end, start, blocks_end))
             image.set_clim(low, high)
-        self.residual_colorbar.set_label(
-            "(c\u2082 measured \u2212 c\u2082 fitted) / \u03c3" + (", block mean" if factor > 1 else "")
-        )
+        block_mean = ", block mean" if factor > 1 else ""
+        self.residual_colorbar.set_label(f"(c\u2082 measured \u2212 c\u2082 fitted) / \u03c3{block_mean}")
         head = f"{info.dataset}: " if info.dataset else ""
-        self.title.set_text(
-            f"{head}\u03c6 = {float(info.phi[k]):g}\u00b0 (angle {k + 1} of {info.phi.size}), q = {info.q:g} \u00c5\u207b\u00b9"
-        )
-        notes = [f"noise \u03c3 of this angle = {info.noise_sigma[k]:.3g}"]
-        scaling = info.scaling_text(k)
-        if scaling:
-            notes.append(scaling)
-        self.notes.set_text("; ".join(notes))
+        angle = f"\u03c6 = {float(info.phi[k]):g}\u00b0 (angle {k + 1} of {info.phi.size})"
+        self.title.set_text(f"{head}{angle}, q = {info.q:g} \u00c5\u207b\u00b9")
+        notes = [f"noise \u03c3 of this angle = {info.noise_sigma[k]:.3g}", info.scaling_text(k)]
+        self.notes.set_text("; ".join(note for note in notes if note))
 
         self.canvas.restore_region(self.background)
         for ax, image in zip(self.axes, self.images):
@@ -207,10 +164,7 @@ def c2_figure() -> C2Figure:
 
 
 def draw_c2_angle(path: str | Path, arrays: Mapping[str, Any], k: int, info: NLSQFigureInfo) -> None:
-    """Draw angle ``k``: measured, fitted and normalised residual, and save it as PNG at ``path``.
-
-    ``arrays`` maps ``c2_exp`` and ``c2_fit`` to ``(n_angles, m, m)`` arrays, open HDF5
-    datasets or anything whose ``[k]`` gives angle ``k``'s matrix; only angle ``k`` is read.
-    """
+    """Draw angle ``k`` as PNG at ``path``; ``arrays`` maps ``c2_exp`` and ``c2_fit`` to anything whose
+    ``[k]`` gives angle ``k``'s matrix (arrays, open HDF5 datasets); only angle ``k`` is read."""
     panels = c2_panels(arrays["c2_exp"][k], arrays["c2_fit"][k], info.noise_sigma[k])
     c2_figure().draw(path, panels, info, k)

@@ -1,15 +1,10 @@
 """CMC figures: posterior marginals, a pairwise plot, and per-shard health.
 
-- ``cmc/plots/marginals.png``: per physical parameter, a histogram of the combined draws,
-  each retained shard's Gaussian summary and the NLSQ estimate when known;
-- ``cmc/plots/pairs.png``: 2-D histograms of the combined draws below the diagonal,
-  marginals on it, correlation coefficients above;
-- ``cmc/plots/shard_health.png``: per-shard R-hat, ESS and divergences (:mod:`.shard_health`).
-
-Inputs: ``cmc/result.json`` and ``cmc/posterior.h5``'s ``draws`` (n_draws, P), ``names`` (P,),
-``fixed`` (P,; fixed parameters are not drawn) and, when saved, ``shards/mean`` (S, P),
-``shards/covariance`` (S, P, P) and ``shards/index`` (S,) of the combined shards. A missing
-array skips its panel with one warning, never the whole figure set.
+``marginals.png``: per physical parameter, the combined draws, each retained shard's Gaussian
+and the NLSQ estimate; ``pairs.png``: 2-D histograms, marginals and correlations of the combined
+draws; ``shard_health.png`` (:mod:`.shard_health`). From ``cmc/result.json`` and
+``cmc/posterior.h5`` (``draws``, ``names``, ``fixed`` and, when saved, ``shards/{mean,covariance,index}``);
+a missing array skips its panel with one warning, never the whole figure set.
 """
 
 from __future__ import annotations
@@ -41,6 +36,7 @@ UNITS = {
 }
 
 FIGURE_NAMES = ("marginals.png", "pairs.png", "shard_health.png")
+Pair = tuple[float, float]
 
 
 def _label(name: str, exponent: int = 0) -> str:
@@ -69,25 +65,22 @@ class CMCFigureInfo:
     dataset: str
     """Data set name."""
     names: tuple[str, ...]
-    """Names of the posterior's columns."""
+    """Names of the posterior's columns, and the ``physical`` ones among them in model order."""
     physical: tuple[str, ...]
-    """The physical parameters among ``names``, in model order."""
     draws: np.ndarray | None
     """Combined posterior draws (n_draws, P), or None if not saved."""
     shard_index: np.ndarray | None = None
-    """Shard index of each row of the per-shard arrays."""
+    """Per saved shard (S rows): its index, posterior means (S, P) and standard deviations
+    (S, P; the covariance diagonals)."""
     shard_means: np.ndarray | None = None
-    """Per-shard posterior means (S, P)."""
     shard_stds: np.ndarray | None = None
-    """Per-shard posterior standard deviations (S, P), from the covariance diagonals."""
     retained: set[int] = field(default_factory=set)
     """Indices of the shards the combination used."""
     shards: list[dict] = field(default_factory=list)
-    """``result.json`` ``shards`` records."""
+    """``result.json``'s ``shards`` records, ``combination`` mapping and ``parameters`` mapping
+    (the ``summary``: mean, std, q05, q50, q95 per name)."""
     combination: dict = field(default_factory=dict)
-    """``result.json`` ``combination`` mapping."""
     summary: dict = field(default_factory=dict)
-    """``result.json`` ``parameters`` mapping (mean, std, q05, q50, q95 per name)."""
     nlsq: dict[str, float] = field(default_factory=dict)
     """NLSQ estimates by name, drawn as reference lines when known."""
     analysis_mode: str = ""
@@ -114,19 +107,15 @@ def cmc_figure_info(
 ) -> CMCFigureInfo:
     """Gather the figures' inputs; arrays are copied, missing ones left as None (with a warning)."""
     dataset = str(dataset or cmc_doc.get("dataset") or "")
+    label = dataset or "cmc"  # of the warnings
     summary = dict(cmc_doc.get("parameters") or {})
     draws = _array(posterior, "draws")
     names_raw = _array(posterior, "names")
-    if names_raw is not None:
-        names = decode_names(names_raw)
-    else:
-        names = tuple(summary)
-        if draws is not None:
-            log.warning("%s: posterior has no 'names'; taking the columns in result.json order", dataset or "cmc")
+    names = decode_names(names_raw) if names_raw is not None else tuple(summary)
+    if names_raw is None and draws is not None:
+        log.warning("%s: posterior has no 'names'; taking the columns in result.json order", label)
     if draws is not None and (draws.ndim != 2 or draws.shape[1] != len(names)):
-        log.warning(
-            "%s: posterior 'draws' has shape %s, not (n_draws, %d); no draws drawn", dataset or "cmc", draws.shape, len(names)
-        )
+        log.warning("%s: posterior 'draws' has shape %s, not (n_draws, %d); no draws drawn", label, draws.shape, len(names))
         draws = None
     fixed = _array(posterior, "fixed")
     if fixed is not None and fixed.shape == (len(names),):
@@ -166,12 +155,11 @@ def cmc_figure_info(
     if draws is not None and (info.shard_means is None or info.shard_stds is None):
         log.warning(
             "%s: posterior has no per-shard summaries (shards/mean, shards/covariance); marginals show the combined posterior only",
-            dataset or "cmc",
+            label,
         )
-    if nlsq_doc:
-        for name, entry in (nlsq_doc.get("parameters") or {}).items():
-            if isinstance(entry, Mapping) and entry.get("value") is not None:
-                info.nlsq[name] = float(entry["value"])
+    for name, entry in ((nlsq_doc or {}).get("parameters") or {}).items():
+        if isinstance(entry, Mapping) and entry.get("value") is not None:
+            info.nlsq[name] = float(entry["value"])
     if not info.analysis_mode and nlsq_doc:
         info.analysis_mode = str(nlsq_doc.get("analysis_mode", ""))
     if not info.analysis_mode and info.physical:
@@ -193,15 +181,10 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-# -- marginals ---------------------------------------------------------------------------
-
-
-def _marginal_sources(
-    info: CMCFigureInfo, j: int, shard_rows: list[int]
-) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+def _marginal_sources(info: CMCFigureInfo, j: int, shard_rows: list[int]) -> tuple[list[Pair], list[Pair]]:
     """Per retained shard, its Gaussian (mean, std) for column ``j``; and the x spans to show."""
-    curves: list[tuple[float, float]] = []
-    spans: list[tuple[float, float]] = []
+    curves: list[Pair] = []
+    spans: list[Pair] = []
     if info.draws is not None:
         column = info.draws[:, j]
         column = column[np.isfinite(column)]
@@ -223,9 +206,8 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
     names = info.physical or info.names
     rows, cols = _grid(len(names))
     width, height = 4.2 * cols, 3.4 * rows + 0.9
-    figure, axes_grid = figure_with_grid(
-        width, height, rows, cols, left=0.7, right=0.25, bottom=1.15, top=0.75, wspace=0.32, hspace=0.55
-    )
+    margins = {"left": 0.7, "right": 0.25, "bottom": 1.15, "top": 0.75, "wspace": 0.32, "hspace": 0.55}
+    figure, axes_grid = figure_with_grid(width, height, rows, cols, **margins)
     axes = axes_grid.ravel()
     shard_rows = _retained_rows(info)
     for ax, name in zip(axes, names):
@@ -240,18 +222,16 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
         grid = np.linspace(low, high, 300)
         for n_curve, (mean, std) in enumerate(curves):
             density = np.exp(-0.5 * ((grid - mean) / std) ** 2) / (std / unit * math.sqrt(2.0 * math.pi))
-            ax.plot(
-                grid / unit, density, color="tab:orange", lw=0.9, alpha=0.75, label="retained shards" if n_curve == 0 else None
-            )
+            shard_label = "retained shards" if n_curve == 0 else None
+            ax.plot(grid / unit, density, color="tab:orange", lw=0.9, alpha=0.75, label=shard_label)
         if info.draws is not None:
             column = info.draws[:, j]
             shown = column[np.isfinite(column)] / unit
             ax.hist(shown, bins=50, range=(low / unit, high / unit), density=True, color="tab:blue", alpha=0.55, label="combined")
         entry = info.summary.get(name) or {}
         if entry.get("q05") is not None and entry.get("q95") is not None:
-            ax.axvspan(
-                float(entry["q05"]) / unit, float(entry["q95"]) / unit, color="tab:blue", alpha=0.08, lw=0, label="combined 5-95%"
-            )
+            low_q, high_q = float(entry["q05"]) / unit, float(entry["q95"]) / unit
+            ax.axvspan(low_q, high_q, color="tab:blue", alpha=0.08, lw=0, label="combined 5-95%")
         if name in info.nlsq:
             ax.axvline(info.nlsq[name] / unit, color="k", ls="--", lw=1.0, label="NLSQ")
         title = name
@@ -268,19 +248,12 @@ def draw_marginals(path: str | Path, info: CMCFigureInfo) -> None:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             legend.setdefault(label, handle)
     if legend:
-        figure.legend(
-            list(legend.values()), list(legend), loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=len(legend), fontsize=9
-        )
+        placement = {"loc": "lower center", "bbox_to_anchor": (0.5, 0.0), "ncols": len(legend), "fontsize": 9}
+        figure.legend(list(legend.values()), list(legend), **placement)
     kept = len(shard_rows) if info.shard_index is not None and info.shard_index.size else len(info.retained)
-    figure.suptitle(
-        cmc_title(info, f"posterior marginals: combined and {kept} retained shard(s) of {len(info.shards) or '?'}"),
-        fontsize=12,
-        y=1 - 0.12 / height,
-    )
+    what = f"posterior marginals: combined and {kept} retained shard(s) of {len(info.shards) or '?'}"
+    figure.suptitle(cmc_title(info, what), fontsize=12, y=1 - 0.12 / height)
     save_png(figure, path)
-
-
-# -- pairs -------------------------------------------------------------------------------
 
 
 def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
@@ -292,16 +265,12 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
     draws = info.draws[:, [info.column(name) for name in names]]
     draws = draws[np.all(np.isfinite(draws), axis=1)]
     size = max(2.0 * n, 5.0)
-    figure, axes = figure_with_grid(
-        size + 0.3, size + 0.4, n, n, left=1.0, right=0.15, bottom=0.8, top=0.45, wspace=0.1, hspace=0.1
-    )
-    ranges, units, exponents = [], [], []
-    for j in range(n):
-        percentiles = np.percentile(draws[:, j], [0.5, 99.5]) if draws.shape[0] else (0.0, 1.0)
-        low, high, exponent = _axis_range(float(percentiles[0]), float(percentiles[1]))
-        exponents.append(exponent)
-        units.append(10.0**exponent)
-        ranges.append((low / units[j], high / units[j]))
+    margins = {"left": 1.0, "right": 0.15, "bottom": 0.8, "top": 0.45, "wspace": 0.1, "hspace": 0.1}
+    figure, axes = figure_with_grid(size + 0.3, size + 0.4, n, n, **margins)
+    percentiles = np.percentile(draws, [0.5, 99.5], axis=0).T if draws.shape[0] else [(0.0, 1.0)] * n
+    lows, highs, exponents = zip(*(_axis_range(float(low), float(high)) for low, high in percentiles))
+    units = [10.0**exponent for exponent in exponents]
+    ranges = [(low / unit, high / unit) for low, high, unit in zip(lows, highs, units)]
     scaled = draws / np.array(units)
     nlsq = [info.nlsq.get(name, np.nan) / units[j] for j, name in enumerate(names)]
     correlation = np.atleast_2d(np.corrcoef(draws, rowvar=False)) if draws.shape[0] > 2 else np.full((n, n), np.nan)
@@ -338,13 +307,9 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
             elif j > 0 or i == 0:
                 ax.set_yticklabels([])
     nlsq_note = "; dashed line and + mark the NLSQ fit" if info.nlsq else ""
-    figure.suptitle(
-        cmc_title(info, f"pairwise posterior, {draws.shape[0]} combined draws{nlsq_note}"), fontsize=12, y=1 - 0.1 / (size + 0.4)
-    )
+    what = f"pairwise posterior, {draws.shape[0]} combined draws{nlsq_note}"
+    figure.suptitle(cmc_title(info, what), fontsize=12, y=1 - 0.1 / (size + 0.4))
     save_png(figure, path)
-
-
-# -- the hook the pipeline calls -----------------------------------------------------------
 
 
 def submit_cmc_figures(
@@ -352,12 +317,10 @@ def submit_cmc_figures(
 ) -> list[Path]:
     """Queue the CMC figures of one data set on ``writer``; return the paths queued.
 
-    ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure);
-    the figures go to ``out_dir/cmc/plots/`` of the data set's results folder ``out_dir``.
-    ``cmc_doc`` is the ``cmc/result.json`` mapping, ``posterior`` the arrays of
-    ``cmc/posterior.h5`` by name (copied here), and the optional ``nlsq_doc`` the
-    ``nlsq/result.json`` mapping, whose values are drawn as reference lines. A figure whose
-    inputs are missing is skipped with a warning; without matplotlib, returns ``[]`` (warns once).
+    The figures go to ``out_dir/cmc/plots/``, from ``cmc_doc`` (``cmc/result.json``), ``posterior``
+    (``cmc/posterior.h5``'s arrays by name, copied) and ``nlsq_doc`` (``nlsq/result.json``, drawn as
+    reference lines). A figure whose inputs are missing is skipped with a warning; without
+    matplotlib, returns ``[]`` (warns once).
     """
     if not plotting_available():
         return []

@@ -1,11 +1,8 @@
 """NLSQ figures: measured vs fitted ``c2`` with the normalised residual, and J(t), gamma_dot(t).
 
-Per angle ``k``: ``nlsq/plots/c2_phi_<k>_<angle>deg.png`` (:mod:`homodyne_mpi.plots.c2_figure`).
-``nlsq/plots/transport.png``: ``J(t) = D0 t^alpha + D_offset`` (Angstrom^2/s) and, for laminar
-flow, ``gamma_dot(t) = gamma_dot_t0 t^beta + gamma_dot_t_offset`` (1/s) on the model's time
-grid (``t = dt/2`` at frame 0) with 1-sigma bands, as saved under ``bands/`` in ``fit.h5``
-(by :func:`homodyne_mpi.nlsq.bands.band_arrays`; nothing here recomputes a rate). Without
-saved bands that figure is skipped with a warning.
+``c2_phi_<k>_<angle>deg.png`` per angle (:mod:`.c2_figure`); ``transport.png``: ``J(t) = D0 t^alpha +
+D_offset`` (Angstrom^2/s) and ``gamma_dot(t) = gamma_dot_t0 t^beta + gamma_dot_t_offset`` (1/s) with
+the 1-sigma bands saved under ``bands/`` in ``fit.h5`` (nothing here recomputes a rate).
 """
 
 from __future__ import annotations
@@ -48,21 +45,15 @@ class NLSQFigureInfo:
     """Times of the matrices' rows and columns, ``matrix_frames * dt`` (s); every frame's
     ``k * dt`` unless ``fit.h5`` keeps a downsampled grid."""
     names: tuple[str, ...]
-    """Parameter names in the fit's order."""
+    """Parameter names in the fit's order, then their fitted ``values`` and reported standard errors
+    (``result.json`` ``std``)."""
     values: np.ndarray
-    """Fitted values, in ``names`` order."""
     std: np.ndarray
-    """Reported standard errors (``result.json`` ``std``), in ``names`` order."""
     reduced_chi2: float
-    """Reduced chi-square of the fit."""
+    """Reduced chi-square of the fit, and whether it ``converged``."""
     converged: bool
-    """Whether the fit converged."""
     frame_step: int = 1
     """Frames between the matrices' rows: 1, or ``k`` of a downsampled ``fit.h5``."""
-
-    def value(self, name: str) -> float:
-        """Fitted value of parameter ``name``."""
-        return float(self.values[self.names.index(name)])
 
     def scaling_text(self, k: int) -> str:
         """``contrast 0.500 +- 0.002, offset 1.000 +- 0.001`` for angle ``k`` ('' if unknown)."""
@@ -77,10 +68,7 @@ class NLSQFigureInfo:
 
 
 def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *, dataset: str | None = None) -> NLSQFigureInfo:
-    """Collect the facts from ``nlsq/result.json`` (``result_doc``) and ``fit.h5``'s arrays.
-
-    Arrays win where both have a value; ``result_doc`` fills what the arrays lack.
-    """
+    """The facts from ``fit.h5``'s arrays, and from ``nlsq/result.json`` (``result_doc``) what they lack."""
     data = result_doc.get("data") or {}
     parameters = result_doc.get("parameters") or {}
     raw_names = lookup(fit_arrays, "parameters/names")
@@ -147,16 +135,11 @@ class TransportCurves:
 
 
 def transport_curves(info: NLSQFigureInfo, bands: Mapping[str, Any] | None) -> TransportCurves | None:
-    """The curves of ``transport.png`` from the saved bands; None when ``bands`` lacks them.
-
-    ``bands`` maps ``t``, ``D``, ``D_std`` (and ``gamma_dot``, ``gamma_dot_std`` for laminar
-    flow; ``D_std_jackknife`` when the jackknife made them), as saved under ``bands/`` in
-    ``fit.h5``.
-    """
+    """The curves of ``transport.png`` from ``fit.h5``'s ``bands/*`` (by short name); None when
+    ``t``, ``D`` or ``D_std`` is missing."""
     if bands is None or any(lookup(bands, key) is None for key in ("t", "D", "D_std")):
         return None
-    laminar = info.analysis_mode == "laminar_flow"
-    shear = [lookup(bands, key) if laminar else None for key in ("gamma_dot", "gamma_dot_std")]
+    shear = [lookup(bands, key) if info.analysis_mode == "laminar_flow" else None for key in ("gamma_dot", "gamma_dot_std")]
     gamma, gamma_std = (None if band is None else np.asarray(band, dtype=np.float64) for band in shear)
     jackknife = lookup(bands, "D_std_jackknife")
     saved_std = np.asarray(bands["D_std"], dtype=np.float64)
@@ -188,13 +171,10 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
     axes = grid[0]
 
     def fitted(names: tuple[str, ...]) -> str:
-        parts = []
-        for name in names:
-            if name in info.names:
-                j = info.names.index(name)
-                std = info.std[j]
-                parts.append(f"{name} = {info.values[j]:.4g}" + (f" \u00b1 {std:.2g}" if np.isfinite(std) else ""))
-        return "\n".join(parts)
+        """``name = value +- std``, a line per parameter of ``names`` that the fit has."""
+        columns = [info.names.index(name) for name in names if name in info.names]
+        spreads = [f" \u00b1 {info.std[j]:.2g}" if np.isfinite(info.std[j]) else "" for j in columns]
+        return "\n".join(f"{info.names[j]} = {info.values[j]:.4g}{spread}" for j, spread in zip(columns, spreads))
 
     _draw_rate(axes[0], curves.t, curves.D, curves.D_std, "tab:blue", "$J(t) = D_0 t^{\\alpha} + D_{\\mathrm{offset}}$")
     axes[0].set_ylabel("J(t) (\u00c5$^2$/s)")
@@ -223,14 +203,10 @@ def _bands(fit_arrays: Mapping[str, Any]) -> dict[str, Any] | None:
 def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Mapping[str, Any]) -> list[Path]:
     """Queue every NLSQ figure of one data set on ``writer``; return their paths.
 
-    ``writer`` is the :class:`homodyne_mpi.io.AsyncWriter` (one ``submit_call`` a figure,
-    drawn in its threads); the figures go to ``out_dir/nlsq/plots/``. ``result_doc`` is the
-    ``nlsq/result.json`` mapping and ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name
-    (``c2_exp``, ``c2_fit``, ``t``, ``phi``, ``parameters/*``, ``noise_sigma``, optional
-    ``matrix_frames`` and ``bands/*``), arrays or open HDF5 datasets, not copied: leave them
-    unchanged (an HDF5 file open) until the writer has finished. Without ``c2_exp``
-    (``output.fit_matrices: none``) the c2 figures are skipped; without matplotlib, returns
-    ``[]`` (warns once).
+    ``writer`` is an :class:`homodyne_mpi.io.AsyncWriter`; the figures go to ``out_dir/nlsq/plots/``.
+    ``result_doc`` is ``nlsq/result.json``, ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name,
+    arrays or open HDF5 datasets, not copied: keep them unchanged (and open) until the writer
+    is done. Without ``c2_exp`` no c2 figures; without matplotlib, ``[]`` (warns once).
     """
     if not plotting_available():
         return []

@@ -1,12 +1,7 @@
 """``homodyne-mpi plot RESULT_DIR``: redraw every figure from the saved results, without refitting.
 
-``RESULT_DIR`` is an output root (one folder per data set, as ``homodyne-mpi run`` writes
-it) or one data set folder (holding ``nlsq/`` and/or ``cmc/``). The figures are drawn by
-the same functions the pipeline uses, through an :class:`~homodyne_mpi.io.AsyncWriter`,
-so they come out identical. ``fit.h5`` is read one angle at a time, so a 20 x 2000 x 2000
-result never sits in memory whole; a downsampled ``fit.h5`` is drawn on its
-``matrix_frames``, and one without matrices (``output.fit_matrices: none``) gets its
-transport figure only.
+``RESULT_DIR`` is an output root or one data set folder. The pipeline's own functions draw, so the
+figures come out identical; ``fit.h5`` is read one angle at a time, never whole in memory.
 """
 
 from __future__ import annotations
@@ -26,8 +21,8 @@ from ..io import AsyncWriter
 log = logging.getLogger(__name__)
 
 METHODS = ("nlsq", "cmc")
-NLSQ_REQUIRED = ("c2_exp", "c2_fit")
 RERUN = "rerun `homodyne-mpi run` to write it again"
+GIVE = "give the output folder of `homodyne-mpi run` or one data set folder in it"
 
 
 def _has_results(folder: Path) -> bool:
@@ -35,28 +30,18 @@ def _has_results(folder: Path) -> bool:
 
 
 def find_dataset_dirs(result_dir: Path) -> list[Path]:
-    """Data set folders under ``result_dir`` (itself, if it is one); InputError if there are none.
-
-    A method folder (``.../nlsq`` or ``.../cmc``) stands for its data set folder.
-    """
+    """Data set folders under ``result_dir`` (itself, or its parent for a method folder); InputError if none."""
     root = Path(result_dir)
-    check_path(
-        root,
-        InputError,
-        "no such folder -- give the output folder of `homodyne-mpi run` (its --output-dir) or one data set folder in it",
-        "not a folder -- give the output folder of `homodyne-mpi run` or one data set folder in it",
-        folder=True,
-    )
+    missing = "no such folder -- give the output folder of `homodyne-mpi run` (its --output-dir) or one data set folder in it"
+    check_path(root, InputError, missing, f"not a folder -- {GIVE}", folder=True)
     if root.name in METHODS and (root / "result.json").is_file():
         return [root.parent]
     if _has_results(root):
         return [root]
     found = sorted(child for child in root.iterdir() if child.is_dir() and _has_results(child))
     if not found:
-        raise InputError(
-            f"{root}: no results found (expected <data set>/nlsq/result.json or <data set>/cmc/result.json) -- "
-            "give the output folder of `homodyne-mpi run` or one data set folder in it"
-        )
+        expected = "<data set>/nlsq/result.json or <data set>/cmc/result.json"
+        raise InputError(f"{root}: no results found (expected {expected}) -- {GIVE}")
     return found
 
 
@@ -94,13 +79,10 @@ def read_hdf5_arrays(path: Path) -> dict[str, np.ndarray]:
 
 
 def _check_fit_file(path: Path, handle: h5py.File) -> None:
-    """One-line InputError if ``fit.h5`` lacks what the NLSQ figures need or its shapes disagree.
-
-    A file written with ``output.fit_matrices: none`` has no matrices to check.
-    """
+    """One-line InputError if ``fit.h5`` lacks what the NLSQ figures need or its shapes disagree."""
     if handle.attrs.get("fit_matrices") == "none" and "c2_exp" not in handle:
         return
-    for key in NLSQ_REQUIRED:
+    for key in ("c2_exp", "c2_fit"):
         if key not in handle or not isinstance(handle[key], h5py.Dataset):
             raise InputError(f"{path}: dataset '{key}' is missing -- {RERUN}")
     shape = handle["c2_exp"].shape
@@ -131,28 +113,23 @@ def _load_dataset(files: ExitStack, folder: Path) -> tuple[Path, tuple | None, t
             raise InputError(f"{fit_path}: dataset 'phi' is missing and result.json has no data.phi -- {RERUN}")
         nlsq = (nlsq_doc, handle)
     if (cmc_dir / "result.json").is_file():
-        cmc_doc = read_result_json(cmc_dir / "result.json")
         posterior_path = cmc_dir / "posterior.h5"
-        posterior = read_hdf5_arrays(posterior_path) if posterior_path.is_file() else {}
-        cmc = (cmc_doc, posterior)
+        cmc = (read_result_json(cmc_dir / "result.json"), read_hdf5_arrays(posterior_path) if posterior_path.is_file() else {})
     return folder, nlsq, cmc
 
 
 def redraw_results(result_dir: Path) -> int:
     """Redraw the figures of every data set under ``result_dir``; returns the exit code (0).
 
-    Missing or corrupt result files raise :class:`~homodyne_mpi.errors.InputError` (one
-    line, exit code 2) before any figure is written; without matplotlib it is an error
-    (exit code 1) naming the extra to install.
+    Missing or corrupt result files raise InputError (exit code 2) before any figure is
+    written; without matplotlib, a HomodyneError (exit code 1) names the extra to install.
     """
-    from .backend import matplotlib_available
+    from .backend import INSTALL, matplotlib_available
     from .cmc_figures import submit_cmc_figures
     from .nlsq_figures import submit_nlsq_figures
 
     if not matplotlib_available():
-        raise HomodyneError(
-            "matplotlib is not installed, so no figures can be drawn -- install the extra: pip install 'homodyne-mpi[plots]'"
-        )
+        raise HomodyneError(f"matplotlib is not installed, so no figures can be drawn -- {INSTALL}")
     folders = find_dataset_dirs(Path(result_dir))
     written: dict[Path, list[Path]] = {}
     # Everything is read and checked first; the writer finishes before the HDF5 files close.

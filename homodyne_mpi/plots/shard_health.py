@@ -1,10 +1,8 @@
 """Shard health of a CMC run: the figure ``cmc/plots/shard_health.png`` and a shard's state.
 
-Per shard, R-hat (max over parameters), the smallest effective sample size and the
-divergent transitions (as a fraction of the draws when ``result.json`` records it);
-excluded shards are red and hatched, failed shards grey, with the reasons listed.
-:func:`shard_state` and :func:`shard_reason` read one ``shards`` record of
-``cmc/result.json``; ``homodyne-mpi report`` uses them too.
+Per shard: the largest R-hat, the smallest ESS and the divergences (a fraction of the draws
+when recorded); excluded shards red, failed grey, with the reasons listed.
+:func:`shard_state` and :func:`shard_reason` (also used by the report) read a ``shards`` record.
 """
 
 from __future__ import annotations
@@ -22,10 +20,7 @@ flatten the others and the limit line stays readable."""
 
 
 def cmc_title(info: Any, what: str) -> str:
-    """``<data set>: CMC <what> (<combination method>)``, the title of every CMC figure.
-
-    ``info`` is a :class:`~homodyne_mpi.plots.cmc_figures.CMCFigureInfo`.
-    """
+    """``<data set>: CMC <what> (<combination method>)``, the title of every CMC figure (``info``: a ``CMCFigureInfo``)."""
     head = f"{info.dataset}: " if info.dataset else ""
     method = info.combination.get("method")
     return f"{head}CMC {what}" + (f" ({method})" if method else "")
@@ -72,8 +67,8 @@ def draw_shard_health(path: str | Path, info: Any) -> None:
     else:
         metrics.append(("divergences", "divergent transitions", ""))
     reasons = [
-        f"shard {int(s.get('index', i))} {state}: {shard_reason(s, state)}"
-        for i, (s, state) in enumerate(zip(shards, status))
+        f"shard {i} {state}: {shard_reason(s, state)}"
+        for i, s, state in zip(index.tolist(), shards, status)
         if state != "retained"
     ]
     if info.error:
