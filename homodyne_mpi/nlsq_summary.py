@@ -22,12 +22,15 @@ def degeneracy(
     correlation: np.ndarray,
     physical: list[str],
     model_correlation: np.ndarray | None = None,
+    wide_profile: list | None = None,
 ) -> dict:
     """Pairs of free physical parameters with ``|corr| > 0.99`` and those with ``std > |value|``.
 
     ``correlation`` is over ``names``; ``model_correlation``'s is reported where larger (the jackknife
-    hides the correlations of a parameter held on a bound). Returns result.json's ``degeneracy``:
-    ``pairs`` ``[[a, b, corr], ...]``, ``poorly_determined`` and ``warning`` (either non-empty).
+    hides the correlations of a parameter held on a bound). ``wide_profile`` lists the profile sides
+    wider than the error bar, ``[name, "minus"|"plus", half_width, reached, value]`` (``nlsq.profile``).
+    Returns result.json's ``degeneracy``: ``pairs`` ``[[a, b, corr], ...]``, ``poorly_determined``,
+    ``wide_profile`` and ``warning`` (any of them non-empty).
     """
     index = {name: k for k, name in enumerate(names)}
     fitted = [n for n in physical if n in index and std[index[n]] > 0]
@@ -40,7 +43,14 @@ def degeneracy(
             if abs(value) > CORRELATION_LIMIT:
                 pairs.append([a, b, value])
     poor = [n for n in fitted if std[index[n]] > abs(values[index[n]])]
-    return {"warning": bool(pairs or poor), "correlation_limit": CORRELATION_LIMIT, "pairs": pairs, "poorly_determined": poor}
+    wide = list(wide_profile or [])
+    return {
+        "warning": bool(pairs or poor or wide),
+        "correlation_limit": CORRELATION_LIMIT,
+        "pairs": pairs,
+        "poorly_determined": poor,
+        "wide_profile": wide,
+    }
 
 
 def bound_lines(doc: dict) -> list[str]:
@@ -65,12 +75,21 @@ def degeneracy_lines(doc: dict) -> list[str]:
     ]
     if entry.get("poorly_determined"):
         lines.append("std exceeds |value| for " + ", ".join(entry["poorly_determined"]))
+    lines += [profile_line(*side) for side in entry.get("wide_profile", [])]
     shear = "gamma_dot" in (doc.get("rates") or {})
     rates = "D(t) and gamma_dot(t)" if shear else "D(t)"
     lines.append(
         f"quote {rates} with {'their bands' if shear else 'its band'} (nlsq/fit.h5 bands/*, and the table below) rather than these parameters one by one"
     )
     return lines
+
+
+def profile_line(name: str, side: str, half_width: float, reached: bool, value: float) -> str:
+    """One wide side of a parameter's chi2 profile, as a warning."""
+    where = f"{value:.4g} ({'-' if side == 'minus' else '+'}{half_width:.1f} model std)"
+    if reached:
+        return f"{name}: chi2 rises by 1 only at {where}; its error bar understates the uncertainty on that side"
+    return f"{name}: chi2 rises by less than 1 out to {where}; the data do not bound {name} on that side"
 
 
 def parameter_cell(entry: dict) -> str:

@@ -30,7 +30,7 @@ from .fingerprint import run_fingerprint
 from .fit_file import write_fit_file, write_streamed_fit_file
 from .fit_matrices import matrix_plan
 from .io import AsyncWriter, PrefetchLoader
-from .nlsq import NLSQProblem, NLSQResult, attach_jackknife, distribute_points, fit_nlsq
+from .nlsq import NLSQProblem, NLSQResult, attach_uncertainty, distribute_points, fit_nlsq
 from .nlsq.checkpoint import LatestState, load_checkpoint, remove_checkpoint, save_checkpoint
 from .nlsq.results import result_document
 from .nlsq_summary import log_lines
@@ -259,7 +259,7 @@ class BatchRunner:
                 nlsq_result = fit_nlsq(
                     problem, local, self.comm, self.cfg.optimization.nlsq, resume=resume_state, on_accept=latest.update
                 )
-                attach_jackknife(nlsq_result, problem, self.cfg.optimization.nlsq)
+                attach_uncertainty(nlsq_result, problem, self.cfg.optimization.nlsq)
             except Interrupted:
                 state = latest if latest.theta is not None else resume_state
                 if self.comm.is_root and state is not None:

@@ -95,6 +95,8 @@ class NLSQResult:
     """Largest gradient cosine over the free parameters not pinned at a bound."""
     objective: DistributedObjective | None = None
     """The ``DistributedObjective`` of the fit, for the jackknife (dropped after it)."""
+    profile: dict = field(default_factory=dict)
+    """Per free physical parameter, both sides of its chi2 profile (``nlsq.profile``), when checked."""
 
     @property
     def reduced_chi2(self) -> float:

@@ -54,6 +54,7 @@ from ..errors import Interrupted, collective
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, fit_nlsq, lm_options
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part_keeping_variances
+from .profile import PROFILE_ITERATIONS, profile_check
 from .solver import LMOptions, levenberg_marquardt
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
     start = time.perf_counter()
     objective = result.objective
     if objective is None:
-        raise ValueError("run_jackknife needs the fit's objective (fit_nlsq keeps it; attach_jackknife drops it)")
+        raise ValueError("run_jackknife needs the fit's objective (fit_nlsq keeps it; attach_uncertainty drops it)")
     passes = objective.passes
     theta_hat, covariance_model, reduced_chi2 = result.theta, result.covariance, result.reduced_chi2
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
@@ -350,15 +351,20 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
     )
 
 
-def attach_jackknife(result: NLSQResult, problem: NLSQProblem, options) -> NLSQResult:
-    """Run the jackknife after the fit when ``options.uncertainty == "jackknife"``; frees the objective."""
+def attach_uncertainty(result: NLSQResult, problem: NLSQProblem, options) -> NLSQResult:
+    """After the fit: the jackknife when ``options.uncertainty == "jackknife"``, the profile
+    check (``nlsq.profile``) when ``options.profile_check`` and the fit converged; then frees the objective."""
     if options.uncertainty == "jackknife":
         result.jackknife = run_jackknife(result, problem, options)
         result.timing_s["jackknife"] = result.jackknife.seconds
+    if options.profile_check and result.converged:
+        start = time.perf_counter()
+        result.profile = profile_check(result, problem, lm_options(options, max_iterations=PROFILE_ITERATIONS))
+        result.timing_s["profile_check"] = time.perf_counter() - start
     result.objective = None
     return result
 
 
 def fit_with_uncertainty(problem: NLSQProblem, local_points, comm, options) -> NLSQResult:
-    """``fit_nlsq`` followed by ``attach_jackknife``: what the pipeline does, for scripts and tests."""
-    return attach_jackknife(fit_nlsq(problem, local_points, comm, options), problem, options)
+    """``fit_nlsq`` followed by ``attach_uncertainty``: what the pipeline does, for scripts and tests."""
+    return attach_uncertainty(fit_nlsq(problem, local_points, comm, options), problem, options)

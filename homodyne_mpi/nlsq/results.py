@@ -9,6 +9,7 @@ from ..nlsq_summary import RATE_TIMES, degeneracy
 from .bands import band_arrays
 from .fit import NLSQProblem, NLSQResult
 from .linalg import correlation_matrix
+from .profile import profile_document, wide_sides
 
 
 def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSData, *, dataset: str, timing_s: dict) -> dict:
@@ -20,6 +21,8 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
     covariance = reported.covariance if reported is not None else result.covariance
     correlation = correlation_matrix(covariance)
     physical = list(problem.layout.physical_names)
+    profile = profile_document(result.profile, result.names, result.theta, result.covariance)
+    wide = [[name, side, entry["half_width"], entry["reached"], entry["value"]] for name, side, entry in wide_sides(profile)]
     parameters = {}
     for k, name in enumerate(result.names):
         parameters[name] = {
@@ -33,6 +36,7 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
             "fixed": not bool(problem.free[k]),
             "at_bound": result.at_bound[k] if result.at_bound else None,
             "bounds": [float(problem.lower[k]), float(problem.upper[k])],
+            "profile": profile.get(name),
         }
     free_names = [name for name, free in zip(result.names, problem.free) if free]
     free_index = np.flatnonzero(problem.free)
@@ -72,7 +76,9 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         },
         "parameters": parameters,
         "correlation": {"names": free_names, "matrix": correlation[np.ix_(free_index, free_index)].tolist()},
-        "degeneracy": degeneracy(result.names, result.theta, std, correlation, physical, correlation_matrix(result.covariance)),
+        "degeneracy": degeneracy(
+            result.names, result.theta, std, correlation, physical, correlation_matrix(result.covariance), wide
+        ),
         "rates": rate_summary(result, problem),
         "data": {
             "source": data.source,

@@ -1,0 +1,158 @@
+"""Profile check of the NLSQ error bars: does chi2 rise away from the optimum as the curvature says?
+
+The model std of a parameter comes from the curvature of chi2 at the optimum: with the
+other parameters refitted, chi2 should rise by ``(delta / std_model)^2`` reduced-chi2
+units when the parameter is moved by ``delta``. In a flat, curved valley (``D0``,
+``alpha`` and ``D_offset`` trading against each other) it rises far less, and the error
+bar is too narrow however it is scaled. The check moves each free physical parameter to
+``+-3 std_model`` (then 6, 12, 24 while the rise stays below 1), refits the others there,
+and finds on each side the distance at which the rise reaches 1: the profile's 68%
+half-width, in ``std_model`` units (1 for a quadratic profile). Every refit is collective
+over the ranks (the objective's ordered reduction), so all ranks get the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .solver import LMOptions, levenberg_marquardt
+
+log = logging.getLogger(__name__)
+
+FIRST_PROBE = 3.0
+"""Distance of the first probe on each side, in model std."""
+
+MAX_PROBES = 4
+"""Probes per side at most: at 3, 6, 12 and 24 model std."""
+
+STEEP_RISE = 25.0
+"""A probe whose rise exceeds this is followed by one four times closer in (if probes are left)."""
+
+WIDTH_LIMIT = 2.0
+"""A half-width above this many model std is reported as an error bar that understates."""
+
+PROFILE_ITERATIONS = 30
+"""Iteration cap of a profile refit (each starts on the covariance's line through the optimum)."""
+
+
+@dataclass
+class ProfileSide:
+    """One side of one parameter's profile."""
+
+    offsets: list[float]
+    """Probe distances from the optimum, model std (signed)."""
+    rises: list[float]
+    """``(chi2 - chi2_min) / reduced_chi2`` at each probe."""
+    half_width: float
+    """Distance at which the rise reaches 1, model std; a lower limit when ``reached`` is False."""
+    reached: bool
+    """Whether a probe rose by 1 (False: the bound or the last probe came first)."""
+    converged: bool
+
+
+def half_width(offsets: list[float], rises: list[float]) -> tuple[float, bool]:
+    """Distance (model std, unsigned) at which the rise first reaches 1, and whether it does.
+
+    The probes are taken in order of distance, with the optimum (rise 0) first; between
+    neighbours ``sqrt(rise)`` is interpolated linearly in the distance (exact for a
+    quadratic profile). Past the farthest probe nothing is extrapolated: its distance is
+    returned as a lower limit.
+    """
+    previous_offset, previous_root = 0.0, 0.0
+    for offset, rise in sorted(zip(np.abs(offsets), rises)):
+        root = math.sqrt(max(rise, 0.0))
+        if root >= 1.0:
+            return float(previous_offset + (1.0 - previous_root) * (offset - previous_offset) / (root - previous_root)), True
+        previous_offset, previous_root = float(offset), root
+    return previous_offset, False
+
+
+def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_chi2, index, sign, options: LMOptions):
+    """Probe one side of parameter ``index`` (``sign`` +1 or -1); a ``ProfileSide``."""
+    std = math.sqrt(covariance[index, index])
+    slope = covariance[:, index] / covariance[index, index]  # the covariance's line: d theta / d theta_index
+    free = problem.free.copy()
+    free[index] = False
+    bound = problem.upper[index] if sign > 0 else problem.lower[index]
+    offsets: list[float] = []
+    rises: list[float] = []
+    converged = True
+    start = np.asarray(theta_hat, dtype=float)
+    distance = FIRST_PROBE
+    for _ in range(MAX_PROBES):
+        target = theta_hat[index] + sign * distance * std
+        target = min(target, bound) if sign > 0 else max(target, bound)
+        shifted = np.clip(start + slope * (target - start[index]), problem.lower, problem.upper)
+        shifted[index] = target
+        refit = levenberg_marquardt(objective, shifted, problem.lower, problem.upper, free, options, quiet=True)
+        converged = converged and refit.converged
+        offsets.append(float((target - theta_hat[index]) / std))
+        rises.append(float((refit.chi2 - chi2_min) / reduced_chi2))
+        start = refit.theta
+        if rises[-1] < 1.0 and target != bound:
+            distance *= 2.0  # not risen by 1 yet: step out
+        elif rises[-1] > STEEP_RISE and len(offsets) < MAX_PROBES:
+            distance /= 4.0  # far steeper than the curvature says: probe the root from closer in
+            start = np.asarray(theta_hat, dtype=float)
+        else:
+            break
+        if any(abs(abs(o) - abs(offsets[-1])) < 1e-12 for o in offsets[:-1]):
+            break  # the bound holds the probe where it was
+    width, reached = half_width(offsets, rises)
+    return ProfileSide(offsets=offsets, rises=rises, half_width=width, reached=reached, converged=converged)
+
+
+def profile_check(result, problem, options: LMOptions) -> dict[str, tuple[ProfileSide, ProfileSide]]:
+    """Both sides of the profile of every free physical parameter not held at a bound.
+
+    ``result`` is an ``NLSQResult`` that still holds its objective.
+    """
+    started = time.perf_counter()
+    physical = problem.layout.physical_slice
+    fit = (result.objective, problem, result.theta, result.covariance, result.chi2, result.reduced_chi2)
+    profiles: dict[str, tuple[ProfileSide, ProfileSide]] = {}
+    for index in range(physical.start, physical.stop):
+        if not problem.free[index] or (result.at_bound and result.at_bound[index]) or result.covariance[index, index] <= 0:
+            continue
+        lower, upper = (profile_side(*fit, index, sign, options) for sign in (-1, 1))
+        profiles[result.names[index]] = (lower, upper)
+        log.info(
+            "profile of %s: half-widths %.2f%s / %.2f%s model std (1 for a quadratic chi2)",
+            result.names[index],
+            lower.half_width,
+            "" if lower.reached else "+",
+            upper.half_width,
+            "" if upper.reached else "+",
+        )
+    log.info("profile check: %d parameters in %.2f s", len(profiles), time.perf_counter() - started)
+    return profiles
+
+
+def profile_document(profiles: dict[str, tuple[ProfileSide, ProfileSide]], names: list[str], theta, covariance) -> dict:
+    """``result.json``'s ``profile`` entries: per parameter ``minus`` and ``plus``, each with the
+    probes, the half-width (model std), whether it was reached, and ``value``: the parameter
+    value at the half-width (where chi2 has risen by 1, or the farthest probe)."""
+    document = {}
+    for name, sides in profiles.items():
+        k = names.index(name)
+        std = math.sqrt(covariance[k, k])
+        document[name] = {
+            label: {**asdict(side), "value": float(theta[k] + sign * side.half_width * std)}
+            for label, sign, side in zip(("minus", "plus"), (-1, 1), sides)
+        }
+    return document
+
+
+def wide_sides(document: dict) -> list[tuple[str, str, dict]]:
+    """``(name, side, entry)`` for every profile side wider than ``WIDTH_LIMIT`` model std."""
+    return [
+        (name, label, entry)
+        for name, sides in document.items()
+        for label, entry in sides.items()
+        if entry["half_width"] > WIDTH_LIMIT
+    ]
