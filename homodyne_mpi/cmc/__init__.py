@@ -1,7 +1,6 @@
 """Consensus Monte Carlo: sharding, per-shard NUTS on every rank, consensus on rank 0.
 
-Importing this package imports JAX: set the host device count first
-(``parallel.devices.configure_host_devices(num_chains)``).
+Importing it imports JAX: first call ``parallel.devices.configure_host_devices(num_chains)``.
 """
 
 from .driver import run_cmc

@@ -1,10 +1,8 @@
 """Smooth increasing maps of the real line onto an interval, with their log-slopes.
 
 ``soft_clamp`` is the identity, to ``exp(-distance)``, more than a few units from both
-bounds and bends only near them, so a coordinate whose posterior is far from its bounds
-keeps the Gaussian shape it has; the shard model uses it for every bounded coordinate
-(physical parameters in their whitened units, contrast/offset pairs in their
-conditional widths).
+bounds, so a coordinate whose posterior is far from its bounds keeps its Gaussian shape;
+the shard model uses it for every bounded coordinate.
 """
 
 from __future__ import annotations
@@ -15,9 +13,7 @@ import numpy as np
 
 
 def soft_clamp(y, low, high):
-    """``z = low + softplus(y - low) - softplus(y - high)``: a smooth increasing map of the
-    real line onto ``(low, high)`` that is the identity, to ``exp(-distance)``, at points
-    more than a few units from both bounds (JAX)."""
+    """``z = low + softplus(y - low) - softplus(y - high)``: the real line onto ``(low, high)`` (JAX)."""
     return low + jax.nn.softplus(y - low) - jax.nn.softplus(y - high)
 
 

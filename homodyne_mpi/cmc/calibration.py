@@ -1,30 +1,19 @@
-"""The factor CMC divides its log-likelihood by, from the NLSQ jackknife.
+"""The factor CMC divides its log-likelihood by, from the NLSQ jackknife (``docs/cmc.md``).
 
 Points that share frames carry less information than independent ones. Dividing the
-Gaussian log-likelihood by ``c`` widens its posterior by ``sqrt(c)``; ``c`` is chosen so
-that the posterior's central ``CREDIBLE_LEVEL`` interval is as wide as the jackknife's
-own interval at that level:
+Gaussian log-likelihood by ``c`` widens its posterior by ``sqrt(c)``; ``c`` makes the
+posterior's central ``CREDIBLE_LEVEL`` interval as wide as the jackknife's:
 
     r_i = (std_jackknife_i / std_model_i)^2
     c_i = 1 + max(0, r_i - 1) * (t_nu_i / z)^2
     c   = max(1, median of c_i over the free physical parameters)
 
-``z`` is the normal quantile and ``t_nu`` Student's t quantile at ``(1 + level) / 2``,
-``nu_i`` the effective degrees of freedom of the jackknife variance
-(``nlsq.jackknife.replicate_dof``), at least ``MIN_DOF``. The t factor is the usual one
-for a variance estimated from few independent pieces (few clusters in cluster-robust
-regression): the jackknife variance of speckle data rests on a handful of influential
-frames (a median of 4.8 effective degrees of freedom out of 20 blocks), so its ratio to
-the model variance scatters from seed to seed by a factor of several, and the plain ratio
-gave intervals that held the truth too rarely (``docs/uncertainty.md``).
-
-Only the excess over the model variance is widened. The reported jackknife variance is
-the model variance (known from all points, not from the replicates) plus the
-frame-shared excess estimated from the replicates (``nlsq.jackknife``); only the
-second is a few-piece estimate. On independent noise the excess is near 0 and ``c``
-near 1, where widening the whole ratio gave 1.5 to 3.2 (the t factor at 5 to 2 degrees
-of freedom) and CMC intervals 1.2 to 1.8 times too wide; on speckle data, where the
-ratio is 10 to 100, the two rules differ by under 3%.
+``z`` and ``t_nu`` are the normal and Student's t quantiles at ``(1 + level) / 2``, ``nu_i``
+the jackknife variance's effective degrees of freedom (``nlsq.jackknife.replicate_dof``,
+at least ``MIN_DOF``): on speckle data it rests on a handful of influential frames, and
+the plain ratio gave intervals that held the truth too rarely. Only the excess over the
+model variance (the frame-shared, few-piece part) is widened, so ``c`` stays near 1 on
+independent noise (``docs/uncertainty.md``).
 """
 
 from __future__ import annotations
@@ -49,13 +38,11 @@ def t_widening(dof: np.ndarray, level: float = CREDIBLE_LEVEL) -> np.ndarray:
 def tempering_factor(std_jackknife: np.ndarray, std_model: np.ndarray, dof: np.ndarray | None, use: np.ndarray) -> float:
     """The log-likelihood divisor ``c >= 1`` (module docstring), dimensionless.
 
-    ``std_jackknife`` and ``std_model`` are per-parameter standard errors (any units, the
-    same for both), ``dof`` the jackknife's effective degrees of freedom per parameter
-    (``None``: no t widening), ``use`` a boolean mask of the parameters that decide (the
-    free physical ones); parameters with a zero model error are skipped. 1 when none is left.
+    ``std_jackknife``, ``std_model``: per-parameter standard errors (same units); ``dof``:
+    the jackknife's effective degrees of freedom (None: no t widening); ``use``: mask of
+    the deciding parameters. Zero model errors are skipped; 1 when none is left.
     """
-    std_jackknife = np.asarray(std_jackknife, dtype=float)
-    std_model = np.asarray(std_model, dtype=float)
+    std_jackknife, std_model = np.asarray(std_jackknife, dtype=float), np.asarray(std_model, dtype=float)
     chosen = np.asarray(use, dtype=bool) & (std_model > 0) & np.isfinite(std_jackknife)
     if not np.any(chosen):
         return 1.0
@@ -66,12 +53,8 @@ def tempering_factor(std_jackknife: np.ndarray, std_model: np.ndarray, dof: np.n
 
 
 def likelihood_calibration(nlsq_result, problem) -> float:
-    """The factor the CMC log-likelihood is divided by (``tempering_factor``), dimensionless.
-
-    From the free physical parameters' jackknife-to-model variance ratios of
-    ``nlsq_result`` (an ``NLSQResult``), each widened by Student's t at the jackknife's
-    effective degrees of freedom; 1 without a warm start or without a jackknife.
-    """
+    """``tempering_factor`` of the free physical parameters of ``nlsq_result`` (an ``NLSQResult``),
+    dimensionless; 1 without a warm start or without a jackknife."""
     if nlsq_result is None or nlsq_result.jackknife is None:
         return 1.0
     physical = np.zeros(len(problem.free), dtype=bool)
@@ -81,12 +64,8 @@ def likelihood_calibration(nlsq_result, problem) -> float:
 
 
 def check_warm_start(warm_start) -> None:
-    """Refuse (``InputError``: exit 2, one line) a warm start CMC cannot be built on.
-
-    The priors, the reparametrisation and the whitening of every shard are centred on the
-    NLSQ values and scaled by the NLSQ errors; from an unconverged or non-finite fit they
-    would put the chains in the wrong place with the wrong widths.
-    """
+    """Refuse (``InputError``: exit 2) an unconverged or non-finite warm start: the priors,
+    reparametrisation and whitening are centred on the NLSQ values and scaled by its errors."""
     from ..errors import InputError
 
     if warm_start is None:
@@ -103,12 +82,8 @@ def check_warm_start(warm_start) -> None:
 
 
 def uncalibrated_warning(calibrate: bool, nlsq_result) -> str | None:
-    """Why the CMC likelihood is left untempered although calibration is on, or None.
-
-    Without a jackknife there is no measure of how much less the correlated points carry
-    than their number says; ``docs/uncertainty.md`` measured 90% intervals that held the
-    truth a quarter of the time on speckle data in that case.
-    """
+    """Why the CMC likelihood is left untempered although calibration is on, or None (without a
+    jackknife, 90% intervals held the truth a quarter of the time on speckle data)."""
     if not calibrate or (nlsq_result is not None and nlsq_result.jackknife is not None):
         return None
     cause = "no NLSQ fit ran" if nlsq_result is None else "the NLSQ fit has no jackknife"

@@ -1,17 +1,9 @@
 """Finished shards on disk: ``<output>/cmc/shards/shard_NNNNN.npz``, one file per shard.
 
-Rank 0 writes each successful shard as soon as its result arrives, atomically
-(``io.atomic_write_npz``: temporary file, fsync, rename), so an interrupted run leaves
-only complete files. A file holds the shard's arrays (draws, divergences, tree sizes,
-R-hat, ESS) and a ``meta`` JSON text with its scalar fields and a **fingerprint**.
-
-The fingerprint is a BLAKE2 hash of everything the shard's draws depend on: the run
-settings (CMC config, priors, reparametrisation, model spec, layout, angles, bounds,
-calibration, seed, sampler settings, padded length) and the shard's own points (index,
-angle, frames, value, weight). A rerun with the same command, config and data finds the
-same fingerprints and reuses the files; anything changed gives a new fingerprint and the
-stale file is ignored (and overwritten when that shard finishes again). Failed shards are
-not written: a rerun tries them again.
+Rank 0 writes each successful shard atomically as it arrives: its arrays and a ``meta``
+JSON text with its scalar fields and a **fingerprint**, a BLAKE2 hash of everything its
+draws depend on (run settings and the shard's own points). A rerun with the same
+command, config and data reuses the files; stale files are ignored (then overwritten).
 """
 
 from __future__ import annotations
@@ -93,6 +85,4 @@ def load_shard(output_dir: Path, index: int, fingerprint: str) -> ShardResult | 
     if meta.get("fingerprint") != fingerprint or meta.get("format") != FORMAT_VERSION:
         log.info("CMC: %s was made with other settings or data; shard %d runs again", path.name, index)
         return None
-    result = ShardResult.from_parts(meta, arrays)
-    result.reused = True
-    return result
+    return dataclasses.replace(ShardResult.from_parts(meta, arrays), reused=True)

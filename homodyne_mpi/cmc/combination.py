@@ -1,19 +1,15 @@
 """Combining shard posteriors into one: pure NumPy.
 
-Each shard ``k`` gives draws ``theta_k[g]`` (``g = 1..G``) of its sub-posterior (prior
-tempered to ``1/K``), with sample mean ``m_k`` and covariance ``S_k``; ``W_k = S_k^-1``.
+Shard ``k`` gives draws ``theta_k[g]`` (``g = 1..G``) of its sub-posterior (prior tempered
+to ``1/K``), with sample mean ``m_k``, covariance ``S_k`` and ``W_k = S_k^-1``.
 
-- ``consensus_mc`` (Scott et al. 2016): the ``g``-th combined draw is
-  ``(sum_k W_k)^-1 sum_k W_k theta_k[g]``. Exact when every sub-posterior is Gaussian.
-- ``gaussian_product``: the product of the Gaussian approximations,
-  ``N((sum W_k)^-1 sum W_k m_k, (sum W_k)^-1)``; its draws are sampled from it with a
-  seeded generator.
-- ``robust_consensus_mc`` (default): shards whose mean is an outlier in any parameter
-  are left out first, then ``consensus_mc``. Outliers: the modified z-score
-  ``0.6745 (m_k - median) / MAD`` above ``outlier_zscore`` (3.5, Iglewicz and Hoaglin),
-  with the MAD of the shard means floored at ``0.6745`` times the median shard posterior
-  standard deviation (the spread the shard means have when the shards agree), so that
-  shards that happen to agree closely do not make an ordinary shard look like an outlier.
+- ``consensus_mc`` (Scott et al. 2016): combined draw ``g`` is ``(sum_k W_k)^-1 sum_k
+  W_k theta_k[g]``; exact when every sub-posterior is Gaussian.
+- ``gaussian_product``: seeded draws of ``N((sum W_k)^-1 sum W_k m_k, (sum W_k)^-1)``.
+- ``robust_consensus_mc`` (default): ``consensus_mc`` without the shards whose mean is an
+  outlier in any parameter: modified z-score ``0.6745 (m_k - median) / MAD`` above
+  ``outlier_zscore`` (Iglewicz and Hoaglin), the MAD floored at ``0.6745`` times the
+  median shard posterior std, so closely agreeing shards do not make outliers of others.
 """
 
 from __future__ import annotations
@@ -57,13 +53,10 @@ def shard_moments(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def precision(covariance: np.ndarray) -> np.ndarray:
-    """Inverse of a covariance; entries with no spread (fixed values) get zero precision.
-
-    A (near-)singular covariance gets a small relative ridge before inversion.
-    """
+    """Inverse of a covariance; entries with no spread (fixed values) get zero precision and a
+    (near-)singular covariance a small relative ridge first."""
     covariance = np.asarray(covariance, dtype=np.float64)
-    variance = np.diag(covariance)
-    active = variance > 0
+    active = np.diag(covariance) > 0
     out = np.zeros_like(covariance)
     if not active.any():
         return out
@@ -79,31 +72,28 @@ def precision(covariance: np.ndarray) -> np.ndarray:
     return out
 
 
-def _covariance_of_precision(total_precision: np.ndarray) -> np.ndarray:
-    active = np.diag(total_precision) > 0
-    out = np.zeros_like(total_precision)
+def _pooled(covariances: list[np.ndarray]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The shard precisions ``W_k``, the covariance ``(sum_k W_k)^-1`` (zero where no shard has
+    spread) and the mask of those fixed parameters."""
+    weights = [precision(c) for c in covariances]
+    total = np.sum(weights, axis=0)
+    active = np.diag(total) > 0
+    covariance = np.zeros_like(total)
     if active.any():
-        block = total_precision[np.ix_(active, active)]
-        out[np.ix_(active, active)] = np.linalg.inv(block)
-    return 0.5 * (out + out.T)
+        covariance[np.ix_(active, active)] = np.linalg.inv(total[np.ix_(active, active)])
+    return weights, 0.5 * (covariance + covariance.T), np.diag(total) <= 0
 
 
 def consensus_draws(shard_draws: list[np.ndarray]) -> np.ndarray:
-    """Scott et al. (2016) consensus draws from equally long shard draw arrays ``(G, d)``.
-
-    Parameters with no spread in any shard (fixed values) are passed through from the
-    first shard.
-    """
+    """Scott et al. (2016) consensus draws from shard draw arrays ``(G, d)`` (cut to the shortest);
+    parameters with no spread in any shard (fixed values) come from the first shard."""
     if not shard_draws:
         raise ValueError("consensus needs at least one shard")
     n_draws = min(d.shape[0] for d in shard_draws)
     arrays = [np.asarray(d[:n_draws], dtype=np.float64) for d in shard_draws]
-    weights = [precision(shard_moments(d)[1]) for d in arrays]
-    total = np.sum(weights, axis=0)
+    weights, covariance, fixed = _pooled([shard_moments(d)[1] for d in arrays])
     weighted = np.sum([d @ w for d, w in zip(arrays, weights)], axis=0)  # (G, d): sum_k W_k theta_k[g]
-    covariance = _covariance_of_precision(total)
     combined = weighted @ covariance  # covariance is symmetric
-    fixed = np.diag(total) <= 0
     combined[:, fixed] = arrays[0][:, fixed]
     return combined
 
@@ -113,11 +103,8 @@ def gaussian_product(shard_draws: list[np.ndarray], *, seed: int = 0) -> tuple[n
     if not shard_draws:
         raise ValueError("gaussian_product needs at least one shard")
     moments = [shard_moments(d) for d in shard_draws]
-    weights = [precision(cov) for _, cov in moments]
-    total = np.sum(weights, axis=0)
-    covariance = _covariance_of_precision(total)
+    weights, covariance, fixed = _pooled([cov for _, cov in moments])
     mean = covariance @ np.sum([w @ m for (m, _), w in zip(moments, weights)], axis=0)
-    fixed = np.diag(total) <= 0
     mean[fixed] = moments[0][0][fixed]
     n_draws = min(d.shape[0] for d in shard_draws)
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x434D43]))
@@ -127,12 +114,9 @@ def gaussian_product(shard_draws: list[np.ndarray], *, seed: int = 0) -> tuple[n
 
 
 def modified_zscores(means: np.ndarray, stds: np.ndarray | None = None) -> np.ndarray:
-    """``0.6745 (m_k - median) / MAD`` per shard and parameter, ``(K, d)``.
-
-    ``stds`` (``(K, d)`` shard posterior standard deviations) floors the MAD at
-    ``0.6745 * median_k std``. Where the MAD is still 0 the mean absolute deviation
-    (times 1.2533) is used, and where that is 0 too the score is 0.
-    """
+    """``0.6745 (m_k - median) / MAD`` per shard and parameter, ``(K, d)``; ``stds`` (``(K, d)``
+    shard posterior standard deviations) floors the MAD at ``0.6745 * median_k std``. Where
+    the MAD is 0 the mean absolute deviation (times 1.2533) is used, else the score is 0."""
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
     median = np.median(means, axis=0)
     deviation = np.abs(means - median)
@@ -149,10 +133,8 @@ def modified_zscores(means: np.ndarray, stds: np.ndarray | None = None) -> np.nd
 
 
 def robust_outliers(means: np.ndarray, stds: np.ndarray | None = None, *, threshold: float = 3.5) -> tuple[list[int], np.ndarray]:
-    """Positions of shards with ``|modified z| > threshold`` in any parameter, and the scores.
-
-    Fewer than 3 shards: no outliers (a median of two says nothing).
-    """
+    """Positions of shards with ``|modified z| > threshold`` in any parameter, and the scores;
+    none below 3 shards (a median of two says nothing)."""
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
     if means.shape[0] < 3:
         return [], np.zeros_like(means)

@@ -1,17 +1,9 @@
 """The distributed CMC driver: shards out from rank 0, NUTS on every rank, consensus on rank 0.
 
-``run_cmc`` is called on every rank:
-
-1. Rank 0 plans the run (``plan``: shards, priors, sampler settings, reusable
-   checkpoints); the plan (small) is broadcast. A bad input there is raised on every
-   rank together.
-2. The shards still to run go through the task farm of ``parallel.dispatch``: every rank
-   (rank 0 in a worker thread) asks for the next shard as soon as it is free, runs it
-   (``worker``) and sends the result back. Rank 0 checkpoints each result as it arrives
-   and logs progress (done/total, time per shard, rate, ETA).
-3. Rank 0 filters and combines the shards (``result``) and returns the ``CMCResult``;
-   too few good shards is a ``FitError`` raised on every rank, naming the shards, after
-   ``cmc/result.json`` has recorded every shard with ``status: failed``.
+``run_cmc`` runs on every rank: rank 0 plans the run (``plan``) and broadcasts the plan;
+the shards go through the task farm of ``parallel.dispatch`` (``worker``), rank 0
+checkpointing each result and logging progress; rank 0 then filters and combines them
+(``result``). Errors in planning or too few good shards are raised on every rank together.
 """
 
 from __future__ import annotations
@@ -40,9 +32,7 @@ class Progress:
     """Rank 0's record of finished shards: checkpoints and progress lines."""
 
     def __init__(self, plan: RunPlan, state: RootState, output_dir) -> None:
-        self.plan = plan
-        self.state = state
-        self.output_dir = output_dir
+        self.plan, self.state, self.output_dir = plan, state, output_dir
         self.results: dict[int, ShardResult] = dict(state.reused)
         self.to_run = plan.n_shards - len(state.reused)
         self.ran = 0
@@ -51,12 +41,9 @@ class Progress:
     def __call__(self, finished: FarmResult) -> None:
         index = int(finished.task["index"])
         if "farm_error" in finished.header:
+            header, n_points = finished.header, int(finished.task["n_points"])
             result = ShardResult(
-                index=index,
-                n_points=int(finished.task["n_points"]),
-                seconds=finished.seconds,
-                error=finished.header["farm_error"],
-                traceback=finished.header.get("traceback"),
+                index, n_points, seconds=finished.seconds, error=header["farm_error"], traceback=header.get("traceback")
             )
         else:
             result = ShardResult.from_parts(finished.header, finished.arrays)
@@ -88,14 +75,13 @@ class Progress:
 def run_cmc(
     cfg, problem, points: PointSet | None, comm, *, warm_start=None, output_dir: Path | None = None, calibration: float = 1.0
 ) -> CMCResult | None:
-    """Consensus Monte Carlo of ``problem`` on every rank; rank 0 returns the ``CMCResult``.
+    """Consensus Monte Carlo of ``problem`` on every rank; rank 0 returns the ``CMCResult``, others None.
 
-    ``points``: the full strict-upper-triangle points on rank 0 (None elsewhere).
-    ``warm_start``: the NLSQ result (priors and reparametrisation centred on it) or None.
-    ``output_dir``: ``<output>/<dataset>`` on rank 0; finished shards are checkpointed in
-    its ``cmc/shards`` (None: no checkpoints). ``calibration`` (>= 1) divides the
-    log-likelihood. Other ranks return None. Raises ``FitError`` on every rank when too
-    few shards are good, ``Interrupted`` when a stop was requested between shards.
+    ``points``: the strict-upper-triangle points on rank 0 (None elsewhere); ``warm_start``:
+    the NLSQ result or None; ``output_dir``: ``<output>/<dataset>`` on rank 0, shards are
+    checkpointed in its ``cmc/shards`` (None: not); ``calibration`` (>= 1) divides the
+    log-likelihood. Raises ``FitError`` on every rank when too few shards are good,
+    ``Interrupted`` when a stop was requested between shards.
     """
     start = time.perf_counter()
     state = RootState()
@@ -105,8 +91,7 @@ def run_cmc(
     )
     prepared = time.perf_counter()
     worker = ShardWorker(problem, plan, comm.rank)
-    progress = None
-    tasks = None
+    progress = tasks = None
     if comm.is_root:
         assert points is not None, "plan_run has raised on every rank when rank 0 has no points"
         progress = Progress(plan, state, output_dir)
@@ -116,18 +101,12 @@ def run_cmc(
             for k in dispatch_order(sizes)
             if k not in state.reused
         ]
+    time_limit = shard_time_limit(cfg.optimization.cmc.per_shard_mcmc.shard_timeout_s)
     stats: FarmStats | None = run_task_farm(
-        comm,
-        tasks,
-        worker,
-        progress,
-        should_stop=_stop_requested,
-        passthrough=(Interrupted,),
-        task_limit=shard_time_limit(cfg.optimization.cmc.per_shard_mcmc.shard_timeout_s),
+        comm, tasks, worker, progress, should_stop=_stop_requested, passthrough=(Interrupted,), task_limit=time_limit
     )
     sampled = time.perf_counter()
-    stopped = comm.bcast(stats.stopped if stats is not None else None)  # stats: rank 0 only
-    if stopped:
+    if comm.bcast(stats.stopped if stats is not None else None):  # stats: rank 0 only
         done = len(progress.results) if progress else 0
         raise collective(  # raised on every rank together: exit 3, no abort
             Interrupted(
@@ -156,9 +135,7 @@ def run_cmc(
             "shard_compute_sum": float(sum(r.seconds for r in ran)),
             "combine": end - sampled,
         }
-        result.dispatch = stats.to_dict()
-        result.dispatch["shards_run"] = len(ran)
-        result.dispatch["shards_reused"] = len(results) - len(ran)
+        result.dispatch = {**stats.to_dict(), "shards_run": len(ran), "shards_reused": len(results) - len(ran)}
         log.info(
             "CMC: combined %d of %d shards (%s) in %.1f s; parallel efficiency %.2f on %d rank(s)",
             len(result.used),

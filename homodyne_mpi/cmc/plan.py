@@ -1,9 +1,5 @@
-"""Planning a CMC run on rank 0: shards, priors, sampler settings, checkpoint reuse.
-
-``plan_run`` cuts the points into shards (``sharding``), builds the priors (``priors``),
-fixes the sampler settings, fingerprints every shard and reads back the shards an
-earlier run of the same plan finished (``checkpoint``). The ``RunPlan`` it returns is
-small and is broadcast to every rank; the shard indices and reused results stay on
+"""Planning a CMC run on rank 0: shards, priors, sampler settings, fingerprints and reusable
+checkpoints. The small ``RunPlan`` is broadcast; shard indices and reused results stay on
 rank 0 in a ``RootState``.
 """
 
@@ -39,10 +35,8 @@ class RunPlan:
     fill_angle: int
     seed: int
     calibration: float
-    fingerprint: str
     retry_settings: SamplerSettings | None
-    """The settings of a shard's second attempt (longer warm-up, higher
-    ``target_accept_prob``), or None."""
+    """A shard's second attempt (longer warm-up, higher ``target_accept_prob``), or None."""
     max_divergence_rate: float
     max_rhat: float
     """The shard checks (``combination``) that decide a retry and the combination."""
@@ -58,13 +52,7 @@ class RootState:
 
 
 def retry_settings_for(settings: SamplerSettings, retry_target_accept_prob: float) -> SamplerSettings | None:
-    """A shard's second attempt: twice the warm-up and the higher ``target_accept_prob``.
-
-    ``None`` (no retry) when ``retry_target_accept_prob`` is not above the first
-    attempt's. The longer warm-up gives the step size and mass matrix the time a broad,
-    skewed shard posterior needs; the higher target shortens the steps through its
-    curved parts.
-    """
+    """A shard's second attempt: twice the warm-up and the higher ``target_accept_prob``, or None."""
     if not retry_target_accept_prob > settings.target_accept_prob:
         return None
     return dataclasses.replace(settings, num_warmup=2 * max(settings.num_warmup, 1), target_accept_prob=retry_target_accept_prob)
@@ -97,23 +85,13 @@ def plan_run(
     )
     mcmc = cmc.per_shard_mcmc
     warmup, samples = adapted_counts(
-        n_padded,
-        num_warmup=mcmc.num_warmup,
-        num_samples=mcmc.num_samples,
-        min_samples=mcmc.min_samples,
+        n_padded, num_warmup=mcmc.num_warmup, num_samples=mcmc.num_samples, min_samples=mcmc.min_samples
     )
     # Device counts are checked on each rank by ShardSampler; here only the shard size.
     method, reason = chain_method_for(mcmc.chain_method, mcmc.num_chains, n_padded, mcmc.num_chains)
     if reason is not None and mcmc.chain_method == "parallel":
         log.warning("CMC: chains run sequentially: %s", reason)
-    settings = SamplerSettings(
-        num_warmup=warmup,
-        num_samples=samples,
-        num_chains=mcmc.num_chains,
-        chain_method=method,
-        target_accept_prob=mcmc.target_accept_prob,
-        max_tree_depth=mcmc.max_tree_depth,
-    )
+    settings = SamplerSettings(warmup, samples, mcmc.num_chains, method, mcmc.target_accept_prob, mcmc.max_tree_depth)
     fill_angle = int(points.angle.max())
     run_fp = checkpoint.run_fingerprint(
         {
@@ -133,10 +111,8 @@ def plan_run(
         checkpoint.shard_fingerprint(run_fp, k, shard_columns(points, idx)) for k, idx in enumerate(state.shards)
     ]
     if output_dir is not None:
-        for k, fp in enumerate(state.fingerprints):
-            found = checkpoint.load_shard(output_dir, k, fp)
-            if found is not None:
-                state.reused[k] = found
+        found = {k: checkpoint.load_shard(output_dir, k, fp) for k, fp in enumerate(state.fingerprints)}
+        state.reused = {k: result for k, result in found.items() if result is not None}
         if state.reused:
             log.info("CMC: %d of %d shards reused from %s", len(state.reused), n_shards, checkpoint.shard_folder(output_dir))
     log.info(
@@ -159,7 +135,6 @@ def plan_run(
         fill_angle=fill_angle,
         seed=int(cmc.seed),
         calibration=float(calibration),
-        fingerprint=run_fp,
         retry_settings=retry_settings_for(settings, mcmc.retry_target_accept_prob),
         max_divergence_rate=float(cmc.combination.max_divergence_rate),
         max_rhat=float(cmc.combination.max_rhat),

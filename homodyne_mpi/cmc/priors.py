@@ -1,36 +1,23 @@
 """Priors of the CMC shards, their tempering, and the unit-scale reparametrisation.
 
-Rules (also in ``docs/cmc.md``):
+Rules (details in ``docs/cmc.md``):
 
 - Every sampled parameter has a bounded prior on its ``[min, max]`` from
-  ``parameter_space.bounds`` (``config.DEFAULT_BOUNDS`` for unlisted ones):
-  ``TruncatedNormal(mu, sigma)`` confined to the bounds, or ``Uniform(min, max)``
-  (``type: Uniform``). ``type: Normal`` is read as ``TruncatedNormal``.
-- Without a warm start (or with ``prior.calibrate: false``) ``mu``/``sigma`` are the
-  bound's ``prior_mu``/``prior_sigma``, defaulting to the starting value and half the
-  bound width.
-- With an NLSQ warm start and ``prior.calibrate: true`` every prior is
-  ``TruncatedNormal(NLSQ value, width_factor * NLSQ std)`` on the bounds; a parameter
-  whose NLSQ std is not finite and positive keeps its config prior.
-- Tempering: a shard's prior is the full prior to the power ``1/K`` (``K`` shards), so
-  the product of the shard priors is the full prior. For the Gaussian families this is
-  exact and closed-form: the same family with ``sigma * sqrt(K)`` (the truncation and a
-  uniform density are unchanged by the power).
-- Noise: ``sigma`` (c2 units) is sampled as ``sigma = noise_scale * u`` with
-  ``u ~ HalfNormal(NOISE_PRIOR_SCALE)`` (tempered like the others), ``noise_scale`` the
-  median per-angle noise estimate of the data. A point of angle ``a`` has standard
-  deviation ``u * sigma_a`` (``sigma_a = 1/weight``): ``sigma`` is the noise of an angle
-  at the median estimate, and the angles keep the ratios of their estimates.
-- Reparametrisation: NUTS samples ``z`` with ``theta = loc + scale * z``; ``loc`` is the
-  NLSQ value (else the prior centre) and ``scale`` is ``sqrt(K * c)`` times the NLSQ
-  *model* std, ``c`` the likelihood calibration: the width of a shard posterior whose
-  likelihood is the ``J^T J`` Gaussian divided by ``c``, so that with the NLSQ
-  correlation the expected posterior is exactly the unit normal in ``z``. (Scaling by the
-  jackknife std instead leaves each parameter off by its own jk-to-model ratio, which
-  along the tightly correlated ``D0``/``alpha``/``D_offset`` directions turns the unit
-  normal into a badly conditioned one, and NUTS diverged.) Without a warm start it is
-  the tempered prior width, capped at half the bound width. The prior is transformed
-  exactly, so this changes nothing but the geometry NUTS adapts to.
+  ``parameter_space.bounds``: ``TruncatedNormal(mu, sigma)`` or ``Uniform(min, max)``.
+  With an NLSQ warm start and ``prior.calibrate: true``, ``mu`` is the NLSQ value and
+  ``sigma`` ``width_factor`` NLSQ std (where finite and positive); otherwise the bound's
+  ``prior_mu``/``prior_sigma``, defaulting to the starting value and half the bound width.
+- Tempering: a shard's prior is the full prior to the power ``1/K`` (``K`` shards),
+  exactly the same family with ``sigma * sqrt(K)``.
+- Noise: ``sigma = noise_scale * u`` (c2 units), ``u ~ HalfNormal(NOISE_PRIOR_SCALE)``
+  tempered, ``noise_scale`` the median per-angle noise; a point of angle ``a`` has
+  standard deviation ``u * sigma_a`` (``sigma_a = 1/weight``).
+- Reparametrisation: NUTS samples ``z``, ``theta = loc + scale * z``: ``loc`` the NLSQ
+  value (else the prior centre), ``scale`` ``sqrt(K * c)`` NLSQ *model* std (``c`` the
+  likelihood calibration), the expected shard-posterior width, so the expected posterior
+  is the unit normal in ``z`` with the NLSQ correlation (the jackknife std made NUTS
+  diverge along ``D0``/``alpha``/``D_offset``). Without a warm start: the tempered prior
+  width, capped at half the bound width. The prior is transformed exactly.
 """
 
 from __future__ import annotations
@@ -61,17 +48,13 @@ class PriorSpec:
     family: tuple[str, ...]
     """``truncated_normal`` or ``uniform`` per sampled parameter."""
     mu: np.ndarray
-    """Prior centre (truncated normal; unused for uniform)."""
     sigma: np.ndarray
-    """Prior width before tempering (truncated normal; unused for uniform)."""
+    """Prior centre and width before tempering (truncated normal; unused for uniform)."""
     low: np.ndarray
-    """Lower bound."""
     high: np.ndarray
-    """Upper bound."""
     loc: np.ndarray
-    """Centre of the unit-scale variable: ``theta = loc + scale * z``."""
     scale: np.ndarray
-    """Width of the unit-scale variable."""
+    """Centre and width of the unit-scale variable: ``theta = loc + scale * z``."""
     base_theta: np.ndarray
     """Full parameter vector; its fixed entries are used as they are."""
     noise_scale: float
@@ -83,8 +66,7 @@ class PriorSpec:
     source: str
     """``nlsq`` (warm-start priors) or ``config``."""
     correlation: np.ndarray | None = None
-    """NLSQ correlation of the sampled parameters (the expected shape of a shard
-    posterior in ``z``), or ``None`` without a usable warm-start covariance."""
+    """NLSQ correlation of the sampled parameters (expected shard posterior shape in ``z``), or None."""
 
     @property
     def n_sampled(self) -> int:
@@ -93,7 +75,7 @@ class PriorSpec:
 
     @property
     def temper(self) -> float:
-        """Factor on every Gaussian width from tempering: ``sqrt(K)``."""
+        """Tempering factor on every Gaussian width: ``sqrt(K)``."""
         return math.sqrt(self.n_shards)
 
     def to_dict(self) -> dict:
@@ -112,22 +94,9 @@ class PriorSpec:
         return {"source": self.source, "tempering_power": 1.0 / self.n_shards, "parameters": out}
 
 
-def warm_start_std(cfg, warm_start) -> np.ndarray | None:
-    """The NLSQ standard errors used for priors: the configured kind when available."""
-    if warm_start is None:
-        return None
-    jackknife = getattr(warm_start, "std_jackknife", None)
-    if jackknife is not None and cfg.optimization.nlsq.uncertainty == "jackknife":
-        return np.asarray(jackknife, dtype=float)
-    return np.asarray(warm_start.std, dtype=float)
-
-
 def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float, calibration: float = 1.0) -> PriorSpec:
-    """The shards' priors for ``problem`` (see the module docstring for the rules).
-
-    ``calibration`` (>= 1) is the factor the shard log-likelihood is divided by; it sets
-    the reparametrisation scale, not the priors.
-    """
+    """The shards' priors for ``problem`` (module docstring); ``calibration`` (>= 1), the
+    log-likelihood divisor, sets the reparametrisation scale, not the priors."""
     if n_shards < 1:
         raise ValueError("build_priors needs n_shards >= 1")
     if not (calibration >= 1.0 and math.isfinite(calibration)):
@@ -139,27 +108,25 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
     index = np.flatnonzero(np.asarray(problem.free, dtype=bool))
     temper = math.sqrt(n_shards)
     base = np.asarray(problem.theta0, dtype=float).copy()
-    nlsq_theta = nlsq_std = model_std = None
+    nlsq_std = model_std = None
     if warm_start is not None:
-        nlsq_theta = np.asarray(warm_start.theta, dtype=float)
-        nlsq_std = warm_start_std(cfg, warm_start)
+        jackknife = getattr(warm_start, "std_jackknife", None)  # the prior width: the configured kind when available
+        use_jackknife = jackknife is not None and cfg.optimization.nlsq.uncertainty == "jackknife"
+        nlsq_std = np.asarray(jackknife if use_jackknife else warm_start.std, dtype=float)
         model_std = np.asarray(warm_start.std, dtype=float)
-        base = np.clip(nlsq_theta, problem.lower, problem.upper)
+        base = np.clip(np.asarray(warm_start.theta, dtype=float), problem.lower, problem.upper)
     posterior_width = math.sqrt(n_shards * calibration)
     family, mu, sigma, loc, scale = [], [], [], [], []
     used_nlsq = False
     for k in index:
-        name = names[k]
-        bound = cfg.parameter_space.bound(name.split("[", 1)[0])  # contrast[3] -> contrast
+        bound = cfg.parameter_space.bound(names[k].split("[", 1)[0])  # contrast[3] -> contrast
         low, high = float(problem.lower[k]), float(problem.upper[k])
         width = high - low
         nlsq_std_k = float(nlsq_std[k]) if nlsq_std is not None else math.nan
         have_nlsq = math.isfinite(nlsq_std_k) and nlsq_std_k > 0
         centre = float(np.clip(base[k], low, high))
         if have_nlsq and prior_cfg.calibrate:
-            fam = "truncated_normal"
-            m = centre
-            s = prior_cfg.width_factor * nlsq_std_k
+            fam, m, s = "truncated_normal", centre, prior_cfg.width_factor * nlsq_std_k
             used_nlsq = True
         else:
             fam = "uniform" if bound.type == "Uniform" else "truncated_normal"
@@ -201,22 +168,13 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         source="nlsq" if used_nlsq else "config",
         correlation=correlation,
     )
-    log.info(
-        "CMC priors from %s, tempered by 1/%d (widths x %.3g); noise scale %.4g",
-        spec.source,
-        n_shards,
-        temper,
-        noise_scale,
-    )
+    log.info("CMC priors from %s, tempered by 1/%d (widths x %.3g); noise scale %.4g", spec.source, n_shards, temper, noise_scale)
     return spec
 
 
 def noise_scale_of(weight: np.ndarray, *, max_samples: int = 1_000_000) -> float:
-    """Median noise level ``1/weight`` over the points with a positive weight.
-
-    Above ``max_samples`` points an even stride of them is used (weights are constant
-    per angle, so the median barely moves).
-    """
+    """Median noise level ``1/weight`` (c2 units) over the points with a positive weight; above
+    ``max_samples`` points an even stride of them (weights are constant per angle)."""
     weight = np.asarray(weight, dtype=float)
     weight = weight[:: max(1, weight.size // max_samples)]
     positive = weight[weight > 0]
@@ -226,11 +184,8 @@ def noise_scale_of(weight: np.ndarray, *, max_samples: int = 1_000_000) -> float
 
 
 def nlsq_correlation(covariance: np.ndarray, index: np.ndarray, *, floor: float = 1e-12) -> np.ndarray | None:
-    """Correlation matrix of the parameters ``index`` from an NLSQ covariance.
-
-    ``None`` when a variance is not finite and positive. Eigenvalues are floored at
-    ``floor`` (then the diagonal is renormalised to 1) so the matrix is positive definite.
-    """
+    """Correlation matrix of the parameters ``index`` from an NLSQ covariance, eigenvalues floored
+    at ``floor`` (diagonal renormalised to 1); None when a variance is not finite and positive."""
     block = covariance[np.ix_(index, index)]
     variance = np.diag(block)
     if not np.all(np.isfinite(block)) or np.any(variance <= 0):

@@ -1,10 +1,8 @@
 """Shaping a CMC run's outcome on rank 0: shard verdicts, combination, ``cmc/result.json``.
 
-``combine_shards`` leaves out the shards that failed or fail their checks, combines the
-rest (``combination``) and returns a ``CMCResult``; with too few good shards it raises
-``FitError``, and ``failure_document`` gives the ``cmc/result.json`` of that case. Both
-documents carry a top-level ``status`` (``ok``: every shard used, ``partial``: some left
-out, ``failed``: too few good shards) and ``reason`` (None when ``ok``).
+``combine_shards`` combines the good shards into a ``CMCResult`` or raises ``FitError``
+(``failure_document`` is then the ``cmc/result.json``). Both documents carry ``status``
+(``ok``, ``partial``: some shards left out, ``failed``) and ``reason`` (None when ``ok``).
 """
 
 from __future__ import annotations
@@ -42,9 +40,8 @@ class CMCResult:
     timing_s: dict = field(default_factory=dict)
     dispatch: dict = field(default_factory=dict)
     shard_means: np.ndarray | None = None
-    """``(n_used, n_params)`` means of the shards that entered the combination."""
     shard_covariances: np.ndarray | None = None
-    """``(n_used, n_params, n_params)``."""
+    """``(n_used, n_params)`` means and ``(n_used, n_params, n_params)`` covariances of the shards used."""
     used: list[int] = field(default_factory=list)
     """Indices of the shards that entered."""
     extra: dict = field(default_factory=dict)
@@ -63,23 +60,15 @@ class CMCResult:
 
     def parameters(self) -> dict:
         """``{name: {mean, std, q05, q50, q95, fixed}}``."""
-        quantiles = np.quantile(self.draws, QUANTILES, axis=0)
-        mean, std = self.mean, self.std
+        q05, q50, q95 = np.quantile(self.draws, QUANTILES, axis=0)
+        columns = {"mean": self.mean, "std": self.std, "q05": q05, "q50": q50, "q95": q95}
         return {
-            name: {
-                "mean": float(mean[k]),
-                "std": float(std[k]),
-                "q05": float(quantiles[0, k]),
-                "q50": float(quantiles[1, k]),
-                "q95": float(quantiles[2, k]),
-                "fixed": bool(self.fixed[k]),
-            }
+            name: {**{key: float(column[k]) for key, column in columns.items()}, "fixed": bool(self.fixed[k])}
             for k, name in enumerate(self.names)
         }
 
     def to_json_dict(self) -> dict:
         """The ``cmc/result.json`` mapping (``docs/cmc.md``)."""
-        plan = self.plan
         left_out = {index: why for index, why in self.status.items() if why is not None}
         return {
             "method": "cmc",
@@ -88,7 +77,7 @@ class CMCResult:
             "parameters": self.parameters(),
             "shards": [shard_record(s, self.status.get(s.index)) for s in self.shards],
             "combination": self.combination,
-            **run_record(plan, self.n_ranks, n_draws=int(self.draws.shape[0])),
+            **run_record(self.plan, self.n_ranks, n_draws=int(self.draws.shape[0])),
             "timing_s": {k: float(v) for k, v in self.timing_s.items()},
             "dispatch": self.dispatch,
             **self.extra,
@@ -118,8 +107,7 @@ def left_out_reason(left_out: dict[int, str]) -> str:
 
 def run_record(plan: RunPlan, n_ranks: int, **counts) -> dict:
     """The ``n_ranks``, ``n_points``, ``n_shards``, ``counts``, ``sampler`` and ``priors`` entries of ``cmc/result.json``."""
-    s = plan.settings
-    retry = plan.retry_settings
+    s, retry = plan.settings, plan.retry_settings
     sampler = {
         "num_warmup": s.num_warmup,
         "num_samples": s.num_samples,
@@ -165,16 +153,14 @@ def shard_verdicts(results: list[ShardResult], combination_cfg) -> dict[int, str
     for r in results:
         if r.failed:
             verdicts[r.index] = f"failed: {r.error}"
-            continue
-        assert r.draws is not None, "a shard that did not fail has draws"
-        if not np.all(np.isfinite(r.draws)):
+        elif not np.all(np.isfinite(np.asarray(r.draws))):
             verdicts[r.index] = "non-finite draws"
-            continue
-        divergence_rate, rhat_max = r.divergence_rate, r.rhat_max
-        assert divergence_rate is not None and rhat_max is not None, "a shard with draws has its diagnostics"
-        verdicts[r.index] = quality_problem(
-            divergence_rate, rhat_max, combination_cfg.max_divergence_rate, combination_cfg.max_rhat
-        )
+        else:
+            divergence_rate, rhat_max = r.divergence_rate, r.rhat_max
+            assert divergence_rate is not None and rhat_max is not None, "a shard with draws has its diagnostics"
+            verdicts[r.index] = quality_problem(
+                divergence_rate, rhat_max, combination_cfg.max_divergence_rate, combination_cfg.max_rhat
+            )
     return verdicts
 
 
@@ -223,21 +209,14 @@ def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ra
     sampled_names = [*plan.priors.names, "sigma"]
     for position in combined.outliers:
         assert combined.zscores is not None, "outliers come with their z-scores"
-        shard = good[position]
         scores = np.abs(combined.zscores[position])
         worst = int(np.argmax(scores))
-        verdicts[shard.index] = (
-            f"outlier: modified z-score {scores[worst]:.1f} > {combination_cfg.outlier_zscore:g} in {sampled_names[worst]}"
-        )
+        why = f"modified z-score {scores[worst]:.1f} > {combination_cfg.outlier_zscore:g} in {sampled_names[worst]}"
+        verdicts[good[position].index] = f"outlier: {why}"
     used = [good[k] for k in combined.used]
-    combination["used"] = [r.index for r in used]
-    combination["n_used"] = len(used)
-    combination["excluded_outliers"] = [{"index": good[k].index, "reason": verdicts[good[k].index]} for k in combined.outliers]
-    shard_means, shard_covs = [], []
-    for r in used:
-        full = full_space(plan, r.flat_draws())
-        shard_means.append(full.mean(axis=0))
-        shard_covs.append(np.atleast_2d(np.cov(full, rowvar=False)))
+    outliers = [{"index": good[k].index, "reason": verdicts[good[k].index]} for k in combined.outliers]
+    combination.update(used=[r.index for r in used], n_used=len(used), excluded_outliers=outliers)
+    full_shards = [full_space(plan, r.flat_draws()) for r in used]
     fixed = np.ones(len(names), dtype=bool)
     fixed[plan.priors.index] = False
     fixed[-1] = False
@@ -250,15 +229,14 @@ def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ra
         combination=combination,
         plan=plan,
         n_ranks=n_ranks,
-        shard_means=np.asarray(shard_means),
-        shard_covariances=np.asarray(shard_covs),
+        shard_means=np.asarray([full.mean(axis=0) for full in full_shards]),
+        shard_covariances=np.asarray([np.atleast_2d(np.cov(full, rowvar=False)) for full in full_shards]),
         used=[r.index for r in used],
     )
 
 
 def failure_document(plan: RunPlan, results: list[ShardResult], error: Exception, n_ranks: int, combination_cfg) -> dict:
-    """``cmc/result.json`` of a CMC that failed: ``status`` failed, the error as ``reason``,
-    and every shard's record with its diagnostics."""
+    """``cmc/result.json`` of a failed CMC: the error as ``reason`` and every shard's record."""
     results = sorted(results, key=lambda r: r.index)
     verdicts = shard_verdicts(results, combination_cfg)
     return {

@@ -1,22 +1,16 @@
 """NUTS on one shard: one per-chain function, run in parallel or one chain after another.
 
-``ShardSampler`` builds a single per-chain function (NumPyro's NUTS kernel: init, a
-warm-up scan, a sampling scan that collects the parameters, divergences and tree sizes)
-and runs it for ``num_chains`` chains either
-
-- ``parallel``: ``jax.pmap`` over the chains, one host device per chain (the device count
-  is set to ``num_chains`` before JAX is imported), or
-- ``sequential``: the same function, jitted, once per chain.
-
-Both are compiled once per process and reused for every shard of a run (all shards are
-padded to the same length), and chain ``c`` of a shard always uses key
-``split(fold_in(PRNGKey(seed), shard_index), num_chains)[c]``, so a shard's draws depend
-only on (seed, shard index, shard contents), not on which rank runs it or on what ran
-before. R-hat and ESS come from ``numpyro.diagnostics``.
+``ShardSampler`` runs NumPyro's NUTS (init, then one scan over warm-up and sampling) for
+``num_chains`` chains, ``parallel`` (``jax.pmap``, one host device per chain) or
+``sequential`` (jitted, once per chain), compiled once per process for every (equally
+padded) shard. Chain ``c`` of a shard uses key ``split(fold_in(PRNGKey(seed),
+shard_index), num_chains)[c]``, so a shard's draws depend only on (seed, shard index,
+shard contents).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,14 +30,11 @@ log = logging.getLogger(__name__)
 CHAIN_METHODS = ("parallel", "sequential")
 
 MIN_POINTS_FOR_PARALLEL = 250
-"""Shards with fewer points run their chains sequentially: parallel chains were faster at
-every size measured, 250 points and up (``scripts/bench_cmc_chains.py``, docs/performance.md)."""
+"""Shards with fewer points run their chains sequentially (parallel was faster at every size measured, docs/performance.md)."""
 
 DENSE_MASS = False
-"""Adapt a diagonal mass matrix: the model's coordinates are already whitened with the
-NLSQ correlation (``shard_model.ShardModel``), and a diagonal estimate needs far fewer
-warm-up draws than a dense one (without a warm start a dense one adapted in a short
-warm-up did worse than the diagonal)."""
+"""Adapt a diagonal mass matrix: the coordinates are already whitened with the NLSQ correlation
+(``shard_model.ShardModel``), and a diagonal needs far fewer warm-up draws than a dense one."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +57,8 @@ class SamplerSettings:
 
 
 def chain_method_for(requested: str, num_chains: int, shard_points: int, n_devices: int) -> tuple[str, str | None]:
-    """The chain method to use and, when it differs from ``requested``, why.
-
-    ``parallel`` falls back to ``sequential`` below ``MIN_POINTS_FOR_PARALLEL`` points or
-    when there are fewer host devices than chains; one chain is always ``sequential``.
-    """
+    """The chain method to use and, when it differs from ``requested``, why: ``sequential`` for
+    one chain, below ``MIN_POINTS_FOR_PARALLEL`` points or with fewer host devices than chains."""
     if requested not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {requested!r}")
     if requested == "sequential" or num_chains == 1:
@@ -94,18 +82,14 @@ class ShardDraws:
     draws: np.ndarray
     """``(num_chains, num_samples, d)``: sampled parameters then ``sigma``."""
     diverging: np.ndarray
-    """``(num_chains, num_samples)`` bool."""
     num_steps: np.ndarray
-    """``(num_chains, num_samples)`` leapfrog steps per draw."""
+    """``(num_chains, num_samples)``: divergence flags and leapfrog steps per draw."""
     chain_method: str
 
 
 def diagnostics(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Split R-hat and effective sample size per parameter of ``(chains, samples, d)`` draws.
-
-    Parameters with no spread at all (constant draws) get R-hat 1 and ESS equal to the
-    number of draws rather than NaN.
-    """
+    """Split R-hat and effective sample size per parameter of ``(chains, samples, d)`` draws;
+    constant draws get R-hat 1 and ESS the number of draws rather than NaN."""
     draws = np.asarray(draws, dtype=np.float64)
     rhat = np.asarray(split_gelman_rubin(draws), dtype=np.float64).reshape(-1)
     ess = np.asarray(effective_sample_size(draws), dtype=np.float64).reshape(-1)
@@ -119,9 +103,7 @@ class ShardSampler:
     """Runs NUTS on shards of one padded length with fixed settings; compiled once."""
 
     def __init__(self, model: ShardModel, settings: SamplerSettings, *, seed: int) -> None:
-        self.model = model
-        self.settings = settings
-        self.seed = int(seed)
+        self.model, self.settings, self.seed = model, settings, int(seed)
         method = settings.chain_method
         if method == "parallel" and jax.local_device_count() < settings.num_chains:
             log.warning(
@@ -131,13 +113,12 @@ class ShardSampler:
             )
             method = "sequential"
         self.chain_method = method
-        self._parallel: Callable[..., Any] | None = None
-        self._sequential: Callable[..., Any] | None = None
+        # compiled on the first shard, then reused
+        self._compiled = jax.pmap(self._chain, in_axes=(0,) + 5 * (None,)) if method == "parallel" else jax.jit(self._chain)
 
     def _chain(self, rng_key, angle, frame_i, frame_j, value, weight):
         """One chain: NUTS init, warm-up, sampling; returns (draws, diverging, num_steps)."""
-        settings = self.settings
-        model = self.model
+        settings, model = self.settings, self.model
         init_key, run_key = jax.random.split(rng_key)
         kernel = NUTS(
             model,
@@ -157,8 +138,7 @@ class ShardSampler:
 
         # One scan over warm-up and sampling (the kernel adapts while its step counter is
         # below num_warmup): the NUTS step is traced and compiled once, not twice.
-        total = settings.num_warmup + settings.num_samples
-        _, collected = jax.lax.scan(step, state, None, length=total)
+        _, collected = jax.lax.scan(step, state, None, length=settings.num_warmup + settings.num_samples)
         return tuple(x[settings.num_warmup :] for x in collected)
 
     def run(self, shard_index: int, data: ShardData) -> ShardDraws:
@@ -166,17 +146,12 @@ class ShardSampler:
         keys = chain_keys(self.seed, shard_index, self.settings.num_chains)
         arrays = tuple(np.asarray(a) for a in data)
         if self.chain_method == "parallel":
-            if self._parallel is None:
-                self._parallel = jax.pmap(self._chain, in_axes=(0, None, None, None, None, None))
-            draws, diverging, steps = self._parallel(keys, *arrays)
+            draws, diverging, steps = self._compiled(keys, *arrays)
         else:
-            if self._sequential is None:
-                self._sequential = jax.jit(self._chain)
-            per_chain = [self._sequential(keys[c], *arrays) for c in range(self.settings.num_chains)]
+            per_chain = [self._compiled(keys[c], *arrays) for c in range(self.settings.num_chains)]
             draws, diverging, steps = (jnp.stack(parts) for parts in zip(*per_chain))
-        draws = np.asarray(draws, dtype=np.float64)
         return ShardDraws(
-            draws=draws,
+            draws=np.asarray(draws, dtype=np.float64),
             diverging=np.asarray(diverging, dtype=bool),
             num_steps=np.asarray(steps, dtype=np.int64),
             chain_method=self.chain_method,
@@ -185,21 +160,6 @@ class ShardSampler:
 
 ARRAY_FIELDS = ("draws", "diverging", "num_steps", "rhat", "ess")
 """Array fields of ``ShardResult``; they travel as NumPy buffers and into checkpoints."""
-META_FIELDS: dict[str, Callable[[Any], Any] | None] = {
-    "index": int,
-    "n_points": int,
-    "rank": int,
-    "host": None,
-    "seconds": float,
-    "chain_method": None,
-    "num_warmup": int,
-    "num_samples": int,
-    "error": None,
-    "traceback": None,
-    "target_accept_prob": float,
-    "retried_because": None,
-}
-"""Scalar fields of ``ShardResult`` (``meta()``) and the JSON conversion of each (None: as is)."""
 
 
 @dataclass
@@ -262,20 +222,22 @@ class ShardResult:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The array fields that are set (booleans as uint8, for MPI buffers and npz)."""
-        out = {}
-        for name in ARRAY_FIELDS:
-            value = getattr(self, name)
-            if value is not None:
-                value = np.ascontiguousarray(value)
-                out[name] = value.astype(np.uint8) if value.dtype == bool else value
-        return out
+        arrays = {name: np.ascontiguousarray(getattr(self, name)) for name in ARRAY_FIELDS if getattr(self, name) is not None}
+        return {name: value.astype(np.uint8) if value.dtype == bool else value for name, value in arrays.items()}
 
     @classmethod
     def from_parts(cls, meta: dict, arrays: dict[str, np.ndarray]) -> ShardResult:
         """Inverse of ``meta()`` + ``arrays()``."""
         fields = {key: meta[key] for key in META_FIELDS if key in meta}
-        for name in ARRAY_FIELDS:
-            if name in arrays:
-                value = np.asarray(arrays[name])
-                fields[name] = value.astype(bool) if name == "diverging" else value
+        for name in set(ARRAY_FIELDS) & set(arrays):
+            fields[name] = np.asarray(arrays[name], dtype=bool if name == "diverging" else None)
         return cls(**fields)
+
+
+META_FIELDS: dict[str, Callable[[Any], Any] | None] = {
+    field.name: {"int": int, "float": float}.get(str(field.type))
+    for field in dataclasses.fields(ShardResult)
+    if field.name not in (*ARRAY_FIELDS, "reused")
+}
+"""Scalar fields of ``ShardResult`` (``meta()``) in field order, and the JSON conversion of each
+from its annotation (``int``, ``float``; None: as is)."""

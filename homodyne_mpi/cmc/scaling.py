@@ -1,23 +1,16 @@
 """The per-angle contrast and offset of a shard, sampled relative to their best fit (JAX).
 
-The model is linear in every (offset, contrast) pair: a point of pair ``p`` has
-``c2 = offset_p + contrast_p * g``, ``g = g1^2`` from the physical parameters only.
-With the physical parameters and the noise ``u`` held, the (tempered) Gaussian
-likelihood of a pair is therefore exactly Gaussian in ``beta_p = (offset_p, contrast_p)``:
+A point of pair ``p`` has ``c2 = offset_p + contrast_p * g``, ``g = g1^2`` from the
+physical parameters only, so given those and the noise ``u`` the (tempered) likelihood is
+exactly Gaussian in ``beta_p = (offset_p, contrast_p)``:
 
     A_p = sum_i w_i^2 [[1, g_i], [g_i, g_i^2]],   b_p = sum_i w_i^2 [v_i, g_i v_i]
     beta_p | physical, u  ~  Normal(A_p^-1 b_p, c u^2 A_p^-1)
 
-(``w_i`` the point weights, ``v_i`` the values, ``c`` the calibration; sums over the
-pair's points). ``ShardModel`` samples a standard normal ``eps_p`` instead of ``beta_p``:
-``beta_p = A_p^-1 b_p + u sqrt(c) C_p eps_p`` with ``C_p C_p^T = A_p^-1``, whose
-log-Jacobian is ``sum_p log det(u sqrt(c) C_p)``. This takes out the curved valley
-along which contrast, offset and ``D0`` trade off (the best contrast depends
-nonlinearly on how far ``g`` decays): with the pairs whitened by a fixed matrix, the
-curvature of a 1,800-point shard's log density along the contrast direction ranged from
--430 to +1,500 within two widths of its mode, where the Gaussian it was whitened for
-has 1 everywhere, and NUTS diverged. What remains for NUTS is the physical parameters'
-own posterior, with the pairs' correlations to them removed exactly.
+(``w_i`` weights, ``v_i`` values, ``c`` the calibration). ``ShardModel`` samples standard
+normals ``eps_p``: ``beta_p = A_p^-1 b_p + u sqrt(c) C_p eps_p``, ``C_p C_p^T = A_p^-1``.
+This removes the curved contrast/offset/``D0`` valley, along which NUTS diverged when the
+pairs were whitened by a fixed matrix.
 """
 
 from __future__ import annotations
@@ -38,12 +31,8 @@ def pair_sums(g, value, weight, pair, n_pairs: int):
 
 
 def conditional_pairs(g, value, weight, pair, n_pairs: int, noise, calibration):
-    """Conditional mean and Cholesky factor of every pair's ``(offset, contrast)``.
-
-    Returns ``(mean_offset, mean_contrast, l11, l21, l22)``, each ``(n_pairs,)``: the
-    least-squares pair ``A^-1 b`` and the lower Cholesky factor ``L`` of
-    ``noise^2 * calibration * A^-1`` (c2 units).
-    """
+    """``(mean_offset, mean_contrast, l11, l21, l22)``, each ``(n_pairs,)``: every pair's least-squares
+    ``A^-1 b`` and the lower Cholesky factor ``L`` of ``noise^2 * calibration * A^-1`` (c2 units)."""
     s0, s1, s2, b0, b1 = pair_sums(g, value, weight, pair, n_pairs)
     det = s0 * s2 - s1 * s1
     mean_offset = (s2 * b0 - s1 * b1) / det
@@ -59,14 +48,11 @@ def conditional_pairs(g, value, weight, pair, n_pairs: int, noise, calibration):
 def pairs_from_eps(g, value, weight, pair, n_pairs: int, noise, calibration, xi_offset, xi_contrast, low, high):
     """``(offset, contrast, log_jacobian)`` of every pair from standard normals ``xi``.
 
-    ``beta = mean + L eps`` (module docstring) with ``eps = soft_clamp(xi)`` into the
-    range that keeps the pair inside its bounds ``low = (offset_low, contrast_low)``,
-    ``high`` likewise (the factor is triangular, so the offset fixes ``eps_offset``'s
-    range and then ``eps_contrast``'s); ``log_jacobian`` is ``sum log det L`` plus both
-    maps' log-slopes. A pair more than a few conditional widths inside its bounds has
-    ``eps = xi``; near a bound the map bends smoothly (no ``ndtr``/``ndtri``: the
-    truncated-normal map used before cost 1.7 times the compile time of the whole log
-    density gradient, docs/performance.md).
+    ``beta = mean + L eps``, ``eps = soft_clamp(xi)`` into the range that keeps the pair in
+    its bounds ``low = (offset_low, contrast_low)``, ``high`` likewise (``L`` is triangular:
+    the offset fixes ``eps_offset``'s range, then ``eps_contrast``'s). ``log_jacobian`` is
+    ``sum log det L`` plus both maps' log-slopes. (A truncated-normal map via
+    ``ndtr``/``ndtri`` cost 1.7 times the compile time of the whole gradient.)
     """
     mean_offset, mean_contrast, l11, l21, l22 = conditional_pairs(g, value, weight, pair, n_pairs, noise, calibration)
     low_o, high_o = (low[0] - mean_offset) / l11, (high[0] - mean_offset) / l11

@@ -1,24 +1,15 @@
 """The NumPyro model of one shard: tempered bounded priors, unit-scale reparametrisation,
 and the Gaussian likelihood of the shard's strict-upper-triangle points.
 
-Parameters: every sampled model parameter in unit-scale coordinates ``z``,
-``theta = loc + scale * z`` (``priors.PriorSpec``), with a bounded prior: per entry a
-tempered truncated normal or a uniform on the bounds, both exact; and the noise
-``u = sigma / noise_scale`` with a tempered half-normal prior.
+Parameters: the sampled model parameters in unit-scale coordinates ``z`` (``theta = loc +
+scale * z``, ``priors.PriorSpec``) with exact tempered bounded priors, and the noise ``u =
+sigma / noise_scale`` with a tempered half-normal prior.
 
 Likelihood: a point of angle ``a`` has ``value ~ Normal(c2_model, u / weight)``
-(``weight = 1/sigma_a``), so ``log L = -0.5 * sum((weight * (value - c2) / u)**2)
-- n * log(u)`` over the points with ``weight > 0`` (zero-weight points are padding and
-contribute nothing). The log-likelihood is divided by ``calibration`` (>= 1).
-
-Geometry: the contrast/offset pairs, which the model holds linearly, are sampled
-relative to their exact conditional best fit (``scaling``); with an NLSQ warm start the
-shard posterior of the other parameters' ``z`` is expected to be close to
-``Normal(0, R)``, ``R`` their NLSQ correlation (the scale is ``sqrt(K * c)`` NLSQ model
-standard errors, ``c`` the calibration). NUTS samples an unconstrained vector ``w`` (see
-``ShardModel``) in which that Gaussian is the unit normal, so a diagonal mass matrix,
-adapted during warm-up, is enough. Chains start at ``w = jitter * e``, ``e`` standard
-normal from the chain's key.
+(``weight = 1/sigma_a``): ``log L = -0.5 * sum((weight * (value - c2) / u)**2) - n *
+log(u)`` over the points with ``weight > 0`` (zero weight is padding), divided by
+``calibration`` (>= 1). NUTS samples an unconstrained, whitened vector ``w``
+(``ShardModel``) in which the expected shard posterior is the unit normal.
 """
 
 from __future__ import annotations
@@ -57,22 +48,17 @@ class ShardData(NamedTuple):
 
 def log_normal_mass(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``log(Phi(b) - Phi(a))`` for standardised bounds ``a < b``, stable in the tails (NumPy)."""
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     upper_tail = a > 0  # both bounds above the mean: use the mirrored lower tail
-    lo = np.where(upper_tail, -b, a)
-    hi = np.where(upper_tail, -a, b)
-    log_hi = log_ndtr(hi)
-    log_lo = log_ndtr(lo)
+    log_hi = log_ndtr(np.where(upper_tail, -a, b))
+    log_lo = log_ndtr(np.where(upper_tail, -b, a))
     return log_hi + np.log1p(-np.exp(log_lo - log_hi))
 
 
 def bounded_prior_constants(loc, scale, low, high, uniform):
-    """``(loc, scale, log_norm)`` of the bounded prior of ``z`` in NumPy (``ShardModel.log_prior``):
-    placeholders for the uniform entries and every entry's log normalising constant."""
-    low = np.asarray(low, dtype=float)
-    high = np.asarray(high, dtype=float)
-    uniform = np.asarray(uniform, dtype=bool)
+    """``(loc, scale, log_norm)`` of the bounded prior of ``z`` (NumPy, ``ShardModel.log_prior``);
+    the uniform entries get placeholder ``loc``/``scale``."""
+    low, high, uniform = np.asarray(low, dtype=float), np.asarray(high, dtype=float), np.asarray(uniform, dtype=bool)
     loc = np.where(uniform, 0.5 * (low + high), np.asarray(loc, dtype=float))
     scale = np.where(uniform, high - low, np.asarray(scale, dtype=float))
     tn_norm = log_normal_mass((low - loc) / scale, (high - loc) / scale) + np.log(scale) + _LOG_SQRT_2PI
@@ -93,13 +79,12 @@ class UnitPriors(NamedTuple):
 def unit_priors(priors: PriorSpec) -> UnitPriors:
     """Tempered priors of ``z`` from the priors of ``theta = loc + scale * z``."""
     loc, scale = priors.loc, priors.scale
-    uniform = np.asarray([f == "uniform" for f in priors.family], dtype=bool)
     return UnitPriors(
         loc=(priors.mu - loc) / scale,
         scale=priors.sigma * priors.temper / scale,
         low=(priors.low - loc) / scale,
         high=(priors.high - loc) / scale,
-        uniform=uniform,
+        uniform=np.asarray([f == "uniform" for f in priors.family], dtype=bool),
         noise_scale=NOISE_PRIOR_SCALE * priors.temper,
     )
 
@@ -109,50 +94,32 @@ class ShardModel:
 
     The one sample site ``w`` (``d + 1`` unconstrained reals) holds, in this order:
 
-    - ``w_o``, the *whitened* coordinates of the sampled parameters other than the
-      profiled contrast/offset pairs: with ``y`` the unbounded coordinates of their
-      ``z`` (``z = soft_clamp(y, low, high)``), ``y = y0 + L w_o``, ``y0`` the image of
-      ``z = 0`` and ``L L^T`` the expected shard-posterior covariance of ``y`` (the NLSQ
-      correlation of these parameters, i.e. their marginal, mapped through the
-      transform's slope at ``z = 0``; a diagonal without a warm start);
-    - when every contrast and offset is sampled, ``xi``: per pair two standard normals
-      from which the pair is its conditional best fit plus its conditional Cholesky
-      factor times ``eps``, ``eps`` the ``xi`` mapped smoothly into the range that keeps
-      the pair inside its bounds (``scaling``);
+    - ``w_o``, the *whitened* coordinates of the sampled parameters but the profiled pairs:
+      ``z = soft_clamp(y, low, high)``, ``y = y0 + L w_o``, ``y0`` the image of ``z = 0``,
+      ``L L^T`` the expected shard-posterior covariance of ``y`` (from the NLSQ correlation);
+    - when every contrast and offset is sampled, ``xi``: two standard normals per pair,
+      mapped into the pair's bounds around its conditional best fit (``scaling``);
     - ``log u = s_scale * w[d]``, ``u`` the noise factor.
 
-    ``soft_clamp`` is the identity except within a few posterior widths of a bound (a
-    logit transform bends every coordinate everywhere and, across the strong
-    ``D0``/``alpha``/``D_offset`` correlation, curved the whitened Gaussian into a
-    banana). The prior of ``z`` (``log_prior``), the half-normal of ``u`` and the log-Jacobians of all transforms
-    enter as factors, so the posterior is exact; NUTS then sees a nearly isotropic
-    target and a diagonal mass matrix adapts quickly.
+    ``soft_clamp`` bends only near a bound (a logit curved the correlated Gaussian into a
+    banana). Priors and every log-Jacobian enter as factors, so the posterior is exact;
+    chains start at ``w = jitter * e``, ``e`` standard normal from the chain's key.
     """
 
     def __init__(
-        self,
-        priors: PriorSpec,
-        spec: ModelSpec,
-        layout: ParameterLayout,
-        phi,
-        *,
-        calibration: float = 1.0,
-        n_points: int | None = None,
+        self, priors: PriorSpec, spec: ModelSpec, layout: ParameterLayout, phi, *, calibration: float = 1.0, n_points: int = 1
     ):
         if not calibration >= 1.0:
             raise ValueError(f"calibration must be >= 1, got {calibration}")
         if priors.n_sampled < 1:
             raise ValueError("CMC needs at least one free parameter")
-        self.priors = priors
+        self.priors, self.spec, self.layout = priors, spec, layout
         self.unit = unit_priors(priors)
-        self.spec = spec
-        self.layout = layout
         self.phi = jnp.asarray(np.asarray(phi, dtype=float))
         self.calibration = float(calibration)
-        self._loc = jnp.asarray(priors.loc)
-        self._scale = jnp.asarray(priors.scale)
-        self._index = jnp.asarray(priors.index)
-        self._base = jnp.asarray(priors.base_theta)
+        self._loc, self._scale, self._index, self._base = map(
+            jnp.asarray, (priors.loc, priors.scale, priors.index, priors.base_theta)
+        )
         unit = self.unit
         loc, scale, log_norm = bounded_prior_constants(unit.loc, unit.scale, unit.low, unit.high, unit.uniform)
         self._prior = tuple(jnp.asarray(a) for a in (loc, scale, unit.uniform, log_norm))
@@ -169,22 +136,13 @@ class ShardModel:
         slope = width * np.exp(soft_clamp_log_slope(y0, low, high, xp=np))  # dz/dy at the start
         correlation = priors.correlation if priors.correlation is not None else np.eye(priors.n_sampled)
         block = correlation[np.ix_(other, other)]
-        self._width = jnp.asarray(width)
-        self._low = jnp.asarray(low)
-        self._high = jnp.asarray(high)
-        self._y0 = jnp.asarray(y0)
+        self._width, self._low, self._high, self._y0 = map(jnp.asarray, (width, low, high, y0))
         self._whiten = jnp.asarray(np.linalg.cholesky(block) / slope[:, None])
         self._pair_of_angle = jnp.asarray(np.maximum(layout.scaling_pair_of_angle(), 0))
         pairs = self.n_pairs  # bounds of (offset, contrast) per pair; contrasts come first
         self._pair_low = jnp.asarray(np.stack([priors.low[pairs : 2 * pairs], priors.low[:pairs]]))
         self._pair_high = jnp.asarray(np.stack([priors.high[pairs : 2 * pairs], priors.high[:pairs]]))
-        n = max(int(n_points or 1), 1)
-        self._log_noise_scale = math.sqrt(self.calibration / (2.0 * n))
-
-    @property
-    def names(self) -> list[str]:
-        """Names of the entries of ``sampled_vector``: sampled parameters, then ``sigma``."""
-        return [*self.priors.names, "sigma"]
+        self._log_noise_scale = math.sqrt(self.calibration / (2.0 * max(int(n_points or 1), 1)))
 
     @property
     def n_site(self) -> int:
@@ -192,12 +150,9 @@ class ShardModel:
         return self.priors.n_sampled + 1
 
     def transform(self, w, data: ShardData):
-        """``(theta, u, g1_sq, log_jacobian)`` at ``w`` for the shard ``data``.
-
-        ``theta``: the full parameter vector; ``u``: the noise factor; ``g1_sq``:
-        ``g1^2`` at the points when the pairs are profiled, else None;
-        ``log_jacobian``: log |d(z, u)/dw| up to a constant.
-        """
+        """``(theta, u, g1_sq, log_jacobian)`` at ``w`` for ``data``: the full parameter vector, the
+        noise factor, ``g1^2`` at the points when the pairs are profiled (else None), and
+        ``log |d(z, u)/dw|`` up to a constant."""
         d = self.priors.n_sampled
         n_other = d - 2 * self.n_pairs
         y = self._y0 + self._whiten @ w[:n_other]
@@ -212,11 +167,10 @@ class ShardModel:
         _, _, physical = self.layout.split(theta)
         ones = jnp.ones(self.layout.n_angles, dtype=w.dtype)
         g1_sq = c2_points(physical, ones, 0.0 * ones, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
-        p = self.n_pairs
-        xi = w[n_other:d]
-        bounds = (self._pair_low, self._pair_high)
+        p, xi = self.n_pairs, w[n_other:d]
+        pair = self._pair_of_angle[data.angle]
         offset, contrast, log_det = pairs_from_eps(
-            g1_sq, data.value, data.weight, self._pair_of_angle[data.angle], p, u, self.calibration, xi[:p], xi[p:], *bounds
+            g1_sq, data.value, data.weight, pair, p, u, self.calibration, xi[:p], xi[p:], self._pair_low, self._pair_high
         )
         theta = theta.at[self._index[:p]].set(contrast).at[self._index[p : 2 * p]].set(offset)
         return theta, u, g1_sq, log_jacobian + log_det
@@ -232,13 +186,11 @@ class ShardModel:
 
     def init_values(self, key) -> dict:
         """The chain's start: ``w = jitter * e``, ``e`` standard normal from ``key``."""
-        noise = jax.random.normal(key, (self.n_site,), dtype=jnp.float64)
-        return {"w": self.priors.init_jitter * noise}
+        return {"w": self.priors.init_jitter * jax.random.normal(key, (self.n_site,), dtype=jnp.float64)}
 
     def log_prior(self, theta, u) -> jnp.ndarray:
-        """Log prior of the sampled parameters of ``theta`` (inside their bounds) and of
-        the noise factor ``u``: per entry of ``z`` the tempered truncated normal or uniform
-        on its bounds (``bounded_prior_constants``), and the tempered half-normal of ``u``."""
+        """Log prior of ``theta``'s sampled entries (tempered truncated normal or uniform per entry of
+        ``z``, inside the bounds) and of the noise factor ``u`` (tempered half-normal)."""
         z = (theta[self._index] - self._loc) / self._scale
         loc, scale, uniform, log_norm = self._prior
         standard = (z - loc) / scale
@@ -254,9 +206,8 @@ class ShardModel:
         else:
             one_hot = (data.angle[:, None] == jnp.arange(offset.shape[0])[None, :]).astype(g1_sq.dtype)
             model = one_hot @ offset + (one_hot @ contrast) * g1_sq
-        weight = data.weight
-        residual = weight * (data.value - model) / noise
-        n_real = jnp.sum(weight > 0)
+        residual = data.weight * (data.value - model) / noise
+        n_real = jnp.sum(data.weight > 0)
         return -0.5 * jnp.sum(residual * residual) - n_real * jnp.log(noise)
 
     def log_density(self, w, data: ShardData) -> jnp.ndarray:

@@ -1,24 +1,16 @@
 """Who gets which points, and in which order shards are handed out: pure NumPy, no MPI.
 
-Rules (also in ``docs/cmc.md``):
+Rules (details in ``docs/cmc.md``):
 
-- **Shard count.** ``sharding.num_shards`` when given. Otherwise the shards are cut so
-  that none holds more than ``max_points_per_shard`` points (``auto``:
-  ``AUTO_MAX_POINTS_PER_SHARD`` = 20,000, raised to the minimum below when that is
-  larger): ``num_shards = ceil(n_points / max_points_per_shard)``. An automatic count is
-  then lowered until every shard holds at least ``min_points_per_parameter`` points per
-  sampled parameter (the free model parameters plus the noise scale), and raised to the
-  rank count where that minimum allows, so no rank is left without a shard. Only that
-  last step depends on the rank count.
-- **Assignment.** ``stratified`` (default): the points of each angle are shuffled with a
-  seeded generator and dealt out in near-equal runs, the shard that receives an angle's
-  spare point rotating from angle to angle, so every shard holds every angle in
-  proportion and shard sizes differ by at most one point. ``random``: one seeded shuffle
-  of all points cut into near-equal runs; if a shard then lacks an angle, the stratified
-  split is used instead (with a warning), since every shard must hold every angle.
-  Within a shard the points keep their original (angle-major) order.
-- **Dispatch order.** Largest shard first, ties by index (longest-processing-time first):
-  ranks that ask for work get the next shard of this list.
+- **Shard count.** ``sharding.num_shards`` when given, else ``ceil(n_points /
+  max_points_per_shard)`` (``auto``: ``AUTO_MAX_POINTS_PER_SHARD``), lowered until every
+  shard holds ``min_points_per_parameter`` points per sampled parameter, then raised to
+  the rank count where that allows (the only step that depends on the rank count).
+- **Assignment.** ``stratified`` (default): each angle's points shuffled (seeded) and
+  dealt out in near-equal runs, the spare point rotating between shards, so every shard
+  holds every angle in proportion. ``random``: one seeded shuffle cut into near-equal
+  runs, stratified instead if a shard lacks an angle. Points keep their original order.
+- **Dispatch order.** Largest shard first, ties by index.
 """
 
 from __future__ import annotations
@@ -47,12 +39,9 @@ def shard_count(
     min_points_per_parameter: int = 200,
     n_ranks: int = 1,
 ) -> int:
-    """Number of shards for ``n_points`` points (see the module docstring for the rule).
-
-    ``num_shards``/``max_points_per_shard`` are the config values (an int or ``'auto'``;
-    ``None`` means ``'auto'``). A configured ``num_shards`` is used as given (capped at
-    ``n_points``), with a warning when its shards fall below the per-parameter minimum.
-    """
+    """Number of shards for ``n_points`` points (module docstring); ``num_shards`` and
+    ``max_points_per_shard`` are config values (int, ``'auto'`` or None). A configured
+    ``num_shards`` is capped at ``n_points``, with a warning below the per-parameter minimum."""
     if n_points < 1 or n_sampled_params < 1 or min_points_per_parameter < 1:
         raise ValueError("shard_count needs at least one point, one parameter and one point per parameter")
     smallest = int(n_sampled_params) * int(min_points_per_parameter)  # the smallest shard of the automatic rule
@@ -81,11 +70,7 @@ def shard_count(
     most = max(1, n_points // smallest)
     if count > most:
         log.info(
-            "CMC: %d shards of <= %d points would hold fewer than %d points each; using %d shards",
-            count,
-            largest,
-            smallest,
-            most,
+            "CMC: %d shards of <= %d points would hold fewer than %d points each; using %d shards", count, largest, smallest, most
         )
         count = most
     if count < n_ranks and most > count:
@@ -95,8 +80,7 @@ def shard_count(
 
 
 def _deal(n_items: int, n_shards: int, first_extra: int) -> np.ndarray:
-    """Run lengths of ``n_items`` over ``n_shards``; the spare items go to consecutive
-    shards starting at ``first_extra`` (cyclically)."""
+    """Run lengths of ``n_items`` over ``n_shards``, spare items to the shards from ``first_extra`` on (cyclically)."""
     base, extra = divmod(n_items, n_shards)
     counts = np.full(n_shards, base, dtype=np.int64)
     counts[(first_extra + np.arange(extra)) % n_shards] += 1
@@ -125,8 +109,7 @@ def stratified_shards(angle: np.ndarray, n_shards: int, seed: int) -> list[np.nd
 
 
 def random_shards(angle: np.ndarray, n_shards: int, seed: int) -> list[np.ndarray]:
-    """Point indices of each shard from one seeded shuffle (falls back to stratified when
-    a shard would miss an angle)."""
+    """Point indices of each shard from one seeded shuffle (stratified when a shard would miss an angle)."""
     angle = np.asarray(angle)
     shuffled = _rng(seed).permutation(angle.size)
     counts = _deal(angle.size, n_shards, 0)
@@ -151,30 +134,20 @@ def assign_shards(angle: np.ndarray, n_shards: int, *, strategy: str = "stratifi
 
 def dispatch_order(sizes: Sequence[int]) -> list[int]:
     """Order in which shards are handed out: largest first, ties by shard index."""
-    size_array = np.asarray(sizes, dtype=np.int64)
-    return [int(i) for i in np.lexsort((np.arange(size_array.size), -size_array))]
+    return [int(i) for i in np.lexsort((np.arange(len(sizes)), -np.asarray(sizes, dtype=np.int64)))]
 
 
-def adapted_counts(
-    shard_points: int,
-    *,
-    num_warmup: int,
-    num_samples: int,
-    min_samples: int,
-) -> tuple[int, int]:
+def adapted_counts(shard_points: int, *, num_warmup: int, num_samples: int, min_samples: int) -> tuple[int, int]:
     """Warm-up and kept samples per chain for a shard of ``shard_points`` points.
 
-    The warm-up is always the configured ``num_warmup``: small shards have the broadest,
-    least Gaussian posteriors, and their step size and mass matrix need the full
-    adaptation. The configured ``num_samples`` holds for shards of
-    ``REFERENCE_SHARD_POINTS`` points or more; smaller shards scale it by
-    ``shard_points / REFERENCE_SHARD_POINTS``, rounded up, but never below
-    ``min_samples`` (nor above the configured count).
+    The warm-up is always ``num_warmup``: small shards have the broadest, least Gaussian
+    posteriors and need the full adaptation. ``num_samples`` holds from
+    ``REFERENCE_SHARD_POINTS`` points; smaller shards scale it by ``shard_points /
+    REFERENCE_SHARD_POINTS``, rounded up, clipped to ``[min_samples, num_samples]``.
     """
     fraction = min(1.0, shard_points / REFERENCE_SHARD_POINTS)
-    warmup = max(int(num_warmup), 0)
     samples = min(num_samples, max(min(min_samples, num_samples), math.ceil(num_samples * fraction)))
-    return int(warmup), int(samples)
+    return max(int(num_warmup), 0), int(samples)
 
 
 REFERENCE_SHARD_POINTS = 10_000

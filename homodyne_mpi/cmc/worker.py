@@ -1,8 +1,7 @@
 """One shard on one rank: NUTS, its checks and the retry policy.
 
-``ShardWorker`` is the task-farm work function of every rank; ``run_shard`` runs one
-shard start to end and never raises for a shard's own failure (the error and traceback
-go into the ``ShardResult``). The only call that samples is ``sample_shard``.
+``ShardWorker`` is every rank's task-farm work function; ``run_shard`` never raises for a
+shard's own failure (the error and traceback go into the ``ShardResult``).
 """
 
 from __future__ import annotations
@@ -42,22 +41,16 @@ class ShardWorker:
     """Runs shards on this rank; each sampler is built (and compiled) on first use."""
 
     def __init__(self, problem, plan: RunPlan, rank: int) -> None:
-        self.problem = problem
-        self.plan = plan
-        self.rank = rank
+        self.problem, self.plan, self.rank = problem, plan, rank
         self.host = socket.gethostname()
         self._samplers: dict[SamplerSettings, ShardSampler] = {}
 
     def sampler_for(self, settings: SamplerSettings) -> ShardSampler:
         """The sampler of ``settings`` (the plan's, or its retry's)."""
         if settings not in self._samplers:
+            plan, problem = self.plan, self.problem
             model = ShardModel(
-                self.plan.priors,
-                self.problem.spec,
-                self.problem.layout,
-                self.problem.phi,
-                calibration=self.plan.calibration,
-                n_points=self.plan.n_padded,
+                plan.priors, problem.spec, problem.layout, problem.phi, calibration=plan.calibration, n_points=plan.n_padded
             )
             self._samplers[settings] = ShardSampler(model, settings, seed=self.plan.seed)
         return self._samplers[settings]
@@ -76,8 +69,7 @@ def shard_data(arrays: dict, n_padded: int, fill_angle: int) -> tuple[ShardData,
 
 
 def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings | None = None) -> ShardDraws:
-    """NUTS on one shard: the one call that samples (tests make it fail; a time limit
-    can wrap it). Returns the sampler's ``ShardDraws``."""
+    """NUTS on one shard: the one call that samples (tests make it fail; a time limit can wrap it)."""
     return worker.sampler_for(settings or worker.plan.settings).run(index, data)
 
 
@@ -90,15 +82,8 @@ def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate
     return None
 
 
-def extended_settings(settings: SamplerSettings) -> SamplerSettings:
-    """The last attempt of a shard whose retry would still be left out: twice the retry's
-    warm-up (the same number of draws, which the combination needs from every shard)."""
-    return dataclasses.replace(settings, num_warmup=2 * settings.num_warmup)
-
-
 def resample(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings, problem: str):
-    """Sample the shard again with ``settings`` (logged with the ``problem`` that asks for
-    it); returns ``(draws, rhat, ess)``."""
+    """Sample the shard again with ``settings``, logging the ``problem``; returns ``(draws, rhat, ess)``."""
     log.info(
         "CMC: shard %d: %s; sampling again with %d warm-up draws at target_accept_prob %g",
         index,
@@ -107,25 +92,21 @@ def resample(worker: ShardWorker, index: int, data: ShardData, settings: Sampler
         settings.target_accept_prob,
     )
     out = sample_shard(worker, index, data, settings)
-    rhat, ess = diagnostics(out.draws)
-    return out, rhat, ess
+    return (out, *diagnostics(out.draws))
 
 
 def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
-    """``(divergence rate, R-hat)`` above which a shard is sampled again: a tenth of the
-    combination's divergence limit and half its R-hat excess (0.01 and 1.05 for the
-    defaults 0.10 and 1.1), so a shard is extended well before it would be left out."""
+    """``(divergence rate, R-hat)`` above which a shard is sampled again: a tenth of the combination's
+    divergence limit and half its R-hat excess (0.01 and 1.05 for the defaults 0.10 and 1.1)."""
     return plan.max_divergence_rate / 10.0, 1.0 + (plan.max_rhat - 1.0) / 2.0
 
 
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     """One shard, start to end: its draws and diagnostics, or its error and traceback.
 
-    Draws above the ``retry_thresholds`` are sampled once more with the plan's
-    ``retry_settings`` (twice the warm-up, a higher ``target_accept_prob``). If that
-    attempt would still be left out (the combination's own thresholds), it is extended
-    once more (``extended_settings``: twice its warm-up); the last attempt is
-    kept, whatever its checks say, and ``retried_because`` says why.
+    Draws above the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and
+    if still left out by the combination's thresholds, once more with twice that warm-up
+    (and as many draws). The last attempt is kept; ``retried_because`` says why.
     """
     start = time.perf_counter()
     plan = worker.plan
@@ -143,7 +124,8 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
             out, rhat, ess = resample(worker, index, data, settings, problem)
             problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), plan.max_divergence_rate, plan.max_rhat)
             if problem is not None:
-                settings, retried_because = extended_settings(settings), f"{retried_because}; then {problem}"
+                settings = dataclasses.replace(settings, num_warmup=2 * settings.num_warmup)
+                retried_because = f"{retried_because}; then {problem}"
                 out, rhat, ess = resample(worker, index, data, settings, problem)
     except Interrupted:
         raise
@@ -153,14 +135,11 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
         return result(seconds=time.perf_counter() - start, error=failed, traceback=traceback_module.format_exc())
     return result(
         seconds=time.perf_counter() - start,
-        chain_method=out.chain_method,
         num_warmup=settings.num_warmup,
         num_samples=settings.num_samples,
-        draws=out.draws,
-        diverging=out.diverging,
-        num_steps=out.num_steps,
         rhat=rhat,
         ess=ess,
         target_accept_prob=settings.target_accept_prob,
         retried_because=retried_because,
+        **vars(out),  # draws, diverging, num_steps, chain_method
     )
