@@ -1,19 +1,17 @@
 """The factor CMC divides its log-likelihood by, from the NLSQ jackknife (``docs/cmc.md``).
 
-Points that share frames carry less information than independent ones. Dividing the
-Gaussian log-likelihood by ``c`` widens its posterior by ``sqrt(c)``; ``c`` makes the
-posterior's central ``CREDIBLE_LEVEL`` interval as wide as the jackknife's:
+Points that share frames carry less information than independent ones. Dividing the log-likelihood
+by ``c`` widens the posterior by ``sqrt(c)``, so that its ``CREDIBLE_LEVEL`` interval is the jackknife's:
 
     r_i = (std_jackknife_i / std_model_i)^2
     c_i = 1 + max(0, r_i - 1) * (t_nu_i / z)^2
     c   = max(1, median of c_i over the free physical parameters)
 
 ``z`` and ``t_nu`` are the normal and Student's t quantiles at ``(1 + level) / 2``, ``nu_i``
-the jackknife variance's effective degrees of freedom (``nlsq.jackknife.replicate_dof``,
-at least ``MIN_DOF``): on speckle data it rests on a handful of influential frames, and
-the plain ratio gave intervals that held the truth too rarely. Only the excess over the
-model variance (the frame-shared, few-piece part) is widened, so ``c`` stays near 1 on
-independent noise (``docs/uncertainty.md``).
+the jackknife variance's effective degrees of freedom (``nlsq.jackknife.replicate_dof``, at least
+``MIN_DOF``): on speckle data it rests on a few influential frames. Only the excess over the model
+variance (the frame-shared part) is widened, so ``c`` stays near 1 on independent noise
+(``docs/uncertainty.md``).
 """
 
 from __future__ import annotations
@@ -36,12 +34,9 @@ def t_widening(dof: np.ndarray, level: float = CREDIBLE_LEVEL) -> np.ndarray:
 
 
 def tempering_factor(std_jackknife: np.ndarray, std_model: np.ndarray, dof: np.ndarray | None, use: np.ndarray) -> float:
-    """The log-likelihood divisor ``c >= 1`` (module docstring), dimensionless.
-
-    ``std_jackknife``, ``std_model``: per-parameter standard errors (same units); ``dof``:
-    the jackknife's effective degrees of freedom (None: no t widening); ``use``: mask of
-    the deciding parameters. Zero model errors are skipped; 1 when none is left.
-    """
+    """The log-likelihood divisor ``c >= 1`` (module docstring), dimensionless, from per-parameter
+    standard errors (same units), the jackknife's effective ``dof`` (None: no t widening) and
+    the mask ``use`` of deciding parameters; zero model errors are skipped (1 when none is left)."""
     std_jackknife, std_model = np.asarray(std_jackknife, dtype=float), np.asarray(std_model, dtype=float)
     chosen = np.asarray(use, dtype=bool) & (std_model > 0) & np.isfinite(std_jackknife)
     if not np.any(chosen):

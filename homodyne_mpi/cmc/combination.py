@@ -36,9 +36,8 @@ class Combined:
     mean: np.ndarray
     covariance: np.ndarray
     used: list[int]
-    """Positions (in the input list) of the shards that entered."""
     outliers: list[int] = field(default_factory=list)
-    """Positions of the shards left out as outliers."""
+    """Positions (in the input list) of the shards that entered, and of those left out as outliers."""
     zscores: np.ndarray | None = None
     """``(K, d)`` modified z-scores of the shard means (robust method only)."""
 
@@ -114,9 +113,8 @@ def gaussian_product(shard_draws: list[np.ndarray], *, seed: int = 0) -> tuple[n
 
 
 def modified_zscores(means: np.ndarray, stds: np.ndarray | None = None) -> np.ndarray:
-    """``0.6745 (m_k - median) / MAD`` per shard and parameter, ``(K, d)``; ``stds`` (``(K, d)``
-    shard posterior standard deviations) floors the MAD at ``0.6745 * median_k std``. Where
-    the MAD is 0 the mean absolute deviation (times 1.2533) is used, else the score is 0."""
+    """``0.6745 (m_k - median) / MAD``, ``(K, d)``, the MAD floored at ``0.6745 * median_k stds``;
+    where it is 0, 1.2533 times the mean absolute deviation is used, and where that is 0, 0."""
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
     median = np.median(means, axis=0)
     deviation = np.abs(means - median)

@@ -77,11 +77,9 @@ def run_cmc(
 ) -> CMCResult | None:
     """Consensus Monte Carlo of ``problem`` on every rank; rank 0 returns the ``CMCResult``, others None.
 
-    ``points``: the strict-upper-triangle points on rank 0 (None elsewhere); ``warm_start``:
-    the NLSQ result or None; ``output_dir``: ``<output>/<dataset>`` on rank 0, shards are
-    checkpointed in its ``cmc/shards`` (None: not); ``calibration`` (>= 1) divides the
-    log-likelihood. Raises ``FitError`` on every rank when too few shards are good,
-    ``Interrupted`` when a stop was requested between shards.
+    ``points`` and ``output_dir`` (``<output>/<dataset>``, shards checkpointed in its ``cmc/shards``)
+    are rank 0's; ``calibration`` (>= 1) divides the log-likelihood. Raises ``FitError`` on every
+    rank when too few shards are good, ``Interrupted`` when a stop was requested between shards.
     """
     start = time.perf_counter()
     state = RootState()

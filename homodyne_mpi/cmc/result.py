@@ -1,8 +1,7 @@
 """Shaping a CMC run's outcome on rank 0: shard verdicts, combination, ``cmc/result.json``.
 
-``combine_shards`` combines the good shards into a ``CMCResult`` or raises ``FitError``
-(``failure_document`` is then the ``cmc/result.json``). Both documents carry ``status``
-(``ok``, ``partial``: some shards left out, ``failed``) and ``reason`` (None when ``ok``).
+``combine_shards`` combines the good shards into a ``CMCResult`` or raises ``FitError`` (then
+``failure_document`` is the ``cmc/result.json``); ``status`` is ``ok``, ``partial`` or ``failed``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """NUTS on one shard: one per-chain function, run in parallel or one chain after another.
 
-``ShardSampler`` runs NumPyro's NUTS (init, then one scan over warm-up and sampling) for
-``num_chains`` chains, ``parallel`` (``jax.pmap``, one host device per chain) or
-``sequential`` (jitted, once per chain), compiled once per process for every (equally
-padded) shard. Chain ``c`` of a shard uses key ``split(fold_in(PRNGKey(seed),
-shard_index), num_chains)[c]``, so a shard's draws depend only on (seed, shard index,
-shard contents).
+``ShardSampler`` runs NumPyro's NUTS for ``num_chains`` chains, ``parallel`` (``jax.pmap``,
+one host device per chain) or ``sequential`` (jitted), compiled once per process for every
+(equally padded) shard. Chain ``c`` uses key ``split(fold_in(PRNGKey(seed), shard_index),
+num_chains)[c]``: a shard's draws depend only on (seed, shard index, shard contents).
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ MIN_POINTS_FOR_PARALLEL = 250
 """Shards with fewer points run their chains sequentially (parallel was faster at every size measured, docs/performance.md)."""
 
 DENSE_MASS = False
-"""Adapt a diagonal mass matrix: the coordinates are already whitened with the NLSQ correlation
-(``shard_model.ShardModel``), and a diagonal needs far fewer warm-up draws than a dense one."""
+"""Adapt a diagonal mass matrix: ``ShardModel`` whitens with the NLSQ correlation, and a diagonal adapts far faster."""
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,10 @@ def conditional_pairs(g, value, weight, pair, n_pairs: int, noise, calibration):
 
 
 def pairs_from_eps(g, value, weight, pair, n_pairs: int, noise, calibration, xi_offset, xi_contrast, low, high):
-    """``(offset, contrast, log_jacobian)`` of every pair from standard normals ``xi``.
-
-    ``beta = mean + L eps``, ``eps = soft_clamp(xi)`` into the range that keeps the pair in
-    its bounds ``low = (offset_low, contrast_low)``, ``high`` likewise (``L`` is triangular:
-    the offset fixes ``eps_offset``'s range, then ``eps_contrast``'s). ``log_jacobian`` is
-    ``sum log det L`` plus both maps' log-slopes. (A truncated-normal map via
-    ``ndtr``/``ndtri`` cost 1.7 times the compile time of the whole gradient.)
-    """
+    """``(offset, contrast, log_jacobian)`` of every pair from standard normals ``xi``: ``beta = mean
+    + L eps``, ``eps = soft_clamp(xi)`` into the range that keeps the pair in its bounds ``low =
+    (offset_low, contrast_low)``, ``high`` likewise (the offset fixes ``eps_offset``'s range, then
+    ``eps_contrast``'s); ``log_jacobian`` is ``sum log det L`` plus both maps' log-slopes."""
     mean_offset, mean_contrast, l11, l21, l22 = conditional_pairs(g, value, weight, pair, n_pairs, noise, calibration)
     low_o, high_o = (low[0] - mean_offset) / l11, (high[0] - mean_offset) / l11
     eps_offset = soft_clamp(xi_offset, low_o, high_o)

@@ -90,9 +90,7 @@ def unit_priors(priors: PriorSpec) -> UnitPriors:
 
 
 class ShardModel:
-    """Callable NumPyro model of a shard plus the maps between its site and parameters.
-
-    The one sample site ``w`` (``d + 1`` unconstrained reals) holds, in this order:
+    """Callable NumPyro model of a shard; its one sample site ``w`` (``d + 1`` reals) holds:
 
     - ``w_o``, the *whitened* coordinates of the sampled parameters but the profiled pairs:
       ``z = soft_clamp(y, low, high)``, ``y = y0 + L w_o``, ``y0`` the image of ``z = 0``,
@@ -150,9 +148,8 @@ class ShardModel:
         return self.priors.n_sampled + 1
 
     def transform(self, w, data: ShardData):
-        """``(theta, u, g1_sq, log_jacobian)`` at ``w`` for ``data``: the full parameter vector, the
-        noise factor, ``g1^2`` at the points when the pairs are profiled (else None), and
-        ``log |d(z, u)/dw|`` up to a constant."""
+        """``(theta, u, g1_sq, log_jacobian)`` at ``w``: full parameter vector, noise factor, ``g1^2`` at
+        the points when the pairs are profiled (else None), ``log |d(z, u)/dw|`` up to a constant."""
         d = self.priors.n_sampled
         n_other = d - 2 * self.n_pairs
         y = self._y0 + self._whiten @ w[:n_other]

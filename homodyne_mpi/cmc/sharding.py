@@ -39,9 +39,8 @@ def shard_count(
     min_points_per_parameter: int = 200,
     n_ranks: int = 1,
 ) -> int:
-    """Number of shards for ``n_points`` points (module docstring); ``num_shards`` and
-    ``max_points_per_shard`` are config values (int, ``'auto'`` or None). A configured
-    ``num_shards`` is capped at ``n_points``, with a warning below the per-parameter minimum."""
+    """Number of shards for ``n_points`` points (module docstring) from the config values (int,
+    ``'auto'`` or None); a configured ``num_shards`` is capped at ``n_points``."""
     if n_points < 1 or n_sampled_params < 1 or min_points_per_parameter < 1:
         raise ValueError("shard_count needs at least one point, one parameter and one point per parameter")
     smallest = int(n_sampled_params) * int(min_points_per_parameter)  # the smallest shard of the automatic rule
@@ -138,13 +137,9 @@ def dispatch_order(sizes: Sequence[int]) -> list[int]:
 
 
 def adapted_counts(shard_points: int, *, num_warmup: int, num_samples: int, min_samples: int) -> tuple[int, int]:
-    """Warm-up and kept samples per chain for a shard of ``shard_points`` points.
-
-    The warm-up is always ``num_warmup``: small shards have the broadest, least Gaussian
-    posteriors and need the full adaptation. ``num_samples`` holds from
-    ``REFERENCE_SHARD_POINTS`` points; smaller shards scale it by ``shard_points /
-    REFERENCE_SHARD_POINTS``, rounded up, clipped to ``[min_samples, num_samples]``.
-    """
+    """Warm-up and kept samples per chain for a shard of ``shard_points`` points: always the full
+    ``num_warmup`` (small shards have the least Gaussian posteriors); ``num_samples`` times
+    ``min(1, shard_points / REFERENCE_SHARD_POINTS)``, rounded up, clipped to ``[min_samples, num_samples]``."""
     fraction = min(1.0, shard_points / REFERENCE_SHARD_POINTS)
     samples = min(num_samples, max(min(min_samples, num_samples), math.ceil(num_samples * fraction)))
     return max(int(num_warmup), 0), int(samples)

@@ -102,12 +102,9 @@ def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
 
 
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
-    """One shard, start to end: its draws and diagnostics, or its error and traceback.
-
-    Draws above the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and
-    if still left out by the combination's thresholds, once more with twice that warm-up
-    (and as many draws). The last attempt is kept; ``retried_because`` says why.
-    """
+    """One shard, start to end: its draws and diagnostics, or its error and traceback. Draws above
+    the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if still left out
+    by the combination's thresholds, with twice that warm-up; ``retried_because`` says why."""
     start = time.perf_counter()
     plan = worker.plan
     result = functools.partial(
