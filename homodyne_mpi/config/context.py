@@ -23,36 +23,25 @@ from ..errors import ConfigError
 logger = logging.getLogger("homodyne_mpi.config")
 
 
-def option(
-    default: Any = MISSING,
-    *,
-    factory: Any = MISSING,
-    choices: tuple[str, ...] | None = None,
-    gt: float | None = None,
-    ge: float | None = None,
-    lt: float | None = None,
-    le: float | None = None,
-    unit: str = "",
-    auto: bool = False,
-    one_or_list: bool = False,
-    example: str | None = None,
-) -> Any:
+_CHECKS = frozenset(("choices", "gt", "ge", "lt", "le", "unit", "auto", "one_or_list", "example", "nonempty"))
+
+
+def option(default: Any = MISSING, *, factory: Any = MISSING, **checks: Any) -> Any:
     """A dataclass field with the checks the generic parser and validator apply.
 
     ``choices``: allowed strings; ``gt``/``ge``/``lt``/``le``: range of a number (and of
-    each number of a list); ``unit``: shown in messages and in the template; ``auto``:
+    each number of a list); ``unit``: shown in messages and in the template; ``auto=True``:
     the YAML string ``'auto'`` is accepted (it becomes ``None`` for an optional number,
-    stays ``'auto'`` for an ``int | str`` field); ``one_or_list``: a single value is read
-    as a one-element list; ``example``: a value shown in type errors and written by the
-    template when the field has no default.
+    stays ``'auto'`` for an ``int | str`` field); ``one_or_list=True``: a single value is
+    read as a one-element list; ``example``: a value shown in type errors and written by
+    the template when the field has no default; ``nonempty``: a blank string is an error
+    whose fix is this text.
     """
-    given = dict(choices=choices, gt=gt, ge=ge, lt=lt, le=le, unit=unit or None, auto=auto or None)
-    given["one_or_list"] = one_or_list or None
-    given["example"] = example
-    meta = {key: value for key, value in given.items() if value is not None}
+    if not checks.keys() <= _CHECKS:
+        raise TypeError(f"option() has no check(s) {sorted(checks.keys() - _CHECKS)}")
     if factory is not MISSING:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=factory, metadata=checks)
+    return field(default=default, metadata=checks)
 
 
 class Context:

@@ -206,12 +206,14 @@ def entry_dataclass(tp: Any) -> Any:
 
 
 def _check_range(value: Any, meta: Mapping[str, Any], path: str, ctx: Context) -> None:
-    """Apply ``choices`` and ``gt``/``ge``/``lt``/``le`` of a field to its value(s)."""
+    """Apply ``nonempty``, ``choices`` and ``gt``/``ge``/``lt``/``le`` of a field to its value(s)."""
     if isinstance(value, list):
         for i, item in enumerate(value):
             _check_range(item, meta, join(path, i), ctx)
         return
     if isinstance(value, str):
+        if meta.get("nonempty") and not value.strip():
+            raise ctx.error(f"'{path}' is empty", meta["nonempty"])
         choices = meta.get("choices")
         if choices and value not in choices:
             raise ctx.error(

@@ -167,15 +167,12 @@ def _get(raw: Any, path: str) -> tuple[bool, Any]:
 
 def _pop(raw: dict[str, Any], path: str) -> Any:
     """Remove the key at ``path`` and return its value; drop sections it leaves empty."""
-    keys = path.split(".")
-    chain = [raw]
-    for key in keys[:-1]:
-        chain.append(chain[-1][key])
-    value = chain[-1].pop(keys[-1])
-    for parent, key, child in zip(reversed(chain[:-1]), reversed(keys[:-1]), reversed(chain[1:]), strict=True):
-        if child:
-            break
-        del parent[key]
+    key, _, rest = path.partition(".")
+    if not rest:
+        return raw.pop(key)
+    value = _pop(raw[key], rest)
+    if not raw[key]:
+        del raw[key]
     return value
 
 

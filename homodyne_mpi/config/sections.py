@@ -14,22 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConfigError
 from ..vocabulary import FIT_MATRIX_MODES, SCALING_MODES
 from .context import Context, join, option, suggest_fix
 
 SCALING_PARAMETERS = ("contrast", "offset")
-DEFAULT_BOUNDS = {
-    "D0": (1e2, 1e5),
-    "alpha": (-2.0, 2.0),
-    "D_offset": (-1e4, 1e4),
-    "gamma_dot_t0": (1e-6, 0.5),
-    "beta": (-2.0, 2.0),
-    "gamma_dot_t_offset": (-0.1, 0.1),
-    "phi0": (-10.0, 10.0),
-    "contrast": (0.0, 1.0),
-    "offset": (0.5, 1.5),
-}
+DEFAULT_BOUNDS = {"D0": (1e2, 1e5), "alpha": (-2.0, 2.0), "D_offset": (-1e4, 1e4),
+                  "gamma_dot_t0": (1e-6, 0.5), "beta": (-2.0, 2.0), "gamma_dot_t_offset": (-0.1, 0.1), "phi0": (-10.0, 10.0),
+                  "contrast": (0.0, 1.0), "offset": (0.5, 1.5)}  # fmt: skip
 """Bounds of a parameter that ``parameter_space.bounds`` does not list, in its unit."""
 PRIOR_TYPES = ("TruncatedNormal", "Normal", "Uniform")
 
@@ -76,7 +67,7 @@ class AnalyzerConfig:
 class DatasetConfig:
     """One entry of ``experimental_data.datasets``."""
 
-    file_path: str = option()
+    file_path: str = option(nonempty="give the HDF5 file's path")
     """HDF5 file; relative paths are read from the config file's folder."""
     name: str | None = None
     """Results folder under output_dir; null: the file's name without extension."""
@@ -84,10 +75,11 @@ class DatasetConfig:
     """One q or a list of q, one dataset each, named NAME_qVALUE; null: the analyzer's q."""
 
     def _check(self, ctx: Context, path: str) -> None:
-        if not self.file_path.strip():
-            raise ctx.error(f"'{join(path, 'file_path')}' is empty", "give the HDF5 file's path")
-        if self.name is not None:
-            check_dataset_name(self.name, join(path, "name"), ctx)
+        name = self.name
+        if name is not None and (not name.strip() or name in (".", "..") or "/" in name or "\\" in name):
+            raise ctx.error(
+                f"'{join(path, 'name')}' = {name!r} cannot name a results folder", "use a plain name without '/' (e.g. sample_A)"
+            )
         if self.wavevector_q is not None and not self.wavevector_q:
             raise ctx.error(
                 f"'{join(path, 'wavevector_q')}' is an empty list",
@@ -99,7 +91,7 @@ class DatasetConfig:
 class ExperimentalDataConfig:
     """Which files to fit."""
 
-    file_path: str | None = option(None, example="./data/experiment.hdf")
+    file_path: str | None = option(None, example="./data/experiment.hdf", nonempty="give the HDF5 file's path or null")
     """APS 8-ID-I two-time HDF5 file (APS-U or legacy layout, detected from its keys);
     relative paths are read from this file's folder; null when ``datasets`` is used."""
     datasets: list[DatasetConfig] = option(factory=list)
@@ -107,20 +99,18 @@ class ExperimentalDataConfig:
     ``- {file_path: ./data/B.hdf, wavevector_q: [0.0054, 0.0071]}``."""
 
     def _check(self, ctx: Context, path: str) -> None:
-        if self.file_path is not None and not self.file_path.strip():
-            raise ctx.error(f"'{join(path, 'file_path')}' is empty", "give the HDF5 file's path or null")
         if self.file_path is not None and self.datasets:
             raise ctx.error(
                 f"both '{join(path, 'file_path')}' and '{join(path, 'datasets')}' are set",
                 "keep one: file_path for a single file, datasets for several",
             )
         names = [d.name for d in self.datasets if d.name is not None]
-        for name in names:
-            if names.count(name) > 1:
-                raise ctx.error(
-                    f"dataset name '{name}' appears twice in '{join(path, 'datasets')}'",
-                    "give every dataset its own name (it names the results folder)",
-                )
+        repeated = [name for name in names if names.count(name) > 1]
+        if repeated:
+            raise ctx.error(
+                f"dataset name '{repeated[0]}' appears twice in '{join(path, 'datasets')}'",
+                "give every dataset its own name (it names the results folder)",
+            )
 
     def resolved_datasets(
         self, base_dir: str | os.PathLike[str] | None = None, *, source: str | None = None
@@ -132,14 +122,12 @@ class ExperimentalDataConfig:
         entry per q named ``{name}_q{q}``; ``wavevector_q`` ``None``: the analyzer's q.
         """
         ctx = Context(source)
-        entries = list(self.datasets)
-        if not entries:
-            if self.file_path is None:
-                raise ctx.error(
-                    "no data: 'experimental_data.file_path' is null and 'experimental_data.datasets' is empty",
-                    "set experimental_data.file_path to the HDF5 file",
-                )
-            entries = [DatasetConfig(file_path=self.file_path)]
+        if not self.datasets and self.file_path is None:
+            raise ctx.error(
+                "no data: 'experimental_data.file_path' is null and 'experimental_data.datasets' is empty",
+                "set experimental_data.file_path to the HDF5 file",
+            )
+        entries = self.datasets or [DatasetConfig(file_path=str(self.file_path))]
         base = Path(base_dir) if base_dir is not None else Path.cwd()
         resolved: list[DatasetConfig] = []
         for entry in entries:
@@ -151,12 +139,12 @@ class ExperimentalDataConfig:
             else:
                 resolved += [DatasetConfig(file_path=absolute, name=f"{name}_q{q:g}", wavevector_q=[q]) for q in qs]
         names = [entry.name for entry in resolved]
-        for i, entry in enumerate(resolved):
-            if entry.name in names[:i]:
-                raise ctx.error(
-                    f"two datasets resolve to the name '{entry.name}' in 'experimental_data.datasets'",
-                    "give them distinct 'name' values (each names a results folder)",
-                )
+        repeated = [name for i, name in enumerate(names) if name in names[:i]]
+        if repeated:
+            raise ctx.error(
+                f"two datasets resolve to the name '{repeated[0]}' in 'experimental_data.datasets'",
+                "give them distinct 'name' values (each names a results folder)",
+            )
         return resolved
 
 
@@ -209,9 +197,9 @@ class PerAngleScalingConfig:
         for name in SCALING_PARAMETERS:
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != n_angles:
-                raise ConfigError(
-                    f"config: 'initial_parameters.per_angle_scaling.{name}' has {len(value)} values "
-                    f"but {n_angles} angles are selected -- give one value, or one per selected angle"
+                raise Context(None).error(
+                    f"'initial_parameters.per_angle_scaling.{name}' has {len(value)} values but {n_angles} angles are selected",
+                    "give one value, or one per selected angle",
                 )
             out.append(np.asarray(value, dtype=float) if isinstance(value, list) else np.full(n_angles, float(value)))
         return out[0], out[1]
@@ -305,7 +293,7 @@ class ParameterSpaceConfig:
 class OutputConfig:
     """Where results go."""
 
-    output_dir: str = "./homodyne_results"
+    output_dir: str = option("./homodyne_results", nonempty="give a folder, e.g. ./homodyne_results")
     """Results root (relative to the working directory): one folder per dataset with
     nlsq/ and cmc/ inside; ``run --output-dir`` overrides it."""
     plots: bool = True
@@ -320,28 +308,16 @@ class OutputConfig:
     fit_matrix_max_frames: int = option(1000, ge=2)
     """Largest matrix side, in frames, that fit_matrices: auto keeps whole."""
 
-    def _check(self, ctx: Context, path: str) -> None:
-        if not self.output_dir.strip():
-            raise ctx.error(f"'{join(path, 'output_dir')}' is empty", "give a folder, e.g. ./homodyne_results")
-
 
 @dataclass(kw_only=True)
 class ComputeConfig:
     """Compilation cache and rank groups."""
 
-    compilation_cache_dir: str | None = "~/.cache/homodyne_mpi/jax"
+    compilation_cache_dir: str | None = option(
+        "~/.cache/homodyne_mpi/jax", nonempty="give a folder, or null to disable the cache"
+    )
     """JAX persistent compilation cache folder (reused across runs); null disables it."""
     rank_group_size: int | None = option(None, ge=1, auto=True, example="4' or 'rank_group_size: auto")
     """Ranks per group in a batch: groups fit different data sets at once (auto/null: from the data set sizes; run --group-size overrides)."""
     stream_points: bool | None = option(None, auto=True, example="true' or 'stream_points: auto")
     """Rank 0 reads the matrices in row blocks and sends each rank only its points, so no rank holds the whole data set (true/false; auto/null: above 2e7 points). --method nlsq only: CMC loads the data set whole."""
-
-    def _check(self, ctx: Context, path: str) -> None:
-        if self.compilation_cache_dir is not None and not self.compilation_cache_dir.strip():
-            raise ctx.error(f"'{join(path, 'compilation_cache_dir')}' is empty", "give a folder, or null to disable the cache")
-
-
-def check_dataset_name(name: str, path: str, ctx: Context) -> None:
-    """A dataset name must be usable as one folder name."""
-    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
-        raise ctx.error(f"'{path}' = {name!r} cannot name a results folder", "use a plain name without '/' (e.g. sample_A)")

@@ -75,11 +75,8 @@ class ParameterLayout:
 
     def scaling_pair_of_angle(self) -> np.ndarray:
         """Index of the fitted (contrast, offset) pair that each angle uses (-1 if fixed)."""
-        if self.scaling == "individual":
-            return np.arange(self.n_angles)
-        if self.scaling == "averaged":
-            return np.zeros(self.n_angles, dtype=int)
-        return np.full(self.n_angles, -1)
+        pair = {"individual": np.arange(self.n_angles), "averaged": 0, "fixed": -1}[self.scaling]
+        return np.full(self.n_angles, pair)
 
     def split(self, theta):
         """``(contrast[n_angles], offset[n_angles], physical)`` from the flat vector."""

@@ -34,12 +34,9 @@ def cumulative_trapezoid(rate: jnp.ndarray, dt: float) -> jnp.ndarray:
 
 def diffusion_integral(physical: jnp.ndarray, n_frames: int, dt: float) -> jnp.ndarray:
     """Cumulative integral of ``D(t)`` (Angstrom^2) on the frame grid; ``physical`` starts ``[D0, alpha, D_offset]``."""
-    t = rate_times(n_frames, dt)
-    return cumulative_trapezoid(power_law_rate(t, physical[0], physical[1], physical[2]), dt)
+    return cumulative_trapezoid(power_law_rate(rate_times(n_frames, dt), physical[0], physical[1], physical[2]), dt)
 
 
 def shear_integral(physical: jnp.ndarray, n_frames: int, dt: float) -> jnp.ndarray:
-    """Cumulative integral of ``gamma_dot(t)`` (strain) on the frame grid; ``physical[3:6]`` are
-    ``[gamma_dot_t0, beta, gamma_dot_t_offset]``."""
-    t = rate_times(n_frames, dt)
-    return cumulative_trapezoid(power_law_rate(t, physical[3], physical[4], physical[5]), dt)
+    """Cumulative integral of ``gamma_dot(t)`` (strain); ``physical[3:6]`` are ``[gamma_dot_t0, beta, gamma_dot_t_offset]``."""
+    return cumulative_trapezoid(power_law_rate(rate_times(n_frames, dt), physical[3], physical[4], physical[5]), dt)
