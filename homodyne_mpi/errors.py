@@ -53,9 +53,8 @@ def collective(error: _E) -> _E:
 def check_path(
     path: Path, error: type[HomodyneError], missing: str, wrong_kind: str, *, folder: bool = False, name: str | None = None
 ) -> None:
-    """Raise ``error("<name>: <missing>")`` when ``path`` does not exist, and ``error("<name>:
-    <wrong_kind>")`` when it is a folder (or, with ``folder=True``, when it is not one);
-    ``name`` (default: the path) is how the message names it."""
+    """Raise ``error("<name>: <missing>")`` when ``path`` does not exist, ``error("<name>: <wrong_kind>")`` when it is a
+    folder (with ``folder=True``: when it is not one); ``name`` defaults to the path."""
     name = str(path) if name is None else name
     if not path.exists():
         raise error(f"{name}: {missing}")

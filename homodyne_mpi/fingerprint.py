@@ -8,10 +8,8 @@ import os
 
 
 def run_fingerprint(config_dict: dict, source: str, n_points: int, names: list[str]) -> str:
-    """Hash of the fit-relevant config, the data file (path, size, mtime) and the problem.
-
-    Output settings are left out, so moving the results folder keeps checkpoints valid.
-    """
+    """Hash of the fit-relevant config, the data file (path, size, mtime) and the problem; output and compute settings
+    are left out, so moving the results folder keeps checkpoints valid."""
     relevant = {key: value for key, value in config_dict.items() if key not in ("output", "compute")}
     try:
         stat = os.stat(source)

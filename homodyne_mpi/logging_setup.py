@@ -12,8 +12,7 @@ def configure_logging(rank: int = 0, size: int = 1, *, verbose: bool = False) ->
     """Send log lines to stderr, tagged with the rank; other ranks log warnings only.
     Calling it again replaces the previous handler (a rank learnt after start-up)."""
     root = logging.getLogger("homodyne_mpi")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_FORMAT.format(rank=rank, size=size), "%H:%M:%S"))
     root.addHandler(handler)

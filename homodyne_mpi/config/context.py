@@ -1,8 +1,7 @@
 """What a config field may hold, and how problems are reported.
 
-``option()`` declares a schema field with the checks the generic parser applies;
-:class:`Context` carries one load's source name and what it noticed (ignored keys,
-notes, warnings); the small helpers below write the one-line messages.
+``option()`` declares a schema field with the checks the generic parser applies; :class:`Context` carries one load's
+source name and what it noticed (ignored keys, notes, warnings); the small helpers below write the one-line messages.
 """
 
 from __future__ import annotations
@@ -29,13 +28,11 @@ _CHECKS = frozenset(("choices", "gt", "ge", "lt", "le", "unit", "auto", "one_or_
 def option(default: Any = MISSING, *, factory: Any = MISSING, **checks: Any) -> Any:
     """A dataclass field with the checks the generic parser and validator apply.
 
-    ``choices``: allowed strings; ``gt``/``ge``/``lt``/``le``: range of a number (and of
-    each number of a list); ``unit``: shown in messages and in the template; ``auto=True``:
-    the YAML string ``'auto'`` is accepted (it becomes ``None`` for an optional number,
-    stays ``'auto'`` for an ``int | str`` field); ``one_or_list=True``: a single value is
-    read as a one-element list; ``example``: a value shown in type errors and written by
-    the template when the field has no default; ``nonempty``: a blank string is an error
-    whose fix is this text.
+    ``choices``: allowed strings; ``gt``/``ge``/``lt``/``le``: range of a number (and of each number of a list);
+    ``unit``: shown in messages and in the template; ``auto=True``: the YAML string ``'auto'`` is accepted (it becomes
+    ``None`` for an optional number, stays ``'auto'`` for an ``int | str`` field); ``one_or_list=True``: a single value
+    is read as a one-element list; ``example``: a value shown in type errors and written by the template when the field
+    has no default; ``nonempty``: a blank string is an error whose fix is this text.
     """
     if not checks.keys() <= _CHECKS:
         raise TypeError(f"option() has no check(s) {sorted(checks.keys() - _CHECKS)}")
@@ -124,8 +121,6 @@ def number(value: Any) -> float | None:
     """``value`` as a float if it is a number or a numeric string, else ``None``."""
     if isinstance(value, (bool, np.bool_)):
         return None
-    if isinstance(value, numbers.Integral):
-        return float(int(value))
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):

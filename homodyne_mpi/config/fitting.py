@@ -25,8 +25,7 @@ class NLSQConfig:
     loss: str = option("linear", choices=NLSQ_LOSSES)
     """Residual loss; the robust ones (soft_l1, huber, cauchy) down-weight outliers."""
     loss_scale: float = option(1.0, gt=0)
-    """Residual size where a robust loss starts to down-weight, in units of the weighted
-    residual (unused by linear)."""
+    """Residual size where a robust loss starts to down-weight, in units of the weighted residual (unused by linear)."""
     chunk_size: int = option(8192, ge=1)
     """Points per jitted chunk; bounds the memory per rank."""
     start_search: bool = True
@@ -46,12 +45,10 @@ class NLSQConfig:
       physical parameters (short blocks where single frames weigh most)
     - equal: contiguous blocks of equal frame counts"""
     jackknife_iterations: int = option(100, ge=1)
-    """Most iterations of each jackknife refit (a ceiling: refits stop at the fit's
-    tolerances), started from the full fit."""
+    """Most iterations of each jackknife refit (a ceiling: refits stop at the fit's tolerances), started from the full fit."""
     profile_check: bool = True
-    """After the fit, move each free physical parameter to +-3 std_model (farther while chi2
-    rises by less than 1), refit the others, and warn when chi2 rises so slowly that the
-    error bar understates the uncertainty (a flat, curved valley)."""
+    """After the fit, move each free physical parameter to +-3 std_model (farther while chi2 rises by less than 1), refit the
+    others, and warn when chi2 rises so slowly that the error bar understates the uncertainty (a flat, curved valley)."""
     jackknife_parallel: str = option("points", choices=("points", "replicates"))
     """How the refits use the ranks:
     - points: all ranks work on each refit in turn, each on its own points
@@ -89,9 +86,8 @@ class PerShardMCMCConfig:
     target_accept_prob: float = option(0.8, gt=0, lt=1)
     """NUTS target acceptance probability."""
     retry_target_accept_prob: float = option(0.95, ge=0, lt=1)
-    """A shard that fails the divergence or R-hat check is sampled once more with this
-    target acceptance probability (smaller steps); 0, or a value not above
-    target_accept_prob, means no retry."""
+    """A shard that fails the divergence or R-hat check is sampled once more with this target acceptance probability (smaller
+    steps); 0, or a value not above target_accept_prob, means no retry."""
     max_tree_depth: int = option(10, ge=1, le=20)
     """NUTS tree depth limit (at most 2^depth leapfrog steps)."""
     min_warmup: int = option(200, ge=0)
@@ -113,15 +109,13 @@ class CombinationConfig:
     - robust_consensus_mc: the same after dropping outlying shards (outlier_zscore)
     - gaussian_product: product of Gaussian fits to the shard posteriors"""
     min_success_rate: float = option(0.8, gt=0, le=1)
-    """Fraction of shards that must pass the checks below; fewer is an error naming the
-    failed shards."""
+    """Fraction of shards that must pass the checks below; fewer is an error naming the failed shards."""
     max_divergence_rate: float = option(0.10, gt=0, le=1)
     """Shards with a larger fraction of divergent transitions are left out."""
     max_rhat: float = option(1.1, gt=1)
     """Shards with a larger split R-hat are left out."""
     outlier_zscore: float = option(3.5, gt=0)
-    """robust_consensus_mc leaves out shards this many robust (median/MAD) z-scores from
-    the median."""
+    """robust_consensus_mc leaves out shards this many robust (median/MAD) z-scores from the median."""
 
 
 @dataclass(kw_only=True)
@@ -136,22 +130,19 @@ class PriorConfig:
 
 @dataclass(kw_only=True)
 class CMCConfig:
-    """Consensus Monte Carlo: NUTS on each shard of the data, then the shard posteriors
-    are combined."""
+    """Consensus Monte Carlo: NUTS on each shard of the data, then the shard posteriors are combined."""
 
     seed: int = option(42, ge=0, lt=2**32)
-    """Global seed; a shard's seed comes from (seed, shard index), so results do not
-    depend on the number of ranks."""
+    """Global seed; a shard's seed comes from (seed, shard index), so results do not depend on the number of ranks."""
     sharding: ShardingConfig = option(factory=ShardingConfig)
     per_shard_mcmc: PerShardMCMCConfig = option(factory=PerShardMCMCConfig)
     combination: CombinationConfig = option(factory=CombinationConfig)
     prior: PriorConfig = option(factory=PriorConfig)
     calibrate: bool = True
-    """Points of a two-time matrix share frames, so they carry less information than
-    their number says. true: divide the log-likelihood by the ratio of the NLSQ jackknife
-    to model variance, widened by Student's t at the jackknife's effective degrees of
-    freedom (median over the physical parameters, at least 1; docs/cmc.md), so posterior
-    widths match the data's real information; false: no tempering."""
+    """Points of a two-time matrix share frames, so they carry less information than their number says. true: divide the
+    log-likelihood by the ratio of the NLSQ jackknife to model variance, widened by Student's t at the jackknife's effective
+    degrees of freedom (median over the physical parameters, at least 1; docs/cmc.md), so posterior widths match the data's
+    real information; false: no tempering."""
 
 
 @dataclass(kw_only=True)

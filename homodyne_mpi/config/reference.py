@@ -1,25 +1,18 @@
 """Configs of the reference ``homodyne`` package (v2.x): recognise them and adapt them.
 
-The table ``reference_keys.yaml`` (next to this module; its header explains the classes
-``same``, ``mapped``, ``refused`` and ``ignored``) classifies every key path that the
-reference package writes. A config that uses a key of the table with no own equivalent
-is a reference-format config: adapted in place (``adapt_reference``), then parsed
-leniently, any key left without an equivalent ignored (logged once, never an error). A
-config in this program's own format is parsed strictly. Four rules read what a move cannot:
+``reference_keys.yaml`` (its header explains the classes ``same``, ``mapped``, ``refused``, ``ignored``) classifies
+every key path the reference package writes. A config using one of them that has no own equivalent is reference-format:
+adapted in place (``adapt_reference``), then parsed leniently, keys left without an equivalent ignored (logged once).
+A config in this program's own format is parsed strictly. Four rules read what a move cannot:
 
-- ``static_mode``: a missing ``analysis_mode`` is taken from ``analysis_settings.static_mode``;
-  a missing ``wavevector_q`` means the first q the data file stores (as the reference does).
-- ``data_file``: ``experimental_data.data_folder_path`` + ``data_file_name`` make
-  ``file_path`` when ``file_path`` is not given (otherwise both are ignored).
-- ``parameter_names``: the names ``gamma_dot_0``/``gamma_dot_t_0``, ``gamma_dot_offset``
-  and ``phi_0`` are renamed wherever names are listed; ``fixed_parameters`` as a mapping
-  ``{name: value}`` fixes the names at those values; ``active_parameters`` (the names to
-  fit) fixes every other name.
-- ``per_angle_mode`` (``optimization.nlsq.anti_degeneracy``, then ``optimization.cmc``,
-  then ``optimization.mcmc``): sets ``initial_parameters.per_angle_scaling.mode`` when the
-  config does not. ``auto`` and ``individual`` -> individual, ``averaged`` and
-  ``constant_averaged`` -> averaged, ``constant`` -> fixed (needs the scaling values);
-  ``fourier`` is refused.
+- ``static_mode``: a missing ``analysis_mode`` comes from ``analysis_settings.static_mode``; a missing ``wavevector_q``
+  means the first q the data file stores (as the reference does).
+- ``data_file``: ``experimental_data.data_folder_path`` + ``data_file_name`` make ``file_path`` unless it is given.
+- ``parameter_names``: the names of ``PARAMETER_ALIASES`` are renamed wherever names are listed; ``fixed_parameters``
+  as ``{name: value}`` fixes those names at those values; ``active_parameters`` (the names to fit) fixes the others.
+- ``per_angle_mode`` (``optimization.nlsq.anti_degeneracy``, then ``optimization.cmc``, then ``optimization.mcmc``)
+  sets ``initial_parameters.per_angle_scaling.mode`` unless given, as ``_PER_ANGLE`` says (``constant`` needs the
+  scaling values); ``fourier`` is refused.
 """
 
 from __future__ import annotations
@@ -93,11 +86,8 @@ def is_reference_format(raw: Mapping[str, Any]) -> bool:
 
 
 def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
-    """Rewrite a reference-format config (no other) into this program's layout, in place.
-
-    Makes ``ctx`` lenient and applies the rules and the table's moves; a value with no
-    equivalent here that would change the results is a ``ConfigError`` naming the key.
-    """
+    """Rewrite a reference-format config (no other) into this program's layout, in place, and make ``ctx`` lenient; a
+    value with no equivalent here that would change the results is a ``ConfigError`` naming the key."""
     if not isinstance(raw, dict) or not is_reference_format(raw):
         return
     ctx.lenient = True

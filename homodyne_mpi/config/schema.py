@@ -1,10 +1,8 @@
 """The whole configuration: :class:`HomodyneConfig`, its cross-section rules and views.
 
-``HomodyneConfig.from_dict`` parses a mapping (a reference-format one is adapted first),
-``validate()`` checks values, ``to_dict()`` writes every field back (defaults filled
-in) so that ``from_dict(cfg.to_dict()) == cfg``. Every problem is a
-:class:`~homodyne_mpi.errors.ConfigError` whose message is one line: the file, the
-dotted key and the fix.
+``HomodyneConfig.from_dict`` parses a mapping (a reference-format one is adapted first), ``validate()`` checks values,
+``to_dict()`` writes every field back (defaults filled in) so that ``from_dict(cfg.to_dict()) == cfg``. Every problem is
+a :class:`~homodyne_mpi.errors.ConfigError` whose message is one line: the file, the dotted key and the fix.
 """
 
 from __future__ import annotations
@@ -41,8 +39,7 @@ class HomodyneConfig:
     """The whole configuration file."""
 
     analysis_mode: str = option(choices=ANALYSIS_MODES, example="static")
-    """The model. static: D0, alpha, D_offset; laminar_flow: those and gamma_dot_t0,
-    beta, gamma_dot_t_offset, phi0."""
+    """The model. static: D0, alpha, D_offset; laminar_flow: those and gamma_dot_t0, beta, gamma_dot_t_offset, phi0."""
     shear_form: str = option("paper", choices=SHEAR_FORMS)
     """Shear term of g1 (laminar_flow only):
     - paper: g1 = g1_diff * sinc(Phi/2), the published equation (He et al. 2024)
@@ -69,10 +66,8 @@ class HomodyneConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str | None = None, validate: bool = True) -> HomodyneConfig:
-        """Parse a config mapping (as read from YAML); ``source`` names it in messages.
-
-        A reference-package config is adapted first (:mod:`.reference`; its ignored keys are
-        logged once and kept in ``ignored_keys``). Validates unless ``validate=False``.
+        """Parse a config mapping (as read from YAML); ``source`` names it in messages. A reference-package config is
+        adapted first (:mod:`.reference`; its ignored keys are kept in ``ignored_keys``). Validates unless ``validate=False``.
         """
         ctx = Context(source)
         if not isinstance(d, Mapping):

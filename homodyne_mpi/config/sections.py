@@ -1,9 +1,8 @@
 """The config sections that describe the data, the parameters and the output.
 
-One dataclass per YAML section, keyword-only, a docstring per field (``init-config`` writes
-them as comments, the defaults as values); ``option(...)`` holds the checks of one value,
-``_check`` the rules between the fields of a section. Angles in degrees, times in seconds,
-lengths in Angstrom, q in 1/Angstrom.
+One dataclass per YAML section, keyword-only, a docstring per field (``init-config`` writes them as comments, the
+defaults as values); ``option(...)`` holds the checks of one value, ``_check`` the rules between the fields of a
+section. Angles in degrees, times in seconds, lengths in Angstrom, q in 1/Angstrom.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ class ScatteringConfig:
     """Scattering vector."""
 
     wavevector_q: float | None = option(gt=0, unit="1/Angstrom", example="0.0054")
-    """Wavevector magnitude q; the file's q bin nearest to it is analysed (null: the first
-    q the file stores)."""
+    """Wavevector magnitude q; the file's q bin nearest to it is analysed (null: the first q the file stores)."""
 
 
 @dataclass(kw_only=True)
@@ -115,12 +113,9 @@ class ExperimentalDataConfig:
     def resolved_datasets(
         self, base_dir: str | os.PathLike[str] | None = None, *, source: str | None = None
     ) -> list[DatasetConfig]:
-        """The datasets to fit (``datasets``, else ``file_path``), with absolute paths, names and one q each.
-
-        Relative paths are resolved against ``base_dir`` (the config file's folder; the working
-        directory when ``None``). A name defaults to the file's stem; several q values make one
-        entry per q named ``{name}_q{q}``; ``wavevector_q`` ``None``: the analyzer's q.
-        """
+        """The datasets to fit (``datasets``, else ``file_path``) with absolute paths (relative ones from ``base_dir``, the
+        config file's folder, else the working directory), a name (default: the file's stem) and one q each (several q make
+        one entry per q, named ``{name}_q{q}``; ``wavevector_q`` ``None``: the analyzer's q)."""
         ctx = Context(source)
         if not self.datasets and self.file_path is None:
             raise ctx.error(
@@ -181,8 +176,7 @@ class PerAngleScalingConfig:
 
     mode: str = option("individual", choices=SCALING_MODES)
     """How contrast and offset are treated:
-    - individual: one contrast and one offset per angle, fitted (recommended: contrast
-      differs between angle sectors)
+    - individual: one contrast and one offset per angle, fitted (recommended: contrast differs between angle sectors)
     - averaged: one contrast and one offset shared by all angles, fitted
     - fixed: contrast and offset below, not fitted"""
     contrast: float | list[float] = option(0.5, gt=0, le=1)
@@ -191,8 +185,7 @@ class PerAngleScalingConfig:
     """Starting (or fixed) offset (baseline, near 1): one number, or one per selected angle."""
 
     def scaling_arrays(self, n_angles: int) -> tuple[np.ndarray, np.ndarray]:
-        """Per-angle (contrast, offset) arrays for ``n_angles`` selected angles: a single value
-        repeated, or a list of exactly ``n_angles`` entries."""
+        """Per-angle (contrast, offset) arrays for ``n_angles`` angles: a single value repeated, or a list of ``n_angles``."""
         out = []
         for name in SCALING_PARAMETERS:
             value = getattr(self, name)
@@ -225,9 +218,8 @@ class InitialParametersConfig:
     """Starting values (and the truth that ``homodyne-mpi simulate`` uses)."""
 
     parameter_names: list[str] = option(factory=list)
-    """Physical parameters in the order of ``values``; empty: the mode's canonical list
-    (static: D0, alpha, D_offset; laminar_flow: those and gamma_dot_t0, beta,
-    gamma_dot_t_offset, phi0)."""
+    """Physical parameters in the order of ``values``; empty: the mode's canonical list (static: D0, alpha, D_offset;
+    laminar_flow: those and gamma_dot_t0, beta, gamma_dot_t_offset, phi0)."""
     values: list[float] | None = None
     """Starting values, one per name, each inside its bounds; null: the middle of each bound."""
     fixed_parameters: list[str] = option(factory=list)
@@ -299,10 +291,9 @@ class OutputConfig:
     plots: bool = True
     """Write PNG plots (measured vs fitted c2, residuals, posterior marginals)."""
     fit_matrices: str = option("auto", choices=FIT_MATRIX_MODES)
-    """Which N x N matrices per angle nlsq/fit.h5 keeps (c2_exp, c2_fit, residual; 8 bytes
-    per entry):
-    - auto: every frame up to fit_matrix_max_frames frames, else every k-th frame,
-      k = ceil(N / fit_matrix_max_frames) (at most fit_matrix_max_frames^2 entries per angle and matrix)
+    """Which N x N matrices per angle nlsq/fit.h5 keeps (c2_exp, c2_fit, residual; 8 bytes per entry):
+    - auto: every frame up to fit_matrix_max_frames frames, else every k-th frame, k = ceil(N / fit_matrix_max_frames) (at
+      most fit_matrix_max_frames^2 entries per angle and matrix)
     - full: every frame (3 x 8 N^2 bytes per angle)
     - none: no matrices (parameters, covariance and bands only; no c2 figures)"""
     fit_matrix_max_frames: int = option(1000, ge=2)

@@ -1,10 +1,9 @@
 """The commented YAML template of ``homodyne-mpi init-config``, generated from the schema.
 
-Every key is written with its field's docstring and allowed values as a comment and its
-default as the value, so the template cannot disagree with the dataclasses. Only the
-values a default cannot give are examples: the mode, the wavevector and data file (the
-fields' ``example``), the mode's parameter names with typical starting values, the
-default bounds of each parameter, and a few angle ranges.
+Every key is written with its field's docstring and allowed values as a comment and its default as the value, so the
+template cannot disagree with the dataclasses. Only the values a default cannot give are examples: the mode, the
+wavevector and data file (the fields' ``example``), the mode's parameter names with typical starting values, the default
+bounds of each parameter, and a few angle ranges.
 """
 
 from __future__ import annotations

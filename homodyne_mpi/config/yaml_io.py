@@ -1,8 +1,7 @@
 """YAML files: read a config (numbers like ``1e5``, no duplicate keys), write one back.
 
-``load_config(path)`` reads and validates a file, with one-line errors for a missing,
-unreadable, malformed or empty file; ``dump_config(cfg)`` writes every field (defaults
-filled in), lists of plain values on one line.
+``load_config(path)`` reads and validates a file, with one-line errors for a missing, unreadable, malformed or empty
+file; ``dump_config(cfg)`` writes every field (defaults filled in), lists of plain values on one line.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 ``c2 = offset_phi + contrast_phi * g1**2`` with ``g1 = g1_diff * shear_factor``:
 
 - ``g1_diff = exp(-q**2 / 2 * |C_j - C_i|)``, ``C`` the running integral of ``D(t)``;
-- ``Phi = q * h * cos(phi0 - phi) * |G_j - G_i|``, ``G`` the running integral of
-  ``gamma_dot(t)``; ``shear_factor = sinc(Phi/2)`` (``paper``) or
-  ``sinc(Phi/(2 pi))**2`` (``homodyne-v2``).
+- ``Phi = q * h * cos(phi0 - phi) * |G_j - G_i|``, ``G`` the running integral of ``gamma_dot(t)``;
+  ``shear_factor = sinc(Phi/2)`` (``paper``) or ``sinc(Phi/(2 pi))**2`` (``homodyne-v2``).
 
 ``homodyne-v2`` also smooths every ``|C_j - C_i|`` as the reference package does (``interval``).
 

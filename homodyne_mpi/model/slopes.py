@@ -1,9 +1,8 @@
 """``g1**2`` of a point with its analytic partial derivatives, for the NLSQ Jacobian.
 
-``g1**2`` depends on the parameters only through ``x_C = C_j - C_i`` (Angstrom^2),
-``x_G = G_j - G_i`` (strain) and ``cos(phi0 - phi)``; its derivatives by those three are
-written out by hand (one ``exp``, ``sin`` and ``cos`` per point) and tested against
-``jax.grad`` of ``correlation.g1_squared_from_integrals``.
+``g1**2`` depends on the parameters only through ``x_C = C_j - C_i`` (Angstrom^2), ``x_G = G_j - G_i`` (strain) and
+``cos(phi0 - phi)``; its derivatives by those three are written out by hand (one ``exp``, ``sin`` and ``cos`` per point)
+and tested against ``jax.grad`` of ``correlation.g1_squared_from_integrals``.
 """
 
 from __future__ import annotations
@@ -69,11 +68,8 @@ def g1_squared_and_slopes(diffusion_step, strain_step, projection, spec: ModelSp
 
 
 def paper_shear_g1_squared_and_slopes(diffusion_step, strain_step, projection, sine, cosine, spec: ModelSpec):
-    """``g1_squared_and_slopes`` for the ``paper`` form with ``sin``/``cos`` of ``Phi/2`` given.
-
-    ``Phi/2 = q h cos(phi0 - phi) (G_j - G_i) / 2`` may be signed (the shear factor is even),
-    so its ``sin`` comes from per-frame tables by the angle-addition rule.
-    """
+    """``g1_squared_and_slopes`` for the ``paper`` form given ``sin``/``cos`` of ``Phi/2 = q h cos(phi0 - phi) (G_j - G_i) / 2``,
+    which may be signed (the shear factor is even): its ``sin`` comes from per-frame tables by the angle-addition rule."""
     diffusion, diffusion_slope = interval_and_slope(diffusion_step, spec)
     g1_diff_sq = jnp.exp(-(spec.q**2) * diffusion)
     half_amplitude = 0.5 * spec.q * spec.gap
