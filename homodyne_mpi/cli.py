@@ -29,10 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
-        "run",
-        help="fit the data sets of a config",
-        description="Fit every data set of CONFIG; run under mpiexec/srun for several ranks.",
+    run, simulate, validate, init, plot, report = (
+        sub.add_parser(name, help=summary, description=function.__doc__) for name, (function, summary) in COMMANDS.items()
     )
     run.add_argument("config", help="YAML config file")
     run.add_argument("--method", choices=("nlsq", "cmc", "both"), help="fit method (default: optimization.method of the config)")
@@ -51,11 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging, and log lines from every rank")
 
-    simulate = sub.add_parser(
-        "simulate",
-        help="write a synthetic data set from a config",
-        description="Write synthetic two-time data from the model; the truth is the config's initial_parameters.",
-    )
     simulate.add_argument("config", help="YAML config file (mode, q, dt, frames, gap, shear_form, truth values)")
     simulate.add_argument("--output", required=True, help="HDF5 file to write (the truth goes to FILE.truth.json)")
     simulate.add_argument("--layout", choices=("aps-u", "aps-legacy"), default="aps-u", help="HDF5 layout (default aps-u)")
@@ -72,34 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="independent Gaussian noise, or speckle-like noise correlated along rows and columns",
     )
 
-    validate = sub.add_parser(
-        "validate",
-        help="check a config and its data; print the resolved config",
-        description="Validate CONFIG and open its data set(s); print the config with defaults filled in. Exit 0 when usable, 2 when not.",
-    )
     validate.add_argument("config", help="YAML config file")
     validate.add_argument("--no-data", action="store_true", help="check the config only, not the data files")
 
-    init = sub.add_parser(
-        "init-config", help="write a commented config template", description="Write a commented config template for a mode."
-    )
     init.add_argument("--mode", choices=("static", "laminar_flow"), required=True)
     init.add_argument("--output", "-o", help="file to write (default: standard output)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
 
-    plot = sub.add_parser(
-        "plot",
-        help="redraw the figures of a results folder",
-        description="Redraw the PNG figures of RESULT_DIR from its saved results, without refitting.",
-    )
-    plot.add_argument("result_dir")
-
-    report = sub.add_parser(
-        "report",
-        help="print a plain-text summary of a results folder",
-        description="Print parameters, fit quality, CMC shard health, timings and ranks of RESULT_DIR.",
-    )
-    report.add_argument("result_dir")
+    for results in (plot, report):
+        results.add_argument("result_dir")
     return parser
 
 
@@ -146,6 +120,7 @@ def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> 
 
 
 def command_run(args, comm) -> int:
+    """Fit every data set of CONFIG; run under mpiexec/srun for several ranks."""
     from .config import load_config
     from .parallel.devices import configure_host_devices, enable_compilation_cache
     from .parallel.launch_check import check_launch
@@ -160,17 +135,9 @@ def command_run(args, comm) -> int:
         log.info("JAX compilation cache: %s", cache)
     from .pipeline import run_batch
 
-    method = args.method or cfg.optimization.method
     output_dir = Path(args.output_dir or cfg.output.output_dir or DEFAULT_OUTPUT_DIR)
-    return run_batch(
-        cfg,
-        comm,
-        method=method,
-        output_dir=output_dir,
-        nlsq_warm_start=not args.no_nlsq_warmstart,
-        fresh=args.fresh,
-        group_size=group_size(args, cfg),
-    )
+    options = dict(nlsq_warm_start=not args.no_nlsq_warmstart, fresh=args.fresh, group_size=group_size(args, cfg))
+    return run_batch(cfg, comm, method=args.method or cfg.optimization.method, output_dir=output_dir, **options)
 
 
 def group_size(args, cfg) -> int | None:
@@ -183,6 +150,7 @@ def group_size(args, cfg) -> int | None:
 
 
 def command_simulate(args, comm) -> int:
+    """Write synthetic two-time data from the model; the truth is the config's initial_parameters."""
     from .config import load_config
 
     cfg = load_config(args.config)
@@ -197,6 +165,7 @@ def command_simulate(args, comm) -> int:
 
 
 def command_validate(args, comm) -> int:
+    """Validate CONFIG and open its data set(s); print the config with defaults filled in. Exit 0 when usable, 2 when not."""
     from .config import dump_config, load_config
 
     cfg = load_config(args.config)
@@ -219,6 +188,7 @@ def command_validate(args, comm) -> int:
 
 
 def command_init_config(args, comm) -> int:
+    """Write a commented config template for a mode."""
     from .config import render_template
 
     text = render_template(args.mode)
@@ -234,24 +204,26 @@ def command_init_config(args, comm) -> int:
 
 
 def command_plot(args, comm) -> int:
+    """Redraw the PNG figures of RESULT_DIR from its saved results, without refitting."""
     from .plots.redraw import redraw_results
 
     return redraw_results(Path(args.result_dir))
 
 
 def command_report(args, comm) -> int:
+    """Print parameters, fit quality, CMC shard health, timings and ranks of RESULT_DIR."""
     from .report import print_report
 
     return print_report(Path(args.result_dir))
 
 
-COMMANDS = {
-    "run": command_run,
-    "simulate": command_simulate,
-    "validate": command_validate,
-    "init-config": command_init_config,
-    "plot": command_plot,
-    "report": command_report,
+COMMANDS = {  # sub-command: (function, whose docstring is its --help description; one-line help)
+    "run": (command_run, "fit the data sets of a config"),
+    "simulate": (command_simulate, "write a synthetic data set from a config"),
+    "validate": (command_validate, "check a config and its data; print the resolved config"),
+    "init-config": (command_init_config, "write a commented config template"),
+    "plot": (command_plot, "redraw the figures of a results folder"),
+    "report": (command_report, "print a plain-text summary of a results folder"),
 }
 
 
@@ -268,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         from .parallel.devices import configure_host_devices
 
         configure_host_devices(1)
-    return run_guarded(lambda: COMMANDS[args.command](args, comm), comm)
+    return run_guarded(lambda: COMMANDS[args.command][0](args, comm), comm)
 
 
 def console_main() -> None:

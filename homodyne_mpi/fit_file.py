@@ -1,11 +1,9 @@
 """Writing ``nlsq/fit.h5`` row block by row block, with the matrices ``output.fit_matrices`` keeps.
 
-Besides the small datasets and the plan of :mod:`homodyne_mpi.fit_matrices`: ``c2_exp``,
-``c2_fit``, ``residual`` ``(n_angles, m, m)``, never built whole. Per block of kept rows, the
-measured rows come from the source's ``full_rows(angle, row_start, row_stop, step)`` (a loaded
-``XPCSData`` or a streamed ``PointSource``, which write the same file), the model from
-``model.c2_points`` (one compiled shape per file): about ``5 x 8 x ROW_BLOCK_VALUES`` bytes
-(40 MiB) in memory whatever ``N``.
+``c2_exp``, ``c2_fit``, ``residual`` ``(n_angles, m, m)`` are never built whole: per block of kept
+rows, the measured rows come from the source's ``full_rows`` (a loaded ``XPCSData`` or a streamed
+``PointSource`` write the same file), the model from ``model.c2_points`` (one compiled shape per
+file): about ``5 x 8 x ROW_BLOCK_VALUES`` bytes (40 MiB) in memory whatever ``N``.
 """
 
 from __future__ import annotations
@@ -38,8 +36,8 @@ def block_rows(plan: MatrixPlan, block_values: int = ROW_BLOCK_VALUES) -> int:
 def fitted_rows(
     result: NLSQResult, problem: NLSQProblem, angle: int, row_frames: np.ndarray, column_frames: np.ndarray, rows: int
 ) -> np.ndarray:
-    """Model ``c2`` of one angle at frames ``row_frames x column_frames``, ``(len(row_frames), len(column_frames))``;
-    ``row_frames`` is padded to ``rows`` (then dropped), so one compiled shape serves every block."""
+    """Model ``c2`` of one angle at frames ``row_frames x column_frames`` (``row_frames`` padded to ``rows``, then
+    dropped, so one compiled shape serves every block)."""
     frame_i = np.full(rows, row_frames[-1], dtype=np.int32)
     frame_i[: len(row_frames)] = row_frames
     columns = np.asarray(column_frames, dtype=np.int32)
@@ -68,9 +66,8 @@ def write_matrices(handle: h5py.File, result: NLSQResult, problem: NLSQProblem, 
         for b0, b1 in row_blocks(plan, rows):
             measured = measured_rows(source, plan, angle, b0, b1)
             fitted = fitted_rows(result, problem, angle, plan.frames[b0:b1], plan.frames, rows)
-            datasets["c2_exp"][angle, b0:b1] = measured
-            datasets["c2_fit"][angle, b0:b1] = fitted
-            datasets["residual"][angle, b0:b1] = measured - fitted
+            for name, block in zip(MATRICES, (measured, fitted, measured - fitted)):
+                datasets[name][angle, b0:b1] = block
 
 
 class AngleMatrices:

@@ -1,10 +1,9 @@
 """Which frames the ``c2`` matrices of ``nlsq/fit.h5`` keep (``output.fit_matrices``).
 
-``c2_exp``, ``c2_fit`` and ``residual`` of ``N`` frames take ``3 x 8 N^2`` bytes per angle (24 GB
-at 20 angles of 10,000 frames). ``auto`` keeps all while ``N <= max_frames``, else the frames
-``0, k, 2k, ...`` with ``k = ceil(N / max_frames)`` (a subsample, not a block mean). ``fit.h5``
-records the plan (``matrix_frames``, attributes ``fit_matrices``, ``matrix_frame_step``); an older
-file holds full matrices and no record.
+The three ``c2`` matrices of ``N`` frames take ``3 x 8 N^2`` bytes per angle (24 GB at 20 angles of
+10,000 frames). ``auto`` keeps all while ``N <= max_frames``, else the frames ``0, k, 2k, ...``,
+``k = ceil(N / max_frames)`` (a subsample, not a block mean). ``fit.h5`` records the plan (``matrix_frames``,
+``MatrixPlan.attributes``); an older file holds full matrices and no record.
 """
 
 from __future__ import annotations
@@ -74,8 +73,8 @@ def matrix_bytes(n_angles: int, plan: MatrixPlan) -> int:
 
 
 def matrix_frames_of(arrays: Any) -> np.ndarray | None:
-    """The frames of the matrices in ``arrays`` (``fit.h5``'s datasets, a dict or an open file): ``matrix_frames``,
-    else every frame ``0 .. m-1``; None when there are no matrices."""
+    """The frames of the matrices in ``arrays`` (a dict or an open ``fit.h5``): ``matrix_frames``, else ``0 .. m-1``;
+    None when there are no matrices."""
     if "c2_exp" not in arrays:
         return None
     if "matrix_frames" in arrays:

@@ -17,8 +17,9 @@ import sys
 import time
 import traceback
 from concurrent.futures import wait as wait_futures
-from dataclasses import asdict, dataclass, field
+from dataclasses import KW_ONLY, asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -61,42 +62,35 @@ class DatasetOutcome:
     timing_s: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
 class BatchRunner:
     """Runs every data set of a config on rank groups (each group's rank 0 does its file I/O)."""
 
-    def __init__(
-        self,
-        cfg,
-        comm: Comm,
-        *,
-        method: str,
-        output_dir: Path,
-        nlsq_warm_start: bool = True,
-        fresh: bool = False,
-        group_size: int | None = None,
-    ):
-        if method not in METHODS:
-            raise ConfigError(f"unknown method '{method}' -- choose one of {', '.join(METHODS)}")
-        self.cfg = cfg
-        self.world = comm
-        """Every rank of the job; its rank 0 writes ``batch_summary.json``."""
-        self.comm = comm
-        """This rank's group (the world until ``run`` splits it)."""
-        self.group_size = group_size
-        """Ranks per group; ``None``: automatic."""
-        self.method = method
-        self.output_dir = Path(output_dir)
-        self.nlsq_warm_start = nlsq_warm_start
-        self.fresh = fresh
-        self.writer: AsyncWriter | None = None
-        self.nlsq_documents: dict[Path, dict] = {}
-        """Rank 0: each data set's NLSQ result document (reference lines in CMC figures)."""
+    cfg: Any
+    world: Comm
+    """Every rank of the job; its rank 0 writes ``batch_summary.json``."""
+    _: KW_ONLY
+    method: str
+    output_dir: Path
+    nlsq_warm_start: bool = True
+    fresh: bool = False
+    group_size: int | None = None
+    """Ranks per group; ``None``: automatic."""
+    comm: Comm = field(init=False)
+    """This rank's group (the world until ``run`` splits it)."""
+    writer: AsyncWriter | None = field(default=None, init=False)
+    nlsq_documents: dict[Path, dict] = field(default_factory=dict, init=False)
+    """Rank 0: each data set's NLSQ result document (reference lines in CMC figures)."""
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method '{self.method}' -- choose one of {', '.join(METHODS)}")
+        self.output_dir = Path(self.output_dir)
+        self.comm = self.world
 
     def run(self) -> int:
-        """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise).
-
-        A signal (SIGTERM/SIGUSR1) ends the batch with ``Interrupted`` once finished work is saved.
-        """
+        """Fit every data set; returns the exit code (0 all ok, 2 only bad input, 1 otherwise); a signal
+        (SIGTERM/SIGUSR1) ends the batch with ``Interrupted`` once finished work is saved."""
         datasets = self.world.run_on_root(self.prepare_output)
         plan = self.world.run_on_root(lambda: self.plan_groups(datasets))
         group = plan.group_of(self.world.rank)
@@ -173,10 +167,8 @@ class BatchRunner:
     def finish(
         self, outcomes: dict[int, DatasetOutcome], plan: GroupPlan, batch_start: float, interrupted: Interrupted | None
     ) -> int:
-        """Wait for every group's writes, write ``batch_summary.json`` on world rank 0, report failures.
-
-        A signal seen by any group ends every rank with ``Interrupted`` (no summary).
-        """
+        """Wait for every group's writes, write ``batch_summary.json`` on world rank 0, report failures; a signal
+        seen by any group ends every rank with ``Interrupted`` (no summary)."""
         if self.world.allreduce_sum(np.array([0.0 if interrupted is None else 1.0]))[0] > 0:
             if self.comm.is_root:
                 self.close_writer()
@@ -209,15 +201,10 @@ class BatchRunner:
             }
             self.writer.submit_json(self.output_dir / "batch_summary.json", summary)
             failures += self.close_writer()
-            for outcome in failed:
-                print(f"error: data set '{outcome.name}': {outcome.error}", file=sys.stderr, flush=True)
-            if failures:
-                for failure in failures:
-                    print(f"error: could not write {failure}", file=sys.stderr, flush=True)
-                code = 1
-            elif failed:
-                input_only = all(o.error_type in ("InputError", "ConfigError") for o in failed)
-                code = 2 if input_only else 1
+            for line in [f"data set '{o.name}': {o.error}" for o in failed] + [f"could not write {f}" for f in failures]:
+                print(f"error: {line}", file=sys.stderr, flush=True)
+            if failures or failed:  # 2 when only bad input failed
+                code = 1 if failures or any(o.error_type not in ("InputError", "ConfigError") for o in failed) else 2
             log.info("batch done in %.1f s: %d ok, %d failed", seconds, len(ordered) - len(failed), len(failed))
         return int(self.world.bcast(code))
 
@@ -333,29 +320,28 @@ class BatchRunner:
                 self.record_failure(outcome, error)
             return []
         outcome.timing_s["cmc"] = time.perf_counter() - start
-        futures = []
-        if self.comm.is_root and cmc_result is not None:
-            cmc_result.extra["calibration_warning"] = warning
-            document = cmc_result.to_json_dict()
-            posterior = cmc_result.posterior_arrays()
-            writer = self.leader_writer()
-            futures.append(writer.submit_json(out / "cmc" / "result.json", document))
-            futures.append(writer.submit_hdf5(out / "cmc" / "posterior.h5", posterior))
-            if self.cfg.output.plots:
-                from .plots import submit_cmc_figures
+        if not self.comm.is_root or cmc_result is None:
+            return []
+        cmc_result.extra["calibration_warning"] = warning
+        document = cmc_result.to_json_dict()
+        posterior = cmc_result.posterior_arrays()
+        writer = self.leader_writer()
+        outcome.paths.update(cmc_result=str(out / "cmc" / "result.json"), cmc_posterior=str(out / "cmc" / "posterior.h5"))
+        futures = [
+            writer.submit_json(out / "cmc" / "result.json", document),
+            writer.submit_hdf5(out / "cmc" / "posterior.h5", posterior),
+        ]
+        if self.cfg.output.plots:
+            from .plots import submit_cmc_figures
 
-                submit_cmc_figures(writer, out, document, posterior, nlsq_doc=self.nlsq_documents.get(out))
-            outcome.paths["cmc_result"] = str(out / "cmc" / "result.json")
-            outcome.paths["cmc_posterior"] = str(out / "cmc" / "posterior.h5")
+            submit_cmc_figures(writer, out, document, posterior, nlsq_doc=self.nlsq_documents.get(out))
         return futures
 
     def write_nlsq(
         self, out: Path, dataset, result: NLSQResult, problem, prepared: PreparedDataset, outcome: DatasetOutcome
     ) -> list:
-        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer; returns the futures.
-
-        A streamed data set's ``fit.h5`` is written from a reopened file, without figures (``homodyne-mpi plot``).
-        """
+        """Rank 0: queue ``nlsq/result.json`` and ``nlsq/fit.h5`` on the background writer; returns the futures
+        (a streamed data set's ``fit.h5`` is written from a reopened file, without figures)."""
         writer = self.leader_writer()
         start = time.perf_counter()
         timing = {"load": outcome.timing_s.get("load", 0.0), **result.timing_s}
@@ -385,8 +371,7 @@ class BatchRunner:
         futures = [fit_file, writer.submit_json(out / "nlsq" / "result.json", document)]
         self.nlsq_documents[out] = document
         outcome.timing_s.update({f"nlsq_{k}": v for k, v in result.timing_s.items()})
-        outcome.paths["nlsq_result"] = str(out / "nlsq" / "result.json")
-        outcome.paths["nlsq_fit"] = str(out / "nlsq" / "fit.h5")
+        outcome.paths.update(nlsq_result=str(out / "nlsq" / "result.json"), nlsq_fit=str(out / "nlsq" / "fit.h5"))
         for line in log_lines(document):  # the fit as result.json reports it (value +- std, std_model beside it, warnings)
             (log.warning if line.startswith("WARNING") else log.info)(line.removeprefix("WARNING: "))
         return futures
@@ -397,10 +382,10 @@ class BatchRunner:
         outcome.status = "failed"
         outcome.error = str(error)
         outcome.error_type = type(error).__name__
-        if not isinstance(error, (InputError, ConfigError)):
-            log.error("data set %s failed:\n%s", outcome.name, "".join(traceback.format_exception(error)))
-        else:
-            log.error("data set %s failed: %s", outcome.name, error)
+        bad_input = isinstance(error, (InputError, ConfigError))
+        log.error(
+            "data set %s failed:%s", outcome.name, f" {error}" if bad_input else "\n" + "".join(traceback.format_exception(error))
+        )
 
 
 def raise_if_stop_requested(comm: Comm, where: str) -> None:

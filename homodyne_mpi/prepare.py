@@ -60,9 +60,8 @@ def streams(cfg, method: str, count_points) -> bool:
 def prepare_dataset(cfg, dataset, method: str = "nlsq") -> PreparedDataset:
     """Rank 0, background thread: read the file (or open it for streaming), build the problem and its points.
 
-    Streamed, only the noise sampling rows, the scaling corner and the lag-1 diagonal are read
-    here (``PointSource.noise_sigmas``, ``.scaling``): the loaded path's noise levels and start values.
-    """
+    Streamed, only the rows of ``PointSource.noise_sigmas`` and ``.scaling`` are read here (the loaded path's
+    noise levels and start values)."""
     if streams(cfg, method, lambda: count_config_dataset_points(cfg, dataset)):
         source = PointSource.from_config(cfg, dataset)
         try:

@@ -1,12 +1,11 @@
 """Pure functions of the rank-independent reduction: chunk layout and a fixed summation tree.
 
-A fit's points are cut into global chunks of ``chunk`` consecutive points; ``ChunkLayout``
-gives each rank a balanced run of whole chunks. Sums are taken on one fixed binary tree
-over chunk indices: node ``(level, k)`` covers chunks ``[k 2^level, (k+1) 2^level)`` and is
-``left + right`` (``left`` alone when the right child is empty). Each rank evaluates the
-largest nodes inside its run (``local_cover``); every rank completes the tree
-(``combine_cover``). Every node is the same floating-point expression whichever rank
-evaluates it, so the total has the same bits on any number of ranks.
+A fit's points are cut into global chunks of ``chunk`` consecutive points; ``ChunkLayout`` gives each
+rank a balanced run of whole chunks. Sums are taken on one fixed binary tree over chunk indices: node
+``(level, k)`` covers chunks ``[k 2^level, (k+1) 2^level)`` and is ``left + right`` (``left`` alone when
+the right child is empty). Each rank evaluates the largest nodes inside its run (``local_cover``), every
+rank completes the tree (``combine_cover``): each node is the same floating-point expression whichever
+rank evaluates it, so the total has the same bits on any number of ranks.
 """
 
 from __future__ import annotations
@@ -23,10 +22,8 @@ MIN_CHUNK = 256
 
 @dataclass(frozen=True)
 class ChunkLayout:
-    """Global chunks of a point set (the last padded with zero-weight points) and which rank holds which.
-
-    Rank ``r`` holds chunks ``edges[r]:edges[r+1]`` (``balanced_counts``: runs differ by at most one chunk).
-    """
+    """Global chunks of a point set (the last padded with zero-weight points); rank ``r`` holds chunks
+    ``edges[r]:edges[r+1]`` (``balanced_counts``: runs differ by at most one chunk)."""
 
     n_points: int
     chunk: int
@@ -65,9 +62,8 @@ class ChunkLayout:
 def chunk_layout(n_points: int, chunk_size: int, n_ranks: int) -> ChunkLayout:
     """The layout of ``n_points`` in chunks of ``chunk_size`` points, or, for fewer points, of the
     next power of two (>= ``MIN_CHUNK``) above ``n_points``."""
-    n_points, chunk_size = int(n_points), int(chunk_size)
-    chunk = chunk_size
-    if n_points < chunk_size:
+    n_points, chunk = int(n_points), int(chunk_size)
+    if n_points < chunk:
         chunk = max(MIN_CHUNK, 1 << max(0, int(np.ceil(np.log2(max(n_points, 1))))))
     return ChunkLayout(n_points, chunk, int(n_ranks))
 
@@ -83,11 +79,8 @@ def nodes_at(level: int, n_chunks: int) -> int:
 
 
 def local_cover(rows: np.ndarray, first: int, n_chunks: int) -> list[tuple[int, int, np.ndarray]]:
-    """``(level, index, value)`` of the largest tree nodes inside chunks ``[first, first + len(rows))``.
-
-    ``rows`` is ``(n_local, L)``, one row per chunk; the nodes' ranges tile the run. Pairs
-    are added level by level, vectorised, in the tree's own order.
-    """
+    """``(level, index, value)`` of the largest tree nodes inside chunks ``[first, first + len(rows))`` (rows
+    ``(n_local, L)``, one per chunk), tiling the run; pairs are added level by level, vectorised, in tree order."""
     values = np.asarray(rows, dtype=np.float64)
     lo, cover = int(first), []
     for level in range(level_count(n_chunks) + 1):

@@ -29,11 +29,8 @@ def aligned_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
 
 
 class Comm:
-    """Interface shared by ``MPIComm`` and ``SerialComm``; its collectives are those of one rank.
-
-    ``MPIComm`` overrides every collective; ``SerialComm`` is this class as it is, so a
-    single-rank run is the same code as an MPI run.
-    """
+    """Interface shared by ``MPIComm`` (which overrides every collective) and ``SerialComm`` (this class as
+    it is: the collectives of one rank), so a single-rank run is the same code as an MPI run."""
 
     rank: int = 0
     size: int = 1
@@ -61,11 +58,8 @@ class Comm:
     def scatter_rows(
         self, array: np.ndarray | None, counts: Sequence[int] | np.ndarray, root: int = 0, capacity: int | None = None
     ) -> np.ndarray:
-        """Rank ``r`` gets the next ``counts[r]`` rows of the root's ``array``.
-
-        With ``capacity`` the result has ``max(capacity, counts[r])`` rows, zeros after the
-        received ones (room for padding), in a buffer JAX uses without a copy (``aligned_zeros``).
-        """
+        """Rank ``r`` gets the next ``counts[r]`` rows of the root's ``array``; with ``capacity``, in ``max(capacity,
+        counts[r])`` rows, zeros after the received ones, of a buffer JAX uses without a copy (``aligned_zeros``)."""
         if array is None or len(counts) != 1 or counts[0] != len(array):
             raise ValueError("SerialComm.scatter_rows needs counts == [len(array)]")
         if capacity is None or capacity <= len(array):
@@ -98,13 +92,9 @@ class Comm:
     def sum_in_chunk_order(
         self, rows: np.ndarray, first_chunk: int, n_chunks: int, flag: float = 0.0
     ) -> tuple[np.ndarray, float]:
-        """Sum of every rank's per-chunk rows, added on one fixed tree over chunk indices.
-
-        ``rows`` is ``(n_local, L)``: this rank's chunks ``first_chunk, first_chunk + 1,
-        ...`` of ``n_chunks``. Each rank sends the tree nodes inside its chunks
-        (``chunk_order.local_cover``) in one ``Allgatherv`` and every rank completes the
-        tree, so the result has the same bits on any number of ranks. ``flag`` (a stop
-        request) is summed alongside and returned second.
+        """Sum of every rank's per-chunk rows ``(n_local, L)`` (chunks ``first_chunk, ...`` of ``n_chunks``), added
+        on one fixed tree over chunk indices: the same bits on any number of ranks (``chunk_order``; one
+        ``Allgatherv`` of each rank's ``local_cover``). ``flag`` (a stop request) is summed alongside, returned second.
         """
         from .chunk_order import combine_cover, local_cover
 
@@ -123,9 +113,8 @@ class Comm:
     def run_on_root(self, fn: Callable[[], Any], root: int = 0) -> Any:
         """Run ``fn`` on the root only and give its value to every rank.
 
-        A ``HomodyneError`` raised there (bad config, bad input) is re-raised on every
-        rank, marked ``collective``, so all ranks exit with its code together instead of
-        leaving the others blocked in the next collective.
+        A ``HomodyneError`` raised there is re-raised on every rank, marked ``collective``, so all
+        ranks exit with its code together instead of leaving the others blocked in the next collective.
         """
         outcome: tuple[bool, Any] | None = None
         if self.rank == root:
@@ -187,12 +176,9 @@ class MPIComm(Comm):
                 raise ValueError("scatter_rows: counts do not add up to the number of rows")
             meta = (array.dtype.str, array.shape[1:])
         dtype_str, trailing = self._comm.bcast(meta, root=root)
-        dtype = np.dtype(dtype_str)
-        rows = max(counts[self.rank], int(capacity or 0))
-        local = aligned_zeros((rows, *trailing), dtype)
-        mpi_type = self._MPI._typedict[dtype.char]
-        send = [array, item_layout(counts, trailing), mpi_type] if self.rank == root else None
-        self._comm.Scatterv(send, [local[: counts[self.rank]], mpi_type], root=root)
+        local = aligned_zeros((max(counts[self.rank], int(capacity or 0)), *trailing), np.dtype(dtype_str))
+        send = [array, item_layout(counts, trailing), self._MPI._typedict[local.dtype.char]] if self.rank == root else None
+        self._comm.Scatterv(send, self._typed(local[: counts[self.rank]]), root=root)
         return local
 
     def _typed(self, array: np.ndarray) -> list:
@@ -244,10 +230,8 @@ def launcher_size(environ: Mapping[str, str]) -> tuple[str, int]:
 
 
 def get_comm(*, use_mpi: bool | None = None) -> Comm:
-    """``MPIComm`` when launched by an MPI launcher (or ``HOMODYNE_MPI=1``), else ``SerialComm`` (``HOMODYNE_MPI=0``).
-
-    Without a launcher environment MPI is never imported: a laptop without MPI still runs.
-    """
+    """``MPIComm`` when launched by an MPI launcher (or ``HOMODYNE_MPI=1``), else ``SerialComm`` (``HOMODYNE_MPI=0``);
+    without a launcher environment MPI is never imported: a laptop without MPI still runs."""
     if use_mpi is None:
         forced = os.environ.get("HOMODYNE_MPI", "").strip().lower()
         if forced in ("0", "1", "true", "false", "yes", "no"):

@@ -27,10 +27,8 @@ def with_host_device_count(xla_flags: str, count: int) -> str:
 
 
 def configure_host_devices(count: int) -> bool:
-    """Ask XLA for ``count`` CPU devices and enable float64 in JAX.
-
-    False (with a warning) if JAX was imported before with fewer devices: the count cannot change any more.
-    """
+    """Ask XLA for ``count`` CPU devices and enable float64 in JAX; False (with a warning) if JAX was imported
+    before with fewer devices (the count cannot change any more)."""
     os.environ["XLA_FLAGS"] = with_host_device_count(os.environ.get("XLA_FLAGS", ""), count)
     os.environ.setdefault("JAX_ENABLE_X64", "1")
     if "jax" in sys.modules:
@@ -45,10 +43,8 @@ def configure_host_devices(count: int) -> bool:
 
 
 def enable_compilation_cache(directory: str | None) -> str | None:
-    """Turn on JAX's persistent compilation cache in ``directory`` (None: off); returns the resolved directory.
-
-    A second run with the same shapes then loads its compiled kernels instead of compiling them.
-    """
+    """Turn on JAX's persistent compilation cache in ``directory`` (None: off: a second run with the same shapes
+    loads its compiled kernels); returns the resolved directory."""
     if not directory:
         return None
     import jax

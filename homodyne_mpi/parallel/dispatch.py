@@ -1,22 +1,16 @@
 """A dynamic task farm: rank 0 hands out tasks one at a time to whichever rank is free (CMC shards).
 
-Every rank works on tasks. Rank 0's main thread is the manager, the only thread that calls
-MPI (``MPI_THREAD_FUNNELED`` is enough): it owns the queue, answers requests, receives
-results and calls ``on_result`` for each as it arrives (CMC checkpoints the shard there).
-Rank 0's own share runs in a worker thread fed from the same queue (JAX releases the GIL).
-Every other rank sends ``READY`` (with its previous result) and receives a task or ``STOP``.
-With one rank there are no messages: the worker thread runs every task. Arrays travel as
-NumPy buffers (``Send``/``Recv`` after a pickled header of dtypes and shapes).
+Rank 0's main thread is the manager and the only thread that calls MPI (``MPI_THREAD_FUNNELED``):
+it owns the queue, answers requests and calls ``on_result`` for each result as it arrives (CMC
+checkpoints the shard there); rank 0's own share runs in a worker thread fed from the same queue.
+Every other rank sends ``READY`` (with its previous result) and receives a task or ``STOP``. Arrays
+travel as NumPy buffers (``Send``/``Recv`` after a pickled header of dtypes and shapes).
 
-An ``Exception`` from ``work`` becomes a result header with ``farm_error`` and
-``traceback``, so nothing hangs. The types in ``passthrough`` and any other ``BaseException``
-are not recorded: re-raised in rank 0's main thread, or propagated out of
-``run_task_farm`` on another rank (whose guard then aborts the job).
-
-``task_limit`` (``watchdog.TaskLimit``) ends the job, exit code 3, when a task runs too
-long (``TaskLimit.guarded`` on the rank running it; ``TaskLimit.check`` on rank 0 for a
-rank that no longer responds). ``should_stop`` (checked by the manager between tasks and
-on every rank with each request) stops handing out tasks: running ones finish and are
+An ``Exception`` from ``work`` becomes a result header with ``farm_error`` and ``traceback``, so
+nothing hangs; ``passthrough`` types and other ``BaseException`` propagate (re-raised in rank 0's
+main thread; elsewhere the rank's guard aborts the job). ``task_limit`` (``watchdog.TaskLimit``)
+ends the job, exit code 3, when a task runs too long. ``should_stop`` (checked by the manager
+between tasks and on every rank with each request) stops handing out tasks: running ones are
 delivered, then ``FarmStats.stopped`` is True.
 """
 
@@ -288,11 +282,10 @@ def run_task_farm(
     passthrough: tuple[type[BaseException], ...] = (),
     task_limit: TaskLimit | None = None,
 ) -> FarmStats | None:
-    """Run ``work`` on every task, spread over all ranks; rank 0 returns the stats, other ranks None.
+    """Run ``work`` on every task, spread over all ranks (collective); rank 0 returns the stats, other ranks None.
 
-    Collective: call on every rank. ``tasks`` is only read on rank 0 (in order);
-    ``on_result`` runs on rank 0's main thread for each finished task, in completion
-    order. ``passthrough``, ``should_stop`` and ``task_limit``: see the module docstring.
+    ``tasks`` is only read on rank 0 (in order); ``on_result`` runs on rank 0's main thread for each
+    finished task, in completion order. ``passthrough``, ``should_stop``, ``task_limit``: the module docstring.
     """
     if task_limit is not None:
         work = task_limit.guarded(work)

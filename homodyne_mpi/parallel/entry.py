@@ -1,11 +1,9 @@
 """Running the program on every rank so that no failure leaves a rank hanging.
 
-- A ``HomodyneError`` raised on every rank together (``collective``, see ``Comm.run_on_root``)
-  ends every rank with its exit code: bad input gives 2.
-- Any other exception on any rank is logged once with rank, host and traceback, then the job
-  is aborted (``MPI_Abort``): the other ranks may be waiting in a collective it will never join.
-- With several ranks, a rank ends if its launcher goes away (``watchdog.watch_launcher``), and
-  the ranks leave together or the job is aborted (``watchdog.ExitGuard``).
+A ``HomodyneError`` raised on every rank together (``collective``, ``Comm.run_on_root``) ends every
+rank with its exit code (bad input: 2). Any other exception on any rank is printed once with rank,
+host and traceback, then the job is aborted (``MPI_Abort``): the others may wait in a collective for
+ever. With several ranks, ``watchdog.watch_launcher`` and ``watchdog.ExitGuard`` run too.
 """
 
 from __future__ import annotations
@@ -25,9 +23,10 @@ log = logging.getLogger(__name__)
 
 
 def abort_job(comm: Comm, code: int) -> None:
-    """Flush this rank's output, give the launcher time to forward it, then abort every rank."""
-    flush_and_pause()
-    comm.abort(code)
+    """With several ranks: flush this rank's output, give the launcher time to forward it, then abort every rank."""
+    if comm.size > 1:
+        flush_and_pause()
+        comm.abort(code)
 
 
 def failure_message(comm: Comm, error: BaseException) -> str:
@@ -49,13 +48,11 @@ def run_guarded(main: Callable[[], int], comm: Comm) -> int:
 
 
 def exit_process(code: int) -> NoReturn:
-    """End the process with ``code``: at once for a single process, normally under MPI.
+    """End the process with ``code`` at the end of a command-line run, when everything it writes is closed.
 
-    Without MPI: flush logs and streams, then ``os._exit``, skipping the interpreter's
-    teardown (unloading JAX and XLA: 0.3 s of every job, docs/performance.md). Under MPI:
-    ``SystemExit``, so that mpi4py finalises MPI at exit (finalising then ``os._exit``
-    made MPICH report a 4-rank job as killed, exit code 9, now and then). Only for the end
-    of a command-line run, when everything it writes is closed.
+    Without MPI: flush logs and streams, then ``os._exit``, skipping the interpreter's teardown (unloading
+    JAX and XLA: 0.3 s a job, docs/performance.md). Under MPI: ``SystemExit``, so that mpi4py finalises MPI
+    at exit (finalising then ``os._exit`` made MPICH report a 4-rank job as killed, exit code 9, now and then).
     """
     if mpi_world() is not None:
         raise SystemExit(code)
@@ -85,11 +82,9 @@ def _run_main(main: Callable[[], int], comm: Comm) -> int:
         return error.exit_code
     except KeyboardInterrupt:
         print(f"interrupted on {comm.describe()}", file=sys.stderr, flush=True)
-        if comm.size > 1:
-            abort_job(comm, 130)
+        abort_job(comm, 130)
         return 130
     except Exception as error:  # noqa: BLE001 - the last line of defence
         print(f"fatal error on {failure_message(comm, error)}\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-        if comm.size > 1:
-            abort_job(comm, 1)
+        abort_job(comm, 1)
         return 1

@@ -1,8 +1,7 @@
 """Rank groups for a batch: how many ranks fit each data set, and which group fits which (pure, no MPI).
 
-Many data sets (one per q bin, say) fit faster on several rank groups at once than one after
-another on all ranks: start-up, compilation, the leader's reading and each LM iteration's
-Allreduce do not shrink with ranks.
+Many data sets (one per q bin, say) fit faster on several rank groups at once than one after another on
+all ranks: start-up, compilation, the leader's reading and each LM iteration's Allreduce do not shrink.
 """
 
 from __future__ import annotations
@@ -48,11 +47,10 @@ class GroupPlan:
 
 
 def auto_group_size(world_size: int, point_counts, share_bytes: int = SHARE_BYTES_PER_RANK) -> int:
-    """Ranks per group for a batch whose data sets have ``point_counts`` points.
+    """Ranks per group for a batch whose data sets have ``point_counts`` points (0: unknown, not counted).
 
-    As many groups as data sets, up to one per rank, so their fixed costs run side by side
-    (docs/performance.md); larger only where the largest data set would need more than
-    ``share_bytes`` on a rank. One data set (or none): every rank. Sizes of 0 (unknown) do not count.
+    As many groups as data sets, up to one per rank (their fixed costs run side by side, docs/performance.md);
+    larger only where the largest data set would need more than ``share_bytes`` on a rank. One data set: every rank.
     """
     if world_size < 1:
         raise ValueError("auto_group_size needs world_size >= 1")
@@ -65,13 +63,10 @@ def auto_group_size(world_size: int, point_counts, share_bytes: int = SHARE_BYTE
 
 
 def plan_groups(world_size: int, point_counts, group_size: int | None = None) -> GroupPlan:
-    """Split ``world_size`` ranks into groups of about ``group_size`` and share out the data sets.
-
-    ``group_size`` ``None``: ``auto_group_size``; above the world: the world. There are
-    ``world_size // group_size`` groups (leftover ranks join the first), at most one per
-    data set. Data sets go, largest first (ties by position; size 0 counts as the largest),
-    to the group with the fewest points per rank so far (ties: the lower group).
-    """
+    """Split ``world_size`` ranks into ``world_size // group_size`` groups (leftover ranks join the first; at
+    most one per data set) and share out the data sets. ``group_size`` ``None``: ``auto_group_size``; above the
+    world: the world. Data sets go, largest first (ties by position; size 0 counts as the largest), to the group
+    with the fewest points per rank so far (ties: the lower group)."""
     counts = [int(c) for c in point_counts]
     size = auto_group_size(world_size, counts) if group_size is None else int(group_size)
     if size < 1:

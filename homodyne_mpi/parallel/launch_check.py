@@ -1,16 +1,10 @@
 """Catch a wrong launch before any work: N copies of one fit instead of one fit on N ranks.
 
-Two classic mistakes give each of several processes a world of one rank, so each reads all
-the data and runs the whole fit alone (and all exit 0):
-
-- ``srun`` without the MPI plugin the library needs (``--mpi=none``, or ``pmix`` for MPICH):
-  ``SLURM_STEP_NUM_TASKS=4`` but no PMI environment; likewise a ``--ntasks=4`` batch script
-  that starts ``homodyne-mpi run`` without ``srun``/``mpiexec``.
-- an ``mpiexec`` of another MPI than ``mpi4py`` loaded (Open MPI's ``mpirun`` with MPICH, or
-  hydra's ``PMI_SIZE`` with Open MPI): each process initialises as a singleton.
-
-``check_launch`` raises a collective ``ConfigError`` (exit code 2) saying how to launch; it
-reads only the environment and the MPI version string. ``HOMODYNE_LAUNCH_CHECK=0`` turns it off.
+Two classic mistakes give each of several processes a world of one rank (each fits all the data
+alone, all exit 0): ``srun`` without the MPI plugin the library needs (or a ``--ntasks=4`` batch
+script without ``srun``/``mpiexec``), and the ``mpiexec`` of another MPI than ``mpi4py`` loaded.
+``check_launch`` raises a collective ``ConfigError`` (exit code 2) saying how to launch, from the
+environment and the MPI version string only. ``HOMODYNE_LAUNCH_CHECK=0`` turns it off.
 """
 
 from __future__ import annotations
@@ -79,11 +73,8 @@ def _launch_error(message: str) -> ConfigError:
 
 
 def check_launch(comm: Comm, environ: Mapping[str, str] | None = None, version: str | None = None) -> None:
-    """Raise ``ConfigError`` (exit 2) when the launch would run N copies of the same fit.
-
-    ``environ`` and ``version`` (the MPI library's version string) default to this process's.
-    Every rank sees the same environment and reaches the same verdict: the error is collective.
-    """
+    """Raise a collective ``ConfigError`` (exit 2; every rank reaches the same verdict) when the launch would
+    run N copies of the same fit. ``environ`` and ``version`` (of the MPI library) default to this process's."""
     environ = os.environ if environ is None else environ
     if environ.get("HOMODYNE_LAUNCH_CHECK", "").strip().lower() in ("0", "no", "false", "off"):
         return

@@ -1,9 +1,8 @@
 """Scatter a stream of point blocks: every rank receives its contiguous share, block by block.
 
-The root iterates blocks in global order (``PointSource.point_blocks``), never the whole
-point set: per block it broadcasts the length, then one ``Scatterv`` per column sends each
-rank the part inside its range. The root holds one block beyond its share (28 bytes a
-point, plus the ``rows x N x 8`` bytes of rows it was read from).
+The root iterates blocks in global order (``PointSource.point_blocks``): per block it broadcasts the
+length, then one ``Scatterv`` per column sends each rank the part inside its range. The root holds
+one block beyond its share (28 bytes a point, plus the ``rows x N x 8`` bytes it was read from).
 """
 
 from __future__ import annotations
@@ -32,11 +31,10 @@ def block_counts(block_start: int, block_length: int, offsets: np.ndarray, count
 
 
 def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, capacity: int | None = None) -> PointSet:
-    """Every rank's contiguous share of the root's stream of point blocks (collective).
+    """Every rank's contiguous share, ``counts[r]`` points, of the root's stream of point blocks (collective).
 
-    ``counts[r]``: points of rank ``r``; ``blocks`` (root only) hold ``sum(counts)`` points.
-    ``capacity`` pads as ``Comm.scatter_rows`` does. A ``HomodyneError`` while the root reads
-    a block is raised on every rank, ``collective``: the root's own, an ``InputError`` elsewhere.
+    ``capacity`` pads as ``Comm.scatter_rows`` does. A ``HomodyneError`` while the root reads a block is
+    raised on every rank, ``collective``: the root's own, an ``InputError`` elsewhere.
     """
     counts = np.asarray(counts, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -68,11 +66,8 @@ def scatter_point_stream(blocks: Iterable[PointSet] | None, counts, comm: Comm, 
 
 
 def scatter_point_source(blocks: Iterable[PointSet] | None, n_points: int, comm: Comm, chunk_size: int) -> PointSet:
-    """``nlsq.fit.distribute_points`` from the root's stream of point blocks (collective).
-
-    Rank ``r`` gets ``chunk_layout(...).points_of(r)`` in ``capacity_of(r)`` points, the tail
-    zero-weight padding of its last angle: the ``PointSet`` ``distribute_points`` builds.
-    """
+    """``nlsq.fit.distribute_points`` from the root's stream of point blocks (collective): rank ``r`` gets
+    ``chunk_layout(...).points_of(r)`` in ``capacity_of(r)`` points, padded with zero weight on its last angle."""
     layout = chunk_layout(n_points, chunk_size, comm.size)
     counts = layout.point_counts()
     mine = int(counts[comm.rank])

@@ -1,9 +1,8 @@
 """SIGTERM and SIGUSR1 as a polite request to stop: set a flag, let the fit checkpoint.
 
-Slurm sends SIGTERM at the time limit or on preemption (``KillWait`` seconds before SIGKILL),
-and SIGUSR1 ahead of the limit with ``#SBATCH --signal=USR1@120``. The handler only sets a
-process-local flag and logs once (a second signal does not kill either: SIGKILL is the hard
-stop). The fit reads the flag at safe points: NLSQ in each iteration's packed Allreduce, so
+Slurm sends SIGTERM at the time limit or on preemption (``KillWait`` seconds before SIGKILL), and
+SIGUSR1 ahead of it with ``#SBATCH --signal=USR1@120``. The handler sets a process-local flag and
+logs once (SIGKILL is the hard stop). NLSQ reads the flag in each iteration's packed Allreduce, so
 every rank checkpoints and exits with code 3 (``Interrupted``) together; CMC between shards.
 """
 

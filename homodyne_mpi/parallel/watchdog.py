@@ -1,21 +1,13 @@
 """Bounded waits: no piece of work holds the job past its time limit, no rank outlives the job.
 
-Three guards; each ends the whole job (``MPI_Abort``) rather than leave a rank behind.
+Three guards, each ending the whole job (``MPI_Abort``) rather than leave a rank behind:
 
-- ``time_limit(seconds, what)`` gives a block of work (``TaskLimit``: each CMC shard of the
-  task farm) a wall-time limit. A daemon thread (``Watchdog``) watches the deadline; past
-  it, the thread prints one line naming the work, rank, host and limit, and aborts the job
-  with exit code 3 ("rerun to resume"). The work is never interrupted (a stuck XLA call
-  cannot be; JAX releases the GIL, so the thread runs). For a C call that hangs holding
-  the GIL, ``faulthandler`` is armed ``BACKSTOP_S`` later (tracebacks, exit code 1); for a
-  rank that stops responding, rank 0 of the task farm ends the job ``OVERDUE_GRACE_S``
-  after the limit.
-- ``watch_launcher()``: a daemon thread ends this rank within ``LAUNCHER_POLL_S`` once its
-  launcher (the parent: ``hydra_pmi_proxy``, ``slurmstepd``) is gone, instead of spinning
-  in its next collective for ever.
-- ``ExitGuard.leave``: a rank that reaches the end waits at most ``EXIT_WAIT_S`` for the
-  others, then aborts the job. Without it, a rank blocks in ``MPI_Finalize`` while another
-  spins in a collective until the launcher is killed (seen: for over 40 minutes).
+- ``time_limit``: a daemon thread (``Watchdog``) prints one line (work, rank, host, limit)
+  once a block of work (``TaskLimit``: a CMC shard) passes its wall-time limit and aborts the
+  job, exit code 3. The work is never interrupted (a stuck XLA call cannot be; JAX releases the GIL).
+- ``watch_launcher``: a rank ends once its launcher (``hydra_pmi_proxy``, ``slurmstepd``) is gone.
+- ``ExitGuard.leave``: a finished rank waits at most ``EXIT_WAIT_S`` for the others, then aborts
+  (else it blocks in ``MPI_Finalize`` while another spins in a collective: seen for 40 minutes).
 """
 
 from __future__ import annotations
@@ -28,27 +20,23 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 TIME_LIMIT_EXIT_CODE = 3
 """Exit code of a job ended by a time limit: finished work is saved, rerun to resume."""
 ABORT_GRACE_S = 1.0
-"""Seconds between a rank's last line and ``MPI_Abort``, for the launcher to forward it
-(without the pause it could be lost, seen under load with MPICH's hydra)."""
+"""Seconds between a rank's last line and ``MPI_Abort``, for the launcher to forward it (seen lost under load)."""
 BACKSTOP_S = 30.0
-"""Seconds after a missed deadline at which ``faulthandler`` ends the process (a C call
-that hangs holding the GIL, so the watchdog thread cannot run)."""
+"""Seconds after a missed deadline at which ``faulthandler`` ends the process (a C call hanging with the GIL held)."""
 OVERDUE_GRACE_S = 60.0
-"""Seconds past a task's limit after which rank 0's task farm gives up on the rank running
-it (``TaskLimit.check``): later than that rank's own watchdog and backstop."""
+"""Seconds past a task's limit after which rank 0's task farm gives up on the rank running it (``TaskLimit.check``)."""
 LAUNCHER_POLL_S = 1.0
 """How often (seconds) a rank checks that its launcher is still there."""
 LAUNCHER_GONE_EXIT_CODE = 1
 """Exit code of a rank that ends because its launcher is gone (nobody is left to read it)."""
 EXIT_WAIT_S = 30.0
-"""Longest wait (seconds) of a finished rank for the others before it aborts the job
-(a healthy end waits milliseconds: the batch ends with a broadcast)."""
+"""Longest wait (seconds) of a finished rank for the others before it aborts the job (a healthy end: milliseconds)."""
 
 
 def mpi_world():
@@ -68,19 +56,15 @@ def where() -> str:
 
 def say(line: str) -> None:
     """Print one line to stderr; never raises (the launcher reading it may be gone)."""
-    try:
+    with suppress(OSError, ValueError):
         print(line, file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass
 
 
 def flush_streams() -> None:
     """Flush stdout and stderr; a closed or broken stream is skipped."""
     for stream in (sys.stdout, sys.stderr):
-        try:
+        with suppress(OSError, ValueError):
             stream.flush()
-        except (OSError, ValueError):
-            pass
 
 
 def flush_and_pause() -> None:
@@ -104,8 +88,7 @@ def end_job(code: int) -> None:
 class Watchdog:
     """Deadlines watched by one daemon thread; ``on_expiry(message)`` runs there once per missed deadline.
 
-    With ``backstop_s``, ``faulthandler`` stays armed at the earliest deadline plus
-    ``backstop_s`` (process-wide: one such watchdog per process).
+    With ``backstop_s``, ``faulthandler`` (process-wide) stays armed at the earliest deadline plus ``backstop_s``.
     """
 
     def __init__(self, on_expiry: Callable[[str], None], *, backstop_s: float | None = None) -> None:
@@ -197,9 +180,8 @@ def time_limit(
 ) -> Iterator[None]:
     """Run the block with a wall-time limit of ``seconds`` (``None``: no limit); never raises.
 
-    Past the limit the watchdog thread prints ``time_limit_message`` and ends the job
-    (exit code 3); the block is not interrupted. ``what`` names the work ("CMC shard 7"),
-    ``setting`` the config key of the limit.
+    Past it the watchdog prints ``time_limit_message`` (``what``: "CMC shard 7", ``setting``: the
+    config key) and ends the job, exit code 3; the block is not interrupted.
     """
     if seconds is None:
         yield
@@ -248,11 +230,10 @@ class TaskLimit:
 
 
 def watch_launcher() -> bool:
-    """Start a daemon thread that ends this process when its parent (the launcher) exits.
+    """Start a daemon thread that ends this process within ``LAUNCHER_POLL_S`` once its parent (the launcher) exits.
 
-    Returns False (nothing started) when the parent is already init (pid 1). The rank
-    cannot ``MPI_Abort`` (no launcher is left to carry it): it prints one line and exits
-    with ``LAUNCHER_GONE_EXIT_CODE``.
+    It prints one line and exits with ``LAUNCHER_GONE_EXIT_CODE`` (no launcher is left to carry an ``MPI_Abort``).
+    Returns False (nothing started) when the parent is already init (pid 1).
     """
     parent = os.getppid()
     if parent <= 1:
@@ -271,8 +252,7 @@ def watch_launcher() -> bool:
 class ExitGuard:
     """Makes the ranks of a communicator leave the program together, or abort the job.
 
-    Build it on every rank at the same point (it duplicates the communicator, so its
-    barrier is never mistaken for another collective); call ``leave`` on every rank.
+    Build it on every rank at the same point (its barrier runs on a duplicate communicator); ``leave`` on every rank.
     """
 
     def __init__(self, comm) -> None:
@@ -281,10 +261,7 @@ class ExitGuard:
         self._raw = raw.Dup() if raw is not None else None
 
     def leave(self, code: int) -> None:
-        """Wait for every rank to reach its ``leave``; after ``EXIT_WAIT_S`` seconds abort the job.
-
-        The abort carries ``code`` (1 if ``code`` is 0: a rank missing at the end is a failure).
-        """
+        """Wait for every rank to reach its ``leave``; after ``EXIT_WAIT_S`` abort the job with ``code`` (0 -> 1)."""
         if self._raw is None:
             return
         request = self._raw.Ibarrier()
