@@ -24,14 +24,11 @@ def degeneracy(
     model_correlation: np.ndarray | None = None,
     wide_profile: list | None = None,
 ) -> dict:
-    """Pairs of free physical parameters with ``|corr| > 0.99`` and those with ``std > |value|``.
-
-    ``correlation`` is over ``names``; ``model_correlation``'s is reported where larger (the jackknife
-    hides the correlations of a parameter held on a bound). ``wide_profile`` lists the profile sides
-    wider than the error bar, ``[name, "minus"|"plus", half_width, reached, value]`` (``nlsq.profile``).
-    Returns result.json's ``degeneracy``: ``pairs`` ``[[a, b, corr], ...]``, ``poorly_determined``,
-    ``wide_profile`` and ``warning`` (any of them non-empty).
-    """
+    """result.json's ``degeneracy``: ``pairs`` ``[[a, b, corr], ...]`` of free physical parameters with
+    ``|corr| > 0.99`` (over ``names``; ``model_correlation``'s where larger: the jackknife hides the
+    correlations of a parameter held on a bound), ``poorly_determined`` (``std > |value|``), ``wide_profile``
+    (profile sides wider than the error bar, ``[name, "minus"|"plus", half_width, reached, value]``) and
+    ``warning`` (any of them non-empty)."""
     index = {name: k for k, name in enumerate(names)}
     fitted = [n for n in physical if n in index and std[index[n]] > 0]
     pairs = []
@@ -125,9 +122,9 @@ def log_lines(doc: dict) -> list[str]:
     """The fit as the run's log shows it: status, parameters (value +- std, std_model), warnings."""
     state = "converged" if doc.get("converged") else "NOT converged"
     lines = [
-        f"NLSQ {state} after {doc.get('iterations')} iterations ({doc.get('reason')}); reduced chi2 {doc.get('reduced_chi2', float('nan')):.4f}"
+        f"NLSQ {state} after {doc.get('iterations')} iterations ({doc.get('reason')}); reduced chi2 {doc.get('reduced_chi2', float('nan')):.4f}",
+        f"  {'parameter':<20} value +- std ({doc.get('uncertainty', 'model')})      [std_model]",
     ]
-    lines.append(f"  {'parameter':<20} value +- std ({doc.get('uncertainty', 'model')})      [std_model]")
     for name, entry in (doc.get("parameters") or {}).items():
         model = entry.get("std_model")
         lines.append(f"  {name:<20} {parameter_cell(entry)}" + (f"    [{model:.3g}]" if model is not None else ""))

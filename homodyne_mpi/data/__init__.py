@@ -1,8 +1,6 @@
-"""Data in: :func:`load_xpcs` / :func:`load_config_dataset` read either correlator layout into
-an :class:`XPCSData` (full symmetric float64 ``c2`` per angle at one q, over a frame window);
-selection, robust per-angle noise level, and synthetic files (:func:`simulate_dataset`).
-Importing this package does not import JAX.
-"""
+"""Data in: :func:`load_xpcs` / :func:`load_config_dataset` read either correlator layout into an
+:class:`XPCSData` (full symmetric float64 ``c2`` per angle at one q, over a frame window); selection,
+noise level and synthetic files (:func:`simulate_dataset`). Importing this package does not import JAX."""
 
 from .loader import XPCSData, load_config_dataset, load_xpcs
 from .noise import estimate_noise_sigma, estimate_noise_sigmas

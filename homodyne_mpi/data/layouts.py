@@ -1,19 +1,14 @@
 """The two HDF5 layouts of the APS 8-ID-I correlator, told apart by their keys.
 
-- **APS-U** (``aps-u``, what ``boost_corr`` writes today):
-  ``xpcs/qmap/dynamic_v_list_dim0`` (q values, 1/Angstrom), ``xpcs/qmap/dynamic_v_list_dim1``
-  (phi values, degrees), ``xpcs/twotime/processed_bins`` (1-based, q-major bin labels,
-  ``bin - 1 = q_index * n_phi + phi_index``) and one matrix per processed bin,
-  ``xpcs/twotime/correlation_map/c2_00001``, ``c2_00002``, ... in the order of
-  ``processed_bins`` (the correlator numbers them by position, starting at 1). A processed
-  bin without its matrix is an error, never a shift of the remaining bins.
-- **APS legacy** (``aps-legacy``): ``xpcs/dqlist`` and ``xpcs/dphilist`` of shape
-  ``(1, n_bins)`` (one ``(q, phi)`` pair per bin) and the matrices ``exchange/C2T_all/<key>``
-  in natural key order (digit runs compare as numbers).
+- **APS-U** (``aps-u``, what ``boost_corr`` writes): q (1/Angstrom) and phi (degrees) lists in
+  ``xpcs/qmap/dynamic_v_list_dim0``/``dim1``, 1-based q-major bin labels in ``xpcs/twotime/processed_bins``
+  (``bin - 1 = q_index * n_phi + phi_index``) and, in that order, one matrix per processed bin,
+  ``xpcs/twotime/correlation_map/c2_00001``, ... (a missing matrix is an error, never a shift).
+- **APS legacy** (``aps-legacy``): one ``(q, phi)`` per bin in ``xpcs/dqlist`` and ``xpcs/dphilist``
+  (shape ``(1, n_bins)``), the matrices ``exchange/C2T_all/<key>`` in natural key order.
 
-Both may carry the frame period (:class:`FramePeriod`). Nothing here reads a matrix
-(:func:`matrix_dataset` returns a lazy ``h5py.Dataset``). Every problem raises a one-line
-:class:`~homodyne_mpi.errors.InputError` that names the file, the key and the fix.
+Both may carry the frame period (:class:`FramePeriod`). Nothing here reads a matrix; every problem
+raises a one-line :class:`~homodyne_mpi.errors.InputError` that names the file, the key and the fix.
 """
 
 from __future__ import annotations
@@ -86,11 +81,8 @@ class FramePeriod:
 
 
 def detect_layout(h5: h5py.File) -> str:
-    """``aps-u`` or ``aps-legacy`` from the keys present; :class:`InputError` if neither.
-
-    A layout with all its keys wins (APS-U first); else the one with the larger share of its
-    keys, so that the missing ones are reported as missing keys, not as an unknown layout.
-    """
+    """``aps-u`` or ``aps-legacy`` from the keys present (all of a layout's keys, APS-U first, else the
+    larger share, so that the missing keys are reported as such); :class:`InputError` if neither."""
     aps_u = sum(key in h5 for key in APS_U_KEYS)
     legacy = sum(key in h5 for key in LEGACY_KEYS)
     if aps_u == 0 and legacy == 0:
@@ -189,10 +181,8 @@ def _read_legacy(h5: h5py.File) -> BinTable:
 
 
 def read_bin_table(h5: h5py.File, layout: str | None = None) -> BinTable:
-    """The ``(q, phi)`` and matrix key of every stored bin (``layout`` defaults to :func:`detect_layout`).
-
-    Reads no matrix, nor checks that the keys exist: :func:`matrix_dataset` checks those opened.
-    """
+    """The ``(q, phi)`` and matrix key of every stored bin (``layout`` defaults to :func:`detect_layout`);
+    reads no matrix, nor checks that the keys exist (:func:`matrix_dataset` does)."""
     layout = layout or detect_layout(h5)
     if layout == APS_U:
         return _read_aps_u(h5)

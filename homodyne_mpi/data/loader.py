@@ -1,8 +1,8 @@
 """Load one data set: the selected angles' two-time matrices at one q, over a frame window.
 
-:func:`load_xpcs` reads only the selected matrices, one at a time, sliced to the window and
-rebuilt full symmetric in float64 (peak memory: the result plus one stored window). Every
-problem is a one-line :class:`~homodyne_mpi.errors.InputError` naming the file, key and fix.
+:func:`load_xpcs` reads the selected matrices one at a time, sliced to the window and rebuilt full
+symmetric in float64 (peak memory: the result plus one stored window). Every problem is a one-line
+:class:`~homodyne_mpi.errors.InputError` naming the file, key and fix.
 """
 
 from __future__ import annotations
@@ -137,12 +137,8 @@ def _resolve_dt(h5: h5py.File, dt: float | None, source: str) -> tuple[float, st
     if not (np.isfinite(dt) and dt > 0):
         raise InputError(f"{source}: analyzer_parameters.dt is {dt}; use a positive number of seconds or 'auto'")
     if period is not None and abs(period.dt - dt) > _DT_WARN_RELATIVE * dt:
-        logger.warning(
-            "dt from the config (%g s) differs from the file's frame period (%g s = frame_time x stride x avg); "
-            "using the config's",
-            dt,
-            period.dt,
-        )
+        differs = "differs from the file's frame period (%g s = frame_time x stride x avg); using the config's"
+        logger.warning("dt from the config (%g s) " + differs, dt, period.dt)
     return dt, "config"
 
 
@@ -156,13 +152,9 @@ def _select_matrices(h5: h5py.File, source: str, target_q: float | None, phi_ran
 
     chosen, q_selected = select_nearest_q(table.q, target_q)
     if warn and abs(q_selected - target_q) > _Q_WARN_RELATIVE * target_q:
-        logger.warning(
-            "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A (stored q: %s)",
-            source,
-            target_q,
-            q_selected,
-            np.array2string(np.unique(table.q), precision=6),
-        )
+        stored = np.array2string(np.unique(table.q), precision=6)
+        message = "%s: no bin near wavevector_q = %g 1/A; using the nearest, q = %g 1/A (stored q: %s)"
+        logger.warning(message, source, target_q, q_selected, stored)
     phi_at_q = table.phi[chosen]
     if phi_ranges is not None:
         ranges = list(phi_ranges)
@@ -200,10 +192,9 @@ def load_xpcs(
 ) -> XPCSData:
     """Load the data set at the q nearest ``wavevector_q`` (1/Angstrom; ``None``: the first q stored).
 
-    ``phi_ranges``: inclusive ``(min, max)`` degree ranges or ``AngleRange`` objects, modulo 360
-    degrees (``None``: every angle). ``start_frame``, ``end_frame``: 1-based inclusive window.
-    ``dt``: seconds per frame; ``None`` or ``'auto'`` takes the file's frame period (logged).
-    Returns an :class:`XPCSData`, angles ascending; anything unusable raises :class:`InputError`.
+    ``phi_ranges``: inclusive ``(min, max)`` degree ranges or ``AngleRange`` objects, modulo 360 (``None``:
+    every angle); ``start_frame``, ``end_frame``: 1-based inclusive window; ``dt``: seconds per frame,
+    ``None`` or ``'auto'`` for the file's frame period. Angles come ascending; problems raise :class:`InputError`.
     """
     file_path = Path(os.fspath(path))
     source = str(file_path)
@@ -242,19 +233,15 @@ def load_xpcs(
 
     loaded = (source, layout, q, len(phi), start, end, n, dt_value, dt_source)
     logger.info("%s: %s layout, q = %g 1/A, %d angles, frames %d..%d (%d), dt = %g s (%s)", *loaded)
-    return XPCSData(
-        c2=c2, phi=phi, q=q, dt=dt_value, start_frame=start, end_frame=end, source=source, layout=layout, dt_source=dt_source
-    )
+    return XPCSData(c2, phi, q, dt_value, start, end, source, layout, dt_source)
 
 
 def config_dataset_arguments(cfg, dataset=None) -> tuple:
     """``(path, keyword arguments of load_xpcs)`` for a data set of a ``HomodyneConfig``.
 
-    ``dataset``: ``None`` for the config's only dataset (``cfg.resolved_datasets()``, or
-    ``experimental_data.file_path`` for configs without it; several datasets raise
-    :class:`ConfigError`); a ``DatasetConfig``-like object (``file_path``, its own
-    ``wavevector_q`` if any, else the analyzer's); or a path. Angle ranges apply only when
-    ``cfg.phi_filtering.enabled``; frames and ``dt`` come from ``analyzer_parameters``.
+    ``dataset``: ``None`` for the config's only dataset (several raise :class:`ConfigError`), a
+    ``DatasetConfig``-like object (``file_path``, its own ``wavevector_q`` if any) or a path. Angle
+    ranges apply only when ``phi_filtering.enabled``; frames and ``dt`` come from ``analyzer_parameters``.
     """
     analyzer = cfg.analyzer_parameters
     wavevector_q = analyzer.scattering.wavevector_q

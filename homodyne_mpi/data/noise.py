@@ -1,19 +1,16 @@
 """A robust, cheap estimate of the noise level of a measured two-time matrix.
 
-Along an off-diagonal (fixed lag) the model ``c2`` changes slowly, so the difference of two
-neighbours on it, ``d = c2[i, j] - c2[i+1, j+1]``, is the difference of two noise values, of
-standard deviation ``sigma * sqrt(2)``. The estimate is their normal-consistent median
-absolute deviation, robust to fast model changes (aging, shear) and outliers::
+Along a fixed lag the model changes slowly, so ``d = c2[i, j] - c2[i+1, j+1]`` is the difference of
+two noise values (std ``sigma * sqrt(2)``); the estimate is their normal-consistent median absolute
+deviation, robust to fast model changes (aging, shear) and outliers::
 
     sigma = median(|d - median(d)|) / 0.6745 / sqrt(2)
 
-Only the strict upper triangle enters, and from 4 frames on not lag 1 either (the diagonal
-carries the speckle spike; neighbouring frames share detector and speckle correlations).
-Rows are read one at a time, sub-sampled with an even stride above ``max_samples``
-differences. The result is at least ``1e-6 * median(|c2|)`` and 1e-12, so that a noiseless
-matrix gives finite weights. For independent Gaussian noise it is within a few percent
-once a few thousand differences are available (~4,800 at 100 frames); noise correlated
-between neighbouring frames is underestimated.
+Only the strict upper triangle enters, from 4 frames on without lag 1 (speckle spike; neighbouring
+frames share detector and speckle correlations); rows are sub-sampled evenly above ``max_samples``
+differences. The floor ``max(1e-6 * median(|c2|), 1e-12)`` keeps a noiseless matrix's weights finite.
+Within a few percent for independent Gaussian noise once a few thousand differences are available
+(~4,800 at 100 frames); noise correlated between neighbouring frames is underestimated.
 """
 
 from __future__ import annotations

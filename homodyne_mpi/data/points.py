@@ -1,6 +1,5 @@
 """Strict-upper-triangle points ``(angle, i < j)`` of the two-time matrices, angle-major and
-row-major: the unit of all fitting work (``c2`` is symmetric, its diagonal a speckle-noise spike).
-"""
+row-major: the unit of all fitting work (``c2`` is symmetric, its diagonal a speckle-noise spike)."""
 
 from __future__ import annotations
 

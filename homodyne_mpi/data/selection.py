@@ -1,11 +1,10 @@
-"""Pure selection steps between the stored bins and the fitted data set: nearest q, angle
-ranges, frame window, and the full symmetric matrix from the half the correlator stores.
+"""Pure selection steps between the stored bins and the fitted data set: nearest q, angle ranges,
+frame window, and the full symmetric matrix from the half the correlator stores.
 
-Angle convention: angles are directions, so ``phi`` lies in ``[lo, hi]`` when ``phi + 360 k``
-does for some integer ``k``; stored angles and configured ranges may each use ``[-180, 180]``
-or ``[0, 360)`` (``[170, 190]`` holds ``-175`` and ``185``, ``[-10, 10]`` holds ``355``). A range
-with ``hi < lo`` wraps through 360 (``[350, 10]`` is ``[-10, 10]``); one at least 360 degrees
-wide holds every angle. Bounds are inclusive within 1e-9 degree. Stored angles are never rewritten.
+Angles are directions: ``phi`` lies in ``[lo, hi]`` when ``phi + 360 k`` does for some integer ``k``, so
+angles and ranges may use ``[-180, 180]`` or ``[0, 360)`` (``[170, 190]`` holds ``-175``, ``[-10, 10]``
+holds ``355``); ``hi < lo`` wraps through 360 (``[350, 10]`` is ``[-10, 10]``), a range at least 360
+degrees wide holds every angle. Bounds are inclusive within 1e-9 degree; stored angles are never rewritten.
 """
 
 from __future__ import annotations
@@ -88,32 +87,19 @@ def frame_window(
     return start, end
 
 
-def _strict_triangle_is_zero(matrix: np.ndarray, *, lower: bool) -> bool:
-    """True when every entry strictly below (or above) the diagonal is 0; row by row."""
-    n = matrix.shape[0]
-    for row in range(n):
-        part = matrix[row, :row] if lower else matrix[row, row + 1 :]
-        if part.size and np.any(part != 0):
-            return False
-    return True
-
-
 def is_triangular_half(matrix: np.ndarray) -> bool:
     """True when one strict triangle is all zero: a stored half (the correlator stores the upper
     one with the diagonal), never a full measured ``c2`` (about 1 off the diagonal). Row by row,
     stopping at the first non-zero entry: a full matrix is recognised after one row."""
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
         raise ValueError(f"expected a square matrix, got shape {matrix.shape}")
-    return _strict_triangle_is_zero(matrix, lower=True) or _strict_triangle_is_zero(matrix, lower=False)
+    rows = range(matrix.shape[0])
+    return not any(np.any(matrix[row, :row]) for row in rows) or not any(np.any(matrix[row, row + 1 :]) for row in rows)
 
 
 def full_symmetric(stored: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Full symmetric float64 matrix from a stored one (half or full, copied as it is).
-
-    A half ``H`` becomes ``C = H + H^T`` with the diagonal halved: ``C[i, i] = H[i, i]`` and
-    ``C[i, j] = C[j, i] = H[i, j]``, exact in float64. ``out`` (float64, same shape) receives
-    the result without any other N x N temporary.
-    """
+    """Full symmetric float64 matrix from a stored half ``H`` (``C = H + H^T``, diagonal halved: exact
+    in float64) or a full matrix (copied); ``out`` (float64, same shape) avoids any other N x N temporary."""
     stored = np.asarray(stored)
     if out is None:
         out = np.empty(stored.shape, dtype=np.float64)

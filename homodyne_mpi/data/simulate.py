@@ -1,22 +1,17 @@
 """Synthetic correlator files from the model, for tests, demos and benchmarks.
 
-:func:`simulate_dataset` writes an APS-U or APS legacy HDF5 file that
-:func:`~homodyne_mpi.data.load_xpcs` reads back, and the truth in ``<output>.truth.json``.
-Matrices are stored as the correlator stores them (upper triangle with the diagonal, the
-rest 0), so the loader's rebuild gives back the model, exactly for ``noise_sigma = 0`` in
-float64. One angle at a time, in blocks of rows of about 32 MiB: 1e8 points take a few
-hundred MiB.
+:func:`simulate_dataset` writes an APS-U or APS legacy HDF5 file that :func:`~homodyne_mpi.data.load_xpcs`
+reads back, and the truth in ``<output>.truth.json``. Matrices are stored as the correlator stores them
+(upper triangle with the diagonal, the rest 0): loaded, they are the model exactly for ``noise_sigma = 0``
+in float64. One angle at a time, in row blocks of about 32 MiB (1e8 points take a few hundred MiB).
 
-Noise, seeded by ``(seed, q index, angle index)``: Gaussian of ``noise_sigma`` on every stored
-entry; ``noise_model='speckle'`` adds the per-frame terms of a shared speckle pattern and
-intensity normalisation, ``c2[i, j] + frame_sigma (u_i + u_j) + noise_sigma e_ij`` with
-``u_i, e_ij ~ N(0, 1)``, so that entries sharing a frame are correlated (least squares then
-underestimates its errors, the frame-block jackknife does not).
+Noise, seeded by ``(seed, q index, angle index)``: Gaussian of ``noise_sigma`` on every stored entry;
+``noise_model='speckle'`` adds per-frame terms (shared speckle pattern and intensity normalisation),
+``c2[i, j] + frame_sigma (u_i + u_j) + noise_sigma e_ij`` with ``u_i, e_ij ~ N(0, 1)``: entries sharing
+a frame are correlated (least squares then underestimates its errors, the frame-block jackknife does not).
 
-Frame window: frames ``start_frame..n_frames`` hold exactly the model on that window's grid
-(its time origin, as in the fit: ``t_k = k*dt``); the earlier rows and columns hold the model
-on the file's grid, only so that the file has the frames the config's window refers to.
-JAX is imported only when a function here runs.
+Frames ``start_frame..n_frames`` hold exactly the model on the window's grid (``t_k = k*dt``, as in the
+fit); earlier frames the model on the file's grid. JAX is imported only when a function here runs.
 """
 
 from __future__ import annotations
@@ -215,15 +210,12 @@ def simulate_dataset(
 ) -> dict:
     """Write a synthetic correlator file at ``output`` and its truth (returned), both atomically.
 
-    - Model: ``mode``, ``shear_form``, ``q`` (1/Angstrom), ``dt`` (s, stored as ``frame_time``),
-      ``gap`` (Angstrom), ``physical`` (canonical order); ``contrast`` and ``offset`` one value or
-      one per angle; ``phi`` in degrees, stored in the given order.
-    - ``n_frames`` in the file, ``start_frame`` the model's time origin; noise: ``noise_sigma``
-      (0 = exact model), ``seed``, ``noise_model``, ``frame_noise_sigma`` (default ``noise_sigma``).
-    - ``layout``, ``dtype`` (``float64``/``float32``), ``compression`` (``auto``: lzf for float32,
-      as the correlator, else none); ``decoy_q``: further q values, to exercise q selection.
-
-    Raises :class:`InputError` for unusable arguments.
+    Model: ``mode``, ``shear_form``, ``q`` (1/Angstrom), ``dt`` (s, stored as ``frame_time``), ``gap``
+    (Angstrom), ``physical`` (canonical order), ``contrast``/``offset`` (one value or one per angle), ``phi``
+    (degrees, stored as given); ``n_frames`` in the file, ``start_frame`` the model's time origin. Noise:
+    ``noise_sigma`` (0 = exact), ``seed``, ``noise_model``, ``frame_noise_sigma`` (default ``noise_sigma``).
+    ``compression`` ``auto`` is lzf for float32 (as the correlator), else none; ``decoy_q`` adds further q
+    values to exercise q selection. Unusable arguments raise :class:`InputError`.
     """
     from homodyne_mpi.io.atomic import atomic_write_call, atomic_write_json
     from homodyne_mpi.model import ModelSpec, shear_projection

@@ -64,11 +64,10 @@ def simulate_from_config(
 ) -> dict:
     """``homodyne-mpi simulate``: a synthetic file whose truth is the config's start point.
 
-    Truth from ``initial_parameters`` (values by name, per-angle scaling); grid from
-    ``analyzer_parameters`` (numeric ``dt``, ``wavevector_q``, gap) and ``shear_form``; the file
-    holds ``end_frame`` frames, and ``start_frame..end_frame`` exactly the model the fit evaluates.
-    ``phi`` (degrees) defaults to :data:`DEFAULT_SIMULATED_PHI`; a warning lists the angles that
-    ``phi_filtering`` would drop. ``noise`` is :func:`simulate_dataset`'s ``noise_sigma``.
+    Truth from ``initial_parameters``; grid from ``analyzer_parameters`` (numeric ``dt``, ``wavevector_q``,
+    gap, ``end_frame`` frames in the file, ``start_frame..end_frame`` exactly the fitted model) and
+    ``shear_form``. ``phi`` (degrees) defaults to :data:`DEFAULT_SIMULATED_PHI`; a warning lists the
+    angles ``phi_filtering`` would drop. ``noise`` is :func:`simulate_dataset`'s ``noise_sigma``.
     """
     mode = cfg.analysis_mode
     analyzer = cfg.analyzer_parameters
@@ -98,14 +97,10 @@ def simulate_from_config(
         ranges = list(cfg.phi_filtering.target_ranges)
         kept = angles_in_ranges(angles, ranges)
         if not np.all(kept):
-            logger.warning(
-                "simulate: phi_filtering.target_ranges %s keeps %d of the %d simulated angles "
-                "(%s); pass --phi with angles inside the ranges to fit them all",
-                format_ranges(ranges),
-                int(kept.sum()),
-                angles.size,
-                ", ".join(f"{a:g}" for a in angles[kept]) or "none",
-            )
+            shown = ", ".join(f"{a:g}" for a in angles[kept]) or "none"
+            advice = "pass --phi with angles inside the ranges to fit them all"
+            message = "simulate: phi_filtering.target_ranges %s keeps %d of the %d simulated angles (%s); " + advice
+            logger.warning(message, format_ranges(ranges), int(kept.sum()), angles.size, shown)
 
     if analyzer.scattering.wavevector_q is None:
         raise ConfigError(

@@ -1,9 +1,8 @@
 """Read a data set's matrices a block of rows at a time, never the whole matrix.
 
-:class:`PointSource` selects what :func:`~homodyne_mpi.data.loader.load_xpcs` selects, but keeps
-the file open and reads row blocks on request (the fit's points, noise levels, scaling). Rows of
-the full symmetric ``C`` are ``C[i, j > i] = stored[i, j]`` for an upper half or a full matrix,
-``stored[j, i]`` for a lower half (read as column blocks).
+:class:`PointSource` selects what :func:`~homodyne_mpi.data.loader.load_xpcs` selects but keeps the file
+open and reads row blocks on request. Rows of the full symmetric ``C`` are ``C[i, j > i] = stored[i, j]``
+for an upper half or a full matrix, ``stored[j, i]`` for a lower half (read as column blocks).
 """
 
 from __future__ import annotations
@@ -122,9 +121,9 @@ class PointSource:
         return block
 
     def scaling(self, lag_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-        """Per-angle ``(contrast, offset)`` equal to ``nlsq.start.scaling_from_data`` of the loaded ``c2``:
-        the offset the median of lags ``>= N - L`` (``L = round(lag_fraction (N - 1))``), the
-        contrast the median of the lag-1 diagonal minus the offset."""
+        """Per-angle ``(contrast, offset)`` equal to ``nlsq.start.scaling_from_data`` of the loaded ``c2``: the
+        offset the median of lags ``>= N - L`` (``L = round(lag_fraction (N - 1))``), the contrast the median of
+        the lag-1 diagonal minus the offset."""
         n = self.n_frames
         long_lag = max(1, int(round(lag_fraction * (n - 1))))
         contrast, offset = np.empty(self.n_angles), np.empty(self.n_angles)

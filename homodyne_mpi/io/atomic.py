@@ -1,9 +1,8 @@
 """Atomic result files: write a temporary file beside the target, then rename it into place.
 
-The temporary file ``.<stem>.tmp-<random><suffix>`` (keeping the extension that tools such
-as matplotlib look at) is written, fsynced and moved over the target with :func:`os.replace`,
-atomic on POSIX: a reader sees the old file or the complete new one. On failure the temporary
-file is removed, the exception propagates and the target is untouched. Parent folders are created.
+``.<stem>.tmp-<random><suffix>`` (keeping the extension tools such as matplotlib look at) is written,
+fsynced and moved over the target with :func:`os.replace`, atomic on POSIX: a reader sees the old file or
+the complete new one. On failure it is removed, the exception propagates and the target is untouched.
 """
 
 from __future__ import annotations
@@ -92,9 +91,7 @@ def to_jsonable(obj: Any) -> Any:
         return os.fspath(obj)
     if isinstance(obj, np.ndarray) or hasattr(obj, "__array__"):
         array = np.asarray(obj)
-        if array.dtype == object:
-            return [to_jsonable(value) for value in array.tolist()]
-        return array.tolist()
+        return [to_jsonable(value) for value in array.tolist()] if array.dtype == object else array.tolist()
     raise TypeError(f"object of type {type(obj).__name__} cannot be written as JSON")
 
 

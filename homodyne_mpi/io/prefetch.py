@@ -1,17 +1,13 @@
 """Load the next item of a batch in a background thread while the caller works on this one.
 
-:class:`PrefetchLoader` wraps an iterable of work items and a ``load_fn`` that loads one;
-iterating it yields one :class:`Loaded` record per item, in source order, while one
-background thread loads the next ``depth`` items. A failed load's record carries the
-exception: skip it (``record.ok``) or re-raise it (``record.get()``); ``strict=True``
-raises it at that item. On rank 0::
+:class:`PrefetchLoader` yields one :class:`Loaded` record per item of an iterable, in order, while a
+background thread runs ``load_fn`` on the next ``depth`` items. A failed load's record carries the
+exception: skip it (``record.ok``) or re-raise it (``record.get()``); ``strict=True`` raises it there::
 
     with PrefetchLoader(paths, read_dataset) as loader:
         for record in loader:
-            if not record.ok:
-                log.error("skipping %s: %s", record.item, record.error)
-                continue
-            fit(record.value)
+            if record.ok:
+                fit(record.value)
 """
 
 from __future__ import annotations
@@ -70,12 +66,9 @@ _Task = tuple[int, object, "Future[Loaded]"]
 
 
 class PrefetchLoader(Generic[ItemT, ValueT]):
-    """Iterate ``Loaded`` records for ``source``, loading ahead in one background (daemon) thread.
-
-    ``source`` is iterated lazily, at most ``depth`` (>= 1) items ahead of the record last
-    returned (at most ``depth + 1`` values held). After a ``strict`` re-raise, ``next`` goes on;
-    an exception from ``source`` itself is raised in its place and ends the iteration.
-    """
+    """Iterate ``Loaded`` records for ``source``, loading at most ``depth`` (>= 1) items ahead in one
+    background (daemon) thread. After a ``strict`` re-raise ``next`` goes on; an exception from ``source``
+    itself is raised in its place and ends the iteration."""
 
     def __init__(
         self, source: Iterable[ItemT], load_fn: Callable[[ItemT], ValueT], *, depth: int = 1, strict: bool = False

@@ -1,14 +1,9 @@
 """Write result files in background threads, atomically, and fail loudly if any write fails.
 
-:class:`AsyncWriter` lets rank 0 hand off result files (JSON, ``.npz``, HDF5, bytes, or what
-a function writes, such as a PNG) and go on. Every write is atomic (:mod:`homodyne_mpi.io.atomic`).
-Failures are never lost: :meth:`AsyncWriter.wait_all` returns them; ``raise_if_failed`` and
-leaving the ``with`` block raise :class:`WriteError` naming every failed path::
-
-    with AsyncWriter() as writer:
-        for dataset in batch:
-            writer.submit_json(out / dataset.name / "result.json", fit(dataset).summary)
-    # here every write has finished, or WriteError was raised
+:class:`AsyncWriter` takes result files (JSON, ``.npz``, HDF5, bytes, or what a function writes, such as
+a PNG) off rank 0's path. Every write is atomic (:mod:`homodyne_mpi.io.atomic`) and no failure is lost:
+:meth:`AsyncWriter.wait_all` returns them, ``raise_if_failed`` and leaving the ``with`` block raise
+:class:`WriteError` naming every failed path.
 """
 
 from __future__ import annotations
@@ -73,10 +68,9 @@ def _copy_arrays(arrays: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 class AsyncWriter:
-    """``max_workers`` (>= 1) background threads that write result files atomically, in submission
-    order per path. ``submit_*`` return at once a :class:`~concurrent.futures.Future` of the absolute
-    target path, their data snapshotted (except :meth:`submit_call`'s); failures are logged and kept.
-    """
+    """``max_workers`` (>= 1) threads that write result files atomically, in submission order per path.
+    ``submit_*`` return a :class:`~concurrent.futures.Future` of the absolute target path at once, their
+    data snapshotted (except :meth:`submit_call`'s); failures are logged and kept."""
 
     def __init__(self, max_workers: int = 2) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -111,10 +105,8 @@ class AsyncWriter:
         return self._submit(path, "bytes", atomic_write_bytes, bytes(data))
 
     def submit_call(self, path: str | os.PathLike[str], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Path]:
-        """Write ``path`` by calling ``fn(temp_path, *args, **kwargs)`` (the temporary name keeps the
-        extension) in a writer thread. ``args`` and ``kwargs`` are NOT copied: leave them (and e.g.
-        the figure of ``writer.submit_call(png, fig.savefig, format="png")``) alone until the future is done.
-        """
+        """Write ``path`` by calling ``fn(temp_path, *args, **kwargs)`` (the temporary name keeps the extension)
+        in a writer thread; ``args`` and ``kwargs`` are NOT copied: leave them alone until the future is done."""
         return self._submit(path, "call", atomic_write_call, fn, *args, **kwargs)
 
     def _submit(
@@ -179,10 +171,8 @@ class AsyncWriter:
             return list(self._failures)
 
     def wait_all(self, timeout: float | None = None) -> list[WriteFailure]:
-        """Block until every write submitted so far has finished; return every failure since the start.
-
-        Raises :class:`TimeoutError` if writes are still running after ``timeout`` seconds.
-        """
+        """Block until every write submitted so far has finished; return every failure since the start
+        (:class:`TimeoutError` if writes are still running after ``timeout`` seconds)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -219,12 +209,8 @@ class AsyncWriter:
         finally:
             self.shutdown(wait=True)
         failures = self.failures
-        if not failures:
-            return
-        if exc_type is None:
+        if failures and exc_type is None:
             raise WriteError(failures)
-        log.error(
-            "%d result file writes failed while another error was being raised: %s",
-            len(failures),
-            "; ".join(failure.describe() for failure in failures),
-        )
+        if failures:
+            described = "; ".join(failure.describe() for failure in failures)
+            log.error("%d result file writes failed while another error was being raised: %s", len(failures), described)

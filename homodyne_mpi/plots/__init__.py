@@ -1,7 +1,7 @@
-"""PNG figures of the fits: drawn by rank 0 in the background writer, or redrawn later.
+"""PNG figures of the fits, drawn in the background writer's threads or redrawn later.
 
-:func:`submit_nlsq_figures` and :func:`submit_cmc_figures` queue on an :class:`homodyne_mpi.io.AsyncWriter`,
-whose threads draw off the fit's critical path (without matplotlib, the ``plots`` extra: one warning, nothing queued).
+:func:`submit_nlsq_figures` and :func:`submit_cmc_figures` queue on an :class:`homodyne_mpi.io.AsyncWriter`
+(without matplotlib, the ``plots`` extra: one warning, nothing queued).
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """What every figure module shares: matplotlib's presence, a thread-safe figure, the PNG writer.
 
-matplotlib is optional (the ``plots`` extra), imported only inside these functions, in the
-threads that draw. A :class:`matplotlib.figure.Figure` on its own Agg canvas, never
-``pyplot``, makes drawing safe in the background writer's threads.
+matplotlib (the optional ``plots`` extra) is imported only inside these functions; a
+:class:`matplotlib.figure.Figure` on its own Agg canvas, never ``pyplot``, is safe in writer threads.
 """
 
 from __future__ import annotations
@@ -82,12 +81,12 @@ def write_png(canvas: Any, path: str | Path) -> None:
     Image.fromarray(rgb).save(path, format="png", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def lookup(arrays: Any, name: str) -> Any:
-    """``arrays[name]`` (``a/b`` for a dataset in a group) or None, for a dict or an open HDF5 file alike."""
+def lookup(arrays: Any, name: str, default: Any = None) -> Any:
+    """``arrays[name]`` (``a/b`` for a dataset in a group) or ``default``, for a dict or an open HDF5 file alike."""
     try:
-        return arrays[name] if name in arrays else None
+        return arrays[name] if name in arrays else default
     except (KeyError, TypeError, ValueError):
-        return None
+        return default
 
 
 def decode_names(raw: Any) -> tuple[str, ...]:

@@ -1,9 +1,8 @@
 """The per-angle ``c2`` figure of an NLSQ fit: measured, fitted and normalised residual.
 
-Three panels on a ``t1, t2`` grid in seconds: measured and fitted ``c2`` on one colour scale,
-and ``(c2_exp - c2_fit) / noise_sigma[k]`` on a scale symmetric about 0. Matrices larger than
-:data:`~.downsample.MAX_PIXELS` are drawn as block means; the never-fitted diagonal
-``t1 == t2`` is shown corrected (measured) or blank (residual).
+On a ``t1, t2`` grid in seconds: measured and fitted ``c2`` on one colour scale, ``(c2_exp - c2_fit) /
+noise_sigma[k]`` symmetric about 0. Matrices larger than :data:`~.downsample.MAX_PIXELS` are drawn as
+block means; the never-fitted diagonal is shown corrected (measured) or blank (residual).
 """
 
 from __future__ import annotations
@@ -23,12 +22,9 @@ if TYPE_CHECKING:
 
 
 def c2_panels(c2_exp: np.ndarray, c2_fit: np.ndarray, sigma: float, max_pixels: int = downsample.MAX_PIXELS) -> dict[str, Any]:
-    """The three drawn matrices of one angle, downsampled, and their colour limits.
-
-    ``measured`` (corrected diagonal), ``fitted``, ``residual`` (over ``sigma``, no diagonal), ``factor``
-    (frames per pixel), ``c2_limits`` and ``residual_limit``. The residual's block means come from the
-    two matrices' block sums (means are linear): no full-size temporary.
-    """
+    """The three drawn matrices of one angle, downsampled: ``measured`` (corrected diagonal), ``fitted``,
+    ``residual`` (over ``sigma``, no diagonal), with ``factor`` (frames per pixel), ``c2_limits`` and
+    ``residual_limit``. Block means come from block sums (means are linear): no full-size temporary."""
     exp = np.asarray(c2_exp)
     fit = np.asarray(c2_fit)
     if exp.shape != fit.shape or exp.ndim != 2:

@@ -1,10 +1,9 @@
 """CMC figures: posterior marginals, a pairwise plot, and per-shard health.
 
-``marginals.png``: per physical parameter, the combined draws, each retained shard's Gaussian
-and the NLSQ estimate; ``pairs.png``: 2-D histograms, marginals and correlations of the combined
-draws; ``shard_health.png`` (:mod:`.shard_health`). From ``cmc/result.json`` and
-``cmc/posterior.h5`` (``draws``, ``names``, ``fixed`` and, when saved, ``shards/{mean,covariance,index}``);
-a missing array skips its panel with one warning, never the whole figure set.
+``marginals.png``: per physical parameter, the combined draws, each retained shard's Gaussian and the
+NLSQ estimate; ``pairs.png``: 2-D histograms, marginals and correlations of the combined draws;
+``shard_health.png`` (:mod:`.shard_health`). A missing array of ``cmc/posterior.h5`` (``draws``,
+``names``, ``fixed``, ``shards/{mean,covariance,index}``) skips its panel with one warning.
 """
 
 from __future__ import annotations
@@ -153,10 +152,8 @@ def cmc_figure_info(
     if covariances is not None and covariances.shape == (n_rows, len(names), len(names)):
         info.shard_stds = np.sqrt(np.maximum(np.diagonal(covariances, axis1=1, axis2=2), 0.0))
     if draws is not None and (info.shard_means is None or info.shard_stds is None):
-        log.warning(
-            "%s: posterior has no per-shard summaries (shards/mean, shards/covariance); marginals show the combined posterior only",
-            label,
-        )
+        only = "marginals show the combined posterior only"
+        log.warning("%s: posterior has no per-shard summaries (shards/mean, shards/covariance); " + only, label)
     for name, entry in ((nlsq_doc or {}).get("parameters") or {}).items():
         if isinstance(entry, Mapping) and entry.get("value") is not None:
             info.nlsq[name] = float(entry["value"])
@@ -315,37 +312,26 @@ def draw_pairs(path: str | Path, info: CMCFigureInfo, bins: int = 40) -> None:
 def submit_cmc_figures(
     writer, out_dir: Path, cmc_doc: dict, posterior: Mapping[str, Any], *, nlsq_doc: Mapping[str, Any] | None = None
 ) -> list[Path]:
-    """Queue the CMC figures of one data set on ``writer``; return the paths queued.
-
-    The figures go to ``out_dir/cmc/plots/``, from ``cmc_doc`` (``cmc/result.json``), ``posterior``
-    (``cmc/posterior.h5``'s arrays by name, copied) and ``nlsq_doc`` (``nlsq/result.json``, drawn as
-    reference lines). A figure whose inputs are missing is skipped with a warning; without
-    matplotlib, returns ``[]`` (warns once).
-    """
+    """Queue the CMC figures of one data set in ``out_dir/cmc/plots/`` on ``writer``; return the paths
+    queued. From ``cmc_doc`` (``cmc/result.json``), ``posterior`` (``cmc/posterior.h5``'s arrays, copied)
+    and ``nlsq_doc`` (reference lines); a figure without its inputs is skipped with a warning, and
+    without matplotlib nothing is queued (one warning)."""
     if not plotting_available():
         return []
     out_dir = Path(out_dir)
     info = cmc_figure_info(cmc_doc, posterior, dataset=cmc_doc.get("dataset") or out_dir.name, nlsq_doc=nlsq_doc)
     marginals, pairs, health = (out_dir / "cmc" / "plots" / name for name in FIGURE_NAMES)
-    queued = []
     can_marginals = bool(info.names) and (info.draws is not None or info.shard_means is not None)
     can_pairs = bool(info.names) and info.draws is not None and info.draws.shape[0] > 1
     if not can_marginals and not can_pairs:
-        log.warning(
-            "%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s", info.dataset, *FIGURE_NAMES[:2]
-        )
-    else:
-        if can_marginals:
-            writer.submit_call(marginals, draw_marginals, info)
-            queued.append(marginals)
-        if can_pairs:
-            writer.submit_call(pairs, draw_pairs, info)
-            queued.append(pairs)
-        else:
-            log.warning("%s: posterior.h5 has no combined 'draws'; skipping %s", info.dataset, pairs.name)
-    if info.shards:
-        writer.submit_call(health, draw_shard_health, info)
-        queued.append(health)
-    else:
+        message = "%s: no posterior draws (cmc/posterior.h5 missing or empty); skipping %s and %s"
+        log.warning(message, info.dataset, *FIGURE_NAMES[:2])
+    elif not can_pairs:
+        log.warning("%s: posterior.h5 has no combined 'draws'; skipping %s", info.dataset, pairs.name)
+    if not info.shards:
         log.warning("%s: result.json lists no shards; skipping %s", info.dataset, health.name)
+    queued = [path for path, ready in zip((marginals, pairs, health), (can_marginals, can_pairs, info.shards)) if ready]
+    draw = {marginals: draw_marginals, pairs: draw_pairs, health: draw_shard_health}
+    for path in queued:
+        writer.submit_call(path, draw[path], info)
     return queued

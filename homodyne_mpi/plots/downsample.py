@@ -95,12 +95,9 @@ def mean_of(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 
 def block_edges(t: np.ndarray, factor: int) -> tuple[float, float, float]:
-    """Edges (s) of a time axis of frames ``t`` drawn as blocks of ``factor`` frames.
-
-    Frames are pixel centres (data from ``t[0] - dt/2`` to ``t[-1] + dt/2``). ``(start, blocks_end)``
-    is the ``imshow`` extent (every block ``factor * dt`` wide) and the axis is clipped at
-    ``data_end``, so every full block sits exactly on its frames.
-    """
+    """Edges (s) of a time axis of frames ``t`` (pixel centres) drawn as blocks of ``factor`` frames:
+    ``(start, blocks_end)`` is the ``imshow`` extent (every block ``factor * dt`` wide), and the axis is
+    clipped at ``data_end`` (``t[-1] + dt/2``), so every full block sits exactly on its frames."""
     times = np.asarray(t, dtype=np.float64)
     if times.size == 0:
         return 0.0, 1.0, 1.0

@@ -74,15 +74,11 @@ def figure_info(result_doc: Mapping[str, Any], fit_arrays: Mapping[str, Any], *,
     raw_names = lookup(fit_arrays, "parameters/names")
     names = decode_names(raw_names) if raw_names is not None else tuple(parameters)
     raw_values = lookup(fit_arrays, "parameters/values")
-    if raw_values is not None:
-        values = np.asarray(raw_values, dtype=np.float64)
-    else:
-        values = np.array([float(parameters[n]["value"]) for n in names])
+    values = np.asarray(
+        raw_values if raw_values is not None else [float(parameters[n]["value"]) for n in names], dtype=np.float64
+    )
     std = np.array([float((parameters.get(n) or {}).get("std", np.nan) or np.nan) for n in names])
-    phi_raw = lookup(fit_arrays, "phi")
-    phi = np.asarray(phi_raw if phi_raw is not None else data.get("phi", []), dtype=np.float64)
-    sigma_raw = lookup(fit_arrays, "noise_sigma")
-    sigma = np.asarray(sigma_raw if sigma_raw is not None else data.get("noise_sigma", []), dtype=np.float64)
+    phi, sigma = (np.asarray(lookup(fit_arrays, key, data.get(key, [])), dtype=np.float64) for key in ("phi", "noise_sigma"))
     if sigma.size != phi.size:
         sigma = np.ones(phi.size)
     dt = float(data.get("dt", np.nan))
@@ -176,16 +172,17 @@ def draw_transport(path: str | Path, curves: TransportCurves, info: NLSQFigureIn
         spreads = [f" \u00b1 {info.std[j]:.2g}" if np.isfinite(info.std[j]) else "" for j in columns]
         return "\n".join(f"{info.names[j]} = {info.values[j]:.4g}{spread}" for j, spread in zip(columns, spreads))
 
-    _draw_rate(axes[0], curves.t, curves.D, curves.D_std, "tab:blue", "$J(t) = D_0 t^{\\alpha} + D_{\\mathrm{offset}}$")
-    axes[0].set_ylabel("J(t) (\u00c5$^2$/s)")
-    axes[0].set_title("transport coefficient J(t)")
-    axes[0].text(0.02, 0.02, fitted(DIFFUSION_NAMES), transform=axes[0].transAxes, fontsize=8, va="bottom", family="monospace")
+    diffusion = ("$J(t) = D_0 t^{\\alpha} + D_{\\mathrm{offset}}$", "J(t) (\u00c5$^2$/s)", "transport coefficient J(t)")
+    panels: list[tuple] = [(curves.D, curves.D_std, "tab:blue", *diffusion, DIFFUSION_NAMES)]
     if curves.gamma_dot is not None:
         label = "$\\dot\\gamma(t) = \\dot\\gamma_0 t^{\\beta} + \\dot\\gamma_{\\mathrm{offset}}$"
-        _draw_rate(axes[1], curves.t, curves.gamma_dot, curves.gamma_dot_std, "tab:red", label)
-        axes[1].set_ylabel("$\\dot\\gamma(t)$ (1/s)")
-        axes[1].set_title("shear rate $\\dot\\gamma(t)$")
-        axes[1].text(0.02, 0.02, fitted(SHEAR_NAMES), transform=axes[1].transAxes, fontsize=8, va="bottom", family="monospace")
+        shear = (label, "$\\dot\\gamma(t)$ (1/s)", "shear rate $\\dot\\gamma(t)$")
+        panels.append((curves.gamma_dot, curves.gamma_dot_std, "tab:red", *shear, SHEAR_NAMES))
+    for ax, (rate, std, color, label, ylabel, title, names) in zip(axes, panels):
+        _draw_rate(ax, curves.t, rate, std, color, label)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.text(0.02, 0.02, fitted(names), transform=ax.transAxes, fontsize=8, va="bottom", family="monospace")
     head = f"{info.dataset}: " if info.dataset else ""
     band = {"jackknife": "bands from the jackknife", "covariance": "bands from the parameter covariance"}[curves.band_source]
     title = f"{head}NLSQ, {info.analysis_mode}, q = {info.q:g} \u00c5$^{{-1}}$; 1$\\sigma$ {band}"
@@ -201,13 +198,10 @@ def _bands(fit_arrays: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def submit_nlsq_figures(writer, out_dir: Path, result_doc: dict, fit_arrays: Mapping[str, Any]) -> list[Path]:
-    """Queue every NLSQ figure of one data set on ``writer``; return their paths.
-
-    ``writer`` is an :class:`homodyne_mpi.io.AsyncWriter`; the figures go to ``out_dir/nlsq/plots/``.
-    ``result_doc`` is ``nlsq/result.json``, ``fit_arrays`` the datasets of ``nlsq/fit.h5`` by name,
-    arrays or open HDF5 datasets, not copied: keep them unchanged (and open) until the writer
-    is done. Without ``c2_exp`` no c2 figures; without matplotlib, ``[]`` (warns once).
-    """
+    """Queue every NLSQ figure of one data set in ``out_dir/nlsq/plots/`` on ``writer`` (an
+    :class:`homodyne_mpi.io.AsyncWriter`); return their paths. ``result_doc`` is ``nlsq/result.json``,
+    ``fit_arrays`` ``nlsq/fit.h5``'s datasets by name, not copied: keep them unchanged and open until the
+    writer is done. Without ``c2_exp`` no c2 figures; without matplotlib, ``[]`` (warns once)."""
     if not plotting_available():
         return []
     out_dir = Path(out_dir)

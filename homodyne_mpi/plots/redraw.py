@@ -119,11 +119,9 @@ def _load_dataset(files: ExitStack, folder: Path) -> tuple[Path, tuple | None, t
 
 
 def redraw_results(result_dir: Path) -> int:
-    """Redraw the figures of every data set under ``result_dir``; returns the exit code (0).
-
-    Missing or corrupt result files raise InputError (exit code 2) before any figure is
-    written; without matplotlib, a HomodyneError (exit code 1) names the extra to install.
-    """
+    """Redraw the figures of every data set under ``result_dir``; returns the exit code (0). Missing or
+    corrupt result files raise InputError (exit code 2) before any figure is written; without
+    matplotlib, a HomodyneError (exit code 1) names the extra to install."""
     from .backend import INSTALL, matplotlib_available
     from .cmc_figures import submit_cmc_figures
     from .nlsq_figures import submit_nlsq_figures

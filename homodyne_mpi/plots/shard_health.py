@@ -1,8 +1,7 @@
 """Shard health of a CMC run: the figure ``cmc/plots/shard_health.png`` and a shard's state.
 
-Per shard: the largest R-hat, the smallest ESS and the divergences (a fraction of the draws
-when recorded); excluded shards red, failed grey, with the reasons listed.
-:func:`shard_state` and :func:`shard_reason` (also used by the report) read a ``shards`` record.
+Per shard: the largest R-hat, the smallest ESS and the divergences (a fraction of the draws when
+recorded); excluded shards red, failed grey, with the reasons listed.
 """
 
 from __future__ import annotations
