@@ -9,8 +9,7 @@ _FORMAT = "%(asctime)s [rank {rank}/{size}] %(levelname)s %(name)s: %(message)s"
 
 
 def configure_logging(rank: int = 0, size: int = 1, *, verbose: bool = False) -> None:
-    """Send log lines to stderr, tagged with the rank; other ranks log warnings only.
-    Calling it again replaces the previous handler (a rank learnt after start-up)."""
+    """Log to stderr, tagged with the rank, other ranks at WARNING; calling it again replaces the handler (rank learnt later)."""
     root = logging.getLogger("homodyne_mpi")
     root.handlers.clear()
     handler = logging.StreamHandler(sys.stderr)

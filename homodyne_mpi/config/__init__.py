@@ -1,9 +1,8 @@
 """Typed configuration: YAML in, validated dataclasses out, and back to YAML.
 
-Modules by job: ``sections`` and ``fitting`` (the schema: one dataclass per YAML section, a docstring per field, their
-checks), ``schema`` (the whole config and its cross-section rules), ``generic`` (the type-driven parser and validator),
-``context`` (field options and one-line messages), ``reference`` with ``reference_keys.yaml`` (configs of the reference
-``homodyne`` package), ``yaml_io`` (files) and ``template`` (the ``init-config`` text, generated from the schema).
+Modules: ``sections`` and ``fitting`` (the schema: a dataclass per YAML section, a docstring per field), ``schema`` (the
+whole config, cross-section rules), ``generic`` (type-driven parser and validator), ``context`` (field options, messages),
+``reference`` (configs of the reference ``homodyne`` package), ``yaml_io`` (files), ``template`` (``init-config``).
 docs/architecture.md describes the config as a whole.
 """
 

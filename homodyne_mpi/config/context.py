@@ -1,8 +1,5 @@
-"""What a config field may hold, and how problems are reported.
-
-``option()`` declares a schema field with the checks the generic parser applies; :class:`Context` carries one load's
-source name and what it noticed (ignored keys, notes, warnings); the small helpers below write the one-line messages.
-"""
+"""What a config field may hold (``option()``) and how problems are reported: :class:`Context` holds one load's source
+name and what it noticed (ignored keys, notes, warnings); the helpers below write the one-line messages."""
 
 from __future__ import annotations
 
@@ -85,12 +82,8 @@ class Context:
             logger.warning("%s: %s", self.source, message)
         self.ignored.sort()
         if self.ignored:
-            logger.info(
-                "%s: ignoring %d key(s) of the reference homodyne package that homodyne_mpi does not use: %s",
-                self.source,
-                len(self.ignored),
-                ", ".join(self.ignored),
-            )
+            unused = "key(s) of the reference homodyne package that homodyne_mpi does not use"
+            logger.info("%s: ignoring %d %s: %s", self.source, len(self.ignored), unused, ", ".join(self.ignored))
 
 
 def join(path: str, key: str | int) -> str:

@@ -29,8 +29,7 @@ class NLSQConfig:
     chunk_size: int = option(8192, ge=1)
     """Points per jitted chunk; bounds the memory per rank."""
     start_search: bool = True
-    """Before the fit, scan a coarse grid of physical starting values (D0, alpha,
-    gamma_dot_t0, phi0) on a subsample and start from the best."""
+    """Before the fit, scan a coarse grid of starting D0, alpha, gamma_dot_t0, phi0 on a subsample and start from the best."""
     search_points: int = option(20000, ge=1000)
     """Points of that subsample (the same points on any number of ranks)."""
     uncertainty: str = option("jackknife", choices=("jackknife", "model"))
@@ -81,8 +80,7 @@ class PerShardMCMCConfig:
     num_chains: int = option(4, ge=1)
     """Chains per shard."""
     chain_method: str = option("parallel", choices=("parallel", "sequential"))
-    """parallel: one host device per chain (falls back to sequential below 250 points per
-    shard, with a warning); sequential: one chain after the other."""
+    """parallel: a host device per chain (below 250 points per shard: sequential, with a warning); sequential: chains in turn."""
     target_accept_prob: float = option(0.8, gt=0, lt=1)
     """NUTS target acceptance probability."""
     retry_target_accept_prob: float = option(0.95, ge=0, lt=1)
@@ -95,8 +93,7 @@ class PerShardMCMCConfig:
     min_samples: int = option(300, ge=1)
     """Floor of the samples when they are scaled down for a small shard."""
     shard_timeout_s: float | None = option(None, gt=0, unit="s", example="3600' or 'shard_timeout_s: null")
-    """Wall-time limit of one shard's sampling; null: no limit (the reference package's
-    optimization.cmc.per_shard_timeout is read as this)."""
+    """Wall-time limit of a shard's sampling, or null for none (the reference's optimization.cmc.per_shard_timeout maps here)."""
 
 
 @dataclass(kw_only=True)

@@ -1,9 +1,8 @@
 """The generic parser and validator: each field's type hint and metadata drive the checks.
 
-``parse(cls, mapping)`` builds a dataclass tree with strict keys (an unknown key is an error naming the nearest valid
-one, unless the context is lenient, as for a reference-format config, where it is recorded as ignored); ``coerce``
-converts one value to a field's type; ``check_tree`` validates a built tree (types, ``choices``, ranges, then each
-section's ``_check`` hook); ``to_plain`` writes a tree back as YAML-ready data.
+``parse(cls, mapping)`` builds a dataclass tree with strict keys (an unknown key is an error naming the nearest one,
+or, in a lenient reference-format load, recorded as ignored); ``coerce`` converts one value to a field's type;
+``check_tree`` validates a tree (types, ranges, choices, then ``_check`` hooks); ``to_plain`` writes it back as plain data.
 
 Types. Number fields accept numeric strings (``'1e5'``). Integer fields accept integral floats (``1e5`` -> 100000) and
 reject others (``2.5``). Booleans must be ``true``/``false``. ``null`` for a field with a default means that default.

@@ -100,7 +100,9 @@ def adapt_reference(raw: dict[str, Any], ctx: Context) -> None:
                 f"remove it or set it to {yaml_scalar(entry['unless'])}",
             )
     _static_mode(raw, ctx)
-    _wavevector(raw, ctx)
+    if not _get(raw, "analyzer_parameters.scattering.wavevector_q")[0]:
+        _section(raw, "analyzer_parameters.scattering", ctx)["wavevector_q"] = None
+        ctx.info("no analyzer_parameters.scattering.wavevector_q: the first q the data file stores is used")
     _data_file(raw, ctx)
     _parameter_names(raw, ctx)
     sources = [path for path, entry in table["mapped"].items() if entry.get("by") == "per_angle_mode"]  # in priority order
@@ -237,12 +239,6 @@ def _static_mode(raw: dict[str, Any], ctx: Context) -> None:
             f"'analysis_settings.static_mode: {str(static_mode).lower()}' disagrees with "
             f"analysis_mode '{mode}'; analysis_mode is used"
         )
-
-
-def _wavevector(raw: dict[str, Any], ctx: Context) -> None:
-    if not _get(raw, "analyzer_parameters.scattering.wavevector_q")[0]:
-        _section(raw, "analyzer_parameters.scattering", ctx)["wavevector_q"] = None
-        ctx.info("no analyzer_parameters.scattering.wavevector_q: the first q the data file stores is used")
 
 
 def _data_file(raw: dict[str, Any], ctx: Context) -> None:

@@ -198,13 +198,10 @@ class PerAngleScalingConfig:
         return out[0], out[1]
 
     def _check(self, ctx: Context, path: str) -> None:
-        lengths = {}
-        for name in SCALING_PARAMETERS:
-            value = getattr(self, name)
-            if isinstance(value, list):
-                if not value:
-                    raise ctx.error(f"'{join(path, name)}' is an empty list", "give one value, or one per selected angle")
-                lengths[name] = len(value)
+        lengths = {name: len(value) for name in SCALING_PARAMETERS if isinstance(value := getattr(self, name), list)}
+        for name, length in lengths.items():
+            if not length:
+                raise ctx.error(f"'{join(path, name)}' is an empty list", "give one value, or one per selected angle")
         if len(lengths) == 2 and lengths["contrast"] != lengths["offset"]:
             raise ctx.error(
                 f"'{join(path, 'contrast')}' has {lengths['contrast']} values but "

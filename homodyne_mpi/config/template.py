@@ -1,9 +1,8 @@
 """The commented YAML template of ``homodyne-mpi init-config``, generated from the schema.
 
-Every key is written with its field's docstring and allowed values as a comment and its default as the value, so the
-template cannot disagree with the dataclasses. Only the values a default cannot give are examples: the mode, the
-wavevector and data file (the fields' ``example``), the mode's parameter names with typical starting values, the default
-bounds of each parameter, and a few angle ranges.
+Every key is written under its field's docstring and allowed values, with its default as the value, so the template
+cannot disagree with the dataclasses. Examples stand only where no default can: the mode, the wavevector and data file
+(the fields' ``example``), typical starting values, the default bounds of each parameter and a few angle ranges.
 """
 
 from __future__ import annotations
@@ -51,6 +50,7 @@ def example_config(mode: str) -> HomodyneConfig:
     """The config the template of ``mode`` writes: the schema's defaults and the examples."""
     names = list(PHYSICAL_PARAMETERS[mode])
     enabled, ranges = PHI_RANGES[mode]
+    bounds = [{"name": n, "min": DEFAULT_BOUNDS[n][0], "max": DEFAULT_BOUNDS[n][1]} for n in [*names, *SCALING_PARAMETERS]]
     return HomodyneConfig.from_dict(
         {
             "analysis_mode": mode,
@@ -58,11 +58,7 @@ def example_config(mode: str) -> HomodyneConfig:
             "experimental_data": {"file_path": _example(ExperimentalDataConfig, "file_path")},
             "phi_filtering": {"enabled": enabled, "target_ranges": [{"min_angle": lo, "max_angle": hi} for lo, hi in ranges]},
             "initial_parameters": {"parameter_names": names, "values": [EXAMPLE_VALUES[n] for n in names]},
-            "parameter_space": {
-                "bounds": [
-                    {"name": n, "min": DEFAULT_BOUNDS[n][0], "max": DEFAULT_BOUNDS[n][1]} for n in [*names, *SCALING_PARAMETERS]
-                ]
-            },
+            "parameter_space": {"bounds": bounds},
         },
         source="template",
     )
@@ -80,8 +76,7 @@ def render_template(mode: str) -> str:
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of dataclass ``cls``, by field name; a section
-    field with none has its section's class docstring."""
+    """The docstring under each field of dataclass ``cls``, by name (a section field without one: its class docstring)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {name: inspect.cleandoc(tp.__doc__ or "") for name, tp in type_hints(cls).items() if is_dataclass(tp)}

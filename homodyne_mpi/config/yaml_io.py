@@ -1,8 +1,5 @@
-"""YAML files: read a config (numbers like ``1e5``, no duplicate keys), write one back.
-
-``load_config(path)`` reads and validates a file, with one-line errors for a missing, unreadable, malformed or empty
-file; ``dump_config(cfg)`` writes every field (defaults filled in), lists of plain values on one line.
-"""
+"""YAML files: ``load_config`` reads and validates a config (``1e5`` is a number, a duplicate key is an error; one-line
+errors for a missing, unreadable, malformed or empty file); ``dump_config`` writes every field, plain lists on one line."""
 
 from __future__ import annotations
 
@@ -31,8 +28,9 @@ class _Loader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if isinstance(key, typing.Hashable) and key in seen:
-                mark = key_node.start_mark
-                raise _DuplicateKey(None, None, f"duplicate key '{key}' (first at line {seen[key].line + 1})", mark)
+                raise _DuplicateKey(
+                    None, None, f"duplicate key '{key}' (first at line {seen[key].line + 1})", key_node.start_mark
+                )
             if isinstance(key, typing.Hashable):
                 seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
@@ -65,8 +63,7 @@ def load_config(path: str | os.PathLike[str]) -> HomodyneConfig:
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 -- _Loader is a SafeLoader
     except _DuplicateKey as exc:
-        line = exc.problem_mark.line + 1
-        raise ConfigError(f"{source}: {exc.problem} at line {line} -- keep one of them") from None
+        raise ConfigError(f"{source}: {exc.problem} at line {exc.problem_mark.line + 1} -- keep one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
@@ -85,13 +82,12 @@ def load_config(path: str | os.PathLike[str]) -> HomodyneConfig:
 class _Dumper(yaml.SafeDumper):
     """Block-style sections; lists of plain values on one line (``[D0, alpha]``)."""
 
+    def represent_list(self, data: list[Any]) -> yaml.SequenceNode:
+        flat = all(not isinstance(item, (list, dict)) for item in data)
+        return self.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
 
-def _represent_list(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.SequenceNode:
-    flat = all(not isinstance(item, (list, dict)) for item in data)
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flat)
 
-
-_Dumper.add_representer(list, _represent_list)
+_Dumper.add_representer(list, _Dumper.represent_list)
 
 
 def dump_config(cfg: HomodyneConfig) -> str:

@@ -6,9 +6,8 @@
 - ``Phi = q * h * cos(phi0 - phi) * |G_j - G_i|``, ``G`` the running integral of ``gamma_dot(t)``;
   ``shear_factor = sinc(Phi/2)`` (``paper``) or ``sinc(Phi/(2 pi))**2`` (``homodyne-v2``).
 
-``homodyne-v2`` also smooths every ``|C_j - C_i|`` as the reference package does (``interval``).
-
-``c2_points`` evaluates it at points ``(angle index, i, j)``; ``c2_grid`` at every one of them.
+``homodyne-v2`` also smooths every ``|C_j - C_i|`` as the reference package does (``interval``). ``c2_points``
+evaluates ``c2`` at points ``(angle index, i, j)``; ``c2_grid`` at every one of them.
 """
 
 from __future__ import annotations
