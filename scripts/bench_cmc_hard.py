@@ -10,7 +10,10 @@ template's ``optimization.cmc`` untouched (only the ``small_shards`` cases set
 shard's R-hat, divergence rate, retry and verdict, the data set's status, the NLSQ
 correlation of D0 and D_offset, how many NLSQ standard errors D_offset lies from 0 and
 phi0 from its nearest bound, and whether each physical parameter's q05..q95 holds the
-truth. The JSON is rewritten after every seed, so a stopped run keeps what it measured.
+truth, with the NLSQ value and std, the NLSQ profile half-widths (``nlsq.profile``) and
+every shard's mean and median of each physical parameter (a skewed shard posterior biases
+the consensus average). The JSON is rewritten after every seed, so a stopped run keeps
+what it measured.
 """
 
 from __future__ import annotations
@@ -144,6 +147,26 @@ def geometry(problem, nlsq) -> dict:
     return out
 
 
+def physical_index(problem) -> dict[str, int]:
+    """Position of each physical parameter in the parameter vector."""
+    return {p: list(problem.names).index(p) for p in problem.layout.physical_names}
+
+
+def shard_mean_median(folder: Path, problem) -> dict[str, list[list[float]]]:
+    """Per physical parameter, ``[mean, median]`` of each checkpointed shard's draws: a mean far
+    from its median marks a skewed shard posterior, which biases the consensus average."""
+    sampled = [int(k) for k in np.flatnonzero(problem.free)]  # the draws' columns, then sigma
+    out: dict[str, list[list[float]]] = {p: [] for p in problem.layout.physical_names}
+    for path in sorted((folder / "cmc" / "shards").glob("*.npz")):
+        with np.load(path) as saved:
+            draws = saved["draws"].reshape(-1, saved["draws"].shape[-1])
+        for p, k in physical_index(problem).items():
+            if k in sampled:
+                column = draws[:, sampled.index(k)]
+                out[p].append([float(column.mean()), float(np.median(column))])
+    return out
+
+
 def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | None:
     """One (case, seed) on every rank; rank 0 returns its record."""
     folder = workdir / f"{name}_{seed}"
@@ -194,6 +217,9 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | No
         ]
         record = {
             "case": name,
+            "nlsq": {p: [float(built[3].theta[k]), float(built[3].std[k])] for p, k in physical_index(problem).items()},
+            "profile_half_widths": {p: [s.half_width for s in sides] for p, sides in built[3].profile.items()},
+            "shard_mean_median": shard_mean_median(folder, problem),
             "seed": seed,
             "status": document["status"],
             "reason": document.get("reason"),

@@ -9,7 +9,7 @@ then ``--repeats`` more times (one process, no mpiexec, one XLA thread, plots of
 runs inside a small wrapper that notes the wall clock between phases) and splits each
 run's wall time into: Python start-up, imports (JAX and the package), set-up (config,
 devices, compilation cache), the stages the job times itself (``result.json``
-``timing_s``: load, compile, start search, LM fit, jackknife), the rest of the batch loop
+``timing_s``: load, compile, start search, LM fit, jackknife, profile check), the rest of the batch loop
 (writing ``fit.h5`` and waiting for it) and process exit, with the jackknife's passes
 over the data (``result.json`` ``jackknife.passes``). Prints and writes JSON.
 
@@ -40,7 +40,7 @@ from bench_data import bench_config, simulated_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 N_FRAMES = 578
-STAGES = ("load", "compile", "start_search", "fit", "jackknife")
+STAGES = ("load", "compile", "start_search", "fit", "jackknife", "profile_check")
 
 
 def make_dataset(workdir: Path) -> Path:

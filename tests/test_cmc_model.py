@@ -7,6 +7,8 @@ the site-to-parameter map by automatic differentiation of that map alone.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +146,31 @@ def test_far_out_coordinates_of_a_pair_stay_inside_its_bounds(shard):
             vector = np.asarray(parameters(w))[:-1]
             assert np.all(vector >= priors.low) and np.all(vector <= priors.high)
             assert np.isfinite(float(log_density(w)))
+
+
+def test_site_of_inverts_the_transform_and_places_the_chain_starts(shard):
+    """``site_of`` (NumPy) is the inverse of ``transform`` (JAX) on the non-pair parameters, near a
+    bound too; chains 1..n start at ``priors.chain_starts``, chain 0 and the rest at the NLSQ point."""
+    sim, priors, model, data = shard
+    other = np.arange(2 * model.n_pairs, priors.n_sampled)
+    sampled = np.asarray(priors.loc, dtype=float).copy()
+    width = priors.high - priors.low
+    sampled[other] += np.linspace(-3.0, 5.0, other.size) * priors.scale[other]  # several widths out
+    sampled[other[0]] = priors.low[other[0]] + 1e-3 * width[other[0]]  # close to a bound
+    sampled[other] = np.clip(sampled[other], priors.low[other] + 1e-9 * width[other], priors.high[other])
+    parameters = jax.jit(lambda w: model.sampled_vector({"w": w}, data))
+    back = np.asarray(parameters(jnp.asarray(model.site_of(sampled))))[:-1]
+    np.testing.assert_allclose(back[other], sampled[other], rtol=1e-9, atol=1e-9 * width[other].max())
+    moved = ShardModel(
+        dataclasses.replace(priors, chain_starts=np.stack([sampled, priors.loc])),
+        sim.problem.spec,
+        sim.problem.layout,
+        sim.problem.phi,
+        calibration=1.7,
+        n_points=len(sim.points),
+    )
+    starts = moved.chain_starts(4)
+    np.testing.assert_array_equal(starts[[0, 3]], 0.0)
+    np.testing.assert_allclose(starts[1], model.site_of(sampled))
+    np.testing.assert_allclose(starts[2], 0.0, atol=1e-12)  # loc maps to the NLSQ point, w = 0
+    np.testing.assert_array_equal(model.chain_starts(4), 0.0)  # no flat profile: every chain at the NLSQ point

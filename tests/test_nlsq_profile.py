@@ -16,7 +16,7 @@ from homodyne_mpi.data.points import upper_triangle_points
 from homodyne_mpi.data.simulate import simulate_dataset
 from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty
 from homodyne_mpi.nlsq.linalg import covariance_from_hessian
-from homodyne_mpi.nlsq.profile import half_width, profile_check
+from homodyne_mpi.nlsq.profile import ProfileSide, half_width, profile_check, valley_ends
 from homodyne_mpi.nlsq.results import result_document
 from homodyne_mpi.nlsq.solver import LMOptions, levenberg_marquardt
 from homodyne_mpi.nlsq_summary import log_lines
@@ -157,3 +157,29 @@ def test_a_flat_valley_is_reported_and_a_well_posed_fit_is_not(tmp_path):
     for name in ("D0", "alpha", "D_offset"):
         for side in calm["parameters"][name]["profile"].values():
             assert side["reached"] and 0.5 < side["half_width"] < 2.0, (name, side)
+
+
+def test_valley_ends_are_the_far_probes_of_the_wide_sides_farthest_first_and_interleaved():
+    def side(offsets, half_width):
+        return ProfileSide(
+            offsets=offsets,
+            rises=[0.0] * len(offsets),
+            half_width=half_width,
+            reached=False,
+            converged=True,
+            thetas=[np.full(2, o) for o in offsets],
+        )
+
+    profiles = {
+        "D0": (side([-0.5], 0.5), side([3.0, 6.0, 12.0], 12.0)),  # narrow below (a bound), wide above
+        "D_offset": (side([-3.0, -6.0], 6.0), side([3.0], 1.0)),
+    }
+    ends = valley_ends(profiles)
+    assert [(name, label, theta[0]) for name, label, theta in ends] == [
+        ("D0", "plus", 12.0),
+        ("D_offset", "minus", -6.0),
+        ("D0", "plus", 6.0),
+        ("D_offset", "minus", -3.0),
+        ("D0", "plus", 3.0),
+    ]
+    assert valley_ends({"alpha": (side([-3.0], 1.0), side([3.0], 1.0))}) == []

@@ -18,6 +18,9 @@ Rules (details in ``docs/cmc.md``):
   is the unit normal in ``z`` with the NLSQ correlation (the jackknife std made NUTS
   diverge along ``D0``/``alpha``/``D_offset``). Without a warm start: the tempered prior
   width, capped at half the bound width. The prior is transformed exactly.
+- Chain starts: at the NLSQ value, except that where the NLSQ profile check found a flat
+  side (``nlsq.profile``) chains ``1..n`` start at its far probes (``chain_starts``), so
+  that R-hat sees a valley that one starting point would leave unexplored.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..nlsq.profile import valley_ends
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +72,9 @@ class PriorSpec:
     """``nlsq`` (warm-start priors) or ``config``."""
     correlation: np.ndarray | None = None
     """NLSQ correlation of the sampled parameters (expected shard posterior shape in ``z``), or None."""
+    chain_starts: np.ndarray | None = None
+    """``(n, n_sampled)``: where chains ``1..n`` start (chain 0 and the rest at ``loc``): the far ends of
+    the flat valleys that the NLSQ profile check found (``nlsq.profile.valley_ends``), or None."""
 
     @property
     def n_sampled(self) -> int:
@@ -148,9 +156,14 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         sigma.append(s)
         loc.append(min(max(centre, low), high))
         scale.append(max(sc, 1e-12 * max(width, 1e-300)))
-    correlation = None
+    correlation = chain_starts = None
     if nlsq_std is not None and index.size and warm_start.covariance is not None:
         correlation = nlsq_correlation(np.asarray(warm_start.covariance, dtype=float), index)
+    ends = valley_ends(warm_start.profile) if warm_start is not None else []
+    if ends:
+        chain_starts = np.array([np.clip(theta, problem.lower, problem.upper)[index] for _, _, theta in ends])
+        where = ", ".join(f"{name} {side}" for name, side, _ in ends)
+        log.info("CMC: %d chain(s) start at the far ends of the flat NLSQ profiles (%s)", len(ends), where)
     spec = PriorSpec(
         names=tuple(names[k] for k in index),
         index=index,
@@ -167,6 +180,7 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         init_jitter=INIT_JITTER if nlsq_std is not None else 0.0,
         source="nlsq" if used_nlsq else "config",
         correlation=correlation,
+        chain_starts=chain_starts,
     )
     log.info("CMC priors from %s, tempered by 1/%d (widths x %.3g); noise scale %.4g", spec.source, n_shards, temper, noise_scale)
     return spec

@@ -111,9 +111,10 @@ class ShardSampler:
             method = "sequential"
         self.chain_method = method
         # compiled on the first shard, then reused
-        self._compiled = jax.pmap(self._chain, in_axes=(0,) + 5 * (None,)) if method == "parallel" else jax.jit(self._chain)
+        self._compiled = jax.pmap(self._chain, in_axes=(0, 0) + 5 * (None,)) if method == "parallel" else jax.jit(self._chain)
+        self._starts = jnp.asarray(model.chain_starts(settings.num_chains))
 
-    def _chain(self, rng_key, angle, frame_i, frame_j, value, weight):
+    def _chain(self, rng_key, start, angle, frame_i, frame_j, value, weight):
         """One chain: NUTS init, warm-up, sampling; returns (draws, diverging, num_steps)."""
         settings, model = self.settings, self.model
         init_key, run_key = jax.random.split(rng_key)
@@ -122,7 +123,7 @@ class ShardSampler:
             target_accept_prob=settings.target_accept_prob,
             max_tree_depth=settings.max_tree_depth,
             dense_mass=settings.dense_mass,
-            init_strategy=init_to_value(values=model.init_values(init_key)),
+            init_strategy=init_to_value(values=model.init_values(init_key, start)),
         )
         args = (angle, frame_i, frame_j, value, weight)
         data = ShardData(*args)
@@ -143,9 +144,9 @@ class ShardSampler:
         keys = chain_keys(self.seed, shard_index, self.settings.num_chains)
         arrays = tuple(np.asarray(a) for a in data)
         if self.chain_method == "parallel":
-            draws, diverging, steps = self._compiled(keys, *arrays)
+            draws, diverging, steps = self._compiled(keys, self._starts, *arrays)
         else:
-            per_chain = [self._compiled(keys[c], *arrays) for c in range(self.settings.num_chains)]
+            per_chain = [self._compiled(keys[c], self._starts[c], *arrays) for c in range(self.settings.num_chains)]
             draws, diverging, steps = (jnp.stack(parts) for parts in zip(*per_chain))
         return ShardDraws(
             draws=np.asarray(draws, dtype=np.float64),

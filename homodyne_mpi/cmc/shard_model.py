@@ -23,6 +23,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
+from scipy.linalg import solve_triangular
 from scipy.special import log_ndtr
 
 from ..model import ModelSpec, ParameterLayout, c2_points
@@ -101,7 +102,8 @@ class ShardModel:
 
     ``soft_clamp`` bends only near a bound (a logit curved the correlated Gaussian into a
     banana). Priors and every log-Jacobian enter as factors, so the posterior is exact;
-    chains start at ``w = jitter * e``, ``e`` standard normal from the chain's key.
+    chains start at ``w = start + jitter * e``, ``e`` standard normal from the chain's key and
+    ``start`` 0 or a far end of a flat NLSQ profile (``chain_starts``).
     """
 
     def __init__(
@@ -181,9 +183,31 @@ class ShardModel:
         theta, u, _, _ = self.transform(sites["w"], data)
         return jnp.concatenate([theta[self._index], jnp.atleast_1d(u * self.priors.noise_scale)])
 
-    def init_values(self, key) -> dict:
-        """The chain's start: ``w = jitter * e``, ``e`` standard normal from ``key``."""
-        return {"w": self.priors.init_jitter * jax.random.normal(key, (self.n_site,), dtype=jnp.float64)}
+    def init_values(self, key, start) -> dict:
+        """The chain's start: ``w = start + jitter * e``, ``e`` standard normal from ``key``."""
+        return {"w": start + self.priors.init_jitter * jax.random.normal(key, (self.n_site,), dtype=jnp.float64)}
+
+    def site_of(self, sampled: np.ndarray) -> np.ndarray:
+        """The site ``w`` (NumPy) at the sampled parameters ``sampled`` (in ``priors.names`` order),
+        inverting ``transform``: the profiled pairs at their conditional best fit (``xi = 0``) and the
+        noise factor at 1; a value within ``INIT_MARGIN`` of a bound is moved inside by that much."""
+        other = np.asarray(self._other)
+        width, low, high, y0 = (np.asarray(a) for a in (self._width, self._low, self._high, self._y0))
+        z = (np.asarray(sampled, dtype=float)[other] - self.priors.loc[other]) / self.priors.scale[other] / width
+        margin = INIT_MARGIN * (high - low)
+        y = soft_clamp_inverse(np.clip(z, low + margin, high - margin), low, high)
+        site = np.zeros(self.n_site)
+        site[: other.size] = solve_triangular(np.asarray(self._whiten), y - y0, lower=True)
+        return site
+
+    def chain_starts(self, num_chains: int) -> np.ndarray:
+        """``(num_chains, n_site)`` centres of the chains' starts: 0 (the NLSQ point), except chains
+        ``1..n`` at ``priors.chain_starts`` (the far ends of flat NLSQ profiles)."""
+        starts = np.zeros((num_chains, self.n_site))
+        for chain, sampled in enumerate(self.priors.chain_starts if self.priors.chain_starts is not None else [], start=1):
+            if chain < num_chains:
+                starts[chain] = self.site_of(sampled)
+        return starts
 
     def log_prior(self, theta, u) -> jnp.ndarray:
         """Log prior of ``theta``'s sampled entries (tempered truncated normal or uniform per entry of

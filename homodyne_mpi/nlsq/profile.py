@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,8 @@ class ProfileSide:
     reached: bool
     """Whether a probe rose by 1 (False: the bound or the last probe came first)."""
     converged: bool
+    thetas: list[np.ndarray] = field(default_factory=list, repr=False)
+    """The refitted parameter vector at each probe (not written to ``result.json``)."""
 
 
 def half_width(offsets: list[float], rises: list[float]) -> tuple[float, bool]:
@@ -81,6 +83,7 @@ def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_ch
     bound = problem.upper[index] if sign > 0 else problem.lower[index]
     offsets: list[float] = []
     rises: list[float] = []
+    thetas: list[np.ndarray] = []
     converged = True
     start = np.asarray(theta_hat, dtype=float)
     distance = FIRST_PROBE
@@ -94,6 +97,7 @@ def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_ch
         offsets.append(float((target - theta_hat[index]) / std))
         rises.append(float((refit.chi2 - chi2_min) / reduced_chi2))
         start = refit.theta
+        thetas.append(refit.theta)
         if rises[-1] < 1.0 and target != bound:
             distance *= 2.0  # not risen by 1 yet: step out
         elif rises[-1] > STEEP_RISE and len(offsets) < MAX_PROBES:
@@ -104,7 +108,7 @@ def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_ch
         if any(abs(abs(o) - abs(offsets[-1])) < 1e-12 for o in offsets[:-1]):
             break  # the bound holds the probe where it was
     width, reached = half_width(offsets, rises)
-    return ProfileSide(offsets=offsets, rises=rises, half_width=width, reached=reached, converged=converged)
+    return ProfileSide(offsets=offsets, rises=rises, half_width=width, reached=reached, converged=converged, thetas=thetas)
 
 
 def profile_check(result, problem, options: LMOptions) -> dict[str, tuple[ProfileSide, ProfileSide]]:
@@ -142,7 +146,10 @@ def profile_document(profiles: dict[str, tuple[ProfileSide, ProfileSide]], names
         k = names.index(name)
         std = math.sqrt(covariance[k, k])
         document[name] = {
-            label: {**asdict(side), "value": float(theta[k] + sign * side.half_width * std)}
+            label: {
+                **{key: value for key, value in asdict(side).items() if key != "thetas"},
+                "value": float(theta[k] + sign * side.half_width * std),
+            }
             for label, sign, side in zip(("minus", "plus"), (-1, 1), sides)
         }
     return document
@@ -156,3 +163,20 @@ def wide_sides(document: dict) -> list[tuple[str, str, dict]]:
         for label, entry in sides.items()
         if entry["half_width"] > WIDTH_LIMIT
     ]
+
+
+def valley_ends(profiles: dict[str, tuple[ProfileSide, ProfileSide]]) -> list[tuple[str, str, np.ndarray]]:
+    """The refitted parameter vectors beyond ``WIDTH_LIMIT`` model std on every wide side, as
+    ``(name, side, theta)``: the farthest of each side first, then the next ones, sides interleaved.
+    CMC starts chains there, so that a chain is placed at each far end of a flat valley."""
+    per_side = [
+        [
+            (name, label, theta)
+            for offset, theta in sorted(zip(np.abs(side.offsets), side.thetas), key=lambda p: -p[0])
+            if offset > WIDTH_LIMIT
+        ]
+        for name, sides in profiles.items()
+        for label, side in zip(("minus", "plus"), sides)
+        if side.half_width > WIDTH_LIMIT
+    ]
+    return [ends[rank] for rank in range(MAX_PROBES) for ends in per_side if rank < len(ends)]
