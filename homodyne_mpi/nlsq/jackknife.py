@@ -54,7 +54,7 @@ from ..errors import Interrupted, collective
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, fit_nlsq, lm_options
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part_keeping_variances
-from .profile import PROFILE_ITERATIONS, profile_check
+from .profile import PROFILE_DECREMENT, PROFILE_ITERATIONS, profile_check
 from .solver import LMOptions, levenberg_marquardt
 
 log = logging.getLogger(__name__)
@@ -359,7 +359,9 @@ def attach_uncertainty(result: NLSQResult, problem: NLSQProblem, options) -> NLS
         result.timing_s["jackknife"] = result.jackknife.seconds
     if options.profile_check and result.converged:
         start = time.perf_counter()
-        result.profile = profile_check(result, problem, lm_options(options, max_iterations=PROFILE_ITERATIONS))
+        decrement = PROFILE_DECREMENT * result.reduced_chi2
+        profile_options = lm_options(options, max_iterations=PROFILE_ITERATIONS, decrement_tol=decrement)
+        result.profile = profile_check(result, problem, profile_options)
         result.timing_s["profile_check"] = time.perf_counter() - start
     result.objective = None
     return result

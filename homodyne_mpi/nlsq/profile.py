@@ -39,6 +39,10 @@ WIDTH_LIMIT = 2.0
 PROFILE_ITERATIONS = 30
 """Iteration cap of a profile refit (each starts on the covariance's line through the optimum)."""
 
+PROFILE_DECREMENT = 0.01
+"""A profile refit stops when its Gauss-Newton decrement is below this many reduced-chi2 units:
+the rise it reports is then within 0.01 of the refit's optimum, far below the 1 it is judged by."""
+
 
 @dataclass
 class ProfileSide:
