@@ -119,6 +119,7 @@ def build_case(case: dict, seed: int, folder: Path):
     config["experimental_data"]["file_path"] = str(folder / "data.h5")
     config["compute"]["compilation_cache_dir"] = str(folder.parent / "jax_cache")
     config["optimization"]["method"] = "both"
+    config["optimization"]["nlsq"]["profile_check"] = True  # flags flat valleys; CMC starts chains at their ends
     if "num_shards" in case:
         config["optimization"]["cmc"]["sharding"]["num_shards"] = case["num_shards"]
     (folder / "config.yaml").write_text(yaml.safe_dump(config))

@@ -275,7 +275,7 @@ def every_field_non_default() -> dict:
                 "jackknife_blocks": 7,
                 "jackknife_blocking": "equal",
                 "jackknife_iterations": 3,
-                "profile_check": False,
+                "profile_check": True,
                 "jackknife_parallel": "replicates",
             },
             "cmc": {

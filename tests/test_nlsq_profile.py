@@ -49,6 +49,7 @@ def fitted(evaluate, theta0, lower, upper):
         reduced_chi2=reduced,
         at_bound=[None] * len(theta0),
         names=["a", "b"],
+        iterations=lm.iterations,
         objective=evaluate,
     )
     return result, problem
@@ -128,6 +129,7 @@ def fitted_document(tmp_path, truth, phi, n_frames, seed):
             "experimental_data.file_path": str(data),
             "phi_filtering.enabled": False,
             "optimization.nlsq.uncertainty": "model",
+            "optimization.nlsq.profile_check": True,
         },
     )
     path = tmp_path / "fit.yaml"

@@ -45,9 +45,11 @@ class NLSQConfig:
     - equal: contiguous blocks of equal frame counts"""
     jackknife_iterations: int = option(100, ge=1)
     """Most iterations of each jackknife refit (a ceiling: refits stop at the fit's tolerances), started from the full fit."""
-    profile_check: bool = True
-    """After the fit, move each free physical parameter to +-3 std_model (farther while chi2 rises by less than 1), refit the
-    others, and warn when chi2 rises so slowly that the error bar understates the uncertainty (a flat, curved valley)."""
+    profile_check: bool = False
+    """After the fit, move each free physical parameter to +-3 std_model (farther while chi2
+    rises by less than 1), refit the others, and warn where chi2 rises so slowly that the
+    error bar understates the uncertainty (a flat, curved valley); CMC then starts chains at
+    the valley's far ends. Off by default: in a flat valley it can cost several times the fit."""
     jackknife_parallel: str = option("points", choices=("points", "replicates"))
     """How the refits use the ranks:
     - points: all ranks work on each refit in turn, each on its own points

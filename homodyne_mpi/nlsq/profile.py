@@ -13,6 +13,7 @@ over the ranks (the objective's ordered reduction), so all ranks get the same nu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -27,8 +28,15 @@ log = logging.getLogger(__name__)
 FIRST_PROBE = 3.0
 """Distance of the first probe on each side, in model std."""
 
-MAX_PROBES = 4
-"""Probes per side at most: at 3, 6, 12 and 24 model std."""
+FAR_PROBE = 24.0
+"""Farthest probe, model std: a side that has not risen by 1 is probed at 6, 12 and 24 (each refit
+starts from the one before, following a curved valley)."""
+
+MAX_PROBES = 5
+"""Probes per side at most (3, 6, 12 and 24 model std, and one closer in when the first is steep)."""
+
+MIN_PASSES = 200
+"""The check's budget of passes over the data is the larger of this and four times the fit's."""
 
 STEEP_RISE = 25.0
 """A probe whose rise exceeds this is followed by one four times closer in (if probes are left)."""
@@ -78,8 +86,11 @@ def half_width(offsets: list[float], rises: list[float]) -> tuple[float, bool]:
     return previous_offset, False
 
 
-def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_chi2, index, sign, options: LMOptions):
-    """Probe one side of parameter ``index`` (``sign`` +1 or -1); a ``ProfileSide``."""
+def profile_side(
+    objective, problem, theta_hat, covariance, chi2_min, reduced_chi2, index, sign, options: LMOptions, budget: list[int]
+):
+    """Probe one side of parameter ``index`` (``sign`` +1 or -1); a ``ProfileSide``. ``budget[0]``,
+    the passes over the data left to the check, is decreased by each refit's passes (iterations + 1)."""
     std = math.sqrt(covariance[index, index])
     slope = covariance[:, index] / covariance[index, index]  # the covariance's line: d theta / d theta_index
     free = problem.free.copy()
@@ -90,22 +101,24 @@ def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_ch
     thetas: list[np.ndarray] = []
     converged = True
     start = np.asarray(theta_hat, dtype=float)
-    distance = FIRST_PROBE
-    for _ in range(MAX_PROBES):
+    distance, stepped_in = FIRST_PROBE, False
+    while len(offsets) < MAX_PROBES and budget[0] > 1:
         target = theta_hat[index] + sign * distance * std
         target = min(target, bound) if sign > 0 else max(target, bound)
         shifted = np.clip(start + slope * (target - start[index]), problem.lower, problem.upper)
         shifted[index] = target
-        refit = levenberg_marquardt(objective, shifted, problem.lower, problem.upper, free, options, quiet=True)
+        capped = dataclasses.replace(options, max_iterations=min(options.max_iterations, budget[0] - 1))
+        refit = levenberg_marquardt(objective, shifted, problem.lower, problem.upper, free, capped, quiet=True)
+        budget[0] -= refit.iterations + 1
         converged = converged and refit.converged
         offsets.append(float((target - theta_hat[index]) / std))
         rises.append(float((refit.chi2 - chi2_min) / reduced_chi2))
         start = refit.theta
         thetas.append(refit.theta)
-        if rises[-1] < 1.0 and target != bound:
+        if rises[-1] < 1.0 and target != bound and distance < FAR_PROBE:
             distance *= 2.0  # not risen by 1 yet: step out
-        elif rises[-1] > STEEP_RISE and len(offsets) < MAX_PROBES:
-            distance /= 4.0  # far steeper than the curvature says: probe the root from closer in
+        elif rises[-1] > STEEP_RISE and not stepped_in:
+            distance, stepped_in = distance / 4.0, True  # far steeper than the curvature says: probe closer in
             start = np.asarray(theta_hat, dtype=float)
         else:
             break
@@ -116,18 +129,25 @@ def profile_side(objective, problem, theta_hat, covariance, chi2_min, reduced_ch
 
 
 def profile_check(result, problem, options: LMOptions) -> dict[str, tuple[ProfileSide, ProfileSide]]:
-    """Both sides of the profile of every free physical parameter not held at a bound.
+    """Both sides of the profile of every free physical parameter not held at a bound, in parameter
+    order until the budget of passes (``MIN_PASSES``) is spent; the parameters left are not checked.
 
     ``result`` is an ``NLSQResult`` that still holds its objective.
     """
     started = time.perf_counter()
+    budget = [max(MIN_PASSES, 4 * (result.iterations + 1))]
     physical = problem.layout.physical_slice
     fit = (result.objective, problem, result.theta, result.covariance, result.chi2, result.reduced_chi2)
     profiles: dict[str, tuple[ProfileSide, ProfileSide]] = {}
     for index in range(physical.start, physical.stop):
-        if not problem.free[index] or (result.at_bound and result.at_bound[index]) or result.covariance[index, index] <= 0:
+        if not problem.free[index] or (result.at_bound and result.at_bound[index]) or not result.covariance[index, index] > 0:
             continue
-        lower, upper = (profile_side(*fit, index, sign, options) for sign in (-1, 1))
+        if budget[0] <= 1:
+            log.warning(
+                "profile check: budget of passes spent; %s and the parameters after it are not checked", result.names[index]
+            )
+            break
+        lower, upper = (profile_side(*fit, index, sign, options, budget) for sign in (-1, 1))
         profiles[result.names[index]] = (lower, upper)
         log.info(
             "profile of %s: half-widths %.2f%s / %.2f%s model std (1 for a quadratic chi2)",
