@@ -23,12 +23,14 @@ class LatestState:
     iteration: int = 0
     damping: float = LMOptions.initial_damping
     growth: float = LMOptions.initial_growth
+    trusted: bool = LMOptions.initial_trusted
 
-    def update(self, theta: np.ndarray, iteration: int, damping: float, growth: float) -> None:
+    def update(self, theta: np.ndarray, iteration: int, damping: float, growth: float, trusted: bool) -> None:
         self.theta = np.array(theta, dtype=float)
         self.iteration = int(iteration)
         self.damping = float(damping)
         self.growth = float(growth)
+        self.trusted = bool(trusted)
 
 
 def checkpoint_path(nlsq_dir: Path) -> Path:
@@ -44,6 +46,7 @@ def save_checkpoint(nlsq_dir: Path, state: LatestState, names: list[str], finger
         "iteration": int(state.iteration),
         "damping": float(state.damping),
         "growth": float(state.growth),
+        "trusted": bool(state.trusted),
         "names": list(names),
         "theta": [float(x) for x in state.theta],
     }
@@ -71,6 +74,7 @@ def load_checkpoint(nlsq_dir: Path, names: list[str], fingerprint: str) -> Lates
         int(document.get("iteration", 0)),
         float(document.get("damping", LMOptions.initial_damping)),
         float(document.get("growth", LMOptions.initial_growth)),
+        bool(document.get("trusted", LMOptions.initial_trusted)),
     )
 
 

@@ -288,7 +288,7 @@ def fit_nlsq(
 ) -> NLSQResult:
     """Fit with every rank holding its own chunks (same bits on all ranks); ``options``: ``optimization.nlsq``.
 
-    ``on_accept(theta, iteration, damping, growth)`` sees the LM state after every step;
+    ``on_accept(theta, iteration, damping, growth, trusted)`` sees the LM state after every step;
     ``resume`` (a checkpoint's ``LatestState``) continues on the same path, without the start
     search; ``result.objective`` is kept for the jackknife.
     """
@@ -308,7 +308,7 @@ def fit_nlsq(
         problem.lower,
         problem.upper,
         problem.free,
-        lm_options(options, initial_damping=state.damping, initial_growth=state.growth),
+        lm_options(options, initial_damping=state.damping, initial_growth=state.growth, initial_trusted=state.trusted),
         on_accept=on_accept,
         first_iteration=state.iteration + 1,
         mixed_gradient=objective.mixed_gradient,
@@ -327,6 +327,7 @@ def lm_options(
     max_iterations: int | None = None,
     initial_damping: float = LMOptions.initial_damping,
     initial_growth: float = LMOptions.initial_growth,
+    initial_trusted: bool = LMOptions.initial_trusted,
     decrement_tol: float = 0.0,
 ) -> LMOptions:
     """The solver's options from the config's ``optimization.nlsq`` section."""
@@ -337,6 +338,7 @@ def lm_options(
         ftol=options.ftol,
         initial_damping=initial_damping,
         initial_growth=initial_growth,
+        initial_trusted=initial_trusted,
         decrement_tol=decrement_tol,
     )
 

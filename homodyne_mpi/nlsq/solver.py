@@ -48,6 +48,8 @@ class LMOptions:
     ftol: float = 1e-10
     initial_damping: float = 1e-3
     initial_growth: float = 2.0
+    initial_trusted: bool = True
+    """Whether the quadratic model is trusted at the first step (a resumed fit restores its own)."""
     """Factor of the damping at the next rejected step (it doubles with each rejection in a row)."""
     max_damping: float = 1e16
     decrement_tol: float = 0.0
@@ -163,14 +165,14 @@ def levenberg_marquardt(
     options: LMOptions = LMOptions(),
     initial: Evaluation | None = None,
     quiet: bool = False,
-    on_accept: Callable[[np.ndarray, int, float, float], None] | None = None,
+    on_accept: Callable[[np.ndarray, int, float, float, bool], None] | None = None,
     first_iteration: int = 1,
     mixed_gradient: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> LMResult:
     """Minimise the robust cost from ``theta0`` within ``[lower, upper]`` over the ``free`` mask.
 
     ``initial``: the evaluation at ``theta0``; ``quiet``: iterations at DEBUG; ``on_accept(theta,
-    iteration, damping, growth)`` sees the state after every step (enough to resume on the same
+    iteration, damping, growth, trusted)`` sees the state after every step (enough to resume on the same
     path). ``mixed_gradient(theta, theta')`` (``J(theta)^T W r(theta')``) turns on geodesic
     acceleration after a rejected or poorly predicted step (ratio below ``GOOD_RATIO``).
     """
@@ -180,7 +182,7 @@ def levenberg_marquardt(
     hessian, gradient, chi2, cost = initial if initial is not None else evaluate(theta)
     damping, growth = options.initial_damping, options.initial_growth
     level = logging.DEBUG if quiet else logging.INFO
-    trusted = True  # the quadratic model predicted the last step well (or there was none)
+    trusted = options.initial_trusted  # the quadratic model predicted the last step well (or there was none)
     history: list[dict] = []
     reason, converged = f"reached max_iterations={options.max_iterations}", False
     iteration = first_iteration - 1
@@ -235,7 +237,7 @@ def levenberg_marquardt(
             damping *= growth
             growth *= 2.0
             if on_accept is not None:
-                on_accept(theta, iteration, damping, growth)
+                on_accept(theta, iteration, damping, growth, trusted)
             if damping > options.max_damping:
                 reason = f"stalled: damping above {options.max_damping:g} without reducing the cost"
                 break
@@ -245,7 +247,7 @@ def levenberg_marquardt(
         damping *= max(1.0 / 3.0, 1.0 - (2.0 * ratio - 1.0) ** 3)
         growth = 2.0
         if on_accept is not None:
-            on_accept(trial, iteration, damping, growth)
+            on_accept(trial, iteration, damping, growth, trusted)
         theta_norm = float(np.linalg.norm(scale * theta[free]))
         relative_actual = actual / cost if cost > 0 else 0.0
         relative_predicted = predicted / cost if cost > 0 else 0.0
