@@ -105,6 +105,8 @@ def profile_side(
     while len(offsets) < MAX_PROBES and budget[0] > 1:
         target = theta_hat[index] + sign * distance * std
         target = min(target, bound) if sign > 0 else max(target, bound)
+        if any(abs(o * std - (target - theta_hat[index])) <= 1e-12 * std for o in offsets):
+            break  # probed already: the bound, or the steep first probe after stepping in and out
         shifted = np.clip(start + slope * (target - start[index]), problem.lower, problem.upper)
         shifted[index] = target
         capped = dataclasses.replace(options, max_iterations=min(options.max_iterations, budget[0] - 1))
@@ -122,8 +124,6 @@ def profile_side(
             start = np.asarray(theta_hat, dtype=float)
         else:
             break
-        if any(abs(abs(o) - abs(offsets[-1])) < 1e-12 for o in offsets[:-1]):
-            break  # the bound holds the probe where it was
     width, reached = half_width(offsets, rises)
     return ProfileSide(offsets=offsets, rises=rises, half_width=width, reached=reached, converged=converged, thetas=thetas)
 
