@@ -13,7 +13,10 @@ phi0 from its nearest bound, and whether each physical parameter's q05..q95 hold
 truth, with the NLSQ value and std, the NLSQ profile half-widths (``nlsq.profile``) and
 every shard's mean and median of each physical parameter (a skewed shard posterior biases
 the consensus average). The JSON is rewritten after every seed, so a stopped run keeps
-what it measured.
+what it measured; ``--resume`` reads it back and runs only the (case, seed) pairs it lacks,
+so the 6 x 20 figures can be gathered over several sittings. Runs go seed by seed through
+all cases (seed 0 of every case, then seed 1, ...), so a stopped run has measured every
+case. Each record names the commit that produced it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -168,6 +172,16 @@ def shard_mean_median(folder: Path, problem) -> dict[str, list[list[float]]]:
     return out
 
 
+def commit() -> str:
+    """The repository's HEAD (``unknown`` outside a git checkout), with ``+dirty`` for local changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | None:
     """One (case, seed) on every rank; rank 0 returns its record."""
     folder = workdir / f"{name}_{seed}"
@@ -218,6 +232,7 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | No
         ]
         record = {
             "case": name,
+            "commit": commit(),
             "nlsq": {p: [float(built[3].theta[k]), float(built[3].std[k])] for p, k in physical_index(problem).items()},
             "profile_half_widths": {p: [s.half_width for s in sides] for p, sides in built[3].profile.items()},
             "shard_mean_median": shard_mean_median(folder, problem),
@@ -266,6 +281,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated from {', '.join(CASES)}")
     parser.add_argument("--seeds", default="0-19", help="0-19 or 0,3,5")
     parser.add_argument("--output", default="bench_results/bench_cmc_hard.json")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --output and skip their (case, seed)")
     args = parser.parse_args()
     comm = get_comm()
     names = [c.strip() for c in args.cases.split(",")]
@@ -273,9 +289,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown case(s) {unknown}; known: {', '.join(CASES)}")
     records, start = [], time.perf_counter()
+    if args.resume and Path(args.output).exists():
+        records = json.loads(Path(args.output).read_text())["runs"]
+    done = {(r["case"], r["seed"]) for r in records}
     with tempfile.TemporaryDirectory() as folder:
-        for name in names:
-            for seed in parse_seeds(args.seeds):
+        for seed in parse_seeds(args.seeds):
+            for name in names:
+                if (name, seed) in done:
+                    continue
                 record = run_seed(comm, name, CASES[name], seed, Path(folder))
                 if comm.is_root:
                     records.append(record)
@@ -297,7 +318,7 @@ def write_document(path, comm, names, records, start) -> None:
         "ranks": comm.size,
         "machine": machine(),
         "seconds": time.perf_counter() - start,
-        "cases": {n: CASES[n] for n in names},
+        "cases": {n: CASES[n] for n in sorted({r["case"] for r in records} | set(names))},
         "summary": summarise(records),
         "runs": records,
     }
