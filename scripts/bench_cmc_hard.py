@@ -182,6 +182,10 @@ def commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+COMMIT = commit()
+"""The code this process runs (read once at start: later commits do not change it)."""
+
+
 def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | None:
     """One (case, seed) on every rank; rank 0 returns its record."""
     folder = workdir / f"{name}_{seed}"
@@ -232,7 +236,7 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | No
         ]
         record = {
             "case": name,
-            "commit": commit(),
+            "commit": COMMIT,
             "nlsq": {p: [float(built[3].theta[k]), float(built[3].std[k])] for p, k in physical_index(problem).items()},
             "profile_half_widths": {p: [s.half_width for s in sides] for p, sides in built[3].profile.items()},
             "shard_mean_median": shard_mean_median(folder, problem),
