@@ -401,4 +401,29 @@ def result_from_lm(
         projected_gradient=lm.projected_gradient,
     )
     result.covariance = covariance_from_hessian(lm.hessian, problem.free, result.reduced_chi2)
+    if not lm.converged and lm.reason.startswith("reached max_iterations"):
+        result.reason += crawl_note(lm.history, result.reduced_chi2)
     return result
+
+
+CRAWL_STEPS = 10
+"""Accepted steps over which an unconverged fit's last decrease of chi2 is reported."""
+
+
+def crawl_note(history: list[dict], reduced_chi2: float) -> str:
+    """How much chi2 fell over the last ``CRAWL_STEPS`` accepted steps of a fit that ran out of
+    iterations, in chi2 and in reduced-chi2 units; below one unit the fit was crawling along a flat
+    valley (each step changes the answer by less than its statistical error), which is said."""
+    accepted = [step["chi2"] for step in history if step["accepted"]]
+    if len(accepted) < 2:
+        return ""
+    window = accepted[-(CRAWL_STEPS + 1) :]
+    drop = window[0] - window[-1]
+    units = drop / max(reduced_chi2, 1e-300)
+    note = f"; chi2 fell by {drop:.3g} ({units:.3g} reduced-chi2 units) over its last {len(window) - 1} steps"
+    if units < 1.0:
+        note += (
+            ": a slow crawl along a flat valley, where the data barely constrain the parameters that move"
+            " (see the degeneracy warnings); raise optimization.nlsq.max_iterations to follow it to its end"
+        )
+    return note
