@@ -99,7 +99,7 @@ def parse_seeds(text: str) -> list[int]:
     return [int(s) for s in text.split(",")]
 
 
-def build_case(case: dict, seed: int, folder: Path):
+def build_case(case: dict, seed: int, folder: Path, combination: str | None = None):
     """Simulate, load, fit NLSQ with the jackknife (rank 0, one process)."""
     simulate_dataset(
         folder / "data.h5",
@@ -126,6 +126,8 @@ def build_case(case: dict, seed: int, folder: Path):
     config["optimization"]["nlsq"]["profile_check"] = True  # flags flat valleys; CMC starts chains at their ends
     if "num_shards" in case:
         config["optimization"]["cmc"]["sharding"]["num_shards"] = case["num_shards"]
+    if combination is not None:
+        config["optimization"]["cmc"]["combination"]["method"] = combination
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     cfg = load_config(folder / "config.yaml")
     data = load_config_dataset(cfg)
@@ -186,13 +188,13 @@ COMMIT = commit()
 """The code this process runs (read once at start: later commits do not change it)."""
 
 
-def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | None:
+def run_seed(comm, name: str, case: dict, seed: int, workdir: Path, combination: str | None = None) -> dict | None:
     """One (case, seed) on every rank; rank 0 returns its record."""
     folder = workdir / f"{name}_{seed}"
     built = None
     if comm.is_root:
         folder.mkdir(parents=True, exist_ok=True)
-        cfg, problem, points, nlsq = build_case(case, seed, folder)
+        cfg, problem, points, nlsq = build_case(case, seed, folder, combination)
         check_warm_start(nlsq)
         built = (cfg, problem, points, nlsq, likelihood_calibration(nlsq, problem))
     cfg, problem, _, _, calibration = comm.bcast(None if built is None else (built[0], built[1], None, None, built[4]))
@@ -237,6 +239,7 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path) -> dict | No
         record = {
             "case": name,
             "commit": COMMIT,
+            "combination": cfg.optimization.cmc.combination.method,
             "nlsq": {p: [float(built[3].theta[k]), float(built[3].std[k])] for p, k in physical_index(problem).items()},
             "profile_half_widths": {p: [s.half_width for s in sides] for p, sides in built[3].profile.items()},
             "shard_mean_median": shard_mean_median(folder, problem),
@@ -285,6 +288,7 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated from {', '.join(CASES)}")
     parser.add_argument("--seeds", default="0-19", help="0-19 or 0,3,5")
     parser.add_argument("--output", default="bench_results/bench_cmc_hard.json")
+    parser.add_argument("--combination", default=None, help="optimization.cmc.combination.method (default: the template's)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --output and skip their (case, seed)")
     args = parser.parse_args()
     comm = get_comm()
@@ -301,7 +305,7 @@ def main() -> None:
             for name in names:
                 if (name, seed) in done:
                     continue
-                record = run_seed(comm, name, CASES[name], seed, Path(folder))
+                record = run_seed(comm, name, CASES[name], seed, Path(folder), args.combination)
                 if comm.is_root:
                     records.append(record)
                     print(

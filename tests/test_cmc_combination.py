@@ -141,3 +141,44 @@ def test_unknown_method_and_empty_input_are_refused():
         combine([np.zeros((3, 1))], method="average")
     with pytest.raises(ValueError):
         combine([], method="consensus_mc")
+
+
+def test_barycenter_keeps_a_skewed_shape_where_the_consensus_average_shifts_it():
+    """Four shards with the same right-skewed (log-normal) shape at different locations: the
+    barycentre is that shape at the average location, its quantiles the log-normal's
+    (SciPy) shifted by it, its mean the shard means' average. The consensus average of the same
+    draws has the mean of the shape but the quantiles of a narrower, more symmetric law."""
+    from scipy import stats
+
+    rng = np.random.default_rng(5)
+    shape = stats.lognorm(s=0.6)
+    shifts = np.array([0.0, 0.4, -0.3, 0.5])
+    shards = [
+        np.column_stack([shape.rvs(size=40_000, random_state=rng) + shift, rng.normal(2.0, 0.1, 40_000)]) for shift in shifts
+    ]
+    combined = combine(shards, method="barycenter")
+    assert combined.used == [0, 1, 2, 3] and combined.outliers == []
+    assert combined.draws.shape == (160_000, 2)
+    centre = shape.mean() + shifts.mean()
+    assert combined.mean[0] == pytest.approx(np.mean([d[:, 0].mean() for d in shards]), abs=1e-12)
+    assert combined.mean[0] == pytest.approx(centre, abs=0.01)
+    levels = np.array([0.05, 0.5, 0.95])
+    expected = shape.ppf(levels) - shape.mean() + centre
+    np.testing.assert_allclose(np.quantile(combined.draws[:, 0], levels), expected, atol=0.02)
+    consensus = combine(shards, method="consensus_mc")
+    q05, q95 = np.quantile(consensus.draws[:, 0], [0.05, 0.95])
+    assert q95 - q05 < 0.7 * (expected[2] - expected[0])  # the average of 4 draws is about half as wide
+
+
+def test_barycenter_drops_an_outlying_shard_first():
+    rng = np.random.default_rng(6)
+    shards = [exact_moment_draws(rng, [m], [[0.01]], 5_000) for m in (1.0, 1.1, 0.9, 1.05, 5.0)]
+    combined = combine(shards, method="barycenter")
+    assert combined.outliers == [4]
+    # shards sampled with their likelihood to the power 5 are sqrt(5) narrower than the spread of
+    # their estimates: a shard 5 of its own widths out is then no outlier
+    spread = [exact_moment_draws(rng, [m], [[0.01]], 5_000) for m in (1.0, 1.05, 0.95, 1.0, 1.5)]
+    assert combine(spread, method="barycenter").outliers == [4]
+    assert combine(spread, method="barycenter", likelihood_power=5).outliers == []
+    assert combined.mean[0] == pytest.approx(np.mean([1.0, 1.1, 0.9, 1.05]), abs=1e-9)
+    assert combined.covariance[0, 0] == pytest.approx(0.01, rel=0.01)  # each shard's own width, not 1/K of it

@@ -174,3 +174,58 @@ def test_site_of_inverts_the_transform_and_places_the_chain_starts(shard):
     np.testing.assert_allclose(starts[1], model.site_of(sampled))
     np.testing.assert_allclose(starts[2], 0.0, atol=1e-12)  # loc maps to the NLSQ point, w = 0
     np.testing.assert_array_equal(model.chain_starts(4), 0.0)  # no flat profile: every chain at the NLSQ point
+
+
+def test_barycenter_shards_sample_the_likelihood_to_the_power_k_with_the_full_prior(shard):
+    """With ``combination.method: barycenter`` a shard of a quarter of the points (K = 4) has the
+    full prior (SciPy's truncated normal at the prior width, half-normal of scale 3, no tempering)
+    and its likelihood times 4 / calibration, exactly up to the Jacobian."""
+    import copy
+
+    sim, _, _, _ = shard
+    cfg = copy.deepcopy(sim.cfg)
+    cfg.optimization.cmc.combination.method = "barycenter"
+    priors = build_priors(
+        cfg, sim.problem, sim.warm_start, n_shards=4, noise_scale=noise_scale_of(sim.points.weight), calibration=1.7
+    )
+    assert priors.likelihood_power == 4 and priors.temper == 1.0
+    quarter = np.arange(0, len(sim.points), 4)
+    p = sim.points
+    data = ShardData(*(jnp.asarray(a[quarter]) for a in (p.angle, p.frame_i, p.frame_j, p.value, p.weight)))
+    model = ShardModel(priors, sim.problem.spec, sim.problem.layout, sim.problem.phi, calibration=1.7, n_points=quarter.size)
+
+    def reference(theta_sampled, sigma):
+        from homodyne_mpi.model import c2_points
+
+        a = (priors.low - priors.mu) / priors.sigma
+        b = (priors.high - priors.mu) / priors.sigma
+        log_prior = np.sum(stats.truncnorm.logpdf(theta_sampled, a, b, loc=priors.mu, scale=priors.sigma))
+        log_prior += stats.halfnorm.logpdf(sigma / priors.noise_scale, scale=3.0) - np.log(priors.noise_scale)
+        theta = priors.base_theta.copy()
+        theta[priors.index] = theta_sampled
+        contrast, offset, physical = sim.problem.layout.split(jnp.asarray(theta))
+        model_c2 = np.asarray(
+            c2_points(
+                physical,
+                contrast,
+                offset,
+                jnp.asarray(sim.problem.phi),
+                *(a[quarter] for a in (p.angle, p.frame_i, p.frame_j)),
+                sim.problem.spec,
+            )
+        )
+        u = sigma / priors.noise_scale
+        residual = p.weight[quarter] * (p.value[quarter] - model_c2) / u
+        return log_prior + 4.0 / 1.7 * (-0.5 * np.sum(residual**2) - quarter.size * np.log(u))
+
+    parameters = jax.jit(lambda w: model.sampled_vector({"w": w}, data))
+    jacobian = jax.jit(jax.jacfwd(parameters))
+    log_density = jax.jit(lambda w: model.log_density(w, data))
+    rng = np.random.default_rng(7)
+    differences = []
+    for _ in range(4):
+        w = jnp.asarray(rng.normal(0.0, 0.7, model.n_site))
+        vector = np.asarray(parameters(w))
+        _, log_det = np.linalg.slogdet(np.asarray(jacobian(w)))
+        differences.append(float(log_density(w)) - (reference(vector[:-1], vector[-1]) + log_det))
+    assert np.ptp(differences) < 1e-6 * max(1.0, abs(differences[0]))

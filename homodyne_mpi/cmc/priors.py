@@ -8,13 +8,15 @@ Rules (details in ``docs/cmc.md``):
   ``sigma`` ``width_factor`` NLSQ std (where finite and positive); otherwise the bound's
   ``prior_mu``/``prior_sigma``, defaulting to the starting value and half the bound width.
 - Tempering: a shard's prior is the full prior to the power ``1/K`` (``K`` shards),
-  exactly the same family with ``sigma * sqrt(K)``.
+  exactly the same family with ``sigma * sqrt(K)``. With ``combination.method:
+  barycenter`` the shard's likelihood is raised to ``K`` instead and the prior is the
+  full one (``likelihood_power``).
 - Noise: ``sigma = noise_scale * u`` (c2 units), ``u ~ HalfNormal(NOISE_PRIOR_SCALE)``
   tempered, ``noise_scale`` the median per-angle noise; a point of angle ``a`` has
   standard deviation ``u * sigma_a`` (``sigma_a = 1/weight``).
 - Reparametrisation: NUTS samples ``z``, ``theta = loc + scale * z``: ``loc`` the NLSQ
-  value (else the prior centre), ``scale`` ``sqrt(K * c)`` NLSQ *model* std (``c`` the
-  likelihood calibration), the expected shard-posterior width, so the expected posterior
+  value (else the prior centre), ``scale`` ``sqrt(K * c / P)`` NLSQ *model* std (``c`` the
+  likelihood calibration, ``P`` the likelihood power), the expected shard-posterior width, so the expected posterior
   is the unit normal in ``z`` with the NLSQ correlation (the jackknife std made NUTS
   diverge along ``D0``/``alpha``/``D_offset``). Without a warm start: the tempered prior
   width, capped at half the bound width. The prior is transformed exactly.
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..config.fitting import SCALED_LIKELIHOOD_METHODS
 from ..nlsq.profile import valley_ends
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ class PriorSpec:
     noise_scale: float
     """Median per-angle noise estimate of the data, c2 units."""
     n_shards: int
-    """Tempering power ``K``: each shard's prior is the full prior to ``1/K``."""
+    """``K``: each shard's prior is the full prior to ``1/K``, unless ``likelihood_power`` is ``K``."""
     init_jitter: float
     """Spread of the chains' starting ``z`` around 0."""
     source: str
@@ -75,6 +78,9 @@ class PriorSpec:
     chain_starts: np.ndarray | None = None
     """``(n, n_sampled)``: where chains ``1..n`` start (chain 0 and the rest at ``loc``): the far ends of
     the flat valleys that the NLSQ profile check found (``nlsq.profile.valley_ends``), or None."""
+    likelihood_power: int = 1
+    """Power of each shard's likelihood: ``K`` for the ``barycenter`` combination (the prior is then
+    not tempered: every shard posterior is as wide as the full one), else 1."""
 
     @property
     def n_sampled(self) -> int:
@@ -83,8 +89,8 @@ class PriorSpec:
 
     @property
     def temper(self) -> float:
-        """Tempering factor on every Gaussian width: ``sqrt(K)``."""
-        return math.sqrt(self.n_shards)
+        """Tempering factor on every prior width: ``sqrt(K)``, or 1 when the likelihood is raised instead."""
+        return 1.0 if self.likelihood_power > 1 else math.sqrt(self.n_shards)
 
     def to_dict(self) -> dict:
         """JSON-ready description for ``cmc/result.json``."""
@@ -99,7 +105,12 @@ class PriorSpec:
             "scale": float(NOISE_PRIOR_SCALE * self.noise_scale),
             "scale_shard": float(NOISE_PRIOR_SCALE * self.noise_scale * self.temper),
         }
-        return {"source": self.source, "tempering_power": 1.0 / self.n_shards, "parameters": out}
+        return {
+            "source": self.source,
+            "tempering_power": 1.0 / self.temper**2,
+            "likelihood_power": self.likelihood_power,
+            "parameters": out,
+        }
 
 
 def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float, calibration: float = 1.0) -> PriorSpec:
@@ -114,7 +125,8 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
     prior_cfg = cfg.optimization.cmc.prior
     names = list(problem.names)
     index = np.flatnonzero(np.asarray(problem.free, dtype=bool))
-    temper = math.sqrt(n_shards)
+    power = n_shards if cfg.optimization.cmc.combination.method in SCALED_LIKELIHOOD_METHODS else 1
+    temper = 1.0 if power > 1 else math.sqrt(n_shards)
     base = np.asarray(problem.theta0, dtype=float).copy()
     nlsq_std = model_std = None
     if warm_start is not None:
@@ -123,7 +135,7 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         nlsq_std = np.asarray(jackknife if use_jackknife else warm_start.std, dtype=float)
         model_std = np.asarray(warm_start.std, dtype=float)
         base = np.clip(np.asarray(warm_start.theta, dtype=float), problem.lower, problem.upper)
-    posterior_width = math.sqrt(n_shards * calibration)
+    posterior_width = math.sqrt(n_shards * calibration / power)
     family, mu, sigma, loc, scale = [], [], [], [], []
     used_nlsq = False
     for k in index:
@@ -181,8 +193,14 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
         source="nlsq" if used_nlsq else "config",
         correlation=correlation,
         chain_starts=chain_starts,
+        likelihood_power=int(power),
     )
-    log.info("CMC priors from %s, tempered by 1/%d (widths x %.3g); noise scale %.4g", spec.source, n_shards, temper, noise_scale)
+    if power > 1:
+        log.info("CMC priors from %s, full; shard likelihoods raised to %d; noise scale %.4g", spec.source, power, noise_scale)
+    else:
+        log.info(
+            "CMC priors from %s, tempered by 1/%d (widths x %.3g); noise scale %.4g", spec.source, n_shards, temper, noise_scale
+        )
     return spec
 
 

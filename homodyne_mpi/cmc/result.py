@@ -203,6 +203,7 @@ def combine_shards(cfg, problem, plan: RunPlan, results: list[ShardResult], n_ra
         method=combination_cfg.method,
         outlier_zscore=combination_cfg.outlier_zscore,
         seed=plan.seed,
+        likelihood_power=plan.priors.likelihood_power,
     )
     names = [*problem.names, "sigma"]
     sampled_names = [*plan.priors.names, "sigma"]

@@ -8,7 +8,8 @@ sigma / noise_scale`` with a tempered half-normal prior.
 Likelihood: a point of angle ``a`` has ``value ~ Normal(c2_model, u / weight)``
 (``weight = 1/sigma_a``): ``log L = -0.5 * sum((weight * (value - c2) / u)**2) - n *
 log(u)`` over the points with ``weight > 0`` (zero weight is padding), divided by
-``calibration`` (>= 1). NUTS samples an unconstrained, whitened vector ``w``
+``calibration`` (>= 1) and multiplied by ``priors.likelihood_power`` (``K`` for the
+``barycenter`` combination, else 1). NUTS samples an unconstrained, whitened vector ``w``
 (``ShardModel``) in which the expected shard posterior is the unit normal.
 """
 
@@ -116,7 +117,8 @@ class ShardModel:
         self.priors, self.spec, self.layout = priors, spec, layout
         self.unit = unit_priors(priors)
         self.phi = jnp.asarray(np.asarray(phi, dtype=float))
-        self.calibration = float(calibration)
+        self.calibration = float(calibration) / priors.likelihood_power
+        """The log-likelihood's divisor: the calibration over the likelihood power."""
         self._loc, self._scale, self._index, self._base = map(
             jnp.asarray, (priors.loc, priors.scale, priors.index, priors.base_theta)
         )

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from .context import option
 
 NLSQ_LOSSES = ("linear", "soft_l1", "huber", "cauchy")
-COMBINATION_METHODS = ("consensus_mc", "robust_consensus_mc", "gaussian_product")
+COMBINATION_METHODS = ("consensus_mc", "robust_consensus_mc", "gaussian_product", "barycenter")
+SCALED_LIKELIHOOD_METHODS = ("barycenter",)
+"""Combinations whose shards sample their likelihood raised to the number of shards, with the full prior."""
 
 
 @dataclass(kw_only=True)
@@ -106,7 +108,10 @@ class CombinationConfig:
     """How the shard posteriors are combined:
     - consensus_mc: precision-weighted consensus of the shard draws (Scott et al. 2016)
     - robust_consensus_mc: the same after dropping outlying shards (outlier_zscore)
-    - gaussian_product: product of Gaussian fits to the shard posteriors"""
+    - gaussian_product: product of Gaussian fits to the shard posteriors
+    - barycenter: each shard samples its likelihood raised to the number of shards (a
+      sub-posterior as wide as the full posterior, with the full prior); the draws are
+      recentred on the average shard mean and pooled, after dropping outlying shards"""
     min_success_rate: float = option(0.8, gt=0, le=1)
     """Fraction of shards that must pass the checks below; fewer is an error naming the failed shards."""
     max_divergence_rate: float = option(0.10, gt=0, le=1)
@@ -114,7 +119,7 @@ class CombinationConfig:
     max_rhat: float = option(1.1, gt=1)
     """Shards with a larger split R-hat are left out."""
     outlier_zscore: float = option(3.5, gt=0)
-    """robust_consensus_mc leaves out shards this many robust (median/MAD) z-scores from the median."""
+    """robust_consensus_mc and barycenter leave out shards this many robust (median/MAD) z-scores from the median."""
 
 
 @dataclass(kw_only=True)
