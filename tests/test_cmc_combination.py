@@ -79,6 +79,12 @@ def test_modified_zscores_follow_iglewicz_hoaglin():
     assert robust_outliers(tight, np.full((5, 1), 0.2))[0] == []
     assert robust_outliers(tight)[0] == [4]  # MAD 0: the mean-absolute-deviation fallback
     assert robust_outliers(means[:2])[0] == []  # too few shards to judge
+    # a shard far out whose own posterior is that broad is no outlier (static_issue seed 0's
+    # shard 0: contrast 0.44 +- 0.057 against 0.21 to 0.25 +- 0.014 to 0.024 in the others)
+    contrast = np.array([[0.4427], [0.2072], [0.2537], [0.234]])
+    own = np.array([[0.0566], [0.0143], [0.0243], [0.0193]])
+    assert robust_outliers(contrast, 2.0 * own)[0] == []
+    assert robust_outliers(contrast, np.full((4, 1), 2.0 * np.median(own)))[0] == [0]
 
 
 def linear_gaussian_case(rng, n_shards=4, d=3, n_obs=40, noise=0.5):

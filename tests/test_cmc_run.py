@@ -159,7 +159,8 @@ def test_static_default_settings_recover_the_truth(tmp_path):
     check_recovers_truth(result, sim)
     doc = result.to_json_dict()
     assert doc["method"] == "cmc" and doc["n_ranks"] == 1
-    assert doc["combination"]["method"] == "robust_consensus_mc"
+    assert doc["combination"]["method"] == "barycenter"
+    assert doc["priors"]["likelihood_power"] == 4 and doc["priors"]["tempering_power"] == 1.0
     assert set(doc["parameters"]) == {*sim.problem.names, "sigma"}
     assert doc["parameters"]["sigma"]["mean"] == pytest.approx(0.003, rel=0.05)
     assert doc["sampler"]["num_chains"] == 4 and doc["sampler"]["chain_method"] == "parallel"
@@ -319,24 +320,28 @@ def test_fixed_parameters_and_calibration():
     assert 1.5 < ratio < 2.7
 
 
-def test_reparametrisation_scale_is_the_tempered_likelihood_width_not_the_jackknife_std():
+@pytest.mark.parametrize("method", ["robust_consensus_mc", "barycenter"])
+def test_reparametrisation_scale_is_the_shard_likelihood_width_not_the_jackknife_std(method):
     """Priors are as wide as the jackknife says; the unit scale of ``z`` follows the
-    likelihood NUTS actually samples: ``sqrt(K * calibration)`` model std."""
+    likelihood NUTS actually samples: ``sqrt(K * calibration)`` model std for a shard of ``1/K``
+    of the points, ``sqrt(calibration)`` when its likelihood is raised to ``K`` (barycenter)."""
     from types import SimpleNamespace
 
     from homodyne_mpi.cmc.priors import build_priors
 
     sim = simulate("static", n_frames=30)
-    cfg = make_config("static", {"prior": {"width_factor": 10.0}})
+    cfg = make_config("static", {"prior": {"width_factor": 10.0}, "combination": {"method": method}})
     cfg.optimization.nlsq.uncertainty = "jackknife"
     model_std = sim.warm_start.std
     jackknife_std = model_std * np.linspace(2.0, 6.0, model_std.size)  # uneven ratios
     sim.warm_start.jackknife = SimpleNamespace(std=jackknife_std)
+    shards = 1 if method == "barycenter" else 3
     priors = build_priors(cfg, sim.problem, sim.warm_start, n_shards=3, noise_scale=0.003, calibration=5.0)
-    np.testing.assert_allclose(priors.scale, np.sqrt(3 * 5.0) * model_std, rtol=1e-12)
+    np.testing.assert_allclose(priors.scale, np.sqrt(shards * 5.0) * model_std, rtol=1e-12)
     np.testing.assert_allclose(priors.sigma, 10.0 * jackknife_std, rtol=1e-12)
+    assert priors.temper == pytest.approx(np.sqrt(shards))  # the prior is tempered only without the power
     untempered = build_priors(cfg, sim.problem, sim.warm_start, n_shards=3, noise_scale=0.003)
-    np.testing.assert_allclose(untempered.scale, np.sqrt(3) * model_std, rtol=1e-12)
+    np.testing.assert_allclose(untempered.scale, np.sqrt(shards) * model_std, rtol=1e-12)
     with pytest.raises(ValueError, match="calibration"):
         build_priors(cfg, sim.problem, sim.warm_start, n_shards=3, noise_scale=0.003, calibration=0.5)
 

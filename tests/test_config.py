@@ -839,7 +839,7 @@ def test_reference_minimal_laminar_with_static_mode_flag():
     assert cfg.analysis_mode == "laminar_flow"
     assert cfg.initial_parameters.fixed_parameters == ["D_offset", "beta", "gamma_dot_t_offset"]
     assert cfg.optimization.nlsq.loss == "soft_l1"
-    assert cfg.optimization.cmc.combination.method == "robust_consensus_mc"
+    assert cfg.optimization.cmc.combination.method == "barycenter"
     assert cfg.optimization.cmc.sharding.strategy == "random"
     assert "analysis_settings" in cfg.ignored_keys
 

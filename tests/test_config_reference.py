@@ -70,7 +70,7 @@ def changed(value):
     if isinstance(value, float):
         return value * 1.05
     if isinstance(value, str):
-        return {"stratified": "random", "robust_consensus_mc": "consensus_mc"}.get(value, "./from_reference")
+        return {"stratified": "random", "barycenter": "consensus_mc"}.get(value, "./from_reference")
     return 3600.0
 
 

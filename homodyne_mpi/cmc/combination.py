@@ -7,11 +7,13 @@ to ``1/K``; for ``barycenter``, likelihood raised to ``K`` and full prior), with
 - ``consensus_mc`` (Scott et al. 2016): combined draw ``g`` is ``(sum_k W_k)^-1 sum_k
   W_k theta_k[g]``; exact when every sub-posterior is Gaussian.
 - ``gaussian_product``: seeded draws of ``N((sum W_k)^-1 sum W_k m_k, (sum W_k)^-1)``.
-- ``robust_consensus_mc`` (default): ``consensus_mc`` without the shards whose mean is an
+- ``robust_consensus_mc``: ``consensus_mc`` without the shards whose mean is an
   outlier in any parameter: modified z-score ``0.6745 (m_k - median) / MAD`` above
   ``outlier_zscore`` (Iglewicz and Hoaglin), the MAD floored at ``0.6745`` times the
-  median shard posterior std, so closely agreeing shards do not make outliers of others.
-- ``barycenter``: after the same outlier rule (the MAD floored at ``sqrt(K)`` times as much: a
+  median shard posterior std, so closely agreeing shards do not make outliers of others,
+  and at ``0.6745`` times the shard's own std, so a shard whose posterior is broad (one
+  end of a curved valley) is not an outlier for lying within it.
+- ``barycenter`` (default): after the same outlier rule (the MAD floored at ``sqrt(K)`` times as much: a
   sub-posterior with the likelihood to the power ``K`` is ``sqrt(K)`` times narrower than the
   spread of the shard estimates it is centred on), every shard's draws recentred on the average
   shard mean, pooled: ``theta_k[g] - m_k + mean_k m_k``. Each sub-posterior (likelihood to
@@ -134,20 +136,22 @@ def gaussian_product(shard_draws: list[np.ndarray], *, seed: int = 0) -> tuple[n
 
 
 def modified_zscores(means: np.ndarray, stds: np.ndarray | None = None) -> np.ndarray:
-    """``0.6745 (m_k - median) / MAD``, ``(K, d)``, the MAD floored at ``0.6745 * median_k stds``;
-    where it is 0, 1.2533 times the mean absolute deviation is used, and where that is 0, 0."""
+    """``0.6745 (m_k - median) / MAD``, ``(K, d)``, shard ``k``'s MAD floored at ``0.6745 *
+    max(median_k stds, stds_k)`` (a shard whose own posterior is broad may lie far out); where
+    the MAD is 0, 1.2533 times the mean absolute deviation is used, and where that is 0, 0."""
     means = np.atleast_2d(np.asarray(means, dtype=np.float64))
     median = np.median(means, axis=0)
     deviation = np.abs(means - median)
-    mad = np.median(deviation, axis=0)
+    mad = np.broadcast_to(np.median(deviation, axis=0), means.shape)
     if stds is not None:
-        mad = np.maximum(mad, MAD_TO_Z * np.median(np.atleast_2d(stds), axis=0))
+        stds = np.atleast_2d(stds)
+        mad = np.maximum(mad, MAD_TO_Z * np.maximum(np.median(stds, axis=0), stds))
     scores = np.zeros_like(means)
     positive = mad > 0
-    scores[:, positive] = MAD_TO_Z * (means[:, positive] - median[positive]) / mad[positive]
-    mean_ad = np.mean(deviation, axis=0)
+    scores[positive] = MAD_TO_Z * (means - median)[positive] / mad[positive]
+    mean_ad = np.broadcast_to(np.mean(deviation, axis=0), means.shape)
     fallback = ~positive & (mean_ad > 0)
-    scores[:, fallback] = (means[:, fallback] - median[fallback]) / (1.253314 * mean_ad[fallback])
+    scores[fallback] = (means - median)[fallback] / (1.253314 * mean_ad[fallback])
     return scores
 
 

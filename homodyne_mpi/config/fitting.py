@@ -104,7 +104,7 @@ class PerShardMCMCConfig:
 class CombinationConfig:
     """Shard filtering and consensus."""
 
-    method: str = option("robust_consensus_mc", choices=COMBINATION_METHODS)
+    method: str = option("barycenter", choices=COMBINATION_METHODS)
     """How the shard posteriors are combined:
     - consensus_mc: precision-weighted consensus of the shard draws (Scott et al. 2016)
     - robust_consensus_mc: the same after dropping outlying shards (outlier_zscore)
