@@ -45,6 +45,12 @@ INIT_JITTER = 0.5
 """Spread (in shard-posterior widths) of the chains' starting points around the NLSQ value."""
 
 
+def prior_temper(n_shards: int, likelihood_power: int) -> float:
+    """Factor on every prior width of a shard: ``sqrt(K)`` (prior to the power ``1/K``), or 1 when
+    the shard's likelihood is raised to a power instead."""
+    return 1.0 if likelihood_power > 1 else math.sqrt(n_shards)
+
+
 @dataclass(frozen=True)
 class PriorSpec:
     """Priors of the sampled parameters (full-data, untempered) and the reparametrisation."""
@@ -89,8 +95,8 @@ class PriorSpec:
 
     @property
     def temper(self) -> float:
-        """Tempering factor on every prior width: ``sqrt(K)``, or 1 when the likelihood is raised instead."""
-        return 1.0 if self.likelihood_power > 1 else math.sqrt(self.n_shards)
+        """Tempering factor on every prior width (``prior_temper``)."""
+        return prior_temper(self.n_shards, self.likelihood_power)
 
     def to_dict(self) -> dict:
         """JSON-ready description for ``cmc/result.json``."""
@@ -126,7 +132,7 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
     names = list(problem.names)
     index = np.flatnonzero(np.asarray(problem.free, dtype=bool))
     power = n_shards if cfg.optimization.cmc.combination.method in SCALED_LIKELIHOOD_METHODS else 1
-    temper = 1.0 if power > 1 else math.sqrt(n_shards)
+    temper = prior_temper(n_shards, power)
     base = np.asarray(problem.theta0, dtype=float).copy()
     nlsq_std = model_std = None
     if warm_start is not None:

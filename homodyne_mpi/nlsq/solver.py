@@ -48,9 +48,9 @@ class LMOptions:
     ftol: float = 1e-10
     initial_damping: float = 1e-3
     initial_growth: float = 2.0
+    """Factor of the damping at the next rejected step (it doubles with each rejection in a row)."""
     initial_trusted: bool = True
     """Whether the quadratic model is trusted at the first step (a resumed fit restores its own)."""
-    """Factor of the damping at the next rejected step (it doubles with each rejection in a row)."""
     max_damping: float = 1e16
     decrement_tol: float = 0.0
     """Stop when the Gauss-Newton decrement ``g^T H^-1 g`` (cost units) is at most this (0: off)."""
