@@ -207,7 +207,7 @@ def test_distributed_block_is_whole_chunks_and_the_device_block_shares_its_memor
 def test_a_fit_that_runs_out_of_iterations_in_a_flat_valley_says_it_was_crawling(tmp_path):
     """Laminar flow with frame-shared (speckle) noise, seed 13: the least-squares optimum lies at the
     end of the valley where ``beta -> 0`` and ``gamma_dot_t0 + gamma_dot_t_offset`` is all the data
-    fix (it takes over 300 iterations to reach it, each lowering chi2 by under 0.2). Stopped after 60
+    fix (it takes over 300 iterations to reach it, each lowering chi2 by under 0.25). Stopped after 60
     iterations, the reason says how little chi2 still fell and calls it a crawl; a well-posed static
     fit stopped after 2 iterations from the template start (no start search) does not."""
     from homodyne_mpi.data.simulate import simulate_dataset
