@@ -124,20 +124,45 @@ def test_the_gradient_of_the_log_density_matches_finite_differences(shard, gradi
     np.testing.assert_allclose(np.asarray(gradient(w)), numeric, rtol=1e-5, atol=1e-6)
 
 
-def test_the_site_is_close_to_unit_normal_at_the_warm_start(shard, gradient):
+def test_the_site_is_close_to_unit_normal_at_the_warm_start(shard):
     """With an exact warm start the Hessian of -log density at w = 0 (central differences
     of the gradient) is near the identity: the pairs exactly, the physical parameters and
     the noise up to their nonlinearity."""
-    _, _, model, _ = shard
-    step = 1e-4
-    unit = np.eye(model.n_site)
-    hessian = np.stack(
-        [-(np.asarray(gradient(jnp.asarray(step * e))) - np.asarray(gradient(jnp.asarray(-step * e)))) / (2 * step) for e in unit]
-    )
-    values = np.linalg.eigvalsh(0.5 * (hessian + hessian.T))
+    _, _, model, data = shard
+    hessian = site_hessian(model, data)
+    values = np.linalg.eigvalsh(hessian)
     pair_block = np.diag(hessian)[model.priors.n_sampled - 2 * model.n_pairs : model.priors.n_sampled]
     np.testing.assert_allclose(pair_block, 1.0, atol=0.02)
     assert values.min() > 0.5 and values.max() < 2.0
+
+
+def site_hessian(model, data, step: float = 1e-4) -> np.ndarray:
+    """Hessian of ``-log density`` at ``w = 0`` by central differences of its autodiff gradient."""
+    gradient = jax.jit(jax.grad(lambda v: model.log_density(v, data)))
+    unit = np.eye(model.n_site)
+    rows = [-(np.asarray(gradient(jnp.asarray(step * e))) - np.asarray(gradient(jnp.asarray(-step * e)))) / (2 * step) for e in unit]
+    hessian = np.stack(rows)
+    return 0.5 * (hessian + hessian.T)
+
+
+@pytest.mark.parametrize("side", ["lower", "upper"])
+def test_a_warm_start_on_a_bound_keeps_the_site_near_unit_scale(shard, side):
+    """NLSQ often stops on a bound (laminar D_offset at -1e4): the whitening must not be set by the
+    clamp's vanishing slope there. Before the reference point was moved inside, the Hessian at
+    w = 0 had eigenvalues of 1e5 and -3e4 (NUTS' step size collapsed, every tree hit depth 10)."""
+    sim, _, _, data = shard
+    k = sim.problem.names.index("D_offset")
+    lower, upper = sim.problem.lower.copy(), sim.problem.upper.copy()
+    (lower if side == "lower" else upper)[k] = sim.warm_start.theta[k]  # the optimum sits on the bound
+    problem = dataclasses.replace(sim.problem, lower=lower, upper=upper)
+    priors = build_priors(sim.cfg, problem, sim.warm_start, n_shards=1, noise_scale=noise_scale_of(sim.points.weight))
+    model = ShardModel(priors, problem.spec, problem.layout, problem.phi, n_points=len(sim.points))
+    values = np.linalg.eigvalsh(site_hessian(model, data))
+    assert values.min() > 0.2 and values.max() < 40.0, values
+    # w = 0 lies inside the bound, where the posterior has its mass
+    offset = float(np.asarray(model.sampled_vector({"w": jnp.zeros(model.n_site)}, data))[priors.names.index("D_offset")])
+    inside = offset - lower[k] if side == "lower" else upper[k] - offset
+    assert 0.1 * priors.scale[priors.names.index("D_offset")] < inside < priors.scale[priors.names.index("D_offset")]
 
 
 def test_far_out_coordinates_of_a_pair_stay_inside_its_bounds(shard):

@@ -33,7 +33,16 @@ from .priors import NOISE_PRIOR_SCALE, PriorSpec
 from .scaling import pairs_from_eps
 
 INIT_MARGIN = 1e-6
-"""Starting points stay this fraction of the bound width inside the bounds."""
+"""Chain starts read from a point (``site_of``) stay this fraction of the bound width inside the bounds."""
+
+REFERENCE_MARGIN = 0.5
+"""The whitening's reference point (``w = 0``) stays this many expected posterior widths inside
+each bound (the middle of an interval narrower than twice that), so that a warm start on a bound
+does not set the whitening from the clamp's vanishing slope there."""
+
+MIN_SLOPE = 0.5
+"""Floor on the clamp's slope used for the whitening: near a bound, or on an interval narrower
+than the posterior, the posterior of ``y`` is a few units wide, not ``1 / slope``."""
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -95,7 +104,8 @@ class ShardModel:
     """Callable NumPyro model of a shard; its one sample site ``w`` (``d + 1`` reals) holds:
 
     - ``w_o``, the *whitened* coordinates of the sampled parameters but the profiled pairs:
-      ``z = soft_clamp(y, low, high)``, ``y = y0 + L w_o``, ``y0`` the image of ``z = 0``,
+      ``z = soft_clamp(y, low, high)``, ``y = y0 + L w_o``, ``y0`` the image of ``z = 0`` (moved
+      ``REFERENCE_MARGIN`` inside a bound),
       ``L L^T`` the expected shard-posterior covariance of ``y`` (from the NLSQ correlation);
     - when every contrast and offset is sampled, ``xi``: two standard normals per pair,
       mapped into the pair's bounds around its conditional best fit (``scaling``);
@@ -130,12 +140,13 @@ class ShardModel:
         other = np.arange(2 * self.n_pairs, priors.n_sampled)
         self._other = jnp.asarray(other)
         low, high = unit.low[other], unit.high[other]
-        z_start = np.clip(0.0, low + INIT_MARGIN * (high - low), high - INIT_MARGIN * (high - low))
+        margin = np.minimum(REFERENCE_MARGIN, 0.5 * (high - low))
+        z_start = np.clip(0.0, low + margin, high - margin)
         # z = k soft_clamp(y, low/k, high/k): k the start's distance to its nearer bound
         width = np.maximum(1.0, np.minimum(z_start - low, high - z_start))
         low, high = low / width, high / width
         y0 = soft_clamp_inverse(z_start / width, low, high)
-        slope = width * np.exp(soft_clamp_log_slope(y0, low, high, xp=np))  # dz/dy at the start
+        slope = width * np.maximum(np.exp(soft_clamp_log_slope(y0, low, high, xp=np)), MIN_SLOPE)  # ~dz/dy at the start
         correlation = priors.correlation if priors.correlation is not None else np.eye(priors.n_sampled)
         block = correlation[np.ix_(other, other)]
         self._width, self._low, self._high, self._y0 = map(jnp.asarray, (width, low, high, y0))
