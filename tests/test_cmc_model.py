@@ -140,7 +140,9 @@ def site_hessian(model, data, step: float = 1e-4) -> np.ndarray:
     """Hessian of ``-log density`` at ``w = 0`` by central differences of its autodiff gradient."""
     gradient = jax.jit(jax.grad(lambda v: model.log_density(v, data)))
     unit = np.eye(model.n_site)
-    rows = [-(np.asarray(gradient(jnp.asarray(step * e))) - np.asarray(gradient(jnp.asarray(-step * e)))) / (2 * step) for e in unit]
+    rows = [
+        -(np.asarray(gradient(jnp.asarray(step * e))) - np.asarray(gradient(jnp.asarray(-step * e)))) / (2 * step) for e in unit
+    ]
     hessian = np.stack(rows)
     return 0.5 * (hessian + hessian.T)
 
