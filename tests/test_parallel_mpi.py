@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,33 @@ def test_split_makes_sub_communicators(comm):
     sub = comm.split(comm.rank % 2)
     members = sub.allreduce_sum(np.array([1.0]))[0]
     assert members == len(range(comm.rank % 2, comm.size, 2))
+
+
+def waiting_cpu_seconds(comm, busy_root) -> float:
+    """CPU seconds this rank used while ``busy_root`` (a collective call in which rank 0 sleeps
+    ``ROOT_SLEEP_S``) ran; the largest over the ranks other than 0, on every rank."""
+    comm.barrier()
+    start = time.process_time()
+    busy_root()
+    used = time.process_time() - start
+    return max(comm.allgather_rows(np.array([[used]]))[1:, 0])
+
+
+ROOT_SLEEP_S = 1.5
+
+
+@pytest.mark.parametrize("wait", ["run_on_root", "task_farm"])
+def test_ranks_waiting_for_rank_0_sleep_instead_of_spinning(comm, wait):
+    """MPI's blocking calls spin a core while they wait; on a node shared with rank 0's chains that
+    halved its speed (a one-shard CMC under mpiexec -n 2: rank 1 at 96% CPU in a broadcast). A rank
+    that waits 1.5 s for rank 0 must use under 0.3 s of CPU (a spinning one uses about 1.5 s)."""
+    from homodyne_mpi.parallel.dispatch import Task, run_task_farm
+
+    def sleep_on_root():
+        if wait == "run_on_root":
+            comm.run_on_root(lambda: time.sleep(ROOT_SLEEP_S))
+        else:  # one task: rank 0's own worker takes it, every other rank is out of work at once
+            tasks = [Task({"k": 0})] if comm.is_root else None
+            run_task_farm(comm, tasks, lambda header, arrays: (time.sleep(ROOT_SLEEP_S) or {}, {}))
+
+    assert waiting_cpu_seconds(comm, sleep_on_root) < 0.3

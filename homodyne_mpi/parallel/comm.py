@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ..errors import HomodyneError, collective
+
+IDLE_POLL_S = 0.005
+"""Seconds a waiting rank sleeps between tests of a pending barrier or message (``idle_barrier``)."""
 
 XLA_ALIGNMENT = 64
 """Bytes: XLA's CPU client shares (does not copy) host buffers aligned to this."""
@@ -82,6 +86,12 @@ class Comm:
     def barrier(self) -> None:
         return None
 
+    def idle_barrier(self, poll_s: float = IDLE_POLL_S) -> None:
+        """A barrier that sleeps while it waits (``poll_s`` between tests), for ranks that may wait
+        long for another (the root sampling a shard, writing results): MPI's blocking calls spin a
+        core, which on a shared or oversubscribed node slows the rank being waited for."""
+        return None
+
     def abort(self, code: int = 1) -> None:
         os._exit(code)
 
@@ -122,6 +132,7 @@ class Comm:
                 outcome = (True, fn())
             except HomodyneError as error:
                 outcome = (False, error)
+        self.idle_barrier()  # the other ranks sleep, not spin, while the root works
         ok, value = self.bcast(outcome, root=root)
         if not ok:
             raise collective(value)
@@ -208,6 +219,11 @@ class MPIComm(Comm):
 
     def barrier(self) -> None:
         self._comm.Barrier()
+
+    def idle_barrier(self, poll_s: float = IDLE_POLL_S) -> None:
+        request = self._comm.Ibarrier()
+        while not request.Test():
+            time.sleep(poll_s)
 
     def abort(self, code: int = 1) -> None:
         self._comm.Abort(code)

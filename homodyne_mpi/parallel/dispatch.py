@@ -4,7 +4,10 @@ Rank 0's main thread is the manager and the only thread that calls MPI (``MPI_TH
 it owns the queue, answers requests and calls ``on_result`` for each result as it arrives (CMC
 checkpoints the shard there); rank 0's own share runs in a worker thread fed from the same queue.
 Every other rank sends ``READY`` (with its previous result) and receives a task or ``STOP``. Arrays
-travel as NumPy buffers (``Send``/``Recv`` after a pickled header of dtypes and shapes).
+travel as NumPy buffers (``Send``/``Recv`` after a pickled header of dtypes and shapes). A rank
+waiting for a task sleeps ``POLL_S`` between probes, and a rank out of tasks sleeps in
+``Comm.idle_barrier`` until the farm ends: MPI's blocking receive spins a core, which slowed
+rank 0's chains on a shared node.
 
 An ``Exception`` from ``work`` becomes a result header with ``farm_error`` and ``traceback``, so
 nothing hangs; ``passthrough`` types and other ``BaseException`` propagate (re-raised in rank 0's
@@ -143,6 +146,8 @@ def _worker_loop(comm: Comm, work: WorkFn, should_stop: Callable[[], bool] | Non
         ready = dict(load=vars(load).copy(), stop=stop, host=comm.host, task=task, result=out_header, seconds=seconds)
         _send(raw, ready, out_arrays, dest=0, tag=TAG_READY)
         waited = time.perf_counter()
+        while not raw.Iprobe(source=0, tag=TAG_TASK):  # sleep, not spin, while rank 0 is busy
+            time.sleep(POLL_S)
         task, spec = raw.recv(source=0, tag=TAG_TASK)
         arrays = _recv_arrays(raw, spec, 0)
         if task is None:
@@ -290,8 +295,11 @@ def run_task_farm(
     if task_limit is not None:
         work = task_limit.guarded(work)
     if comm.is_root:
-        return _manager(
+        stats = _manager(
             comm, list(tasks or []), work, on_result or (lambda result: None), should_stop, tuple(passthrough), task_limit
         )
+        comm.idle_barrier()
+        return stats
     _worker_loop(comm, work, should_stop, tuple(passthrough))
+    comm.idle_barrier()  # a rank out of tasks sleeps until rank 0's last task is in
     return None
