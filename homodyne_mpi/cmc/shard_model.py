@@ -9,7 +9,8 @@ Likelihood: a point of angle ``a`` has ``value ~ Normal(c2_model, u / weight)``
 (``weight = 1/sigma_a``): ``log L = -0.5 * sum((weight * (value - c2) / u)**2) - n *
 log(u)`` over the points with ``weight > 0`` (zero weight is padding), divided by
 ``calibration`` (>= 1) and multiplied by ``priors.likelihood_power`` (``K`` for the
-``barycenter`` combination, else 1). NUTS samples an unconstrained, whitened vector ``w``
+``barycenter`` combination, else 1). With the pairs profiled the sum comes from the pair sums
+that profiling needs anyway (``scaling``), not from a second pass over the points. NUTS samples an unconstrained, whitened vector ``w``
 (``ShardModel``) in which the expected shard posterior is the unit normal.
 """
 
@@ -163,8 +164,9 @@ class ShardModel:
         return self.priors.n_sampled + 1
 
     def transform(self, w, data: ShardData):
-        """``(theta, u, g1_sq, log_jacobian)`` at ``w``: full parameter vector, noise factor, ``g1^2`` at
-        the points when the pairs are profiled (else None), ``log |d(z, u)/dw|`` up to a constant."""
+        """``(theta, u, chi2, log_jacobian)`` at ``w``: full parameter vector, noise factor, the weighted
+        chi-square ``sum (weight * (value - c2))^2`` of the shard when the pairs are profiled (it comes
+        with them, ``scaling``; else None), ``log |d(z, u)/dw|`` up to a constant."""
         d = self.priors.n_sampled
         n_other = d - 2 * self.n_pairs
         y = self._y0 + self._whiten @ w[:n_other]
@@ -181,11 +183,11 @@ class ShardModel:
         g1_sq = c2_points(physical, ones, 0.0 * ones, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
         p, xi = self.n_pairs, w[n_other:d]
         pair = self._pair_of_angle[data.angle]
-        offset, contrast, log_det = pairs_from_eps(
+        offset, contrast, log_det, chi2 = pairs_from_eps(
             g1_sq, data.value, data.weight, pair, p, u, self.calibration, xi[:p], xi[p:], self._pair_low, self._pair_high
         )
         theta = theta.at[self._index[:p]].set(contrast).at[self._index[p : 2 * p]].set(offset)
-        return theta, u, g1_sq, log_jacobian + log_det
+        return theta, u, chi2, log_jacobian + log_det
 
     def theta(self, z) -> jnp.ndarray:
         """Full parameter vector from ``z`` (fixed entries from ``base_theta``)."""
@@ -231,23 +233,21 @@ class ShardModel:
         quadratic = jnp.where(uniform, 0.0, -0.5 * standard * standard)
         return jnp.sum(quadratic - log_norm) + dist.HalfNormal(self.unit.noise_scale).log_prob(u)
 
-    def log_likelihood(self, theta, noise, data: ShardData, g1_sq=None) -> jnp.ndarray:
-        """Gaussian log-likelihood of the shard's points (constants dropped), untempered;
-        ``g1_sq`` at the points when already known."""
-        contrast, offset, physical = self.layout.split(theta)
-        if g1_sq is None:
+    def log_likelihood(self, theta, noise, data: ShardData, chi2=None) -> jnp.ndarray:
+        """Gaussian log-likelihood of the shard's points (constants dropped), untempered; ``chi2``, the
+        weighted chi-square ``sum (weight * (value - c2))^2`` at ``theta``, when already known."""
+        if chi2 is None:
+            contrast, offset, physical = self.layout.split(theta)
             model = c2_points(physical, contrast, offset, self.phi, data.angle, data.frame_i, data.frame_j, self.spec)
-        else:
-            one_hot = (data.angle[:, None] == jnp.arange(offset.shape[0])[None, :]).astype(g1_sq.dtype)
-            model = one_hot @ offset + (one_hot @ contrast) * g1_sq
-        residual = data.weight * (data.value - model) / noise
+            residual = data.weight * (data.value - model)
+            chi2 = jnp.sum(residual * residual)
         n_real = jnp.sum(data.weight > 0)
-        return -0.5 * jnp.sum(residual * residual) - n_real * jnp.log(noise)
+        return -0.5 * chi2 / (noise * noise) - n_real * jnp.log(noise)
 
     def log_density(self, w, data: ShardData) -> jnp.ndarray:
         """Log posterior density of the site ``w`` (constants dropped)."""
-        theta, u, g1_sq, log_jacobian = self.transform(w, data)
-        return self.log_prior(theta, u) + log_jacobian + self.log_likelihood(theta, u, data, g1_sq) / self.calibration
+        theta, u, chi2, log_jacobian = self.transform(w, data)
+        return self.log_prior(theta, u) + log_jacobian + self.log_likelihood(theta, u, data, chi2) / self.calibration
 
     def __call__(self, angle, frame_i, frame_j, value, weight) -> None:
         w = numpyro.sample("w", dist.ImproperUniform(constraints.real_vector, (), event_shape=(self.n_site,)))
