@@ -127,7 +127,9 @@ def test_the_gradient_of_the_log_density_matches_finite_differences(shard, gradi
     # as a difference of terms ~1e5 times larger (scaling.py), so the density carries a rounding
     # error near 1e-7 that a step of 1e-5 would turn into 1e-2 in the quotient.
     step = 1e-2
-    numeric = [(8 * (at(k, step) - at(k, -step)) - (at(k, 2 * step) - at(k, -2 * step))) / (12 * step) for k in range(model.n_site)]
+    numeric = [
+        (8 * (at(k, step) - at(k, -step)) - (at(k, 2 * step) - at(k, -2 * step))) / (12 * step) for k in range(model.n_site)
+    ]
     np.testing.assert_allclose(np.asarray(gradient(w)), numeric, rtol=1e-4, atol=1e-5)
 
 
