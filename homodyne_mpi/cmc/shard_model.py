@@ -216,7 +216,8 @@ class ShardModel:
         return site
 
     def chain_starts(self, num_chains: int) -> np.ndarray:
-        """``(num_chains, n_site)`` centres of the chains' starts: 0 (the NLSQ point), except chains
+        """``(num_chains, n_site)`` centres of the chains' starts: 0 (the NLSQ point, or half a width inside
+        the bound it sits on), except chains
         ``1..n`` at ``priors.chain_starts`` (the far ends of flat NLSQ profiles)."""
         starts = np.zeros((num_chains, self.n_site))
         for chain, sampled in enumerate(self.priors.chain_starts if self.priors.chain_starts is not None else [], start=1):
