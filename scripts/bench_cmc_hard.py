@@ -16,13 +16,15 @@ the consensus average). The JSON is rewritten after every seed, so a stopped run
 what it measured; ``--resume`` reads it back and runs only the (case, seed) pairs it lacks,
 so the 6 x 20 figures can be gathered over several sittings. Runs go seed by seed through
 all cases (seed 0 of every case, then seed 1, ...), so a stopped run has measured every
-case. Each record names the commit that produced it.
+case. Each record names the commit that produced it. The CMC log (retries and why, shards
+left out) goes to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -292,6 +294,9 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --output and skip their (case, seed)")
     args = parser.parse_args()
     comm = get_comm()
+    # the CMC log (retries and their reasons, shards left out) on stderr, one prefix per rank
+    logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {comm.rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("homodyne_mpi.cmc").setLevel(logging.INFO)
     names = [c.strip() for c in args.cases.split(",")]
     unknown = sorted(set(names) - set(CASES))
     if unknown:
