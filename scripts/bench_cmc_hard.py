@@ -74,7 +74,12 @@ CASES = {
     "static_degenerate": {
         **STATIC,
         "physical": [1000.0, -0.05, 200.0],
-        "about": "alpha near 0: D0 and D_offset nearly interchangeable (|corr| > 0.99)",
+        "about": "alpha near 0: a flat, curved D0/alpha/D_offset valley (flagged by the NLSQ profile check)",
+    },
+    "static_correlated": {
+        **STATIC,
+        "physical": [20000.0, -0.3, 5000.0],
+        "about": "a large D_offset beside D0: |corr(D0, D_offset)| 0.994-0.996 at the NLSQ optimum",
     },
     "static_small_shards": {
         **STATIC,
