@@ -180,8 +180,9 @@ def build_priors(cfg, problem, warm_start, *, n_shards: int, noise_scale: float,
     ends = valley_ends(warm_start.profile) if warm_start is not None else []
     if ends:
         chain_starts = np.array([np.clip(theta, problem.lower, problem.upper)[index] for _, _, theta in ends])
-        where = ", ".join(f"{name} {side}" for name, side, _ in ends)
-        log.info("CMC: %d chain(s) start at the far ends of the flat NLSQ profiles (%s)", len(ends), where)
+        used = ends[: max(cfg.optimization.cmc.per_shard_mcmc.num_chains - 1, 0)]  # chain 0 starts at the NLSQ point
+        where = ", ".join(f"{name} {side}" for name, side, _ in used)
+        log.info("CMC: %d chain(s) start at the far ends of the flat NLSQ profiles (%s)", len(used), where)
     spec = PriorSpec(
         names=tuple(names[k] for k in index),
         index=index,
