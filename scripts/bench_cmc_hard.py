@@ -42,7 +42,7 @@ configure_host_devices(4)
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from homodyne_mpi.cmc import run_cmc  # noqa: E402
+from homodyne_mpi.cmc import checkpoint, run_cmc  # noqa: E402
 from homodyne_mpi.cmc.calibration import check_warm_start, likelihood_calibration  # noqa: E402
 from homodyne_mpi.config import load_config, render_template  # noqa: E402
 from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
@@ -172,14 +172,22 @@ def physical_index(problem) -> dict[str, int]:
     return {p: list(problem.names).index(p) for p in problem.layout.physical_names}
 
 
-def shard_mean_median(folder: Path, problem) -> dict[str, list[list[float]]]:
-    """Per physical parameter, ``[mean, median]`` of each checkpointed shard's draws: a mean far
-    from its median marks a skewed shard posterior, which biases the consensus average."""
+def shard_checkpoints(folder: Path) -> list[dict[str, np.ndarray]]:
+    """Each checkpointed shard's ``draws`` and ``num_steps`` (its last attempt), read once, in shard order."""
+    shards = []
+    for path in sorted(checkpoint.shard_folder(folder).glob("*.npz")):
+        with np.load(path) as saved:
+            shards.append({name: saved[name] for name in ("draws", "num_steps") if name in saved.files})
+    return shards
+
+
+def shard_mean_median(shards: list[dict[str, np.ndarray]], problem) -> dict[str, list[list[float]]]:
+    """Per physical parameter, ``[mean, median]`` of each shard's draws (``shard_checkpoints``): a mean
+    far from its median marks a skewed shard posterior, which biases the consensus average."""
     sampled = [int(k) for k in np.flatnonzero(problem.free)]  # the draws' columns, then sigma
     out: dict[str, list[list[float]]] = {p: [] for p in problem.layout.physical_names}
-    for path in sorted((folder / "cmc" / "shards").glob("*.npz")):
-        with np.load(path) as saved:
-            draws = saved["draws"].reshape(-1, saved["draws"].shape[-1])
+    for shard in shards:
+        draws = shard["draws"].reshape(-1, shard["draws"].shape[-1])
         for p, k in physical_index(problem).items():
             if k in sampled:
                 column = draws[:, sampled.index(k)]
@@ -187,14 +195,10 @@ def shard_mean_median(folder: Path, problem) -> dict[str, list[list[float]]]:
     return out
 
 
-def shard_leapfrog_steps(folder: Path) -> list[float]:
-    """Median leapfrog steps per draw of each checkpointed shard (its last attempt): the cost of
-    a draw in gradient evaluations, large where the posterior is broad and curved."""
-    steps = []
-    for path in sorted((folder / "cmc" / "shards").glob("*.npz")):
-        with np.load(path) as saved:
-            steps.append(float(np.median(saved["num_steps"])) if "num_steps" in saved.files else float("nan"))
-    return steps
+def shard_leapfrog_steps(shards: list[dict[str, np.ndarray]]) -> list[float]:
+    """Median leapfrog steps per draw of each shard (``shard_checkpoints``): the cost of a draw in
+    gradient evaluations, large where the posterior is broad and curved."""
+    return [float(np.median(shard["num_steps"])) if "num_steps" in shard else float("nan") for shard in shards]
 
 
 def commit() -> str:
@@ -259,14 +263,15 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path, combination:
             }
             for s in document["shards"]
         ]
+        shards_saved = shard_checkpoints(folder)
         record = {
             "case": name,
             "commit": COMMIT,
             "combination": cfg.optimization.cmc.combination.method,
             "nlsq": {p: [float(built[3].theta[k]), float(built[3].std[k])] for p, k in physical_index(problem).items()},
             "profile_half_widths": {p: [s.half_width for s in sides] for p, sides in built[3].profile.items()},
-            "shard_mean_median": shard_mean_median(folder, problem),
-            "shard_median_leapfrog_steps": shard_leapfrog_steps(folder),
+            "shard_mean_median": shard_mean_median(shards_saved, problem),
+            "shard_median_leapfrog_steps": shard_leapfrog_steps(shards_saved),
             "seed": seed,
             "status": document["status"],
             "reason": document.get("reason"),
