@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from homodyne_mpi.cmc.calibration import CREDIBLE_LEVEL, MIN_DOF, t_widening, tempering_factor
+from homodyne_mpi.cmc.calibration import (
+    CREDIBLE_LEVEL,
+    EXCESS_SIGNIFICANCE,
+    MIN_DOF,
+    significant_excess,
+    t_widening,
+    tempering_factor,
+)
 from homodyne_mpi.nlsq.jackknife import replicate_dof
 
 
@@ -70,3 +77,41 @@ def test_replicate_dof_counts_blocks_that_share_the_spread():
     assert dof[0] == pytest.approx(k)
     assert 1.0 <= dof[1] < 1.3
     assert dof[2] == k - 1
+
+
+def test_an_excess_counts_above_the_chi_square_quantile_of_independent_noise():
+    # two degrees of freedom: P(chi2_2 / 2 > x) = exp(-x), so the 5% point is -ln(0.05) = 2.996
+    limit = -np.log(EXCESS_SIGNIFICANCE)
+    assert not significant_excess(np.array([0.99 * limit]), np.array([2.0]))[0]
+    assert significant_excess(np.array([1.01 * limit]), np.array([2.0]))[0]
+    # with many degrees of freedom the replicates' variance is sharp: 1.2 is already significant
+    assert significant_excess(np.array([1.2]), np.array([400.0]))[0]
+    assert not significant_excess(np.array([1.2]), np.array([20.0]))[0]
+
+
+def test_chance_excesses_of_independent_noise_rarely_temper_the_likelihood():
+    """Replicate variances ``v_ind chi2_nu / nu`` at 2 to 3 degrees of freedom (independent noise): without
+    the significance test most fits with an excess get a factor above 1.3; with it, about 5% of parameters count."""
+    rng = np.random.default_rng(11)
+    n_fits, n_params = 4000, 3
+    dof = rng.uniform(2.0, 3.0, size=(n_fits, n_params))
+    independent = np.full(n_params, 2.05)  # model variances; v_ind of 20 blocks
+    ratio = rng.chisquare(dof) / dof
+    variance_jackknife = 1.0 + np.maximum(ratio * independent - independent, 0.0)  # C + excess
+    use = np.ones(n_params, dtype=bool)
+    plain = [tempering_factor(np.sqrt(v), np.ones(n_params), d, use) for v, d in zip(variance_jackknife, dof)]
+    tested = [tempering_factor(np.sqrt(v), np.ones(n_params), d, use, r) for v, d, r in zip(variance_jackknife, dof, ratio)]
+    assert np.mean(np.asarray(plain) > 1.3) > 0.15
+    assert np.mean(np.asarray(tested) > 1.0) < 0.02  # the median of three needs two significant excesses
+    counted = significant_excess(ratio, dof)
+    assert np.mean(counted) == pytest.approx(EXCESS_SIGNIFICANCE, abs=0.01)
+
+
+def test_a_frame_shared_excess_still_tempers():
+    std_model = np.ones(3)
+    std_jackknife = np.full(3, 4.5)  # speckle data: variance ratio about 20, replicates 9 times v_ind
+    dof = np.full(3, 4.0)
+    use = np.ones(3, dtype=bool)
+    expected = 1.0 + (4.5**2 - 1.0) * t_widening(4.0)
+    assert tempering_factor(std_jackknife, std_model, dof, use, np.full(3, 9.0)) == pytest.approx(expected)
+    assert tempering_factor(std_jackknife, std_model, dof, use, np.full(3, 1.5)) == 1.0

@@ -416,6 +416,49 @@ def test_a_retry_that_would_be_left_out_is_extended_once_more_and_kept(monkeypat
     )
 
 
+def divergent_fractions(monkeypatch, fractions):
+    """Make shard attempt ``k`` have ``fractions[k]`` of its draws flagged divergent (the rest as
+    sampled, none flagged); returns the list of warm-up lengths sampled."""
+    import homodyne_mpi.cmc.worker as runner
+
+    original = runner.sample_shard
+    warmups: list[int] = []
+
+    def flagged(worker, index, data, settings=None):
+        settings = settings or worker.plan.settings
+        warmups.append(settings.num_warmup)
+        out = original(worker, index, data, settings)
+        flags = np.zeros(out.diverging.size, dtype=bool)
+        flags[: int(round(fractions[len(warmups) - 1] * flags.size))] = True
+        out.diverging = flags.reshape(out.diverging.shape)
+        return out
+
+    monkeypatch.setattr(runner, "sample_shard", flagged)
+    return warmups
+
+
+def test_a_retry_above_the_retry_thresholds_is_extended_although_the_combination_would_keep_it(monkeypatch):
+    # 5% divergent after the retry passes the combination's 30% but not the retry's 3% (LENIENT)
+    warmups = divergent_fractions(monkeypatch, [0.5, 0.05, 0.0])
+    sim = simulate(
+        "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
+    shard = run(sim).to_json_dict()["shards"][0]
+    assert len(warmups) == 3 and warmups[2] == 2 * warmups[1]
+    assert shard["num_warmup"] == warmups[2] and shard["divergence_rate"] == 0.0
+    assert shard["retried_because"].split("; then ")[1].startswith("divergence rate 0.0")
+
+
+def test_of_the_attempts_the_one_nearest_the_thresholds_is_kept(monkeypatch):
+    warmups = divergent_fractions(monkeypatch, [0.5, 0.05, 0.2])
+    sim = simulate(
+        "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
+    shard = run(sim).to_json_dict()["shards"][0]
+    assert len(warmups) == 3
+    assert shard["num_warmup"] == warmups[1] and shard["divergence_rate"] == pytest.approx(0.05, abs=0.005)
+
+
 def test_a_shard_that_diverges_is_sampled_again_with_a_higher_target_accept_prob(monkeypatch, tmp_path):
     calls, _ = diverging_first_attempt(monkeypatch)
     sim = simulate(

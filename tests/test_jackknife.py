@@ -180,6 +180,8 @@ def test_speckle_noise_widens_the_jackknife_but_not_the_model_error(tmp_path):
     widened = 1.0 + (speckle_ratio**2 - 1.0) * t_widening(dof)
     assert likelihood_calibration(speckled, problem) == pytest.approx(np.median(widened), rel=1e-9)
     assert likelihood_calibration(speckled, problem) > np.median(speckle_ratio**2)
+    # independent noise: whatever excess the replicates show is within chance, so no tempering
+    assert likelihood_calibration(plain, problem) == 1.0
 
 
 @pytest.mark.timeout(300)

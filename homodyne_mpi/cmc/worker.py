@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import socket
 import time
 import traceback as traceback_module
@@ -101,29 +102,49 @@ def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
     return plan.max_divergence_rate / 10.0, 1.0 + (plan.max_rhat - 1.0) / 2.0
 
 
+def extended_warmup(settings: SamplerSettings) -> SamplerSettings:
+    """``settings`` with twice the warm-up: a shard's last attempt."""
+    return dataclasses.replace(settings, num_warmup=2 * max(settings.num_warmup, 1))
+
+
+def attempt_badness(out: ShardDraws, rhat: np.ndarray, max_divergence_rate: float, max_rhat: float) -> float:
+    """How far an attempt's draws miss the thresholds, in units of each threshold: the larger of
+    divergence rate / ``max_divergence_rate`` and (R-hat - 1) / (``max_rhat`` - 1); at most 1 passes."""
+    rhat_max = float(np.max(rhat))
+    if not np.isfinite(rhat_max):
+        return math.inf
+    return max(float(np.mean(out.diverging)) / max_divergence_rate, (rhat_max - 1.0) / (max_rhat - 1.0))
+
+
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     """One shard, start to end: its draws and diagnostics, or its error and traceback. Draws above
-    the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if still left out
-    by the combination's thresholds, with twice that warm-up; ``retried_because`` says why."""
+    the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if still above them,
+    once more with twice that warm-up; the attempt that misses the thresholds least is kept
+    (``attempt_badness``) and ``retried_because`` says why each retry ran."""
     start = time.perf_counter()
     plan = worker.plan
     result = functools.partial(
         ShardResult, index=index, n_points=int(arrays["floats"].shape[1]), rank=worker.rank, host=worker.host
     )
+    thresholds = retry_thresholds(plan)
     settings, retried_because = plan.settings, None
     try:
         data, _ = shard_data(arrays, plan.n_padded, plan.fill_angle)
         out = sample_shard(worker, index, data)
         rhat, ess = diagnostics(out.draws)
-        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *retry_thresholds(plan))
-        if problem is not None and plan.retry_settings is not None:
-            settings, retried_because = plan.retry_settings, problem
+        kept = (attempt_badness(out, rhat, *thresholds), settings, retried_because, out, rhat, ess)
+        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
+        retries = [] if plan.retry_settings is None else [plan.retry_settings, extended_warmup(plan.retry_settings)]
+        for settings in retries:
+            if problem is None:
+                break
+            retried_because = problem if retried_because is None else f"{retried_because}; then {problem}"
             out, rhat, ess = resample(worker, index, data, settings, problem)
-            problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), plan.max_divergence_rate, plan.max_rhat)
-            if problem is not None:
-                settings = dataclasses.replace(settings, num_warmup=2 * settings.num_warmup)
-                retried_because = f"{retried_because}; then {problem}"
-                out, rhat, ess = resample(worker, index, data, settings, problem)
+            problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
+            badness = attempt_badness(out, rhat, *thresholds)
+            if badness <= kept[0]:
+                kept = (badness, settings, retried_because, out, rhat, ess)
+        _, settings, _, out, rhat, ess = kept
     except Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
