@@ -132,7 +132,13 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
         data, _ = shard_data(arrays, plan.n_padded, plan.fill_angle)
         out = sample_shard(worker, index, data)
         rhat, ess = diagnostics(out.draws)
-        kept = (attempt_badness(out, rhat, *thresholds), settings, retried_because, out, rhat, ess)
+        kept: tuple[float, SamplerSettings, ShardDraws, np.ndarray, np.ndarray] = (
+            attempt_badness(out, rhat, *thresholds),
+            settings,
+            out,
+            rhat,
+            ess,
+        )
         problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
         retries = [] if plan.retry_settings is None else [plan.retry_settings, extended_warmup(plan.retry_settings)]
         for settings in retries:
@@ -143,8 +149,8 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
             problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
             badness = attempt_badness(out, rhat, *thresholds)
             if badness <= kept[0]:
-                kept = (badness, settings, retried_because, out, rhat, ess)
-        _, settings, _, out, rhat, ess = kept
+                kept = (badness, settings, out, rhat, ess)
+        _, settings, out, rhat, ess = kept
     except Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
