@@ -21,7 +21,8 @@ size, see ``homodyne-mpi simulate --help``), fits each from the template default
 fraction with ``|fit - truth| < 2 std`` for the model and the jackknife errors, and the
 median ratio ``std_jackknife / std_model``. For the CMC calibration it also records the
 jackknife's effective degrees of freedom (median over the physical parameters, per seed),
-the tempering factor with and without the Student's t widening, and how often the truth
+the tempering factor with and without the Student's t widening (and with the widening and
+the significance test of ``cmc.calibration``, the factor CMC uses), and how often the truth
 lies within ``1.645 sqrt(c) std_model`` (the 90% interval of a Gaussian posterior tempered
 by ``c``) for each.
 """
@@ -45,7 +46,7 @@ configure_host_devices(1)
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from homodyne_mpi.cmc.calibration import tempering_factor  # noqa: E402
+from homodyne_mpi.cmc.calibration import independent_ratio, tempering_factor  # noqa: E402
 from homodyne_mpi.config import load_config, render_template  # noqa: E402
 from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
 from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
@@ -132,8 +133,9 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     truth = np.array(TRUTH[mode])
     fitted, reported = [], []
     inside_model, inside_jackknife, ratios, converged = [], [], [], 0
-    dofs, tempering, squared_errors = [], {"plain": [], "t_widened": []}, []
-    inside_tempered = {"plain": [], "t_widened": []}
+    dofs, squared_errors = [], []
+    tempering: dict[str, list[float]] = {"plain": [], "t_widened": [], "t_widened_significant": []}
+    inside_tempered: dict[str, list[bool]] = {kind: [] for kind in tempering}
     start = time.perf_counter()
     for seed in range(seeds):
         simulate(workdir, mode, truth, PHI, n_frames, seed, noise_model)
@@ -156,8 +158,13 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
         dof = result.jackknife.effective_dof
         squared_errors.append((error / result.std[physical]) ** 2)
         dofs.append(float(np.median(dof[use])))
-        for kind, kind_dof in (("plain", None), ("t_widened", dof)):
-            factor = tempering_factor(result.std_jackknife, result.std, kind_dof, use)
+        ratio = independent_ratio(result.jackknife)
+        for kind, kind_dof, kind_ratio in (
+            ("plain", None, None),
+            ("t_widened", dof, None),
+            ("t_widened_significant", dof, ratio),
+        ):
+            factor = tempering_factor(result.std_jackknife, result.std, kind_dof, use, kind_ratio)
             tempering[kind].append(factor)
             inside_tempered[kind] += list(error < 1.645 * np.sqrt(factor) * result.std[physical])
     names = problem.layout.physical_names
@@ -185,7 +192,8 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
         "mean_variance_ratio_jackknife_to_model": dict(zip(names, np.mean(np.square(ratios), axis=0).round(2).tolist())),
         "jackknife_effective_dof": {"median": float(np.median(dofs)), "range": [float(min(dofs)), float(max(dofs))]},
         "tempering_factor": {
-            kind: {"median": float(np.median(v)), "range": [float(min(v)), float(max(v))]} for kind, v in tempering.items()
+            kind: {"median": float(np.median(v)), "range": [float(min(v)), float(max(v))], "per_seed": v}
+            for kind, v in tempering.items()
         },
         "coverage_90_tempered_gaussian": {kind: float(np.mean(v)) for kind, v in inside_tempered.items()},
         "seconds": time.perf_counter() - start,
