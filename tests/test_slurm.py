@@ -220,7 +220,9 @@ def static_case(folder: Path, name: str = "static", seed: int = 1) -> Path:
 
 @pytest.fixture(scope="module")
 def long_fit(tmp_path_factory) -> Path:
-    """A laminar NLSQ whose LM loop runs 30 iterations (see tests/test_faults.py)."""
+    """A laminar NLSQ whose LM loop runs 30 iterations (see tests/test_faults.py): 600 frames (1.1e6
+    points), so that the loop after its first iteration lasts seconds, not the 1 s of 400 frames in which a
+    signal sent after iteration 3 arrived when the fit had ended."""
     folder = tmp_path_factory.mktemp("slurm_long")
     data = folder / "laminar.h5"
     simulate_dataset(
@@ -229,7 +231,7 @@ def long_fit(tmp_path_factory) -> Path:
         shear_form="paper",
         q=0.0054,
         dt=0.1,
-        n_frames=400,
+        n_frames=600,
         gap=2.0e6,
         physical=LAMINAR_TRUTH,
         contrast=0.3,
@@ -243,7 +245,7 @@ def long_fit(tmp_path_factory) -> Path:
         "laminar_flow",
         **{
             "analyzer_parameters.dt": 0.1,
-            "analyzer_parameters.end_frame": 400,
+            "analyzer_parameters.end_frame": 600,
             "experimental_data.file_path": str(data),
             "optimization.method": "nlsq",
             "optimization.nlsq.uncertainty": "model",
@@ -402,7 +404,7 @@ def test_requeue_template_checkpoints_on_usr1_requeues_and_resumes_to_the_uninte
         f"--output={log}",
         cwd=tmp_path,
     )
-    wait_for_log_line(log, r"LM +3 ", job, 480)
+    wait_for_log_line(log, r"LM +1 ", job, 480)
     # what --signal=USR1@300 does before the time limit, now: SIGUSR1 to the ranks (not the batch shell)
     sent = subprocess.run(["scancel", "--signal=USR1", job], capture_output=True, text=True, timeout=30, env=slurm_env())
     assert sent.returncode == 0, sent.stderr
@@ -449,7 +451,7 @@ def job_rank_pids(job_id: str) -> dict[int, int]:
 def test_sigkill_of_a_rank_ends_the_slurm_job_within_60_s(slurm, long_fit, tmp_path):
     out = tmp_path / "results"
     job, log = submit_single(tmp_path, long_fit, out, "homodyne-kill")
-    wait_for_log_line(log, r"LM +3 ", job, 480)
+    wait_for_log_line(log, r"LM +1 ", job, 480)
     pids = job_rank_pids(job)
     assert sorted(pids) == list(range(RANKS)), f"rank processes of job {job}: {pids}"
     killed_at = time.monotonic()
