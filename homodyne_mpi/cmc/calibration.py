@@ -81,9 +81,10 @@ def independent_ratio(jackknife) -> np.ndarray:
     what independent noise would give it (infinite where that is zero but the replicates moved, 0 where neither)."""
     replicates = np.diag(np.asarray(jackknife.covariance_replicates, dtype=float))
     independent = np.diag(np.asarray(jackknife.covariance_independent, dtype=float))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(independent > 0, replicates / np.where(independent > 0, independent, 1.0), np.inf)
-    return np.where((independent <= 0) & (replicates <= 0), 0.0, ratio)
+    positive = independent > 0
+    ratio = np.where(replicates > 0, np.inf, 0.0)
+    ratio[positive] = replicates[positive] / independent[positive]
+    return ratio
 
 
 def likelihood_calibration(nlsq_result, problem) -> float:

@@ -51,11 +51,16 @@ class RootState:
     reused: dict[int, ShardResult] = field(default_factory=dict)
 
 
+def doubled_warmup(settings: SamplerSettings) -> SamplerSettings:
+    """``settings`` with twice the warm-up (at least 2): each further attempt at a shard."""
+    return dataclasses.replace(settings, num_warmup=2 * max(settings.num_warmup, 1))
+
+
 def retry_settings_for(settings: SamplerSettings, retry_target_accept_prob: float) -> SamplerSettings | None:
     """A shard's second attempt: twice the warm-up and the higher ``target_accept_prob``, or None."""
     if not retry_target_accept_prob > settings.target_accept_prob:
         return None
-    return dataclasses.replace(settings, num_warmup=2 * max(settings.num_warmup, 1), target_accept_prob=retry_target_accept_prob)
+    return dataclasses.replace(doubled_warmup(settings), target_accept_prob=retry_target_accept_prob)
 
 
 def plan_run(

@@ -6,7 +6,6 @@ shard's own failure (the error and traceback go into the ``ShardResult``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -19,7 +18,7 @@ import numpy as np
 from ..data.points import PointSet
 from ..errors import Interrupted
 from ..parallel.watchdog import TaskLimit
-from .plan import RunPlan
+from .plan import RunPlan, doubled_warmup
 from .sampler import SamplerSettings, ShardDraws, ShardResult, ShardSampler, diagnostics
 from .shard_model import ShardData, ShardModel
 
@@ -102,11 +101,6 @@ def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
     return plan.max_divergence_rate / 10.0, 1.0 + (plan.max_rhat - 1.0) / 2.0
 
 
-def extended_warmup(settings: SamplerSettings) -> SamplerSettings:
-    """``settings`` with twice the warm-up: a shard's last attempt."""
-    return dataclasses.replace(settings, num_warmup=2 * max(settings.num_warmup, 1))
-
-
 def attempt_badness(out: ShardDraws, rhat: np.ndarray, max_divergence_rate: float, max_rhat: float) -> float:
     """How far an attempt's draws miss the thresholds, in units of each threshold: the larger of
     divergence rate / ``max_divergence_rate`` and (R-hat - 1) / (``max_rhat`` - 1); at most 1 passes."""
@@ -140,7 +134,7 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
             ess,
         )
         problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
-        retries = [] if plan.retry_settings is None else [plan.retry_settings, extended_warmup(plan.retry_settings)]
+        retries = [] if plan.retry_settings is None else [plan.retry_settings, doubled_warmup(plan.retry_settings)]
         for settings in retries:
             if problem is None:
                 break
