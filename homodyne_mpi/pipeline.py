@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .compiled_kernels import over_limit, release_compiled_kernels
 from .data.loader import count_config_dataset_points
 from .data.points import PointSet
 from .data.stream import PointSource
@@ -76,6 +77,9 @@ class BatchRunner:
     fresh: bool = False
     group_size: int | None = None
     """Ranks per group; ``None``: automatic."""
+    maps_limit: int | None = None
+    """Memory maps of a rank's process above which JAX's compiled kernels are dropped between data sets
+    (``compiled_kernels``); ``None``: half of ``vm.max_map_count``."""
     comm: Comm = field(init=False)
     """This rank's group (the world until ``run`` splits it)."""
     writer: AsyncWriter | None = field(default=None, init=False)
@@ -117,12 +121,23 @@ class BatchRunner:
                 record = next(loader) if loader is not None else None
                 log.info("data set %d/%d: %s", position + 1, len(mine), datasets[index].name)
                 outcomes[index] = self.run_dataset(datasets[index], record)
+                self.release_kernels()
         except Interrupted as error:
             interrupted = error
         finally:
             if loader is not None:
                 loader.close()
         return self.finish(outcomes, plan, batch_start, interrupted)
+
+    def release_kernels(self) -> None:
+        """Between data sets: drop JAX's compiled kernels when this process holds more than ``maps_limit`` memory
+        maps (each data set's model spec compiles new ones, and JAX keeps them); waits for the background writes
+        first, as writing ``fit.h5`` runs a kernel."""
+        if not over_limit(self.maps_limit):
+            return
+        if self.writer is not None:
+            self.writer.wait_all()
+        release_compiled_kernels()
 
     def plan_groups(self, datasets: list) -> GroupPlan:
         """World rank 0: the rank groups and their data sets (sizes read from the files' metadata)."""

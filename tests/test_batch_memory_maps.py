@@ -1,0 +1,85 @@
+"""A long batch in one process does not keep every data set's compiled kernels (memory maps stay bounded).
+
+Each data set's model spec (q, dt, frames) is a static argument of the NLSQ kernels, so every data set
+compiles new ones, each holding memory maps; JAX kept them all (about 320 maps per small static data set
+with the jackknife, about 3,150 with CMC) until a process passed ``vm.max_map_count`` and died.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import write_config
+
+from homodyne_mpi import pipeline
+from homodyne_mpi.compiled_kernels import default_maps_limit, max_map_count, memory_map_count
+from homodyne_mpi.data.simulate import simulate_dataset
+from homodyne_mpi.parallel import SerialComm
+
+LIMIT_ABOVE_START = 1200
+"""The batch's ``maps_limit``: this many maps above the count when the test starts (about four data sets)."""
+MARGIN = 1500
+"""The count after the last data set may exceed the count after the first two by at most this (about 100
+kernels); keeping every kernel, 12 data sets end about 3,000 above it."""
+SHAPES = [(30, 2), (40, 3), (50, 2), (30, 3)]
+"""(frames, angles) of the data sets in turn; each data set has its own q as well, as a batch over q bins."""
+
+
+def test_maps_count_is_read_on_linux():
+    count = memory_map_count()
+    assert count is not None and count > 10
+    assert max_map_count() > 0 and default_maps_limit() == max_map_count() // 2
+
+
+def test_batch_of_many_shapes_keeps_maps_bounded(tmp_path, monkeypatch):
+    datasets = []
+    for k in range(12):
+        n_frames, n_angles = SHAPES[k % len(SHAPES)]
+        q = 0.004 + 0.0001 * k
+        path = tmp_path / f"d{k}.h5"
+        simulate_dataset(
+            path,
+            mode="static",
+            shear_form="paper",
+            q=q,
+            dt=0.1,
+            gap=2e6,
+            phi=list(np.linspace(0.0, 90.0, n_angles)),
+            n_frames=n_frames,
+            physical=[8000.0 * (0.0054 / q) ** 2, -0.3, 30.0],
+            contrast=0.3,
+            offset=1.0,
+            noise_sigma=0.01,
+            seed=k + 1,
+        )
+        datasets.append({"file_path": str(path), "name": f"d{k}", "wavevector_q": [q]})
+    config = write_config(
+        tmp_path / "batch.yaml",
+        "static",
+        **{
+            "analyzer_parameters.dt": 0.1,
+            "experimental_data.file_path": None,
+            "experimental_data.datasets": datasets,
+            "output.plots": False,
+            "optimization.nlsq.uncertainty": "jackknife",
+            "optimization.nlsq.jackknife_blocks": 10,
+        },
+    )
+    from homodyne_mpi.config import load_config
+
+    counts: list[int] = []  # at the start of each data set: after the one before and its clean-up
+    run_dataset = pipeline.BatchRunner.run_dataset
+
+    def counted(self, dataset, record):
+        counts.append(memory_map_count())
+        return run_dataset(self, dataset, record)
+
+    monkeypatch.setattr(pipeline.BatchRunner, "run_dataset", counted)
+    limit = memory_map_count() + LIMIT_ABOVE_START
+    code = pipeline.run_batch(
+        load_config(str(config)), SerialComm(), method="nlsq", output_dir=tmp_path / "out", maps_limit=limit
+    )
+    last = memory_map_count()
+    assert code == 0
+    assert all((tmp_path / "out" / f"d{k}" / "nlsq" / "result.json").exists() for k in range(12))
+    after_first_two = counts[2]
+    assert last <= after_first_two + MARGIN, f"maps at the start of each data set {counts}, after the last {last}"
