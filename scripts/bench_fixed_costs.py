@@ -1,7 +1,7 @@
 """Where the time of a warm single-rank job goes: 1e6-point static data, jackknife on.
 
 Usage: python scripts/bench_fixed_costs.py [--repeats 3] [--workdir DIR] [--output FILE] [--passes-both-ways]
-                                          [--baseline DIR]
+                                          [--baseline DIR] [--default-threads]
 
 Simulates a static data set of 6 angles x 578 frames (1,000,518 upper-triangle points,
 sigma 0.02) once, runs ``homodyne-mpi run`` on it once to fill the compilation cache,
@@ -16,6 +16,9 @@ over the data (``result.json`` ``jackknife.passes``). Prints and writes JSON.
 ``--baseline DIR`` (a git worktree of other code, for example ``git worktree add
 /tmp/base <commit>``) runs that code's job after each of this code's, in the same
 minutes, and reports both (``baseline``).
+
+``--default-threads`` runs, after each of those jobs, the same job with XLA's default
+threading (every core, as a user's job runs) and reports it (``default_threads``).
 
 ``--passes-both-ways`` adds, in this process, one fit of the same data followed by the
 jackknife with the shared first pass and with each refit making its own first pass
@@ -77,15 +80,16 @@ exit_process(code)
 """Runs the CLI in one process and prints wall-clock marks of its phases."""
 
 
-def one_job(config: Path, out: Path, source_tree: str | None = None) -> dict:
+def one_job(config: Path, out: Path, source_tree: str | None = None, *, one_thread: bool = True) -> dict:
     """One warm job: its phases by wall clock and the stages it timed itself.
 
     ``source_tree``: run the package found in that folder (a checkout of other code)
     instead of the installed one; the job then starts in ``out``, so that the current
-    folder's package cannot shadow it.
+    folder's package cannot shadow it. ``one_thread``: XLA held to one thread (else
+    XLA's own default, as a user's job runs).
     """
     command = [sys.executable, "-c", WRAPPER, "run", str(config), "--output-dir", str(out), "--fresh"]
-    env = single_core_environment()
+    env = single_core_environment() if one_thread else dict(os.environ)
     if source_tree is not None:
         env["PYTHONPATH"] = str(Path(source_tree).resolve())
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +166,11 @@ def main() -> None:
     parser.add_argument(
         "--baseline", metavar="DIR", help="a checkout of other code (git worktree) whose jobs alternate with this code's"
     )
+    parser.add_argument(
+        "--default-threads",
+        action="store_true",
+        help="also run each job with XLA's default threads (all cores, as a user's job), alternating with the one-thread job",
+    )
     args = parser.parse_args()
     load_average = os.getloadavg()
     workdir = Path(args.workdir)
@@ -172,11 +181,13 @@ def main() -> None:
     baseline_runs = []
     if args.baseline:
         one_job(config, out, args.baseline)  # the baseline's kernels may differ: fill the cache for them too
-    runs = []
+    runs, default_thread_runs = [], []
     for _ in range(args.repeats):  # alternating, so that both see the same machine
         runs.append(one_job(config, out))
         if args.baseline:
             baseline_runs.append(one_job(config, out, args.baseline))
+        if args.default_threads:
+            default_thread_runs.append(one_job(config, out, one_thread=False))
     write_json(
         args.output,
         {
@@ -190,6 +201,9 @@ def main() -> None:
                 {"baseline": {"source_tree": args.baseline, **summary(baseline_runs), "runs": baseline_runs}}
                 if args.baseline
                 else {}
+            ),
+            **(
+                {"default_threads": {**summary(default_thread_runs), "runs": default_thread_runs}} if args.default_threads else {}
             ),
             **({"jackknife_both_ways": passes_both_ways(config)} if args.passes_both_ways else {}),
         },
