@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .compiled_kernels import over_limit, release_compiled_kernels
+from .batch_memory import over_limit, release_compiled_kernels, return_freed_heap_if_grown
 from .data.loader import count_config_dataset_points
 from .data.points import PointSet
 from .data.stream import PointSource
@@ -79,9 +79,11 @@ class BatchRunner:
     """Ranks per group; ``None``: automatic."""
     maps_limit: int | None = None
     """Memory maps of a rank's process above which JAX's compiled kernels are dropped between data sets
-    (``compiled_kernels``); ``None``: half of ``vm.max_map_count``."""
+    (``batch_memory``); ``None``: ``default_maps_limit()``."""
     comm: Comm = field(init=False)
     """This rank's group (the world until ``run`` splits it)."""
+    _heap_floor_mb: float | None = field(default=None, init=False)
+    """Resident set (MB) after the last return of freed heap (``release_memory``)."""
     writer: AsyncWriter | None = field(default=None, init=False)
     nlsq_documents: dict[Path, dict] = field(default_factory=dict, init=False)
     """Rank 0: each data set's NLSQ result document (reference lines in CMC figures)."""
@@ -121,7 +123,8 @@ class BatchRunner:
                 record = next(loader) if loader is not None else None
                 log.info("data set %d/%d: %s", position + 1, len(mine), datasets[index].name)
                 outcomes[index] = self.run_dataset(datasets[index], record)
-                self.release_kernels()
+                if position + 1 < len(mine):
+                    self.release_memory()
         except Interrupted as error:
             interrupted = error
         finally:
@@ -129,15 +132,17 @@ class BatchRunner:
                 loader.close()
         return self.finish(outcomes, plan, batch_start, interrupted)
 
-    def release_kernels(self) -> None:
-        """Between data sets: drop JAX's compiled kernels when this process holds more than ``maps_limit`` memory
-        maps (each data set's model spec compiles new ones, and JAX keeps them); waits for the background writes
-        first, as writing ``fit.h5`` runs a kernel."""
-        if not over_limit(self.maps_limit):
-            return
-        if self.writer is not None:
-            self.writer.wait_all()
-        release_compiled_kernels()
+    def release_memory(self) -> None:
+        """Between data sets (``batch_memory``): drop JAX's compiled kernels after a data set that ran CMC (its
+        sampler was compiled for that data set's priors and is never used again) or when this process holds more
+        than ``maps_limit`` memory maps (each data set's model spec compiles new NLSQ kernels, and JAX keeps
+        them), after waiting for the background writes (writing ``fit.h5`` runs a kernel); then hand freed heap
+        back to the system once the resident set has grown ``HEAP_TRIM_GROWTH_MB`` since the last time."""
+        if self.method in ("cmc", "both") or over_limit(self.maps_limit):
+            if self.writer is not None:
+                self.writer.wait_all()
+            release_compiled_kernels()
+        self._heap_floor_mb = return_freed_heap_if_grown(self._heap_floor_mb)
 
     def plan_groups(self, datasets: list) -> GroupPlan:
         """World rank 0: the rank groups and their data sets (sizes read from the files' metadata)."""
