@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, collective
+from .errors import ConfigError, InputError, collective
 
 log = logging.getLogger("homodyne_mpi.cli")
 
@@ -122,6 +122,7 @@ def attach_negative_values(parser: argparse.ArgumentParser, argv: list[str]) -> 
 def command_run(args, comm) -> int:
     """Fit every data set of CONFIG; run under mpiexec/srun for several ranks."""
     from .config import load_config
+    from .config.fitting import FRAME_SHARED_FIX, frame_shared_problem
     from .parallel.devices import configure_host_devices, enable_compilation_cache
     from .parallel.launch_check import check_launch
     from .parallel.signals import install_stop_handlers
@@ -135,9 +136,13 @@ def command_run(args, comm) -> int:
         log.info("JAX compilation cache: %s", cache)
     from .pipeline import run_batch
 
+    method = args.method or cfg.optimization.method
+    problem = frame_shared_problem(cfg.optimization.nlsq, method)
+    if problem is not None:
+        raise InputError(f"--method {method}: optimization.nlsq.noise_model 'frame_shared' {problem} -- {FRAME_SHARED_FIX}")
     output_dir = Path(args.output_dir or cfg.output.output_dir or DEFAULT_OUTPUT_DIR)
     options = dict(nlsq_warm_start=not args.no_nlsq_warmstart, fresh=args.fresh, group_size=group_size(args, cfg))
-    return run_batch(cfg, comm, method=args.method or cfg.optimization.method, output_dir=output_dir, **options)
+    return run_batch(cfg, comm, method=method, output_dir=output_dir, **options)
 
 
 def group_size(args, cfg) -> int | None:

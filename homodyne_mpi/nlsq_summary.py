@@ -11,6 +11,11 @@ import numpy as np
 CORRELATION_LIMIT = 0.99
 """``|corr|`` of two free physical parameters above which they are reported as degenerate."""
 
+FRAME_SHARED_HINT_RATIO = 2.0
+"""Median ``std_jackknife / std_model`` of the free physical parameters above which an
+independent-noise fit is told that its noise is shared along frames (independent noise
+gives 1.0 to 1.15, speckle data 2 to 6: ``docs/uncertainty.md``)."""
+
 RATE_TIMES = 5
 """Times (log-spaced over the measured frames) at which the report prints ``D(t)`` and ``gamma_dot(t)``."""
 
@@ -81,6 +86,34 @@ def degeneracy_lines(doc: dict) -> list[str]:
     return lines
 
 
+def noise_lines(doc: dict) -> list[str]:
+    """The noise model: with ``frame_shared`` its ``gamma`` (a note); with independent noise, a warning
+    when the jackknife says the noise is shared along frames (``FRAME_SHARED_HINT_RATIO``)."""
+    frame_noise = doc.get("frame_noise")
+    if doc.get("noise_model") == "frame_shared" and frame_noise:
+        return [
+            f"noise model frame_shared: gamma = fs^2/s^2 = {frame_noise['gamma']:.4g}; generalised least squares,"
+            " std from its covariance"
+        ]
+    parameters = doc.get("parameters") or {}
+    ratios = [
+        entry["std_ratio_jackknife_to_model"]
+        for name, entry in parameters.items()
+        if entry
+        and not entry.get("fixed")
+        and entry.get("std_ratio_jackknife_to_model")
+        and name.split("[")[0] not in ("contrast", "offset")
+    ]
+    if not ratios or float(np.median(ratios)) <= FRAME_SHARED_HINT_RATIO:
+        return []
+    return [
+        f"WARNING: the jackknife errors are {float(np.median(ratios)):.1f} times the independent-noise ones: the noise is"
+        " shared along frames (speckle, intensity normalisation); the jackknife widens the errors, but the fit still"
+        " weighs the points as independent and can land far along a valley -- optimization.nlsq.noise_model:"
+        " frame_shared fits for it (docs/nlsq.md)"
+    ]
+
+
 def profile_line(name: str, side: str, half_width: float, reached: bool, value: float) -> str:
     """One wide side of a parameter's chi2 profile, as a warning."""
     where = f"{value:.4g} ({'-' if side == 'minus' else '+'}{half_width:.1f} model std)"
@@ -133,6 +166,7 @@ def log_lines(doc: dict) -> list[str]:
         lines.append(
             f"  jackknife: {len(jackknife['refits_unconverged'])} of {jackknife['blocks']} refits unconverged and excluded (frames {', '.join(jackknife['refits_unconverged'])})"
         )
+    lines += ["  " + line if not line.startswith("WARNING") else line for line in noise_lines(doc)]
     warnings = degeneracy_lines(doc)
     if warnings:
         lines += ["WARNING: " + line for line in warnings] + ["  " + line for line in rate_lines(doc)]

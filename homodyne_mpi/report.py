@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InputError
 from .fit_matrices import describe_fit_file
-from .nlsq_summary import degeneracy_lines, parameter_cell, rate_lines
+from .nlsq_summary import degeneracy_lines, noise_lines, parameter_cell, rate_lines
 from .plots.redraw import find_dataset_dirs, read_result_json
 from .plots.shard_health import shard_reason, shard_state
 from .vocabulary import PARAMETER_UNITS, PHYSICAL_PARAMETERS
@@ -113,6 +113,10 @@ def _nlsq_section(doc: dict) -> list[str]:
         lines.append(
             f"    jackknife     {len(jackknife['refits_unconverged'])} of {jackknife.get('blocks')} refits unconverged, excluded (frames {', '.join(jackknife['refits_unconverged'])})"
         )
+    lines += [
+        f"    WARNING       {line.removeprefix('WARNING: ')}" if line.startswith("WARNING") else f"    noise         {line}"
+        for line in noise_lines(doc)
+    ]
     warnings = degeneracy_lines(doc)
     lines += [f"    WARNING       {line}" for line in warnings]
     if warnings:

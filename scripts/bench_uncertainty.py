@@ -1,6 +1,7 @@
 """Calibration of the NLSQ errors: how often the truth lies within 2 reported std.
 
 Usage: python scripts/bench_uncertainty.py [--seeds 20] [--frames 150] [--blocks 20] [--output FILE]
+           [--noise-model independent|frame_shared]
        python scripts/bench_uncertainty.py --correlator [--seeds 1] [--frame-noise 0.01] [--output FILE]
 
 ``--correlator``: the static speckle case of a correlator file (4 angles, 200 frames,
@@ -12,7 +13,9 @@ std divided by the empirical scatter (standard deviation over seeds) of the fitt
 values, per physical parameter (``calibration_ratio``; ``calibration_ratio_robust`` uses
 1.4826 times the median absolute deviation instead of the standard deviation;
 ``calibration_ratio_z`` is ``1 / rms((fit - truth) / std)`` over the seeds, which stays
-meaningful when the reported std changes from seed to seed).
+meaningful when the reported std changes from seed to seed). ``--noise-model frame_shared``
+fits by generalised least squares under frame-shared noise (``nlsq/gls.py``) and reports the
+calibration of its std, the ``gamma`` estimates and the fits' iterations.
 
 For each mode (static, laminar_flow) and noise model (gaussian, speckle) it simulates
 ``--seeds`` data sets (6 angles, sigma 0.01; speckle adds per-frame terms of the same
@@ -61,8 +64,9 @@ CORRELATOR_TRUTH = [2.0e4, -0.3, 5.0e3]
 CORRELATOR_PHI = [0.0, 45.0, 90.0, 135.0]
 
 
-def write_config(mode: str, n_frames: int, n_blocks: int, workdir: Path) -> Path:
-    """The template config of ``mode`` for the simulated file, jackknife on, at ``workdir``."""
+def write_config(mode: str, n_frames: int, n_blocks: int, workdir: Path, noise_fit: str = "independent") -> Path:
+    """The template config of ``mode`` for the simulated file, jackknife on, at ``workdir``;
+    ``noise_fit``: ``optimization.nlsq.noise_model``."""
     config = yaml.safe_load(render_template(mode))
     config["analyzer_parameters"].update({"dt": 0.1, "end_frame": n_frames})
     config["phi_filtering"]["enabled"] = False
@@ -71,6 +75,7 @@ def write_config(mode: str, n_frames: int, n_blocks: int, workdir: Path) -> Path
     config["optimization"]["nlsq"]["uncertainty"] = "jackknife"
     config["optimization"]["nlsq"]["jackknife_blocks"] = n_blocks
     config["optimization"]["nlsq"]["jackknife_iterations"] = 100
+    config["optimization"]["nlsq"]["noise_model"] = noise_fit
     path = workdir / f"{mode}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -128,7 +133,14 @@ def correlator_case(seed: int, workdir: Path, frame_noise: float = 0.01) -> dict
     }
 
 
-def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int, workdir: Path) -> dict:
+def study(
+    mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int, workdir: Path, noise_fit: str = "independent"
+) -> dict:
+    """One case over ``seeds`` (module docstring); with ``noise_fit`` ``frame_shared`` the fit is the
+    generalised least squares of ``nlsq/gls.py`` and its (model) std is the reported one, so the
+    jackknife's figures (coverage, ratios, degrees of freedom, tempering) are left out."""
+    if noise_fit == "frame_shared":
+        return study_frame_shared(mode, noise_model, seeds, n_frames, workdir)
     path = write_config(mode, n_frames, n_blocks, workdir)
     truth = np.array(TRUTH[mode])
     fitted, reported = [], []
@@ -169,17 +181,13 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
             inside_tempered[kind] += list(error < 1.645 * np.sqrt(factor) * result.std[physical])
     names = problem.layout.physical_names
     scatter = np.std(fitted, axis=0, ddof=1)
-    robust_scatter = 1.4826 * np.median(np.abs(np.asarray(fitted) - np.median(fitted, axis=0)), axis=0)
-    z_rms = np.sqrt(np.mean(((np.asarray(fitted) - truth) / np.asarray(reported)) ** 2, axis=0))
     return {
-        "calibration_ratio_z": dict(zip(names, (1.0 / z_rms).round(3).tolist())),
-        "calibration_ratio_robust": dict(zip(names, (np.median(reported, axis=0) / robust_scatter).round(3).tolist())),
+        **calibration_ratios(names, fitted, reported, truth),
         "per_seed": {
             "values": np.asarray(fitted).tolist(),
             "std": np.asarray(reported).tolist(),
             "std_model": ratios_model(reported, ratios).tolist(),
         },
-        "calibration_ratio": dict(zip(names, (np.median(reported, axis=0) / scatter).round(3).tolist())),
         "calibration_ratio_model": dict(
             zip(names, (np.median(ratios_model(reported, ratios), axis=0) / scatter).round(3).tolist())
         ),
@@ -200,6 +208,50 @@ def study(mode: str, noise_model: str, seeds: int, n_frames: int, n_blocks: int,
     }
 
 
+def calibration_ratios(names, fitted, reported, truth) -> dict:
+    """The three calibration ratios of the module docstring, per physical parameter."""
+    fitted, reported = np.asarray(fitted), np.asarray(reported)
+    scatter = np.std(fitted, axis=0, ddof=1)
+    robust_scatter = 1.4826 * np.median(np.abs(fitted - np.median(fitted, axis=0)), axis=0)
+    z_rms = np.sqrt(np.mean(((fitted - truth) / reported) ** 2, axis=0))
+    return {
+        "calibration_ratio": dict(zip(names, (np.median(reported, axis=0) / scatter).round(3).tolist())),
+        "calibration_ratio_z": dict(zip(names, (1.0 / z_rms).round(3).tolist())),
+        "calibration_ratio_robust": dict(zip(names, (np.median(reported, axis=0) / robust_scatter).round(3).tolist())),
+    }
+
+
+def study_frame_shared(mode: str, noise_model: str, seeds: int, n_frames: int, workdir: Path) -> dict:
+    """``study`` with ``noise_model: frame_shared``: the calibration of the GLS std, the estimates of
+    ``gamma`` and the fits' convergence and iterations."""
+    path = write_config(mode, n_frames, 2, workdir, noise_fit="frame_shared")
+    truth = np.array(TRUTH[mode])
+    fitted, reported, gammas, iterations, converged = [], [], [], [], 0
+    start = time.perf_counter()
+    for seed in range(seeds):
+        simulate(workdir, mode, truth, PHI, n_frames, seed, noise_model)
+        cfg = load_config(path)
+        data = load_config_dataset(cfg)
+        problem = build_problem(cfg, data)
+        points = upper_triangle_points(data.c2, problem.noise_sigma)
+        result = fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
+        physical = problem.layout.physical_slice
+        fitted.append(result.theta[physical])
+        reported.append(result.std[physical])
+        gammas.append(result.frame_noise["gamma"])
+        iterations.append(result.frame_noise["iterations"])
+        converged += int(result.converged)
+    names = problem.layout.physical_names
+    return {
+        **calibration_ratios(names, fitted, reported, truth),
+        "per_seed": {"values": np.asarray(fitted).tolist(), "std": np.asarray(reported).tolist(), "gamma": gammas},
+        "fits_converged": converged,
+        "gls_iterations": {"median": float(np.median(iterations)), "range": [int(min(iterations)), int(max(iterations))]},
+        "gamma": {"median": float(np.median(gammas)), "range": [float(min(gammas)), float(max(gammas))]},
+        "seconds": time.perf_counter() - start,
+    }
+
+
 def ratios_model(reported, ratios) -> np.ndarray:
     """The model std of each seed, from the reported (jackknife) std and their ratio."""
     return np.asarray(reported) / np.asarray(ratios)
@@ -215,6 +267,12 @@ def main() -> None:
     parser.add_argument("--output", default="bench_results/bench_uncertainty.json")
     parser.add_argument("--correlator", action="store_true", help="the static speckle correlator case, --seeds fits")
     parser.add_argument("--frame-noise", type=float, default=0.01, help="--correlator: frame_noise_sigma of the speckle model")
+    parser.add_argument(
+        "--noise-model",
+        default="independent",
+        choices=("independent", "frame_shared"),
+        help="optimization.nlsq.noise_model of the fits (frame_shared: GLS, its model std reported)",
+    )
     args = parser.parse_args()
     if args.correlator:
         with tempfile.TemporaryDirectory() as folder:
@@ -234,6 +292,7 @@ def main() -> None:
         "seeds": args.seeds,
         "frames": args.frames,
         "jackknife_blocks": args.blocks,
+        "noise_model": args.noise_model,
         "angles": len(PHI),
         "results": {},
     }
@@ -241,7 +300,7 @@ def main() -> None:
         for mode in args.modes.split(","):
             for noise_model in args.noise.split(","):
                 document["results"][f"{mode}/{noise_model}"] = study(
-                    mode, noise_model, args.seeds, args.frames, args.blocks, Path(folder)
+                    mode, noise_model, args.seeds, args.frames, args.blocks, Path(folder), args.noise_model
                 )
                 print(mode, noise_model, document["results"][f"{mode}/{noise_model}"], flush=True)
     write_json(args.output, document)

@@ -273,6 +273,7 @@ def every_field_non_default() -> dict:
                 "search_points": 30000,
                 "uncertainty": "model",
                 "jackknife_blocks": 7,
+                "noise_model": "independent",  # the default: frame_shared needs loss linear and method nlsq (test_nlsq_frame_shared.py reads it)
                 "jackknife_blocking": "equal",
                 "jackknife_iterations": 3,
                 "profile_check": True,
@@ -321,7 +322,8 @@ def test_round_trip_every_field_non_default():
     assert HomodyneConfig.from_dict(cfg.to_dict()) == cfg
     again = HomodyneConfig.from_dict(yaml.safe_load(dump_config(cfg)))
     assert again == cfg
-    # each value differs from its default (file_path must stay null next to datasets),
+    # each value differs from its default (file_path must stay null next to datasets, and
+    # noise_model at independent next to the robust loss),
     # so a field that is dropped, renamed or not read fails the first assertion
     minimal = {
         "analysis_mode": "laminar_flow",
@@ -331,7 +333,8 @@ def test_round_trip_every_field_non_default():
     flat_cfg, flat_default = _flatten(cfg.to_dict()), _flatten(default)
     assert flat_cfg.keys() == flat_default.keys()
     same = [k for k in flat_cfg if flat_cfg[k] == flat_default[k]]
-    assert same == ["analysis_mode", "experimental_data.file_path"]
+    # noise_model frame_shared needs the linear loss and method nlsq, both of which this config changes
+    assert same == ["analysis_mode", "experimental_data.file_path", "optimization.nlsq.noise_model"]
 
 
 def _flatten(d, prefix=""):

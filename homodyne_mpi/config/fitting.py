@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .context import option
+from .context import Context, option
 
 NLSQ_LOSSES = ("linear", "soft_l1", "huber", "cauchy")
 COMBINATION_METHODS = ("consensus_mc", "robust_consensus_mc", "gaussian_product", "barycenter")
@@ -38,6 +38,13 @@ class NLSQConfig:
     """Which standard error result.json reports as ``std``:
     - jackknife: delete-one-block jackknife over the points
     - model: from the covariance (J^T J)^-1 scaled by the reduced chi2"""
+    noise_model: str = option("independent", choices=("independent", "frame_shared"))
+    """How the points' noise is modelled:
+    - independent: every point its own noise (ordinary weighted least squares)
+    - frame_shared: plus one noise term per frame shared by its row and column of the
+      two-time matrix (speckle, intensity normalisation); generalised least squares with the
+      ratio of the two variances estimated from the data, and the reported std from its
+      covariance (no jackknife). Needs loss: linear and method: nlsq."""
     jackknife_blocks: int = option(20, ge=2)
     """Blocks of the jackknife."""
     jackknife_blocking: str = option("influence", choices=("influence", "equal"))
@@ -159,3 +166,23 @@ class OptimizationConfig:
     """Least squares."""
     cmc: CMCConfig = option(factory=CMCConfig)
     """Consensus Monte Carlo."""
+
+    def _check(self, ctx: Context, path: str) -> None:
+        problem = frame_shared_problem(self.nlsq, self.method)
+        if problem is not None:
+            raise ctx.error(f"'{path}.nlsq.noise_model' = 'frame_shared' {problem}", FRAME_SHARED_FIX)
+
+
+FRAME_SHARED_FIX = "set optimization.nlsq.noise_model: independent, or method: nlsq with loss: linear"
+
+
+def frame_shared_problem(nlsq: NLSQConfig, method: str) -> str | None:
+    """Why ``noise_model: frame_shared`` cannot run with these settings, or None: its generalised least
+    squares needs the linear loss, and CMC's likelihood still treats the points as independent."""
+    if nlsq.noise_model != "frame_shared":
+        return None
+    if nlsq.loss != "linear":
+        return f"needs loss: linear, not {nlsq.loss!r}"
+    if method != "nlsq":
+        return f"is for method nlsq only (CMC's likelihood treats the points as independent), not {method!r}"
+    return None

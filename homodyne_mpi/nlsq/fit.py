@@ -97,6 +97,8 @@ class NLSQResult:
     """The ``DistributedObjective`` of the fit, for the jackknife (dropped after it)."""
     profile: dict = field(default_factory=dict)
     """Per free physical parameter, both sides of its chi2 profile (``nlsq.profile``), when checked."""
+    frame_noise: dict | None = None
+    """With ``noise_model: frame_shared``: ``gamma``, per-angle variances, the OLS start (``nlsq.gls``)."""
 
     @property
     def reduced_chi2(self) -> float:

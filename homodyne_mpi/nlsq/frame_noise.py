@@ -34,8 +34,8 @@ missing, points dropped) use the eigen-decomposition of ``G_a``.
 ``gamma`` is estimated by maximum likelihood with each ``s_a^2`` profiled out
 (``estimate_frame_noise_ratio``); ``gamma = 0`` gives OLS with weights ``1 / s_a`` exactly.
 
-This module is the building block of a GLS option of the NLSQ fit; it is not yet wired
-into the distributed fit. ``scripts/study_gls_speckle.py`` uses it in a serial
+The distributed fit uses these functions through ``nlsq/gls.py`` (``optimization.nlsq.
+noise_model: frame_shared``); ``scripts/study_gls_speckle.py`` uses them in a serial
 Levenberg-Marquardt fit and measures the calibration of its errors
 (``docs/measurements/gls_speckle.json``).
 """
@@ -121,6 +121,15 @@ def _complete_frames(gram: np.ndarray) -> int:
     return m if np.array_equal(gram, expected) else 0
 
 
+def full_triangle_pattern(n_frames: int, m: int) -> AngleFramePattern:
+    """The spectrum of ``G = (m - 2) I + 1 1^T`` on ``m >= 2`` of ``n_frames`` frames (every pair of
+    them a point): ``m - 1`` eigenvalues ``m - 2``, one ``2 m - 2``, the rest 0 (closed form)."""
+    eigenvalues = np.zeros(n_frames)
+    eigenvalues[: m - 1] = m - 2.0
+    eigenvalues[m - 1] = 2.0 * m - 2.0
+    return AngleFramePattern(eigenvalues, None, m)
+
+
 def frame_patterns(gram: np.ndarray, *, closed_form: bool = True) -> list[AngleFramePattern]:
     """Per angle, the spectrum of ``G_a`` (``frame_gram``): the closed form of the full triangle
     when it applies and ``closed_form`` is set, else ``numpy.linalg.eigh`` (``O(n_frames^3)``).
@@ -130,10 +139,7 @@ def frame_patterns(gram: np.ndarray, *, closed_form: bool = True) -> list[AngleF
         n_frames = angle_gram.shape[0]
         m = _complete_frames(angle_gram) if closed_form else 0
         if m:
-            eigenvalues = np.zeros(n_frames)
-            eigenvalues[: m - 1] = m - 2.0
-            eigenvalues[m - 1] = 2.0 * m - 2.0
-            patterns.append(AngleFramePattern(eigenvalues, None, m))
+            patterns.append(full_triangle_pattern(n_frames, m))
         else:
             eigenvalues, eigenvectors = np.linalg.eigh(angle_gram)
             patterns.append(AngleFramePattern(np.clip(eigenvalues, 0.0, None), eigenvectors, 0))

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..errors import Interrupted, collective
 from .fit import NO_EXCLUSION, DistributedObjective, NLSQProblem, NLSQResult, fit_nlsq, lm_options
+from .gls import refit_frame_shared
 from .left_out import first_systems
 from .linalg import covariance_from_hessian, psd_part_keeping_variances
 from .profile import PROFILE_DECREMENT, PROFILE_ITERATIONS, profile_check
@@ -353,7 +354,14 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
 
 def attach_uncertainty(result: NLSQResult, problem: NLSQProblem, options) -> NLSQResult:
     """After the fit: the jackknife when ``options.uncertainty == "jackknife"``, the profile
-    check (``nlsq.profile``) when ``options.profile_check`` and the fit converged; then frees the objective."""
+    check (``nlsq.profile``) when ``options.profile_check`` and the fit converged; then frees the objective.
+    With ``noise_model: frame_shared`` the generalised least-squares fit (``nlsq.gls``) replaces the
+    ordinary one instead, and its covariance is the reported error (no jackknife, no profile check)."""
+    if options.noise_model == "frame_shared":
+        log.info("frame-shared noise: the reported std is the GLS model std (no jackknife, no profile check)")
+        refit_frame_shared(result, problem, options)
+        result.objective = None
+        return result
     if options.uncertainty == "jackknife":
         result.jackknife = run_jackknife(result, problem, options)
         result.timing_s["jackknife"] = result.jackknife.seconds

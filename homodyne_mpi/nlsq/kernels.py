@@ -307,6 +307,35 @@ def block_frame_sensitivity(theta, phi_deg, pair_of_angle, block, *, setup: Kern
     return rows.sum(axis=0).reshape(setup.spec.n_frames, -1)
 
 
+def chunk_frame_noise_terms(tables: PointTables, pair_of_angle, chunk, setup: KernelSetup):
+    """One chunk's sums for the frame-shared noise model (``nlsq/gls.py``), flattened: per angle the
+    Gram matrix of ``X = weight [J_p, g1^2, 1, model - value]`` (``(n_angles, q, q)``, ``q = n_phys +
+    3``: physical, contrast and offset columns, residual), per angle and frame the sums of ``X``'s rows
+    over the points touching the frame with a last column counting them (``(n_angles, N, q + 1)``),
+    and the points of each angle (``(n_angles,)``). Zero-weight points (padding) count for nothing."""
+    angle, frame_i, frame_j, value, weight = chunk
+    model, jac_phys, g1_sq = point_model_and_jacobian(tables, angle, frame_i, frame_j, setup)
+    design = weight[:, None] * jnp.concatenate(
+        [jac_phys, g1_sq[:, None], jnp.ones_like(g1_sq)[:, None], (model - value)[:, None]], axis=1
+    )
+    n_angles, n_frames = setup.layout.n_angles, setup.spec.n_frames
+    real = (weight > 0).astype(design.dtype)
+    members = (angle[:, None] == jnp.arange(n_angles)[None, :]).astype(design.dtype)
+    grams = jnp.einsum("ba,bi,bj->aij", members, design, design)
+    rows = jnp.concatenate([design, real[:, None]], axis=1)
+    slots = n_angles * n_frames
+    frames = jax.ops.segment_sum(rows, angle * n_frames + frame_i, num_segments=slots)
+    frames = frames + jax.ops.segment_sum(rows, angle * n_frames + frame_j, num_segments=slots)
+    return jnp.concatenate([grams.ravel(), frames.ravel(), members.T @ real])
+
+
+@partial(jax.jit, static_argnames=("setup",))
+def chunk_frame_noise_rows(theta, phi_deg, pair_of_angle, block, *, setup: KernelSetup):
+    """``(n_chunks, L)``: each chunk's ``chunk_frame_noise_terms``, to be added in global chunk order."""
+    tables = point_tables(theta, phi_deg, setup)
+    return jax.lax.map(lambda chunk: chunk_frame_noise_terms(tables, pair_of_angle, chunk, setup), block)
+
+
 def pack_accumulators(terms) -> np.ndarray:
     """One float64 buffer of the accumulator terms, for a single Allreduce."""
     return np.concatenate([np.asarray(term, dtype=np.float64).ravel() for term in terms])

@@ -57,6 +57,8 @@ def result_document(result: NLSQResult, problem: NLSQProblem, cfg, data: XPCSDat
         "n_free_parameters": int(result.n_free),
         "n_ranks": int(result.n_ranks),
         "uncertainty": "model" if reported is None else "jackknife",
+        "noise_model": cfg.optimization.nlsq.noise_model,
+        "frame_noise": result.frame_noise,
         "jackknife": None
         if result.jackknife is None
         else {
