@@ -6,7 +6,8 @@
 Each case is simulated (Gaussian noise, per-angle contrast and offset), fitted by NLSQ
 from the template's defaults with the frame-block jackknife, and sampled by CMC with the
 template's ``optimization.cmc`` untouched (only the ``small_shards`` cases set
-``sharding.num_shards``, to get shards of 400-600 points). Per seed it records every
+``sharding.num_shards``, to get shards of 400-600 points; ``static_small_data`` gets one such
+shard from the default sharding, its data set being that small). Per seed it records every
 shard's R-hat, divergence rate, retry and verdict, the data set's status, the NLSQ
 correlation of D0 and D_offset, how many NLSQ standard errors D_offset lies from 0 and
 phi0 from its nearest bound, and whether each physical parameter's q05..q95 holds the
@@ -89,6 +90,15 @@ CASES = {
         "num_shards": 8,
         "about": "issue 13's second data set: 8 shards of 442 points",
     },
+    "static_small_data": {
+        **STATIC,
+        "phi": [0.0, 60.0],
+        "frames": 22,
+        "dt": 0.3,
+        "physical": [1800.0, -0.35, 20.0],
+        "about": "a data set of 462 points (2 angles, 22 frames at dt 0.3: the lags of the 70-frame cases): "
+        "one shard of 400-600 points from the default sharding",
+    },
     "laminar_phi0_bound": {
         **LAMINAR,
         "phi": [-30.0, 20.0, 100.0],
@@ -119,7 +129,7 @@ def build_case(case: dict, seed: int, folder: Path, combination: str | None = No
         mode=case["mode"],
         shear_form="paper",
         q=case["q"],
-        dt=0.1,
+        dt=case.get("dt", 0.1),
         n_frames=case["frames"],
         gap=2e6,
         physical=case["physical"],
@@ -130,7 +140,7 @@ def build_case(case: dict, seed: int, folder: Path, combination: str | None = No
         seed=seed,
     )
     config = yaml.safe_load(render_template(case["mode"]))
-    config["analyzer_parameters"].update({"dt": 0.1, "end_frame": case["frames"]})
+    config["analyzer_parameters"].update({"dt": case.get("dt", 0.1), "end_frame": case["frames"]})
     config["analyzer_parameters"]["scattering"]["wavevector_q"] = case["q"]
     config["phi_filtering"]["enabled"] = False
     config["experimental_data"]["file_path"] = str(folder / "data.h5")

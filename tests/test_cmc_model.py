@@ -17,7 +17,7 @@ from scipy import stats
 from test_cmc_run import simulate
 
 from homodyne_mpi.cmc.priors import build_priors, noise_scale_of
-from homodyne_mpi.cmc.scaling import conditional_pairs
+from homodyne_mpi.cmc.scaling import conditional_pairs, pair_chi2
 from homodyne_mpi.cmc.shard_model import ShardData, ShardModel, unit_priors
 
 
@@ -29,22 +29,56 @@ def test_conditional_pairs_are_the_weighted_least_squares_fit_its_covariance_and
     weight = rng.uniform(50.0, 150.0, n)
     value = 1.0 + 0.3 * g + rng.normal(0.0, 0.01, n)
     noise, calibration = 1.3, 2.5
-    mean_o, mean_c, l11, l21, l22, profiled_chi2 = (
-        np.asarray(a)
-        for a in conditional_pairs(
-            jnp.asarray(g), jnp.asarray(value), jnp.asarray(weight), jnp.asarray(pair), pairs, noise, calibration
-        )
-    )
+    fit = conditional_pairs(jnp.asarray(g), jnp.asarray(value), jnp.asarray(weight), jnp.asarray(pair), pairs, noise, calibration)
+    mean_o, mean_c, l11, l21, l22 = (np.asarray(a) for a in fit[:5])
+    chi2_at_fit = np.asarray(pair_chi2(fit.sums, fit.mean_offset, fit.mean_contrast))
     for p in range(pairs):
         mine = pair == p
         design = np.stack([np.ones(mine.sum()), g[mine]], axis=1) * weight[mine, None]
-        fit, *_ = np.linalg.lstsq(design, value[mine] * weight[mine], rcond=None)
-        np.testing.assert_allclose([mean_o[p], mean_c[p]], fit, rtol=1e-9)
+        least_squares, *_ = np.linalg.lstsq(design, value[mine] * weight[mine], rcond=None)
+        np.testing.assert_allclose([mean_o[p], mean_c[p]], least_squares, rtol=1e-9)
         covariance = noise**2 * calibration * np.linalg.inv(design.T @ design)
         factor = np.array([[l11[p], 0.0], [l21[p], l22[p]]])
         np.testing.assert_allclose(factor @ factor.T, covariance, rtol=1e-9)
-        residual = value[mine] * weight[mine] - design @ fit
-        np.testing.assert_allclose(profiled_chi2[p], residual @ residual, rtol=1e-8)
+        residual = value[mine] * weight[mine] - design @ least_squares
+        np.testing.assert_allclose(chi2_at_fit[p], residual @ residual, rtol=1e-8)
+
+
+@pytest.mark.parametrize("decay", ["varied", "none"])
+def test_with_a_reference_the_pairs_follow_the_gaussian_conditional_even_without_decay(decay):
+    """With a Gaussian reference on (offset, contrast) the map's mean and factor are that
+    prior's conditional posterior (NumPy: precision ``X^T X / (noise^2 c) + R``), also where
+    ``g`` is the same at every point, where least squares alone is singular: a point with
+    ``D(t)`` at its floor made the old map's mean and factor infinite and froze a chain."""
+    rng = np.random.default_rng(7)
+    n, pairs = 60, 2
+    pair = np.repeat(np.arange(pairs), n // pairs)
+    g = rng.uniform(0.1, 1.0, n) if decay == "varied" else np.ones(n)
+    weight = rng.uniform(50.0, 150.0, n)
+    value = 1.0 + 0.3 * g + rng.normal(0.0, 0.01, n)
+    noise, calibration = 1.3, 2.5
+    ref_mean, ref_precision = np.array([[1.0, 1.0], [0.5, 0.5]]), np.array([[4.0, 4.0], [4.0, 4.0]])
+    fit = conditional_pairs(
+        jnp.asarray(g),
+        jnp.asarray(value),
+        jnp.asarray(weight),
+        jnp.asarray(pair),
+        pairs,
+        noise,
+        calibration,
+        (jnp.asarray(ref_mean), jnp.asarray(ref_precision)),
+    )
+    mean_o, mean_c, l11, l21, l22 = (np.asarray(a) for a in fit[:5])
+    for p in range(pairs):
+        mine = pair == p
+        design = np.stack([np.ones(mine.sum()), g[mine]], axis=1) * weight[mine, None]
+        precision = design.T @ design / (noise**2 * calibration) + np.diag(ref_precision[:, p])
+        rhs = design.T @ (value[mine] * weight[mine]) / (noise**2 * calibration) + ref_precision[:, p] * ref_mean[:, p]
+        np.testing.assert_allclose([mean_o[p], mean_c[p]], np.linalg.solve(precision, rhs), rtol=1e-9)
+        factor = np.array([[l11[p], 0.0], [l21[p], l22[p]]])
+        np.testing.assert_allclose(factor @ factor.T, np.linalg.inv(precision), rtol=1e-8)
+        if decay == "none":  # only offset + contrast is measured: the conditional is wide along the other direction
+            assert np.sqrt(np.linalg.inv(precision)[0, 0]) > 0.1
 
 
 @pytest.fixture(scope="module")
@@ -95,17 +129,10 @@ def test_the_log_density_of_the_site_is_the_posterior_times_the_jacobian(shard):
 def density_minus_reference(model, data, reference, seed: int, draws: int = 5) -> list[float]:
     """``log density(w) - [reference(theta(w), sigma(w)) + log |det d(theta, sigma)/dw|]`` at ``draws``
     random sites ``w``: the same constant at every ``w`` when the transforms and log-Jacobians are exact."""
-    parameters = jax.jit(lambda w: model.sampled_vector({"w": w}, data))
-    jacobian = jax.jit(jax.jacfwd(parameters))
-    log_density = jax.jit(lambda w: model.log_density(w, data))
     rng = np.random.default_rng(seed)
-    differences = []
-    for _ in range(draws):
-        w = jnp.asarray(rng.normal(0.0, 0.7, model.n_site))
-        vector = np.asarray(parameters(w))
-        _, log_det = np.linalg.slogdet(np.asarray(jacobian(w)))
-        differences.append(float(log_density(w)) - (reference(vector[:-1], vector[-1]) + log_det))
-    return differences
+    return density_minus_reference_at(
+        model, data, reference, [jnp.asarray(rng.normal(0.0, 0.7, model.n_site)) for _ in range(draws)]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +201,39 @@ def test_a_warm_start_on_a_bound_keeps_the_site_near_unit_scale(shard, side):
     offset = float(np.asarray(model.sampled_vector({"w": jnp.zeros(model.n_site)}, data))[priors.names.index("D_offset")])
     inside = offset - lower[k] if side == "lower" else upper[k] - offset
     assert 0.1 * priors.scale[priors.names.index("D_offset")] < inside < priors.scale[priors.names.index("D_offset")]
+
+
+def test_where_the_rate_is_at_its_floor_the_density_stays_exact_and_finite(shard, gradient):
+    """``D_offset`` so negative that ``D(t)`` sits at its floor on every frame: no decay, ``g1^2 = 1``,
+    and only ``offset + contrast`` is measured. The density must still be the posterior times the
+    Jacobian (the same constant as at ordinary sites) with a finite gradient; with the pairs mapped
+    by least squares alone the map divided by zero there and a chain that reached it froze."""
+    sim, priors, model, data = shard
+    names = list(priors.names)
+    sampled = np.asarray(priors.loc, dtype=float).copy()
+    sampled[names.index("D0")] = priors.low[names.index("D0")] * 1.5
+    sampled[names.index("alpha")] = 0.0
+    sampled[names.index("D_offset")] = priors.low[names.index("D_offset")] * 0.9  # D(t) < 0 on every frame
+    w = jnp.asarray(model.site_of(sampled))
+    assert np.isfinite(float(model.log_density(w, data)))
+    assert np.all(np.isfinite(np.asarray(gradient(w))))
+    reference = lambda t, sigma: reference_log_posterior(sim, priors, t, sigma, 1.7)  # noqa: E731
+    ordinary = density_minus_reference(model, data, reference, 3, draws=2)
+    floored = density_minus_reference_at(model, data, reference, [w, w.at[-3].add(1.5), w.at[-1].add(-1.0)])
+    np.testing.assert_allclose(floored, ordinary[0], rtol=1e-6, atol=1e-6)
+
+
+def density_minus_reference_at(model, data, reference, sites) -> list[float]:
+    """``density_minus_reference`` at the given sites."""
+    parameters = jax.jit(lambda w: model.sampled_vector({"w": w}, data))
+    jacobian = jax.jit(jax.jacfwd(parameters))
+    log_density = jax.jit(lambda w: model.log_density(w, data))
+    differences = []
+    for w in sites:
+        vector = np.asarray(parameters(w))
+        _, log_det = np.linalg.slogdet(np.asarray(jacobian(w)))
+        differences.append(float(log_density(w)) - (reference(vector[:-1], vector[-1]) + log_det))
+    return differences
 
 
 def test_far_out_coordinates_of_a_pair_stay_inside_its_bounds(shard):

@@ -77,6 +77,15 @@ def bounded_prior_constants(loc, scale, low, high, uniform):
     return loc, scale, np.where(uniform, np.log(high - low), tn_norm)
 
 
+def pair_reference(low: np.ndarray, high: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(mean, precision)`` of the Gaussian reference of the pair map (``scaling.conditional_pairs``):
+    the middle of the bounds and ``1 / (half width)^2``; no pull (precision 0) where a bound is infinite."""
+    finite = np.isfinite(low) & np.isfinite(high)
+    half_width = np.where(finite, 0.5 * (high - low), 1.0)
+    mean = np.where(finite, 0.5 * (low + high), 0.0)
+    return jnp.asarray(mean), jnp.asarray(np.where(finite, 1.0 / (half_width * half_width), 0.0))
+
+
 class UnitPriors(NamedTuple):
     """The tempered priors of ``z`` (NumPy arrays), and of ``u``."""
 
@@ -156,6 +165,7 @@ class ShardModel:
         pairs = self.n_pairs  # bounds of (offset, contrast) per pair; contrasts come first
         self._pair_low = jnp.asarray(np.stack([priors.low[pairs : 2 * pairs], priors.low[:pairs]]))
         self._pair_high = jnp.asarray(np.stack([priors.high[pairs : 2 * pairs], priors.high[:pairs]]))
+        self._pair_reference = pair_reference(np.asarray(self._pair_low), np.asarray(self._pair_high))
         self._log_noise_scale = math.sqrt(self.calibration / (2.0 * max(int(n_points or 1), 1)))
 
     @property
@@ -184,7 +194,18 @@ class ShardModel:
         p, xi = self.n_pairs, w[n_other:d]
         pair = self._pair_of_angle[data.angle]
         offset, contrast, log_det, chi2 = pairs_from_eps(
-            g1_sq, data.value, data.weight, pair, p, u, self.calibration, xi[:p], xi[p:], self._pair_low, self._pair_high
+            g1_sq,
+            data.value,
+            data.weight,
+            pair,
+            p,
+            u,
+            self.calibration,
+            xi[:p],
+            xi[p:],
+            self._pair_low,
+            self._pair_high,
+            self._pair_reference,
         )
         theta = theta.at[self._index[:p]].set(contrast).at[self._index[p : 2 * p]].set(offset)
         return theta, u, chi2, log_jacobian + log_det
