@@ -295,6 +295,10 @@ def fit_nlsq(
     search; ``result.objective`` is kept for the jackknife.
     """
     objective = make_objective(problem, local_points, comm, options)
+    if options.noise_model == "frame_shared":
+        from .gls import check_row_memory  # gls builds on this module
+
+        check_row_memory(objective)  # before the fit: nothing computed is lost
     start_theta = problem.theta0 if resume is None else np.asarray(resume.theta, dtype=float)
     compile_seconds = objective.compile(start_theta)
     search_seconds = 0.0
