@@ -104,6 +104,22 @@ def simulate(
     )
 
 
+def fit_config(path: Path):
+    """``(problem, result)``: the data set of the config at ``path`` fitted as the pipeline does (one process)."""
+    cfg = load_config(path)
+    data = load_config_dataset(cfg)
+    problem = build_problem(cfg, data)
+    points = upper_triangle_points(data.c2, problem.noise_sigma)
+    return problem, fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
+
+
+def fitted_seeds(path: Path, workdir: Path, mode: str, n_frames: int, seeds: int, noise_model: str):
+    """``(problem, result)`` of seeds ``0 .. seeds - 1``: each simulated (``TRUTH[mode]``, ``PHI``) and fitted with the config at ``path``."""
+    for seed in range(seeds):
+        simulate(workdir, mode, np.array(TRUTH[mode]), PHI, n_frames, seed, noise_model)
+        yield fit_config(path)
+
+
 def correlator_case(seed: int, workdir: Path, frame_noise: float = 0.01, noise_fit: str = "independent") -> dict:
     """One fit of the static speckle correlator case (module docstring); with ``noise_fit``
     ``frame_shared`` the GLS fit, whose std is the model one (no jackknife refits)."""
@@ -152,14 +168,7 @@ def study(
     tempering: dict[str, list[float]] = {"plain": [], "t_widened": [], "t_widened_significant": []}
     inside_tempered: dict[str, list[bool]] = {kind: [] for kind in tempering}
     start = time.perf_counter()
-    for seed in range(seeds):
-        simulate(workdir, mode, truth, PHI, n_frames, seed, noise_model)
-        cfg = load_config(path)
-        data = load_config_dataset(cfg)
-        problem = build_problem(cfg, data)
-        result = fit_with_uncertainty(
-            problem, upper_triangle_points(data.c2, problem.noise_sigma), SerialComm(), cfg.optimization.nlsq
-        )
+    for problem, result in fitted_seeds(path, workdir, mode, n_frames, seeds, noise_model):
         physical = problem.layout.physical_slice
         fitted.append(result.theta[physical])
         reported.append(result.std_jackknife[physical])
@@ -231,13 +240,7 @@ def study_frame_shared(mode: str, noise_model: str, seeds: int, n_frames: int, w
     truth = np.array(TRUTH[mode])
     fitted, reported, gammas, iterations, converged = [], [], [], [], 0
     start = time.perf_counter()
-    for seed in range(seeds):
-        simulate(workdir, mode, truth, PHI, n_frames, seed, noise_model)
-        cfg = load_config(path)
-        data = load_config_dataset(cfg)
-        problem = build_problem(cfg, data)
-        points = upper_triangle_points(data.c2, problem.noise_sigma)
-        result = fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
+    for problem, result in fitted_seeds(path, workdir, mode, n_frames, seeds, noise_model):
         physical = problem.layout.physical_slice
         fitted.append(result.theta[physical])
         reported.append(result.std[physical])
