@@ -208,11 +208,12 @@ def refit_frame_shared(result: NLSQResult, problem: NLSQProblem, options) -> NLS
     gammas = []
     lm = None
     iterations = 0
+    history: list[dict] = []
     for round_index in range(GLS_ROUNDS):
         gammas.append(gls.estimate(theta))
         log.info("frame-shared noise: gamma = fs^2/s^2 = %.4g (round %d)", gammas[-1], round_index + 1)
         lm = levenberg_marquardt(gls, theta, problem.lower, problem.upper, problem.free, lm_options(options), quiet=True)
-        theta, iterations = lm.theta, iterations + lm.iterations
+        theta, iterations, history = lm.theta, iterations + lm.iterations, history + lm.history
     assert lm is not None
     gammas.append(gls.estimate(theta))
     hessian, gradient, cost, _ = gls(theta)
@@ -230,7 +231,7 @@ def refit_frame_shared(result: NLSQResult, problem: NLSQProblem, options) -> NLS
     }
     for name in REFITTED:
         setattr(result, name, getattr(refit, name))
-    result.history = result.history + refit.history
+    result.history = result.history + history
     result.timing_s["frame_noise"] = seconds
     result.frame_noise = frame_noise
     log.info(
