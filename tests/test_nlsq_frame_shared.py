@@ -199,12 +199,12 @@ def test_an_independent_noise_fit_whose_jackknife_says_frame_shared_noise_is_tol
 def test_frame_shared_sums_that_would_not_fit_in_memory_are_refused_before_the_fit(tmp_path, monkeypatch):
     """The per-chunk rows of per-frame sums grow with angles x frames x chunks; above the limit the
     fit is refused with one clear error before any work (here the limit is lowered to 1 kB)."""
-    import homodyne_mpi.nlsq.gls as gls_module
+    import homodyne_mpi.nlsq.frame_rows as rows_module
     from homodyne_mpi.errors import InputError
     from homodyne_mpi.nlsq import fit_nlsq
 
     config = speckle_config(tmp_path, n_frames=20, phi=(0.0, 60.0), seed=1)
     cfg, problem, points = problem_and_points(config)
-    monkeypatch.setattr(gls_module, "MAX_ROW_BYTES", 1024)
+    monkeypatch.setattr(rows_module, "MAX_ROW_BYTES", 1024)
     with pytest.raises(InputError, match=r"GiB of per-frame sums on a rank .*noise_model: independent"):
         fit_nlsq(problem, points, SerialComm(), cfg.optimization.nlsq)

@@ -26,6 +26,7 @@ from ..parallel import Comm, SerialComm
 from ..parallel.chunk_order import ChunkLayout, chunk_layout
 from ..parallel.signals import stop_requested
 from .checkpoint import LatestState
+from .frame_rows import check_row_memory
 from .kernels import (
     KernelSetup,
     assemble_normal_equations,
@@ -296,8 +297,6 @@ def fit_nlsq(
     """
     objective = make_objective(problem, local_points, comm, options)
     if options.noise_model == "frame_shared":
-        from .gls import check_row_memory  # gls builds on this module
-
         check_row_memory(objective)  # before the fit: nothing computed is lost
     start_theta = problem.theta0 if resume is None else np.asarray(resume.theta, dtype=float)
     compile_seconds = objective.compile(start_theta)

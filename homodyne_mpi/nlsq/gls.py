@@ -38,6 +38,7 @@ from .frame_noise import (
     full_triangle_pattern,
     gls_normal_equations,
 )
+from .frame_rows import check_row_memory
 from .kernels import chunk_frame_noise_rows
 from .linalg import covariance_from_hessian
 from .solver import Evaluation, levenberg_marquardt
@@ -47,32 +48,8 @@ log = logging.getLogger(__name__)
 MAX_DENSE_FRAMES = 4000
 """Most frames for a frame pattern that is not a full triangle (its ``N x N`` matrix per angle)."""
 
-MAX_ROW_BYTES = 2**30
-"""Most bytes of per-chunk sums (``kernels.chunk_frame_noise_rows``) one rank may hold at once."""
-
 GLS_ROUNDS = 2
 """GLS fits, each after a fresh estimate of ``gamma`` and ``s_a^2``."""
-
-
-def row_length(setup) -> int:
-    """Numbers in one chunk's row of sums (``kernels.chunk_frame_noise_terms``)."""
-    q = setup.n_physical + 3
-    return setup.layout.n_angles * (q * q + setup.spec.n_frames * (q + 1) + 1)
-
-
-def check_row_memory(objective) -> None:
-    """Refuse, on every rank alike and before any fitting, when the largest rank's chunk rows of
-    sums would exceed ``MAX_ROW_BYTES`` (``InputError``: one line, exit code 2)."""
-    most_chunks = int(max(np.diff(objective.layout.edges)))
-    row_bytes = most_chunks * row_length(objective.setup) * 8
-    if row_bytes > MAX_ROW_BYTES:
-        spec = objective.setup.spec
-        raise InputError(
-            f"noise_model frame_shared would hold {row_bytes / 2**30:.3g} GiB of per-frame sums on a rank "
-            f"({most_chunks} chunks x {objective.setup.layout.n_angles} angles x {spec.n_frames} frames; limit "
-            f"{MAX_ROW_BYTES / 2**30:.3g} GiB) -- run on more ranks, raise optimization.nlsq.chunk_size, "
-            "select fewer frames, or use optimization.nlsq.noise_model: independent"
-        )
 
 
 class FrameNoiseObjective:
