@@ -1,7 +1,7 @@
 """Where the time of a warm single-rank job goes: 1e6-point static data, jackknife on.
 
 Usage: python scripts/bench_fixed_costs.py [--repeats 3] [--workdir DIR] [--output FILE] [--passes-both-ways]
-                                          [--baseline DIR] [--default-threads]
+                                          [--baseline DIR] [--default-threads] [--frame-shared]
 
 Simulates a static data set of 6 angles x 578 frames (1,000,518 upper-triangle points,
 sigma 0.02) once, runs ``homodyne-mpi run`` on it once to fill the compilation cache,
@@ -19,6 +19,10 @@ minutes, and reports both (``baseline``).
 
 ``--default-threads`` runs, after each of those jobs, the same job with XLA's default
 threading (every core, as a user's job runs) and reports it (``default_threads``).
+
+``--frame-shared`` runs, after each of those jobs, the same job with
+``optimization.nlsq.noise_model: frame_shared`` (generalised least squares instead of the
+jackknife; its ``frame_noise`` stage) and reports it (``frame_shared``).
 
 ``--passes-both-ways`` adds, in this process, one fit of the same data followed by the
 jackknife with the shared first pass and with each refit making its own first pass
@@ -43,7 +47,7 @@ from bench_data import bench_config, simulated_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 N_FRAMES = 578
-STAGES = ("load", "compile", "start_search", "fit", "jackknife", "profile_check")
+STAGES = ("load", "compile", "start_search", "fit", "jackknife", "profile_check", "frame_noise")
 
 
 def make_dataset(workdir: Path) -> Path:
@@ -78,6 +82,17 @@ except ImportError:  # code from before exit_process (A/B runs): the interpreter
 exit_process(code)
 """
 """Runs the CLI in one process and prints wall-clock marks of its phases."""
+
+
+def frame_shared_config(config: Path) -> Path:
+    """A copy of ``config`` with ``optimization.nlsq.noise_model: frame_shared`` (results in their own folder)."""
+    import yaml
+
+    document = yaml.safe_load(config.read_text())
+    document["optimization"]["nlsq"]["noise_model"] = "frame_shared"
+    path = config.with_name(config.stem + "_frame_shared.yaml")
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
 
 
 def one_job(config: Path, out: Path, source_tree: str | None = None, *, one_thread: bool = True) -> dict:
@@ -115,6 +130,7 @@ def one_job(config: Path, out: Path, source_tree: str | None = None, *, one_thre
         "iterations": result["iterations"],
         "jackknife_refits": result["jackknife"]["blocks"] if result.get("jackknife") else 0,
         "jackknife_passes": (result.get("jackknife") or {}).get("passes"),
+        "frame_noise_passes": (result.get("frame_noise") or {}).get("passes"),
     }
 
 
@@ -171,6 +187,11 @@ def main() -> None:
         action="store_true",
         help="also run each job with XLA's default threads (all cores, as a user's job), alternating with the one-thread job",
     )
+    parser.add_argument(
+        "--frame-shared",
+        action="store_true",
+        help="also run each job with noise_model: frame_shared (GLS, no jackknife), alternating with the default job",
+    )
     args = parser.parse_args()
     load_average = os.getloadavg()
     workdir = Path(args.workdir)
@@ -181,13 +202,18 @@ def main() -> None:
     baseline_runs = []
     if args.baseline:
         one_job(config, out, args.baseline)  # the baseline's kernels may differ: fill the cache for them too
-    runs, default_thread_runs = [], []
+    shared_config = frame_shared_config(config) if args.frame_shared else None
+    if shared_config is not None:
+        one_job(shared_config, workdir / "out_frame_shared")  # its kernels into the cache
+    runs, default_thread_runs, frame_shared_runs = [], [], []
     for _ in range(args.repeats):  # alternating, so that both see the same machine
         runs.append(one_job(config, out))
         if args.baseline:
             baseline_runs.append(one_job(config, out, args.baseline))
         if args.default_threads:
             default_thread_runs.append(one_job(config, out, one_thread=False))
+        if shared_config is not None:
+            frame_shared_runs.append(one_job(shared_config, (workdir / "out_frame_shared").resolve()))
     write_json(
         args.output,
         {
@@ -205,6 +231,7 @@ def main() -> None:
             **(
                 {"default_threads": {**summary(default_thread_runs), "runs": default_thread_runs}} if args.default_threads else {}
             ),
+            **({"frame_shared": {**summary(frame_shared_runs), "runs": frame_shared_runs}} if shared_config else {}),
             **({"jackknife_both_ways": passes_both_ways(config)} if args.passes_both_ways else {}),
         },
     )
