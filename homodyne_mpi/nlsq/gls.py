@@ -38,7 +38,6 @@ from .frame_noise import (
     full_triangle_pattern,
     gls_normal_equations,
 )
-from .frame_rows import check_row_memory
 from .kernels import chunk_frame_noise_rows
 from .linalg import covariance_from_hessian
 from .solver import Evaluation, levenberg_marquardt
@@ -66,7 +65,6 @@ class FrameNoiseObjective:
         self.variance = np.ones(self.n_angles)
         self.patterns: list[AngleFramePattern] | None = None
         self.columns = self._parameter_columns(setup, np.asarray(objective.pair_of_angle))
-        check_row_memory(objective)
 
     @staticmethod
     def _parameter_columns(setup, pair_of_angle: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -153,18 +151,22 @@ class FrameNoiseObjective:
         assert self.patterns is not None, "sums() sets the frame patterns"
         return self.patterns
 
-    def estimate(self, theta: np.ndarray) -> float:
-        """Set ``gamma`` and the per-angle ``variance`` to their maximum likelihood at ``theta``'s residuals."""
+    def estimate(self, theta: np.ndarray) -> Evaluation:
+        """Set ``gamma`` and the per-angle ``variance`` to their maximum likelihood at ``theta``'s residuals;
+        returns the GLS evaluation at ``theta`` under them, from the same pass."""
         sums = self.sums(theta)
         self.gamma, self.variance = estimate_frame_noise_ratio(sums, self.frame_patterns())
         self.variance = np.where(np.isfinite(self.variance), self.variance, 1.0)
-        return self.gamma
+        return self.evaluation(sums)
+
+    def evaluation(self, sums: FrameSums) -> Evaluation:
+        """The GLS normal equations and cost of ``sums`` at the current ``gamma`` and ``variance``."""
+        hessian, gradient, cost = gls_normal_equations(sums, self.frame_patterns(), self.gamma, self.variance)
+        return hessian, gradient, cost, cost
 
     def __call__(self, theta: np.ndarray) -> Evaluation:
         """The GLS normal equations and cost at ``theta`` (``frame_noise.gls_normal_equations``)."""
-        sums = self.sums(theta)
-        hessian, gradient, cost = gls_normal_equations(sums, self.frame_patterns(), self.gamma, self.variance)
-        return hessian, gradient, cost, cost
+        return self.evaluation(self.sums(theta))
 
 
 REFITTED = ("theta", "covariance", "converged", "reason", "iterations", "chi2", "hessian", "at_bound", "projected_gradient")
@@ -187,13 +189,16 @@ def refit_frame_shared(result: NLSQResult, problem: NLSQProblem, options) -> NLS
     iterations = 0
     history: list[dict] = []
     for round_index in range(GLS_ROUNDS):
-        gammas.append(gls.estimate(theta))
+        at_start = gls.estimate(theta)  # its pass also gives the fit's first normal equations
+        gammas.append(gls.gamma)
         log.info("frame-shared noise: gamma = fs^2/s^2 = %.4g (round %d)", gammas[-1], round_index + 1)
-        lm = levenberg_marquardt(gls, theta, problem.lower, problem.upper, problem.free, lm_options(options), quiet=True)
+        lm = levenberg_marquardt(
+            gls, theta, problem.lower, problem.upper, problem.free, lm_options(options), initial=at_start, quiet=True
+        )
         theta, iterations, history = lm.theta, iterations + lm.iterations, history + lm.history
     assert lm is not None
-    gammas.append(gls.estimate(theta))
-    hessian, gradient, cost, _ = gls(theta)
+    hessian, gradient, cost, _ = gls.estimate(theta)
+    gammas.append(gls.gamma)
     lm.hessian, lm.gradient, lm.chi2, lm.cost, lm.iterations = hessian, gradient, cost, cost, iterations
     seconds = time.perf_counter() - start
     refit = result_from_lm(lm, problem, result.n_ranks, objective, 0.0, seconds)
