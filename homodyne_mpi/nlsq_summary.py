@@ -11,6 +11,15 @@ import numpy as np
 CORRELATION_LIMIT = 0.99
 """``|corr|`` of two free physical parameters above which they are reported as degenerate."""
 
+EIGENVALUE_LIMIT = 0.01
+"""Smallest eigenvalue of the free physical parameters' correlation matrix below which a
+combination of three or more of them is reported as degenerate (a pair at ``|corr| = 0.99``
+has the eigenvalue ``1 - 0.99``: the same limit as ``CORRELATION_LIMIT``, for any number of parameters)."""
+
+MEMBER_SHARE = 0.05
+"""A parameter belongs to a degenerate combination when its squared weight in the
+(unit) eigenvector is at least this share."""
+
 FRAME_SHARED_HINT_RATIO = 2.0
 """Median ``std_jackknife / std_model`` of the free physical parameters above which an
 independent-noise fit is told that its noise is shared along frames (independent noise
@@ -31,12 +40,14 @@ def degeneracy(
 ) -> dict:
     """result.json's ``degeneracy``: ``pairs`` ``[[a, b, corr], ...]`` of free physical parameters with
     ``|corr| > 0.99`` (over ``names``; ``model_correlation``'s where larger: the jackknife hides the
-    correlations of a parameter held on a bound), ``poorly_determined`` (``std > |value|``), ``wide_profile``
-    (profile sides wider than the error bar, ``[name, "minus"|"plus", half_width, reached, value]``) and
-    ``warning`` (any of them non-empty)."""
+    correlations of a parameter held on a bound), ``groups`` (combinations of three or more, from
+    ``degenerate_groups``), ``poorly_determined`` (``std > |value|``), ``wide_profile`` (profile sides wider
+    than the error bar, ``[name, "minus"|"plus", half_width, reached, value]``) and ``warning`` (any of them
+    non-empty)."""
     index = {name: k for k, name in enumerate(names)}
     fitted = [n for n in physical if n in index and std[index[n]] > 0]
     pairs = []
+    groups = degenerate_groups(fitted, [index[n] for n in fitted], correlation, model_correlation)
     for a_pos, a in enumerate(fitted):
         for b in fitted[a_pos + 1 :]:
             value = float(correlation[index[a], index[b]])
@@ -47,12 +58,73 @@ def degeneracy(
     poor = [n for n in fitted if std[index[n]] > abs(values[index[n]])]
     wide = list(wide_profile or [])
     return {
-        "warning": bool(pairs or poor or wide),
+        "warning": bool(pairs or groups or poor or wide),
         "correlation_limit": CORRELATION_LIMIT,
+        "eigenvalue_limit": EIGENVALUE_LIMIT,
         "pairs": pairs,
+        "groups": groups,
         "poorly_determined": poor,
         "wide_profile": wide,
     }
+
+
+def degenerate_groups(
+    fitted: list[str], positions: list[int], correlation: np.ndarray, model_correlation: np.ndarray | None = None
+) -> list[dict]:
+    """Combinations of three or more of the ``fitted`` parameters (rows ``positions`` of the correlation
+    matrices) that the data barely fix, though no pair of them need reach ``|corr| > 0.99``.
+
+    Each eigenvalue ``lam < EIGENVALUE_LIMIT`` of the parameters' correlation matrix (the reported one, or
+    ``model_correlation``'s where its smallest eigenvalue is smaller) is a unit combination of the
+    standardised parameters whose variance is ``lam``; its members are the parameters whose squared weight
+    is at least ``MEMBER_SHARE``. Returned per combination: ``parameters``, ``eigenvalue``, ``source``
+    (``reported`` or ``model``), ``weights`` (name -> eigenvector entry) and ``multiple_correlation``
+    (name -> ``sqrt(1 - 1 / (R^-1)_kk)``, how well the other fitted parameters predict it linearly).
+    Combinations of two are left to the pairs.
+    """
+    if len(fitted) < 3:
+        return []
+    candidates = [("reported", correlation)]
+    if model_correlation is not None:
+        candidates.append(("model", model_correlation))
+    spectra = []
+    for source, matrix in candidates:
+        block = np.asarray(matrix, dtype=float)[np.ix_(positions, positions)]
+        if np.all(np.isfinite(block)):
+            eigenvalues, vectors = np.linalg.eigh(0.5 * (block + block.T))
+            spectra.append((float(eigenvalues[0]), source, block, eigenvalues, vectors))
+    if not spectra:
+        return []
+    _, source, block, eigenvalues, vectors = min(spectra, key=lambda spectrum: spectrum[0])
+    inverse = np.linalg.pinv(block)
+    multiple = np.sqrt(np.clip(1.0 - 1.0 / np.maximum(np.diag(inverse), 1.0), 0.0, 1.0))
+    groups = []
+    for lam, vector in zip(eigenvalues, vectors.T):
+        members = [k for k in range(len(fitted)) if vector[k] ** 2 >= MEMBER_SHARE]
+        if lam >= EIGENVALUE_LIMIT or len(members) < 3:
+            continue
+        groups.append(
+            {
+                "parameters": [fitted[k] for k in members],
+                "eigenvalue": float(max(lam, 0.0)),
+                "source": source,
+                "weights": {fitted[k]: float(vector[k]) for k in members},
+                "multiple_correlation": {fitted[k]: float(multiple[k]) for k in members},
+            }
+        )
+    return groups
+
+
+def group_line(group: dict) -> str:
+    """One degenerate combination of three or more parameters, as a warning."""
+    names = group["parameters"]
+    listed = ", ".join(names[:-1]) + " and " + names[-1]
+    predicted = ", ".join(f"{name} {value:.4f}" for name, value in group["multiple_correlation"].items())
+    return (
+        f"{listed} are nearly degenerate together (smallest eigenvalue of their {group['source']} correlation"
+        f" {group['eigenvalue']:.2g}; each predicted by the others with multiple correlation {predicted}):"
+        " the data fix a combination of them, not each one"
+    )
 
 
 def bound_lines(doc: dict) -> list[str]:
@@ -75,6 +147,7 @@ def degeneracy_lines(doc: dict) -> list[str]:
         f"{a} and {b} are nearly degenerate (correlation {value:+.4f}): the data fix a combination of them, not each one"
         for a, b, value in entry.get("pairs", [])
     ]
+    lines += [group_line(group) for group in entry.get("groups", [])]
     if entry.get("poorly_determined"):
         lines.append("std exceeds |value| for " + ", ".join(entry["poorly_determined"]))
     lines += [profile_line(*side) for side in entry.get("wide_profile", [])]

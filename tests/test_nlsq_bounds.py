@@ -20,7 +20,7 @@ from homodyne_mpi.data.points import upper_triangle_points
 from homodyne_mpi.data.simulate import simulate_dataset
 from homodyne_mpi.nlsq import build_problem, fit_nlsq
 from homodyne_mpi.nlsq.linalg import correlation_matrix
-from homodyne_mpi.nlsq_summary import degeneracy
+from homodyne_mpi.nlsq_summary import degeneracy, degeneracy_lines
 from homodyne_mpi.parallel import SerialComm
 
 STATIC = [8000.0, -0.3, 30.0]
@@ -122,6 +122,40 @@ def test_degeneracy_flags_correlated_pairs_and_poorly_determined_parameters():
     model[3, 4] = model[4, 3] = 0.999
     hidden = degeneracy(names, values * 10, std, np.eye(5), ["D0", "alpha", "D_offset"], model)
     assert hidden["warning"] and [pair[:2] for pair in hidden["pairs"]] == [["alpha", "D_offset"]]
+
+
+def test_degeneracy_finds_a_combination_of_three_that_no_pair_shows():
+    """``D_offset = D0 + alpha + e`` (standardised, ``D0`` and ``alpha`` independent, ``var e = 0.01``): no
+    pair reaches ``|corr| = 0.99`` (``1 / sqrt(2.01) = 0.705``), but ``D_offset`` is predicted by the other
+    two with multiple correlation ``sqrt(2 / 2.01)`` and the combination ``D0 + alpha - D_offset`` has
+    variance 0.01 (closed forms of this construction)."""
+    names = ["contrast", "offset", "D0", "alpha", "D_offset"]
+    mixing = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 0.1]])  # rows: D0, alpha, D_offset from (u, v, e)
+    physical_cov = mixing @ mixing.T
+    covariance = np.eye(5) * 1e-4
+    covariance[2:, 2:] = physical_cov
+    correlation = correlation_matrix(covariance)
+    assert np.max(np.abs(correlation[2:, 2:] - np.eye(3))) == pytest.approx(1 / np.sqrt(2.01))
+    values = np.array([0.3, 1.0, 50.0, -20.0, 80.0])
+    found = degeneracy(names, values, np.sqrt(np.diag(covariance)), correlation, ["D0", "alpha", "D_offset"])
+    assert found["warning"] and found["pairs"] == []
+    (group,) = found["groups"]
+    assert group["parameters"] == ["D0", "alpha", "D_offset"] and group["source"] == "reported"
+    assert group["multiple_correlation"]["D_offset"] == pytest.approx(np.sqrt(2 / 2.01), rel=1e-9)
+    # the smallest eigenvalue of the correlation matrix, by the variance of the standardised combination
+    weights = np.array([group["weights"][n] for n in ("D0", "alpha", "D_offset")])
+    assert group["eigenvalue"] == pytest.approx(weights @ correlation[2:, 2:] @ weights, rel=1e-9)
+    assert group["eigenvalue"] < 0.01
+    lines = degeneracy_lines({"degeneracy": found})
+    assert any(line.startswith("D0, alpha and D_offset are nearly degenerate together") for line in lines)
+    # a tenfold larger independent part (var e = 1) leaves the combination determined: no group
+    mixing[2, 2] = 1.0
+    covariance[2:, 2:] = mixing @ mixing.T
+    loose = degeneracy(names, values, np.sqrt(np.diag(covariance)), correlation_matrix(covariance), ["D0", "alpha", "D_offset"])
+    assert not loose["warning"] and loose["groups"] == []
+    # the model correlation is used where the reported one (a parameter held on a bound) hides the combination
+    hidden = degeneracy(names, values, np.ones(5), np.eye(5), ["D0", "alpha", "D_offset"], correlation)
+    assert [g["source"] for g in hidden["groups"]] == ["model"]
 
 
 def test_log_and_report_lines_show_a_bound_and_no_symmetric_error():
