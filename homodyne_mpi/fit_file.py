@@ -9,23 +9,28 @@ file): about ``5 x 8 x ROW_BLOCK_VALUES`` bytes (40 MiB) in memory whatever ``N`
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import h5py
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .fit_matrices import MATRICES, MatrixPlan
-from .model import c2_points
+from .model import ModelSpec, ParameterLayout, c2_points
 from .nlsq import NLSQProblem, NLSQResult
 from .nlsq.results import small_fit_arrays
 
 ROW_BLOCK_VALUES = 1 << 20
 """Matrix entries per written row block (``r`` whole kept rows, ``r = max(1, ROW_BLOCK_VALUES // m)``)."""
 
-compiled_c2_points = jax.jit(c2_points, static_argnames=("spec",))
-"""``model.c2_points`` compiled once per spec and block shape."""
+
+@partial(jax.jit, static_argnames=("layout", "spec"))
+def fitted_c2(theta, phi, angle_index, frame_i, frame_j, layout: ParameterLayout, spec: ModelSpec):
+    """``model.c2_points`` at the flat parameter vector ``theta`` (split by ``layout`` inside the compiled
+    function, so that no eager JAX operation is traced per job), compiled once per spec and block shape."""
+    contrast, offset, physical = layout.split(theta)
+    return c2_points(physical, contrast, offset, phi, angle_index, frame_i, frame_j, spec)
 
 
 def block_rows(plan: MatrixPlan, block_values: int = ROW_BLOCK_VALUES) -> int:
@@ -41,10 +46,10 @@ def fitted_rows(
     frame_i = np.full(rows, row_frames[-1], dtype=np.int32)
     frame_i[: len(row_frames)] = row_frames
     columns = np.asarray(column_frames, dtype=np.int32)
-    contrast, offset, physical = problem.layout.split(jnp.asarray(result.theta))
-    angles = jnp.full(rows * columns.size, angle, jnp.int32)
-    points_i, points_j = jnp.asarray(np.repeat(frame_i, columns.size)), jnp.asarray(np.tile(columns, rows))
-    values = compiled_c2_points(physical, contrast, offset, jnp.asarray(problem.phi), angles, points_i, points_j, problem.spec)
+    angles = np.full(rows * columns.size, angle, np.int32)
+    points_i, points_j = np.repeat(frame_i, columns.size), np.tile(columns, rows)
+    theta, phi = np.asarray(result.theta, dtype=np.float64), np.asarray(problem.phi, dtype=np.float64)
+    values = fitted_c2(theta, phi, angles, points_i, points_j, layout=problem.layout, spec=problem.spec)
     return np.asarray(values).reshape(rows, columns.size)[: len(row_frames)]
 
 

@@ -13,7 +13,11 @@ std divided by the empirical scatter (standard deviation over seeds) of the fitt
 values, per physical parameter (``calibration_ratio``; ``calibration_ratio_robust`` uses
 1.4826 times the median absolute deviation instead of the standard deviation;
 ``calibration_ratio_z`` is ``1 / rms((fit - truth) / std)`` over the seeds, which stays
-meaningful when the reported std changes from seed to seed). ``--noise-model frame_shared``
+meaningful when the reported std changes from seed to seed). ``linear_control`` measures the
+seeds themselves: the scatter of the linearised least-squares estimator over the same noise
+draws against its std (``seed_factor``, 1 on average), and so the scatter ratio that an exactly
+calibrated error bar would get on these seeds (``expected_calibration_ratio``); with 20 seeds
+a std is known to about 16%. ``--noise-model frame_shared``
 fits by generalised least squares under frame-shared noise (``nlsq/gls.py``) and reports the
 calibration of its std, the ``gamma`` estimates and the fits' iterations.
 
@@ -55,6 +59,7 @@ from homodyne_mpi.data.loader import load_config_dataset  # noqa: E402
 from homodyne_mpi.data.points import upper_triangle_points  # noqa: E402
 from homodyne_mpi.data.simulate import simulate_dataset  # noqa: E402
 from homodyne_mpi.nlsq import build_problem, fit_with_uncertainty  # noqa: E402
+from homodyne_mpi.nlsq.fit import make_objective  # noqa: E402
 from homodyne_mpi.nlsq.results import result_document  # noqa: E402
 from homodyne_mpi.parallel import SerialComm  # noqa: E402
 
@@ -104,20 +109,56 @@ def simulate(
     )
 
 
-def fit_config(path: Path):
-    """``(problem, result)``: the data set of the config at ``path`` fitted as the pipeline does (one process)."""
+def fit_config(path: Path, truth=None):
+    """``(problem, result, linear)``: the data set of the config at ``path`` fitted as the pipeline does (one
+    process); with ``truth`` (physical parameters) also ``linear_deviation`` there, else None."""
     cfg = load_config(path)
     data = load_config_dataset(cfg)
     problem = build_problem(cfg, data)
     points = upper_triangle_points(data.c2, problem.noise_sigma)
-    return problem, fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
+    result = fit_with_uncertainty(problem, points, SerialComm(), cfg.optimization.nlsq)
+    linear = None if truth is None else linear_deviation(problem, points, cfg.optimization.nlsq, truth)
+    return problem, result, linear
+
+
+def linear_deviation(problem, points, options, truth) -> tuple[np.ndarray, np.ndarray]:
+    """``(delta, sd)`` of the physical parameters: the Gauss-Newton step from the true parameters
+    (contrast 0.3, offset 1) over ``points``, which is the linearised least-squares estimator's
+    deviation ``(J^T W J)^-1 J^T W e`` for this seed's noise ``e`` (the simulated data are the model at
+    the truth plus noise), and that estimator's std ``sqrt(diag (J^T W J)^-1)``. Over seeds, the
+    standard deviation of ``delta`` divided by ``sd`` says how much this set of noise draws moves the
+    parameters against the average draw: a calibrated error bar gets ``sd / scatter(delta)``, not 1, as
+    its scatter ratio on these seeds (the *linear control*)."""
+    n_angles = problem.layout.n_angles
+    theta = np.asarray(problem.layout.join(np.full(n_angles, 0.3), np.full(n_angles, 1.0), np.asarray(truth)), dtype=float)
+    hessian, gradient, _, _ = make_objective(problem, points, SerialComm(), options)(theta)
+    free = np.asarray(problem.free, dtype=bool)
+    delta, sd = np.zeros(len(theta)), np.zeros(len(theta))
+    h_free = hessian[np.ix_(free, free)]
+    delta[free] = -np.linalg.solve(h_free, gradient[free])
+    sd[free] = np.sqrt(np.diag(np.linalg.inv(h_free)))
+    physical = problem.layout.physical_slice
+    return delta[physical], sd[physical]
+
+
+def linear_control(names, linear) -> dict:
+    """Over the seeds' ``linear_deviation``: ``seed_factor`` (scatter of ``delta`` / median ``sd``; 1 on
+    average over noise draws) and ``expected_calibration_ratio`` (its inverse: the scatter ratio of an
+    exactly calibrated error bar on these seeds), per physical parameter."""
+    deltas, sds = np.asarray([d for d, _ in linear]), np.asarray([s for _, s in linear])
+    factor = np.std(deltas, axis=0, ddof=1) / np.median(sds, axis=0)
+    return {
+        "seed_factor": dict(zip(names, factor.round(3).tolist())),
+        "expected_calibration_ratio": dict(zip(names, (1.0 / factor).round(3).tolist())),
+    }
 
 
 def fitted_seeds(path: Path, workdir: Path, mode: str, n_frames: int, seeds: int, noise_model: str):
-    """``(problem, result)`` of seeds ``0 .. seeds - 1``: each simulated (``TRUTH[mode]``, ``PHI``) and fitted with the config at ``path``."""
+    """``(problem, result, linear)`` of seeds ``0 .. seeds - 1``: each simulated (``TRUTH[mode]``, ``PHI``),
+    fitted with the config at ``path``, and its ``linear_deviation``."""
     for seed in range(seeds):
         simulate(workdir, mode, np.array(TRUTH[mode]), PHI, n_frames, seed, noise_model)
-        yield fit_config(path)
+        yield fit_config(path, TRUTH[mode])
 
 
 def correlator_case(seed: int, workdir: Path, frame_noise: float = 0.01, noise_fit: str = "independent") -> dict:
@@ -167,9 +208,11 @@ def study(
     dofs, squared_errors = [], []
     tempering: dict[str, list[float]] = {"plain": [], "t_widened": [], "t_widened_significant": []}
     inside_tempered: dict[str, list[bool]] = {kind: [] for kind in tempering}
+    linear = []
     start = time.perf_counter()
-    for problem, result in fitted_seeds(path, workdir, mode, n_frames, seeds, noise_model):
+    for problem, result, deviation in fitted_seeds(path, workdir, mode, n_frames, seeds, noise_model):
         physical = problem.layout.physical_slice
+        linear.append(deviation)
         fitted.append(result.theta[physical])
         reported.append(result.std_jackknife[physical])
         error = np.abs(result.theta[physical] - truth)
@@ -195,6 +238,7 @@ def study(
     scatter = np.std(fitted, axis=0, ddof=1)
     return {
         **calibration_ratios(names, fitted, reported, truth),
+        "linear_control": linear_control(names, linear),
         "per_seed": {
             "values": np.asarray(fitted).tolist(),
             "std": np.asarray(reported).tolist(),
@@ -238,10 +282,11 @@ def study_frame_shared(mode: str, noise_model: str, seeds: int, n_frames: int, w
     ``gamma`` and the fits' convergence and iterations."""
     path = write_config(mode, n_frames, 2, workdir, noise_fit="frame_shared")
     truth = np.array(TRUTH[mode])
-    fitted, reported, gammas, iterations, converged = [], [], [], [], 0
+    fitted, reported, gammas, iterations, linear, converged = [], [], [], [], [], 0
     start = time.perf_counter()
-    for problem, result in fitted_seeds(path, workdir, mode, n_frames, seeds, noise_model):
+    for problem, result, deviation in fitted_seeds(path, workdir, mode, n_frames, seeds, noise_model):
         physical = problem.layout.physical_slice
+        linear.append(deviation)
         fitted.append(result.theta[physical])
         reported.append(result.std[physical])
         gammas.append(result.frame_noise["gamma"])
@@ -250,6 +295,7 @@ def study_frame_shared(mode: str, noise_model: str, seeds: int, n_frames: int, w
     names = problem.layout.physical_names
     return {
         **calibration_ratios(names, fitted, reported, truth),
+        "linear_control": linear_control(names, linear),
         "per_seed": {"values": np.asarray(fitted).tolist(), "std": np.asarray(reported).tolist(), "gamma": gammas},
         "fits_converged": converged,
         "gls_iterations": {"median": float(np.median(iterations)), "range": [int(min(iterations)), int(max(iterations))]},
