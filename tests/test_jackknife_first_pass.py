@@ -130,9 +130,10 @@ def test_shared_first_pass_gives_the_same_replicates_in_fewer_passes_static(tmp_
     assert_same_replicates(result, shared, own)
     assert shared.converged.all()
     # measured: 10 first passes replaced by one shared pass (block choice 1 + refits);
-    # with plain refit steps (43, 34 with the geodesic acceleration's extra passes)
+    # with plain refit steps (43, 34 with the geodesic acceleration's extra passes); with
+    # the Newton finish of the refits (38, 29 when every refit stopped at 0.01 std unfinished)
     assert own.passes - shared.passes == len(shared.blocks) - 1
-    assert (own.passes, shared.passes) == (38, 29)
+    assert (own.passes, shared.passes) == (33, 24)
 
 
 @pytest.mark.timeout(300)
@@ -146,7 +147,9 @@ def test_shared_first_pass_on_a_laminar_fit_held_on_a_bound(tmp_path):
     assert_same_replicates(result, shared, own, unconverged_tolerance=1e-4)
     assert (~shared.converged).sum() == 1  # measured: frames 35..45 left out, 4e-6 model std apart
     assert own.passes - shared.passes == len(shared.blocks) - 1
-    assert (own.passes, shared.passes) == (204, 197)  # (307, 300) with accelerated refit steps
+    # (307, 300) with accelerated refit steps; (204, 197) before the Newton finish, when refits that
+    # do not finish stopped at 0.01 std rather than 0.001
+    assert (own.passes, shared.passes) == (206, 199)
 
 
 @pytest.mark.mpi(min_size=2)

@@ -334,6 +334,10 @@ def lm_options(
     initial_growth: float = LMOptions.initial_growth,
     initial_trusted: bool = LMOptions.initial_trusted,
     decrement_tol: float = 0.0,
+    finish_step: bool = False,
+    finish_decrement_tol: float = 0.0,
+    finish_contraction: float = LMOptions.finish_contraction,
+    finish_drift_tol: float = 0.0,
 ) -> LMOptions:
     """The solver's options from the config's ``optimization.nlsq`` section."""
     return LMOptions(
@@ -345,6 +349,10 @@ def lm_options(
         initial_growth=initial_growth,
         initial_trusted=initial_trusted,
         decrement_tol=decrement_tol,
+        finish_step=finish_step,
+        finish_decrement_tol=finish_decrement_tol,
+        finish_contraction=finish_contraction,
+        finish_drift_tol=finish_drift_tol,
     )
 
 

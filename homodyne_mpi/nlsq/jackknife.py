@@ -36,6 +36,18 @@ One shared pass at the optimum gives every refit its first normal equations
 (``left_out.first_systems``); refits start with a tiny damping (``REFIT_DAMPING``), or the
 correlated ``D0``, ``alpha``, ``D_offset`` would crawl along their valley.
 
+Stopping rule (``solver.LMOptions.finish_step``). After a step, a refit whose local quadratic
+optimum is within ``REFIT_FINISH_DISTANCE`` (0.2) model std stops with a Newton finish: the
+Gauss-Newton step of the system in hand, taken without a pass, so a refit that converges
+in one step costs one pass. It does so only when the finish step is at most
+``REFIT_CONTRACTION`` (0.25) times the step before it (Newton's steps converge there) and the
+model variances are predicted to move by at most ``REFIT_DRIFT`` (1%) over it, because the
+refit's ``C_b`` comes from the system in hand, at the point before the finish. Other refits
+(crawling along a curved valley, or with fast-changing curvature) step on until their
+optimum is within ``REFIT_DISTANCE`` (0.001) model std. Measured against refits run to 1e-6
+std (scripts/study_refit_finish.py, docs/performance.md): 22 passes instead of 32 on the
+static 1e6-point bench job, replicates within 3e-5 instead of 1e-3 model std there.
+
 Distribution (``jackknife_parallel``): ``points`` (default) runs each replicate as a
 distributed fit on all ranks; ``replicates`` gives every rank a copy of all points and
 refits blocks ``rank, rank + size, ...`` alone (not faster on 2 cores; docs/performance.md).
@@ -157,9 +169,19 @@ def frame_influence(sensitivity: np.ndarray, covariance_model: np.ndarray, free:
 
 REFIT_DAMPING = 1e-9
 """Initial LM damping of the refits (near Gauss-Newton: they start at the optimum)."""
-REFIT_DISTANCE = 0.01
-"""A refit has converged when its local quadratic optimum is within this many model std
-(Mahalanobis distance ``sqrt(g^T H^-1 g / chi2_red)``), or on the fit's tolerances."""
+REFIT_DISTANCE = 0.001
+"""A refit that does not finish (module docstring) has converged when its local quadratic optimum
+is within this many model std (Mahalanobis distance ``sqrt(g^T H^-1 g / chi2_red)``), or on the
+fit's tolerances. Before the Newton finish every refit stopped at 0.01 without a finish step."""
+REFIT_FINISH_DISTANCE = 0.2
+"""A refit stops with the Newton finish step once its local quadratic optimum is within this many
+model std, if ``REFIT_CONTRACTION`` and ``REFIT_DRIFT`` allow (chosen by measurement: the smallest
+that lets every refit of the static bench job finish after one step; 0.1 to 0.3 gave similar
+accuracy; docs/performance.md)."""
+REFIT_CONTRACTION = 0.25
+"""Largest ratio of the finish step to the last step (metric ``H``) at which a refit finishes."""
+REFIT_DRIFT = 0.01
+"""Largest predicted relative change of the refit's model variances over the finish step."""
 INFLUENCE_SHARE = 0.5
 """Weight of the frames' influence in the block sizes; the rest is spread evenly over frames."""
 
@@ -246,7 +268,7 @@ def refit_without(objective: DistributedObjective, block, theta_hat, lm_options:
 def log_refit(index: int, blocks: np.ndarray, refit) -> None:
     """Log one refit's outcome, with its left-out frames counted from 1."""
     first, stop = blocks[index]
-    state = "converged" if refit.converged else refit.reason
+    state = ("converged, finished with a Newton step" if refit.finished else "converged") if refit.converged else refit.reason
     message = "jackknife %d/%d (frames %d..%d left out): %d iterations, %s"
     log.info(message, index + 1, len(blocks), first + 1, stop, refit.iterations, state)
 
@@ -291,11 +313,25 @@ def refits_by_rank(objective, blocks, theta_hat, lm_options, reduced_chi2, initi
     return replicates, converged, table[:, n_params + 2 :].reshape(n_blocks, n_params, n_params), passes
 
 
-def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_first_pass: bool = True) -> JackknifeResult:
+def run_jackknife(
+    result: NLSQResult,
+    problem: NLSQProblem,
+    options,
+    *,
+    shared_first_pass: bool = True,
+    distance: float = REFIT_DISTANCE,
+    finish: bool = True,
+    finish_distance: float = REFIT_FINISH_DISTANCE,
+    contraction: float = REFIT_CONTRACTION,
+    drift: float = REFIT_DRIFT,
+) -> JackknifeResult:
     """Refit the full fit ``result`` with each frame block left out and build the covariance (collective).
 
     Unconverged refits are logged and left out (the model covariance with fewer than two
     converged); ``shared_first_pass=False`` lets each refit make its own first pass (tests).
+    The refits' stopping rule (module docstring): ``distance`` (``REFIT_DISTANCE``) and, with
+    ``finish``, ``finish_distance``, ``contraction`` and ``drift``; ``finish=False`` with a small
+    ``distance`` gives reference replicates (tests, studies).
     """
     start = time.perf_counter()
     objective = result.objective
@@ -306,9 +342,16 @@ def run_jackknife(result: NLSQResult, problem: NLSQProblem, options, *, shared_f
     blocks = choose_blocks(objective, problem, theta_hat, covariance_model, options)
     initial = first_systems(objective, blocks, theta_hat) if shared_first_pass else None
     passes = objective.passes - passes
-    decrement_tol = REFIT_DISTANCE**2 * reduced_chi2
+    decrement_tol = distance**2 * reduced_chi2
     refit_options = lm_options(
-        options, max_iterations=options.jackknife_iterations, initial_damping=REFIT_DAMPING, decrement_tol=decrement_tol
+        options,
+        max_iterations=options.jackknife_iterations,
+        initial_damping=REFIT_DAMPING,
+        decrement_tol=decrement_tol,
+        finish_step=finish,
+        finish_decrement_tol=finish_distance**2 * reduced_chi2,
+        finish_contraction=contraction,
+        finish_drift_tol=drift,
     )
     by_rank = objective.comm.size > 1 and options.jackknife_parallel == "replicates"
     how = f"by rank, each of {objective.comm.size} ranks on a copy of all points" if by_rank else "all ranks on each refit"
