@@ -95,10 +95,8 @@ def search_start(evaluate, theta0, lower, upper, free, layout: ParameterLayout) 
     log.info("start search: %d grid points scored; best profiled chi2 %.6e", len(candidates), scored[0][0])
     options = LMOptions(max_iterations=REFINE_ITERATIONS, xtol=1e-6, gtol=1e-6, ftol=1e-6)
     best_cost, best_theta = np.inf, scored[0][1]
-    for _cost, start in scored[:REFINED_CANDIDATES]:
-        refined = levenberg_marquardt(
-            evaluate, start, lower, upper, free, options, quiet=True, mixed_gradient=evaluate.mixed_gradient
-        )
+    for _cost, start in scored[:REFINED_CANDIDATES]:  # plain steps: docs/nlsq.md, "Starting values"
+        refined = levenberg_marquardt(evaluate, start, lower, upper, free, options, quiet=True)
         if refined.cost < best_cost:
             best_cost, best_theta = refined.cost, refined.theta
     log.info("start search: refined best chi2 on the subsample %.6e", best_cost)
