@@ -301,12 +301,13 @@ def fit_nlsq(
     start_theta = problem.theta0 if resume is None else np.asarray(resume.theta, dtype=float)
     compile_seconds = objective.compile(start_theta)
     search_seconds = 0.0
+    state = resume or LatestState()
     if options.start_search and resume is None:
         search_start_time = time.perf_counter()
         start_theta = searched_start(problem, local_points, comm, options)
         search_seconds = time.perf_counter() - search_start_time
+        state = LatestState(damping=SEARCHED_START_DAMPING)
     fit_start = time.perf_counter()
-    state = resume or LatestState()
     lm = levenberg_marquardt(
         objective,
         start_theta,
@@ -375,6 +376,12 @@ def memory_report(comm: Comm, local_points: PointSet, chunk_size: int) -> dict:
         "peak_rss_bytes_per_rank": [int(rss) for rss, _ in everyone],
         "local_points_bytes_per_rank": [int(size) for _, size in everyone],
     }
+
+
+SEARCHED_START_DAMPING = 1e-6
+"""Initial LM damping of a fit that starts from the search's refined point (the optimum of a
+subsample, near the full data's): Gauss-Newton steps cross the degenerate valleys at once, where
+the default 1e-3 shortens them along the valley for several iterations (docs/nlsq.md)."""
 
 
 def searched_start(problem: NLSQProblem, local_points: PointSet, comm: Comm, options) -> np.ndarray:
