@@ -216,16 +216,19 @@ def variance_drift(hessian, hessian_before, ratio: float) -> float:
     return ratio * float(np.max(np.abs(now[positive] - before[positive]) / now[positive], initial=0.0))
 
 
-def finish_ready(options: LMOptions, hessian, gradient, theta, lower, upper, last_step, hessian_before) -> bool:
-    """Whether the finish step may end the fit (free parameters): Newton's steps contract
+def finish_ready(options: LMOptions, hessian, gradient, theta, lower, upper, last_step, hessian_before) -> np.ndarray | None:
+    """The finish step (free parameters) when it may end the fit, else None: Newton's steps contract
     (``contraction <= finish_contraction``) and the variances barely move over the finish
     (``variance_drift <= finish_drift_tol``, when set); never before the first accepted step."""
     if last_step is None or hessian_before is None:
-        return False
-    ratio = contraction(hessian, last_step, finish_step(hessian, gradient, theta, lower, upper))
+        return None
+    finish = finish_step(hessian, gradient, theta, lower, upper)
+    ratio = contraction(hessian, last_step, finish)
     if ratio > options.finish_contraction:
-        return False
-    return options.finish_drift_tol <= 0 or variance_drift(hessian, hessian_before, ratio) <= options.finish_drift_tol
+        return None
+    if options.finish_drift_tol > 0 and variance_drift(hessian, hessian_before, ratio) > options.finish_drift_tol:
+        return None
+    return finish
 
 
 def levenberg_marquardt(
@@ -256,7 +259,8 @@ def levenberg_marquardt(
     level = logging.DEBUG if quiet else logging.INFO
     trusted = options.initial_trusted  # the quadratic model predicted the last step well (or there was none)
     history: list[dict] = []
-    reason, converged, finished = f"reached max_iterations={options.max_iterations}", False, False
+    reason, converged = f"reached max_iterations={options.max_iterations}", False
+    finish: np.ndarray | None = None  # the finish step that ended the fit (free parameters)
     last_step: np.ndarray | None = None  # the last accepted step over the free parameters
     last_hessian: np.ndarray | None = None  # the system before that step
     iteration = first_iteration - 1
@@ -273,9 +277,9 @@ def levenberg_marquardt(
             finish_tol = max(options.finish_decrement_tol, options.decrement_tol)
             if options.finish_step and decrement <= finish_tol:
                 before = None if last_hessian is None else last_hessian[np.ix_(free, free)]
-                finished = finish_ready(options, h_free, g_free, theta[free], lo, hi, last_step, before)
-            if finished or (options.decrement_tol > 0 and decrement <= options.decrement_tol):
-                tol = finish_tol if finished else options.decrement_tol
+                finish = finish_ready(options, h_free, g_free, theta[free], lo, hi, last_step, before)
+            if finish is not None or (options.decrement_tol > 0 and decrement <= options.decrement_tol):
+                tol = finish_tol if finish is not None else options.decrement_tol
                 converged, reason = True, f"decrement: g^T H^-1 g {decrement:.2e} <= {tol:.2e}"
                 iteration -= 1
                 break
@@ -340,9 +344,9 @@ def levenberg_marquardt(
             break
     h_free, g_free = hessian[np.ix_(free, free)], gradient[free]
     final_cosine = projected_cosine(theta[free], h_free, g_free, cost, lo, hi)
-    if finished:
+    if finish is not None:
         theta = theta.copy()
-        theta[free] += finish_step(h_free, g_free, theta[free], lo, hi)
+        theta[free] += finish
         reason += "; finished with a Newton step"
     return LMResult(
         theta,
@@ -355,5 +359,5 @@ def levenberg_marquardt(
         gradient,
         history,
         final_cosine,
-        finished,
+        finish is not None,
     )
