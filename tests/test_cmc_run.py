@@ -406,14 +406,29 @@ def test_a_retry_that_would_be_left_out_is_extended_once_more_and_kept(monkeypat
         "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
     )
     result = run(sim)
-    assert calls == [(0, 0.8), (0, 0.95), (0, 0.95)]
+    assert calls == [(0, 0.8), (0, 0.95), (0, 0.99)]
     assert warmups[1] == 2 * max(warmups[0], 1) and warmups[2] == 2 * warmups[1]
+    sampler = result.to_json_dict()["sampler"]
+    assert sampler["last_target_accept_prob"] == 0.99 and sampler["last_num_warmup"] == warmups[2]
     shard = result.to_json_dict()["shards"][0]
     assert shard["num_warmup"] == warmups[2] and shard["ok"] is True
     assert (
         shard["retried_because"].startswith("divergence rate 1.000 >")
         and "; then divergence rate 1.000 >" in shard["retried_because"]
     )
+
+
+def test_the_last_attempt_never_lowers_the_retry_target():
+    from homodyne_mpi.cmc.plan import last_settings_for, retry_settings_for
+    from homodyne_mpi.cmc.sampler import SamplerSettings
+
+    first = SamplerSettings(500, 300, 4, "sequential", 0.8)
+    retry = retry_settings_for(first, 0.95)
+    assert (retry.num_warmup, retry.target_accept_prob) == (1000, 0.95)
+    last = last_settings_for(retry, 0.99)
+    assert (last.num_warmup, last.target_accept_prob) == (2000, 0.99)
+    assert last_settings_for(retry, 0.9).target_accept_prob == 0.95
+    assert last_settings_for(retry_settings_for(first, 0.0), 0.99) is None
 
 
 def divergent_fractions(monkeypatch, fractions):

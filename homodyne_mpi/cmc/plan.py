@@ -37,6 +37,8 @@ class RunPlan:
     calibration: float
     retry_settings: SamplerSettings | None
     """A shard's second attempt (longer warm-up, higher ``target_accept_prob``), or None."""
+    last_settings: SamplerSettings | None
+    """Its third and last attempt (twice the retry's warm-up, ``last_target_accept_prob``), or None."""
     max_divergence_rate: float
     max_rhat: float
     """The shard checks (``combination``) that decide a retry and the combination."""
@@ -61,6 +63,15 @@ def retry_settings_for(settings: SamplerSettings, retry_target_accept_prob: floa
     if not retry_target_accept_prob > settings.target_accept_prob:
         return None
     return dataclasses.replace(doubled_warmup(settings), target_accept_prob=retry_target_accept_prob)
+
+
+def last_settings_for(retry: SamplerSettings | None, last_target_accept_prob: float) -> SamplerSettings | None:
+    """A shard's last attempt after ``retry``: twice its warm-up at ``last_target_accept_prob``, or at the
+    retry's target when that is not lower; None without a retry."""
+    if retry is None:
+        return None
+    target = max(retry.target_accept_prob, last_target_accept_prob)
+    return dataclasses.replace(doubled_warmup(retry), target_accept_prob=target)
 
 
 def plan_run(
@@ -131,6 +142,7 @@ def plan_run(
         mcmc.num_chains,
         method,
     )
+    retry = retry_settings_for(settings, mcmc.retry_target_accept_prob)
     return RunPlan(
         priors=priors,
         settings=settings,
@@ -140,7 +152,8 @@ def plan_run(
         fill_angle=fill_angle,
         seed=int(cmc.seed),
         calibration=float(calibration),
-        retry_settings=retry_settings_for(settings, mcmc.retry_target_accept_prob),
+        retry_settings=retry,
+        last_settings=last_settings_for(retry, mcmc.last_target_accept_prob),
         max_divergence_rate=float(cmc.combination.max_divergence_rate),
         max_rhat=float(cmc.combination.max_rhat),
     )

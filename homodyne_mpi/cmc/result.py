@@ -106,7 +106,7 @@ def left_out_reason(left_out: dict[int, str]) -> str:
 
 def run_record(plan: RunPlan, n_ranks: int, **counts) -> dict:
     """The ``n_ranks``, ``n_points``, ``n_shards``, ``counts``, ``sampler`` and ``priors`` entries of ``cmc/result.json``."""
-    s, retry = plan.settings, plan.retry_settings
+    s, retry, last = plan.settings, plan.retry_settings, plan.last_settings
     sampler = {
         "num_warmup": s.num_warmup,
         "num_samples": s.num_samples,
@@ -115,6 +115,8 @@ def run_record(plan: RunPlan, n_ranks: int, **counts) -> dict:
         "target_accept_prob": s.target_accept_prob,
         "retry_target_accept_prob": None if retry is None else retry.target_accept_prob,
         "retry_num_warmup": None if retry is None else retry.num_warmup,
+        "last_target_accept_prob": None if last is None else last.target_accept_prob,
+        "last_num_warmup": None if last is None else last.num_warmup,
         "max_tree_depth": s.max_tree_depth,
         "dense_mass": s.dense_mass,
         "shard_points_padded": plan.n_padded,

@@ -18,7 +18,7 @@ import numpy as np
 from ..data.points import PointSet
 from ..errors import Interrupted
 from ..parallel.watchdog import TaskLimit
-from .plan import RunPlan, doubled_warmup
+from .plan import RunPlan
 from .sampler import SamplerSettings, ShardDraws, ShardResult, ShardSampler, diagnostics
 from .shard_model import ShardData, ShardModel
 
@@ -113,7 +113,7 @@ def attempt_badness(out: ShardDraws, rhat: np.ndarray, max_divergence_rate: floa
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
     """One shard, start to end: its draws and diagnostics, or its error and traceback. Draws above
     the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if still above them,
-    once more with twice that warm-up; the attempt that misses the thresholds least is kept
+    a last time with ``plan.last_settings``; the attempt that misses the thresholds least is kept
     (``attempt_badness``) and ``retried_because`` says why each retry ran."""
     start = time.perf_counter()
     plan = worker.plan
@@ -134,7 +134,7 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
             ess,
         )
         problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
-        retries = [] if plan.retry_settings is None else [plan.retry_settings, doubled_warmup(plan.retry_settings)]
+        retries = [attempt for attempt in (plan.retry_settings, plan.last_settings) if attempt is not None]
         for settings in retries:
             if problem is None:
                 break

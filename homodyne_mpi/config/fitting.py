@@ -95,8 +95,11 @@ class PerShardMCMCConfig:
     target_accept_prob: float = option(0.8, gt=0, lt=1)
     """NUTS target acceptance probability."""
     retry_target_accept_prob: float = option(0.95, ge=0, lt=1)
-    """A shard that fails the divergence or R-hat check is sampled once more with this target acceptance probability (smaller
-    steps); 0, or a value not above target_accept_prob, means no retry."""
+    """A shard that fails the divergence or R-hat check is sampled once more with twice the warm-up at this target acceptance
+    probability (smaller steps); 0, or a value not above target_accept_prob, means no retry."""
+    last_target_accept_prob: float = option(0.99, ge=0, lt=1)
+    """A retried shard that still fails is sampled a last time with four times the warm-up at this target acceptance
+    probability (the retry's when this is not above it); the attempt nearest the checks is kept."""
     max_tree_depth: int = option(10, ge=1, le=20)
     """NUTS tree depth limit (at most 2^depth leapfrog steps)."""
     min_warmup: int = option(200, ge=0)
