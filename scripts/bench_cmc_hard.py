@@ -40,6 +40,7 @@ from homodyne_mpi.parallel.devices import configure_host_devices  # noqa: E402
 
 configure_host_devices(4)
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
@@ -348,6 +349,9 @@ def main() -> None:
                 if (name, seed) in done:
                     continue
                 record = run_seed(comm, name, CASES[name], seed, Path(folder), args.combination)
+                # every data set compiles its own kernels; kept alive, their memory maps reach the
+                # kernel's limit after about an hour ("LLVM compilation error: Cannot allocate memory")
+                jax.clear_caches()
                 if comm.is_root:
                     records.append(record)
                     print(
