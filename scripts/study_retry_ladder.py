@@ -1,13 +1,13 @@
 """How a hard CMC shard's divergences and R-hat answer to warm-up length and target acceptance.
 
     python scripts/study_retry_ladder.py --case static_small_data --seeds 1,2,11 --shards 0
-                                         [--rungs 500:0.8,1000:0.95,2000:0.95,2000:0.99,4000:0.99]
+                                         [--rungs 500:0.8,1000:0.95,2000:0.95,2000:0.99,4000:0.99:1000]
                                          [--output FILE]
 
 Builds each (case, seed) of ``bench_cmc_hard.py`` (simulation, NLSQ with the jackknife, the CMC
 plan of a 2-rank run) and samples the named shards once per rung ``warm-up:target`` (one process,
 parallel chains, the plan's keys, draws and tree depth otherwise). Per rung the JSON holds the
-divergence rate, split R-hat, smallest ESS, median leapfrog steps per draw, the share of draws
+divergence rate, split R-hat and ESS (largest / smallest and per parameter), each chain's mean, median leapfrog steps per draw, the share of draws
 whose tree reached the depth limit, and the seconds. The retry policy (``cmc/worker.py``) is
 chosen from these figures: which further attempts bring a shard that misses 1% divergent or
 R-hat 1.05 under those limits, and at what cost.
@@ -37,18 +37,22 @@ from homodyne_mpi.cmc.worker import shard_data  # noqa: E402
 DEFAULT_RUNGS = "500:0.8,1000:0.95,2000:0.95,2000:0.99,4000:0.99"
 
 
-def parse_rungs(text: str) -> list[tuple[int, float]]:
-    """``"500:0.8,1000:0.95"`` -> ``[(500, 0.8), (1000, 0.95)]``."""
+def parse_rungs(text: str) -> list[tuple[int, float, int | None]]:
+    """``"500:0.8,1000:0.95:2000"`` -> ``[(500, 0.8, None), (1000, 0.95, 2000)]``: warm-up, target and,
+    optionally, the number of draws kept per chain (None: the plan's)."""
     rungs = []
     for item in text.split(","):
-        warmup, target = item.split(":")
-        rungs.append((int(warmup), float(target)))
+        warmup, target, *samples = item.split(":")
+        rungs.append((int(warmup), float(target), int(samples[0]) if samples else None))
     return rungs
 
 
-def sample_rung(model: ShardModel, plan, data, index: int, warmup: int, target: float) -> dict:
-    """One sampling of shard ``index`` with ``warmup`` draws of adaptation at ``target``."""
-    settings = dataclasses.replace(plan.settings, num_warmup=warmup, target_accept_prob=target)
+def sample_rung(model: ShardModel, plan, data, index: int, warmup: int, target: float, samples: int | None) -> dict:
+    """One sampling of shard ``index`` with ``warmup`` draws of adaptation at ``target`` and ``samples``
+    draws per chain (None: the plan's)."""
+    settings = dataclasses.replace(
+        plan.settings, num_warmup=warmup, target_accept_prob=target, num_samples=samples or plan.settings.num_samples
+    )
     start = time.perf_counter()
     out = ShardSampler(model, settings, seed=plan.seed).run(index, data)
     seconds = time.perf_counter() - start
@@ -57,9 +61,14 @@ def sample_rung(model: ShardModel, plan, data, index: int, warmup: int, target: 
     return {
         "num_warmup": warmup,
         "target_accept_prob": target,
+        "num_samples": settings.num_samples,
         "divergence_rate": float(np.mean(out.diverging)),
         "rhat_max": float(np.max(rhat)),
         "ess_min": float(np.min(ess)),
+        "rhat": rhat.tolist(),
+        "ess": ess.tolist(),
+        "chain_means": np.mean(out.draws, axis=1).tolist(),
+        "chain_divergences": np.sum(out.diverging, axis=1).tolist(),
         "median_leapfrog_steps": float(np.median(steps)),
         "share_at_depth_limit": float(np.mean(steps >= 2**settings.max_tree_depth - 1)),
         "seconds": seconds,
@@ -80,11 +89,18 @@ def study_seed(case: str, seed: int, shards: list[int], rungs, ranks: int) -> di
         records = []
         for index in shards:
             data, n_points = shard_data(shard_columns(points, state.shards[index]), plan.n_padded, plan.fill_angle)
-            for warmup, target in rungs:
-                rung = sample_rung(model, plan, data, index, warmup, target)
+            for warmup, target, samples in rungs:
+                rung = sample_rung(model, plan, data, index, warmup, target, samples)
                 print(f"{case} seed {seed} shard {index}: {rung}", flush=True)
                 records.append({"shard": index, "n_points": n_points, **rung})
-    return {"case": case, "seed": seed, "calibration": calibration, "num_samples": plan.settings.num_samples, "rungs": records}
+    return {
+        "case": case,
+        "seed": seed,
+        "calibration": calibration,
+        "names": list(plan.priors.names) + ["sigma"],
+        "num_samples": plan.settings.num_samples,
+        "rungs": records,
+    }
 
 
 def main() -> None:
@@ -92,7 +108,7 @@ def main() -> None:
     parser.add_argument("--case", default="static_small_data", choices=sorted(cases.CASES))
     parser.add_argument("--seeds", default="1,2,11")
     parser.add_argument("--shards", default="0", help="comma-separated shard indices")
-    parser.add_argument("--rungs", default=DEFAULT_RUNGS, help="warm-up:target pairs")
+    parser.add_argument("--rungs", default=DEFAULT_RUNGS, help="warm-up:target[:draws per chain], comma-separated")
     parser.add_argument("--ranks", type=int, default=2, help="the rank count the plan assumes (sets the automatic shard count)")
     parser.add_argument("--output", default="bench_results/retry_ladder.json")
     args = parser.parse_args()

@@ -296,6 +296,7 @@ def every_field_non_default() -> dict:
                     "target_accept_prob": 0.9,
                     "retry_target_accept_prob": 0.99,
                     "last_target_accept_prob": 0.995,
+                    "extension_factor": 2,
                     "max_tree_depth": 7,
                     "min_warmup": 5,
                     "min_samples": 6,

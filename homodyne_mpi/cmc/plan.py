@@ -39,6 +39,8 @@ class RunPlan:
     """A shard's second attempt (longer warm-up, higher ``target_accept_prob``), or None."""
     last_settings: SamplerSettings | None
     """Its third and last attempt (twice the retry's warm-up, ``last_target_accept_prob``), or None."""
+    extension_factor: int
+    """An attempt that fails on R-hat alone is continued to this many times its draws (1: never)."""
     max_divergence_rate: float
     max_rhat: float
     """The shard checks (``combination``) that decide a retry and the combination."""
@@ -154,6 +156,7 @@ def plan_run(
         calibration=float(calibration),
         retry_settings=retry,
         last_settings=last_settings_for(retry, mcmc.last_target_accept_prob),
+        extension_factor=int(mcmc.extension_factor),
         max_divergence_rate=float(cmc.combination.max_divergence_rate),
         max_rhat=float(cmc.combination.max_rhat),
     )

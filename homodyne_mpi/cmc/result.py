@@ -117,6 +117,7 @@ def run_record(plan: RunPlan, n_ranks: int, **counts) -> dict:
         "retry_num_warmup": None if retry is None else retry.num_warmup,
         "last_target_accept_prob": None if last is None else last.target_accept_prob,
         "last_num_warmup": None if last is None else last.num_warmup,
+        "extension_factor": plan.extension_factor,
         "max_tree_depth": s.max_tree_depth,
         "dense_mass": s.dense_mass,
         "shard_points_padded": plan.n_padded,

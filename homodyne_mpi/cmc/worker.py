@@ -12,6 +12,7 @@ import math
 import socket
 import time
 import traceback as traceback_module
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,6 +74,12 @@ def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: Sam
     return worker.sampler_for(settings or worker.plan.settings).run(index, data)
 
 
+def extend_shard(worker: ShardWorker, data: ShardData, settings: SamplerSettings, out: ShardDraws) -> ShardDraws:
+    """``out`` (an attempt with ``settings``) continued to ``plan.extension_factor`` times its draws per chain."""
+    more = (worker.plan.extension_factor - 1) * out.draws.shape[1]
+    return worker.sampler_for(settings).extend(out, data, more)
+
+
 def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate: float, max_rhat: float) -> str | None:
     """Why draws fail the shard checks (divergences first, then R-hat), or None."""
     if divergence_rate > max_divergence_rate:
@@ -80,19 +87,6 @@ def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate
     if not np.isfinite(rhat_max) or rhat_max > max_rhat:
         return f"R-hat {rhat_max:.3f} > {max_rhat:g}"
     return None
-
-
-def resample(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings, problem: str):
-    """Sample the shard again with ``settings``, logging the ``problem``; returns ``(draws, rhat, ess)``."""
-    log.info(
-        "CMC: shard %d: %s; sampling again with %d warm-up draws at target_accept_prob %g",
-        index,
-        problem,
-        settings.num_warmup,
-        settings.target_accept_prob,
-    )
-    out = sample_shard(worker, index, data, settings)
-    return (out, *diagnostics(out.draws))
 
 
 def retry_thresholds(plan: RunPlan) -> tuple[float, float]:
@@ -110,54 +104,105 @@ def attempt_badness(out: ShardDraws, rhat: np.ndarray, max_divergence_rate: floa
     return max(float(np.mean(out.diverging)) / max_divergence_rate, (rhat_max - 1.0) / (max_rhat - 1.0))
 
 
+@dataclass
+class Attempt:
+    """One attempt at a shard: its settings, draws and diagnostics against the retry thresholds."""
+
+    settings: SamplerSettings
+    out: ShardDraws
+    rhat: np.ndarray
+    ess: np.ndarray
+    problem: str | None
+    """Why the draws miss the retry thresholds (``quality_problem``), or None."""
+    badness: float
+    """``attempt_badness``: at most 1 passes."""
+    extended_to: int = 0
+    """Draws per chain after the attempt was continued for its R-hat (0: not continued)."""
+
+
+def checked(settings: SamplerSettings, out: ShardDraws, thresholds: tuple[float, float], extended_to: int = 0) -> Attempt:
+    """``out``'s diagnostics and its place against the retry ``thresholds``."""
+    rhat, ess = diagnostics(out.draws)
+    divergence_rate = float(np.mean(out.diverging))
+    problem = quality_problem(divergence_rate, float(np.max(rhat)), *thresholds)
+    return Attempt(settings, out, rhat, ess, problem, attempt_badness(out, rhat, *thresholds), extended_to)
+
+
+def only_rhat_fails(attempt: Attempt, thresholds: tuple[float, float]) -> bool:
+    """True when the attempt's divergences are within the threshold and its R-hat is not: chains that
+    mix slowly but without bias, which more draws settle and a new warm-up would not."""
+    return attempt.problem is not None and float(np.mean(attempt.out.diverging)) <= thresholds[0]
+
+
+def sampled_attempt(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings, thresholds) -> Attempt:
+    """Sample the shard with ``settings``; an attempt failing on R-hat alone is continued (``extend_shard``)
+    to ``plan.extension_factor`` times its draws, without new warm-up."""
+    attempt = checked(settings, sample_shard(worker, index, data, settings), thresholds)
+    if worker.plan.extension_factor > 1 and only_rhat_fails(attempt, thresholds):
+        draws = worker.plan.extension_factor * attempt.out.draws.shape[1]
+        log.info("CMC: shard %d: %s; continuing its chains to %d draws each (no new warm-up)", index, attempt.problem, draws)
+        attempt = checked(settings, extend_shard(worker, data, settings, attempt.out), thresholds, extended_to=draws)
+    return attempt
+
+
+def thinned(draws: np.ndarray, num_samples: int) -> np.ndarray:
+    """``(chains, n, d)`` draws thinned to ``num_samples`` per chain (every ``n // num_samples``-th, the
+    last ``num_samples`` of those): what the combination takes from a continued attempt."""
+    step = max(draws.shape[1] // num_samples, 1)
+    return draws[:, step - 1 :: step][:, -num_samples:]
+
+
 def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
-    """One shard, start to end: its draws and diagnostics, or its error and traceback. Draws above
-    the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if still above them,
-    a last time with ``plan.last_settings``; the attempt that misses the thresholds least is kept
-    (``attempt_badness``) and ``retried_because`` says why each retry ran."""
+    """One shard, start to end: its draws and diagnostics, or its error and traceback.
+
+    Draws above the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if
+    still above them, a last time with ``plan.last_settings``; an attempt whose divergences pass but
+    whose R-hat does not is first continued to ``plan.extension_factor`` times its draws
+    (``sampled_attempt``). The attempt that misses the thresholds least is kept (``attempt_badness``),
+    its draws thinned back to ``num_samples`` per chain (R-hat and ESS are of all its draws), and
+    ``retried_because`` says why each retry ran."""
     start = time.perf_counter()
     plan = worker.plan
     result = functools.partial(
         ShardResult, index=index, n_points=int(arrays["floats"].shape[1]), rank=worker.rank, host=worker.host
     )
     thresholds = retry_thresholds(plan)
-    settings, retried_because = plan.settings, None
+    retried_because = None
     try:
         data, _ = shard_data(arrays, plan.n_padded, plan.fill_angle)
-        out = sample_shard(worker, index, data)
-        rhat, ess = diagnostics(out.draws)
-        kept: tuple[float, SamplerSettings, ShardDraws, np.ndarray, np.ndarray] = (
-            attempt_badness(out, rhat, *thresholds),
-            settings,
-            out,
-            rhat,
-            ess,
-        )
-        problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
-        retries = [attempt for attempt in (plan.retry_settings, plan.last_settings) if attempt is not None]
-        for settings in retries:
-            if problem is None:
+        attempt = kept = sampled_attempt(worker, index, data, plan.settings, thresholds)
+        for settings in [s for s in (plan.retry_settings, plan.last_settings) if s is not None]:
+            if attempt.problem is None:
                 break
-            retried_because = problem if retried_because is None else f"{retried_because}; then {problem}"
-            out, rhat, ess = resample(worker, index, data, settings, problem)
-            problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
-            badness = attempt_badness(out, rhat, *thresholds)
-            if badness <= kept[0]:
-                kept = (badness, settings, out, rhat, ess)
-        _, settings, out, rhat, ess = kept
+            retried_because = attempt.problem if retried_because is None else f"{retried_because}; then {attempt.problem}"
+            log.info(
+                "CMC: shard %d: %s; sampling again with %d warm-up draws at target_accept_prob %g",
+                index,
+                attempt.problem,
+                settings.num_warmup,
+                settings.target_accept_prob,
+            )
+            attempt = sampled_attempt(worker, index, data, settings, thresholds)
+            if attempt.badness <= kept.badness:
+                kept = attempt
     except Interrupted:
         raise
     except Exception as error:  # noqa: BLE001 - recorded in cmc/result.json, never lost
         log.warning("CMC: shard %d failed on rank %d: %s: %s", index, worker.rank, type(error).__name__, error)
         failed = f"{type(error).__name__}: {error}"
         return result(seconds=time.perf_counter() - start, error=failed, traceback=traceback_module.format_exc())
+    settings, out = kept.settings, kept.out
     return result(
         seconds=time.perf_counter() - start,
         num_warmup=settings.num_warmup,
         num_samples=settings.num_samples,
-        rhat=rhat,
-        ess=ess,
+        rhat=kept.rhat,
+        ess=kept.ess,
         target_accept_prob=settings.target_accept_prob,
         retried_because=retried_because,
-        **vars(out),  # draws, diverging, num_steps, chain_method
+        extended_to=kept.extended_to,
+        draws=thinned(out.draws, settings.num_samples),
+        diverging=out.diverging,
+        num_steps=out.num_steps,
+        chain_method=out.chain_method,
     )
