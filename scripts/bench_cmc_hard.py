@@ -15,7 +15,9 @@ truth, with the NLSQ value and std, the NLSQ profile half-widths (``nlsq.profile
 every shard's mean and median of each physical parameter (a skewed shard posterior biases
 the consensus average). The JSON is rewritten after every seed, so a stopped run keeps
 what it measured; ``--resume`` reads it back and runs only the (case, seed) pairs it lacks,
-so the 6 x 20 figures can be gathered over several sittings. Runs go seed by seed through
+so the 6 x 20 figures can be gathered over several sittings, and ``--combine a.json,b.json``
+(no sampling, no MPI needed) writes to ``--output`` the union of such files' runs, a later
+file's (case, seed) replacing an earlier one's, with the summary of the whole. Runs go seed by seed through
 all cases (seed 0 of every case, then seed 1, ...), so a stopped run has measured every
 case. Each record names the commit that produced it. The CMC log (retries and why, shards
 left out) goes to stderr.
@@ -270,7 +272,9 @@ def run_seed(comm, name: str, case: dict, seed: int, workdir: Path, combination:
                     "retried_because",
                     "excluded_reason",
                     "num_warmup",
+                    "extended_to",
                 )
+                if k in s
             }
             for s in document["shards"]
         ]
@@ -309,6 +313,7 @@ def summarise(records: list[dict]) -> dict:
             "shards": len(every),
             "shards_left_out": sum(not s["ok"] for r in mine for s in r["shards"]),
             "shards_retried": sum(s["retried_because"] is not None for s in every),
+            "shards_continued": sum(bool(s.get("extended_to")) for s in every),
             "max_rhat_retained": max((s["rhat_max"] for s in kept), default=None),
             "max_divergence_rate": max((s["divergence_rate"] for s in every), default=None),
             "coverage_90": float(np.mean(pairs)) if pairs else None,
@@ -330,7 +335,16 @@ def main() -> None:
     parser.add_argument("--output", default="bench_results/bench_cmc_hard.json")
     parser.add_argument("--combination", default=None, help="optimization.cmc.combination.method (default: the template's)")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --output and skip their (case, seed)")
+    parser.add_argument(
+        "--combine",
+        default=None,
+        help="a,b,...: no sampling; write to --output the runs of these JSON files (a later file's (case, seed) replaces an "
+        "earlier one's) with their summary",
+    )
     args = parser.parse_args()
+    if args.combine:
+        combine_documents(args.combine.split(","), args.output)
+        return
     comm = get_comm()
     # the CMC log (retries and their reasons, shards left out) on stderr, one prefix per rank
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s rank {comm.rank} %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -362,6 +376,26 @@ def main() -> None:
                         flush=True,
                     )
                     write_document(args.output, comm, names, records, start)
+
+
+def combine_documents(paths: list[str], output: str) -> None:
+    """One document from several runs' JSON: every (case, seed) record, a later file's replacing an earlier's."""
+    by_pair: dict[tuple[str, int], dict] = {}
+    sources = {}
+    for path in paths:
+        for record in json.loads(Path(path).read_text())["runs"]:
+            by_pair[(record["case"], record["seed"])] = record
+            sources[(record["case"], record["seed"])] = path
+    records = [by_pair[pair] for pair in sorted(by_pair)]
+    document = {
+        "benchmark": "CMC default settings on hard simulated cases",
+        "command": " ".join(["python", *sys.argv]),
+        "sources": {path: sum(source == path for source in sources.values()) for path in paths},
+        "summary": summarise(records),
+        "runs": records,
+    }
+    Path(output).write_text(json.dumps(document, indent=2))
+    print(json.dumps(document["summary"], indent=2))
 
 
 def write_document(path, comm, names, records, start) -> None:

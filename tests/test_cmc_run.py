@@ -539,14 +539,14 @@ def test_a_stop_request_ends_between_shards_and_keeps_the_finished_ones(monkeypa
 
 
 @pytest.mark.parametrize("chain_method", ["parallel", "sequential"])
-def test_a_continued_chain_is_the_longer_chain(chain_method):
-    # continuing from the end states without new warm-up must give exactly the draws of one longer run
+def test_an_extended_attempt_runs_the_same_chains_longer(chain_method):
+    # same keys and warm-up: the first draws of the longer run are the attempt's own, bit for bit
     import dataclasses
 
     from homodyne_mpi.cmc.plan import RootState, plan_run, shard_columns
     from homodyne_mpi.cmc.sampler import ShardSampler
     from homodyne_mpi.cmc.shard_model import ShardModel
-    from homodyne_mpi.cmc.worker import shard_data
+    from homodyne_mpi.cmc.worker import extended_settings, shard_data
 
     sim = simulate("static", n_frames=40, cmc={"sharding": {"num_shards": 1}})
     state = RootState()
@@ -554,29 +554,29 @@ def test_a_continued_chain_is_the_longer_chain(chain_method):
     model = ShardModel(plan.priors, sim.problem.spec, sim.problem.layout, sim.problem.phi, n_points=plan.n_padded)
     data, _ = shard_data(shard_columns(sim.points, state.shards[0]), plan.n_padded, plan.fill_angle)
     settings = dataclasses.replace(plan.settings, num_warmup=60, num_samples=25, num_chains=2, chain_method=chain_method)
+    longer = extended_settings(settings, 4)
+    assert (longer.num_warmup, longer.num_samples, longer.target_accept_prob) == (60, 100, settings.target_accept_prob)
     short = ShardSampler(model, settings, seed=5).run(0, data)
-    continued = ShardSampler(model, settings, seed=5).extend(short, data, 35)
-    longer = ShardSampler(model, dataclasses.replace(settings, num_samples=60), seed=5).run(0, data)
-    assert continued.draws.shape == longer.draws.shape == (2, 60, short.draws.shape[2])
-    np.testing.assert_allclose(continued.draws[:, :25], short.draws)
-    np.testing.assert_allclose(continued.draws, longer.draws, rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(continued.num_steps, longer.num_steps)
-    # the continuation really moves: its draws are not the last draw repeated
-    assert np.ptp(continued.draws[:, 25:, 0], axis=1).min() > 0
+    extended = ShardSampler(model, longer, seed=5).run(0, data)
+    assert extended.draws.shape == (2, 100, short.draws.shape[2])
+    np.testing.assert_array_equal(extended.draws[:, :25], short.draws)
+    np.testing.assert_array_equal(extended.num_steps[:, :25], short.num_steps)
+    # the chains go on moving after the attempt's last draw
+    assert np.ptp(extended.draws[:, 25:, 0], axis=1).min() > 0
 
 
 def rhat_fails_until_extended(monkeypatch):
     """Report R-hat 1.2 for draws as long as the first diagnosed (an attempt's own draws per chain; a
-    longer one as computed); returns the ``(warm-up, target)`` of each sampling and the draw counts diagnosed."""
+    longer one as computed); returns the ``(warm-up, target, draws)`` of each sampling and the draw counts diagnosed."""
     import homodyne_mpi.cmc.worker as runner
 
     original_sample, original_diagnostics = runner.sample_shard, runner.diagnostics
-    sampled: list[tuple[int, float]] = []
+    sampled: list[tuple[int, float, int]] = []
     diagnosed: list[int] = []
 
     def sample(worker, index, data, settings=None):
         settings = settings or worker.plan.settings
-        sampled.append((settings.num_warmup, settings.target_accept_prob))
+        sampled.append((settings.num_warmup, settings.target_accept_prob, settings.num_samples))
         return original_sample(worker, index, data, settings)
 
     def diagnostics(draws):
@@ -591,14 +591,15 @@ def rhat_fails_until_extended(monkeypatch):
     return sampled, diagnosed
 
 
-def test_a_shard_failing_on_rhat_alone_is_continued_not_resampled(monkeypatch):
+def test_a_shard_failing_on_rhat_alone_is_extended_not_retried(monkeypatch):
     sampled, diagnosed = rhat_fails_until_extended(monkeypatch)
     sim = simulate(
         "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
     )
     result = run(sim)
     n = result.to_json_dict()["sampler"]["num_samples"]
-    assert sampled == [(FAST_MCMC["num_warmup"], 0.8)]  # no second warm-up
+    warmup = FAST_MCMC["num_warmup"]
+    assert sampled == [(warmup, 0.8, n), (warmup, 0.8, 4 * n)]  # the same attempt, longer: no retry at 0.95
     assert diagnosed == [n, 4 * n]
     shard = result.shards[0]
     assert shard.extended_to == 4 * n and shard.retried_because is None
@@ -609,19 +610,15 @@ def test_a_shard_failing_on_rhat_alone_is_continued_not_resampled(monkeypatch):
     check_recovers_truth(result, sim, max_rhat=1.3)
 
 
-def test_a_shard_whose_divergences_fail_is_not_continued(monkeypatch):
+def test_a_shard_whose_divergences_fail_is_not_extended(monkeypatch):
     # divergent draws are biased: more of them would not help, so the retry ladder runs instead
     warmups = divergent_fractions(monkeypatch, [0.5, 0.0])
-    import homodyne_mpi.cmc.worker as runner
-
-    extended = []
-    original = runner.extend_shard
-    monkeypatch.setattr(runner, "extend_shard", lambda *args: extended.append(1) or original(*args))
     sim = simulate(
         "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
     )
     shard = run(sim).shards[0]
-    assert len(warmups) == 2 and extended == [] and shard.extended_to == 0
+    assert len(warmups) == 2 and warmups[1] == 2 * warmups[0]  # first attempt, then the retry; nothing longer
+    assert shard.extended_to == 0 and shard.target_accept_prob == 0.95
 
 
 def test_thinning_keeps_every_kth_draw_up_to_the_last():

@@ -40,7 +40,7 @@ class RunPlan:
     last_settings: SamplerSettings | None
     """Its third and last attempt (twice the retry's warm-up, ``last_target_accept_prob``), or None."""
     extension_factor: int
-    """An attempt that fails on R-hat alone is continued to this many times its draws (1: never)."""
+    """An attempt that fails on R-hat alone is run again with this many times its draws per chain (1: never)."""
     max_divergence_rate: float
     max_rhat: float
     """The shard checks (``combination``) that decide a retry and the combination."""

@@ -9,7 +9,6 @@ num_chains)[c]``: a shard's draws depend only on (seed, shard index, shard conte
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,13 +82,6 @@ class ShardDraws:
     num_steps: np.ndarray
     """``(num_chains, num_samples)``: divergence flags and leapfrog steps per draw."""
     chain_method: str
-    end_state: Any = None
-    """The chains' NUTS states after their last draw (stacked over chains; JAX arrays), from which
-    ``ShardSampler.extend`` continues them; not saved."""
-
-    def fields(self) -> dict:
-        """The fields a ``ShardResult`` takes (all but ``end_state``)."""
-        return {"draws": self.draws, "diverging": self.diverging, "num_steps": self.num_steps, "chain_method": self.chain_method}
 
 
 def diagnostics(draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,109 +111,49 @@ class ShardSampler:
             method = "sequential"
         self.chain_method = method
         # compiled on the first shard, then reused
-        self._compiled = self._per_chain(self._chain, in_axes=(0, 0) + 5 * (None,))
-        self._continued: dict[int, Callable] = {}
+        self._compiled = jax.pmap(self._chain, in_axes=(0, 0) + 5 * (None,)) if method == "parallel" else jax.jit(self._chain)
         self._starts = jnp.asarray(model.chain_starts(settings.num_chains))
 
-    def _per_chain(self, function: Callable, in_axes: tuple) -> Callable:
-        """``function`` of one chain, compiled for the chain method: ``pmap`` over chains or ``jit``."""
-        return jax.pmap(function, in_axes=in_axes) if self.chain_method == "parallel" else jax.jit(function)
-
-    def _kernel(self, start=None, init_key=None) -> NUTS:
-        """The NUTS kernel of these settings; chains initialised at ``start`` jittered with ``init_key``."""
+    def _chain(self, rng_key, start, angle, frame_i, frame_j, value, weight):
+        """One chain: NUTS init, warm-up, sampling; returns (draws, diverging, num_steps)."""
         settings, model = self.settings, self.model
-        init = {} if start is None else {"init_strategy": init_to_value(values=model.init_values(init_key, start))}
-        return NUTS(
+        init_key, run_key = jax.random.split(rng_key)
+        kernel = NUTS(
             model,
             target_accept_prob=settings.target_accept_prob,
             max_tree_depth=settings.max_tree_depth,
             dense_mass=settings.dense_mass,
-            **init,
+            init_strategy=init_to_value(values=model.init_values(init_key, start)),
         )
-
-    def _scan(self, kernel: NUTS, state, args: tuple, length: int):
-        """``length`` NUTS steps from ``state``; returns the last state and, per step, (draw, diverging, num_steps)."""
-        data, constrain = ShardData(*args), kernel.postprocess_fn(args, {})
+        args = (angle, frame_i, frame_j, value, weight)
+        data = ShardData(*args)
+        state = kernel.init(run_key, settings.num_warmup, model_args=args, model_kwargs={})
+        constrain = kernel.postprocess_fn(args, {})
 
         def step(carry, _):
             carry = kernel.sample(carry, args, {})
-            return carry, (self.model.sampled_vector(constrain(carry.z), data), carry.diverging, carry.num_steps)
+            return carry, (model.sampled_vector(constrain(carry.z), data), carry.diverging, carry.num_steps)
 
-        return jax.lax.scan(step, state, None, length=length)
-
-    def _chain(self, rng_key, start, angle, frame_i, frame_j, value, weight):
-        """One chain: NUTS init, warm-up, sampling; returns (draws, diverging, num_steps) and the last state."""
-        settings = self.settings
-        init_key, run_key = jax.random.split(rng_key)
-        kernel = self._kernel(start, init_key)
-        args = (angle, frame_i, frame_j, value, weight)
-        state = kernel.init(run_key, settings.num_warmup, model_args=args, model_kwargs={})
         # One scan over warm-up and sampling (the kernel adapts while its step counter is
         # below num_warmup): the NUTS step is traced and compiled once, not twice.
-        end, collected = self._scan(kernel, state, args, settings.num_warmup + settings.num_samples)
-        return tuple(x[settings.num_warmup :] for x in collected), end
-
-    def _continue_chain(self, state, angle, frame_i, frame_j, value, weight, *, length: int):
-        """``length`` more draws of one chain from its last ``state``: no further adaptation (its step
-        counter is past ``num_warmup``), step size and mass matrix as the warm-up left them."""
-        kernel = self._kernel()
-        args = (angle, frame_i, frame_j, value, weight)
-        # init sets up the kernel's sample function for these arguments; its own state is not used
-        kernel.init(state.rng_key, self.settings.num_warmup, init_params=state.z, model_args=args, model_kwargs={})
-        end, collected = self._scan(kernel, state, args, length)
-        return collected, end
+        _, collected = jax.lax.scan(step, state, None, length=settings.num_warmup + settings.num_samples)
+        return tuple(x[settings.num_warmup :] for x in collected)
 
     def run(self, shard_index: int, data: ShardData) -> ShardDraws:
         """Sample one shard (arrays already padded to the run's length)."""
         keys = chain_keys(self.seed, shard_index, self.settings.num_chains)
         arrays = tuple(np.asarray(a) for a in data)
         if self.chain_method == "parallel":
-            collected, end = self._compiled(keys, self._starts, *arrays)
+            draws, diverging, steps = self._compiled(keys, self._starts, *arrays)
         else:
             per_chain = [self._compiled(keys[c], self._starts[c], *arrays) for c in range(self.settings.num_chains)]
-            collected, end = stacked_chains(per_chain)
-        return self._draws(collected, end)
-
-    def extend(self, previous: ShardDraws, data: ShardData, num_samples: int) -> ShardDraws:
-        """``previous`` (a ``run`` of these settings) with ``num_samples`` more draws per chain, each chain
-        continued from its last state (no new warm-up); the draws are the old ones followed by the new."""
-        if previous.end_state is None:
-            raise ValueError("extend needs draws that carry their chains' end states")
-        if num_samples not in self._continued:
-            continue_chain = functools.partial(self._continue_chain, length=int(num_samples))
-            self._continued[num_samples] = self._per_chain(continue_chain, in_axes=(0,) + 5 * (None,))
-        continued = self._continued[num_samples]
-        arrays = tuple(np.asarray(a) for a in data)
-        if self.chain_method == "parallel":
-            collected, end = continued(previous.end_state, *arrays)
-        else:
-            chains = range(self.settings.num_chains)
-            states = [jax.tree_util.tree_map(lambda x, c=c: x[c], previous.end_state) for c in chains]
-            collected, end = stacked_chains([continued(states[c], *arrays) for c in chains])
-        more = self._draws(collected, end)
-        return ShardDraws(
-            draws=np.concatenate([previous.draws, more.draws], axis=1),
-            diverging=np.concatenate([previous.diverging, more.diverging], axis=1),
-            num_steps=np.concatenate([previous.num_steps, more.num_steps], axis=1),
-            chain_method=self.chain_method,
-            end_state=end,
-        )
-
-    def _draws(self, collected, end) -> ShardDraws:
-        """``ShardDraws`` from the chains' stacked (draws, diverging, num_steps) and end states."""
-        draws, diverging, steps = collected
+            draws, diverging, steps = (jnp.stack(parts) for parts in zip(*per_chain))
         return ShardDraws(
             draws=np.asarray(draws, dtype=np.float64),
             diverging=np.asarray(diverging, dtype=bool),
             num_steps=np.asarray(steps, dtype=np.int64),
             chain_method=self.chain_method,
-            end_state=end,
         )
-
-
-def stacked_chains(per_chain: list) -> tuple:
-    """``[(collected, end_state), ...]`` of chains run one by one -> the same stacked over chains."""
-    return jax.tree_util.tree_map(lambda *parts: jnp.stack(parts), *per_chain)
 
 
 ARRAY_FIELDS = ("draws", "diverging", "num_steps", "rhat", "ess")
@@ -256,8 +188,8 @@ class ShardResult:
     retried_because: str | None = None
     """Why the first attempt (at the configured ``target_accept_prob``) was sampled again."""
     extended_to: int = 0
-    """Draws per chain of the kept attempt after it was continued because of its R-hat (0: not
-    continued); ``rhat``, ``ess``, ``diverging`` and ``num_steps`` cover all of them, ``draws`` every
+    """Draws per chain of the kept attempt when it was extended because of its R-hat (0: not extended);
+    ``rhat``, ``ess``, ``diverging`` and ``num_steps`` cover all of them, ``draws`` every
     ``extended_to / num_samples``-th."""
 
     @property

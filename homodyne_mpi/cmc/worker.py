@@ -6,6 +6,7 @@ shard's own failure (the error and traceback go into the ``ShardResult``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -74,10 +75,10 @@ def sample_shard(worker: ShardWorker, index: int, data: ShardData, settings: Sam
     return worker.sampler_for(settings or worker.plan.settings).run(index, data)
 
 
-def extend_shard(worker: ShardWorker, data: ShardData, settings: SamplerSettings, out: ShardDraws) -> ShardDraws:
-    """``out`` (an attempt with ``settings``) continued to ``plan.extension_factor`` times its draws per chain."""
-    more = (worker.plan.extension_factor - 1) * out.draws.shape[1]
-    return worker.sampler_for(settings).extend(out, data, more)
+def extended_settings(settings: SamplerSettings, factor: int) -> SamplerSettings:
+    """``settings`` with ``factor`` times the draws per chain: the same keys and warm-up, so its chains
+    are the attempt's own chains run ``factor`` times as long."""
+    return dataclasses.replace(settings, num_samples=factor * settings.num_samples)
 
 
 def quality_problem(divergence_rate: float, rhat_max: float, max_divergence_rate: float, max_rhat: float) -> str | None:
@@ -117,7 +118,7 @@ class Attempt:
     badness: float
     """``attempt_badness``: at most 1 passes."""
     extended_to: int = 0
-    """Draws per chain after the attempt was continued for its R-hat (0: not continued)."""
+    """Draws per chain after the attempt was extended for its R-hat (0: not extended)."""
 
 
 def checked(settings: SamplerSettings, out: ShardDraws, thresholds: tuple[float, float], extended_to: int = 0) -> Attempt:
@@ -135,19 +136,25 @@ def only_rhat_fails(attempt: Attempt, thresholds: tuple[float, float]) -> bool:
 
 
 def sampled_attempt(worker: ShardWorker, index: int, data: ShardData, settings: SamplerSettings, thresholds) -> Attempt:
-    """Sample the shard with ``settings``; an attempt failing on R-hat alone is continued (``extend_shard``)
-    to ``plan.extension_factor`` times its draws, without new warm-up."""
+    """Sample the shard with ``settings``; an attempt failing on R-hat alone is run again with
+    ``plan.extension_factor`` times its draws per chain (``extended_settings``)."""
     attempt = checked(settings, sample_shard(worker, index, data, settings), thresholds)
     if worker.plan.extension_factor > 1 and only_rhat_fails(attempt, thresholds):
-        draws = worker.plan.extension_factor * attempt.out.draws.shape[1]
-        log.info("CMC: shard %d: %s; continuing its chains to %d draws each (no new warm-up)", index, attempt.problem, draws)
-        attempt = checked(settings, extend_shard(worker, data, settings, attempt.out), thresholds, extended_to=draws)
+        longer = extended_settings(settings, worker.plan.extension_factor)
+        log.info(
+            "CMC: shard %d: %s with divergences within the limit; running its chains to %d draws each",
+            index,
+            attempt.problem,
+            longer.num_samples,
+        )
+        out = sample_shard(worker, index, data, longer)
+        attempt = checked(settings, out, thresholds, extended_to=longer.num_samples)
     return attempt
 
 
 def thinned(draws: np.ndarray, num_samples: int) -> np.ndarray:
     """``(chains, n, d)`` draws thinned to ``num_samples`` per chain (every ``n // num_samples``-th, the
-    last ``num_samples`` of those): what the combination takes from a continued attempt."""
+    last ``num_samples`` of those): what the combination takes from an extended attempt."""
     step = max(draws.shape[1] // num_samples, 1)
     return draws[:, step - 1 :: step][:, -num_samples:]
 
@@ -157,7 +164,7 @@ def run_shard(worker: ShardWorker, index: int, arrays: dict) -> ShardResult:
 
     Draws above the ``retry_thresholds`` are sampled again with ``plan.retry_settings``, and if
     still above them, a last time with ``plan.last_settings``; an attempt whose divergences pass but
-    whose R-hat does not is first continued to ``plan.extension_factor`` times its draws
+    whose R-hat does not is first extended to ``plan.extension_factor`` times its draws per chain
     (``sampled_attempt``). The attempt that misses the thresholds least is kept (``attempt_badness``),
     its draws thinned back to ``num_samples`` per chain (R-hat and ESS are of all its draws), and
     ``retried_because`` says why each retry ran."""

@@ -101,8 +101,8 @@ class PerShardMCMCConfig:
     """A retried shard that still fails is sampled a last time with four times the warm-up at this target acceptance
     probability (the retry's when this is not above it); the attempt nearest the checks is kept."""
     extension_factor: int = option(4, ge=1)
-    """An attempt whose divergences pass the checks but whose R-hat does not is continued from where its chains ended
-    (no new warm-up) to this many times its draws, and thinned back to num_samples; 1 means never."""
+    """An attempt whose divergences pass the checks but whose R-hat does not is run again, the same chains with this many
+    times the draws (same keys and warm-up), and thinned back to num_samples; 1 means never."""
     max_tree_depth: int = option(10, ge=1, le=20)
     """NUTS tree depth limit (at most 2^depth leapfrog steps)."""
     min_warmup: int = option(200, ge=0)
