@@ -565,9 +565,10 @@ def test_an_extended_attempt_runs_the_same_chains_longer(chain_method):
     assert np.ptp(extended.draws[:, 25:, 0], axis=1).min() > 0
 
 
-def rhat_fails_until_extended(monkeypatch):
+def rhat_fails_until_extended(monkeypatch, failures: int | None = None):
     """Report R-hat 1.2 for draws as long as the first diagnosed (an attempt's own draws per chain; a
-    longer one as computed); returns the ``(warm-up, target, draws)`` of each sampling and the draw counts diagnosed."""
+    longer one as computed), or, given ``failures``, for the first that many diagnoses whatever their
+    length; returns the ``(warm-up, target, draws)`` of each sampling and the draw counts diagnosed."""
     import homodyne_mpi.cmc.worker as runner
 
     original_sample, original_diagnostics = runner.sample_shard, runner.diagnostics
@@ -582,7 +583,7 @@ def rhat_fails_until_extended(monkeypatch):
     def diagnostics(draws):
         rhat, ess = original_diagnostics(draws)
         diagnosed.append(draws.shape[1])
-        if draws.shape[1] == diagnosed[0]:
+        if (draws.shape[1] == diagnosed[0]) if failures is None else (len(diagnosed) <= failures):
             rhat = np.full_like(rhat, 1.2)
         return rhat, ess
 
@@ -608,6 +609,19 @@ def test_a_shard_failing_on_rhat_alone_is_extended_not_retried(monkeypatch):
     doc = result.to_json_dict()
     assert doc["sampler"]["extension_factor"] == 4 and doc["shards"][0]["extended_to"] == 4 * n
     check_recovers_truth(result, sim, max_rhat=1.3)
+
+
+def test_a_shard_still_failing_on_rhat_after_its_extension_is_retried(monkeypatch):
+    sampled, diagnosed = rhat_fails_until_extended(monkeypatch, failures=2)
+    sim = simulate(
+        "static", n_frames=60, cmc={"sharding": {"num_shards": 1}, "per_shard_mcmc": FAST_MCMC, "combination": LENIENT}
+    )
+    result = run(sim)
+    n, warmup = result.to_json_dict()["sampler"]["num_samples"], FAST_MCMC["num_warmup"]
+    assert sampled[:3] == [(warmup, 0.8, n), (warmup, 0.8, 4 * n), (2 * warmup, 0.95, n)]
+    shard = result.shards[0]
+    assert shard.retried_because == f"R-hat 1.200 > 1.15 after {4 * n} draws per chain"  # LENIENT: max_rhat 1.3
+    assert shard.target_accept_prob == 0.95 and shard.draws.shape[1] == n
 
 
 def test_a_shard_whose_divergences_fail_is_not_extended(monkeypatch):

@@ -149,6 +149,8 @@ def sampled_attempt(worker: ShardWorker, index: int, data: ShardData, settings: 
         )
         out = sample_shard(worker, index, data, longer)
         attempt = checked(settings, out, thresholds, extended_to=longer.num_samples)
+        if attempt.problem is not None:
+            attempt.problem += f" after {longer.num_samples} draws per chain"
     return attempt
 
 
