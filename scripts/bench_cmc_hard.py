@@ -313,7 +313,7 @@ def summarise(records: list[dict]) -> dict:
             "shards": len(every),
             "shards_left_out": sum(not s["ok"] for r in mine for s in r["shards"]),
             "shards_retried": sum(s["retried_because"] is not None for s in every),
-            "shards_continued": sum(bool(s.get("extended_to")) for s in every),
+            "shards_extended": sum(bool(s.get("extended_to")) for s in every),
             "max_rhat_retained": max((s["rhat_max"] for s in kept), default=None),
             "max_divergence_rate": max((s["divergence_rate"] for s in every), default=None),
             "coverage_90": float(np.mean(pairs)) if pairs else None,

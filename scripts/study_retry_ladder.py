@@ -6,9 +6,10 @@
 
 Builds each (case, seed) of ``bench_cmc_hard.py`` (simulation, NLSQ with the jackknife, the CMC
 plan of a 2-rank run) and samples the named shards once per rung ``warm-up:target`` (one process,
-parallel chains, the plan's keys, draws and tree depth otherwise). Per rung the JSON holds the
-divergence rate, split R-hat and ESS (largest / smallest and per parameter), each chain's mean, median leapfrog steps per draw, the share of draws
-whose tree reached the depth limit, and the seconds. The retry policy (``cmc/worker.py``) is
+parallel chains, the plan's keys, draws and tree depth otherwise; ``warm-up:target:draws`` also
+sets the draws per chain). Per rung the JSON holds the divergence rate, split R-hat (largest and
+per parameter), ESS (smallest and per parameter), each chain's mean and divergences, the median
+leapfrog steps per draw, the share of draws whose tree reached the depth limit, and the seconds. The retry policy (``cmc/worker.py``) is
 chosen from these figures: which further attempts bring a shard that misses 1% divergent or
 R-hat 1.05 under those limits, and at what cost.
 """

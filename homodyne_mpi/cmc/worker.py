@@ -117,16 +117,19 @@ class Attempt:
     """Why the draws miss the retry thresholds (``quality_problem``), or None."""
     badness: float
     """``attempt_badness``: at most 1 passes."""
-    extended_to: int = 0
-    """Draws per chain after the attempt was extended for its R-hat (0: not extended)."""
+
+    @property
+    def extended_to(self) -> int:
+        """Draws per chain when the attempt was extended for its R-hat (more than ``settings.num_samples``), else 0."""
+        draws = int(self.out.draws.shape[1])
+        return draws if draws > self.settings.num_samples else 0
 
 
-def checked(settings: SamplerSettings, out: ShardDraws, thresholds: tuple[float, float], extended_to: int = 0) -> Attempt:
+def checked(settings: SamplerSettings, out: ShardDraws, thresholds: tuple[float, float]) -> Attempt:
     """``out``'s diagnostics and its place against the retry ``thresholds``."""
     rhat, ess = diagnostics(out.draws)
-    divergence_rate = float(np.mean(out.diverging))
-    problem = quality_problem(divergence_rate, float(np.max(rhat)), *thresholds)
-    return Attempt(settings, out, rhat, ess, problem, attempt_badness(out, rhat, *thresholds), extended_to)
+    problem = quality_problem(float(np.mean(out.diverging)), float(np.max(rhat)), *thresholds)
+    return Attempt(settings, out, rhat, ess, problem, attempt_badness(out, rhat, *thresholds))
 
 
 def only_rhat_fails(attempt: Attempt, thresholds: tuple[float, float]) -> bool:
@@ -148,7 +151,7 @@ def sampled_attempt(worker: ShardWorker, index: int, data: ShardData, settings: 
             longer.num_samples,
         )
         out = sample_shard(worker, index, data, longer)
-        attempt = checked(settings, out, thresholds, extended_to=longer.num_samples)
+        attempt = checked(settings, out, thresholds)
         if attempt.problem is not None:
             attempt.problem += f" after {longer.num_samples} draws per chain"
     return attempt
